@@ -1,0 +1,137 @@
+"""What every implementation of the contract shares: codes, names, limits (SETTLEMENT.md 1, 7)."""
+from __future__ import annotations
+
+import json
+
+# Transactions (section 7).
+INFNO_PERSON = "1101"
+INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE = "2206", "2207", "2208"
+INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE = "2303", "2304", "2305"
+INFNO_RECONCILE, INFNO_LISTING = "3201", "3202"
+
+SETTLE_INFNOS = frozenset({INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_IP_PRE, INFNO_IP_SETTLE})
+COMMIT_INFNOS = frozenset({INFNO_OP_SETTLE, INFNO_IP_SETTLE})
+REVERSE_INFNOS = frozenset({INFNO_OP_REVERSE, INFNO_IP_REVERSE})
+OUTPATIENT_INFNOS = frozenset({INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE})
+
+MED_TYPES_OUTPATIENT = frozenset({"11", "13", "14"})
+MED_TYPES_INPATIENT = frozenset({"21", "24"})
+MED_TYPES_EMERGENCY = frozenset({"13", "24"})
+MED_TYPE_CHRONIC = "14"
+
+CLR_TYPE_OUTPATIENT, CLR_TYPE_INPATIENT = "11", "21"
+
+# Limits (section 1); a request outside them gets E_LIMIT.
+LINES_MAX = 10_000
+PRIC_MAX_MICRO = 1_000_000 * 10**6
+CNT_MAX = 100_000 * 10**4
+LINE_AMT_MAX_FEN = 10_000_000 * 100
+FRAME_BYTES_MAX = 16 * 1024 * 1024
+
+# Error codes (section 7).
+E_SCHEMA = "E_SCHEMA"
+E_LIMIT = "E_LIMIT"
+E_UNSUPPORTED = "E_UNSUPPORTED"
+E_UNKNOWN_PERSON = "E_UNKNOWN_PERSON"
+E_UNKNOWN_INSTITUTION = "E_UNKNOWN_INSTITUTION"
+E_MISMATCH = "E_MISMATCH"
+E_FORBIDDEN = "E_FORBIDDEN"
+E_NO_POLICY = "E_NO_POLICY"
+E_FILING_REQUIRED = "E_FILING_REQUIRED"
+E_NO_QUALIFICATION = "E_NO_QUALIFICATION"
+E_AMOUNT_MISMATCH = "E_AMOUNT_MISMATCH"
+E_DATE = "E_DATE"
+E_DUPLICATE_VISIT = "E_DUPLICATE_VISIT"
+E_MSGID_REUSED = "E_MSGID_REUSED"
+E_NOT_FOUND = "E_NOT_FOUND"
+E_ALREADY_REVERSED = "E_ALREADY_REVERSED"
+E_BUSY = "E_BUSY"
+
+# Filing classes (section 4), in the tie-break order of the candidates.
+LOCAL, LONG_TERM, REFERRAL, EMERGENCY, TEMP_OTHER, WAIVED, UNFILED = (
+    "LOCAL", "LONG_TERM", "REFERRAL", "EMERGENCY", "TEMP_OTHER", "WAIVED", "UNFILED",
+)
+CANDIDATE_ORDER = (LONG_TERM, REFERRAL, EMERGENCY, TEMP_OTHER, WAIVED)
+FILING_CLASS_OF_TYPE = {
+    "LONG_RESETTLED": LONG_TERM,
+    "LONG_RESIDENT": LONG_TERM,
+    "LONG_STATIONED": LONG_TERM,
+    "TEMP_REFERRAL": REFERRAL,
+    "TEMP_EMERGENCY": EMERGENCY,
+    "TEMP_OTHER": TEMP_OTHER,
+}
+TEMP_FILING_TYPES = frozenset({"TEMP_REFERRAL", "TEMP_EMERGENCY", "TEMP_OTHER"})
+REDUCTION_KEY_OF_CLASS = {
+    LONG_TERM: "long_term",
+    REFERRAL: "referral",
+    EMERGENCY: "emergency",
+    TEMP_OTHER: "temp_other",
+    UNFILED: "unfiled",
+}
+
+# Funds (section 6): basic, second layer, personal account.
+FUND_BASIC = {"310": "310100", "390": "390100"}
+FUND_SECOND = {"310": "330100", "390": "390200"}
+FUND_ACCOUNT = "310200"
+FUND_NAMES = {
+    "310100": "职工基本医疗保险统筹基金",
+    "390100": "城乡居民基本医疗保险基金",
+    "330100": "职工大额医疗费用补助",
+    "390200": "城乡居民大病医疗保险",
+    "310200": "职工基本医疗保险个人账户",
+}
+
+MEMOS = ("", "NOT_IN_CATALOGUE", "CLASS_C", "LIMITED_USE")
+
+ERR_MESSAGES = {
+    E_SCHEMA: "malformed or missing field",
+    E_LIMIT: "outside the limits",
+    E_UNSUPPORTED: "unknown infno",
+    E_UNKNOWN_PERSON: "unknown person",
+    E_UNKNOWN_INSTITUTION: "unknown institution",
+    E_MISMATCH: "does not match the person or the settlement",
+    E_FORBIDDEN: "not allowed for this institution",
+    E_NO_POLICY: "no policy for the insured region and insurance type",
+    E_FILING_REQUIRED: "the insured region requires a filing for this visit",
+    E_NO_QUALIFICATION: "no qualification for this chronic disease",
+    E_AMOUNT_MISMATCH: "amounts do not add up",
+    E_DATE: "date before the person's accounting year",
+    E_DUPLICATE_VISIT: "the visit already has a settlement in force",
+    E_MSGID_REUSED: "msgid already used for a different request",
+    E_NOT_FOUND: "no such settlement",
+    E_ALREADY_REVERSED: "settlement already reversed",
+    E_BUSY: "overloaded: nothing was done, retry later",
+}
+
+SETLINFO_MONEY = (
+    "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+    "act_pay_dedc", "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "psn_part_amt",
+    "acct_pay", "psn_cash_pay", "balc", "cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay",
+    "hosp_part_amt",
+)
+
+
+class Refused(Exception):
+    """A request refused with one of the section 7 error codes; it changes nothing."""
+
+    def __init__(self, code: str, detail: str = ""):
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{code}: {detail}" if detail else code)
+
+
+def province(admdvs: str) -> str:
+    return admdvs[:2] + "0000"
+
+
+def is_retired(psn_type: str) -> bool:
+    return psn_type.startswith("12") or psn_type == "1300"
+
+
+def canonical(value: object) -> bytes:
+    """A canonical byte form of a decoded `input`, to tell a retry from a reused msgid.
+
+    Keys are sorted and whitespace dropped, so the same input sent as JSON over
+    HTTP and as MessagePack over TCP compares equal.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

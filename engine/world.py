@@ -1,0 +1,618 @@
+"""Loading and validating a world folder (SETTLEMENT.md section 2).
+
+Files are read by Arrow's multi-threaded CSV reader with every column as a
+string, then validated column by column with vectorised expressions; the first
+bad cell is reported as `file:line: field: what is wrong`. Validated columns are
+kept as NumPy arrays (integers in fen, micro-yuan, 1/10000 units, bp, and day
+numbers); the string columns stay Arrow arrays, so a world of millions of rows
+never becomes millions of Python objects unless a caller asks for them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from . import money
+
+# The provincial-level divisions of China (GB/T 2260), the first two digits of
+# every region code. A code whose province is not here is refused at load.
+PROVINCES = frozenset(
+    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 "
+    "50 51 52 53 54 61 62 63 64 65 71 81 82".split()
+)
+
+FILING_TYPES = (
+    "LONG_RESETTLED",
+    "LONG_RESIDENT",
+    "LONG_STATIONED",
+    "TEMP_REFERRAL",
+    "TEMP_EMERGENCY",
+    "TEMP_OTHER",
+)
+INSUTYPES = ("310", "390")
+
+DAY_OPEN = 2**31 - 1  # an absent end date: open
+
+COLUMNS = {
+    "institutions.csv": ["fixmedins_code", "fixmedins_name", "admdvs", "hosp_lv"],
+    "catalogue.csv": [
+        "prov_admdvs", "med_list_codg", "med_list_name", "chrgitm_lv", "selfpay_prop",
+        "pric_uplmt_amt", "lmt_used_flag", "begndate", "enddate",
+    ],
+    "persons.csv": [
+        "psn_no", "certno", "psn_name", "insuplc_admdvs", "insutype", "psn_type", "balc",
+        "acc_year", "hifp_ip", "hifp_op", "ded_op", "burden2", "second_paid",
+    ],
+    "chronic.csv": ["psn_no", "dise_codg", "hifp_cd"],
+    "filings.csv": ["psn_no", "filing_type", "dest_admdvs", "begndate", "enddate", "status"],
+    "prepay.csv": ["prov_admdvs", "amount"],
+}
+
+# Upper bounds on what a world may hold, checked at load (TigerStyle: a limit on everything).
+MONEY_DIGITS_MAX = 13  # integer digits of any amount in a world file: < 10**13 yuan
+TIERS_MAX = 16
+
+
+class WorldError(Exception):
+    """A world file that breaks the spec: names file, line and field."""
+
+    def __init__(self, file: str, line: int | None, field: str | None, what: str):
+        self.file, self.line, self.field, self.what = file, line, field, what
+        where = file if line is None else f"{file}:{line}"
+        super().__init__(f"{where}: {field}: {what}" if field else f"{where}: {what}")
+
+
+# ---------------------------------------------------------------- policies
+
+
+@dataclass(frozen=True)
+class Tier:
+    upper_fen: int | None  # None: no bound
+    ratio_bp: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One pooling region's policy for one insurance type (section 5), all in integers."""
+
+    insuplc_admdvs: str
+    insutype: str
+    annual_cap_fen: int
+    ip_deductible_fen: dict[int, int]
+    ip_tiers: dict[int, tuple[Tier, ...]]
+    ip_retiree_bonus_bp: int
+    op_annual_deductible_fen: int
+    op_ratio_bp: dict[int, int]
+    op_annual_cap_fen: int
+    op_retiree_bonus_bp: int
+    op_requires_filing: bool
+    chronic: dict[str, tuple[int, int]]  # dise_codg -> (ratio_bp, annual_cap_fen)
+    sl_threshold_fen: int
+    sl_tiers: tuple[Tier, ...]
+    sl_annual_cap_fen: int
+    reduction_bp: dict[str, int | None]  # long_term, referral, emergency, temp_other, unfiled
+
+
+REDUCTION_KEYS = ("long_term", "referral", "emergency", "temp_other", "unfiled")
+# The 2022 national notice: at most 10 points for referral and emergency, 20 for other temporary.
+REDUCTION_MAX_BP = {"referral": 1000, "emergency": 1000, "temp_other": 2000}
+
+
+def _parse_policies(path: str) -> list[Policy]:
+    fname = "policies.json"
+    try:
+        with open(path, "rb") as f:
+            raw = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise WorldError(fname, None, None, f"not readable JSON: {e}") from None
+    if not isinstance(raw, list):
+        raise WorldError(fname, None, None, "must be a list of policy objects")
+    out: list[Policy] = []
+    seen: set[tuple[str, str]] = set()
+    for i, obj in enumerate(raw):
+        where = f"policy[{i}]"
+
+        def fail(fld: str, what: str) -> WorldError:
+            return WorldError(fname, None, f"{where}.{fld}", what)
+
+        def get(d: object, *keys: str) -> object:
+            cur = d
+            for k in keys:
+                if not isinstance(cur, dict) or k not in cur:
+                    raise fail(".".join(keys), "missing")
+                cur = cur[k]
+            return cur
+
+        def amount(*keys: str) -> int:
+            v = get(obj, *keys)
+            try:
+                n = money.parse_fen(v)
+            except money.NumberError as e:
+                raise fail(".".join(keys), str(e)) from None
+            if n < 0 or n >= 10**MONEY_DIGITS_MAX * 100:
+                raise fail(".".join(keys), f"out of range: {v!r}")
+            return n
+
+        def ratio(v: object, fld: str) -> int:
+            try:
+                n = money.parse_bp(v)
+            except money.NumberError as e:
+                raise fail(fld, str(e)) from None
+            if not 0 <= n <= money.BP_ONE:
+                raise fail(fld, f"ratio outside [0, 1]: {v!r}")
+            return n
+
+        def tiers(v: object, fld: str) -> tuple[Tier, ...]:
+            if not isinstance(v, list) or not 1 <= len(v) <= TIERS_MAX:
+                raise fail(fld, f"must be a list of 1 to {TIERS_MAX} [upper, ratio] pairs")
+            res: list[Tier] = []
+            prev = -1
+            for j, t in enumerate(v):
+                if not isinstance(t, list) or len(t) != 2:
+                    raise fail(f"{fld}[{j}]", "must be an [upper, ratio] pair")
+                up, r = t
+                last = j == len(v) - 1
+                if up is None:
+                    if not last:
+                        raise fail(f"{fld}[{j}]", "only the last tier may have no upper bound")
+                    upper = None
+                else:
+                    if last:
+                        raise fail(f"{fld}[{j}]", "the last tier's upper must be null")
+                    try:
+                        upper = money.parse_fen(up)
+                    except money.NumberError as e:
+                        raise fail(f"{fld}[{j}]", str(e)) from None
+                    if upper <= prev or upper >= 10**MONEY_DIGITS_MAX * 100:
+                        raise fail(f"{fld}[{j}]", "uppers must rise strictly")
+                    prev = upper
+                res.append(Tier(upper, ratio(r, f"{fld}[{j}]")))
+            return tuple(res)
+
+        def by_level(d: object, fld: str) -> dict[int, object]:
+            if not isinstance(d, dict) or set(d) != {"1", "2", "3"}:
+                raise fail(fld, "must have exactly the hospital levels '1', '2', '3'")
+            return {int(k): v for k, v in d.items()}
+
+        if not isinstance(obj, dict):
+            raise WorldError(fname, None, where, "must be an object")
+        insuplc = get(obj, "insuplc_admdvs")
+        if not (isinstance(insuplc, str) and len(insuplc) == 6 and insuplc.isdigit()):
+            raise fail("insuplc_admdvs", f"not a region code: {insuplc!r}")
+        if insuplc[:2] not in PROVINCES:
+            raise fail("insuplc_admdvs", f"unknown province: {insuplc!r}")
+        insutype = get(obj, "insutype")
+        if insutype not in INSUTYPES:
+            raise fail("insutype", f"must be 310 or 390: {insutype!r}")
+        if (insuplc, insutype) in seen:
+            raise fail("insuplc_admdvs", f"duplicate policy for {insuplc}/{insutype}")
+        seen.add((insuplc, insutype))
+        where = f"policy[{i}] {insuplc}/{insutype}"
+
+        ded = by_level(get(obj, "inpatient", "deductible"), "inpatient.deductible")
+        ip_ded = {}
+        for lv, v in ded.items():
+            try:
+                n = money.parse_fen(v)
+            except money.NumberError as e:
+                raise fail(f"inpatient.deductible.{lv}", str(e)) from None
+            if n < 0:
+                raise fail(f"inpatient.deductible.{lv}", "negative")
+            ip_ded[lv] = n
+        ip_tiers = {
+            lv: tiers(v, f"inpatient.tiers.{lv}")
+            for lv, v in by_level(get(obj, "inpatient", "tiers"), "inpatient.tiers").items()
+        }
+        op_ratio = {
+            lv: ratio(v, f"outpatient.ratio.{lv}")
+            for lv, v in by_level(get(obj, "outpatient", "ratio"), "outpatient.ratio").items()
+        }
+        rf = get(obj, "outpatient", "requires_filing")
+        if not isinstance(rf, bool):
+            raise fail("outpatient.requires_filing", "must be true or false")
+        chronic_raw = get(obj, "chronic")
+        if not isinstance(chronic_raw, dict):
+            raise fail("chronic", "must be an object of diseases")
+        chronic = {}
+        for dise, c in chronic_raw.items():
+            if not isinstance(dise, str) or not dise:
+                raise fail("chronic", f"bad disease code {dise!r}")
+            chronic[dise] = (
+                ratio(get(c, "ratio"), f"chronic.{dise}.ratio"),
+                amount("chronic", dise, "annual_cap"),
+            )
+        red_raw = get(obj, "reduction")
+        if not isinstance(red_raw, dict):
+            raise fail("reduction", "must be an object")
+        reduction: dict[str, int | None] = {}
+        for k in REDUCTION_KEYS:
+            v = get(red_raw, k)
+            if v is None and k == "unfiled":
+                reduction[k] = None
+                continue
+            n = ratio(v, f"reduction.{k}")
+            if k in REDUCTION_MAX_BP and n > REDUCTION_MAX_BP[k]:
+                raise fail(
+                    f"reduction.{k}",
+                    f"{v} exceeds the national limit {money.format_bp(REDUCTION_MAX_BP[k])}",
+                )
+            reduction[k] = n
+        out.append(
+            Policy(
+                insuplc_admdvs=insuplc,
+                insutype=insutype,
+                annual_cap_fen=amount("annual_cap"),
+                ip_deductible_fen=ip_ded,
+                ip_tiers=ip_tiers,
+                ip_retiree_bonus_bp=ratio(
+                    get(obj, "inpatient", "retiree_bonus"), "inpatient.retiree_bonus"
+                ),
+                op_annual_deductible_fen=amount("outpatient", "annual_deductible"),
+                op_ratio_bp=op_ratio,
+                op_annual_cap_fen=amount("outpatient", "annual_cap"),
+                op_retiree_bonus_bp=ratio(
+                    get(obj, "outpatient", "retiree_bonus"), "outpatient.retiree_bonus"
+                ),
+                op_requires_filing=rf,
+                chronic=chronic,
+                sl_threshold_fen=amount("second_layer", "threshold"),
+                sl_tiers=tiers(get(obj, "second_layer", "tiers"), "second_layer.tiers"),
+                sl_annual_cap_fen=amount("second_layer", "annual_cap"),
+                reduction_bp=reduction,
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------- CSV columns
+
+
+class _Csv:
+    """One CSV file read as strings, with validators that name the first bad cell."""
+
+    def __init__(self, folder: str, name: str):
+        self.name = name
+        path = os.path.join(folder, name)
+        cols = COLUMNS[name]
+        try:
+            with open(path, "rb") as f:
+                header = f.readline().decode("utf-8-sig").rstrip("\r\n").split(",")
+        except OSError as e:
+            raise WorldError(name, None, None, f"cannot read: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise WorldError(name, 1, None, "header is not UTF-8") from None
+        for c in cols:
+            if c not in header:
+                raise WorldError(name, 1, c, "missing column")
+        try:
+            self.t = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
+                parse_options=pacsv.ParseOptions(newlines_in_values=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in header},
+                    include_columns=cols,
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=True,
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            # Arrow names the row in its message ("Row #12: ..."); keep it whole.
+            raise WorldError(name, None, None, f"not valid CSV: {e}") from None
+        self.n = self.t.num_rows
+
+    def col(self, c: str) -> pa.Array:
+        return self.t.column(c).combine_chunks()
+
+    def fail_at(self, mask_bad: np.ndarray | pa.Array, c: str, what: str) -> None:
+        """Raise for the first row where mask_bad holds, if any."""
+        if isinstance(mask_bad, (pa.Array, pa.ChunkedArray)):
+            mask_bad = mask_bad.to_numpy(zero_copy_only=False)
+        idx = np.flatnonzero(mask_bad)
+        if idx.size:
+            i = int(idx[0])
+            v = self.t.column(c)[i].as_py()
+            raise WorldError(self.name, i + 2, c, f"{what}: {v!r}")
+
+    def required(self, c: str) -> pa.Array:
+        a = self.col(c)
+        self.fail_at(pc.is_null(a), c, "missing value")
+        return a
+
+    def matches(self, c: str, pattern: str, what: str, optional: bool = False) -> pa.Array:
+        a = self.col(c) if optional else self.required(c)
+        ok = pc.match_substring_regex(a, pattern)
+        bad = pc.invert(pc.fill_null(ok, True))
+        self.fail_at(bad, c, what)
+        return a
+
+    def region(self, c: str) -> pa.Array:
+        a = self.matches(c, r"^[0-9]{6}$", "not a 6-digit region code")
+        prov = pc.utf8_slice_codeunits(a, 0, 2)
+        known = pc.is_in(prov, value_set=pa.array(sorted(PROVINCES)))
+        self.fail_at(pc.invert(known), c, "unknown province")
+        return a
+
+    def province(self, c: str) -> pa.Array:
+        a = self.region(c)
+        self.fail_at(pc.invert(pc.ends_with(a, "0000")), c, "not a province code (xx0000)")
+        return a
+
+    def scaled(self, c: str, places: int, optional: bool = False, what: str = "") -> np.ndarray:
+        """A decimal column as int64 scaled by 10**places; absent cells give -1."""
+        a = self.matches(
+            c,
+            rf"^[0-9]{{1,{MONEY_DIGITS_MAX}}}(\.[0-9]{{1,{places}}})?$",
+            what or f"not a non-negative decimal with at most {places} places",
+            optional=optional,
+        )
+        parts = pc.extract_regex(a, r"^(?P<i>[0-9]+)(?:\.(?P<f>[0-9]*))?$")
+        whole = pc.struct_field(parts, "i")
+        frac = pc.utf8_rpad(pc.struct_field(parts, "f"), width=places, padding="0")
+        joined = pc.binary_join_element_wise(whole, frac, "")
+        v = pc.cast(joined, pa.int64()).to_numpy(zero_copy_only=False)
+        if optional:
+            v = np.where(pc.is_null(a).to_numpy(zero_copy_only=False), -1, v)
+        return v.astype(np.int64)
+
+    def ratio(self, c: str, optional: bool = False) -> np.ndarray:
+        v = self.scaled(c, money.BP_PLACES, optional, "not a ratio with at most 4 places")
+        self.fail_at(v > money.BP_ONE, c, "ratio above 1")
+        return v
+
+    def day(self, c: str, optional: bool = False) -> np.ndarray:
+        """A date column as day numbers (days since 1970-01-01); absent gives DAY_OPEN."""
+        a = self.matches(c, r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "not a date YYYY-MM-DD", optional)
+        try:
+            d = pc.cast(pc.strptime(a, format="%Y-%m-%d", unit="s"), pa.date32())
+        except pa.ArrowInvalid:
+            for i, s in enumerate(a.to_pylist()):
+                if s is not None:
+                    try:
+                        money.parse_day(s)
+                    except money.NumberError:
+                        raise WorldError(self.name, i + 2, c, f"not a date: {s!r}") from None
+            raise
+        out = pc.fill_null(pc.cast(d, pa.int32()), DAY_OPEN)
+        return out.to_numpy(zero_copy_only=False).astype(np.int32)
+
+    def choice(self, c: str, values: tuple[str, ...], optional_default: str | None = None) -> pa.Array:
+        a = self.col(c)
+        if optional_default is not None:
+            a = pc.fill_null(a, optional_default)
+        else:
+            self.fail_at(pc.is_null(a), c, "missing value")
+        self.fail_at(pc.invert(pc.is_in(a, value_set=pa.array(values))), c, f"must be one of {values}")
+        return a
+
+    def unique(self, cols: list[str], what: str) -> None:
+        keys = [self.col(c) for c in cols]
+        key = keys[0] if len(keys) == 1 else pc.binary_join_element_wise(*keys, "\x1f")
+        _, first = np.unique(key.to_numpy(zero_copy_only=False), return_index=True)
+        if first.size != self.n:
+            dup = np.ones(self.n, dtype=bool)
+            dup[first] = False
+            self.fail_at(dup, cols[0], what)
+
+
+# ---------------------------------------------------------------- the world
+
+
+@dataclass
+class World:
+    """A validated world. Columns are parallel arrays; strings are Arrow arrays."""
+
+    folder: str
+    # institutions
+    inst_code: list[str]
+    inst_name: list[str]
+    inst_admdvs: list[str]
+    inst_lv: np.ndarray  # int8, 1..3
+    # catalogue, sorted by (prov, code, begndate)
+    cat_prov: np.ndarray  # int16: the province's first two digits (44 for 440000)
+    cat_code: pa.Array  # string
+    cat_name: pa.Array
+    cat_lv: np.ndarray  # int8: 1 A, 2 B, 3 C
+    cat_selfpay_bp: np.ndarray  # int32, 0 when absent
+    cat_cap_micro: np.ndarray  # int64, -1 when absent
+    cat_lmt: np.ndarray  # int8, 1 inpatient use only
+    cat_begn: np.ndarray  # int32 day
+    cat_end: np.ndarray  # int32 day, DAY_OPEN when absent
+    # persons
+    psn_no: pa.Array
+    psn_certno: pa.Array
+    psn_name: pa.Array
+    psn_insuplc: pa.Array
+    psn_insutype: pa.Array
+    psn_type: pa.Array
+    psn_balc: np.ndarray  # int64 fen
+    psn_acc_year: np.ndarray  # int32
+    psn_hifp_ip: np.ndarray
+    psn_hifp_op: np.ndarray
+    psn_ded_op: np.ndarray
+    psn_burden2: np.ndarray
+    psn_second_paid: np.ndarray
+    # chronic qualifications
+    chr_psn: np.ndarray  # int32 person row
+    chr_dise: list[str]
+    chr_hifp_cd: np.ndarray  # int64 fen
+    # filings
+    fil_psn: np.ndarray  # int32 person row
+    fil_type: list[str]
+    fil_dest: list[str]
+    fil_begn: np.ndarray  # int32 day
+    fil_end: np.ndarray  # int32 day or DAY_OPEN
+    fil_status: list[str]
+    # pre-payment by province code
+    prepay_fen: dict[str, int]
+    policies: list[Policy]
+    psn_index: dict[str, int] = field(repr=False, default_factory=dict)
+    load_s: float = 0.0
+
+    @property
+    def n_persons(self) -> int:
+        return len(self.psn_no)
+
+    def policy_map(self) -> dict[tuple[str, str], Policy]:
+        return {(p.insuplc_admdvs, p.insutype): p for p in self.policies}
+
+
+def load_world(folder: str) -> World:
+    """Load and validate every file of a world folder, or raise WorldError."""
+    import time
+
+    t0 = time.perf_counter()
+    if not os.path.isdir(folder):
+        raise WorldError(folder, None, None, "not a folder")
+
+    # institutions.csv
+    f = _Csv(folder, "institutions.csv")
+    f.matches("fixmedins_code", r"^\S{1,64}$", "not an institution code")
+    f.unique(["fixmedins_code"], "duplicate institution")
+    f.required("fixmedins_name")
+    inst_adm = f.region("admdvs")
+    lv = f.choice("hosp_lv", ("1", "2", "3"))
+    inst = dict(
+        inst_code=f.col("fixmedins_code").to_pylist(),
+        inst_name=f.col("fixmedins_name").to_pylist(),
+        inst_admdvs=inst_adm.to_pylist(),
+        inst_lv=pc.cast(lv, pa.int8()).to_numpy().astype(np.int8),
+    )
+
+    # catalogue.csv
+    f = _Csv(folder, "catalogue.csv")
+    prov = f.province("prov_admdvs")
+    code = f.matches("med_list_codg", r"^[\x21-\x7e]{1,50}$", "not a catalogue code")
+    f.required("med_list_name")
+    clv = f.choice("chrgitm_lv", ("01", "02", "03"))
+    selfpay = f.ratio("selfpay_prop", optional=True)
+    cap = f.scaled("pric_uplmt_amt", money.MICRO_PLACES, optional=True)
+    lmt = f.choice("lmt_used_flag", ("0", "1"), optional_default="0")
+    begn = f.day("begndate")
+    end = f.day("enddate", optional=True)
+    f.fail_at(end < begn, "enddate", "ends before begndate")
+    t = pa.table(
+        {
+            "row": pa.array(np.arange(f.n, dtype=np.int64)),
+            "prov": pc.cast(pc.utf8_slice_codeunits(prov, 0, 2), pa.int16()),
+            "code": code,
+            "name": f.col("med_list_name"),
+            "lv": pc.cast(clv, pa.int8()),
+            "selfpay": pa.array(np.where(selfpay < 0, 0, selfpay).astype(np.int32)),
+            "cap": pa.array(cap),
+            "lmt": pc.cast(lmt, pa.int8()),
+            "begn": pa.array(begn),
+            "end": pa.array(end),
+        }
+    ).sort_by([("prov", "ascending"), ("code", "ascending"), ("begn", "ascending")])
+    s_prov = t.column("prov").to_numpy()
+    s_code = t.column("code").combine_chunks()
+    s_begn = t.column("begn").to_numpy()
+    s_end = t.column("end").to_numpy()
+    if t.num_rows > 1:
+        same = (s_prov[1:] == s_prov[:-1]) & pc.equal(s_code[1:], s_code[:-1]).to_numpy(
+            zero_copy_only=False
+        )
+        overlap = same & (s_begn[1:] <= s_end[:-1])
+        hit = np.flatnonzero(overlap)
+        if hit.size:
+            row = int(t.column("row")[int(hit[0]) + 1].as_py())
+            raise WorldError(
+                "catalogue.csv", row + 2, "begndate",
+                f"date range overlaps another entry of {s_code[int(hit[0]) + 1].as_py()!r}",
+            )
+    cat = dict(
+        cat_prov=s_prov.astype(np.int16),
+        cat_code=s_code,
+        cat_name=t.column("name").combine_chunks(),
+        cat_lv=t.column("lv").to_numpy().astype(np.int8),
+        cat_selfpay_bp=t.column("selfpay").to_numpy().astype(np.int32),
+        cat_cap_micro=t.column("cap").to_numpy().astype(np.int64),
+        cat_lmt=t.column("lmt").to_numpy().astype(np.int8),
+        cat_begn=s_begn.astype(np.int32),
+        cat_end=s_end.astype(np.int32),
+    )
+
+    # persons.csv
+    f = _Csv(folder, "persons.csv")
+    psn_no = f.matches("psn_no", r"^\S{1,64}$", "not a person number")
+    f.unique(["psn_no"], "duplicate person")
+    f.required("certno")
+    f.required("psn_name")
+    f.region("insuplc_admdvs")
+    f.choice("insutype", INSUTYPES)
+    f.required("psn_type")
+    acc_year = f.matches("acc_year", r"^[0-9]{4}$", "not a year")
+    psn = dict(
+        psn_no=psn_no,
+        psn_certno=f.col("certno"),
+        psn_name=f.col("psn_name"),
+        psn_insuplc=f.col("insuplc_admdvs"),
+        psn_insutype=f.col("insutype"),
+        psn_type=f.col("psn_type"),
+        psn_balc=f.scaled("balc", 2),
+        psn_acc_year=pc.cast(acc_year, pa.int32()).to_numpy().astype(np.int32),
+        psn_hifp_ip=f.scaled("hifp_ip", 2),
+        psn_hifp_op=f.scaled("hifp_op", 2),
+        psn_ded_op=f.scaled("ded_op", 2),
+        psn_burden2=f.scaled("burden2", 2),
+        psn_second_paid=f.scaled("second_paid", 2),
+    )
+    psn_list = psn_no.to_pylist()
+    psn_index = dict(zip(psn_list, range(len(psn_list))))
+
+    def person_rows(f: _Csv) -> np.ndarray:
+        a = f.required("psn_no").to_pylist()
+        rows = np.fromiter((psn_index.get(s, -1) for s in a), dtype=np.int32, count=len(a))
+        f.fail_at(rows < 0, "psn_no", "unknown person")
+        return rows
+
+    # chronic.csv
+    f = _Csv(folder, "chronic.csv")
+    chr_psn = person_rows(f)
+    f.matches("dise_codg", r"^\S{1,32}$", "not a disease code")
+    f.unique(["psn_no", "dise_codg"], "duplicate qualification")
+    chronic = dict(
+        chr_psn=chr_psn, chr_dise=f.col("dise_codg").to_pylist(), chr_hifp_cd=f.scaled("hifp_cd", 2)
+    )
+
+    # filings.csv
+    f = _Csv(folder, "filings.csv")
+    fil_psn = person_rows(f)
+    ftype = f.choice("filing_type", FILING_TYPES)
+    dest = f.region("dest_admdvs")
+    fb = f.day("begndate")
+    fe = f.day("enddate", optional=True)
+    f.fail_at(fe < fb, "enddate", "ends before begndate")
+    status = f.choice("status", ("1", "2"))
+    filings = dict(
+        fil_psn=fil_psn,
+        fil_type=ftype.to_pylist(),
+        fil_dest=dest.to_pylist(),
+        fil_begn=fb,
+        fil_end=fe,
+        fil_status=status.to_pylist(),
+    )
+
+    # prepay.csv
+    f = _Csv(folder, "prepay.csv")
+    pprov = f.province("prov_admdvs")
+    f.unique(["prov_admdvs"], "duplicate province")
+    amt = f.scaled("amount", 2)
+    prepay = dict(zip(pprov.to_pylist(), (int(x) for x in amt)))
+
+    policies = _parse_policies(os.path.join(folder, "policies.json"))
+
+    w = World(
+        folder=folder, **inst, **cat, **psn, **chronic, **filings, prepay_fen=prepay,
+        policies=policies, psn_index=psn_index,
+    )
+    w.load_s = time.perf_counter() - t0
+    return w

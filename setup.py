@@ -1,0 +1,42 @@
+"""Build the Cython kernels of core_ext.
+
+Debug switches come from the environment, never from edits:
+  YIDI_DEBUG=1   bounds and wraparound checks on, assertions kept, -O0 -g
+  YIDI_TRACE=1   CYTHON_TRACE line tracing (for coverage and profilers)
+"""
+import glob
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("YIDI_DEBUG") == "1"
+trace = os.environ.get("YIDI_TRACE") == "1"
+
+directives = {
+    "language_level": 3,
+    "boundscheck": debug,
+    "wraparound": debug,
+    "initializedcheck": debug,
+    "cdivision": True,
+    "embedsignature": True,
+}
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if trace:
+    directives["linetrace"] = True
+    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+cflags = ["-O0", "-g"] if debug else ["-O3"]
+
+extensions = [
+    Extension(
+        "core_ext." + os.path.splitext(os.path.basename(p))[0],
+        [p],
+        include_dirs=[np.get_include(), "core_ext"],
+        define_macros=macros,
+        extra_compile_args=cflags,
+    )
+    for p in sorted(glob.glob("core_ext/*.pyx"))
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, quiet=True))
