@@ -1,0 +1,635 @@
+"""The settlement pipeline: a batch of envelopes in, a batch of replies out.
+
+Data flows one way (STYLE.md): envelope bytes -> decoded request -> per-settlement
+checks in Python (the control plane: institution, person, policy, filing class)
+-> batch arrays -> compiled kernels (lines gathered, matched and split; funds
+paid, person by person, in order) -> replies.
+
+A batch is cut into rounds. A request that depends on something an earlier,
+not yet computed request of the same round may change (the same msgid, the same
+visit, a reversal or a person query touching a person of the round) closes the
+round first, so the outcome always equals processing the requests one at a time.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from . import kernels, money
+from .protocol import (
+    CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, COMMIT_INFNOS, E_ALREADY_REVERSED,
+    E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
+    E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
+    E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, ERR_MESSAGES,
+    FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINES_MAX,
+    LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, MEMOS,
+    OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS, TEMP_FILING_TYPES,
+    UNFILED, WAIVED, Refused, is_retired,
+)
+from .wire import JSON, Codec, DecodeError, Reply
+from .world import DAY_OPEN, World
+
+I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
+_fmt = money.format_fen
+
+KIND_INPATIENT, KIND_OUTPATIENT, KIND_CHRONIC = 0, 1, 2
+_SPLIT_ERR = {1: E_LIMIT, 2: E_AMOUNT_MISMATCH}
+_FUND_ERR = {1: E_FILING_REQUIRED, 2: E_NO_QUALIFICATION, 3: E_DATE}
+_NEGATED = (
+    "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+    "act_pay_dedc", "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "psn_part_amt",
+    "acct_pay", "psn_cash_pay",
+)
+_ZERO_FUNDS = ("cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt")
+
+
+def now_text() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass(slots=True)
+class Request:
+    body: bytes
+    codec: Codec = JSON
+    clock: str | None = None  # the reply's time; None: the wall clock; replay: inf_time
+
+
+@dataclass(slots=True)
+class Settled:
+    """A committed settlement, enough to answer its reversal (section 7)."""
+
+    setl_id: str
+    outpatient: bool
+    fixmedins_code: str
+    mdtrt_id: str
+    psn: int
+    psn_no: str
+    kind: int
+    cd_slot: int
+    year: int
+    amounts: dict  # setlinfo money fields, int fen
+    burden: int
+    second: int
+    info: dict  # the non-money setlinfo fields
+    reversed: bool = False
+
+
+@dataclass(slots=True)
+class Pending:
+    """A settlement or pre-settlement that passed the checks done before its lines."""
+
+    idx: int
+    env: object
+    data: object
+    lines: list
+    commit: bool
+    outpatient: bool
+    now: str
+    err: str | None = None  # the first failing check between the schema and the lines
+    # filled when err is None
+    psn: int = -1
+    kind: int = 0
+    pol: int = -1
+    lv: int = 0
+    year: int = 0
+    medfee: int = 0
+    reduction_bp: int = 0
+    pre_status: int = 0
+    cls: str = ""
+    cd_slot: int = -1
+    cd_pol: int = -1
+    acct_ok: int = 0
+    retired310: int = 0
+    inscp_input: object = None  # canonical input for the journal
+
+
+class ResultRows:
+    """The per-line `result` of one settlement, kept as slices of the round's arrays."""
+
+    __slots__ = ("sns", "lo", "hi", "r")
+
+    def __init__(self, sns: list, lo: int, hi: int, r: "_RoundArrays"):
+        self.sns, self.lo, self.hi, self.r = sns, lo, hi, r
+
+    def to_wire(self) -> list:
+        r = self.r
+        out = []
+        cat = r.cat
+        for j, i in enumerate(range(self.lo, self.hi)):
+            row = int(r.row[i])
+            if row >= 0:
+                cap = int(cat.cap_micro[row])
+                lvs = f"0{int(cat.lv[row])}"
+                sp = money.format_bp(int(cat.selfpay_bp[row]))
+                capt = money.format_micro(cap) if cap >= 0 else None
+            else:
+                lvs, sp, capt = "", None, None
+            out.append({
+                "feedetl_sn": self.sns[j],
+                "det_item_fee_sumamt": _fmt(int(r.lines.amt_fen[i])),
+                "cnt": money.format_cnt(int(r.lines.cnt[i])),
+                "pric": money.format_micro(int(r.lines.pric_micro[i])),
+                "pric_uplmt_amt": capt,
+                "selfpay_prop": sp,
+                "chrgitm_lv": lvs,
+                "fulamt_ownpay_amt": _fmt(int(r.split.fulamt[i])),
+                "overlmt_amt": _fmt(int(r.split.overlmt[i])),
+                "preselfpay_amt": _fmt(int(r.split.presel[i])),
+                "inscp_scp_amt": _fmt(int(r.split.inscp[i])),
+                "memo": MEMOS[int(r.split.memo[i])],
+            })
+        return out
+
+
+@dataclass(slots=True)
+class _RoundArrays:
+    cat: kernels.Catalogue
+    starts: np.ndarray
+    lines: kernels.Lines
+    row: np.ndarray
+    split: kernels.Split
+
+
+class Engine:
+    """The compiled settlement engine over one world, state in memory (sections 3-7)."""
+
+    def __init__(self, world: World, clock: str = "wall"):
+        """`clock` is "wall" (the server) or "inf_time" (replay: the request's inf_time)."""
+        assert clock in ("wall", "inf_time")
+        self.clock_inf_time = clock == "inf_time"
+        self.world = world
+        self.inst = {
+            c: (a, int(lv)) for c, a, lv in zip(world.inst_code, world.inst_admdvs, world.inst_lv)
+        }
+        self.cat = kernels.Catalogue(world)
+        self.psn_index = world.psn_index
+        self.psn_no = world.psn_no.to_pylist()
+        self.psn_certno = world.psn_certno.to_pylist()
+        self.psn_name = world.psn_name.to_pylist()
+        self.psn_insuplc = world.psn_insuplc.to_pylist()
+        self.psn_insutype = world.psn_insutype.to_pylist()
+        self.psn_type = world.psn_type.to_pylist()
+        self.by_certno: dict[str, int] = {}
+        for i, c in enumerate(self.psn_certno):
+            self.by_certno.setdefault(c, i)
+        # Filings by person: (class, dest, begn, last day in force), section 4.
+        self.filings: dict[int, list[tuple[str, str, int, int, int]]] = {}
+        for i, ftype in enumerate(world.fil_type):
+            begn, end = int(world.fil_begn[i]), int(world.fil_end[i])
+            six = money.six_months(begn)
+            if ftype in TEMP_FILING_TYPES:
+                end = six if end == DAY_OPEN else min(end, six)
+            if world.fil_status[i] == "2":
+                end = min(end, six)
+            self.filings.setdefault(int(world.fil_psn[i]), []).append(
+                (FILING_CLASS_OF_TYPE[ftype], world.fil_dest[i], begn, end, i)
+            )
+        self.policies = world.policies
+        self.pol = kernels.PolicyTables(world.policies)
+        # Chronic qualifications: (person, disease) -> slot of the state arrays.
+        self.cd_slots = {(int(p), d): k for k, (p, d) in enumerate(zip(world.chr_psn, world.chr_dise))}
+        self.state = kernels.PersonState(world, len(self.cd_slots))
+        self.state.cd_val[: len(self.cd_slots)] = world.chr_hifp_cd
+        self.state.cd_year[: len(self.cd_slots)] = self.state.acc_year[world.chr_psn]
+        self.journal: dict[str, tuple[str, bytes | None, Reply]] = {}
+        self.settled: dict[str, Settled] = {}
+        self.open_visits: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------ batch entry
+
+    def handle_batch(self, reqs: list[Request]) -> list[Reply]:
+        replies: list[Reply | None] = [None] * len(reqs)
+        rnd = _Round()
+        for idx, req in enumerate(reqs):
+            try:
+                env = req.codec.envelope.decode(req.body)
+            except DecodeError as e:
+                replies[idx] = self._refusal(None, req.clock or now_text(), Refused(E_SCHEMA, f"envelope: {e}"))
+                continue
+            now = req.clock or (
+                env.inf_time if self.clock_inf_time and isinstance(env.inf_time, str) else now_text()
+            )
+            try:
+                infno = env.infno
+                if not isinstance(infno, str):
+                    raise Refused(E_SCHEMA, "infno")
+                if infno in SETTLE_INFNOS:
+                    p = self._prepare(idx, env, req.codec, now, rnd)
+                    if p is not None:
+                        rnd.add(p)
+                elif infno in REVERSE_INFNOS:
+                    if rnd.pending:
+                        self._run_round(rnd, replies)
+                        rnd = _Round()
+                    replies[idx] = self._reverse(env, req.codec, now)
+                elif infno == INFNO_PERSON:
+                    if rnd.pending:
+                        self._run_round(rnd, replies)
+                        rnd = _Round()
+                    replies[idx] = self._ok(env.msgid, now, self._person_info(env, req.codec))
+                else:
+                    raise Refused(E_UNSUPPORTED, f"infno {infno}")
+            except Refused as r:
+                replies[idx] = self._refusal(env.msgid, now, r)
+            except _Journaled as j:
+                replies[idx] = j.reply
+            except _Flush as f:
+                self._run_round(rnd, replies)
+                rnd = _Round()
+                # Retry the same request on an empty round: it cannot conflict again.
+                try:
+                    p = self._prepare(idx, env, req.codec, now, rnd)
+                    if p is not None:
+                        rnd.add(p)
+                except Refused as r:
+                    replies[idx] = self._refusal(env.msgid, now, r)
+                except _Journaled as j:
+                    replies[idx] = j.reply
+                del f
+        if rnd.pending:
+            self._run_round(rnd, replies)
+        assert all(r is not None for r in replies)
+        return replies  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ replies
+
+    @staticmethod
+    def _ok(msgid: object, now: str, output: dict) -> Reply:
+        return Reply(0, msgid if isinstance(msgid, str) else "", now, now, "", None, output)
+
+    @staticmethod
+    def _refusal(msgid: object, now: str, r: Refused) -> Reply:
+        return Reply(
+            -1, msgid if isinstance(msgid, str) else "", now, now,
+            r.detail or ERR_MESSAGES.get(r.code, r.code), r.code, {},
+        )
+
+    def _journal_check(self, env, infno: str, codec: Codec) -> bytes | None:
+        """Section 7 idempotency: a committed msgid answers with its first reply."""
+        msgid = env.msgid
+        if not isinstance(msgid, str) or not msgid:
+            raise Refused(E_SCHEMA, "msgid")
+        inp = codec.canonical_input(env.input)
+        hit = self.journal.get(msgid)
+        if hit is not None:
+            if hit[0] == infno and hit[1] == inp and inp is not None:
+                raise _Journaled(hit[2])
+            raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
+        return inp
+
+    # ------------------------------------------------------------ settlements
+
+    def _prepare(self, idx: int, env, codec: Codec, now: str, rnd: "_Round") -> Pending | None:
+        """Checks of section 7 up to the lines; the result joins the round."""
+        infno = env.infno
+        outpatient = infno in OUTPATIENT_INFNOS
+        commit = infno in COMMIT_INFNOS
+        msgid = env.msgid
+        inp_c = None
+        if commit:
+            if isinstance(msgid, str) and msgid in rnd.msgids:
+                raise _Flush()
+            inp_c = self._journal_check(env, infno, codec)
+        try:
+            inp = codec.settle.decode(env.input)
+        except DecodeError as e:
+            raise Refused(E_SCHEMA, f"input: {e}") from None
+        d = inp.data
+        for k in ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code"):
+            v = getattr(env, k)
+            if not isinstance(v, str) or not v:
+                raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
+        if not isinstance(msgid, str) or not msgid:
+            raise Refused(E_SCHEMA, "msgid must be a non-empty string")
+        for k in ("psn_no", "mdtrt_id", "med_type", "insutype"):
+            v = getattr(d, k)
+            if not isinstance(v, str) or not v:
+                raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
+        med_type = d.med_type
+        if med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT):
+            raise Refused(E_SCHEMA, f"med_type {med_type} is not taken by {infno}")
+        try:
+            medfee = money.parse_fen(d.medfee_sumamt)
+        except money.NumberError as e:
+            raise Refused(E_SCHEMA, f"medfee_sumamt: {e}") from None
+        if d.acct_used_flag not in ("0", "1"):
+            raise Refused(E_SCHEMA, "acct_used_flag must be 0 or 1")
+        try:
+            day = money.parse_time_day(d.begntime)
+            if not outpatient:
+                day = money.parse_time_day(d.endtime)
+        except money.NumberError as e:
+            raise Refused(E_SCHEMA, f"begntime/endtime: {e}") from None
+        chronic = med_type == MED_TYPE_CHRONIC
+        if chronic and (not isinstance(d.dise_codg, str) or not d.dise_codg):
+            raise Refused(E_SCHEMA, "dise_codg must be a non-empty string")
+        lines = inp.feedetail
+        if not lines:
+            raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
+        visit = (env.fixmedins_code, d.mdtrt_id)
+        if visit in rnd.visits:
+            raise _Flush()
+
+        p = Pending(idx, env, d, lines, commit, outpatient, now, inscp_input=inp_c)
+        p.medfee = medfee
+        # From here on a failing check is remembered, not raised: an E_SCHEMA in
+        # the lines (found by the kernel later) still ranks before it.
+        try:
+            if len(lines) > LINES_MAX:
+                raise Refused(E_LIMIT, f"more than {LINES_MAX} fee lines")
+            inst = self.inst.get(env.fixmedins_code)
+            if inst is None:
+                raise Refused(E_UNKNOWN_INSTITUTION)
+            if inst[0] != env.mdtrtarea_admvs:
+                raise Refused(E_FORBIDDEN, "the institution is not in mdtrtarea_admvs")
+            psn = self.psn_index.get(d.psn_no)
+            if psn is None:
+                raise Refused(E_UNKNOWN_PERSON)
+            insuplc, insutype = self.psn_insuplc[psn], self.psn_insutype[psn]
+            if env.insuplc_admdvs != insuplc or d.insutype != insutype:
+                raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
+            pol = self.pol.ids.get((insuplc, insutype))
+            if pol is None:
+                raise Refused(E_NO_POLICY)
+            if visit in self.open_visits:
+                raise Refused(E_DUPLICATE_VISIT)
+        except Refused as r:
+            p.err = r.code
+            rnd.visits.add(visit)
+            return p
+        policy = self.policies[pol]
+        cls = self._filing_class(psn, insuplc, env.mdtrtarea_admvs, day, med_type, policy)
+        red = 0 if cls in (LOCAL, WAIVED) else policy.reduction_bp[REDUCTION_KEY_OF_CLASS[cls]]
+        p.pre_status = 0
+        if red is None:
+            p.pre_status, red = 1, 0
+        if chronic:
+            p.kind = KIND_CHRONIC
+            p.cd_slot = self.cd_slots.get((psn, d.dise_codg), -1)
+            p.cd_pol = self.pol.chronic.get((pol, d.dise_codg), -1)
+            if p.pre_status == 0 and (p.cd_slot < 0 or p.cd_pol < 0):
+                p.pre_status = 2
+        else:
+            p.kind = KIND_OUTPATIENT if outpatient else KIND_INPATIENT
+        p.psn, p.pol, p.lv, p.cls, p.reduction_bp = psn, pol, inst[1], cls, red
+        p.year = money.day_year(day)
+        p.retired310 = int(insutype == "310" and is_retired(self.psn_type[psn]))
+        p.acct_ok = int(insutype == "310" and d.acct_used_flag == "1")
+        rnd.visits.add(visit)
+        if commit:
+            rnd.msgids.add(msgid)
+        return p
+
+    def _filing_class(self, psn: int, insuplc: str, t: str, day: int, med_type: str, policy) -> str:
+        """Section 4: the candidate class with the smallest reduction."""
+        if t == insuplc:
+            return LOCAL
+        cands = set()
+        for cls, dest, begn, end, _ in self.filings.get(psn, ()):
+            if begn <= day <= end and (
+                dest == t
+                or (dest.endswith("0000") and dest[:2] == t[:2])
+                or (dest.endswith("00") and dest[:4] == t[:4])
+            ):
+                cands.add(cls)
+        if med_type in MED_TYPES_EMERGENCY:
+            cands.add(EMERGENCY)
+        if med_type in MED_TYPES_OUTPATIENT and not policy.op_requires_filing:
+            cands.add(WAIVED)
+        if not cands:
+            return UNFILED
+        best, best_red = None, None
+        for c in CANDIDATE_ORDER:
+            if c in cands:
+                r = 0 if c == WAIVED else policy.reduction_bp[REDUCTION_KEY_OF_CLASS[c]]
+                if best is None or r < best_red:
+                    best, best_red = c, r
+        return best
+
+    def _run_round(self, rnd: "_Round", replies: list) -> None:
+        """Compute every pending settlement of a round through the kernels, in order."""
+        pend = rnd.pending
+        n = len(pend)
+        counts = np.fromiter((len(p.lines) for p in pend), dtype=I64, count=n)
+        starts = np.zeros(n + 1, I64)
+        np.cumsum(counts, out=starts[1:])
+        all_lines: list = []
+        for p in pend:
+            all_lines.extend(p.lines)
+        lines = kernels.gather_lines(all_lines)
+        prov = np.fromiter(
+            (int(p.env.mdtrtarea_admvs[:2]) if p.env.mdtrtarea_admvs[:2].isdigit() else -1 for p in pend),
+            dtype=I16, count=n,
+        )
+        line_prov = np.repeat(prov, counts)
+        row = self.cat.match(lines.codes, line_prov, lines.day)
+        outpatient = np.fromiter((p.outpatient for p in pend), dtype=U8, count=n)
+        split = kernels.split_lines(self.cat, starts, outpatient, row, lines)
+        bad_lines = np.add.reduceat(lines.bad.astype(I64), starts[:-1]) if lines.n_bad else np.zeros(n, I64)
+        arrays = _RoundArrays(self.cat, starts, lines, row, split)
+
+        # Errors that rank before the fund payment, in the order of section 7.
+        ok: list[Pending] = []
+        for k, p in enumerate(pend):
+            err = None
+            if bad_lines[k]:
+                err = E_SCHEMA
+            elif p.err is not None:
+                err = p.err
+            elif split.err[k]:
+                err = _SPLIT_ERR[int(split.err[k])]
+            elif int(split.tot_amt[k]) != p.medfee:
+                err = E_AMOUNT_MISMATCH
+            if err is not None:
+                replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(err))
+            else:
+                ok.append(p)
+        if not ok:
+            return
+        pos = {id(p): k for k, p in enumerate(pend)}
+        sel = np.fromiter((pos[id(p)] for p in ok), dtype=I64, count=len(ok))
+        m = len(ok)
+
+        def col(attr: str, dtype) -> np.ndarray:
+            return np.fromiter((getattr(p, attr) for p in ok), dtype=dtype, count=m)
+
+        s = {
+            "kind": col("kind", I8), "pol": col("pol", I32), "lv": col("lv", I8),
+            "psn": col("psn", I32), "year": col("year", I32),
+            "inscp": np.ascontiguousarray(split.tot_inscp[sel]), "medfee": col("medfee", I64),
+            "reduction_bp": col("reduction_bp", I32), "retired310": col("retired310", U8),
+            "acct_ok": col("acct_ok", U8), "cd_slot": col("cd_slot", I32), "cd_pol": col("cd_pol", I32),
+            "pre_status": col("pre_status", I8), "commit": col("commit", U8),
+        }
+        pay = kernels.pay_funds(self.pol, self.state, s)
+        for j, p in enumerate(ok):
+            st = int(pay.status[j])
+            if st:
+                replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(_FUND_ERR[st]))
+                continue
+            replies[p.idx] = self._settlement_reply(p, int(sel[j]), j, split, pay, arrays)
+
+    def _settlement_reply(self, p: Pending, k: int, j: int, split, pay, arrays) -> Reply:
+        insutype = self.psn_insutype[p.psn]
+        hifp = int(pay.hifp_pay[j])
+        second = int(pay.second_pay[j])
+        acct = int(pay.acct_pay[j])
+        amounts = {
+            "medfee_sumamt": p.medfee,
+            "fulamt_ownpay_amt": int(split.tot_fulamt[k]),
+            "overlmt_selfpay": int(split.tot_overlmt[k]),
+            "preselfpay_amt": int(split.tot_presel[k]),
+            "inscp_scp_amt": int(split.tot_inscp[k]),
+            "act_pay_dedc": int(pay.act_pay_dedc[j]),
+            "hifp_pay": hifp,
+            "hifmi_pay": second if insutype == "390" else 0,
+            "hifob_pay": second if insutype == "310" else 0,
+            "fund_pay_sumamt": int(pay.fund_pay_sumamt[j]),
+            "psn_part_amt": int(pay.psn_part_amt[j]),
+            "acct_pay": acct,
+            "psn_cash_pay": int(pay.psn_cash_pay[j]),
+        }
+        d = p.data
+        info = {
+            "pool_prop_selfpay": money.format_bp(int(pay.pool_prop_bp[j])),
+            "filing_class": p.cls,
+            "mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "insutype": insutype, "med_type": d.med_type,
+            "clr_type": CLR_TYPE_OUTPATIENT if p.outpatient else CLR_TYPE_INPATIENT,
+        }
+        setlinfo = {k2: _fmt(v) for k2, v in amounts.items()}
+        setlinfo["balc"] = _fmt(int(pay.balc_after[j]))
+        for z in _ZERO_FUNDS:
+            setlinfo[z] = "0.00"
+        setlinfo.update(info)
+        setlinfo["setl_time"] = p.now
+        detail = []
+        for fund_type, amt in ((FUND_BASIC[insutype], hifp), (FUND_SECOND[insutype], second), (FUND_ACCOUNT, acct)):
+            if amt:
+                detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
+                               "fund_payamt": _fmt(amt)})
+        sns = [ln.feedetl_sn for ln in p.lines]
+        lo = int(arrays.starts[k])
+        hi = lo + len(p.lines)
+        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(sns, lo, hi, arrays)}
+        reply = self._ok(p.env.msgid, p.now, output)
+        if p.commit:
+            setl_id = "S" + p.env.msgid
+            setlinfo["setl_id"] = setl_id
+            self.settled[setl_id] = Settled(
+                setl_id=setl_id, outpatient=p.outpatient, fixmedins_code=p.env.fixmedins_code,
+                mdtrt_id=d.mdtrt_id, psn=p.psn, psn_no=d.psn_no, kind=p.kind, cd_slot=p.cd_slot,
+                year=int(self.state.acc_year[p.psn]), amounts=amounts, burden=int(pay.burden[j]),
+                second=second, info=info,
+            )
+            self.open_visits.add((p.env.fixmedins_code, d.mdtrt_id))
+            self.journal[p.env.msgid] = (p.env.infno, p.inscp_input, reply)
+        return reply
+
+    # ------------------------------------------------------------ reversal
+
+    def _reverse(self, env, codec: Codec, now: str) -> Reply:
+        infno = env.infno
+        inp_c = self._journal_check(env, infno, codec)
+        try:
+            d = codec.reverse.decode(env.input).data
+        except DecodeError as e:
+            raise Refused(E_SCHEMA, f"input: {e}") from None
+        if not isinstance(env.fixmedins_code, str) or not env.fixmedins_code:
+            raise Refused(E_SCHEMA, "fixmedins_code must be a non-empty string")
+        for k in ("setl_id", "mdtrt_id", "psn_no"):
+            v = getattr(d, k)
+            if not isinstance(v, str) or not v:
+                raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
+        rec = self.settled.get(d.setl_id)
+        if rec is None:
+            raise Refused(E_NOT_FOUND, f"settlement {d.setl_id}")
+        if rec.fixmedins_code != env.fixmedins_code:
+            raise Refused(E_FORBIDDEN, "only the institution that settled may reverse")
+        if rec.reversed:
+            raise Refused(E_ALREADY_REVERSED)
+        if (infno in OUTPATIENT_INFNOS) != rec.outpatient or rec.mdtrt_id != d.mdtrt_id or rec.psn_no != d.psn_no:
+            raise Refused(E_MISMATCH, "infno, mdtrt_id or psn_no differ from the settlement")
+        st, i, a = self.state, rec.psn, rec.amounts
+        st.balc[i] += a["acct_pay"]
+        if int(st.acc_year[i]) == rec.year:
+            if rec.kind == KIND_INPATIENT:
+                st.hifp_ip[i] -= a["hifp_pay"]
+                st.burden2[i] -= rec.burden
+                st.second_paid[i] -= rec.second
+            elif rec.kind == KIND_OUTPATIENT:
+                st.ded_op[i] -= a["act_pay_dedc"]
+                st.hifp_op[i] -= a["hifp_pay"]
+            else:
+                st.cd_val[rec.cd_slot] -= a["hifp_pay"]
+        rec.reversed = True
+        self.open_visits.discard((rec.fixmedins_code, rec.mdtrt_id))
+        setlinfo = {k: _fmt(-v) for k, v in a.items()}
+        setlinfo["balc"] = _fmt(int(st.balc[i]))
+        for z in _ZERO_FUNDS:
+            setlinfo[z] = "0.00"
+        setlinfo.update(rec.info)
+        setlinfo["setl_time"] = now
+        setlinfo["setl_id"] = "S" + env.msgid
+        reply = self._ok(env.msgid, now, {"setlinfo": setlinfo})
+        self.journal[env.msgid] = (infno, inp_c, reply)
+        return reply
+
+    # ------------------------------------------------------------ 1101
+
+    def _person_info(self, env, codec: Codec) -> dict:
+        try:
+            d = codec.person.decode(env.input).data
+        except DecodeError as e:
+            raise Refused(E_SCHEMA, f"input: {e}") from None
+        kind, no = d.mdtrt_cert_type, d.mdtrt_cert_no
+        for v in (kind, no):
+            if not isinstance(v, str) or not v:
+                raise Refused(E_SCHEMA, "mdtrt_cert_type and mdtrt_cert_no must be non-empty strings")
+        if kind == "01":
+            i = self.psn_index.get(no)
+        elif kind in ("02", "03"):
+            i = self.by_certno.get(no)
+        else:
+            raise Refused(E_SCHEMA, "mdtrt_cert_type must be 01, 02 or 03")
+        if i is None:
+            raise Refused(E_UNKNOWN_PERSON)
+        w = self.world
+        return {
+            "baseinfo": {"psn_no": self.psn_no[i], "certno": self.psn_certno[i], "psn_name": self.psn_name[i]},
+            "insuinfo": [{
+                "insutype": self.psn_insutype[i], "psn_type": self.psn_type[i],
+                "balc": _fmt(int(self.state.balc[i])), "insuplc_admdvs": self.psn_insuplc[i],
+            }],
+            "filinginfo": [{
+                "filing_type": w.fil_type[f[4]], "dest_admdvs": f[1],
+                "begndate": money.format_day(int(w.fil_begn[f[4]])),
+                "enddate": None if int(w.fil_end[f[4]]) == DAY_OPEN else money.format_day(int(w.fil_end[f[4]])),
+                "status": w.fil_status[f[4]],
+            } for f in self.filings.get(i, ())],
+        }
+
+
+class _Round:
+    __slots__ = ("pending", "msgids", "visits")
+
+    def __init__(self):
+        self.pending: list[Pending] = []
+        self.msgids: set[str] = set()
+        self.visits: set[tuple] = set()
+
+    def add(self, p: Pending) -> None:
+        self.pending.append(p)
+
+
+class _Flush(Exception):
+    """The request conflicts with the open round: compute the round first."""
+
+
+class _Journaled(Exception):
+    """The msgid was committed before with the same input: answer the stored reply."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply

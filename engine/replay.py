@@ -1,0 +1,77 @@
+"""`yidi replay`: feed a request stream through the engine, one reply line each (section 9)."""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Iterator
+
+import orjson
+
+from .pipeline import Engine, Request
+from .wire import JSON
+from .world import World, load_world
+
+BATCH_MAX = 1024  # requests per engine batch in replay
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                yield line
+
+
+def _batches(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for x in it:
+        batch.append(x)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def replay_compiled(world: World, in_path: str, out_path: str, batch_max: int = BATCH_MAX) -> int:
+    engine = Engine(world, clock="inf_time")
+    enc = JSON.encoder
+    n = 0
+    with open(out_path, "wb") as out:
+        for batch in _batches(_lines(in_path), batch_max):
+            replies = engine.handle_batch([Request(b) for b in batch])
+            buf = bytearray()
+            for r in replies:
+                buf += enc.encode(r)
+                buf += b"\n"
+            out.write(buf)
+            n += len(replies)
+    return n
+
+
+def replay_reference(world: World, in_path: str, out_path: str) -> int:
+    import json
+
+    from .reference import ReferenceEngine
+
+    eng = ReferenceEngine(world)
+    n = 0
+    with open(out_path, "wb") as out:
+        for line in _lines(in_path):
+            try:
+                env = json.loads(line, parse_float=str)
+            except ValueError:
+                env = None
+            clock = env.get("inf_time") if isinstance(env, dict) else None
+            reply = eng.handle(env, clock=clock if isinstance(clock, str) else None)
+            out.write(orjson.dumps(reply) + b"\n")
+            n += 1
+    return n
+
+
+def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False) -> dict:
+    t0 = time.perf_counter()
+    world = load_world(world_dir)
+    t1 = time.perf_counter()
+    n = replay_reference(world, in_path, out_path) if reference else replay_compiled(world, in_path, out_path)
+    t2 = time.perf_counter()
+    return {"requests": n, "load_s": t1 - t0, "replay_s": t2 - t1, "total_s": t2 - t0}

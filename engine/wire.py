@@ -1,0 +1,124 @@
+"""The wire model: msgspec Structs for envelopes and replies, JSON and MessagePack.
+
+SETTLEMENT.md section 7. Decoding is lenient on types (fields are `Any`) so that
+the engine, not the decoder, decides which error code a bad field earns, in the
+order section 7 gives. JSON numbers reach us as their literal text (a
+`float_hook` of `str`), so money never passes through a binary float.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .protocol import canonical
+
+
+class Envelope(msgspec.Struct):
+    """The envelope of every transaction; `input` stays raw until the infno is known."""
+
+    infno: Any = None
+    msgid: Any = None
+    mdtrtarea_admvs: Any = None
+    insuplc_admdvs: Any = None
+    fixmedins_code: Any = None
+    fixmedins_name: Any = None
+    inf_time: Any = None
+    input: msgspec.Raw = msgspec.Raw(b"")
+
+
+class FeeLine(msgspec.Struct):
+    feedetl_sn: Any = None
+    med_list_codg: Any = None
+    det_item_fee_sumamt: Any = None
+    cnt: Any = None
+    pric: Any = None
+    fee_ocur_time: Any = None
+
+
+class SettleData(msgspec.Struct):
+    psn_no: Any = None
+    mdtrt_id: Any = None
+    med_type: Any = None
+    insutype: Any = None
+    medfee_sumamt: Any = None
+    acct_used_flag: Any = "0"
+    begntime: Any = None
+    endtime: Any = None
+    dise_codg: Any = None
+
+
+class SettleInput(msgspec.Struct):
+    data: SettleData
+    feedetail: list[FeeLine] | None = None
+
+
+class ReverseData(msgspec.Struct):
+    setl_id: Any = None
+    mdtrt_id: Any = None
+    psn_no: Any = None
+
+
+class ReverseInput(msgspec.Struct):
+    data: ReverseData
+
+
+class PersonQueryData(msgspec.Struct):
+    mdtrt_cert_type: Any = None
+    mdtrt_cert_no: Any = None
+
+
+class PersonQueryInput(msgspec.Struct):
+    data: PersonQueryData
+
+
+class Reply(msgspec.Struct, omit_defaults=True):
+    infcode: int
+    inf_refmsgid: str
+    refmsg_time: str
+    respond_time: str
+    err_msg: str
+    err_code: str | None = None
+    output: Any = None
+
+
+DecodeError = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+class Codec:
+    """Decoders and encoders for one format ('json' or 'msgpack')."""
+
+    def __init__(self, fmt: str):
+        self.fmt = fmt
+        if fmt == "json":
+            mod = msgspec.json
+            kw = {"float_hook": str}
+        elif fmt == "msgpack":
+            mod = msgspec.msgpack
+            kw = {}
+        else:
+            raise ValueError(fmt)
+        self.envelope = mod.Decoder(Envelope, **kw)
+        self.settle = mod.Decoder(SettleInput, **kw)
+        self.reverse = mod.Decoder(ReverseInput, **kw)
+        self.person = mod.Decoder(PersonQueryInput, **kw)
+        self.generic = mod.Decoder(**kw)
+        self.encoder = mod.Encoder(enc_hook=_enc_hook)
+
+    def canonical_input(self, raw: msgspec.Raw) -> bytes | None:
+        """The canonical form of a raw `input`, or None when it does not decode."""
+        try:
+            return canonical(self.generic.decode(raw))
+        except DecodeError:
+            return None
+
+
+def _enc_hook(obj: object) -> object:
+    to_wire = getattr(obj, "to_wire", None)
+    if to_wire is not None:
+        return to_wire()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+JSON = Codec("json")
+MSGPACK = Codec("msgpack")

@@ -1,0 +1,47 @@
+import os
+from decimal import Decimal, InvalidOperation
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("YIDI_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+VECTORS = os.path.join(SHARED, "spec", "vectors")
+VECTOR_WORLD = os.path.join(VECTORS, "world")
+
+
+def numeric(v):
+    """Money and ratios compare numerically: '0.5000' == '0.50' == 0.5 (expected.jsonl rule)."""
+    if isinstance(v, bool) or v is None:
+        return v
+    try:
+        return Decimal(str(v))
+    except (InvalidOperation, ValueError):
+        return v
+
+
+def differences(expected, got, path=""):
+    """Every field listed in `expected` must be in `got` with the same (numeric) value."""
+    out = []
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return [f"{path}: want an object, got {got!r}"]
+        for k, v in expected.items():
+            if k not in got:
+                out.append(f"{path}/{k}: missing")
+            else:
+                out += differences(v, got[k], f"{path}/{k}")
+    elif isinstance(expected, list):
+        if not isinstance(got, list) or len(got) != len(expected):
+            return [f"{path}: want a list of {len(expected)}, got {got!r:.80}"]
+        for i, (a, b) in enumerate(zip(expected, got)):
+            out += differences(a, b, f"{path}[{i}]")
+    elif numeric(expected) != numeric(got):
+        out.append(f"{path}: want {expected!r}, got {got!r}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def vector_world():
+    from engine.world import load_world
+
+    return load_world(VECTOR_WORLD)
