@@ -103,7 +103,7 @@ class Pending:
     cd_pol: int = -1
     acct_ok: int = 0
     retired310: int = 0
-    inscp_input: object = None  # canonical input for the journal
+    journal_input: object = None  # (codec, raw input bytes) for the journal
 
 
 class ResultRows:
@@ -114,34 +114,13 @@ class ResultRows:
     def __init__(self, sns: list, lo: int, hi: int, r: "_RoundArrays"):
         self.sns, self.lo, self.hi, self.r = sns, lo, hi, r
 
-    def to_wire(self) -> list:
+    def to_raw(self, fmt: int) -> msgspec.Raw:
         r = self.r
-        out = []
-        cat = r.cat
-        for j, i in enumerate(range(self.lo, self.hi)):
-            row = int(r.row[i])
-            if row >= 0:
-                cap = int(cat.cap_micro[row])
-                lvs = f"0{int(cat.lv[row])}"
-                sp = money.format_bp(int(cat.selfpay_bp[row]))
-                capt = money.format_micro(cap) if cap >= 0 else None
-            else:
-                lvs, sp, capt = "", None, None
-            out.append({
-                "feedetl_sn": self.sns[j],
-                "det_item_fee_sumamt": _fmt(int(r.lines.amt_fen[i])),
-                "cnt": money.format_cnt(int(r.lines.cnt[i])),
-                "pric": money.format_micro(int(r.lines.pric_micro[i])),
-                "pric_uplmt_amt": capt,
-                "selfpay_prop": sp,
-                "chrgitm_lv": lvs,
-                "fulamt_ownpay_amt": _fmt(int(r.split.fulamt[i])),
-                "overlmt_amt": _fmt(int(r.split.overlmt[i])),
-                "preselfpay_amt": _fmt(int(r.split.presel[i])),
-                "inscp_scp_amt": _fmt(int(r.split.inscp[i])),
-                "memo": MEMOS[int(r.split.memo[i])],
-            })
-        return out
+        return msgspec.Raw(kernels.emit_rows(
+            self.sns, self.lo, self.hi, fmt, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
+            r.cat.lv, r.cat.selfpay_bp, r.cat.cap_micro,
+            r.split.memo, r.split.fulamt, r.split.overlmt, r.split.presel, r.split.inscp,
+        ))
 
 
 @dataclass(slots=True)
@@ -194,7 +173,7 @@ class Engine:
         self.state = kernels.PersonState(world, len(self.cd_slots))
         self.state.cd_val[: len(self.cd_slots)] = world.chr_hifp_cd
         self.state.cd_year[: len(self.cd_slots)] = self.state.acc_year[world.chr_psn]
-        self.journal: dict[str, tuple[str, bytes | None, Reply]] = {}
+        self.journal: dict[str, tuple[str, Codec, bytes, Reply]] = {}  # msgid -> (infno, codec, input, reply)
         self.settled: dict[str, Settled] = {}
         self.open_visits: set[tuple[str, str]] = set()
 
@@ -267,18 +246,25 @@ class Engine:
             r.detail or ERR_MESSAGES.get(r.code, r.code), r.code, {},
         )
 
-    def _journal_check(self, env, infno: str, codec: Codec) -> bytes | None:
-        """Section 7 idempotency: a committed msgid answers with its first reply."""
+    def _journal_check(self, env, infno: str, codec: Codec) -> tuple:
+        """Section 7 idempotency: a committed msgid answers with its first reply.
+
+        Returns what the journal keeps of this request's input: its raw bytes and
+        codec. They are compared in canonical form only when a msgid comes back,
+        so the common path never re-encodes an input.
+        """
         msgid = env.msgid
         if not isinstance(msgid, str) or not msgid:
             raise Refused(E_SCHEMA, "msgid")
-        inp = codec.canonical_input(env.input)
         hit = self.journal.get(msgid)
         if hit is not None:
-            if hit[0] == infno and hit[1] == inp and inp is not None:
-                raise _Journaled(hit[2])
+            h_infno, h_codec, h_raw, h_reply = hit
+            if h_infno == infno:
+                mine = codec.canonical_input(env.input)
+                if mine is not None and mine == h_codec.canonical_input(msgspec.Raw(h_raw)):
+                    raise _Journaled(h_reply)
             raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
-        return inp
+        return codec, bytes(env.input)
 
     # ------------------------------------------------------------ settlements
 
@@ -333,7 +319,7 @@ class Engine:
         if visit in rnd.visits:
             raise _Flush()
 
-        p = Pending(idx, env, d, lines, commit, outpatient, now, inscp_input=inp_c)
+        p = Pending(idx, env, d, lines, commit, outpatient, now, journal_input=inp_c)
         p.medfee = medfee
         # From here on a failing check is remembered, not raised: an E_SCHEMA in
         # the lines (found by the kernel later) still ranks before it.
@@ -525,7 +511,7 @@ class Engine:
                 second=second, info=info,
             )
             self.open_visits.add((p.env.fixmedins_code, d.mdtrt_id))
-            self.journal[p.env.msgid] = (p.env.infno, p.inscp_input, reply)
+            self.journal[p.env.msgid] = (p.env.infno, *p.journal_input, reply)
         return reply
 
     # ------------------------------------------------------------ reversal
@@ -574,7 +560,7 @@ class Engine:
         setlinfo["setl_time"] = now
         setlinfo["setl_id"] = "S" + env.msgid
         reply = self._ok(env.msgid, now, {"setlinfo": setlinfo})
-        self.journal[env.msgid] = (infno, inp_c, reply)
+        self.journal[env.msgid] = (infno, *inp_c, reply)
         return reply
 
     # ------------------------------------------------------------ 1101

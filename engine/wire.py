@@ -84,12 +84,17 @@ class Reply(msgspec.Struct, omit_defaults=True):
 
 DecodeError = (msgspec.DecodeError, msgspec.ValidationError)
 
+# Formats of a part of a reply rendered by a kernel (engine.kernels.emit_rows).
+RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK = 0, 1, 2
+
 
 class Codec:
     """Decoders and encoders for one format ('json' or 'msgpack')."""
 
-    def __init__(self, fmt: str):
+    def __init__(self, fmt: str, money_numbers: bool = False):
         self.fmt = fmt
+        # What a lazily rendered part of a reply (the `result` rows) is asked to produce.
+        self.raw_fmt = RAW_MSGPACK if fmt == "msgpack" else (RAW_JSON_NUMBERS if money_numbers else RAW_JSON)
         if fmt == "json":
             mod = msgspec.json
             kw = {"float_hook": str}
@@ -103,7 +108,8 @@ class Codec:
         self.reverse = mod.Decoder(ReverseInput, **kw)
         self.person = mod.Decoder(PersonQueryInput, **kw)
         self.generic = mod.Decoder(**kw)
-        self.encoder = mod.Encoder(enc_hook=_enc_hook)
+        raw_fmt = self.raw_fmt
+        self.encoder = mod.Encoder(enc_hook=lambda obj: obj.to_raw(raw_fmt))
 
     def canonical_input(self, raw: msgspec.Raw) -> bytes | None:
         """The canonical form of a raw `input`, or None when it does not decode."""
@@ -111,13 +117,6 @@ class Codec:
             return canonical(self.generic.decode(raw))
         except DecodeError:
             return None
-
-
-def _enc_hook(obj: object) -> object:
-    to_wire = getattr(obj, "to_wire", None)
-    if to_wire is not None:
-        return to_wire()
-    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 JSON = Codec("json")

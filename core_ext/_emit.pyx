@@ -1,0 +1,285 @@
+"""Rendering the per-line `result` of a settlement straight to JSON or MessagePack bytes.
+
+SETTLEMENT.md section 7 (the `result` rows). A settlement of 60 lines has 720
+fields to format; building them as Python dicts costs more than everything
+else the engine does for that settlement, so the rows are written here, into
+one buffer, and spliced into the reply as msgspec.Raw. Private: use
+engine.kernels.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.ref cimport PyObject
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    bint PyUnicode_Check(object o)
+    bint PyLong_Check(object o)
+    bint PyBool_Check(object o)
+
+# A row's fixed part is under 400 bytes; a feedetl_sn adds up to 6 bytes per
+# byte when every character needs a JSON escape.
+cdef enum:
+    ROW_FIXED_BYTES_MAX = 512
+
+cdef const char *MEMO_TEXT[4]
+MEMO_TEXT[0] = b""
+MEMO_TEXT[1] = b"NOT_IN_CATALOGUE"
+MEMO_TEXT[2] = b"CLASS_C"
+MEMO_TEXT[3] = b"LIMITED_USE"
+cdef int MEMO_LEN[4]
+MEMO_LEN[:] = [0, 16, 7, 11]
+
+
+cdef struct Buf:
+    char *p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef inline void put(Buf *b, const char *s, Py_ssize_t n) noexcept nogil:
+    memcpy(b.p + b.n, s, n)
+    b.n += n
+
+
+cdef inline void put_c(Buf *b, char c) noexcept nogil:
+    b.p[b.n] = c
+    b.n += 1
+
+
+cdef inline Py_ssize_t fmt_scaled(char *out, int64_t v, int places) noexcept nogil:
+    """v / 10**places as a decimal with exactly `places` decimals; returns the length."""
+    cdef char tmp[32]
+    cdef int i = 0, k
+    cdef Py_ssize_t n = 0
+    cdef uint64_t u
+    if v < 0:
+        out[0] = b'-'
+        n = 1
+        u = <uint64_t>(-(v + 1)) + 1
+    else:
+        u = <uint64_t>v
+    # digits, least significant first; at least places + 1 of them
+    while u > 0 or i <= places:
+        tmp[i] = <char>(48 + <int>(u % 10))
+        u //= 10
+        i += 1
+    for k in range(i - 1, places - 1, -1):
+        out[n] = tmp[k]
+        n += 1
+    if places > 0:
+        out[n] = b'.'
+        n += 1
+        for k in range(places - 1, -1, -1):
+            out[n] = tmp[k]
+            n += 1
+    return n
+
+
+cdef inline void json_scaled(Buf *b, int64_t v, int places, bint quoted) noexcept nogil:
+    if quoted:
+        put_c(b, b'"')
+    b.n += fmt_scaled(b.p + b.n, v, places)
+    if quoted:
+        put_c(b, b'"')
+
+
+cdef inline void json_str(Buf *b, const char *s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    cdef const char *hexd = b"0123456789abcdef"
+    put_c(b, b'"')
+    for i in range(n):
+        c = <unsigned char>s[i]
+        if c == b'"' or c == b'\\':
+            put_c(b, b'\\')
+            put_c(b, <char>c)
+        elif c < 0x20:
+            put(b, b"\\u00", 4)
+            put_c(b, hexd[c >> 4])
+            put_c(b, hexd[c & 15])
+        else:
+            put_c(b, <char>c)
+    put_c(b, b'"')
+
+
+cdef inline void mp_str(Buf *b, const char *s, Py_ssize_t n) noexcept nogil:
+    if n < 32:
+        put_c(b, <char>(0xa0 | n))
+    elif n < 256:
+        put_c(b, <char>0xd9)
+        put_c(b, <char>n)
+    else:
+        put_c(b, <char>0xda)
+        put_c(b, <char>(n >> 8))
+        put_c(b, <char>(n & 0xff))
+    put(b, s, n)
+
+
+cdef inline void mp_scaled(Buf *b, int64_t v, int places) noexcept nogil:
+    cdef char tmp[40]
+    cdef Py_ssize_t n = fmt_scaled(tmp, v, places)
+    put_c(b, <char>(0xa0 | n))
+    put(b, tmp, n)
+
+
+cdef inline void mp_int(Buf *b, long long v) noexcept nogil:
+    cdef int k
+    if 0 <= v < 128:
+        put_c(b, <char>v)
+    elif -32 <= v < 0:
+        put_c(b, <char>(0xe0 | (v + 32)))
+    else:
+        put_c(b, <char>0xd3)  # int64, big-endian
+        for k in range(7, -1, -1):
+            put_c(b, <char>((v >> (8 * k)) & 0xff))
+
+
+cdef inline void key(Buf *b, const char *k, Py_ssize_t n, bint mp, bint first) noexcept nogil:
+    if mp:
+        put_c(b, <char>(0xa0 | n))
+        put(b, k, n)
+    else:
+        if not first:
+            put_c(b, b',')
+        put_c(b, b'"')
+        put(b, k, n)
+        put(b, b'":', 2)
+
+
+def emit_rows(
+    list sns, Py_ssize_t lo, Py_ssize_t hi, int fmt,
+    const int64_t[::1] amt_fen, const int64_t[::1] cnt, const int64_t[::1] pric_micro,
+    const int32_t[::1] row,
+    const int8_t[::1] cat_lv, const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
+    const int8_t[::1] memo, const int64_t[::1] fulamt, const int64_t[::1] overlmt,
+    const int64_t[::1] presel, const int64_t[::1] inscp,
+):
+    """Rows lo..hi-1 of a round as a `result` list: fmt 0 JSON with money as strings,
+    1 JSON with money as numbers (the HTTP gateway), 2 MessagePack (strings).
+
+    sns[i - lo] is the row's feedetl_sn as decoded: a str or an int.
+    """
+    cdef Py_ssize_t m = hi - lo, i, j, sn_n, total = 16
+    cdef bint mp = fmt == 2, q = fmt != 1
+    cdef Buf b
+    cdef const char *sn_p
+    cdef object sn
+    cdef int32_t r
+    cdef long long sn_int
+    cdef char lvtxt[2]
+    if PyList_GET_SIZE(sns) != m:
+        raise ValueError("sns must hold one serial number per row")
+    # Size the buffer once: the fixed part of each row plus its serial number.
+    for j in range(m):
+        sn = <object>PyList_GET_ITEM(sns, j)
+        if PyUnicode_Check(sn):
+            PyUnicode_AsUTF8AndSize(sn, &sn_n)
+            total += ROW_FIXED_BYTES_MAX + 6 * sn_n
+        else:
+            total += ROW_FIXED_BYTES_MAX + 24
+    b.p = <char *>malloc(total)
+    if b.p == NULL:
+        raise MemoryError()
+    b.n = 0
+    b.cap = total
+    try:
+        if mp:
+            if m < 16:
+                put_c(&b, <char>(0x90 | m))
+            elif m < 65536:
+                put_c(&b, <char>0xdc)
+                put_c(&b, <char>(m >> 8))
+                put_c(&b, <char>(m & 0xff))
+            else:
+                put_c(&b, <char>0xdd)
+                for j in range(3, -1, -1):
+                    put_c(&b, <char>((m >> (8 * j)) & 0xff))
+        else:
+            put_c(&b, b'[')
+        for j in range(m):
+            i = lo + j
+            r = row[i]
+            sn = <object>PyList_GET_ITEM(sns, j)
+            if mp:
+                put_c(&b, <char>0x8c)  # a map of 12
+            else:
+                if j:
+                    put_c(&b, b',')
+                put_c(&b, b'{')
+            key(&b, b"feedetl_sn", 10, mp, True)
+            if PyUnicode_Check(sn):
+                sn_p = PyUnicode_AsUTF8AndSize(sn, &sn_n)
+                if mp:
+                    mp_str(&b, sn_p, sn_n)
+                else:
+                    json_str(&b, sn_p, sn_n)
+            elif PyLong_Check(sn) and not PyBool_Check(sn):
+                sn_int = sn
+                if mp:
+                    mp_int(&b, sn_int)
+                else:
+                    b.n += fmt_scaled(b.p + b.n, sn_int, 0)
+            else:
+                raise TypeError("feedetl_sn must be a str or an int")
+            with nogil:
+                key(&b, b"det_item_fee_sumamt", 19, mp, False)
+                if mp: mp_scaled(&b, amt_fen[i], 2)
+                else: json_scaled(&b, amt_fen[i], 2, q)
+                key(&b, b"cnt", 3, mp, False)
+                if mp: mp_scaled(&b, cnt[i], 4)
+                else: json_scaled(&b, cnt[i], 4, q)
+                key(&b, b"pric", 4, mp, False)
+                if mp: mp_scaled(&b, pric_micro[i], 6)
+                else: json_scaled(&b, pric_micro[i], 6, q)
+                key(&b, b"pric_uplmt_amt", 14, mp, False)
+                if r >= 0 and cat_cap_micro[r] >= 0:
+                    if mp: mp_scaled(&b, cat_cap_micro[r], 6)
+                    else: json_scaled(&b, cat_cap_micro[r], 6, q)
+                elif mp:
+                    put_c(&b, <char>0xc0)
+                else:
+                    put(&b, b"null", 4)
+                key(&b, b"selfpay_prop", 12, mp, False)
+                if r >= 0:
+                    if mp: mp_scaled(&b, cat_selfpay_bp[r], 4)
+                    else: json_scaled(&b, cat_selfpay_bp[r], 4, q)
+                elif mp:
+                    put_c(&b, <char>0xc0)
+                else:
+                    put(&b, b"null", 4)
+                key(&b, b"chrgitm_lv", 10, mp, False)
+                if r >= 0:
+                    lvtxt[0] = b'0'
+                    lvtxt[1] = <char>(48 + cat_lv[r])
+                    if mp: mp_str(&b, lvtxt, 2)
+                    else: json_str(&b, lvtxt, 2)
+                elif mp:
+                    put_c(&b, <char>0xa0)
+                else:
+                    put(&b, b'""', 2)
+                key(&b, b"fulamt_ownpay_amt", 17, mp, False)
+                if mp: mp_scaled(&b, fulamt[i], 2)
+                else: json_scaled(&b, fulamt[i], 2, q)
+                key(&b, b"overlmt_amt", 11, mp, False)
+                if mp: mp_scaled(&b, overlmt[i], 2)
+                else: json_scaled(&b, overlmt[i], 2, q)
+                key(&b, b"preselfpay_amt", 14, mp, False)
+                if mp: mp_scaled(&b, presel[i], 2)
+                else: json_scaled(&b, presel[i], 2, q)
+                key(&b, b"inscp_scp_amt", 13, mp, False)
+                if mp: mp_scaled(&b, inscp[i], 2)
+                else: json_scaled(&b, inscp[i], 2, q)
+                key(&b, b"memo", 4, mp, False)
+                if mp: mp_str(&b, MEMO_TEXT[memo[i]], MEMO_LEN[memo[i]])
+                else: json_str(&b, MEMO_TEXT[memo[i]], MEMO_LEN[memo[i]])
+                if not mp:
+                    put_c(&b, b'}')
+        if not mp:
+            put_c(&b, b']')
+        assert b.n <= b.cap
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)
