@@ -64,6 +64,8 @@ class Settled:
     setl_id: str
     outpatient: bool
     fixmedins_code: str
+    mdtrtarea_admvs: str
+    insuplc_admdvs: str
     mdtrt_id: str
     psn: int
     psn_no: str
@@ -75,6 +77,28 @@ class Settled:
     second: int
     info: dict  # the non-money setlinfo fields
     reversed: bool = False
+
+
+@dataclass(slots=True)
+class Change:
+    """One committed settlement or reversal of a batch: what a durable store must write.
+
+    The person's accumulators after the batch are read from Engine.state at commit
+    time (rows `settled.psn`, slot `settled.cd_slot`).
+    """
+
+    kind: str  # "settle" or "reverse"
+    msgid: str
+    infno: str
+    fixmedins_code: str
+    mdtrtarea_admvs: str
+    insuplc_admdvs: str
+    setl_id: str  # the id of this settlement or of this reversal
+    setl_time: str
+    codec: Codec  # of the request
+    input_raw: bytes  # the request's raw `input`
+    reply: Reply
+    settled: Settled  # the settlement (for a reversal: the one it reverses)
 
 
 @dataclass(slots=True)
@@ -176,6 +200,12 @@ class Engine:
         self.journal: dict[str, tuple[str, Codec, bytes, Reply]] = {}  # msgid -> (infno, codec, input, reply)
         self.settled: dict[str, Settled] = {}
         self.open_visits: set[tuple[str, str]] = set()
+        self.changes: list[Change] = []
+
+    def take_changes(self) -> list[Change]:
+        """What the batches since the last call committed, in order; a store writes them durably."""
+        out, self.changes = self.changes, []
+        return out
 
     # ------------------------------------------------------------ batch entry
 
@@ -506,12 +536,18 @@ class Engine:
             setlinfo["setl_id"] = setl_id
             self.settled[setl_id] = Settled(
                 setl_id=setl_id, outpatient=p.outpatient, fixmedins_code=p.env.fixmedins_code,
+                mdtrtarea_admvs=p.env.mdtrtarea_admvs, insuplc_admdvs=self.psn_insuplc[p.psn],
                 mdtrt_id=d.mdtrt_id, psn=p.psn, psn_no=d.psn_no, kind=p.kind, cd_slot=p.cd_slot,
                 year=int(self.state.acc_year[p.psn]), amounts=amounts, burden=int(pay.burden[j]),
                 second=second, info=info,
             )
             self.open_visits.add((p.env.fixmedins_code, d.mdtrt_id))
             self.journal[p.env.msgid] = (p.env.infno, *p.journal_input, reply)
+            env = p.env
+            self.changes.append(Change(
+                "settle", env.msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs,
+                self.psn_insuplc[p.psn], setl_id, p.now, *p.journal_input, reply, self.settled[setl_id],
+            ))
         return reply
 
     # ------------------------------------------------------------ reversal
@@ -561,6 +597,10 @@ class Engine:
         setlinfo["setl_id"] = "S" + env.msgid
         reply = self._ok(env.msgid, now, {"setlinfo": setlinfo})
         self.journal[env.msgid] = (infno, *inp_c, reply)
+        self.changes.append(Change(
+            "reverse", env.msgid, infno, env.fixmedins_code, env.mdtrtarea_admvs if isinstance(env.mdtrtarea_admvs, str) else "",
+            self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec,
+        ))
         return reply
 
     # ------------------------------------------------------------ 1101
