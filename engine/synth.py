@@ -19,6 +19,8 @@ micro-yuan, and from there on only integers are formatted.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import time
@@ -33,7 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from . import money
-from .protocol import LINES_MAX
+from .protocol import LINES_MAX, TEMP_FILING_TYPES
+from .world import DAY_OPEN, World
+
+__all__ = ["gen_world", "gen_requests", "world_view", "write_requests_jsonl", "WorldView", "ANOMALIES"]
 
 # ---------------------------------------------------------------- constants
 
@@ -112,8 +117,15 @@ EPOCH_DAY_SECONDS = 86_400
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:
-    """An independent generator per (seed, stream), stable across NumPy versions' PCG64."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(stream.encode())])
+    """An independent generator per (seed, stream).
+
+    SeedSequence entropy from the seed and the stream's name. NumPy keeps
+    PCG64's bit stream stable, but not every distribution method across major
+    versions: byte-identical output is promised for the same NumPy and Arrow.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer: {seed!r}")
+    return np.random.default_rng([int(seed), zlib.crc32(stream.encode())])
 
 
 def _day(s: str) -> int:
@@ -165,10 +177,28 @@ def _date_col(days: np.ndarray, mask_absent: np.ndarray | None = None) -> pa.Arr
     return a
 
 
+_CLOCK = None
+
+
+def _time_col(abs_seconds: np.ndarray) -> pa.Array:
+    """Seconds since 1970-01-01 as 'YYYY-MM-DD HH:MM:SS' (the spec's local time, no zone).
+
+    Built from a table of the 86,400 clock readings and one string per distinct
+    day: two takes and a join, several times faster than Arrow's strftime.
+    """
+    global _CLOCK
+    if _CLOCK is None:
+        sec = np.arange(EPOCH_DAY_SECONDS)
+        _CLOCK = _join(_lpad(sec // 3600, 2), ":", _lpad(sec // 60 % 60, 2), ":", _lpad(sec % 60, 2))
+    s = np.asarray(abs_seconds, dtype=np.int64)
+    day = s // EPOCH_DAY_SECONDS
+    uniq, inv = np.unique(day, return_inverse=True)
+    day_s = _date_col(uniq).cast(pa.string())
+    return _join(pc.take(day_s, pa.array(inv.ravel())), " ", pc.take(_CLOCK, pa.array(s - day * EPOCH_DAY_SECONDS)))
+
+
 def _time_strs(abs_seconds: np.ndarray) -> list[str]:
-    """Seconds since 1970-01-01 as 'YYYY-MM-DD HH:MM:SS' (the spec's local time, no zone)."""
-    ts = pa.array(np.asarray(abs_seconds, dtype=np.int64), type=pa.timestamp("s"))
-    return pc.strftime(ts, format="%Y-%m-%d %H:%M:%S").to_pylist()
+    return _time_col(abs_seconds).to_pylist()
 
 
 def _write_csv(table: pa.Table, path: str) -> int:
@@ -775,6 +805,8 @@ class WorldView:
     chr_dise: pa.Array
     fil_psn: np.ndarray  # int64 person row
     fil_dest: pa.Array
+    fil_begn: np.ndarray  # int64 day
+    fil_last: np.ndarray  # int64 last day in force (section 4), DAY_OPEN when open
     cat_provs: np.ndarray  # int64 province numbers with a catalogue (44 for 440000), sorted
     cat_start: np.ndarray  # int64, first row of each province in cat_code_id
     cat_count: np.ndarray  # int64, distinct codes of each province
@@ -796,13 +828,21 @@ def _read_strings(folder: str, name: str, cols: list[str]) -> dict[str, pa.Array
     return {c: t.column(c).combine_chunks() for c in cols}
 
 
-def _parse_scaled_col(a: pa.Array, places: int) -> np.ndarray:
-    """Decimal strings to integers scaled by 10**places; nulls give -1. The world is trusted here."""
-    parts = pc.extract_regex(pc.fill_null(a, "0"), r"^(?P<i>[0-9]+)(?:\.(?P<f>[0-9]*))?$")
-    whole = pc.struct_field(parts, "i")
-    frac = pc.utf8_rpad(pc.struct_field(parts, "f"), width=places, padding="0")
-    v = pc.cast(_join(whole, frac), pa.int64()).to_numpy(zero_copy_only=False)
-    return np.where(pc.is_null(a).to_numpy(zero_copy_only=False), -1, v).astype(np.int64)
+def _day_col(a: pa.Array) -> np.ndarray:
+    """'YYYY-MM-DD' strings to day numbers; absent gives DAY_OPEN."""
+    d = pc.cast(pc.strptime(a, format="%Y-%m-%d", unit="s"), pa.date32())
+    return pc.fill_null(pc.cast(d, pa.int32()), DAY_OPEN).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _six_months(begn_day: np.ndarray) -> np.ndarray:
+    """money.six_months, column-wise: 6 calendar months on (day clamped), minus one day."""
+    b = np.asarray(begn_day, dtype=np.int64).astype("datetime64[D]")
+    month = b.astype("datetime64[M]")
+    day_of_month = (b - month.astype("datetime64[D]")).astype(np.int64)  # 0-based
+    target = month + 6
+    target_first = target.astype("datetime64[D]")
+    month_days = ((target + 1).astype("datetime64[D]") - target_first).astype(np.int64)
+    return target_first.astype(np.int64) + np.minimum(day_of_month, month_days - 1) - 1
 
 
 def _rows_of(keys: pa.Array, psn_no: pa.Array) -> np.ndarray:
@@ -816,8 +856,6 @@ def world_view(world: object) -> WorldView:
 
     Both give the same view, so a stream does not depend on how the world was passed.
     """
-    from .world import World
-
     if isinstance(world, World):
         inst_code, inst_name, inst_adm = list(world.inst_code), list(world.inst_name), list(world.inst_admdvs)
         inst_lv = np.asarray(world.inst_lv, dtype=np.int64)
@@ -825,6 +863,8 @@ def world_view(world: object) -> WorldView:
         insuplc, insutype = world.psn_insuplc, world.psn_insutype
         chr_psn, chr_dise = np.asarray(world.chr_psn, dtype=np.int64), pa.array(world.chr_dise, pa.string())
         fil_psn, fil_dest = np.asarray(world.fil_psn, dtype=np.int64), pa.array(world.fil_dest, pa.string())
+        fil_type, fil_status = np.asarray(world.fil_type, dtype=object), np.asarray(world.fil_status, dtype=object)
+        fil_begn, fil_end = np.asarray(world.fil_begn, np.int64), np.asarray(world.fil_end, np.int64)
         cat_prov = np.asarray(world.cat_prov, dtype=np.int64)
         cat_code, cat_cap = world.cat_code, np.asarray(world.cat_cap_micro, dtype=np.int64)
     else:
@@ -837,16 +877,33 @@ def world_view(world: object) -> WorldView:
         psn_no, certno, insuplc, insutype = t["psn_no"], t["certno"], t["insuplc_admdvs"], t["insutype"]
         t = _read_strings(folder, "chronic.csv", ["psn_no", "dise_codg"])
         chr_psn, chr_dise = _rows_of(t["psn_no"], psn_no), t["dise_codg"]
-        t = _read_strings(folder, "filings.csv", ["psn_no", "dest_admdvs"])
+        t = _read_strings(folder, "filings.csv", ["psn_no", "filing_type", "dest_admdvs", "begndate", "enddate",
+                                                  "status"])
         fil_psn, fil_dest = _rows_of(t["psn_no"], psn_no), t["dest_admdvs"]
+        fil_type = t["filing_type"].to_numpy(zero_copy_only=False)
+        fil_status = t["status"].to_numpy(zero_copy_only=False)
+        fil_begn, fil_end = _day_col(t["begndate"]), _day_col(t["enddate"])
         t = _read_strings(folder, "catalogue.csv", ["prov_admdvs", "med_list_codg", "pric_uplmt_amt"])
         cat_prov = pc.cast(pc.utf8_slice_codeunits(t["prov_admdvs"], 0, 2), pa.int64()).to_numpy()
         cat_code = t["med_list_codg"]
-        cat_cap = _parse_scaled_col(t["pric_uplmt_amt"], money.MICRO_PLACES)
+        # The cap only steers the prices drawn; read as a float and rounded to the
+        # micro-yuan, it is exact for every cap below 10**9 yuan (15 significant
+        # digits), so the view equals the one built from a loaded World.
+        caps = t["pric_uplmt_amt"]
+        cap_f = pc.cast(pc.fill_null(caps, "-1"), pa.float64()).to_numpy(zero_copy_only=False)
+        cat_cap = np.where(cap_f < 0, -1, np.rint(cap_f * 1e6)).astype(np.int64)
     keep = chr_psn >= 0
     chr_psn, chr_dise = chr_psn[keep], chr_dise.filter(pa.array(keep))
     keep = fil_psn >= 0
     fil_psn, fil_dest = fil_psn[keep], fil_dest.filter(pa.array(keep))
+    # The last day each filing is in force (section 4), so that a visit made
+    # under a filing can be made while it holds.
+    six = _six_months(fil_begn[keep])
+    fil_last = fil_end[keep]
+    temp = np.isin(fil_type[keep], sorted(TEMP_FILING_TYPES))
+    fil_last = np.where(temp & (fil_last == DAY_OPEN), six, fil_last)
+    fil_last = np.where(temp | (fil_status[keep] == "2"), np.minimum(fil_last, six), fil_last)
+    fil_begn = fil_begn[keep]
 
     regions = sorted(set(inst_adm) | set(pc.unique(insuplc).to_pylist()))
     region_pa = pa.array(regions)
@@ -854,24 +911,28 @@ def world_view(world: object) -> WorldView:
     inst_region = pc.index_in(pa.array(inst_adm), value_set=region_pa).to_numpy().astype(np.int64)
 
     # Catalogue: code ids in sorted order of the distinct codes, so that the
-    # view does not depend on row order; each province keeps one row per code
-    # (the version with the smallest cap), ordered by a national popularity
-    # that belongs to the world, not to the stream's seed.
+    # view does not depend on row order; each province keeps one row per code,
+    # ordered by a national popularity that belongs to the world, not to the
+    # stream's seed. A code with several versions takes the smallest cap of
+    # them (none, -1, counting as smallest): again independent of row order.
     enc = pc.dictionary_encode(cat_code)
     if isinstance(enc, pa.ChunkedArray):
         enc = enc.combine_chunks()
     order = pc.sort_indices(enc.dictionary).to_numpy()
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size)
-    code_id = rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     codes = pc.take(enc.dictionary, pa.array(order))
     popularity = _rng(0, "popularity").permutation(order.size)
-    pop = popularity[code_id]
-    o = np.lexsort((cat_cap, pop, cat_prov))
-    p_s, pop_s = cat_prov[o], pop[o]
-    first = np.r_[True, (p_s[1:] != p_s[:-1]) | (pop_s[1:] != pop_s[:-1])] if o.size else np.zeros(0, bool)
+    pop = popularity[rank][enc.indices.to_numpy(zero_copy_only=False)]
+    assert order.size < 1 << 40
+    key = cat_prov << 40 | pop
+    o = np.argsort(key, kind="stable")
+    ks = key[o]
+    first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]) if o.size else np.zeros(0, np.int64)
+    cap_min = np.minimum.reduceat(cat_cap[o], first) if o.size else np.zeros(0, np.int64)
     o = o[first]
     cat_provs, cat_start, cat_count = np.unique(cat_prov[o], return_index=True, return_counts=True)
+    code_ids = rank[enc.indices.to_numpy(zero_copy_only=False)[o]]
     head = pc.utf8_slice_codeunits(codes, 0, 1).to_numpy(zero_copy_only=False).astype(str)
     code_kind = np.where(head == "X", KIND_WESTERN, np.where(head == "Z", KIND_TCM, np.where(
         head == "C", KIND_CONSUMABLE, KIND_SERVICE))).astype(np.int8)
@@ -879,9 +940,9 @@ def world_view(world: object) -> WorldView:
         regions=regions, inst_code=inst_code, inst_name=inst_name, inst_region=inst_region,
         inst_lv=np.asarray(inst_lv, dtype=np.int64), psn_no=psn_no, psn_certno=certno,
         psn_insutype=insutype, psn_region=psn_region, chr_psn=chr_psn, chr_dise=chr_dise,
-        fil_psn=fil_psn, fil_dest=fil_dest, cat_provs=cat_provs.astype(np.int64),
+        fil_psn=fil_psn, fil_dest=fil_dest, fil_begn=fil_begn, fil_last=fil_last, cat_provs=cat_provs.astype(np.int64),
         cat_start=cat_start.astype(np.int64), cat_count=cat_count.astype(np.int64),
-        cat_code_id=code_id[o], cat_cap_micro=cat_cap[o], codes=codes, code_kind=code_kind,
+        cat_code_id=code_ids, cat_cap_micro=cap_min, codes=codes, code_kind=code_kind,
     )
 
 
@@ -893,7 +954,8 @@ GEO_CROSS, GEO_LOCAL, GEO_INTRA = 0, 1, 2
 LEVEL_P_INPATIENT = (0.15, 0.35, 0.50)
 LEVEL_P_OUTPATIENT = (0.25, 0.35, 0.40)
 FREQUENT_PERSON_SHARE = 0.05  # visits by a small pool of frequent patients
-FILED_SOURCE_SHARE = 0.60  # of cross-province visits, those by a person with a filing there
+FILED_SOURCE_SHARE = 0.70  # of cross-province visits, those by a person with a filing there
+FILING_IN_FORCE_SHARE = 0.85  # of visits under a filing, those under one in force
 CHRONIC_OTHER_DISEASE_SHARE = 0.03
 DRUG_COUNTS = (1, 2, 3, 4, 5, 6, 10, 12, 14, 20, 28, 30)
 DRUG_COUNT_P = (0.22, 0.18, 0.12, 0.06, 0.05, 0.07, 0.09, 0.05, 0.05, 0.04, 0.04, 0.03)
@@ -973,7 +1035,13 @@ def _visits(v: WorldView, rng: np.random.Generator, nv: int, start_day: int, day
     frequent = rng.choice(n_psn, size=max(1, n_psn // 200), replace=False)
     freq = rng.random(nv) < FREQUENT_PERSON_SHARE
     psn[freq] = frequent[rng.integers(0, frequent.size, int(freq.sum()))]
+    # A visit under a filing: most under one in force on the first day of the
+    # window, the rest under any (expired, not yet begun: UNFILED after all).
     fil_row = rng.integers(0, max(n_fil, 1), nv)
+    in_force = np.flatnonzero((v.fil_begn <= start_day) & (start_day <= v.fil_last))
+    if in_force.size:
+        use = rng.random(nv) < FILING_IN_FORCE_SHARE
+        fil_row = np.where(use, in_force[rng.integers(0, in_force.size, nv)], fil_row)
     fil_src = (geo == GEO_CROSS) & (rng.random(nv) < FILED_SOURCE_SHARE) & (mt != 14) & (n_fil > 0)
     if n_fil:
         psn = np.where(fil_src, v.fil_psn[fil_row], psn)
@@ -1051,22 +1119,20 @@ def _visits(v: WorldView, rng: np.random.Generator, nv: int, start_day: int, day
     lvis = np.repeat(np.arange(nv), nl)
     lstart = np.concatenate([[0], np.cumsum(nl)[:-1]])
     fee_t = begn_t[lvis] + (rng.random(n_lines) * (fee_hi - begn_t)[lvis]).astype(np.int64)
-    cp = np.searchsorted(v.cat_provs, reg_prov[trt])
-    cp = np.minimum(cp, max(v.cat_provs.size - 1, 0))
-    has_cat = (v.cat_provs.size > 0) & (v.cat_provs[cp] == reg_prov[trt]) if v.cat_provs.size else np.zeros(nv, bool)
-    m = np.where(has_cat, v.cat_count[cp] if v.cat_provs.size else 0, 0)[lvis]
     n_codes = len(v.codes)
     if n_codes == 0:
         raise ValueError("the world has an empty catalogue")
+    # The treatment province's catalogue: row cp of cat_provs, m codes (0: none).
+    cp = np.minimum(np.searchsorted(v.cat_provs, reg_prov[trt]), v.cat_provs.size - 1)
+    m = np.where(v.cat_provs[cp] == reg_prov[trt], v.cat_count[cp], 0)[lvis]
     # Zipf(zipf_a) ranks, bounded by the province's catalogue: inverse transform
     # on one shared table of cumulative weights.
-    m_max = int(v.cat_count.max()) if v.cat_count.size else 1
-    cdf = np.cumsum(np.arange(1, m_max + 1, dtype=np.float64) ** -zipf_a)
+    cdf = np.cumsum(np.arange(1, int(v.cat_count.max()) + 1, dtype=np.float64) ** -zipf_a)
     r = np.searchsorted(cdf, rng.random(n_lines) * cdf[np.maximum(m - 1, 0)], side="right")
-    r = np.minimum(r, np.maximum(m - 1, 0))
-    row = np.where(m > 0, v.cat_start[cp][lvis] + r, 0) if v.cat_provs.size else np.zeros(n_lines, np.int64)
-    code_id = v.cat_code_id[row] if v.cat_code_id.size else np.zeros(n_lines, np.int64)
-    cap = v.cat_cap_micro[row] if v.cat_code_id.size else np.full(n_lines, -1, np.int64)
+    row = v.cat_start[cp][lvis] + np.minimum(r, np.maximum(m - 1, 0))
+    code_id = v.cat_code_id[row]
+    cap = v.cat_cap_micro[row]
+    # Codes the province does not list: drawn from every code, and mistyped below.
     fake = (rng.random(n_lines) < nic_share) | (m == 0)
     code_id = np.where(fake, rng.integers(0, n_codes, n_lines), code_id)
     cap = np.where(fake, -1, cap)
@@ -1174,6 +1240,22 @@ ANOMALIES = (
 )
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic collector while millions of acyclic dicts are built.
+
+    Every allocation burst would otherwise trigger full passes over all live
+    objects (the caller's too); nothing built here holds a cycle.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _copy_input(inp: dict) -> dict:
     return {"data": dict(inp["data"]), "feedetail": [dict(ln) for ln in inp["feedetail"]]}
 
@@ -1221,6 +1303,19 @@ def gen_requests(
     if zipf_a <= 0:
         raise ValueError("zipf_a must be positive")
     v = world if isinstance(world, WorldView) else world_view(world)
+    with _gc_paused():
+        return _stream(v, n, seed=seed, start=start, days=days, inpatient_share=inpatient_share,
+                       retry_share=retry_share, reversal_share=reversal_share, malformed_share=malformed_share,
+                       zipf_a=zipf_a, presettle_share=presettle_share, query_share=query_share,
+                       cross_province_share=cross_province_share, local_share=local_share,
+                       late_share=late_share, not_in_catalogue_share=not_in_catalogue_share)
+
+
+def _stream(v: WorldView, n: int, *, seed: int, start: str, days: int, inpatient_share: float,
+            retry_share: float, reversal_share: float, malformed_share: float, zipf_a: float,
+            presettle_share: float, query_share: float, cross_province_share: float, local_share: float,
+            late_share: float, not_in_catalogue_share: float) -> list[dict]:
+    """gen_requests on a view, with the collector paused."""
     rng = _rng(seed, "requests")
     n_query = round(n * query_share)
     n_pre = round(n * presettle_share)
