@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from core_ext._catalogue import CatalogueIndex
-from core_ext._emit import emit_rows
+from core_ext._emit import emit_rows, format_fen, format_scaled
 from core_ext._fund import fund_batch
 from core_ext._lines import gather_lines as _gather
 from core_ext._split import split_batch

@@ -33,7 +33,7 @@ from .wire import JSON, Codec, DecodeError, Reply
 from .world import DAY_OPEN, World
 
 I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
-_fmt = money.format_fen
+_fmt = kernels.format_fen
 
 KIND_INPATIENT, KIND_OUTPATIENT, KIND_CHRONIC = 0, 1, 2
 _SPLIT_ERR = {1: E_LIMIT, 2: E_AMOUNT_MISMATCH}
@@ -133,15 +133,15 @@ class Pending:
 class ResultRows:
     """The per-line `result` of one settlement, kept as slices of the round's arrays."""
 
-    __slots__ = ("sns", "lo", "hi", "r")
+    __slots__ = ("lines", "lo", "hi", "r")
 
-    def __init__(self, sns: list, lo: int, hi: int, r: "_RoundArrays"):
-        self.sns, self.lo, self.hi, self.r = sns, lo, hi, r
+    def __init__(self, lines: list, lo: int, hi: int, r: "_RoundArrays"):
+        self.lines, self.lo, self.hi, self.r = lines, lo, hi, r
 
     def to_raw(self, fmt: int) -> msgspec.Raw:
         r = self.r
         return msgspec.Raw(kernels.emit_rows(
-            self.sns, self.lo, self.hi, fmt, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
+            self.lines, self.lo, self.hi, fmt, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
             r.cat.lv, r.cat.selfpay_bp, r.cat.cap_micro,
             r.split.memo, r.split.fulamt, r.split.overlmt, r.split.presel, r.split.inscp,
         ))
@@ -221,47 +221,40 @@ class Engine:
             now = req.clock or (
                 env.inf_time if self.clock_inf_time and isinstance(env.inf_time, str) else now_text()
             )
-            try:
-                infno = env.infno
-                if not isinstance(infno, str):
-                    raise Refused(E_SCHEMA, "infno")
-                if infno in SETTLE_INFNOS:
-                    p = self._prepare(idx, env, req.codec, now, rnd)
-                    if p is not None:
-                        rnd.add(p)
-                elif infno in REVERSE_INFNOS:
-                    if rnd.pending:
-                        self._run_round(rnd, replies)
-                        rnd = _Round()
-                    replies[idx] = self._reverse(env, req.codec, now)
-                elif infno == INFNO_PERSON:
-                    if rnd.pending:
-                        self._run_round(rnd, replies)
-                        rnd = _Round()
-                    replies[idx] = self._ok(env.msgid, now, self._person_info(env, req.codec))
-                else:
-                    raise Refused(E_UNSUPPORTED, f"infno {infno}")
-            except Refused as r:
-                replies[idx] = self._refusal(env.msgid, now, r)
-            except _Journaled as j:
-                replies[idx] = j.reply
-            except _Flush as f:
-                self._run_round(rnd, replies)
-                rnd = _Round()
-                # Retry the same request on an empty round: it cannot conflict again.
+            for attempt in (0, 1):
                 try:
-                    p = self._prepare(idx, env, req.codec, now, rnd)
-                    if p is not None:
-                        rnd.add(p)
+                    replies[idx] = self._dispatch(idx, env, req.codec, now, rnd)
+                    break
                 except Refused as r:
                     replies[idx] = self._refusal(env.msgid, now, r)
+                    break
                 except _Journaled as j:
                     replies[idx] = j.reply
-                del f
+                    break
+                except _Flush:
+                    # The request depends on the open round: compute the round, then
+                    # retry on an empty one, where it cannot conflict again.
+                    assert attempt == 0 and rnd.pending
+                    self._run_round(rnd, replies)
+                    rnd = _Round()
         if rnd.pending:
             self._run_round(rnd, replies)
         assert all(r is not None for r in replies)
         return replies  # type: ignore[return-value]
+
+    def _dispatch(self, idx: int, env, codec: Codec, now: str, rnd: "_Round") -> Reply | None:
+        """Answer now (a reply), or join the round (None: the round answers later)."""
+        infno = env.infno
+        if not isinstance(infno, str):
+            raise Refused(E_SCHEMA, "infno")
+        if infno in SETTLE_INFNOS:
+            rnd.add(self._prepare(idx, env, codec, now, rnd))
+            return None
+        if infno in REVERSE_INFNOS:
+            return self._reverse(env, codec, now, rnd)
+        if infno == INFNO_PERSON:
+            return self._ok(env.msgid, now, self._person_info(env, codec, rnd))
+        raise Refused(E_UNSUPPORTED, f"infno {infno}")
 
     # ------------------------------------------------------------ replies
 
@@ -298,7 +291,7 @@ class Engine:
 
     # ------------------------------------------------------------ settlements
 
-    def _prepare(self, idx: int, env, codec: Codec, now: str, rnd: "_Round") -> Pending | None:
+    def _prepare(self, idx: int, env, codec: Codec, now: str, rnd: "_Round") -> Pending:
         """Checks of section 7 up to the lines; the result joins the round."""
         infno = env.infno
         outpatient = infno in OUTPATIENT_INFNOS
@@ -395,6 +388,7 @@ class Engine:
         p.retired310 = int(insutype == "310" and is_retired(self.psn_type[psn]))
         p.acct_ok = int(insutype == "310" and d.acct_used_flag == "1")
         rnd.visits.add(visit)
+        rnd.persons.add(psn)
         if commit:
             rnd.msgids.add(msgid)
         return p
@@ -510,7 +504,7 @@ class Engine:
         }
         d = p.data
         info = {
-            "pool_prop_selfpay": money.format_bp(int(pay.pool_prop_bp[j])),
+            "pool_prop_selfpay": kernels.format_scaled(int(pay.pool_prop_bp[j]), 4),
             "filing_class": p.cls,
             "mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "insutype": insutype, "med_type": d.med_type,
             "clr_type": CLR_TYPE_OUTPATIENT if p.outpatient else CLR_TYPE_INPATIENT,
@@ -526,10 +520,8 @@ class Engine:
             if amt:
                 detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
                                "fund_payamt": _fmt(amt)})
-        sns = [ln.feedetl_sn for ln in p.lines]
         lo = int(arrays.starts[k])
-        hi = lo + len(p.lines)
-        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(sns, lo, hi, arrays)}
+        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(p.lines, lo, lo + len(p.lines), arrays)}
         reply = self._ok(p.env.msgid, p.now, output)
         if p.commit:
             setl_id = "S" + p.env.msgid
@@ -552,8 +544,10 @@ class Engine:
 
     # ------------------------------------------------------------ reversal
 
-    def _reverse(self, env, codec: Codec, now: str) -> Reply:
+    def _reverse(self, env, codec: Codec, now: str, rnd: "_Round") -> Reply:
         infno = env.infno
+        if isinstance(env.msgid, str) and env.msgid in rnd.msgids:
+            raise _Flush()
         inp_c = self._journal_check(env, infno, codec)
         try:
             d = codec.reverse.decode(env.input).data
@@ -565,9 +559,13 @@ class Engine:
             v = getattr(d, k)
             if not isinstance(v, str) or not v:
                 raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
+        if d.setl_id[1:] in rnd.msgids:
+            raise _Flush()  # it reverses a settlement of the open round
         rec = self.settled.get(d.setl_id)
         if rec is None:
             raise Refused(E_NOT_FOUND, f"settlement {d.setl_id}")
+        if rec.psn in rnd.persons:
+            raise _Flush()  # the open round settles for the same person
         if rec.fixmedins_code != env.fixmedins_code:
             raise Refused(E_FORBIDDEN, "only the institution that settled may reverse")
         if rec.reversed:
@@ -605,7 +603,7 @@ class Engine:
 
     # ------------------------------------------------------------ 1101
 
-    def _person_info(self, env, codec: Codec) -> dict:
+    def _person_info(self, env, codec: Codec, rnd: "_Round") -> dict:
         try:
             d = codec.person.decode(env.input).data
         except DecodeError as e:
@@ -622,6 +620,8 @@ class Engine:
             raise Refused(E_SCHEMA, "mdtrt_cert_type must be 01, 02 or 03")
         if i is None:
             raise Refused(E_UNKNOWN_PERSON)
+        if i in rnd.persons:
+            raise _Flush()  # its balance may change in the open round
         w = self.world
         return {
             "baseinfo": {"psn_no": self.psn_no[i], "certno": self.psn_certno[i], "psn_name": self.psn_name[i]},
@@ -639,12 +639,13 @@ class Engine:
 
 
 class _Round:
-    __slots__ = ("pending", "msgids", "visits")
+    __slots__ = ("pending", "msgids", "visits", "persons")
 
     def __init__(self):
         self.pending: list[Pending] = []
-        self.msgids: set[str] = set()
-        self.visits: set[tuple] = set()
+        self.msgids: set[str] = set()  # of the round's settlements (not pre-settlements)
+        self.visits: set[tuple] = set()  # (fixmedins_code, mdtrt_id)
+        self.persons: set[int] = set()  # whose state the round may change
 
     def add(self, p: Pending) -> None:
         self.pending.append(p)

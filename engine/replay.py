@@ -1,6 +1,7 @@
 """`yidi replay`: feed a request stream through the engine, one reply line each (section 9)."""
 from __future__ import annotations
 
+import gc
 import time
 from typing import Iterable, Iterator
 
@@ -34,6 +35,9 @@ def _batches(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
 
 def replay_compiled(world: World, in_path: str, out_path: str, batch_max: int = BATCH_MAX) -> int:
     engine = Engine(world, clock="inf_time")
+    # The world's millions of long-lived objects need no more collection passes.
+    gc.collect()
+    gc.freeze()
     enc = JSON.encoder
     n = 0
     with open(out_path, "wb") as out:
