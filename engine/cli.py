@@ -38,6 +38,46 @@ def _cmd_check_world(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    import logging
+    from dataclasses import fields
+
+    from .server import Limits, serve
+    from .world import WorldError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not a.tcp and not a.http:
+        print("yidi: serve needs --tcp HOST:PORT, --http HOST:PORT or both", file=sys.stderr)
+        return 2
+    try:
+        limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
+    except ValueError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    try:
+        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop)
+    except WorldError as e:
+        print(f"yidi: world refused: {e}", file=sys.stderr)
+        return 2
+
+
+def _add_serve(sub) -> None:
+    from dataclasses import fields
+
+    from .server import Limits
+
+    s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (SETTLEMENT.md section 7)")
+    s.add_argument("--world", required=True, help="world folder")
+    s.add_argument("--data", required=True, help="data folder of the durable store")
+    s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
+    s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway, /metrics and /healthz (port 0: any)")
+    s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    for f in fields(Limits):
+        s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
+                       metavar=f.name.upper(), help=f"(default {f.default})")
+    s.set_defaults(fn=_cmd_serve)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="yidi", description="Cross-region medical insurance settlement engine")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -52,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-world", help="load and validate a world folder")
     c.add_argument("--world", required=True)
     c.set_defaults(fn=_cmd_check_world)
+
+    _add_serve(sub)
 
     a = p.parse_args(argv)
     return a.fn(a)

@@ -1,0 +1,170 @@
+"""A small client for the framed TCP protocol (SETTLEMENT.md section 7, "Transports").
+
+Each message is a 4-byte big-endian length followed by a MessagePack envelope; the
+server answers in request order on each connection, so a client may pipeline:
+send many, then read as many replies. `FramedClient` uses a blocking socket (tests,
+scripts, Locust under gevent); `AsyncFramedClient` uses asyncio streams.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, Iterable
+
+import msgspec
+
+from .protocol import FRAME_BYTES_MAX
+
+HEADER_BYTES = 4
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+
+
+class ConnectionClosed(ConnectionError):
+    """The server closed the connection before a whole reply arrived."""
+
+
+def encode_frame(envelope: Any) -> bytes:
+    """One frame: an envelope (a dict, encoded here) or an already encoded MessagePack body."""
+    body = envelope if isinstance(envelope, (bytes, bytearray, memoryview)) else _enc.encode(envelope)
+    return len(body).to_bytes(HEADER_BYTES, "big") + bytes(body)
+
+
+def decode_reply(body: bytes) -> dict:
+    return _dec.decode(body)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class FramedClient:
+    """A blocking framed-protocol client over one TCP connection."""
+
+    def __init__(self, host: str, port: int, *, timeout_s: float | None = 30.0,
+                 frame_bytes_max: int = FRAME_BYTES_MAX):
+        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.frame_bytes_max = frame_bytes_max
+        self._buf = bytearray()
+
+    @classmethod
+    def connect(cls, address: str | tuple[str, int], **kw) -> "FramedClient":
+        host, port = parse_address(address) if isinstance(address, str) else address
+        return cls(host, port, **kw)
+
+    def __enter__(self) -> "FramedClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, envelope: Any) -> None:
+        self.sock.sendall(encode_frame(envelope))
+
+    def send_many(self, envelopes: Iterable[Any]) -> None:
+        self.sock.sendall(b"".join(encode_frame(e) for e in envelopes))
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes as they are: a test's malformed or partial frame."""
+        self.sock.sendall(data)
+
+    def _fill(self, n: int) -> None:
+        while len(self._buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self._buf)))
+            if not chunk:
+                raise ConnectionClosed(f"closed with {len(self._buf)} of {n} bytes")
+            self._buf += chunk
+
+    def recv_body(self) -> bytes:
+        """The next reply's MessagePack body."""
+        self._fill(HEADER_BYTES)
+        n = int.from_bytes(self._buf[:HEADER_BYTES], "big")
+        if n > self.frame_bytes_max:
+            raise ConnectionError(f"reply frame of {n} bytes, more than {self.frame_bytes_max}")
+        self._fill(HEADER_BYTES + n)
+        body = bytes(self._buf[HEADER_BYTES:HEADER_BYTES + n])
+        del self._buf[:HEADER_BYTES + n]
+        return body
+
+    def recv(self) -> dict:
+        return decode_reply(self.recv_body())
+
+    def at_eof(self) -> bool:
+        """True when the server has closed and no byte is left (blocks until one or the other)."""
+        if self._buf:
+            return False
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            return True
+        self._buf += chunk
+        return not chunk
+
+    def call(self, envelope: Any) -> dict:
+        self.send(envelope)
+        return self.recv()
+
+    def pipeline(self, envelopes: Iterable[Any], window: int = 64) -> list[dict]:
+        """Send every envelope with up to `window` unanswered; the replies, in order.
+
+        A bounded window, not "send all then read all": a server that stops reading
+        at its in-flight bound would otherwise wait for us while we wait for it.
+        """
+        out: list[dict] = []
+        sent = 0
+        for env in envelopes:
+            if sent - len(out) >= window:
+                out.append(self.recv())
+            self.send(env)
+            sent += 1
+        while len(out) < sent:
+            out.append(self.recv())
+        return out
+
+
+class AsyncFramedClient:
+    """An asyncio framed-protocol client over one TCP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 frame_bytes_max: int = FRAME_BYTES_MAX):
+        self.reader, self.writer = reader, writer
+        self.frame_bytes_max = frame_bytes_max
+
+    @classmethod
+    async def connect(cls, host: str, port: int, **kw) -> "AsyncFramedClient":
+        reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+        return cls(reader, writer, **kw)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass
+
+    async def send(self, envelope: Any) -> None:
+        self.writer.write(encode_frame(envelope))
+        await self.writer.drain()
+
+    async def recv_body(self) -> bytes:
+        try:
+            head = await self.reader.readexactly(HEADER_BYTES)
+            n = int.from_bytes(head, "big")
+            if n > self.frame_bytes_max:
+                raise ConnectionError(f"reply frame of {n} bytes, more than {self.frame_bytes_max}")
+            return await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError as e:
+            raise ConnectionClosed(str(e)) from None
+
+    async def recv(self) -> dict:
+        return decode_reply(await self.recv_body())
+
+    async def call(self, envelope: Any) -> dict:
+        await self.send(envelope)
+        return await self.recv()
