@@ -1,0 +1,1020 @@
+"""The durable store: SQLite in WAL mode with synchronous=FULL (issue 3, SETTLEMENT.md sections 7-9).
+
+One data folder holds one store: `yidi.sqlite3` (with its `-wal` and `-shm`) and
+`yidi.lock`, an advisory lock that one process at a time holds while it writes.
+
+    store = open_store(data_dir, world_dir, clock="wall")
+    replies = store.engine.handle_batch(requests)
+    store.commit(store.engine.take_changes())   # durable when it returns
+    ...                                           # only now release the replies
+    store.close()
+
+Start and restart. A new (absent or empty) folder is seeded from the world:
+persons with their accumulators and balances, chronic qualifications and
+filings are copied into the store, together with their seed values, in one
+transaction. An existing store is opened as it is: the dynamic state (persons,
+chronic qualifications, filings, journal, open visits, ledger) comes from the
+store, while the catalogue, policies, institutions and pre-payments are
+reloaded from the world folder, and what changed since the last start is
+logged (logger `yidi.store`) and recorded in the `world_load` table. A
+damaged, truncated or foreign file is refused with StoreRefused, never reset.
+
+Commit. Everything one batch changed goes into one transaction: one journal
+row per settlement or reversal (the request's raw input and the encoded reply,
+money columns in integer fen), the person and chronic-slot rows the batch
+touched (read from `engine.state`), the open-visit rows, and balanced
+double-entry postings with the account balances (engine.ledger). The commit
+returns once SQLite has fsynced the WAL. A failing commit raises StoreFailed
+and the store refuses any later commit: the engine in memory is then ahead of
+the disk, and the caller must stop (fail-stop) and restart from the store.
+
+Memory. History is not kept in RAM. The engine's `journal` (msgid -> first
+reply), `settled` (setl_id -> what a reversal needs) and `open_visits` are
+replaced by maps that hold only what the engine changed and the store has not
+yet committed; everything older is read from SQLite on a miss, through indexed
+point queries on a second, read-only connection (a few microseconds against a
+few hundred for handling a settlement). RAM therefore stays bounded by the
+batches in flight, whatever the length of the journal.
+
+Pipelining. `commit(changes)` is `write(prepare(changes))`. `prepare` reads
+`engine.state` and must run on the engine's thread right after the batch (before
+the next `handle_batch`); `write` may run on another thread while the engine
+handles the next batch. Writes must be issued in the order of the batches.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import zlib
+from dataclasses import dataclass, replace
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from . import ledger, money
+from .pipeline import Change, Engine, Settled
+from .protocol import OUTPATIENT_INFNOS
+from .wire import JSON, MSGPACK, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK, Codec, Reply
+from .world import DAY_OPEN, World, load_world
+
+log = logging.getLogger("yidi.store")
+
+STORE_FORMAT = "yidi-store"
+SCHEMA_VERSION = 1
+DB_NAME = "yidi.sqlite3"
+LOCK_NAME = "yidi.lock"
+
+# Limits (STYLE.md: a limit on everything).
+COMMIT_CHANGES_MAX = 65_536  # settlements and reversals in one commit
+READ_CHUNK_ROWS = 65_536  # rows per fetch when loading persons at start
+SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
+WAL_AUTOCHECKPOINT_PAGES = 16_384  # 64 MiB of WAL (4 KiB pages) between checkpoints
+VERIFY_MODES = ("quick", "header")
+
+WORLD_FILES = (
+    "institutions.csv", "catalogue.csv", "policies.json", "persons.csv",
+    "chronic.csv", "filings.csv", "prepay.csv",
+)
+# Files whose content is reloaded at every start; the others seed the store once.
+RELOADED_FILES = ("institutions.csv", "catalogue.csv", "policies.json", "prepay.csv")
+SEED_FILES = ("persons.csv", "chronic.csv", "filings.csv")
+
+# The setlinfo money fields of a settlement, in the engine's order (Settled.amounts).
+AMOUNT_KEYS = (
+    "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+    "act_pay_dedc", "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "psn_part_amt",
+    "acct_pay", "psn_cash_pay",
+)
+# The non-money setlinfo fields of a settlement, in the engine's order (Settled.info).
+INFO_KEYS = ("pool_prop_selfpay", "filing_class", "mdtrt_id", "psn_no", "insutype", "med_type", "clr_type")
+PERSON_ACC = ("balc", "acc_year", "hifp_ip", "hifp_op", "ded_op", "burden2", "second_paid")
+CODECS = {"json": JSON, "msgpack": MSGPACK}
+KIND_SETTLE, KIND_REVERSE = "settle", "reverse"
+
+SCHEMA = f"""
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Persons (SETTLEMENT.md section 2): psn is the engine's row; the seed_ columns
+-- are the world's values when the store was seeded, for `yidi check`.
+CREATE TABLE person (
+    psn INTEGER PRIMARY KEY,
+    psn_no TEXT NOT NULL UNIQUE,
+    certno TEXT NOT NULL,
+    psn_name TEXT NOT NULL,
+    insuplc_admdvs TEXT NOT NULL,
+    insutype TEXT NOT NULL,
+    psn_type TEXT NOT NULL,
+    balc_fen INTEGER NOT NULL,
+    acc_year INTEGER NOT NULL,
+    hifp_ip_fen INTEGER NOT NULL,
+    hifp_op_fen INTEGER NOT NULL,
+    ded_op_fen INTEGER NOT NULL,
+    burden2_fen INTEGER NOT NULL,
+    second_paid_fen INTEGER NOT NULL,
+    seed_balc_fen INTEGER NOT NULL,
+    seed_acc_year INTEGER NOT NULL,
+    seed_hifp_ip_fen INTEGER NOT NULL,
+    seed_hifp_op_fen INTEGER NOT NULL,
+    seed_ded_op_fen INTEGER NOT NULL,
+    seed_burden2_fen INTEGER NOT NULL,
+    seed_second_paid_fen INTEGER NOT NULL
+);
+
+-- Chronic qualifications: slot is the engine's chronic slot. hifp_cd_fen counts
+-- in the year cd_year only (a later acc_year makes it 0, section 6).
+CREATE TABLE chronic (
+    slot INTEGER PRIMARY KEY,
+    psn INTEGER NOT NULL,
+    dise_codg TEXT NOT NULL,
+    hifp_cd_fen INTEGER NOT NULL,
+    cd_year INTEGER NOT NULL,
+    seed_hifp_cd_fen INTEGER NOT NULL,
+    seed_cd_year INTEGER NOT NULL,
+    UNIQUE (psn, dise_codg)
+);
+
+CREATE TABLE filing (
+    id INTEGER PRIMARY KEY,
+    psn INTEGER NOT NULL,
+    filing_type TEXT NOT NULL,
+    dest_admdvs TEXT NOT NULL,
+    begndate TEXT NOT NULL,
+    enddate TEXT,
+    status TEXT NOT NULL
+);
+
+-- The settlement journal: one row per committed settlement or reversal, in
+-- commit order (seq). Money in integer fen, signed: a reversal row holds the
+-- settlement's amounts negated. acc_kind (0 inpatient, 1 outpatient, 2 chronic),
+-- cd_slot and acc_year are those of the settlement (for a reversal: of the
+-- settlement it reverses), so that the journal alone implies the accumulators.
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY,
+    msgid TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('{KIND_SETTLE}', '{KIND_REVERSE}')),
+    infno TEXT NOT NULL,
+    setl_id TEXT NOT NULL,
+    reversed_setl_id TEXT,
+    setl_time TEXT NOT NULL,
+    insuplc_admdvs TEXT NOT NULL,
+    mdtrtarea_admvs TEXT NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    mdtrt_id TEXT NOT NULL,
+    psn INTEGER NOT NULL,
+    psn_no TEXT NOT NULL,
+    insutype TEXT NOT NULL,
+    med_type TEXT NOT NULL,
+    clr_type TEXT NOT NULL,
+    filing_class TEXT NOT NULL,
+    pool_prop_selfpay TEXT NOT NULL,
+    acc_kind INTEGER NOT NULL,
+    cd_slot INTEGER NOT NULL,
+    acc_year INTEGER NOT NULL,
+    medfee_sumamt_fen INTEGER NOT NULL,
+    fulamt_ownpay_amt_fen INTEGER NOT NULL,
+    overlmt_selfpay_fen INTEGER NOT NULL,
+    preselfpay_amt_fen INTEGER NOT NULL,
+    inscp_scp_amt_fen INTEGER NOT NULL,
+    act_pay_dedc_fen INTEGER NOT NULL,
+    hifp_pay_fen INTEGER NOT NULL,
+    hifmi_pay_fen INTEGER NOT NULL,
+    hifob_pay_fen INTEGER NOT NULL,
+    fund_pay_sumamt_fen INTEGER NOT NULL,
+    psn_part_amt_fen INTEGER NOT NULL,
+    acct_pay_fen INTEGER NOT NULL,
+    psn_cash_pay_fen INTEGER NOT NULL,
+    burden_fen INTEGER NOT NULL,
+    second_fen INTEGER NOT NULL,
+    codec TEXT NOT NULL,
+    input BLOB NOT NULL,
+    reply BLOB NOT NULL,
+    crc32 INTEGER NOT NULL
+);
+-- The msgid index (section 7 idempotency), and at most one reversal per settlement.
+CREATE UNIQUE INDEX journal_msgid ON journal (msgid);
+CREATE UNIQUE INDEX journal_reversal ON journal (reversed_setl_id) WHERE reversed_setl_id IS NOT NULL;
+-- Daily reconciliation (3201/3202) reads an institution's rows over a time range.
+CREATE INDEX journal_medins_time ON journal (fixmedins_code, setl_time);
+
+-- Visits with a settlement in force (section 7, E_DUPLICATE_VISIT).
+CREATE TABLE open_visit (
+    fixmedins_code TEXT NOT NULL,
+    mdtrt_id TEXT NOT NULL,
+    setl_id TEXT NOT NULL,
+    PRIMARY KEY (fixmedins_code, mdtrt_id)
+) WITHOUT ROWID;
+
+-- The ledger (section 8): amount_fen > 0 debits the account, < 0 credits it.
+CREATE TABLE posting (
+    seq INTEGER NOT NULL,
+    leg INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    PRIMARY KEY (seq, leg)
+) WITHOUT ROWID;
+CREATE TABLE account (
+    account TEXT PRIMARY KEY,
+    balance_fen INTEGER NOT NULL,
+    postings INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Monthly clearing (section 8): a period closed, and the last journal row it covers.
+CREATE TABLE closed_period (
+    period TEXT PRIMARY KEY,
+    closed_at TEXT NOT NULL,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Every start: the world folder loaded and what changed in it.
+CREATE TABLE world_load (
+    id INTEGER PRIMARY KEY,
+    loaded_at TEXT NOT NULL,
+    world_dir TEXT NOT NULL,
+    changes TEXT NOT NULL
+);
+"""
+
+_JOURNAL_COLS = (
+    "seq", "msgid", "kind", "infno", "setl_id", "reversed_setl_id", "setl_time", "insuplc_admdvs",
+    "mdtrtarea_admvs", "fixmedins_code", "mdtrt_id", "psn", "psn_no", "insutype", "med_type", "clr_type",
+    "filing_class", "pool_prop_selfpay", "acc_kind", "cd_slot", "acc_year",
+    *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen", "codec", "input", "reply", "crc32",
+)
+SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(_JOURNAL_COLS)}) VALUES ({', '.join('?' * len(_JOURNAL_COLS))})"
+SQL_INSERT_POSTING = "INSERT INTO posting (seq, leg, account, amount_fen) VALUES (?, ?, ?, ?)"
+SQL_UPSERT_ACCOUNT = (
+    "INSERT INTO account (account, balance_fen, postings) VALUES (?, ?, ?) ON CONFLICT (account) DO UPDATE"
+    " SET balance_fen = balance_fen + excluded.balance_fen, postings = postings + excluded.postings"
+)
+SQL_UPDATE_PERSON = (
+    "UPDATE person SET balc_fen = ?, acc_year = ?, hifp_ip_fen = ?, hifp_op_fen = ?, ded_op_fen = ?,"
+    " burden2_fen = ?, second_paid_fen = ? WHERE psn = ?"
+)
+SQL_UPDATE_CHRONIC = "UPDATE chronic SET hifp_cd_fen = ?, cd_year = ? WHERE slot = ?"
+SQL_OPEN_VISIT = "INSERT OR REPLACE INTO open_visit (fixmedins_code, mdtrt_id, setl_id) VALUES (?, ?, ?)"
+SQL_CLOSE_VISIT = "DELETE FROM open_visit WHERE fixmedins_code = ? AND mdtrt_id = ?"
+# The columns a reversal needs of its settlement (Settled), by name.
+_SETTLED_COLS = (
+    "setl_id", "infno", "fixmedins_code", "mdtrtarea_admvs", "insuplc_admdvs", "mdtrt_id", "psn", "psn_no",
+    "acc_kind", "cd_slot", "acc_year", "burden_fen", "second_fen", *(k + "_fen" for k in AMOUNT_KEYS),
+    *(k for k in INFO_KEYS if k not in ("mdtrt_id", "psn_no")),
+)
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreRefused(StoreError):
+    """The data folder cannot be opened as a store: damaged, truncated, foreign, or in use."""
+
+
+class StoreFailed(StoreError):
+    """A commit did not reach the disk: the engine in memory is ahead of it. Stop the process."""
+
+
+# ---------------------------------------------------------------- files
+
+
+def db_path(data_dir: str) -> str:
+    return os.path.join(data_dir, DB_NAME)
+
+
+def check_header(path: str) -> None:
+    """Refuse a file that is not a whole SQLite database (https://sqlite.org/fileformat.html).
+
+    A truncated file is caught here, before SQLite reads it: the header's page
+    count (valid when its version-valid-for field equals the change counter) must
+    fit in the file, and the file must be a whole number of pages.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(100)
+    if len(head) < 100 or head[:16] != b"SQLite format 3\x00":
+        raise StoreRefused(f"{path}: not an SQLite database (bad header); refusing to open or reset it")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise StoreRefused(f"{path}: damaged header (page size {page_size}); refusing to open it")
+    if size % page_size:
+        raise StoreRefused(
+            f"{path}: truncated or damaged: {size} bytes is not a whole number of {page_size}-byte pages"
+        )
+    change_counter = int.from_bytes(head[24:28], "big")
+    pages = int.from_bytes(head[28:32], "big")
+    valid_for = int.from_bytes(head[92:96], "big")
+    if pages and change_counter == valid_for and size < pages * page_size:
+        raise StoreRefused(
+            f"{path}: truncated: the header counts {pages} pages of {page_size} bytes "
+            f"({pages * page_size} bytes) but the file has {size}"
+        )
+
+
+def _sha256(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
+
+
+def _now_text() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _connect(path: str, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only = 1")
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    return conn
+
+
+def _refuse_sqlite(path: str, e: Exception) -> StoreRefused:
+    return StoreRefused(f"{path}: damaged or not a yidi store ({e}); refusing to open or reset it")
+
+
+# ---------------------------------------------------------------- stored replies
+
+
+# Fields of a `result` row that the HTTP gateway (RAW_JSON_NUMBERS) writes as JSON numbers.
+_RESULT_NUMBER_KEYS = frozenset({
+    "det_item_fee_sumamt", "cnt", "pric", "pric_uplmt_amt", "selfpay_prop", "fulamt_ownpay_amt",
+    "overlmt_amt", "preselfpay_amt", "inscp_scp_amt",
+})
+
+
+class StoredRows:
+    """The `result` rows of a reply read back from the journal; renders like engine.pipeline.ResultRows."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list):
+        self.rows = rows
+
+    def to_raw(self, fmt: int) -> msgspec.Raw:
+        if fmt == RAW_MSGPACK:
+            return msgspec.Raw(msgspec.msgpack.encode(self.rows))
+        if fmt == RAW_JSON:
+            return msgspec.Raw(msgspec.json.encode(self.rows))
+        assert fmt == RAW_JSON_NUMBERS
+        rows = [
+            {k: (msgspec.Raw(v.encode()) if k in _RESULT_NUMBER_KEYS and isinstance(v, str) else v)
+             for k, v in r.items()}
+            for r in self.rows
+        ]
+        return msgspec.Raw(msgspec.json.encode(rows))
+
+
+_reply_decoder = msgspec.json.Decoder(Reply)
+
+
+def decode_reply(data: bytes) -> Reply:
+    """A reply as the journal keeps it (JSON, money as strings) back into a Reply."""
+    reply = _reply_decoder.decode(data)
+    out = reply.output
+    if isinstance(out, dict) and isinstance(out.get("result"), list):
+        out["result"] = StoredRows(out["result"])
+    return reply
+
+
+# ---------------------------------------------------------------- the engine's maps
+
+
+class _Reader:
+    """Point queries on the committed store, on a read-only connection of its own."""
+
+    def __init__(self, path: str):
+        self.conn = _connect(path, read_only=True)
+        self.lock = threading.Lock()
+
+    def _one(self, sql: str, args: tuple):
+        # fetchall steps the statement to its end, so that SQLite resets it and
+        # no read transaction stays open on an old snapshot.
+        with self.lock:
+            rows = self.conn.execute(sql, args).fetchall()
+        assert len(rows) <= 1
+        return rows[0] if rows else None
+
+    def journal_entry(self, msgid: str):
+        row = self._one("SELECT infno, codec, input, reply, crc32 FROM journal WHERE msgid = ?", (msgid,))
+        if row is None:
+            return None
+        infno, codec, inp, reply, crc = row
+        if zlib.crc32(reply, zlib.crc32(inp)) != crc:
+            raise StoreFailed(f"journal row of msgid {msgid!r} is damaged (crc32 mismatch)")
+        return (infno, CODECS[codec], bytes(inp), decode_reply(reply))
+
+    def settled(self, setl_id: str) -> Settled | None:
+        if not setl_id.startswith("S"):
+            return None
+        row = self._one(
+            f"SELECT {', '.join(_SETTLED_COLS)} FROM journal WHERE msgid = ? AND kind = '{KIND_SETTLE}'",
+            (setl_id[1:],),
+        )
+        if row is None:
+            return None
+        r = dict(zip(_SETTLED_COLS, row))
+        assert r["setl_id"] == setl_id
+        rev = self._one("SELECT seq FROM journal WHERE reversed_setl_id = ?", (setl_id,))
+        info = {k: r[k] for k in INFO_KEYS}
+        return Settled(
+            setl_id=setl_id, outpatient=r["infno"] in OUTPATIENT_INFNOS, fixmedins_code=r["fixmedins_code"],
+            mdtrtarea_admvs=r["mdtrtarea_admvs"], insuplc_admdvs=r["insuplc_admdvs"], mdtrt_id=r["mdtrt_id"],
+            psn=r["psn"], psn_no=r["psn_no"], kind=r["acc_kind"], cd_slot=r["cd_slot"], year=r["acc_year"],
+            amounts={k: r[k + "_fen"] for k in AMOUNT_KEYS}, burden=r["burden_fen"], second=r["second_fen"],
+            info=info, reversed=rev is not None,
+        )
+
+    def visit_open(self, visit: tuple[str, str]) -> bool:
+        return self._one("SELECT 1 FROM open_visit WHERE fixmedins_code = ? AND mdtrt_id = ?", visit) is not None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class JournalMap:
+    """Engine.journal backed by the store: msgid -> (infno, codec, raw input, reply).
+
+    Holds in RAM only the entries not yet committed; the rest is read on a miss.
+    """
+
+    def __init__(self, reader: _Reader):
+        self._reader = reader
+        self._pending: dict[str, tuple] = {}
+
+    def get(self, msgid: str, default=None):
+        hit = self._pending.get(msgid)
+        if hit is None:
+            hit = self._reader.journal_entry(msgid)
+        return default if hit is None else hit
+
+    def __getitem__(self, msgid: str):
+        hit = self.get(msgid)
+        if hit is None:
+            raise KeyError(msgid)
+        return hit
+
+    def __contains__(self, msgid: str) -> bool:
+        return self.get(msgid) is not None
+
+    def __setitem__(self, msgid: str, entry: tuple) -> None:
+        assert msgid not in self._pending
+        self._pending[msgid] = entry
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _committed(self, changes: list[Change]) -> None:
+        for c in changes:
+            del self._pending[c.msgid]
+
+
+class SettledMap:
+    """Engine.settled backed by the store: setl_id -> Settled, for reversals.
+
+    New settlements stay in RAM until committed. A settlement read from the
+    store is kept while the engine may mutate it (`reversed`): it is dropped at
+    the next prepare if no reversal touched it, or once its reversal is committed.
+    """
+
+    def __init__(self, reader: _Reader):
+        self._reader = reader
+        self._live: dict[str, Settled] = {}
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def get(self, setl_id: str, default=None):
+        with self._lock:
+            rec = self._live.get(setl_id)
+        if rec is None:
+            rec = self._reader.settled(setl_id) if isinstance(setl_id, str) else None
+            if rec is None:
+                return default
+            with self._lock:
+                rec = self._live.setdefault(setl_id, rec)
+                self._loaded.add(setl_id)
+        return rec
+
+    def __getitem__(self, setl_id: str) -> Settled:
+        rec = self.get(setl_id)
+        if rec is None:
+            raise KeyError(setl_id)
+        return rec
+
+    def __contains__(self, setl_id: str) -> bool:
+        return self.get(setl_id) is not None
+
+    def __setitem__(self, setl_id: str, rec: Settled) -> None:
+        with self._lock:
+            assert setl_id not in self._live
+            self._live[setl_id] = rec
+
+    def pending(self) -> int:
+        return len(self._live)
+
+    def _drop_untouched(self) -> None:
+        """On the engine's thread, between batches: forget loaded records no reversal changed."""
+        with self._lock:
+            for k in [k for k in self._loaded if not self._live[k].reversed]:
+                del self._live[k]
+                self._loaded.discard(k)
+
+    def _committed(self, changes: list[Change]) -> None:
+        with self._lock:
+            for c in changes:
+                k = c.settled.setl_id
+                rec = self._live.get(k)
+                assert rec is not None, f"settlement {k} left RAM before its change was committed"
+                # A settlement reversed by a batch not yet committed stays until that one is.
+                if c.kind == KIND_REVERSE or not rec.reversed:
+                    del self._live[k]
+                    self._loaded.discard(k)
+
+
+class OpenVisits:
+    """Engine.open_visits backed by the store: the set of (fixmedins_code, mdtrt_id) in force.
+
+    RAM holds the visits that uncommitted changes opened or closed, with the
+    number of such changes, so that a batch committed while a later one is in
+    flight does not forget the later one's effect.
+    """
+
+    def __init__(self, reader: _Reader):
+        self._reader = reader
+        self._pending: dict[tuple[str, str], list] = {}  # visit -> [open?, uncommitted changes]
+        self._lock = threading.Lock()
+
+    def __contains__(self, visit: tuple[str, str]) -> bool:
+        with self._lock:
+            hit = self._pending.get(visit)
+        if hit is not None:
+            return hit[0]
+        return self._reader.visit_open(visit)
+
+    def _touch(self, visit: tuple[str, str], is_open: bool) -> None:
+        with self._lock:
+            hit = self._pending.get(visit)
+            if hit is None:
+                self._pending[visit] = [is_open, 1]
+            else:
+                hit[0] = is_open
+                hit[1] += 1
+
+    def add(self, visit: tuple[str, str]) -> None:
+        self._touch(visit, True)
+
+    def discard(self, visit: tuple[str, str]) -> None:
+        self._touch(visit, False)
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _committed(self, changes: list[Change]) -> None:
+        with self._lock:
+            for c in changes:
+                visit = (c.settled.fixmedins_code, c.settled.mdtrt_id)
+                hit = self._pending[visit]
+                hit[1] -= 1
+                assert hit[1] >= 0
+                if hit[1] == 0:
+                    del self._pending[visit]
+
+
+# ---------------------------------------------------------------- the store
+
+
+@dataclass(slots=True)
+class Prepared:
+    """The rows of one batch, ready to write (SqliteStore.prepare)."""
+
+    changes: list
+    journal: list
+    postings: list
+    accounts: list
+    persons: list
+    chronic: list
+    visits_open: list
+    visits_closed: list
+    last_seq: int
+
+
+class SqliteStore:
+    """The embedded store on SQLite; see the module docstring. Use open_store()."""
+
+    def __init__(self, data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick"):
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}")
+        self.data_dir = data_dir
+        self.path = db_path(data_dir)
+        self.failed = False
+        self._write_lock = threading.Lock()
+        self._lock_fd = -1
+        self._w: sqlite3.Connection | None = None
+        self._reader: _Reader | None = None
+        try:
+            self._open(world_dir, clock, verify)
+        except BaseException:
+            self._release()
+            raise
+
+    # ------------------------------------------------------------ open
+
+    def _open(self, world_dir: str, clock: str, verify: str) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.data_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreRefused(f"{self.data_dir}: the store is in use by another process") from None
+
+        exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if not exists and os.path.exists(self.path + "-wal") and os.path.getsize(self.path + "-wal") > 0:
+            raise StoreRefused(f"{self.path}: the database is missing but its WAL is there; refusing to reset")
+        if exists:
+            check_header(self.path)
+        try:
+            self._w = _connect(self.path)
+            mode = self._w.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+            if mode != "wal":
+                raise StoreRefused(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
+            self._w.execute("PRAGMA synchronous = FULL")
+            assert self._w.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
+            self._w.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+            self._w.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            self._w.execute("PRAGMA foreign_keys = OFF")
+            tables = {r[0] for r in self._w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise _refuse_sqlite(self.path, e) from None
+
+        world = load_world(world_dir)
+        if not tables:
+            log.info("seeding a new store in %s from the world %s", self.data_dir, world_dir)
+            self._seed(world, world_dir)
+        else:
+            self._check_opened(tables, verify)
+            self._note_world_changes(world, world_dir)
+
+        self._reader = _Reader(self.path)
+        self.engine = self._restore(world, clock)
+        self._next_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0] + 1
+
+    def _check_opened(self, tables: set, verify: str) -> None:
+        w = self._w
+        try:
+            meta = dict(w.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+            if meta.get("format") != STORE_FORMAT:
+                raise StoreRefused(f"{self.path}: an SQLite file, but not a yidi store; refusing to touch it")
+            if meta.get("schema_version") != str(SCHEMA_VERSION):
+                raise StoreRefused(
+                    f"{self.path}: store schema {meta.get('schema_version')}, this build reads {SCHEMA_VERSION}"
+                )
+            if verify == "quick":
+                res = [r[0] for r in w.execute("PRAGMA quick_check(20)").fetchall()]
+                if res != ["ok"]:
+                    raise StoreRefused(f"{self.path}: damaged: quick_check says {'; '.join(res)}")
+            total, n = w.execute("SELECT COALESCE(SUM(balance_fen), 0), COUNT(*) FROM account").fetchall()[0]
+            if total != 0:
+                raise StoreRefused(f"{self.path}: damaged: the {n} ledger balances sum to {total} fen, not 0")
+        except sqlite3.DatabaseError as e:
+            raise _refuse_sqlite(self.path, e) from None
+
+    def _seed(self, world: World, world_dir: str) -> None:
+        """Create the schema and copy the world's dynamic part, in one transaction."""
+        w = self._w
+        n = world.n_persons
+        acc = [world.psn_balc, world.psn_acc_year, world.psn_hifp_ip, world.psn_hifp_op,
+               world.psn_ded_op, world.psn_burden2, world.psn_second_paid]
+        acc_lists = [a.tolist() for a in acc]
+        strs = [world.psn_no.to_pylist(), world.psn_certno.to_pylist(), world.psn_name.to_pylist(),
+                world.psn_insuplc.to_pylist(), world.psn_insutype.to_pylist(), world.psn_type.to_pylist()]
+        year = acc_lists[1]
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            # Statement by statement: executescript would commit the open transaction.
+            sql = "\n".join(ln for ln in SCHEMA.splitlines() if not ln.startswith("--"))
+            for stmt in sql.split(";"):
+                if stmt.strip():
+                    w.execute(stmt)
+            w.executemany(
+                "INSERT INTO person VALUES (" + ", ".join("?" * 21) + ")",
+                ((i, *(s[i] for s in strs), *(a[i] for a in acc_lists), *(a[i] for a in acc_lists))
+                 for i in range(n)),
+            )
+            cd = world.chr_hifp_cd.tolist()
+            w.executemany(
+                "INSERT INTO chronic VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((k, int(p), d, cd[k], year[int(p)], cd[k], year[int(p)])
+                 for k, (p, d) in enumerate(zip(world.chr_psn.tolist(), world.chr_dise))),
+            )
+            w.executemany(
+                "INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((i, int(world.fil_psn[i]), world.fil_type[i], world.fil_dest[i],
+                  money.format_day(int(world.fil_begn[i])),
+                  None if int(world.fil_end[i]) == DAY_OPEN else money.format_day(int(world.fil_end[i])),
+                  world.fil_status[i]) for i in range(len(world.fil_type))),
+            )
+            meta = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now_text(),
+                    "seeded_from": os.path.abspath(world_dir)}
+            meta.update(self._world_meta(world, world_dir))
+            w.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
+                      (_now_text(), os.path.abspath(world_dir), "seeded"))
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        log.info("seeded %d persons, %d chronic qualifications, %d filings",
+                 n, len(world.chr_dise), len(world.fil_type))
+
+    @staticmethod
+    def _world_meta(world: World, world_dir: str) -> dict:
+        meta = {f"sha256:{f}": _sha256(os.path.join(world_dir, f)) for f in WORLD_FILES}
+        with open(os.path.join(world_dir, "policies.json"), "rb") as f:
+            meta["policies_json"] = f.read().decode("utf-8")
+        meta["catalogue_rows"] = str(len(world.cat_code))
+        meta["institutions_rows"] = str(len(world.inst_code))
+        return meta
+
+    def _note_world_changes(self, world: World, world_dir: str) -> None:
+        """Log what changed in the world since the last start; the reloaded files are in force."""
+        w = self._w
+        old = dict(w.execute("SELECT key, value FROM meta").fetchall())
+        new = self._world_meta(world, world_dir)
+        notes: list[str] = []
+        for f in WORLD_FILES:
+            if old.get(f"sha256:{f}") == new[f"sha256:{f}"]:
+                continue
+            if f == "catalogue.csv":
+                notes.append(f"catalogue.csv changed: {old.get('catalogue_rows')} -> {new['catalogue_rows']} "
+                             "rows; the new catalogue is in force")
+            elif f == "policies.json":
+                notes.append("policies.json changed: " + _policy_diff(old.get("policies_json", "[]"),
+                                                                      new["policies_json"])
+                             + "; the new policies are in force")
+            elif f == "institutions.csv":
+                notes.append(f"institutions.csv changed: {old.get('institutions_rows')} -> "
+                             f"{new['institutions_rows']} rows; in force")
+            elif f == "prepay.csv":
+                notes.append("prepay.csv changed; in force")
+            else:
+                notes.append(f"{f} differs from the one this store was seeded from; not applied: persons, "
+                             "chronic qualifications and filings come from the store")
+        for note in notes:
+            (log.warning if "not applied" in note else log.info)("%s: %s", self.data_dir, note)
+        if not notes:
+            log.info("%s: the world %s is unchanged since the last start", self.data_dir, world_dir)
+        # The seed files keep the fingerprint of the seed: a warning each start until they match again.
+        for f in SEED_FILES:
+            new[f"sha256:{f}"] = old.get(f"sha256:{f}", "")
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            w.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", new.items())
+            w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
+                      (_now_text(), os.path.abspath(world_dir), "; ".join(notes) or "unchanged"))
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+
+    def _restore(self, world: World, clock: str) -> Engine:
+        """The engine over the world's catalogue and policies with the store's persons and state."""
+        w = self._w
+        n = w.execute("SELECT COUNT(*) FROM person").fetchall()[0][0]
+        strs: list[list] = [[] for _ in range(6)]
+        nums = [np.empty(n, np.int64) for _ in PERSON_ACC]
+        cur = w.execute(
+            "SELECT psn, psn_no, certno, psn_name, insuplc_admdvs, insutype, psn_type, balc_fen, acc_year,"
+            " hifp_ip_fen, hifp_op_fen, ded_op_fen, burden2_fen, second_paid_fen FROM person ORDER BY psn"
+        )
+        i = 0
+        while True:
+            rows = cur.fetchmany(READ_CHUNK_ROWS)
+            if not rows:
+                break
+            cols = list(zip(*rows))
+            m = len(rows)
+            assert cols[0][0] == i and cols[0][-1] == i + m - 1, "person rows must be 0..n-1"
+            for k in range(6):
+                strs[k].extend(cols[1 + k])
+            for k in range(len(PERSON_ACC)):
+                nums[k][i : i + m] = cols[7 + k]
+            i += m
+        assert i == n
+        chr_rows = w.execute("SELECT slot, psn, dise_codg, hifp_cd_fen, cd_year FROM chronic ORDER BY slot").fetchall()
+        assert all(r[0] == k for k, r in enumerate(chr_rows)), "chronic slots must be 0..n-1"
+        fil_rows = w.execute(
+            "SELECT psn, filing_type, dest_admdvs, begndate, enddate, status FROM filing ORDER BY id"
+        ).fetchall()
+        psn_index = dict(zip(strs[0], range(n)))
+        assert len(psn_index) == n
+        balc, acc_year, hifp_ip, hifp_op, ded_op, burden2, second_paid = nums
+        restored = replace(
+            world,
+            psn_no=pa.array(strs[0], pa.string()), psn_certno=pa.array(strs[1], pa.string()),
+            psn_name=pa.array(strs[2], pa.string()), psn_insuplc=pa.array(strs[3], pa.string()),
+            psn_insutype=pa.array(strs[4], pa.string()), psn_type=pa.array(strs[5], pa.string()),
+            psn_balc=balc, psn_acc_year=acc_year.astype(np.int32), psn_hifp_ip=hifp_ip, psn_hifp_op=hifp_op,
+            psn_ded_op=ded_op, psn_burden2=burden2, psn_second_paid=second_paid,
+            chr_psn=np.array([r[1] for r in chr_rows], np.int32), chr_dise=[r[2] for r in chr_rows],
+            chr_hifp_cd=np.array([r[3] for r in chr_rows], np.int64),
+            fil_psn=np.array([r[0] for r in fil_rows], np.int32), fil_type=[r[1] for r in fil_rows],
+            fil_dest=[r[2] for r in fil_rows],
+            fil_begn=np.array([money.parse_day(r[3]) for r in fil_rows], np.int32),
+            fil_end=np.array([DAY_OPEN if r[4] is None else money.parse_day(r[4]) for r in fil_rows], np.int32),
+            fil_status=[r[5] for r in fil_rows], psn_index=psn_index,
+        )
+        engine = Engine(restored, clock=clock)
+        # The engine derives each slot's year from its person; the store knows it exactly.
+        engine.state.cd_year[: len(chr_rows)] = [r[4] for r in chr_rows]
+        engine.journal = JournalMap(self._reader)
+        engine.settled = SettledMap(self._reader)
+        engine.open_visits = OpenVisits(self._reader)
+        return engine
+
+    # ------------------------------------------------------------ commit
+
+    def commit(self, changes: list[Change]) -> None:
+        """Write one batch's changes in one transaction; returns once durable. See the module docstring."""
+        self.write(self.prepare(changes))
+
+    def prepare(self, changes: list[Change]) -> Prepared:
+        """The rows of a batch, from its changes and engine.state; on the engine's thread, before the next batch."""
+        if self.failed:
+            raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
+        assert len(changes) <= COMMIT_CHANGES_MAX, f"more than {COMMIT_CHANGES_MAX} changes in one commit"
+        self.engine.settled._drop_untouched()
+        enc = JSON.encoder.encode
+        crc32 = zlib.crc32
+        journal: list[tuple] = []
+        postings: list[tuple] = []
+        accounts: dict[str, list[int]] = {}
+        psns: dict[int, None] = {}
+        slots: dict[int, None] = {}
+        visits: dict[tuple[str, str], str | None] = {}
+        seq = self._next_seq
+        for c in changes:
+            rec = c.settled
+            a = rec.amounts
+            info = rec.info
+            assert tuple(a) == AMOUNT_KEYS and tuple(info) == INFO_KEYS
+            if c.kind == KIND_SETTLE:
+                sign, reversed_id = 1, None
+                assert c.setl_id == rec.setl_id == "S" + c.msgid
+                visits[(rec.fixmedins_code, rec.mdtrt_id)] = rec.setl_id
+            else:
+                assert c.kind == KIND_REVERSE and rec.reversed and c.setl_id == "S" + c.msgid
+                sign, reversed_id = -1, rec.setl_id
+                visits[(rec.fixmedins_code, rec.mdtrt_id)] = None
+            assert c.fixmedins_code == rec.fixmedins_code
+            inp = bytes(c.input_raw)
+            reply = enc(c.reply)
+            journal.append((
+                seq, c.msgid, c.kind, c.infno, c.setl_id, reversed_id, c.setl_time, rec.insuplc_admdvs,
+                rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info["insutype"],
+                info["med_type"], info["clr_type"], info["filing_class"], info["pool_prop_selfpay"],
+                rec.kind, rec.cd_slot, rec.year, *[sign * a[k] for k in AMOUNT_KEYS],
+                sign * rec.burden, sign * rec.second, c.codec.fmt, inp, reply, crc32(reply, crc32(inp)),
+            ))
+            legs = ledger.postings(sign, rec.insuplc_admdvs, info["insutype"], rec.psn_no, rec.fixmedins_code, a)
+            for leg, (account, amount_fen) in enumerate(legs):
+                postings.append((seq, leg, account, amount_fen))
+                acc = accounts.get(account)
+                if acc is None:
+                    accounts[account] = [amount_fen, 1]
+                else:
+                    acc[0] += amount_fen
+                    acc[1] += 1
+            psns[rec.psn] = None
+            if rec.cd_slot >= 0:
+                slots[rec.cd_slot] = None
+            seq += 1
+        # Paired with the per-transfer assertion in ledger.postings: the batch balances.
+        assert sum(v[0] for v in accounts.values()) == 0
+        st = self.engine.state
+        idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
+        persons = list(zip(
+            st.balc[idx].tolist(), st.acc_year[idx].tolist(), st.hifp_ip[idx].tolist(), st.hifp_op[idx].tolist(),
+            st.ded_op[idx].tolist(), st.burden2[idx].tolist(), st.second_paid[idx].tolist(), idx.tolist(),
+        ))
+        sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
+        chronic = list(zip(st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist(), sidx.tolist()))
+        prepared = Prepared(
+            changes=changes, journal=journal, postings=postings,
+            accounts=[(k, v[0], v[1]) for k, v in accounts.items()], persons=persons, chronic=chronic,
+            visits_open=[(k[0], k[1], v) for k, v in visits.items() if v is not None],
+            visits_closed=[k for k, v in visits.items() if v is None], last_seq=seq - 1,
+        )
+        self._next_seq = seq
+        return prepared
+
+    def write(self, p: Prepared) -> None:
+        """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
+        with self._write_lock:
+            if self.failed:
+                raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
+            if not p.changes:
+                return
+            w = self._w
+            try:
+                w.execute("BEGIN IMMEDIATE")
+                w.executemany(SQL_INSERT_JOURNAL, p.journal)
+                w.executemany(SQL_INSERT_POSTING, p.postings)
+                w.executemany(SQL_UPSERT_ACCOUNT, p.accounts)
+                n = w.executemany(SQL_UPDATE_PERSON, p.persons).rowcount
+                assert n == len(p.persons), f"{len(p.persons) - n} persons missing from the store"
+                if p.chronic:
+                    n = w.executemany(SQL_UPDATE_CHRONIC, p.chronic).rowcount
+                    assert n == len(p.chronic), "chronic slots missing from the store"
+                if p.visits_closed:
+                    w.executemany(SQL_CLOSE_VISIT, p.visits_closed)
+                if p.visits_open:
+                    w.executemany(SQL_OPEN_VISIT, p.visits_open)
+                w.execute("COMMIT")
+            except BaseException as e:
+                self.failed = True
+                try:
+                    if w.in_transaction:
+                        w.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise StoreFailed(f"commit of {len(p.changes)} changes failed ({e!r}); the process must stop") from e
+        # Durable: the engine's maps may now forget these changes and read them from SQLite.
+        eng = self.engine
+        eng.journal._committed(p.changes)
+        eng.settled._committed(p.changes)
+        eng.open_visits._committed(p.changes)
+
+    # ------------------------------------------------------------ close
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database file and release the folder."""
+        if self._w is not None and not self.failed:
+            pending = self.engine.journal.pending() if hasattr(self, "engine") else 0
+            if pending:
+                log.warning("closing with %d settlements handled but never committed: they are lost", pending)
+            try:
+                self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:
+                log.warning("checkpoint at close failed: %s", e)
+        self._release()
+
+    def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> "SqliteStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _policy_diff(old_text: str, new_text: str) -> str:
+    def by_key(text: str) -> dict:
+        try:
+            items = json.loads(text)
+        except ValueError:
+            return {}
+        return {f"{p.get('insuplc_admdvs')}/{p.get('insutype')}": json.dumps(p, sort_keys=True)
+                for p in items if isinstance(p, dict)}
+
+    old, new = by_key(old_text), by_key(new_text)
+    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+    added = sorted(new.keys() - old.keys())
+    removed = sorted(old.keys() - new.keys())
+
+    def part(what: str, keys: list) -> str:
+        shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
+        return f"{len(keys)} {what}" + (f" ({shown})" if keys else "")
+
+    return ", ".join((part("changed", changed), part("added", added), part("removed", removed)))
+
+
+def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick") -> SqliteStore:
+    """Open the store in `data_dir`, seeding it from `world_dir` when the folder holds none.
+
+    verify: "quick" runs SQLite's quick_check at open (reads the whole file);
+    "header" only checks the file header and the ledger's balance, for very large stores.
+    Raises StoreRefused for a damaged, truncated, foreign or busy store, and
+    engine.world.WorldError for a bad world folder.
+    """
+    return SqliteStore(data_dir, world_dir, clock=clock, verify=verify)
