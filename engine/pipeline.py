@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
+import pyarrow.compute as pc
 
 from . import kernels, money
 from .protocol import (
@@ -27,7 +28,7 @@ from .protocol import (
     FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINES_MAX,
     LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, MEMOS,
     OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS, TEMP_FILING_TYPES,
-    UNFILED, WAIVED, Refused, is_retired,
+    UNFILED, WAIVED, Refused,
 )
 from .wire import JSON, Codec, DecodeError, Reply
 from .world import DAY_OPEN, World
@@ -169,27 +170,30 @@ class Engine:
         }
         self.cat = kernels.Catalogue(world)
         self.psn_index = world.psn_index
-        self.psn_no = world.psn_no.to_pylist()
-        self.psn_certno = world.psn_certno.to_pylist()
-        self.psn_name = world.psn_name.to_pylist()
-        self.psn_insuplc = world.psn_insuplc.to_pylist()
-        self.psn_insutype = world.psn_insutype.to_pylist()
-        self.psn_type = world.psn_type.to_pylist()
+        # Person columns: low-cardinality ones dictionary-encoded (what the hot path
+        # reads), the rest read from Arrow on demand (only 1101 answers them).
+        self.psn_no = _Lazy(world.psn_no)
+        self.psn_certno = _Lazy(world.psn_certno)
+        self.psn_name = _Lazy(world.psn_name)
+        self.psn_type = _Lazy(world.psn_type)
+        self.psn_insuplc = _Encoded(world.psn_insuplc)
+        self.psn_insutype = _Encoded(world.psn_insutype)
+        ptype = world.psn_type
+        self.psn_retired = pc.or_(pc.starts_with(ptype, "12"), pc.equal(ptype, "1300")).to_numpy(
+            zero_copy_only=False
+        )
         self.by_certno: dict[str, int] = {}
-        for i, c in enumerate(self.psn_certno):
+        for i, c in enumerate(world.psn_certno.to_pylist()):
             self.by_certno.setdefault(c, i)
-        # Filings by person: (class, dest, begn, last day in force), section 4.
-        self.filings: dict[int, list[tuple[str, str, int, int, int]]] = {}
-        for i, ftype in enumerate(world.fil_type):
-            begn, end = int(world.fil_begn[i]), int(world.fil_end[i])
-            six = money.six_months(begn)
-            if ftype in TEMP_FILING_TYPES:
-                end = six if end == DAY_OPEN else min(end, six)
-            if world.fil_status[i] == "2":
-                end = min(end, six)
-            self.filings.setdefault(int(world.fil_psn[i]), []).append(
-                (FILING_CLASS_OF_TYPE[ftype], world.fil_dest[i], begn, end, i)
-            )
+        # Filings by person (section 4), as arrays ordered by person: the class, the
+        # destination, the first and the last day in force.
+        order = np.argsort(world.fil_psn, kind="stable")
+        self.fil_start = np.searchsorted(world.fil_psn[order], np.arange(world.n_persons + 1)).astype(np.int64)
+        self.fil_row = order.astype(np.int64)
+        self.fil_cls = [FILING_CLASS_OF_TYPE[t] for t in world.fil_type]
+        self.fil_dest = world.fil_dest
+        self.fil_begn = world.fil_begn
+        self.fil_last = filing_last_days(world)
         self.policies = world.policies
         self.pol = kernels.PolicyTables(world.policies)
         # Chronic qualifications: (person, disease) -> slot of the state arrays.
@@ -385,7 +389,7 @@ class Engine:
             p.kind = KIND_OUTPATIENT if outpatient else KIND_INPATIENT
         p.psn, p.pol, p.lv, p.cls, p.reduction_bp = psn, pol, inst[1], cls, red
         p.year = money.day_year(day)
-        p.retired310 = int(insutype == "310" and is_retired(self.psn_type[psn]))
+        p.retired310 = int(insutype == "310" and self.psn_retired[psn])
         p.acct_ok = int(insutype == "310" and d.acct_used_flag == "1")
         rnd.visits.add(visit)
         rnd.persons.add(psn)
@@ -398,13 +402,15 @@ class Engine:
         if t == insuplc:
             return LOCAL
         cands = set()
-        for cls, dest, begn, end, _ in self.filings.get(psn, ()):
-            if begn <= day <= end and (
+        for k in range(self.fil_start[psn], self.fil_start[psn + 1]):
+            f = self.fil_row[k]
+            dest = self.fil_dest[f]
+            if self.fil_begn[f] <= day <= self.fil_last[f] and (
                 dest == t
                 or (dest.endswith("0000") and dest[:2] == t[:2])
                 or (dest.endswith("00") and dest[:4] == t[:4])
             ):
-                cands.add(cls)
+                cands.add(self.fil_cls[f])
         if med_type in MED_TYPES_EMERGENCY:
             cands.add(EMERGENCY)
         if med_type in MED_TYPES_OUTPATIENT and not policy.op_requires_filing:
@@ -630,12 +636,64 @@ class Engine:
                 "balc": _fmt(int(self.state.balc[i])), "insuplc_admdvs": self.psn_insuplc[i],
             }],
             "filinginfo": [{
-                "filing_type": w.fil_type[f[4]], "dest_admdvs": f[1],
-                "begndate": money.format_day(int(w.fil_begn[f[4]])),
-                "enddate": None if int(w.fil_end[f[4]]) == DAY_OPEN else money.format_day(int(w.fil_end[f[4]])),
-                "status": w.fil_status[f[4]],
-            } for f in self.filings.get(i, ())],
+                "filing_type": w.fil_type[f], "dest_admdvs": w.fil_dest[f],
+                "begndate": money.format_day(int(w.fil_begn[f])),
+                "enddate": None if int(w.fil_end[f]) == DAY_OPEN else money.format_day(int(w.fil_end[f])),
+                "status": w.fil_status[f],
+            } for f in (int(self.fil_row[k]) for k in range(self.fil_start[i], self.fil_start[i + 1]))],
         }
+
+
+class _Lazy:
+    """A string column read from Arrow one cell at a time (rarely read: 1101 only)."""
+
+    __slots__ = ("a",)
+
+    def __init__(self, a):
+        self.a = a
+
+    def __getitem__(self, i) -> str:
+        return self.a[int(i)].as_py()
+
+
+class _Encoded:
+    """A low-cardinality string column (regions, insurance types) as small integers."""
+
+    __slots__ = ("values", "ids")
+
+    def __init__(self, a):
+        enc = pc.dictionary_encode(a)
+        self.values = enc.dictionary.to_pylist()
+        self.ids = enc.indices.to_numpy(zero_copy_only=False)
+
+    def __getitem__(self, i) -> str:
+        return self.values[self.ids[i]]
+
+
+def filing_last_days(w: World) -> np.ndarray:
+    """The last day each filing is in force (section 4), for all filings at once.
+
+    Temporary filings end at their enddate or six_months(begndate), whichever is
+    first; status 2 (personal commitment) filings end at six_months(begndate) at
+    the latest; long-term filings otherwise run to their enddate or stay open.
+    """
+    six = six_months_days(w.fil_begn)
+    end = w.fil_end.astype(np.int64)
+    temp = np.isin(np.array(w.fil_type, dtype=object), list(TEMP_FILING_TYPES))
+    committed = np.array(w.fil_status, dtype=object) == "2"
+    cut = temp | committed
+    return np.where(cut, np.minimum(end, six), end)
+
+
+def six_months_days(begn: np.ndarray) -> np.ndarray:
+    """engine.money.six_months over an array of day numbers."""
+    d = begn.astype("datetime64[D]")
+    month = d.astype("datetime64[M]")
+    day_of_month = (d - month).astype(np.int64)  # 0-based
+    target = month + np.timedelta64(6, "M")
+    month_len = ((target + np.timedelta64(1, "M")).astype("datetime64[D]") - target.astype("datetime64[D]")).astype(np.int64)
+    out = target.astype("datetime64[D]") + np.minimum(day_of_month, month_len - 1) - np.timedelta64(1, "D")
+    return out.astype(np.int64)
 
 
 class _Round:

@@ -2,6 +2,11 @@ import os
 from decimal import Decimal, InvalidOperation
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Shared machines are noisy: a deadline would fail tests on timing, not on answers.
+settings.register_profile("yidi", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("yidi")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("YIDI_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))

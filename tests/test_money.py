@@ -76,3 +76,13 @@ def test_time_day():
     for bad in ("2026-02-30 10:00:00", "2026-01-01", "2026-01-01T10:00:00", "2026-01-01 24:00:00"):
         with pytest.raises(money.NumberError):
             money.parse_time_day(bad)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40_000), min_size=1, max_size=50))
+def test_six_months_vectorised_matches_definition(days):
+    import numpy as np
+
+    from engine.pipeline import six_months_days
+
+    got = six_months_days(np.array(days, dtype=np.int32)).tolist()
+    assert got == [money.six_months(d) for d in days]
