@@ -7,14 +7,15 @@ SETTLEMENT.md section 7, "Transports". Data flows one way:
     -> replies released, in request order on each connection.
 
 Durability before acknowledgement: a batch's replies leave the process only after
-`store.commit` of that batch has returned. The next batch is computed only after
-that commit returned too, because a store reads the persons' accumulators from
-the engine at commit time (`pipeline.Change`): computing batch N+1 while batch N
-is being written would let N's commit capture N+1's effects. While a commit runs
-in the writer thread the event loop keeps reading, decoding and queueing, so the
-next batch is ready the moment the commit returns. The engine is not thread-safe:
-every engine call happens on the event-loop thread; every store call (open,
-commit, close) happens on the single writer thread, in order.
+the store's write of that batch, and of every batch before it, has returned.
+`store.prepare(changes)` reads the persons' accumulators from the engine, so it
+runs on the event-loop thread right after `handle_batch`, before the next batch
+can change them; `store.write(prepared)` runs on a single writer thread, in
+batch order, while the loop reads, decodes and computes the next batch (at most
+`commits_inflight_max` batches wait for the disk). A reply computed on state that
+is not yet durable (a pre-settlement after an uncommitted settlement) waits the
+same way, so no reply ever shows what a crash could take back. The engine is not
+thread-safe: every engine call happens on the event-loop thread.
 
 Backpressure, each with a named bound (Limits):
 - `queue_max`: requests admitted but not yet in a batch. A request that finds the
@@ -70,6 +71,7 @@ class Limits:
     http_body_bytes_max: int = FRAME_BYTES_MAX  # HTTP body; beyond: E_LIMIT (413)
     connections_max: int = 1024  # open TCP connections; beyond: E_BUSY and close
     write_buffer_bytes_max: int = 4 * 1024 * 1024  # unsent reply bytes per connection; beyond: stop reading
+    commits_inflight_max: int = 2  # batches computed and waiting for their write (the next one overlaps)
     drain_timeout_s: float = 30.0  # at shutdown, how long to wait for clients to take their replies
 
     def __post_init__(self) -> None:
@@ -97,22 +99,32 @@ def open_store(data_dir: str, world_dir: str, *, clock: str = "wall"):
         if e.name != f"{__package__}.store":
             raise
         log.warning("engine.store is not available: using the in-memory stand-in, NOTHING IS DURABLE")
-        return MemoryStore(world_dir, clock=clock)
+        return MemoryStore.open(world_dir, clock=clock)
     return _open(data_dir, world_dir, clock=clock)
 
 
 class MemoryStore:
     """An in-memory stand-in with the shape of engine.store: state lives and dies with the process."""
 
-    def __init__(self, world_dir: str, *, clock: str = "wall"):
+    def __init__(self, engine):
+        self.engine = engine
+        self.committed: list = []  # every change, in commit order (tests read it)
+
+    @classmethod
+    def open(cls, world_dir: str, *, clock: str = "wall") -> "MemoryStore":
         from .pipeline import Engine
         from .world import load_world
 
-        self.engine = Engine(load_world(world_dir), clock=clock)
-        self.committed: list = []  # every change, in commit order (tests read it)
+        return cls(Engine(load_world(world_dir), clock=clock))
 
     def commit(self, changes: list) -> None:
-        self.committed.extend(changes)
+        self.write(self.prepare(changes))
+
+    def prepare(self, changes: list) -> list:
+        return changes
+
+    def write(self, prepared: list) -> None:
+        self.committed.extend(prepared)
 
     def close(self) -> None:
         pass
@@ -280,6 +292,12 @@ class Hub:
         self._task: asyncio.Task | None = None
         self._window_s = limits.batch_window_ms / 1000.0
         self._inf_time = getattr(self.engine, "clock_inf_time", False)
+        # A store that splits commit into prepare (engine thread: reads engine.state)
+        # and write (writer thread) lets batch N+1 be computed while batch N is
+        # written; one with only commit() reads the engine while it writes, so its
+        # batches go one at a time.
+        self._split_commit = hasattr(store, "prepare") and hasattr(store, "write")
+        self._slots = asyncio.Semaphore(limits.commits_inflight_max if self._split_commit else 1)
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
     @classmethod
@@ -318,54 +336,80 @@ class Hub:
     # ------------------------------------------------------------ the batch loop
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Gather, compute, prepare and hand to the writer; a batch's replies wait for its write."""
         limits = self.limits
-        m = self.metrics
-        while True:
-            if not self.queue:
-                if self.stopping:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                # The first request of a burst waits up to the window for company,
-                # unless a full batch is already there. Requests that queued while
-                # the engine was busy never wait: they have waited already.
-                if self._window_s and len(self.queue) < limits.batch_max and not self.stopping:
+        prev: asyncio.Task | None = None
+        try:
+            while self.failed is None:
+                if not self.queue:
+                    if self.stopping:
+                        break
                     self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self._window_s)
-                    except TimeoutError:
-                        pass
-                continue
-            n = min(len(self.queue), limits.batch_max)
-            items = [self.queue.popleft() for _ in range(n)]
-            clock = None if self._inf_time else now_text()
-            reqs = [Request(it.body, it.codec, clock) for it in items]
-            t0 = time.perf_counter()
+                    await self._wake.wait()
+                    # The first request of a burst waits up to the window for company,
+                    # unless a full batch is already there. Requests that queued while
+                    # the engine was busy never wait: they have waited already.
+                    if self._window_s and len(self.queue) < limits.batch_max and not self.stopping:
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), self._window_s)
+                        except TimeoutError:
+                            pass
+                    continue
+                await self._slots.acquire()  # at most commits_inflight_max batches ahead of the disk
+                if self.failed is not None:
+                    break
+                n = min(len(self.queue), limits.batch_max)
+                items = [self.queue.popleft() for _ in range(n)]
+                prev = self._batch(items, prev)
+        finally:
+            if prev is not None:
+                await prev
+
+    def _batch(self, items: list[_Item], prev: asyncio.Task | None) -> asyncio.Task | None:
+        """Compute one batch on this (the engine's) thread and start its write; returns its release task."""
+        loop = asyncio.get_running_loop()
+        clock = None if self._inf_time else now_text()
+        reqs = [Request(it.body, it.codec, clock) for it in items]
+        t0 = time.perf_counter()
+        try:
+            replies = self.engine.handle_batch(reqs)
+            assert len(replies) == len(items)
+            changes = self.engine.take_changes()
+            prepared = self._prepare(changes)
+        except BaseException as e:  # a bug, or the store refuses: the engine may be half way through
+            self._fail_stop(e, items)
+            return prev
+        engine_s = time.perf_counter() - t0
+        write = loop.run_in_executor(self._writer, self._write, prepared)
+        # Encode while the writer thread waits on the disk.
+        counts: collections.Counter = collections.Counter()
+        for it, rep in zip(items, replies):
+            infno, _ = _peek(it.body, it.codec)
+            counts[("tcp" if it.conn is not None else "http", infno, rep.err_code or "")] += 1
+            if it.conn is not None:
+                it.frame = frame(MSGPACK.encoder.encode(rep))
+        return loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
+
+    async def _finish(self, prev, write, items, replies, changes, counts, engine_s) -> None:
+        """Release a batch's replies once it is durable and every earlier batch has been released."""
+        try:
+            if prev is not None:
+                await prev
             try:
-                replies = self.engine.handle_batch(reqs)
-                changes = self.engine.take_changes()
-                assert len(replies) == n
-            except BaseException as e:  # a bug: the engine may be half way through the batch
-                self._fail_stop(e, items)
-                return
-            t1 = time.perf_counter()
-            commit = loop.run_in_executor(self._writer, self._commit, changes)
-            # Encode while the writer thread waits on the disk.
-            counts: dict[tuple, int] = collections.Counter()
-            for it, rep in zip(items, replies):
-                infno, _ = _peek(it.body, it.codec)
-                counts[("tcp" if it.conn is not None else "http", infno, rep.err_code or "")] += 1
-                if it.conn is not None:
-                    it.frame = frame(MSGPACK.encoder.encode(rep))
-            try:
-                commit_s = await commit
+                commit_s = await write
             except BaseException as e:
-                self._fail_stop(e, items)
+                if self.failed is None:
+                    self._fail_stop(e, items)
+                self._abandon(items)
                 return
+            if self.failed is not None:
+                self._abandon(items)  # an earlier batch failed: this one's state was built on it
+                return
+            m = self.metrics
             self.batches += 1
-            m.batch_size.observe(n)
-            m.engine_s.observe(t1 - t0)
+            m.batch_size.observe(len(items))
+            m.engine_s.observe(engine_s)
             m.commit_s.observe(commit_s)
             for kind in ("settle", "reverse"):
                 k = sum(1 for c in changes if c.kind == kind)
@@ -375,13 +419,23 @@ class Hub:
                 m.requests.labels(*labels).inc(k)
             self._release(items, replies)
             if self.observer is not None:
-                self.observer("batch", n)
+                self.observer("batch", len(items))
+        finally:
+            self._slots.release()
 
-    def _commit(self, changes: list) -> float:
+    def _prepare(self, changes: list):
+        """The store's rows of a batch, read from the engine now, before the next batch changes it."""
+        if self._split_commit:
+            return self.store.prepare(changes)
+        return changes
+
+    def _write(self, prepared) -> float:
         """On the writer thread: make a batch durable; returns the seconds it took."""
         t0 = time.perf_counter()
-        if changes:
-            self.store.commit(changes)
+        if self._split_commit:
+            self.store.write(prepared)
+        elif prepared:
+            self.store.commit(prepared)
         return time.perf_counter() - t0
 
     def _release(self, items: list[_Item], replies: list[Reply]) -> None:
@@ -406,12 +460,16 @@ class Hub:
         self.failed = exc
         for c in list(self.connections):
             c.abort()
-        for it in list(items) + list(self.queue):
-            if it.fut is not None and not it.fut.done():
-                it.fut.set_exception(FailStop(str(exc)))
+        self._abandon(list(items) + list(self.queue))
         self.queue.clear()
         if self.on_fail_stop is not None:
             self.on_fail_stop(exc)
+
+    def _abandon(self, items: list[_Item]) -> None:
+        """After a fail-stop: HTTP requests get an error, never a reply (TCP connections are aborted)."""
+        for it in items:
+            if it.fut is not None and not it.fut.done():
+                it.fut.set_exception(FailStop(repr(self.failed)))
 
     # ------------------------------------------------------------ shutdown
 
