@@ -458,7 +458,8 @@ def _catalogue(rng: np.random.Generator, provs: list[str], per_province: int) ->
         "lmt_used_flag": pc.take(pa.array(["0", "1"]), pa.array(col["lmt"].astype(np.int32))),
         "begndate": _date_col(col["begn"]),
         "enddate": _date_col(np.maximum(col["end"], 0), mask_absent=col["end"] < 0),
-    })
+    }).sort_by([("prov_admdvs", "ascending"), ("med_list_codg", "ascending"), ("begndate", "ascending")])
+    # Sorted by province, code and date, as national catalogues are published.
 
 
 def _catalogue_terms(rng: np.random.Generator, kind: np.ndarray):
