@@ -11,9 +11,9 @@ keeps the full 64-bit hash, so a probe compares the key bytes only when the
 hashes agree, which for a different key happens about once in 2**64.
 """
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject
-from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 from core_ext._text cimport yidi_ascii_view
@@ -62,6 +62,29 @@ cdef extern from *:
     }
     """
     uint64_t yidi_code_hash(int16_t prov, const unsigned char *p, size_t n) nogil
+
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+
+    /* Zeroed memory for a table probed at random: anonymous pages, asking
+       for transparent huge pages so that a lookup misses the TLB less often.
+       NULL when the system refuses. */
+    static void *yidi_table_alloc(size_t size) {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+    #ifdef MADV_HUGEPAGE
+        if (size >= ((size_t)2 << 20)) (void)madvise(p, size, MADV_HUGEPAGE);
+    #endif
+        return p;
+    }
+
+    static void yidi_table_free(void *p, size_t size) {
+        if (p != NULL) munmap(p, size);
+    }
+    """
+    void *yidi_table_alloc(size_t size) nogil
+    void yidi_table_free(void *p, size_t size) nogil
 
 # One slot of the table: 32 bytes, two to a cache line. hash 0 marks an empty
 # slot (a key whose hash is 0 is stored as 1).
@@ -127,6 +150,7 @@ cdef class CatalogueIndex:
     cdef Slot *slots
     cdef unsigned char *keys
     cdef uint64_t slot_mask
+    cdef size_t slots_bytes
     cdef uint64_t hash_mask
     cdef Py_ssize_t n_rows_
     cdef Py_ssize_t n_groups_
@@ -134,10 +158,11 @@ cdef class CatalogueIndex:
 
     def __cinit__(self):
         self.slots = NULL
+        self.slots_bytes = 0
         self.keys = NULL
 
     def __dealloc__(self):
-        PyMem_Free(self.slots)
+        yidi_table_free(self.slots, self.slots_bytes)
         PyMem_Free(self.keys)
 
     def __init__(self, const int16_t[::1] prov not None, const int64_t[::1] offsets not None,
@@ -171,7 +196,9 @@ cdef class CatalogueIndex:
         cdef uint64_t capacity = <uint64_t>CAPACITY_MIN
         while capacity < 2 * <uint64_t>n_groups:
             capacity *= 2
-        self.slots = <Slot *>PyMem_Calloc(capacity, sizeof(Slot))
+        self.slots = <Slot *>yidi_table_alloc(capacity * sizeof(Slot))
+        if self.slots != NULL:
+            self.slots_bytes = capacity * sizeof(Slot)
         self.keys = <unsigned char *>PyMem_Malloc(<size_t>key_bytes + 1)
         if self.slots == NULL or self.keys == NULL:
             raise MemoryError()
