@@ -184,12 +184,15 @@ cdef class CatalogueIndex:
             if offsets[i + 1] < offsets[i]:
                 raise ValueError(f"offsets decrease at row {i}")
 
-        # Pass 1: count the groups and the bytes of their keys.
-        for i in range(n):
-            if i == 0 or prov[i] != prov[i - 1] or not same_bytes(
-                    data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
-                n_groups += 1
-                key_bytes += offsets[i + 1] - offsets[i]
+        # Pass 1: count the groups and the bytes of their keys. Both passes run
+        # without the GIL, so a large catalogue can be indexed on a thread while
+        # the rest of the world loads.
+        with nogil:
+            for i in range(n):
+                if i == 0 or prov[i] != prov[i - 1] or not same_bytes(
+                        data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
+                    n_groups += 1
+                    key_bytes += offsets[i + 1] - offsets[i]
         if key_bytes > KEY_BYTES_MAX:
             raise ValueError(f"catalogue codes too long in total: {key_bytes} bytes")
 
@@ -212,43 +215,55 @@ cdef class CatalogueIndex:
         # Pass 2: insert each group. A key met twice means the input was not
         # sorted by (prov, code): its versions would be split across groups.
         cdef Py_ssize_t g0 = 0, key_off = 0, probe
+        cdef Py_ssize_t dup_row = -1, dup_first = -1
         cdef int64_t k0, k1
         cdef uint64_t h, j
         cdef Slot *s
-        for i in range(1, n + 1):
-            if i < n and prov[i] == prov[i - 1] and same_bytes(
-                    data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
-                continue
-            # rows g0 .. i-1 form one group
-            k0 = offsets[g0]
-            k1 = offsets[g0 + 1]
-            if k1 > k0:
-                memcpy(&self.keys[key_off], &data[k0], <size_t>(k1 - k0))
-            h = self._hash(prov[g0], &self.keys[key_off], <Py_ssize_t>(k1 - k0))
-            j = h & self.slot_mask
-            probe = 0
-            while self.slots[j].hash != 0:
+        with nogil:
+            for i in range(1, n + 1):
+                if i < n and prov[i] == prov[i - 1] and same_bytes(
+                        data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
+                    continue
+                # rows g0 .. i-1 form one group
+                k0 = offsets[g0]
+                k1 = offsets[g0 + 1]
+                if k1 > k0:
+                    memcpy(&self.keys[key_off], &data[k0], <size_t>(k1 - k0))
+                h = self._hash(prov[g0], &self.keys[key_off], <Py_ssize_t>(k1 - k0))
+                j = h & self.slot_mask
+                probe = 0
+                while self.slots[j].hash != 0:
+                    s = &self.slots[j]
+                    if (s.hash == h and s.prov == prov[g0] and s.key_len == <uint32_t>(k1 - k0)
+                            and memcmp(&self.keys[s.key_off], &self.keys[key_off],
+                                       <size_t>(k1 - k0)) == 0):
+                        dup_row = g0
+                        dup_first = s.first
+                        break
+                    j = (j + 1) & self.slot_mask
+                    probe += 1
+                if dup_row >= 0:
+                    break
                 s = &self.slots[j]
-                if (s.hash == h and s.prov == prov[g0] and s.key_len == <uint32_t>(k1 - k0)
-                        and memcmp(&self.keys[s.key_off], &self.keys[key_off],
-                                   <size_t>(k1 - k0)) == 0):
-                    code = bytes(data[k0:k1]).decode("ascii", "backslashreplace")
-                    raise ValueError(
-                        f"catalogue not sorted by (prov, code): {prov[g0]} {code!r} "
-                        f"appears at rows {s.first} and {g0} apart")
-                j = (j + 1) & self.slot_mask
-                probe += 1
-            s = &self.slots[j]
-            s.hash = h
-            s.key_off = <uint32_t>key_off
-            s.key_len = <uint32_t>(k1 - k0)
-            s.first = <int32_t>g0
-            s.count = <int32_t>(i - g0)
-            s.prov = prov[g0]
-            key_off += k1 - k0
-            if probe > self.max_probe_:
-                self.max_probe_ = probe
-            g0 = i
+                s.hash = h
+                s.key_off = <uint32_t>key_off
+                s.key_len = <uint32_t>(k1 - k0)
+                s.first = <int32_t>g0
+                s.count = <int32_t>(i - g0)
+                s.prov = prov[g0]
+                key_off += k1 - k0
+                if probe > self.max_probe_:
+                    self.max_probe_ = probe
+                g0 = i
+        if dup_row >= 0:
+            # A key met twice means the input was not sorted by (prov, code): its
+            # versions would be split across groups.
+            k0 = offsets[dup_row]
+            k1 = offsets[dup_row + 1]
+            code = bytes(data[k0:k1]).decode("ascii", "backslashreplace")
+            raise ValueError(
+                f"catalogue not sorted by (prov, code): {prov[dup_row]} {code!r} "
+                f"appears at rows {dup_first} and {dup_row} apart")
 
     cdef inline uint64_t _hash(self, int16_t prov, const unsigned char *p,
                                Py_ssize_t n) noexcept nogil:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from pyarrow.compute import unique as pc_unique
 
 from core_ext._catalogue import CatalogueIndex
 from core_ext._emit import emit_rows, format_fen, format_scaled
@@ -50,6 +51,31 @@ class Catalogue:
         out = np.empty(len(codes), dtype=I32)
         self.index.match(codes, line_prov, line_day, self.begn, self.end, out)
         return out
+
+
+class KeyIndex:
+    """Row of a string key (psn_no, certno) through the compiled hash index, no Python objects.
+
+    Keys should be unique; when they are not, the first row wins (a dict is used
+    then, since the index needs each key's rows together).
+    """
+
+    def __init__(self, keys: pa.Array):
+        self._dict: dict[str, int] | None = None
+        self._index = None
+        if len(pc_unique(keys)) == len(keys):
+            offsets, data = string_buffers(keys)
+            self._index = CatalogueIndex(np.zeros(len(keys), I16), offsets, data)
+        else:
+            self._dict = {}
+            for i, k in enumerate(keys.to_pylist()):
+                self._dict.setdefault(k, i)
+
+    def get(self, key: object) -> int | None:
+        if self._dict is not None:
+            return self._dict.get(key) if isinstance(key, str) else None
+        row = self._index.lookup(0, key)
+        return None if row < 0 else row
 
 
 @dataclass

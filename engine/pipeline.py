@@ -13,6 +13,7 @@ round first, so the outcome always equals processing the requests one at a time.
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 from dataclasses import dataclass
 
 import msgspec
@@ -168,8 +169,12 @@ class Engine:
         self.inst = {
             c: (a, int(lv)) for c, a, lv in zip(world.inst_code, world.inst_admdvs, world.inst_lv)
         }
-        self.cat = kernels.Catalogue(world)
-        self.psn_index = world.psn_index
+        # The catalogue index of a national world takes seconds to build: it is
+        # built on a thread (the kernel runs without the GIL) while the rest loads.
+        cat_box: list = []
+        cat_thread = threading.Thread(target=lambda: cat_box.append(kernels.Catalogue(world)), name="catalogue-index")
+        cat_thread.start()
+        self.psn_index = kernels.KeyIndex(world.psn_no)
         # Person columns: low-cardinality ones dictionary-encoded (what the hot path
         # reads), the rest read from Arrow on demand (only 1101 answers them).
         self.psn_no = _Lazy(world.psn_no)
@@ -182,9 +187,7 @@ class Engine:
         self.psn_retired = pc.or_(pc.starts_with(ptype, "12"), pc.equal(ptype, "1300")).to_numpy(
             zero_copy_only=False
         )
-        self.by_certno: dict[str, int] = {}
-        for i, c in enumerate(world.psn_certno.to_pylist()):
-            self.by_certno.setdefault(c, i)
+        self.by_certno = kernels.KeyIndex(world.psn_certno)
         # Filings by person (section 4), as arrays ordered by person: the class, the
         # destination, the first and the last day in force.
         order = np.argsort(world.fil_psn, kind="stable")
@@ -201,6 +204,10 @@ class Engine:
         self.state = kernels.PersonState(world, len(self.cd_slots))
         self.state.cd_val[: len(self.cd_slots)] = world.chr_hifp_cd
         self.state.cd_year[: len(self.cd_slots)] = self.state.acc_year[world.chr_psn]
+        cat_thread.join()
+        if not cat_box:
+            raise RuntimeError("building the catalogue index failed (see the thread's traceback)")
+        self.cat = cat_box[0]
         self.journal: dict[str, tuple[str, Codec, bytes, Reply]] = {}  # msgid -> (infno, codec, input, reply)
         self.settled: dict[str, Settled] = {}
         self.open_visits: set[tuple[str, str]] = set()

@@ -587,8 +587,6 @@ def load_world(folder: str) -> World:
         psn_burden2=f.scaled("burden2", 2),
         psn_second_paid=f.scaled("second_paid", 2),
     )
-    psn_list = psn_no.to_pylist()
-    psn_index = dict(zip(psn_list, range(len(psn_list))))
 
     def person_rows(f: _Csv) -> np.ndarray:
         idx = pc.index_in(f.required("psn_no"), value_set=psn_no)
@@ -634,7 +632,7 @@ def load_world(folder: str) -> World:
 
     w = World(
         folder=folder, **inst, **cat, **psn, **chronic, **filings, prepay_fen=prepay,
-        policies=policies, psn_index=psn_index,
+        policies=policies,
     )
     w.load_s = time.perf_counter() - t0
     return w
