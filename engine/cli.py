@@ -9,10 +9,20 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     from .replay import replay
     from .world import WorldError
 
+    if a.reference and a.data:
+        print("yidi: --reference keeps no store: drop --data", file=sys.stderr)
+        return 2
     try:
-        stats = replay(a.world, a.inp, a.out, reference=a.reference)
+        stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=a.data)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .store import StoreError
+
+        if not isinstance(e, StoreError):
+            raise
+        print(f"yidi: store: {e}", file=sys.stderr)
         return 2
     print(
         f"replayed {stats['requests']} requests: world {stats['load_s']:.2f} s, "
@@ -20,6 +30,12 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    from .check import check_store
+
+    return check_store(a.data, out=lambda line: print(line, flush=True))
 
 
 def _cmd_check_world(a: argparse.Namespace) -> int:
@@ -87,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--in", dest="inp", required=True, help="requests, one JSON envelope per line")
     r.add_argument("--out", required=True, help="replies, one JSON line each")
     r.add_argument("--reference", action="store_true", help="use the plain-Python reference (slow; the oracle)")
+    r.add_argument("--data", help="keep the durable store in this folder (seeded when new, continued otherwise)")
     r.set_defaults(fn=_cmd_replay)
+
+    k = sub.add_parser("check", help="verify a store: ledger, accounts, persons against the journal")
+    k.add_argument("--data", required=True, help="data folder of the store")
+    k.set_defaults(fn=_cmd_check)
 
     c = sub.add_parser("check-world", help="load and validate a world folder")
     c.add_argument("--world", required=True)

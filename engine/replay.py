@@ -72,10 +72,40 @@ def replay_reference(world: World, in_path: str, out_path: str) -> int:
     return n
 
 
-def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False) -> dict:
+def replay_store(store, in_path: str, out_path: str, batch_max: int = BATCH_MAX) -> int:
+    """Replay through a durable store (engine.store): each batch is committed before its replies are written."""
+    engine = store.engine
+    enc = JSON.encoder
+    n = 0
+    with open(out_path, "wb") as out:
+        for batch in _batches(_lines(in_path), batch_max):
+            replies = engine.handle_batch([Request(b) for b in batch])
+            store.commit(engine.take_changes())
+            buf = bytearray()
+            for r in replies:
+                buf += enc.encode(r)
+                buf += b"\n"
+            out.write(buf)
+            n += len(replies)
+    return n
+
+
+def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False, data_dir: str | None = None) -> dict:
+    """Section 9. With `data_dir`, the store is kept there (seeded when new, continued when it exists)."""
     t0 = time.perf_counter()
-    world = load_world(world_dir)
-    t1 = time.perf_counter()
-    n = replay_reference(world, in_path, out_path) if reference else replay_compiled(world, in_path, out_path)
+    if data_dir is not None:
+        from .store import open_store
+
+        assert not reference, "the reference engine has no store"
+        store = open_store(data_dir, world_dir, clock="inf_time")
+        try:
+            t1 = time.perf_counter()
+            n = replay_store(store, in_path, out_path)
+        finally:
+            store.close()
+    else:
+        world = load_world(world_dir)
+        t1 = time.perf_counter()
+        n = replay_reference(world, in_path, out_path) if reference else replay_compiled(world, in_path, out_path)
     t2 = time.perf_counter()
     return {"requests": n, "load_s": t1 - t0, "replay_s": t2 - t1, "total_s": t2 - t0}

@@ -1,7 +1,7 @@
 """The durable store: SQLite in WAL mode with synchronous=FULL (issue 3, SETTLEMENT.md sections 7-9).
 
 One data folder holds one store: `yidi.sqlite3` (with its `-wal` and `-shm`) and
-`yidi.lock`, an advisory lock that one process at a time holds while it writes.
+`yidi.lock`, an advisory lock held by the one process that writes.
 
     store = open_store(data_dir, world_dir, clock="wall")
     replies = store.engine.handle_batch(requests)
@@ -11,57 +11,73 @@ One data folder holds one store: `yidi.sqlite3` (with its `-wal` and `-shm`) and
 
 Start and restart. A new (absent or empty) folder is seeded from the world:
 persons with their accumulators and balances, chronic qualifications and
-filings are copied into the store, together with their seed values, in one
-transaction. An existing store is opened as it is: the dynamic state (persons,
-chronic qualifications, filings, journal, open visits, ledger) comes from the
-store, while the catalogue, policies, institutions and pre-payments are
-reloaded from the world folder, and what changed since the last start is
-logged (logger `yidi.store`) and recorded in the `world_load` table. A
-damaged, truncated or foreign file is refused with StoreRefused, never reset.
+filings are copied into the store with their seed values, in one transaction.
+An existing store is opened as it is: the dynamic state comes from the store;
+the catalogue, policies, institutions and pre-payments are reloaded from the
+world folder, and what changed since the last start is logged (logger
+`yidi.store`) and kept in the `world_load` table. A damaged, truncated or
+foreign file is refused with StoreRefused, never reset.
 
-Commit. Everything one batch changed goes into one transaction: one journal
-row per settlement or reversal (the request's raw input and the encoded reply,
-money columns in integer fen), the person and chronic-slot rows the batch
-touched (read from `engine.state`), the open-visit rows, and balanced
-double-entry postings with the account balances (engine.ledger). The commit
-returns once SQLite has fsynced the WAL. A failing commit raises StoreFailed
-and the store refuses any later commit: the engine in memory is then ahead of
-the disk, and the caller must stop (fail-stop) and restart from the store.
+Commit: one transaction per batch, and only appends. A batch writes one
+`journal` row per settlement or reversal (its clearing and reconciliation
+columns, money in integer fen) and one `journal_blob` row (the request's raw
+input and the reply, LZ4-compressed, with the reply's per-line `result` kept
+as packed integers and rendered again on demand), the double-entry `posting`
+rows (engine.ledger), the balance after the batch of every account it touched
+(`account_log`), and the accumulators after the batch of every person and
+chronic slot it touched, read from `engine.state` (`person_log`,
+`chronic_log`). Every one of these tables is keyed by the journal sequence
+number, so a commit writes pages at the end of each B-tree and nowhere else:
+random updates of a million person rows or of a msgid index would each dirty a
+page per settlement and cost more than the rest of the commit together. The
+commit returns once SQLite has fsynced the WAL. A failing commit raises
+StoreFailed and the store refuses every later commit: the engine in memory is
+then ahead of the disk; the caller must stop and restart from the store.
+
+Fold. The keyed views of the journal (`msgid_index`, `reversal`,
+`open_visit`) and the current rows (`person`, `chronic`, `account`) are
+brought up to date from the journal and the logs by a fold: one transaction of
+set-based, sorted statements that touches each page once. It runs at open, at
+close, by `fold()` (for a quiet hour), and whenever `fold_rows` journal rows
+are unfolded. Until then the unfolded tail is indexed in RAM.
 
 Memory. History is not kept in RAM. The engine's `journal` (msgid -> first
 reply), `settled` (setl_id -> what a reversal needs) and `open_visits` are
-replaced by maps that hold only what the engine changed and the store has not
-yet committed; everything older is read from SQLite on a miss, through indexed
-point queries on a second, read-only connection (a few microseconds against a
-few hundred for handling a settlement). RAM therefore stays bounded by the
-batches in flight, whatever the length of the journal.
+replaced by maps that hold what the engine changed and the store has not yet
+committed, plus the index of the unfolded tail (at most `fold_rows` entries);
+anything older is read from SQLite on a miss, by indexed point queries on a
+second, read-only connection: a few microseconds, against a few hundred for
+handling a settlement. RAM is bounded by `fold_rows`, whatever the history.
 
 Pipelining. `commit(changes)` is `write(prepare(changes))`. `prepare` reads
-`engine.state` and must run on the engine's thread right after the batch (before
-the next `handle_batch`); `write` may run on another thread while the engine
-handles the next batch. Writes must be issued in the order of the batches.
+`engine.state`, so it must run on the engine's thread right after the batch,
+before the next `handle_batch`; `write` may run on one writer thread while the
+engine handles the next batch. Writes must come in the order of the batches.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import gc
 import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
+import types
 import zlib
 from dataclasses import dataclass, replace
 
+import lz4.block
 import msgspec
 import numpy as np
 import pyarrow as pa
 
-from . import ledger, money
-from .pipeline import Change, Engine, Settled
+from . import kernels, ledger, money
+from .pipeline import Change, Engine, ResultRows, Settled
 from .protocol import OUTPATIENT_INFNOS
-from .wire import JSON, MSGPACK, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK, Codec, Reply
+from .wire import JSON, MSGPACK, Reply
 from .world import DAY_OPEN, World, load_world
 
 log = logging.getLogger("yidi.store")
@@ -73,17 +89,19 @@ LOCK_NAME = "yidi.lock"
 
 # Limits (STYLE.md: a limit on everything).
 COMMIT_CHANGES_MAX = 65_536  # settlements and reversals in one commit
+FOLD_ROWS_DEFAULT = 262_144  # unfolded journal rows before a fold: bounds the RAM tail index
+FOLD_ROWS_MAX = 4_194_304
 READ_CHUNK_ROWS = 65_536  # rows per fetch when loading persons at start
+PAGE_SIZE = 16_384  # bytes: a journal row with its blob fits in one page
 SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
-WAL_AUTOCHECKPOINT_PAGES = 16_384  # 64 MiB of WAL (4 KiB pages) between checkpoints
+WAL_AUTOCHECKPOINT_PAGES = 4_096  # 64 MiB of WAL between checkpoints
 VERIFY_MODES = ("quick", "header")
 
 WORLD_FILES = (
     "institutions.csv", "catalogue.csv", "policies.json", "persons.csv",
     "chronic.csv", "filings.csv", "prepay.csv",
 )
-# Files whose content is reloaded at every start; the others seed the store once.
-RELOADED_FILES = ("institutions.csv", "catalogue.csv", "policies.json", "prepay.csv")
+# The files that seed the store once; the others are reloaded at every start.
 SEED_FILES = ("persons.csv", "chronic.csv", "filings.csv")
 
 # The setlinfo money fields of a settlement, in the engine's order (Settled.amounts).
@@ -98,14 +116,23 @@ PERSON_ACC = ("balc", "acc_year", "hifp_ip", "hifp_op", "ded_op", "burden2", "se
 CODECS = {"json": JSON, "msgpack": MSGPACK}
 KIND_SETTLE, KIND_REVERSE = "settle", "reverse"
 
+# One `result` row as the journal keeps it (the catalogue entry the line matched,
+# lv 0 for none, and the split); the line's amount, count and price are read
+# again from the stored request.
+LINE_DTYPE = np.dtype([
+    ("cap_micro", "<i8"), ("fulamt_fen", "<i4"), ("overlmt_fen", "<i4"), ("preselfpay_fen", "<i4"),
+    ("inscp_fen", "<i4"), ("selfpay_bp", "<i2"), ("lv", "i1"), ("memo", "i1"),
+])
+LINE_FEN_MAX = 2**31 - 1  # a line amount is at most 10,000,000.00 yuan (section 1), under int32
+
 SCHEMA = f"""
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- Persons (SETTLEMENT.md section 2): psn is the engine's row; the seed_ columns
--- are the world's values when the store was seeded, for `yidi check`.
+-- Persons as of the last fold (section 2). psn is the engine's row. The seed_
+-- columns are the world's values when the store was seeded, for `yidi check`.
 CREATE TABLE person (
     psn INTEGER PRIMARY KEY,
     psn_no TEXT NOT NULL UNIQUE,
@@ -130,8 +157,8 @@ CREATE TABLE person (
     seed_second_paid_fen INTEGER NOT NULL
 );
 
--- Chronic qualifications: slot is the engine's chronic slot. hifp_cd_fen counts
--- in the year cd_year only (a later acc_year makes it 0, section 6).
+-- Chronic qualifications as of the last fold: slot is the engine's chronic slot;
+-- hifp_cd_fen counts in the year cd_year only (a later acc_year makes it 0).
 CREATE TABLE chronic (
     slot INTEGER PRIMARY KEY,
     psn INTEGER NOT NULL,
@@ -153,11 +180,11 @@ CREATE TABLE filing (
     status TEXT NOT NULL
 );
 
--- The settlement journal: one row per committed settlement or reversal, in
--- commit order (seq). Money in integer fen, signed: a reversal row holds the
--- settlement's amounts negated. acc_kind (0 inpatient, 1 outpatient, 2 chronic),
--- cd_slot and acc_year are those of the settlement (for a reversal: of the
--- settlement it reverses), so that the journal alone implies the accumulators.
+-- The settlement journal, one row per committed settlement or reversal in commit
+-- order (seq). Money in integer fen and signed: a reversal row holds its
+-- settlement's amounts negated. For a reversal, fixmedins_code, mdtrtarea_admvs,
+-- mdtrt_id, psn and the accumulator columns (acc_kind 0 inpatient, 1 outpatient,
+-- 2 chronic; cd_slot; acc_year) are those of the settlement it reverses.
 CREATE TABLE journal (
     seq INTEGER PRIMARY KEY,
     msgid TEXT NOT NULL,
@@ -194,25 +221,21 @@ CREATE TABLE journal (
     acct_pay_fen INTEGER NOT NULL,
     psn_cash_pay_fen INTEGER NOT NULL,
     burden_fen INTEGER NOT NULL,
-    second_fen INTEGER NOT NULL,
+    second_fen INTEGER NOT NULL
+);
+
+-- The request and the reply of a journal row: codec of the request ('json' or
+-- 'msgpack'), the raw `input` and the reply encoded as JSON (money as strings,
+-- without its `result`), both LZ4 blocks; `lines` the `result` rows packed
+-- (NULL for a reversal); crc32 over the three blobs.
+CREATE TABLE journal_blob (
+    seq INTEGER PRIMARY KEY,
     codec TEXT NOT NULL,
-    input BLOB NOT NULL,
-    reply BLOB NOT NULL,
+    input_lz4 BLOB NOT NULL,
+    reply_lz4 BLOB NOT NULL,
+    lines BLOB,
     crc32 INTEGER NOT NULL
 );
--- The msgid index (section 7 idempotency), and at most one reversal per settlement.
-CREATE UNIQUE INDEX journal_msgid ON journal (msgid);
-CREATE UNIQUE INDEX journal_reversal ON journal (reversed_setl_id) WHERE reversed_setl_id IS NOT NULL;
--- Daily reconciliation (3201/3202) reads an institution's rows over a time range.
-CREATE INDEX journal_medins_time ON journal (fixmedins_code, setl_time);
-
--- Visits with a settlement in force (section 7, E_DUPLICATE_VISIT).
-CREATE TABLE open_visit (
-    fixmedins_code TEXT NOT NULL,
-    mdtrt_id TEXT NOT NULL,
-    setl_id TEXT NOT NULL,
-    PRIMARY KEY (fixmedins_code, mdtrt_id)
-) WITHOUT ROWID;
 
 -- The ledger (section 8): amount_fen > 0 debits the account, < 0 credits it.
 CREATE TABLE posting (
@@ -222,13 +245,69 @@ CREATE TABLE posting (
     amount_fen INTEGER NOT NULL,
     PRIMARY KEY (seq, leg)
 ) WITHOUT ROWID;
+
+-- Written by every commit, for the rows it touched, emptied by a fold into
+-- person, chronic and account. seq is the last journal row of the batch.
+CREATE TABLE person_log (
+    seq INTEGER NOT NULL,
+    psn INTEGER NOT NULL,
+    balc_fen INTEGER NOT NULL,
+    acc_year INTEGER NOT NULL,
+    hifp_ip_fen INTEGER NOT NULL,
+    hifp_op_fen INTEGER NOT NULL,
+    ded_op_fen INTEGER NOT NULL,
+    burden2_fen INTEGER NOT NULL,
+    second_paid_fen INTEGER NOT NULL,
+    PRIMARY KEY (seq, psn)
+) WITHOUT ROWID;
+CREATE TABLE chronic_log (
+    seq INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    hifp_cd_fen INTEGER NOT NULL,
+    cd_year INTEGER NOT NULL,
+    PRIMARY KEY (seq, slot)
+) WITHOUT ROWID;
+CREATE TABLE account_log (
+    seq INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    balance_fen INTEGER NOT NULL,
+    postings INTEGER NOT NULL,
+    PRIMARY KEY (seq, account)
+) WITHOUT ROWID;
+
+-- Account balances as of the last fold.
 CREATE TABLE account (
     account TEXT PRIMARY KEY,
     balance_fen INTEGER NOT NULL,
     postings INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Monthly clearing (section 8): a period closed, and the last journal row it covers.
+-- Keyed views of the journal rows up to the last fold (meta folded_seq):
+-- the msgid index (section 7 idempotency), the reversal of each reversed
+-- settlement, and the visits with a settlement in force (E_DUPLICATE_VISIT).
+CREATE TABLE msgid_index (
+    msgid TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE reversal (
+    setl_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE open_visit (
+    fixmedins_code TEXT NOT NULL,
+    mdtrt_id TEXT NOT NULL,
+    setl_id TEXT NOT NULL,
+    PRIMARY KEY (fixmedins_code, mdtrt_id)
+) WITHOUT ROWID;
+-- Daily reconciliation (3201/3202) reads an institution's rows over a time range.
+CREATE TABLE medins_time (
+    fixmedins_code TEXT NOT NULL,
+    setl_time TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (fixmedins_code, setl_time, seq)
+) WITHOUT ROWID;
+
+-- Monthly clearing (section 8): a closed period and the last journal row it covers.
 CREATE TABLE closed_period (
     period TEXT PRIMARY KEY,
     closed_at TEXT NOT NULL,
@@ -244,30 +323,48 @@ CREATE TABLE world_load (
 );
 """
 
-_JOURNAL_COLS = (
+JOURNAL_COLS = (
     "seq", "msgid", "kind", "infno", "setl_id", "reversed_setl_id", "setl_time", "insuplc_admdvs",
     "mdtrtarea_admvs", "fixmedins_code", "mdtrt_id", "psn", "psn_no", "insutype", "med_type", "clr_type",
     "filing_class", "pool_prop_selfpay", "acc_kind", "cd_slot", "acc_year",
-    *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen", "codec", "input", "reply", "crc32",
+    *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen",
 )
-SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(_JOURNAL_COLS)}) VALUES ({', '.join('?' * len(_JOURNAL_COLS))})"
+SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(JOURNAL_COLS)}) VALUES ({', '.join('?' * len(JOURNAL_COLS))})"
+SQL_INSERT_BLOB = "INSERT INTO journal_blob (seq, codec, input_lz4, reply_lz4, lines, crc32) VALUES (?, ?, ?, ?, ?, ?)"
 SQL_INSERT_POSTING = "INSERT INTO posting (seq, leg, account, amount_fen) VALUES (?, ?, ?, ?)"
-SQL_UPSERT_ACCOUNT = (
-    "INSERT INTO account (account, balance_fen, postings) VALUES (?, ?, ?) ON CONFLICT (account) DO UPDATE"
-    " SET balance_fen = balance_fen + excluded.balance_fen, postings = postings + excluded.postings"
-)
-SQL_UPDATE_PERSON = (
-    "UPDATE person SET balc_fen = ?, acc_year = ?, hifp_ip_fen = ?, hifp_op_fen = ?, ded_op_fen = ?,"
-    " burden2_fen = ?, second_paid_fen = ? WHERE psn = ?"
-)
-SQL_UPDATE_CHRONIC = "UPDATE chronic SET hifp_cd_fen = ?, cd_year = ? WHERE slot = ?"
-SQL_OPEN_VISIT = "INSERT OR REPLACE INTO open_visit (fixmedins_code, mdtrt_id, setl_id) VALUES (?, ?, ?)"
-SQL_CLOSE_VISIT = "DELETE FROM open_visit WHERE fixmedins_code = ? AND mdtrt_id = ?"
-# The columns a reversal needs of its settlement (Settled), by name.
-_SETTLED_COLS = (
-    "setl_id", "infno", "fixmedins_code", "mdtrtarea_admvs", "insuplc_admdvs", "mdtrt_id", "psn", "psn_no",
-    "acc_kind", "cd_slot", "acc_year", "burden_fen", "second_fen", *(k + "_fen" for k in AMOUNT_KEYS),
-    *(k for k in INFO_KEYS if k not in ("mdtrt_id", "psn_no")),
+SQL_INSERT_ACCOUNT_LOG = "INSERT INTO account_log (seq, account, balance_fen, postings) VALUES (?, ?, ?, ?)"
+SQL_INSERT_PERSON_LOG = "INSERT INTO person_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+SQL_INSERT_CHRONIC_LOG = "INSERT INTO chronic_log VALUES (?, ?, ?, ?)"
+
+# The fold: each statement set-based and in key order (see the module docstring).
+SQL_FOLD = (
+    "INSERT INTO msgid_index (msgid, seq) SELECT msgid, seq FROM journal WHERE seq > :m ORDER BY msgid",
+    f"INSERT INTO reversal (setl_id, seq) SELECT reversed_setl_id, seq FROM journal"
+    f" WHERE seq > :m AND kind = '{KIND_REVERSE}' ORDER BY reversed_setl_id",
+    # Visits: close what the tail reversed, then open the tail's settlements it did not reverse.
+    # A plain INSERT: a visit with two settlements in force fails the fold (an invariant).
+    f"DELETE FROM open_visit WHERE (fixmedins_code, mdtrt_id, setl_id) IN (SELECT fixmedins_code, mdtrt_id,"
+    f" reversed_setl_id FROM journal WHERE seq > :m AND kind = '{KIND_REVERSE}')",
+    f"INSERT INTO open_visit (fixmedins_code, mdtrt_id, setl_id) SELECT fixmedins_code, mdtrt_id, setl_id"
+    f" FROM journal WHERE seq > :m AND kind = '{KIND_SETTLE}' AND setl_id NOT IN (SELECT reversed_setl_id"
+    f" FROM journal WHERE seq > :m AND kind = '{KIND_REVERSE}') ORDER BY fixmedins_code, mdtrt_id",
+    "INSERT INTO medins_time (fixmedins_code, setl_time, seq) SELECT fixmedins_code, setl_time, seq"
+    " FROM journal WHERE seq > :m ORDER BY fixmedins_code, setl_time, seq",
+    "UPDATE person SET balc_fen = l.balc_fen, acc_year = l.acc_year, hifp_ip_fen = l.hifp_ip_fen,"
+    " hifp_op_fen = l.hifp_op_fen, ded_op_fen = l.ded_op_fen, burden2_fen = l.burden2_fen,"
+    " second_paid_fen = l.second_paid_fen FROM (SELECT p.* FROM person_log p JOIN"
+    " (SELECT psn, MAX(seq) AS seq FROM person_log GROUP BY psn) last USING (psn, seq) ORDER BY psn) AS l"
+    " WHERE person.psn = l.psn",
+    "UPDATE chronic SET hifp_cd_fen = l.hifp_cd_fen, cd_year = l.cd_year FROM (SELECT c.* FROM chronic_log c"
+    " JOIN (SELECT slot, MAX(seq) AS seq FROM chronic_log GROUP BY slot) last USING (slot, seq) ORDER BY slot)"
+    " AS l WHERE chronic.slot = l.slot",
+    "INSERT INTO account (account, balance_fen, postings) SELECT a.account, a.balance_fen, a.postings"
+    " FROM account_log a JOIN (SELECT account, MAX(seq) AS seq FROM account_log GROUP BY account) last"
+    " USING (account, seq) WHERE true ORDER BY a.account"
+    " ON CONFLICT (account) DO UPDATE SET balance_fen = excluded.balance_fen, postings = excluded.postings",
+    "DELETE FROM person_log",
+    "DELETE FROM chronic_log",
+    "DELETE FROM account_log",
 )
 
 
@@ -332,7 +429,8 @@ def _now_text() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _connect(path: str, read_only: bool = False) -> sqlite3.Connection:
+def connect(path: str, read_only: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), usable from any one thread at a time."""
     if read_only:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA query_only = 1")
@@ -345,59 +443,104 @@ def _refuse_sqlite(path: str, e: Exception) -> StoreRefused:
     return StoreRefused(f"{path}: damaged or not a yidi store ({e}); refusing to open or reset it")
 
 
-# ---------------------------------------------------------------- stored replies
+# ---------------------------------------------------------------- replies in the journal
 
 
-# Fields of a `result` row that the HTTP gateway (RAW_JSON_NUMBERS) writes as JSON numbers.
-_RESULT_NUMBER_KEYS = frozenset({
-    "det_item_fee_sumamt", "cnt", "pric", "pric_uplmt_amt", "selfpay_prop", "fulamt_ownpay_amt",
-    "overlmt_amt", "preselfpay_amt", "inscp_scp_amt",
-})
+def pack_result_rows(rr: ResultRows, cache: dict) -> bytes:
+    """The `result` rows of a settlement reply as LINE_DTYPE records.
+
+    The rows of one round are packed once (`cache` by round) and sliced per settlement.
+    """
+    r = rr.r
+    packed = cache.get(id(r))
+    if packed is None:
+        row = r.row
+        hit = row >= 0
+        at = np.where(hit, row, 0)
+        a = np.empty(len(row), LINE_DTYPE)
+        a["lv"] = np.where(hit, r.cat.lv[at], 0)
+        a["selfpay_bp"] = np.where(hit, r.cat.selfpay_bp[at], 0)
+        a["cap_micro"] = np.where(hit, r.cat.cap_micro[at], -1)
+        a["memo"] = r.split.memo
+        for name, col in (("fulamt_fen", r.split.fulamt), ("overlmt_fen", r.split.overlmt),
+                          ("preselfpay_fen", r.split.presel), ("inscp_fen", r.split.inscp)):
+            # Only settled rounds are packed, whose lines passed the section 1 limits.
+            assert len(col) == 0 or (int(col.min()) >= 0 and int(col.max()) <= LINE_FEN_MAX)
+            a[name] = col
+        packed = (r, a.tobytes())  # keeps r alive so that id(r) stays its own
+        cache[id(r)] = packed
+    size = LINE_DTYPE.itemsize
+    return packed[1][rr.lo * size : rr.hi * size]
 
 
 class StoredRows:
-    """The `result` rows of a reply read back from the journal; renders like engine.pipeline.ResultRows."""
+    """The `result` of a reply read back from the journal; renders exactly like ResultRows."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("codec", "input_raw", "packed")
 
-    def __init__(self, rows: list):
-        self.rows = rows
+    def __init__(self, codec, input_raw: bytes, packed: bytes):
+        self.codec, self.input_raw, self.packed = codec, input_raw, packed
 
     def to_raw(self, fmt: int) -> msgspec.Raw:
-        if fmt == RAW_MSGPACK:
-            return msgspec.Raw(msgspec.msgpack.encode(self.rows))
-        if fmt == RAW_JSON:
-            return msgspec.Raw(msgspec.json.encode(self.rows))
-        assert fmt == RAW_JSON_NUMBERS
-        rows = [
-            {k: (msgspec.Raw(v.encode()) if k in _RESULT_NUMBER_KEYS and isinstance(v, str) else v)
-             for k, v in r.items()}
-            for r in self.rows
-        ]
-        return msgspec.Raw(msgspec.json.encode(rows))
+        lines = self.codec.settle.decode(self.input_raw).feedetail
+        a = np.frombuffer(self.packed, LINE_DTYPE)
+        m = len(a)
+        assert len(lines) == m
+        ns = types.SimpleNamespace
+        arrays = ns(
+            lines=kernels.gather_lines(lines),
+            row=np.where(a["lv"] > 0, np.arange(m, dtype=np.int32), np.int32(-1)).astype(np.int32),
+            cat=ns(lv=np.ascontiguousarray(a["lv"], np.int8),
+                   selfpay_bp=np.ascontiguousarray(a["selfpay_bp"], np.int32),
+                   cap_micro=np.ascontiguousarray(a["cap_micro"], np.int64)),
+            split=ns(memo=np.ascontiguousarray(a["memo"], np.int8),
+                     fulamt=a["fulamt_fen"].astype(np.int64), overlmt=a["overlmt_fen"].astype(np.int64),
+                     presel=a["preselfpay_fen"].astype(np.int64), inscp=a["inscp_fen"].astype(np.int64)),
+        )
+        return ResultRows(lines, 0, m, arrays).to_raw(fmt)
 
 
 _reply_decoder = msgspec.json.Decoder(Reply)
 
 
-def decode_reply(data: bytes) -> Reply:
-    """A reply as the journal keeps it (JSON, money as strings) back into a Reply."""
-    reply = _reply_decoder.decode(data)
+def encode_reply(reply: Reply) -> bytes:
+    """A reply as the journal keeps it: JSON (money as strings), its `result` left out."""
     out = reply.output
-    if isinstance(out, dict) and isinstance(out.get("result"), list):
-        out["result"] = StoredRows(out["result"])
+    if isinstance(out, dict) and "result" in out:
+        assert next(reversed(out)) == "result"  # restored as the last key
+        reply = msgspec.structs.replace(reply, output={k: v for k, v in out.items() if k != "result"})
+    return JSON.encoder.encode(reply)
+
+
+def decode_reply(data: bytes, rows: StoredRows | None) -> Reply:
+    reply = _reply_decoder.decode(data)
+    if rows is not None:
+        reply.output["result"] = rows
     return reply
 
 
 # ---------------------------------------------------------------- the engine's maps
 
 
+class _Tail:
+    """The journal rows committed since the last fold, indexed in RAM (at most fold_rows of them)."""
+
+    def __init__(self):
+        self.msgid: dict[str, int] = {}  # msgid -> seq
+        self.visits: dict[tuple[str, str], str | None] = {}  # visit -> setl_id in force, None closed
+        self.reversed: dict[str, int] = {}  # setl_id -> seq of its reversal
+
+    def clear(self) -> None:
+        self.msgid, self.visits, self.reversed = {}, {}, {}
+
+
 class _Reader:
     """Point queries on the committed store, on a read-only connection of its own."""
 
-    def __init__(self, path: str):
-        self.conn = _connect(path, read_only=True)
+    def __init__(self, path: str, tail: _Tail):
+        self.conn = connect(path, read_only=True)
         self.lock = threading.Lock()
+        self.tail = tail
 
     def _one(self, sql: str, args: tuple):
         # fetchall steps the statement to its end, so that SQLite resets it and
@@ -407,47 +550,73 @@ class _Reader:
         assert len(rows) <= 1
         return rows[0] if rows else None
 
+    def seq_of(self, msgid: str) -> int | None:
+        seq = self.tail.msgid.get(msgid)
+        if seq is None:
+            row = self._one("SELECT seq FROM msgid_index WHERE msgid = ?", (msgid,))
+            seq = None if row is None else row[0]
+        return seq
+
     def journal_entry(self, msgid: str):
-        row = self._one("SELECT infno, codec, input, reply, crc32 FROM journal WHERE msgid = ?", (msgid,))
-        if row is None:
+        seq = self.seq_of(msgid)
+        if seq is None:
             return None
-        infno, codec, inp, reply, crc = row
-        if zlib.crc32(reply, zlib.crc32(inp)) != crc:
-            raise StoreFailed(f"journal row of msgid {msgid!r} is damaged (crc32 mismatch)")
-        return (infno, CODECS[codec], bytes(inp), decode_reply(reply))
+        row = self._one(
+            "SELECT j.msgid, j.infno, b.codec, b.input_lz4, b.reply_lz4, b.lines, b.crc32"
+            " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,),
+        )
+        assert row is not None and row[0] == msgid, f"msgid index points to a missing row: {msgid}"
+        _, infno, codec_name, inp_z, reply_z, lines, crc = row
+        if zlib.crc32(lines or b"", zlib.crc32(reply_z, zlib.crc32(inp_z))) != crc:
+            raise StoreFailed(f"journal row {seq} (msgid {msgid!r}) is damaged: crc32 mismatch")
+        codec = CODECS[codec_name]
+        inp = lz4.block.decompress(inp_z)
+        rows = None if lines is None else StoredRows(codec, inp, lines)
+        return (infno, codec, inp, decode_reply(lz4.block.decompress(reply_z), rows))
 
     def settled(self, setl_id: str) -> Settled | None:
         if not setl_id.startswith("S"):
             return None
-        row = self._one(
-            f"SELECT {', '.join(_SETTLED_COLS)} FROM journal WHERE msgid = ? AND kind = '{KIND_SETTLE}'",
-            (setl_id[1:],),
-        )
-        if row is None:
+        seq = self.seq_of(setl_id[1:])
+        if seq is None:
             return None
+        row = self._one(f"SELECT {', '.join(_SETTLED_COLS)} FROM journal WHERE seq = ?", (seq,))
         r = dict(zip(_SETTLED_COLS, row))
+        if r["kind"] != KIND_SETTLE:
+            return None
         assert r["setl_id"] == setl_id
-        rev = self._one("SELECT seq FROM journal WHERE reversed_setl_id = ?", (setl_id,))
-        info = {k: r[k] for k in INFO_KEYS}
+        rev = self.tail.reversed.get(setl_id)
+        if rev is None:
+            rev = self._one("SELECT seq FROM reversal WHERE setl_id = ?", (setl_id,))
         return Settled(
             setl_id=setl_id, outpatient=r["infno"] in OUTPATIENT_INFNOS, fixmedins_code=r["fixmedins_code"],
             mdtrtarea_admvs=r["mdtrtarea_admvs"], insuplc_admdvs=r["insuplc_admdvs"], mdtrt_id=r["mdtrt_id"],
             psn=r["psn"], psn_no=r["psn_no"], kind=r["acc_kind"], cd_slot=r["cd_slot"], year=r["acc_year"],
             amounts={k: r[k + "_fen"] for k in AMOUNT_KEYS}, burden=r["burden_fen"], second=r["second_fen"],
-            info=info, reversed=rev is not None,
+            info={k: r[k] for k in INFO_KEYS}, reversed=rev is not None,
         )
 
     def visit_open(self, visit: tuple[str, str]) -> bool:
+        hit = self.tail.visits.get(visit, 0)
+        if hit != 0:
+            return hit is not None
         return self._one("SELECT 1 FROM open_visit WHERE fixmedins_code = ? AND mdtrt_id = ?", visit) is not None
 
     def close(self) -> None:
         self.conn.close()
 
 
+_SETTLED_COLS = (
+    "kind", "setl_id", "infno", "fixmedins_code", "mdtrtarea_admvs", "insuplc_admdvs", "mdtrt_id", "psn",
+    "psn_no", "acc_kind", "cd_slot", "acc_year", "burden_fen", "second_fen", *(k + "_fen" for k in AMOUNT_KEYS),
+    *(k for k in INFO_KEYS if k not in ("mdtrt_id", "psn_no")),
+)
+
+
 class JournalMap:
     """Engine.journal backed by the store: msgid -> (infno, codec, raw input, reply).
 
-    Holds in RAM only the entries not yet committed; the rest is read on a miss.
+    RAM holds the entries not yet committed; the rest is read from the store on a miss.
     """
 
     def __init__(self, reader: _Reader):
@@ -485,8 +654,8 @@ class SettledMap:
     """Engine.settled backed by the store: setl_id -> Settled, for reversals.
 
     New settlements stay in RAM until committed. A settlement read from the
-    store is kept while the engine may mutate it (`reversed`): it is dropped at
-    the next prepare if no reversal touched it, or once its reversal is committed.
+    store stays while the engine may mark it reversed: it is dropped at the next
+    prepare if nothing reversed it, or once its reversal is committed.
     """
 
     def __init__(self, reader: _Reader):
@@ -525,7 +694,7 @@ class SettledMap:
         return len(self._live)
 
     def _drop_untouched(self) -> None:
-        """On the engine's thread, between batches: forget loaded records no reversal changed."""
+        """On the engine's thread, between batches: forget loaded records that nothing reversed."""
         with self._lock:
             for k in [k for k in self._loaded if not self._live[k].reversed]:
                 del self._live[k]
@@ -544,11 +713,11 @@ class SettledMap:
 
 
 class OpenVisits:
-    """Engine.open_visits backed by the store: the set of (fixmedins_code, mdtrt_id) in force.
+    """Engine.open_visits backed by the store: the (fixmedins_code, mdtrt_id) with a settlement in force.
 
     RAM holds the visits that uncommitted changes opened or closed, with the
-    number of such changes, so that a batch committed while a later one is in
-    flight does not forget the later one's effect.
+    number of such changes, so that committing one batch while a later one is
+    in flight does not forget the later one's effect.
     """
 
     def __init__(self, reader: _Reader):
@@ -601,28 +770,38 @@ class Prepared:
 
     changes: list
     journal: list
+    blobs: list
     postings: list
     accounts: list
     persons: list
     chronic: list
-    visits_open: list
-    visits_closed: list
+    tail: list  # (msgid, seq, visit, setl_id in force or None, reversed setl_id or None)
     last_seq: int
 
 
 class SqliteStore:
     """The embedded store on SQLite; see the module docstring. Use open_store()."""
 
-    def __init__(self, data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick"):
+    def __init__(self, data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick",
+                 fold_rows: int = FOLD_ROWS_DEFAULT):
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}")
+        if not 1 <= fold_rows <= FOLD_ROWS_MAX:
+            raise ValueError(f"fold_rows must be within [1, {FOLD_ROWS_MAX}]")
         self.data_dir = data_dir
         self.path = db_path(data_dir)
+        self.fold_rows = fold_rows
         self.failed = False
+        self.fold_s_total = 0.0  # seconds spent folding since open (metrics)
         self._write_lock = threading.Lock()
         self._lock_fd = -1
         self._w: sqlite3.Connection | None = None
         self._reader: _Reader | None = None
+        self._tail = _Tail()
+        # Balances of the accounts that batches not yet folded touched:
+        # account -> [balance_fen, postings, seq of the last batch that touched it].
+        self._balances: dict[str, list[int]] = {}
+        self._balances_lock = threading.Lock()
         try:
             self._open(world_dir, clock, verify)
         except BaseException:
@@ -645,7 +824,9 @@ class SqliteStore:
         if exists:
             check_header(self.path)
         try:
-            self._w = _connect(self.path)
+            self._w = connect(self.path)
+            if not exists:
+                self._w.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             mode = self._w.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
             if mode != "wal":
                 raise StoreRefused(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
@@ -653,7 +834,6 @@ class SqliteStore:
             assert self._w.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
             self._w.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             self._w.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-            self._w.execute("PRAGMA foreign_keys = OFF")
             tables = {r[0] for r in self._w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
@@ -665,10 +845,18 @@ class SqliteStore:
         else:
             self._check_opened(tables, verify)
             self._note_world_changes(world, world_dir)
-
-        self._reader = _Reader(self.path)
-        self.engine = self._restore(world, clock)
-        self._next_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0] + 1
+        self._reader = _Reader(self.path, self._tail)
+        try:
+            self._written_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
+            self._next_seq = self._written_seq + 1
+            self._fold()
+            self.engine = self._restore(world, clock)
+        except sqlite3.DatabaseError as e:
+            raise _refuse_sqlite(self.path, e) from None
+        # The world and the engine live as long as the process: keep the collector
+        # from scanning them again and again (the commit path allocates many tuples).
+        gc.collect()
+        gc.freeze()
 
     def _check_opened(self, tables: set, verify: str) -> None:
         w = self._w
@@ -684,7 +872,12 @@ class SqliteStore:
                 res = [r[0] for r in w.execute("PRAGMA quick_check(20)").fetchall()]
                 if res != ["ok"]:
                     raise StoreRefused(f"{self.path}: damaged: quick_check says {'; '.join(res)}")
-            total, n = w.execute("SELECT COALESCE(SUM(balance_fen), 0), COUNT(*) FROM account").fetchall()[0]
+            total, n = w.execute(
+                "SELECT COALESCE(SUM(balance_fen), 0), COUNT(*) FROM (SELECT account, balance_fen FROM account"
+                " WHERE account NOT IN (SELECT account FROM account_log) UNION ALL SELECT a.account, a.balance_fen"
+                " FROM account_log a JOIN (SELECT account, MAX(seq) AS seq FROM account_log GROUP BY account)"
+                " USING (account, seq))"
+            ).fetchall()[0]
             if total != 0:
                 raise StoreRefused(f"{self.path}: damaged: the {n} ledger balances sum to {total} fen, not 0")
         except sqlite3.DatabaseError as e:
@@ -715,18 +908,18 @@ class SqliteStore:
             cd = world.chr_hifp_cd.tolist()
             w.executemany(
                 "INSERT INTO chronic VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((k, int(p), d, cd[k], year[int(p)], cd[k], year[int(p)])
+                ((k, p, d, cd[k], year[p], cd[k], year[p])
                  for k, (p, d) in enumerate(zip(world.chr_psn.tolist(), world.chr_dise))),
             )
+            begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
             w.executemany(
                 "INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((i, int(world.fil_psn[i]), world.fil_type[i], world.fil_dest[i],
-                  money.format_day(int(world.fil_begn[i])),
-                  None if int(world.fil_end[i]) == DAY_OPEN else money.format_day(int(world.fil_end[i])),
-                  world.fil_status[i]) for i in range(len(world.fil_type))),
+                ((i, p, world.fil_type[i], world.fil_dest[i], money.format_day(begn[i]),
+                  None if end[i] == DAY_OPEN else money.format_day(end[i]), world.fil_status[i])
+                 for i, p in enumerate(world.fil_psn.tolist())),
             )
             meta = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now_text(),
-                    "seeded_from": os.path.abspath(world_dir)}
+                    "seeded_from": os.path.abspath(world_dir), "folded_seq": "0"}
             meta.update(self._world_meta(world, world_dir))
             w.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
             w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
@@ -775,7 +968,7 @@ class SqliteStore:
             (log.warning if "not applied" in note else log.info)("%s: %s", self.data_dir, note)
         if not notes:
             log.info("%s: the world %s is unchanged since the last start", self.data_dir, world_dir)
-        # The seed files keep the fingerprint of the seed: a warning each start until they match again.
+        # The seed files keep the fingerprint of the seed: a warning at each start until they match again.
         for f in SEED_FILES:
             new[f"sha256:{f}"] = old.get(f"sha256:{f}", "")
         w.execute("BEGIN IMMEDIATE")
@@ -789,7 +982,7 @@ class SqliteStore:
             raise
 
     def _restore(self, world: World, clock: str) -> Engine:
-        """The engine over the world's catalogue and policies with the store's persons and state."""
+        """The engine over the world's catalogue and policies, with the store's persons and state (folded)."""
         w = self._w
         n = w.execute("SELECT COUNT(*) FROM person").fetchall()[0][0]
         strs: list[list] = [[] for _ in range(6)]
@@ -855,69 +1048,82 @@ class SqliteStore:
             raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
         assert len(changes) <= COMMIT_CHANGES_MAX, f"more than {COMMIT_CHANGES_MAX} changes in one commit"
         self.engine.settled._drop_untouched()
-        enc = JSON.encoder.encode
-        crc32 = zlib.crc32
+        compress, crc32, enc = lz4.block.compress, zlib.crc32, encode_reply
         journal: list[tuple] = []
+        blobs: list[tuple] = []
         postings: list[tuple] = []
-        accounts: dict[str, list[int]] = {}
+        deltas: dict[str, list[int]] = {}  # account -> [amount_fen, postings] in this batch
         psns: dict[int, None] = {}
         slots: dict[int, None] = {}
-        visits: dict[tuple[str, str], str | None] = {}
+        tail: list[tuple] = []
+        packed_rounds: dict = {}
         seq = self._next_seq
         for c in changes:
             rec = c.settled
             a = rec.amounts
             info = rec.info
             assert tuple(a) == AMOUNT_KEYS and tuple(info) == INFO_KEYS
+            visit = (rec.fixmedins_code, rec.mdtrt_id)
             if c.kind == KIND_SETTLE:
                 sign, reversed_id = 1, None
                 assert c.setl_id == rec.setl_id == "S" + c.msgid
-                visits[(rec.fixmedins_code, rec.mdtrt_id)] = rec.setl_id
+                rows = pack_result_rows(c.reply.output["result"], packed_rounds)
+                tail.append((c.msgid, seq, visit, rec.setl_id, None))
             else:
                 assert c.kind == KIND_REVERSE and rec.reversed and c.setl_id == "S" + c.msgid
-                sign, reversed_id = -1, rec.setl_id
-                visits[(rec.fixmedins_code, rec.mdtrt_id)] = None
+                sign, reversed_id, rows = -1, rec.setl_id, None
+                tail.append((c.msgid, seq, visit, None, rec.setl_id))
             assert c.fixmedins_code == rec.fixmedins_code
-            inp = bytes(c.input_raw)
-            reply = enc(c.reply)
             journal.append((
                 seq, c.msgid, c.kind, c.infno, c.setl_id, reversed_id, c.setl_time, rec.insuplc_admdvs,
                 rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info["insutype"],
                 info["med_type"], info["clr_type"], info["filing_class"], info["pool_prop_selfpay"],
                 rec.kind, rec.cd_slot, rec.year, *[sign * a[k] for k in AMOUNT_KEYS],
-                sign * rec.burden, sign * rec.second, c.codec.fmt, inp, reply, crc32(reply, crc32(inp)),
+                sign * rec.burden, sign * rec.second,
             ))
+            inp_z = compress(c.input_raw)
+            reply_z = compress(enc(c.reply))
+            blobs.append((seq, c.codec.fmt, inp_z, reply_z, rows, crc32(rows or b"", crc32(reply_z, crc32(inp_z)))))
             legs = ledger.postings(sign, rec.insuplc_admdvs, info["insutype"], rec.psn_no, rec.fixmedins_code, a)
             for leg, (account, amount_fen) in enumerate(legs):
                 postings.append((seq, leg, account, amount_fen))
-                acc = accounts.get(account)
-                if acc is None:
-                    accounts[account] = [amount_fen, 1]
+                d = deltas.get(account)
+                if d is None:
+                    deltas[account] = [amount_fen, 1]
                 else:
-                    acc[0] += amount_fen
-                    acc[1] += 1
+                    d[0] += amount_fen
+                    d[1] += 1
             psns[rec.psn] = None
             if rec.cd_slot >= 0:
                 slots[rec.cd_slot] = None
             seq += 1
+        last = seq - 1
         # Paired with the per-transfer assertion in ledger.postings: the batch balances.
-        assert sum(v[0] for v in accounts.values()) == 0
+        assert sum(d[0] for d in deltas.values()) == 0
+        accounts = []
+        with self._balances_lock:
+            balances = self._balances
+            for account, (delta_fen, n) in deltas.items():
+                b = balances.get(account)
+                if b is None:
+                    # Not touched since the fold that brought `account` up to date.
+                    row = self._reader._one("SELECT balance_fen, postings FROM account WHERE account = ?", (account,))
+                    b = balances[account] = [0, 0, 0] if row is None else [row[0], row[1], 0]
+                b[0] += delta_fen
+                b[1] += n
+                b[2] = last
+                accounts.append((last, account, b[0], b[1]))
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
         persons = list(zip(
-            st.balc[idx].tolist(), st.acc_year[idx].tolist(), st.hifp_ip[idx].tolist(), st.hifp_op[idx].tolist(),
-            st.ded_op[idx].tolist(), st.burden2[idx].tolist(), st.second_paid[idx].tolist(), idx.tolist(),
+            [last] * len(idx), idx.tolist(), st.balc[idx].tolist(), st.acc_year[idx].tolist(),
+            st.hifp_ip[idx].tolist(), st.hifp_op[idx].tolist(), st.ded_op[idx].tolist(),
+            st.burden2[idx].tolist(), st.second_paid[idx].tolist(),
         ))
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
-        chronic = list(zip(st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist(), sidx.tolist()))
-        prepared = Prepared(
-            changes=changes, journal=journal, postings=postings,
-            accounts=[(k, v[0], v[1]) for k, v in accounts.items()], persons=persons, chronic=chronic,
-            visits_open=[(k[0], k[1], v) for k, v in visits.items() if v is not None],
-            visits_closed=[k for k, v in visits.items() if v is None], last_seq=seq - 1,
-        )
+        chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist()))
         self._next_seq = seq
-        return prepared
+        return Prepared(changes, journal, blobs, postings, accounts, persons, chronic, tail, last)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
@@ -930,44 +1136,99 @@ class SqliteStore:
             try:
                 w.execute("BEGIN IMMEDIATE")
                 w.executemany(SQL_INSERT_JOURNAL, p.journal)
+                w.executemany(SQL_INSERT_BLOB, p.blobs)
                 w.executemany(SQL_INSERT_POSTING, p.postings)
-                w.executemany(SQL_UPSERT_ACCOUNT, p.accounts)
-                n = w.executemany(SQL_UPDATE_PERSON, p.persons).rowcount
-                assert n == len(p.persons), f"{len(p.persons) - n} persons missing from the store"
+                w.executemany(SQL_INSERT_ACCOUNT_LOG, p.accounts)
+                w.executemany(SQL_INSERT_PERSON_LOG, p.persons)
                 if p.chronic:
-                    n = w.executemany(SQL_UPDATE_CHRONIC, p.chronic).rowcount
-                    assert n == len(p.chronic), "chronic slots missing from the store"
-                if p.visits_closed:
-                    w.executemany(SQL_CLOSE_VISIT, p.visits_closed)
-                if p.visits_open:
-                    w.executemany(SQL_OPEN_VISIT, p.visits_open)
+                    w.executemany(SQL_INSERT_CHRONIC_LOG, p.chronic)
                 w.execute("COMMIT")
             except BaseException as e:
-                self.failed = True
-                try:
-                    if w.in_transaction:
-                        w.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+                self._fail(e)
                 raise StoreFailed(f"commit of {len(p.changes)} changes failed ({e!r}); the process must stop") from e
-        # Durable: the engine's maps may now forget these changes and read them from SQLite.
-        eng = self.engine
-        eng.journal._committed(p.changes)
-        eng.settled._committed(p.changes)
-        eng.open_visits._committed(p.changes)
+            self._written_seq = p.last_seq
+            # Durable. Index the rows in the tail first, then let the maps forget them:
+            # a lookup in between finds them in one place or the other.
+            t = self._tail
+            for msgid, seq, visit, setl_id, reversed_id in p.tail:
+                t.msgid[msgid] = seq
+                t.visits[visit] = setl_id
+                if reversed_id is not None:
+                    t.reversed[reversed_id] = seq
+            eng = self.engine
+            eng.journal._committed(p.changes)
+            eng.settled._committed(p.changes)
+            eng.open_visits._committed(p.changes)
+            if len(t.msgid) >= self.fold_rows:
+                try:
+                    self._fold()
+                except BaseException as e:
+                    self._fail(e)
+                    raise StoreFailed(f"fold failed ({e!r}); the process must stop") from e
+
+    def _fail(self, e: BaseException) -> None:
+        self.failed = True
+        log.error("store failed, refusing further commits: %r", e)
+        try:
+            if self._w.in_transaction:
+                self._w.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    # ------------------------------------------------------------ fold
+
+    def fold(self) -> int:
+        """Fold the journal tail into the keyed tables now (a quiet moment); returns the rows folded."""
+        with self._write_lock:
+            if self.failed:
+                raise StoreFailed("an earlier commit failed: the store refuses further writes; restart")
+            return self._fold()
+
+    def _fold(self) -> int:
+        """See the module docstring. Called with the write lock held (or during open)."""
+        import time
+
+        w = self._w
+        t0 = time.perf_counter()
+        m = int(w.execute("SELECT value FROM meta WHERE key = 'folded_seq'").fetchall()[0][0])
+        h = self._written_seq
+        assert m <= h
+        if m == h:
+            return 0
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in SQL_FOLD:
+                w.execute(sql, {"m": m})
+            w.execute("UPDATE meta SET value = ? WHERE key = 'folded_seq'", (str(h),))
+            w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:
+                w.execute("ROLLBACK")
+            raise
+        # Everything up to h is in the keyed tables now. Balances that a batch
+        # prepared but not yet written changed stay: that batch is not folded.
+        self._tail.clear()
+        with self._balances_lock:
+            self._balances = {k: b for k, b in self._balances.items() if b[2] > h}
+        dt = time.perf_counter() - t0
+        self.fold_s_total += dt
+        log.info("folded journal rows %d..%d (%d) in %.2f s", m + 1, h, h - m, dt)
+        return h - m
 
     # ------------------------------------------------------------ close
 
     def close(self) -> None:
-        """Checkpoint the WAL into the database file and release the folder."""
-        if self._w is not None and not self.failed:
-            pending = self.engine.journal.pending() if hasattr(self, "engine") else 0
+        """Fold, checkpoint the WAL into the database file, and release the folder."""
+        if self._w is not None and not self.failed and hasattr(self, "engine"):
+            pending = self.engine.journal.pending()
             if pending:
                 log.warning("closing with %d settlements handled but never committed: they are lost", pending)
             try:
+                with self._write_lock:
+                    self._fold()
                 self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as e:
-                log.warning("checkpoint at close failed: %s", e)
+                log.warning("fold or checkpoint at close failed: %s", e)
         self._release()
 
     def _release(self) -> None:
@@ -1009,12 +1270,14 @@ def _policy_diff(old_text: str, new_text: str) -> str:
     return ", ".join((part("changed", changed), part("added", added), part("removed", removed)))
 
 
-def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick") -> SqliteStore:
+def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick",
+               fold_rows: int = FOLD_ROWS_DEFAULT) -> SqliteStore:
     """Open the store in `data_dir`, seeding it from `world_dir` when the folder holds none.
 
     verify: "quick" runs SQLite's quick_check at open (reads the whole file);
-    "header" only checks the file header and the ledger's balance, for very large stores.
+    "header" checks only the file header and the ledger's balance (very large stores).
+    fold_rows: unfolded journal rows that trigger a fold (bounds the RAM tail index).
     Raises StoreRefused for a damaged, truncated, foreign or busy store, and
     engine.world.WorldError for a bad world folder.
     """
-    return SqliteStore(data_dir, world_dir, clock=clock, verify=verify)
+    return SqliteStore(data_dir, world_dir, clock=clock, verify=verify, fold_rows=fold_rows)
