@@ -1,0 +1,221 @@
+"""Locust load for the framed TCP protocol (SETTLEMENT.md section 7, issue 4).
+
+Locust's gevent cannot drive asyncio clients, so each User holds one plain
+(gevent-patched) socket and pipelines on it: a sender keeps up to `--in-flight`
+requests unanswered, a receiver greenlet reads the replies (in request order, as
+the protocol promises) and fires one Locust request event each.
+
+Two ways to offer load:
+- closed loop (`--rate 0`): each User keeps `--in-flight` requests outstanding,
+  as fast as the server answers (saturation);
+- open loop (`--rate R`): the Users together send R requests/s on a fixed
+  schedule, whatever the replies do. Latency counts from the scheduled send
+  time, so a stall is not hidden by the sender waiting for it (no coordinated
+  omission).
+
+The requests come from a frames file written by bench/serve_load.py: one
+length-prefixed MessagePack envelope after another, each person's requests on
+one User so that their order holds (pre-settlement, settlement, reversal).
+
+Events are named by infno, and by infno and err_code for refusals ("2207
+E_DUPLICATE_VISIT"); only E_BUSY and transport errors count as failures. At the
+end the run fails (exit code 1) when the p99 latency exceeds `--p99-budget-ms`
+or any request failed; `--summary-json` writes exact percentiles for the driver.
+
+    locust -f bench/locustfile.py --headless -u 8 -r 8 -t 30s --host tcp://127.0.0.1:7000 \\
+        --frames /tmp/yidi-bench/frames-....bin --in-flight 32 --rate 0 --p99-budget-ms 200
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import time
+import zlib
+from collections import deque
+from typing import Any
+
+import gevent
+import msgspec
+from gevent.lock import Semaphore
+from locust import User, events, task
+
+HEADER_BYTES = 4
+REPLY_BYTES_MAX = 16 * 1024 * 1024
+
+
+class _Peek(msgspec.Struct):
+    infno: Any = None
+    infcode: Any = None
+    err_code: Any = None
+    input: Any = None
+
+
+_peek = msgspec.msgpack.Decoder(_Peek)
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser):
+    g = parser.add_argument_group("yidi framed protocol")
+    g.add_argument("--frames", default="", help="frames file written by bench/serve_load.py")
+    g.add_argument("--in-flight", type=int, default=32, help="requests outstanding per User at most")
+    g.add_argument("--rate", type=float, default=0.0, help="requests/s offered by all Users together; 0: closed loop")
+    g.add_argument("--p99-budget-ms", type=float, default=0.0, help="fail the run when p99 exceeds it; 0: no budget")
+    g.add_argument("--summary-json", default="", help="write exact latency percentiles and counts here")
+
+
+def read_frames(path: str) -> list[tuple[bytes, str, str]]:
+    """(frame, infno, person key) of each request in a frames file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out = []
+    off = 0
+    while off < len(data):
+        n = int.from_bytes(data[off:off + HEADER_BYTES], "big")
+        body = data[off + HEADER_BYTES:off + HEADER_BYTES + n]
+        p = _peek.decode(body)
+        key = ""
+        if isinstance(p.input, dict) and isinstance(p.input.get("data"), dict):
+            d = p.input["data"]
+            key = str(d.get("psn_no") or d.get("mdtrt_cert_no") or "")
+        out.append((data[off:off + HEADER_BYTES + n], str(p.infno), key))
+        off += HEADER_BYTES + n
+    return out
+
+
+class _Shared:
+    """What the Users of one process share: the partitioned frames and the exact latencies."""
+
+    frames: list | None = None
+    parts: list[list] = []
+    next_user = itertools.count()
+    latencies_s: list[float] = []
+    outcomes: dict[str, int] = {}
+    failures = 0
+    t_first: float | None = None
+    t_last = 0.0
+
+    @classmethod
+    def load(cls, opts) -> None:
+        if cls.frames is not None:
+            return
+        cls.frames = read_frames(opts.frames)
+        n = max(1, opts.num_users)
+        cls.parts = [[] for _ in range(n)]
+        for fr in cls.frames:  # one person, one User: that person's requests keep their order
+            cls.parts[zlib.crc32(fr[2].encode()) % n].append(fr)
+
+
+class FramedUser(User):
+    """One connection, pipelined: a sender and a receiver greenlet."""
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        _Shared.load(opts)
+        self.index = next(_Shared.next_user)
+        self.mine = _Shared.parts[self.index % len(_Shared.parts)]
+        host = self.environment.host or "tcp://127.0.0.1:7000"
+        addr = host.split("://", 1)[-1]
+        h, _, p = addr.rpartition(":")
+        self.sock = socket.create_connection((h, int(p)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.window = Semaphore(opts.in_flight)
+        self.sent: deque = deque()  # (t0, infno, frame length) of each unanswered request
+        n_users = max(1, opts.num_users)
+        self.interval_s = n_users / opts.rate if opts.rate > 0 else 0.0
+        self.receiver = gevent.spawn(self._receive)
+
+    def on_stop(self) -> None:
+        self.receiver.kill(block=False)
+        self.sock.close()
+
+    @task
+    def send_all(self) -> None:
+        """Send this User's requests in order, forever (a stream that runs out starts again)."""
+        sched = time.perf_counter() + (self.index % 97) * self.interval_s / 97  # spread the Users' ticks
+        for fr, infno, _ in itertools.cycle(self.mine):
+            self.window.acquire()
+            if self.interval_s:
+                now = time.perf_counter()
+                if sched > now:
+                    gevent.sleep(sched - now)
+                t0 = sched  # the intended time: a late send counts against the server's latency
+                sched += self.interval_s
+            else:
+                t0 = time.perf_counter()
+            self.sent.append((t0, infno, len(fr)))
+            self.sock.sendall(fr)
+
+    def _receive(self) -> None:
+        buf = bytearray()
+        fire = self.environment.events.request.fire
+        sock = self.sock
+        while True:
+            while len(buf) < HEADER_BYTES:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    return self._lost("closed by the server")
+                buf += chunk
+            n = int.from_bytes(buf[:HEADER_BYTES], "big")
+            if n > REPLY_BYTES_MAX:
+                return self._lost(f"reply of {n} bytes")
+            while len(buf) < HEADER_BYTES + n:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    return self._lost("closed by the server")
+                buf += chunk
+            t1 = time.perf_counter()
+            r = _peek.decode(memoryview(buf)[HEADER_BYTES:HEADER_BYTES + n])
+            del buf[:HEADER_BYTES + n]
+            t0, infno, size = self.sent.popleft()
+            self.window.release()
+            latency_s = t1 - t0
+            name = infno if r.infcode == 0 else f"{infno} {r.err_code}"
+            exc = RuntimeError(r.err_code) if r.err_code == "E_BUSY" else None
+            _Shared.latencies_s.append(latency_s)
+            _Shared.outcomes[name] = _Shared.outcomes.get(name, 0) + 1
+            if _Shared.t_first is None:
+                _Shared.t_first = t1
+            _Shared.t_last = t1
+            if exc is not None:
+                _Shared.failures += 1
+            fire(request_type="framed", name=name, response_time=latency_s * 1000.0, response_length=n,
+                 exception=exc, context={})
+
+    def _lost(self, why: str) -> None:
+        _Shared.failures += 1
+        self.environment.events.request.fire(request_type="framed", name="connection", response_time=0.0,
+                                             response_length=0, exception=ConnectionError(why), context={})
+
+
+def summary() -> dict:
+    import numpy as np
+
+    lat = np.array(_Shared.latencies_s) * 1000.0
+    span_s = (_Shared.t_last - _Shared.t_first) if _Shared.t_first is not None else 0.0
+    pct = {f"p{p}": round(float(np.percentile(lat, p)), 3) for p in (50, 90, 99, 99.9)} if len(lat) else {}
+    return {"replies": int(len(lat)), "failures": _Shared.failures, "span_s": round(span_s, 3),
+            "replies_per_s": round(len(lat) / span_s, 1) if span_s > 0 else 0.0,
+            "latency_ms": {**pct, "max": round(float(lat.max()), 3) if len(lat) else None},
+            "outcomes": dict(sorted(_Shared.outcomes.items()))}
+
+
+@events.quitting.add_listener
+def _judge(environment, **_kw) -> None:
+    opts = environment.parsed_options
+    s = summary()
+    if opts.summary_json:
+        with open(opts.summary_json, "w") as f:
+            json.dump(s, f, indent=1)
+    p99 = s["latency_ms"].get("p99")
+    verdict = []
+    if not s["replies"]:
+        verdict.append("no reply at all")
+    if s["failures"]:
+        verdict.append(f"{s['failures']} failures (E_BUSY or connection)")
+    if opts.p99_budget_ms and p99 is not None and p99 > opts.p99_budget_ms:
+        verdict.append(f"p99 {p99} ms over the budget of {opts.p99_budget_ms} ms")
+    print(f"yidi framed: {s['replies']} replies in {s['span_s']} s = {s['replies_per_s']}/s, "
+          f"latency ms {s['latency_ms']}" + (f"; FAILED: {'; '.join(verdict)}" if verdict else "; ok"))
+    if verdict:
+        environment.process_exit_code = 1

@@ -1,0 +1,209 @@
+"""Load campaigns against `yidi serve` with Locust (issue 4, "Load").
+
+    python bench/serve_load.py --campaign all          # saturation + latency, the asked figures
+    python bench/serve_load.py --campaign smoke        # seconds; what CI runs (bench/test_bench_serve.py)
+
+For each campaign: a synthetic world and request stream (engine.synth, cached in
+--cache), a fresh data folder, `yidi serve` pinned to core 0 on the real store,
+and one Locust process pinned to core 1 (bench/locustfile.py) offering the load.
+Before and after, /metrics is read so that the figures come from both sides:
+what Locust saw (replies, latency percentiles from the intended send time) and
+what the server made durable (yidi_committed_total, batch sizes, commit time).
+
+A campaign fails (exit code 1) when its budget is missed: the saturation one
+under `--settlements-min` durable settlements/s, the latency one over
+`--p99-budget-ms`, either with any E_BUSY or transport failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# name: (users, in flight per user, offered req/s (0: closed loop), seconds, p99 budget ms, settlements/s floor)
+CAMPAIGNS = {
+    "saturation": dict(users=8, in_flight=32, rate=0, duration_s=30, p99_budget_ms=0, settlements_min=5000),
+    "latency": dict(users=8, in_flight=32, rate=1000, duration_s=30, p99_budget_ms=20, settlements_min=0),
+    "smoke": dict(users=2, in_flight=8, rate=200, duration_s=3, p99_budget_ms=500, settlements_min=0),
+}
+WORLDS = {  # world size per campaign kind: the load ones realistic, the smoke one tiny
+    "full": dict(provinces=31, catalogue_per_province=50_000, persons=300_000),
+    "small": dict(provinces=4, catalogue_per_province=2_000, persons=5_000),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[serve_load] {msg}", file=sys.stderr, flush=True)
+
+
+def world_and_frames(cache: str, size: str, n_requests: int, seed: int) -> tuple[str, str]:
+    """A cached world folder and frames file (length-prefixed MessagePack envelopes)."""
+    import msgspec
+
+    from engine.synth import gen_requests, gen_world
+
+    os.makedirs(cache, exist_ok=True)
+    w = WORLDS[size]
+    world = os.path.join(cache, f"world-{size}-s{seed}")
+    if not os.path.exists(os.path.join(world, "prepay.csv")):
+        log(f"generating world {world} {w}")
+        gen_world(world, seed=seed, **w)
+    frames = os.path.join(cache, f"frames-{size}-s{seed}-n{n_requests}.bin")
+    if not os.path.exists(frames):
+        log(f"generating {n_requests} requests into {frames}")
+        enc = msgspec.msgpack.Encoder()
+        tmp = frames + ".tmp"
+        with open(tmp, "wb") as f:
+            for env in gen_requests(world, n_requests, seed=seed + 1, days=max(1, n_requests // 200_000)):
+                body = enc.encode(env)
+                f.write(len(body).to_bytes(4, "big") + body)
+        os.replace(tmp, frames)
+    return world, frames
+
+
+def pinned(core: int | None) -> list[str]:
+    if core is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", str(core)]
+
+
+def start_server(world: str, data: str, server_args: list[str], core: int | None):
+    cmd = pinned(core) + [sys.executable, "-m", "engine.cli", "serve", "--world", world, "--data", data,
+                          "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", *server_args]
+    log(" ".join(cmd))
+    p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    addrs = {}
+    for line in p.stdout:
+        m = re.match(r"yidi: (tcp|http) listening on (.+):(\d+)", line)
+        if m:
+            addrs[m.group(1)] = f"{m.group(2)}:{m.group(3)}"
+        if line.startswith("yidi: ready"):
+            log(line.strip())
+            return p, addrs
+    raise SystemExit(f"yidi serve did not start: {p.stderr.read()}")
+
+
+def scrape(http: str) -> dict[str, float]:
+    """The metrics that matter here, summed over their labels where it makes sense."""
+    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=30).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name_labels, value = line.rsplit(" ", 1)
+        name = name_labels.split("{", 1)[0]
+        key = name
+        if name in ("yidi_committed_total", "yidi_request_latency_seconds_count"):
+            key = name_labels
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
+    data = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)
+    server, addrs = start_server(world, data, a.server_args, a.server_core)
+    try:
+        before = scrape(addrs["http"])
+        summary_path = os.path.join(data, "locust-summary.json")
+        cmd = pinned(a.load_core) + [
+            sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "bench", "locustfile.py"), "--headless",
+            "-u", str(c["users"]), "-r", str(c["users"]), "-t", f"{c['duration_s']}s", "--stop-timeout", "5",
+            "--host", f"tcp://{addrs['tcp']}", "--frames", frames, "--in-flight", str(c["in_flight"]),
+            "--rate", str(c["rate"]), "--p99-budget-ms", str(c["p99_budget_ms"]),
+            "--summary-json", summary_path, "--only-summary", "--loglevel", "WARNING",
+        ]
+        log(" ".join(cmd))
+        lp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        after = scrape(addrs["http"])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            out, err = server.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, err = server.communicate()
+    if not os.path.exists(summary_path):
+        raise SystemExit(f"locust wrote no summary:\n{lp.stdout}\n{lp.stderr}")
+    with open(summary_path) as f:
+        s = json.load(f)
+    shutil.rmtree(data, ignore_errors=True)
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    oc = s["outcomes"]
+    settled = oc.get("2207", 0) + oc.get("2304", 0)
+    span = s["span_s"] or 1.0
+    batches = d.get("yidi_batch_size_count", 0.0)
+    result = {
+        "campaign": name, **c,
+        "replies": s["replies"], "replies_per_s": s["replies_per_s"], "failures": s["failures"],
+        "settlements_acknowledged": settled, "settlements_per_s": round(settled / span, 1),
+        "committed_settle": d.get('yidi_committed_total{kind="settle"}', 0.0),
+        "committed_reverse": d.get('yidi_committed_total{kind="reverse"}', 0.0),
+        "latency_ms": s["latency_ms"],
+        "batches": batches,
+        "batch_size_mean": round(d.get("yidi_batch_size_sum", 0.0) / batches, 1) if batches else 0.0,
+        "engine_ms_per_batch": round(1000 * d.get("yidi_engine_batch_seconds_sum", 0.0) / batches, 2) if batches else 0,
+        "commit_ms_per_batch": round(1000 * d.get("yidi_commit_seconds_sum", 0.0) / batches, 2) if batches else 0,
+        "outcomes": oc, "locust_exit_code": lp.returncode, "server_exit_code": server.returncode,
+    }
+    verdict = []
+    if lp.returncode != 0:
+        verdict.append(f"locust exit code {lp.returncode}: {lp.stdout.strip().splitlines()[-1:] if lp.stdout else ''}")
+    if c["settlements_min"] and result["settlements_per_s"] < c["settlements_min"]:
+        verdict.append(f"{result['settlements_per_s']} durable settlements/s, under {c['settlements_min']}")
+    if server.returncode != 0:
+        verdict.append(f"server exit code {server.returncode}: {err[-2000:]}")
+    result["verdict"] = "; ".join(verdict) or "ok"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all"], default="all")
+    p.add_argument("--duration-s", type=int, help="override every campaign's duration")
+    p.add_argument("--requests", type=int, help="requests in the stream (default: enough for the campaign)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "yidi-bench"))
+    p.add_argument("--data-root", default=None, help="where the fresh data folders go (default: the temp dir)")
+    p.add_argument("--server-core", type=int, default=0)
+    p.add_argument("--load-core", type=int, default=1)
+    p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to yidi serve (limits)")
+    p.add_argument("--json", help="write the results here too")
+    a = p.parse_args(argv)
+    names = ["saturation", "latency"] if a.campaign == "all" else [a.campaign]
+    results = []
+    for name in names:
+        c = dict(CAMPAIGNS[name])
+        if a.duration_s:
+            c["duration_s"] = a.duration_s
+        size = "small" if name == "smoke" else "full"
+        want = a.requests or int(max(c["rate"] or 9000, 1000) * c["duration_s"] * 1.3)
+        world, frames = world_and_frames(a.cache, size, want, a.seed)
+        r = run_campaign(name, c, world, frames, a)
+        results.append(r)
+        print(json.dumps(r, indent=1), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    failed = [r for r in results if r["verdict"] != "ok"]
+    for r in results:
+        log(f"{r['campaign']}: {r['replies_per_s']} replies/s, {r['settlements_per_s']} durable settlements/s, "
+            f"p50 {r['latency_ms'].get('p50')} ms, p99 {r['latency_ms'].get('p99')} ms, "
+            f"batch {r['batch_size_mean']}, engine {r['engine_ms_per_batch']} ms/batch, "
+            f"commit {r['commit_ms_per_batch']} ms/batch: {r['verdict']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
