@@ -6,6 +6,7 @@ engine.money.parse_time_day bit for bit, except that a scaled value outside
 int64 saturates instead of growing: the line limits refuse it later.
 """
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
@@ -204,6 +205,21 @@ cdef object ATTR_AMT = "det_item_fee_sumamt"
 cdef object ATTR_CNT = "cnt"
 cdef object ATTR_PRIC = "pric"
 cdef object ATTR_TIME = "fee_ocur_time"
+cdef object ATTR_SN = "feedetl_sn"
+
+
+cdef inline int _key_ok(object code, object sn):
+    """med_list_codg a non-empty str; feedetl_sn a non-empty str or an int (not a bool)
+    that fits 64 bits, as engine.reference checks them (E_SCHEMA otherwise)."""
+    cdef int ovf = 0
+    if not (isinstance(code, str) and len(<str>code) > 0):
+        return 0
+    if isinstance(sn, str):
+        return len(<str>sn) > 0
+    if isinstance(sn, int) and not isinstance(sn, bool):
+        PyLong_AsLongLongAndOverflow(sn, &ovf)
+        return ovf == 0
+    return 0
 # engine.money.parse_scaled refuses an int at or beyond 10**24 in magnitude.
 cdef object INT_LIMIT_POS = 10**24
 cdef object INT_LIMIT_NEG = -10**24
@@ -241,6 +257,9 @@ def gather_lines(list lines not None, list out_codes not None, int64_t[::1] amt_
         ok &= yidi_get_scaled(line, <PyObject *>ATTR_PRIC, 6, <PyObject *>INT_LIMIT_POS,
                               <PyObject *>INT_LIMIT_NEG, &p)
         ok &= yidi_get_day(line, <PyObject *>ATTR_TIME, &d)
+        if ok and not _key_ok(<object>PyList_GET_ITEM(out_codes, PyList_GET_SIZE(out_codes) - 1),
+                              getattr(<object>line, ATTR_SN, None)):
+            ok = 0
         if ok:
             amt_fen[i] = a
             cnt[i] = c

@@ -420,8 +420,10 @@ class ReferenceEngine:
             if not isinstance(ln, dict):
                 raise Refused(E_SCHEMA, "feedetail line must be an object")
             sn = ln.get("feedetl_sn")
-            if not (isinstance(sn, str) and sn) and not (isinstance(sn, int) and not isinstance(sn, bool)):
-                raise Refused(E_SCHEMA, "feedetl_sn")
+            if not (isinstance(sn, str) and sn) and not (
+                isinstance(sn, int) and not isinstance(sn, bool) and -(2**63) <= sn < 2**63
+            ):
+                raise Refused(E_SCHEMA, "feedetl_sn must be a non-empty string or a 64-bit integer")
             lines.append((
                 sn, _str(ln, "med_list_codg"), _money(ln, "det_item_fee_sumamt"),
                 _money(ln, "cnt", money.parse_cnt), _money(ln, "pric", money.parse_micro),

@@ -213,12 +213,14 @@ class WireLine(msgspec.Struct):
     cnt: object = None
     pric: object = None
     fee_ocur_time: object = None
+    feedetl_sn: object = "1"
 
 
 class NoAmount:
     """A line object without det_item_fee_sumamt."""
 
     med_list_codg = "X1"
+    feedetl_sn = "1"
     cnt = "1"
     pric = "1"
     fee_ocur_time = "2026-01-01 00:00:00"
@@ -228,7 +230,13 @@ def model_gather(lines: list) -> list[tuple]:
     out = []
     for ln in lines:
         code = getattr(ln, "med_list_codg", None)
+        sn = getattr(ln, "feedetl_sn", None)
         try:
+            if not (isinstance(code, str) and code):
+                raise ValueError("med_list_codg must be a non-empty str")
+            if not ((isinstance(sn, str) and sn) or (
+                    isinstance(sn, int) and not isinstance(sn, bool) and -(2**63) <= sn < 2**63)):
+                raise ValueError("feedetl_sn must be a non-empty str or a 64-bit int")
             a = sat64(money.parse_scaled(ln.det_item_fee_sumamt, 2))
             c = sat64(money.parse_scaled(ln.cnt, 4))
             p = sat64(money.parse_scaled(ln.pric, 6))
@@ -260,19 +268,24 @@ def test_gather_hand() -> None:
         WireLine("A05", "1", "1", "1.1234567", "2026-03-01 10:00:00"),  # 7 decimals
         WireLine("A06", "1", "1", "1", "2026-02-30 10:00:00"),  # no such day
         WireLine("A07", "99999999999999999999", "1", "1", "2026-03-01 10:00:00"),  # saturates
-        WireLine(None, "1", "1", "1", "2026-03-01 10:00:00"),  # code is the matcher's business
+        WireLine(None, "1", "1", "1", "2026-03-01 10:00:00"),  # no code: schema error
         NoAmount(),
         42,
+        WireLine("A11", "1", "1", "1", "2026-03-01 10:00:00", feedetl_sn=7),  # an int serial: fine
+        WireLine("A12", "1", "1", "1", "2026-03-01 10:00:00", feedetl_sn=""),  # empty serial
+        WireLine("A13", "1", "1", "1", "2026-03-01 10:00:00", feedetl_sn=True),  # a bool serial
+        WireLine("A14", "1", "1", "1", "2026-03-01 10:00:00", feedetl_sn=2**63),  # past 64 bits
+        WireLine("", "1", "1", "1", "2026-03-01 10:00:00"),  # empty code
     ]
     got, n_bad = run_gather(lines)
     day = money.parse_day("2026-03-01")
     assert got[0] == ("A01", 12345, 25000, 49_380_000, day, 0)
     assert got[1] == ("A02", 1200, 30000, 4_000_000, day, 0)
-    assert [g[5] for g in got] == [0, 0, 1, 1, 1, 1, 0, 0, 1, 1]
+    assert [g[5] for g in got] == [0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1]
     assert got[6][1] == INT64_MAX
     assert got[7][0] is None
     assert got[9][0] is None  # no attribute: None appended
-    assert n_bad == 6
+    assert n_bad == 11
     assert got == model_gather(lines)
 
 
