@@ -1,0 +1,30 @@
+"""The load campaign, small: `yidi serve` on the real store, Locust offering 200 req/s for 3 s.
+
+What bench/serve_load.py runs at full size (issue 4, "Load"), kept in the normal
+suite so that the server, the locustfile and the driver never rot. The budget is
+loose (p99 under 500 ms, no E_BUSY, no lost connection): this checks the path,
+the real figures come from `python bench/serve_load.py --campaign all`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("locust")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import serve_load  # noqa: E402
+
+
+def test_smoke_campaign(tmp_path):
+    out = tmp_path / "results.json"
+    code = serve_load.main(["--campaign", "smoke", "--cache", str(tmp_path / "cache"),
+                            "--data-root", str(tmp_path), "--json", str(out)])
+    import json
+
+    (r,) = json.loads(out.read_text())
+    assert code == 0, r["verdict"]
+    assert r["replies"] > 300 and r["failures"] == 0
+    assert r["committed_settle"] > 0 and r["server_exit_code"] == 0
