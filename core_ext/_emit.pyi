@@ -1,0 +1,24 @@
+"""Reply rendering (SETTLEMENT.md section 7). Private: use engine.kernels."""
+import numpy as np
+import numpy.typing as npt
+
+def emit_rows(
+    lines: list[object],
+    lo: int,
+    hi: int,
+    fmt: int,
+    amt_fen: npt.NDArray[np.int64],
+    cnt: npt.NDArray[np.int64],
+    pric_micro: npt.NDArray[np.int64],
+    row: npt.NDArray[np.int32],
+    cat_lv: npt.NDArray[np.int8],
+    cat_selfpay_bp: npt.NDArray[np.int32],
+    cat_cap_micro: npt.NDArray[np.int64],
+    memo: npt.NDArray[np.int8],
+    fulamt: npt.NDArray[np.int64],
+    overlmt: npt.NDArray[np.int64],
+    presel: npt.NDArray[np.int64],
+    inscp: npt.NDArray[np.int64],
+) -> bytes: ...
+def format_scaled(v: int, places: int) -> str: ...
+def format_fen(v: int) -> str: ...
