@@ -142,3 +142,83 @@ def test_missing_file(world_copy):
     with pytest.raises(WorldError) as ei:
         load_world(str(world_copy))
     assert ei.value.file == "chronic.csv"
+
+
+# ---------------------------------------------------------------- the column kernels
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _column(values):
+    import numpy as np
+    import pyarrow as pa
+
+    from engine.world import _string_buffers
+
+    a = pa.array(values, pa.string())
+    offsets, data = _string_buffers(a)
+    validity = a.buffers()[0]
+    valid = np.frombuffer(validity, np.uint8) if validity is not None else np.zeros(0, np.uint8)
+    return offsets, data, valid
+
+
+_cells = st.one_of(
+    st.none(),
+    st.from_regex(r"[0-9]{1,14}(\.[0-9]{0,7})?", fullmatch=True),
+    st.text(alphabet="0123456789.-+e ", max_size=8),
+)
+
+
+@given(st.lists(_cells, min_size=1, max_size=30), st.integers(1, 6), st.booleans())
+def test_decimal_column_kernel_matches_money(values, places, optional):
+    import re
+
+    import numpy as np
+
+    from core_ext import _columns
+    from engine import money
+    from engine.world import MONEY_DIGITS_MAX
+
+    offsets, data, valid = _column(values)
+    out = np.empty(len(values), np.int64)
+    bad = _columns.parse_decimal_column(offsets, data, valid, places, MONEY_DIGITS_MAX, optional, out)
+    want_bad = -1
+    for i, v in enumerate(values):
+        if v is None:
+            if optional:
+                assert out[i] == -1
+                continue
+            want_bad = i
+            break
+        ok = re.fullmatch(rf"[0-9]{{1,{MONEY_DIGITS_MAX}}}(\.[0-9]{{1,{places}}})?", v) is not None
+        if not ok:
+            want_bad = i
+            break
+        assert out[i] == money.parse_scaled(v, places)
+    assert bad == want_bad
+
+
+@given(st.lists(st.one_of(st.dates().map(str), st.text(alphabet="0123456789-", max_size=11)), min_size=1, max_size=30))
+def test_date_column_kernel_matches_money(values):
+    import numpy as np
+
+    from core_ext import _columns
+    from engine import money
+
+    offsets, data, valid = _column(values)
+    out = np.empty(len(values), np.int32)
+    bad = _columns.parse_date_column(offsets, data, valid, False, 0, out)
+    want_bad = -1
+    for i, v in enumerate(values):
+        try:
+            d = money.parse_day(v)
+        except money.NumberError:
+            want_bad = i
+            break
+        if d < -(2**31) or not v[:4].isdigit() or int(v[:4]) < 1:
+            want_bad = i
+            break
+        assert out[i] == d
+    assert bad == want_bad
