@@ -59,6 +59,22 @@ def _latest(conn: sqlite3.Connection, base_sql: str, log_sql: str) -> dict:
     return cur
 
 
+def _identities(a: dict) -> str:
+    """What does not add up in a settlement's own amounts (all >= 0), or ''."""
+    out = []
+    if min(a.values()) < 0:
+        out.append("a negative amount")
+    if a["medfee_sumamt"] != a["fulamt_ownpay_amt"] + a["overlmt_selfpay"] + a["preselfpay_amt"] + a["inscp_scp_amt"]:
+        out.append("medfee_sumamt != fulamt_ownpay_amt + overlmt_selfpay + preselfpay_amt + inscp_scp_amt")
+    if a["fund_pay_sumamt"] != a["hifp_pay"] + a["hifmi_pay"] + a["hifob_pay"]:
+        out.append("fund_pay_sumamt != hifp_pay + hifmi_pay + hifob_pay")
+    if a["psn_part_amt"] != a["medfee_sumamt"] - a["fund_pay_sumamt"]:
+        out.append("psn_part_amt != medfee_sumamt - fund_pay_sumamt")
+    if a["psn_cash_pay"] != a["psn_part_amt"] - a["acct_pay"]:
+        out.append("psn_cash_pay != psn_part_amt - acct_pay")
+    return "; ".join(out)
+
+
 def check_store(data_dir: str, out: Callable[[str], None] = print) -> int:
     """Run every check; returns the exit status (0 ok, 1 differences, 2 unreadable)."""
     path = db_path(data_dir)
@@ -68,6 +84,7 @@ def check_store(data_dir: str, out: Callable[[str], None] = print) -> int:
     rep = _Report(out)
     try:
         conn = connect(path, read_only=True)
+        conn.text_factory = lambda b: b.decode("utf-8", "replace")  # report a damaged text, do not stop on it
         conn.execute("BEGIN")  # one snapshot for every check
         _check(conn, path, rep)
         conn.execute("COMMIT")
@@ -111,7 +128,9 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
     while rows := cur.fetchmany(FETCH_ROWS):
         for seq, inp, reply, lines, crc in rows:
             n_blobs += 1
-            if zlib.crc32(lines or b"", zlib.crc32(reply, zlib.crc32(inp))) != crc:
+            if not (isinstance(inp, bytes) and isinstance(reply, bytes) and isinstance(lines, (bytes, type(None)))):
+                bad.append(f"journal row {seq}: request/reply is not a blob")
+            elif zlib.crc32(lines or b"", zlib.crc32(reply, zlib.crc32(inp))) != crc:
                 bad.append(f"journal row {seq}: request/reply blob crc32 mismatch")
     if n_blobs != n_rows:
         bad.append(f"{n_blobs} blobs for {n_rows} journal rows")
@@ -131,6 +150,7 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
 
     # Journal pass: transfers, reversal pairs, accumulators, open visits.
     leg_diffs: list[str] = []
+    sum_diffs: list[str] = []
     pair_diffs: list[str] = []
     postings = conn.execute("SELECT seq, leg, account, amount_fen FROM posting ORDER BY seq, leg")
     pend_post = None
@@ -227,11 +247,19 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
                         hop[psn] -= own["hifp_pay"]
                     else:
                         cd_val[cd_slot] -= own["hifp_pay"]
-            want = ledger.postings(sign, insuplc, insutype, psn_no, medins, own)
+            bad_sums = _identities(own)
+            if bad_sums:
+                sum_diffs.append(f"seq {seq} ({kind} {setl_id}): {bad_sums}")
             got = postings_of(seq)
+            try:
+                want = ledger.postings(sign, insuplc, insutype, psn_no, medins, own)
+            except (AssertionError, KeyError) as e:
+                leg_diffs.append(f"seq {seq} ({kind} {setl_id}): no valid legs for its amounts ({e!r})")
+                continue
             if got != want:
                 leg_diffs.append(f"seq {seq} ({kind} {setl_id}): postings {got} != {want}")
     postings_of(2**62)
+    rep.result("journal rows: the money of each settlement adds up (sections 3 and 6)", sum_diffs, n_rows)
     rep.result("reversals: each names an earlier settlement, once, and negates it exactly", pair_diffs, n_rev)
     rep.result("ledger: every transfer's postings are the legs of its journal row", leg_diffs, n_rows)
 

@@ -1,0 +1,400 @@
+"""The durable store (issue 3): restart, retries, ledger, check, damaged files, world changes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from conftest import VECTOR_WORLD, VECTORS, differences
+from engine.check import check_store
+from engine.pipeline import Engine, Request
+from engine.protocol import COMMIT_INFNOS, REVERSE_INFNOS
+from engine.reference import ReferenceEngine
+from engine.store import StoreFailed, StoreRefused, db_path, open_store
+from engine.wire import JSON, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK
+from engine.world import load_world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOURNALED = COMMIT_INFNOS | REVERSE_INFNOS
+BATCH = 64
+
+
+def _lines(path: str) -> list[bytes]:
+    return [ln for ln in open(path, "rb").read().splitlines() if ln.strip()]
+
+
+def _enc(replies) -> list[bytes]:
+    return [JSON.encoder.encode(r) for r in replies]
+
+
+def _run(store, bodies: list[bytes], batch: int = BATCH) -> list[bytes]:
+    out = []
+    for i in range(0, len(bodies), batch):
+        replies = store.engine.handle_batch([Request(b) for b in bodies[i:i + batch]])
+        store.commit(store.engine.take_changes())
+        out += _enc(replies)
+    return out
+
+
+def _oracle(world, bodies: list[bytes]) -> tuple[Engine, list[bytes]]:
+    eng = Engine(world, clock="inf_time")
+    out = []
+    for i in range(0, len(bodies), BATCH):
+        out += _enc(eng.handle_batch([Request(b) for b in bodies[i:i + BATCH]]))
+        eng.take_changes()
+    return eng, out
+
+
+def _check_ok(data: str) -> list[str]:
+    lines: list[str] = []
+    rc = check_store(data, out=lines.append)
+    assert rc == 0, "\n".join(lines)
+    return lines
+
+
+def _assert_persons_equal_reference(store_engine: Engine, world, bodies: list[bytes]) -> None:
+    ref = ReferenceEngine(world)
+    for b in bodies:
+        env = orjson.loads(b)
+        ref.handle(env, clock=env.get("inf_time"))
+    st = store_engine.state
+    psn_no = world.psn_no.to_pylist()
+    for i, no in enumerate(psn_no):
+        p = ref.persons[no]
+        got = (int(st.balc[i]), int(st.acc_year[i]), int(st.hifp_ip[i]), int(st.hifp_op[i]), int(st.ded_op[i]),
+               int(st.burden2[i]), int(st.second_paid[i]))
+        assert got == (p.balc, p.acc_year, p.hifp_ip, p.hifp_op, p.ded_op, p.burden2, p.second_paid), no
+        for dise, (val, year) in p.chronic.items():
+            slot = store_engine.cd_slots[(i, dise)]
+            mine = int(st.cd_val[slot]) if int(st.cd_year[slot]) == int(st.acc_year[i]) else 0
+            theirs = val if year == p.acc_year else 0
+            assert mine == theirs, (no, dise)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from engine.synth import gen_requests, gen_world
+
+    d = str(tmp_path_factory.mktemp("store_world"))
+    gen_world(d, seed=3, provinces=2, regions_per_province=2, catalogue_per_province=400, persons=500,
+              institutions_per_region=1)
+    world = load_world(d)
+    bodies = [orjson.dumps(e) for e in gen_requests(world, 1500, seed=4)]
+    return d, world, bodies
+
+
+# ---------------------------------------------------------------- restart and retries
+
+
+@pytest.mark.parametrize("fold_rows", [7, 262_144])
+def test_restart_keeps_state(tmp_path, synth, fold_rows):
+    """Four runs of one stream with a stop and start between them answer exactly like one run."""
+    world_dir, world, bodies = synth
+    _, want = _oracle(world, bodies)
+    data = str(tmp_path / "data")
+    got: list[bytes] = []
+    cuts = [0, 200, 611, 1100, len(bodies)]
+    for a, b in zip(cuts, cuts[1:]):
+        with open_store(data, world_dir, clock="inf_time", fold_rows=fold_rows) as store:
+            got += _run(store, bodies[a:b])
+        _check_ok(data)
+    assert len(got) == len(want)
+    for i, (x, y) in enumerate(zip(got, want)):
+        assert x == y, f"reply {i} differs after restarts"
+    with open_store(data, world_dir, clock="inf_time") as store:
+        _assert_persons_equal_reference(store.engine, world, bodies)
+        assert store.engine.journal.pending() == store.engine.settled.pending() == 0
+
+
+def test_settle_stop_start_reverse(tmp_path, synth):
+    """Settle, stop, start, reverse every one of them: the accumulators come back exactly."""
+    world_dir, world, bodies = synth
+    envs = [orjson.loads(b) for b in bodies]
+    settles = list({e["msgid"]: e for e in envs if e["infno"] in COMMIT_INFNOS}.values())[:150]
+    data = str(tmp_path / "data")
+    with open_store(data, world_dir, clock="inf_time") as store:
+        first = [orjson.loads(r) for r in _run(store, [orjson.dumps(e) for e in settles])]
+    ok = [(e, r) for e, r in zip(settles, first) if r["infcode"] == 0]
+    assert len(ok) > 50
+    reversals = []
+    for k, (e, r) in enumerate(ok):
+        setl = r["output"]["setlinfo"]
+        reversals.append({
+            **{f: e[f] for f in ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code", "fixmedins_name")},
+            "infno": "2208" if e["infno"] == "2207" else "2305", "msgid": f"REV{k:08d}",
+            "inf_time": "2026-12-30 10:00:00",
+            "input": {"data": {"setl_id": setl["setl_id"], "mdtrt_id": setl["mdtrt_id"], "psn_no": setl["psn_no"]}},
+        })
+    rev_bodies = [orjson.dumps(e) for e in reversals]
+    with open_store(data, world_dir, clock="inf_time") as store:
+        replies = [orjson.loads(r) for r in _run(store, rev_bodies)]
+        assert all(r["infcode"] == 0 for r in replies), [r for r in replies if r["infcode"]][:3]
+        for (e, r1), r2 in zip(ok, replies):
+            s1, s2 = r1["output"]["setlinfo"], r2["output"]["setlinfo"]
+            assert s2["hifp_pay"] == "-" + s1["hifp_pay"] or s1["hifp_pay"] == s2["hifp_pay"] == "0.00"
+        _assert_persons_equal_reference(store.engine, world, [orjson.dumps(e) for e in settles] + rev_bodies)
+        # A second reversal of each is refused, and retrying a reversal answers the first reply.
+        again = [orjson.dumps({**e, "msgid": "X" + e["msgid"]}) for e in reversals]
+        for r in store.engine.handle_batch([Request(b) for b in again]):
+            assert r.err_code == "E_ALREADY_REVERSED"
+        retry = _enc(store.engine.handle_batch([Request(b) for b in rev_bodies]))
+        assert [orjson.loads(x) for x in retry] == replies
+        assert store.engine.take_changes() == []
+    _check_ok(data)
+
+
+def test_replay_with_data_then_retries_answer_the_same(tmp_path):
+    """Section 9 with --data: the vectors' answers, a store `yidi check` accepts, and the same answers to retries."""
+    data, out = str(tmp_path / "data"), str(tmp_path / "out.jsonl")
+    req = os.path.join(VECTORS, "requests.jsonl")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--world", VECTOR_WORLD, "--in", req,
+                    "--out", out, "--data", data], check=True, capture_output=True, env=env, cwd=ROOT)
+    got = _lines(out)
+    expected = [json.loads(x) for x in open(os.path.join(VECTORS, "expected.jsonl"))]
+    assert len(got) == len(expected) == 442
+    assert not [i for i, (e, g) in enumerate(zip(expected, got)) if differences(e, json.loads(g))]
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "check", "--data", data],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "check passed" in r.stdout and "all balances sum to 0.00" in r.stdout
+    bodies = _lines(req)
+    committed = {
+        orjson.loads(b)["msgid"]: g for b, g in zip(bodies, got)
+        if orjson.loads(b)["infno"] in JOURNALED and orjson.loads(g)["infcode"] == 0
+    }
+    assert len(committed) > 200
+    with open_store(data, VECTOR_WORLD, clock="inf_time") as store:
+        again = _enc(store.engine.handle_batch([Request(b) for b in bodies]))
+        changes = store.engine.take_changes()
+        assert not [c for c in changes if c.msgid in committed], "a retry was charged again"
+        for i, (b, g) in enumerate(zip(bodies, again)):
+            if orjson.loads(b)["infno"] in JOURNALED and orjson.loads(got[i])["infcode"] == 0:
+                assert g == got[i], f"request {i}: the retry's answer differs from the first"
+
+
+def test_pipelined_prepare_and_write(tmp_path, synth):
+    """The server's way: batch N+1 is computed and prepared before batch N is written, with folds between."""
+    world_dir, world, bodies = synth
+    _, want = _oracle(world, bodies)
+    data = str(tmp_path / "data")
+    got: list[bytes] = []
+    with open_store(data, world_dir, clock="inf_time", fold_rows=5) as store:
+        waiting = []
+        for i in range(0, len(bodies), 32):
+            got += _enc(store.engine.handle_batch([Request(b) for b in bodies[i:i + 32]]))
+            waiting.append(store.prepare(store.engine.take_changes()))
+            if len(waiting) == 3:
+                store.write(waiting.pop(0))
+        for p in waiting:
+            store.write(p)
+    assert got == want
+    _check_ok(data)
+
+
+def test_ram_holds_only_what_is_not_committed(tmp_path, synth):
+    world_dir, world, bodies = synth
+    data = str(tmp_path / "data")
+    with open_store(data, world_dir, clock="inf_time", fold_rows=100) as store:
+        _run(store, bodies)
+        eng = store.engine
+        assert eng.journal.pending() == eng.settled.pending() == eng.open_visits.pending() == 0
+        assert len(store._tail.msgid) < 100 + BATCH
+        assert len(store._balances) <= 4 * (100 + BATCH)
+
+
+def test_stored_result_rows_render_like_the_engine(tmp_path, synth):
+    """A reply read back from the journal renders its `result` byte for byte as the engine did, in every format."""
+    world_dir, world, bodies = synth
+    data = str(tmp_path / "data")
+    with open_store(data, world_dir, clock="inf_time", fold_rows=10) as store:
+        replies = store.engine.handle_batch([Request(b) for b in bodies[:300]])
+        changes = store.engine.take_changes()
+        store.commit(changes)
+        n = 0
+        for c in changes:
+            if c.kind != "settle":
+                continue
+            live = c.reply.output["result"]
+            stored = store._reader.journal_entry(c.msgid)[3]
+            for fmt in (RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK):
+                assert bytes(stored.output["result"].to_raw(fmt)) == bytes(live.to_raw(fmt))
+            assert JSON.encoder.encode(stored) == JSON.encoder.encode(c.reply)
+            n += 1
+        assert n > 100 and len(replies) == 300
+
+
+def test_commit_failure_is_fail_stop(tmp_path, synth):
+    world_dir, world, bodies = synth
+    data = str(tmp_path / "data")
+    store = open_store(data, world_dir, clock="inf_time")
+    _run(store, bodies[:100])
+    store.engine.handle_batch([Request(b) for b in bodies[100:200]])
+    prepared = store.prepare(store.engine.take_changes())
+    real = store._w
+
+    class Broken:
+        in_transaction = False
+
+        def execute(self, sql, *a):
+            if sql.startswith("COMMIT"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *a)
+
+        def executemany(self, *a):
+            return real.executemany(*a)
+
+    store._w = Broken()
+    with pytest.raises(StoreFailed):
+        store.write(prepared)
+    store._w = real
+    real.execute("ROLLBACK") if real.in_transaction else None
+    with pytest.raises(StoreFailed):
+        store.commit([])
+    store.close()
+    # The store on disk holds what was committed before, and nothing of the failed batch.
+    _check_ok(data)
+    with open_store(data, world_dir, clock="inf_time") as s2:
+        assert all(s2.engine.journal.get(orjson.loads(b)["msgid"]) is None
+                   for b in bodies[100:200] if orjson.loads(b)["infno"] in JOURNALED
+                   and b not in bodies[:100])
+
+
+# ---------------------------------------------------------------- check
+
+
+def _tamper(data: str, sql: str) -> None:
+    conn = sqlite3.connect(db_path(data))
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("sql, what", [
+    ("UPDATE person SET balc_fen = balc_fen + 1 WHERE psn = (SELECT MIN(psn) FROM journal)", "persons"),
+    ("UPDATE posting SET amount_fen = amount_fen + 1 WHERE seq = 1 AND leg = 0", "postings"),
+    ("UPDATE account SET balance_fen = balance_fen - 7 WHERE account LIKE 'medins/%'", "balances"),
+    ("UPDATE journal_blob SET reply_lz4 = CAST(reply_lz4 || x'00' AS BLOB) WHERE seq = 3", "crc32"),
+    ("UPDATE journal_blob SET input_lz4 = 'text' WHERE seq = 4", "blob type"),
+    ("UPDATE journal SET hifp_pay_fen = hifp_pay_fen + 1 WHERE seq = 2", "legs"),
+    ("DELETE FROM open_visit WHERE rowid IN (SELECT rowid FROM open_visit LIMIT 1)", "open visits"),
+])
+def test_check_finds_differences(tmp_path, sql, what):
+    data = str(tmp_path / "data")
+    with open_store(data, VECTOR_WORLD, clock="inf_time") as store:
+        _run(store, _lines(os.path.join(VECTORS, "requests.jsonl")))
+    _check_ok(data)
+    if "open_visit" in sql:
+        sql = ("DELETE FROM open_visit WHERE (fixmedins_code, mdtrt_id) IN"
+               " (SELECT fixmedins_code, mdtrt_id FROM open_visit LIMIT 1)")
+    _tamper(data, sql)
+    lines: list[str] = []
+    assert check_store(data, out=lines.append) == 1, "\n".join(lines)
+    assert any(ln.startswith("FAIL") for ln in lines)
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "check", "--data", data], capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    assert r.returncode == 1 and "FAIL" in r.stdout
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _damage(path: str, how: str) -> None:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if how == "truncated_half":
+            f.truncate(size // 2)
+        elif how == "truncated_odd":
+            f.truncate(size - 1000)
+        elif how == "header_zeroed":
+            f.write(b"\0" * 100)
+        elif how == "pages_garbage":
+            f.seek(16384)  # pages 2 to 5: the schema's first tables and their roots
+            f.write(os.urandom(4 * 16384))
+        elif how == "not_a_database":
+            f.truncate(0)
+            f.write(b"hello, this is not SQLite" * 1000)
+            f.truncate(16384 * 4)
+
+
+@pytest.mark.parametrize("how", ["truncated_half", "truncated_odd", "header_zeroed", "pages_garbage",
+                                 "not_a_database"])
+def test_damaged_store_is_refused_not_reset(tmp_path, how):
+    data = str(tmp_path / "data")
+    with open_store(data, VECTOR_WORLD, clock="inf_time") as store:
+        _run(store, _lines(os.path.join(VECTORS, "requests.jsonl")))
+    path = db_path(data)
+    assert not os.path.exists(path + "-wal") or os.path.getsize(path + "-wal") == 0
+    _damage(path, how)
+    before = _sha(path)
+    with pytest.raises(StoreRefused, match="refus|damaged|truncated"):
+        open_store(data, VECTOR_WORLD, clock="inf_time")
+    assert _sha(path) == before, "the damaged file was changed"
+    # Still refused the second time: nothing was reset.
+    with pytest.raises(StoreRefused):
+        open_store(data, VECTOR_WORLD, clock="inf_time")
+    assert _sha(path) == before
+
+
+def test_foreign_sqlite_file_and_lost_database_are_refused(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(db_path(str(data)))
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreRefused, match="not a yidi store"):
+        open_store(str(data), VECTOR_WORLD)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "yidi.sqlite3-wal").write_bytes(b"x" * 4096)
+    with pytest.raises(StoreRefused, match="WAL"):
+        open_store(str(other), VECTOR_WORLD)
+
+
+def test_store_in_use_is_refused(tmp_path):
+    data = str(tmp_path / "data")
+    with open_store(data, VECTOR_WORLD):
+        with pytest.raises(StoreRefused, match="in use"):
+            open_store(data, VECTOR_WORLD)
+    open_store(data, VECTOR_WORLD).close()
+
+
+# ---------------------------------------------------------------- world changes
+
+
+def test_changed_world_files_are_logged(tmp_path, caplog):
+    world = tmp_path / "world"
+    shutil.copytree(VECTOR_WORLD, world)
+    data = str(tmp_path / "data")
+    with open_store(data, str(world), clock="inf_time") as store:
+        _run(store, _lines(os.path.join(VECTORS, "requests.jsonl"))[:100])
+    pol = json.loads((world / "policies.json").read_text())
+    pol[0]["outpatient"]["annual_deductible"] = "123.00"
+    changed = f"{pol[0]['insuplc_admdvs']}/{pol[0]['insutype']}"
+    (world / "policies.json").write_text(json.dumps(pol))
+    cat = (world / "catalogue.csv").read_text().splitlines()
+    (world / "catalogue.csv").write_text("\n".join(cat[:-1]) + "\n")
+    persons = (world / "persons.csv").read_text()
+    (world / "persons.csv").write_text(persons + persons.splitlines()[1].replace("P", "Q", 1) + "\n")
+    with caplog.at_level(logging.INFO, logger="yidi.store"):
+        with open_store(data, str(world), clock="inf_time") as store:
+            assert store.engine.policies[0].op_annual_deductible_fen == 12300
+            assert store.engine.world.n_persons == len(persons.splitlines()) - 1  # the store's persons
+    text = caplog.text
+    assert f"policies.json changed: 1 changed ({changed})" in text
+    assert f"catalogue.csv changed: {len(cat) - 1} -> {len(cat) - 2} rows" in text
+    assert "persons.csv differs from the one this store was seeded from; not applied" in text
+    _check_ok(data)
