@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 import pyarrow.compute as pc
 
-from . import kernels, money
+from . import kernels, money, reconcile
 from .protocol import (
     CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, COMMIT_INFNOS, E_ALREADY_REVERSED,
     E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
@@ -212,6 +212,9 @@ class Engine:
         self.settled: dict[str, Settled] = {}
         self.open_visits: set[tuple[str, str]] = set()
         self.changes: list[Change] = []
+        # 3201/3202 (engine.reconcile): every committed change, by institution and time.
+        # A store replaces it with an index that keeps only its unfolded rows in RAM.
+        self.recon = reconcile.ReconIndex()
 
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
@@ -265,6 +268,11 @@ class Engine:
             return self._reverse(env, codec, now, rnd)
         if infno == INFNO_PERSON:
             return self._ok(env.msgid, now, self._person_info(env, codec, rnd))
+        if infno in reconcile.RECONCILE_INFNOS:
+            # It must see every settlement before it: one of its institution's in the open round closes it.
+            if rnd.msgids and any(p.commit and p.env.fixmedins_code == env.fixmedins_code for p in rnd.pending):
+                raise _Flush()
+            return self._ok(env.msgid, now, reconcile.answer(infno, env, codec, self.inst, self.recon))
         raise Refused(E_UNSUPPORTED, f"infno {infno}")
 
     # ------------------------------------------------------------ replies
@@ -553,6 +561,7 @@ class Engine:
                 "settle", env.msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs,
                 self.psn_insuplc[p.psn], setl_id, p.now, *p.journal_input, reply, self.settled[setl_id],
             ))
+            self.recon.add(self.changes[-1])
         return reply
 
     # ------------------------------------------------------------ reversal
@@ -612,6 +621,7 @@ class Engine:
             "reverse", env.msgid, infno, env.fixmedins_code, env.mdtrtarea_admvs if isinstance(env.mdtrtarea_admvs, str) else "",
             self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec,
         ))
+        self.recon.add(self.changes[-1])
         return reply
 
     # ------------------------------------------------------------ 1101

@@ -21,6 +21,7 @@ from .protocol import (
     OUTPATIENT_INFNOS, PRIC_MAX_MICRO, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS,
     TEMP_FILING_TYPES, UNFILED, WAIVED, Refused, canonical, is_retired, province,
 )
+from .reconcile import RECONCILE_INFNOS, parse_request
 from .world import DAY_OPEN, Policy, Tier, World
 
 # ---------------------------------------------------------------- state
@@ -302,6 +303,8 @@ class ReferenceEngine:
         self.journal: dict[str, tuple[str, bytes, dict]] = {}  # msgid -> (infno, input, reply)
         self.settlements: dict[str, SettlementRecord] = {}
         self.open_visits: dict[tuple[str, str], str] = {}
+        # Committed settlements and reversals in order, money signed: what 3201/3202 read (section 8).
+        self.committed: list[dict] = []
 
     # -- entry point
 
@@ -313,10 +316,13 @@ class ReferenceEngine:
             if not isinstance(env, dict) or not isinstance(env.get("infno"), str):
                 raise Refused(E_SCHEMA, "not an envelope")
             infno = env["infno"]
-            if infno not in SETTLE_INFNOS and infno not in REVERSE_INFNOS and infno != INFNO_PERSON:
+            if (infno not in SETTLE_INFNOS and infno not in REVERSE_INFNOS and infno != INFNO_PERSON
+                    and infno not in RECONCILE_INFNOS):
                 raise Refused(E_UNSUPPORTED, f"infno {infno}")
             if infno == INFNO_PERSON:
                 output = self.person_info(env)
+            elif infno in RECONCILE_INFNOS:
+                output = self.reconciliation(env)
             else:
                 committing = infno in COMMIT_INFNOS or infno in REVERSE_INFNOS
                 if committing:
@@ -542,6 +548,7 @@ class ReferenceEngine:
                 year=p.acc_year, setlinfo=setlinfo, took=took, dise_codg=dise,
             )
             self.open_visits[(env["fixmedins_code"], mdtrt_id)] = setl_id
+            self.committed.append(_committed_row(env["fixmedins_code"], person.insuplc_admdvs, setl_id, None, setlinfo, +1))
         return {"setlinfo": fmt_money(setlinfo), "setldetail": detail, "result": [fmt_money(r) for r in results]}
 
     # -- 2208/2305
@@ -580,7 +587,68 @@ class ReferenceEngine:
         s["balc"] = p.balc
         s["setl_id"] = "S" + env["msgid"]
         s["setl_time"] = now
+        self.committed.append(_committed_row(rec.fixmedins_code, rec.insuplc_admdvs, s["setl_id"], rec.setl_id, rec.setlinfo, -1, now))
         return {"setlinfo": fmt_money(s)}
+
+    # -- 3201/3202 (section 8)
+
+    def reconciliation(self, env: dict) -> dict:
+        """3201: the institution's totals against the committed rows; 3202: the rows (engine.reconcile)."""
+        infno = env["infno"]
+        q = parse_request(infno, env, env.get("input"), {c: (v[1],) for c, v in self.institutions.items()})
+        lo, hi = money.format_day(q.begn_day), money.format_day(q.end_day)
+        rows = [r for r in self.committed
+                if r["fixmedins_code"] == env["fixmedins_code"] and lo <= r["setl_time"][:10] <= hi]
+        info = {"stmt_begndate": lo, "stmt_enddate": hi}
+        if infno == "3202":
+            rows = [r for r in rows if q.insutype in (None, r["insutype"]) and q.clr_type in (None, r["clr_type"])]
+            rows.sort(key=lambda r: (r["setl_time"], r["setl_id"]))
+            page = rows[(q.page_num - 1) * q.page_size : q.page_num * q.page_size]
+            info.update(record_cnt=len(rows), page_num=q.page_num, page_size=q.page_size)
+            return {"stmtinfo": info, "stmtdetail": [{
+                "setl_id": r["setl_id"], "mdtrt_id": r["mdtrt_id"], "psn_no": r["psn_no"],
+                "insuplc_admdvs": r["insuplc_admdvs"], "setl_time": r["setl_time"], "insutype": r["insutype"],
+                "clr_type": r["clr_type"], "med_type": r["med_type"],
+                "refd_setl_flag": "0" if r["sign"] == 1 else "1", "reversed_setl_id": r["reversed_setl_id"],
+                **{k: money.format_fen(r[k]) for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")},
+            } for r in page]}
+        fields = ("fixmedins_setl_cnt", "medfee_sumamt", "fund_pay_sumamt", "acct_pay")
+        held: dict[tuple[str, str], dict] = {}
+        for r in rows:
+            h = held.setdefault((r["insutype"], r["clr_type"]), dict.fromkeys(fields, 0))
+            h["fixmedins_setl_cnt"] += r["sign"]
+            for k in fields[1:]:
+                h[k] += r[k]
+        groups = [((g.insutype, g.clr_type), dict(zip(fields, g.values())), True) for g in q.groups]
+        if q.listed:
+            groups += [(k, dict.fromkeys(fields, 0), False) for k in sorted(held) if k not in {g[0] for g in groups}]
+        totals, diffs, parts = [], [], []
+        for (it, ct), sent, was_sent in groups:
+            h = held.get((it, ct), dict.fromkeys(fields, 0))
+            text = lambda k, v: str(v) if k == "fixmedins_setl_cnt" else money.format_fen(v)  # noqa: E731
+            bad = [k for k in fields if sent[k] != h[k]]
+            totals.append({"insutype": it, "clr_type": ct, "stmt_rslt": "1" if bad else "0",
+                           **{k: h[k] if k == "fixmedins_setl_cnt" else money.format_fen(h[k]) for k in fields}})
+            for k in bad:
+                diffs.append({"insutype": it, "clr_type": ct, "field": k, "sent": text(k, sent[k]),
+                              "held": text(k, h[k]), "diff": text(k, h[k] - sent[k])})
+            if bad:
+                parts.append(f"insutype {it} clr_type {ct}{'' if was_sent else ' (not sent)'}: "
+                             + ", ".join(f"{k} sent {text(k, sent[k])} held {text(k, h[k])}" for k in bad))
+        info["stmt_rslt"] = "1" if diffs else "0"
+        info["stmt_rslt_dscr"] = "differs: " + "; ".join(parts) if diffs else f"agrees: {len(totals)} group(s)"
+        return {"stmtinfo": info, "stmttotal": totals, "stmtdiff": diffs}
+
+
+def _committed_row(code: str, insuplc: str, setl_id: str, reversed_id: str | None, setlinfo: dict, sign: int,
+                   now: str | None = None) -> dict:
+    """A committed settlement (sign 1) or its reversal (sign -1) as 3201/3202 see it; money signed fen."""
+    return {
+        "fixmedins_code": code, "setl_id": setl_id, "reversed_setl_id": reversed_id, "sign": sign,
+        "setl_time": now or setlinfo["setl_time"], "insuplc_admdvs": insuplc, **{
+            k: setlinfo[k] for k in ("insutype", "clr_type", "med_type", "mdtrt_id", "psn_no")},
+        **{k: sign * setlinfo[k] for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")},
+    }
 
 
 def _copy_person(p: Person) -> Person:

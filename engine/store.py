@@ -1034,6 +1034,11 @@ class SqliteStore:
         engine.journal = JournalMap(self._reader)
         engine.settled = SettledMap(self._reader)
         engine.open_visits = OpenVisits(self._reader)
+        # 3201/3202 (issue 6, engine.reconcile): rows up to folded_seq are read from medins_time;
+        # the index keeps in RAM only the changes numbered from _next_seq on, until a fold covers them.
+        from .reconcile import ReconIndex
+
+        engine.recon = ReconIndex(self.path, first_seq=self._next_seq)
         return engine
 
     # ------------------------------------------------------------ commit
@@ -1232,6 +1237,9 @@ class SqliteStore:
         self._release()
 
     def _release(self) -> None:
+        recon = getattr(getattr(self, "engine", None), "recon", None)
+        if recon is not None:
+            recon.close()  # its read-only connection (issue 6)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
