@@ -25,7 +25,9 @@ from typing import Callable
 import numpy as np
 
 from . import ledger
-from .store import AMOUNT_KEYS, KIND_REVERSE, KIND_SETTLE, SCHEMA_VERSION, STORE_FORMAT, connect, db_path
+from .store import (
+    AMOUNT_KEYS, CODECS, KIND_REVERSE, KIND_SETTLE, SCHEMA_VERSION, STORE_FORMAT, connect, db_path, unpack_body,
+)
 
 KIND_INPATIENT, KIND_OUTPATIENT, KIND_CHRONIC = 0, 1, 2
 DIFFERENCES_SHOWN_MAX = 20
@@ -124,17 +126,24 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
     # Blobs.
     bad = []
     n_blobs = 0
-    cur = conn.execute("SELECT seq, input_lz4, reply_lz4, lines, crc32 FROM journal_blob ORDER BY seq")
+    cur = conn.execute("SELECT seq, codec, body_lz4, crc32 FROM journal_blob ORDER BY seq")
     while rows := cur.fetchmany(FETCH_ROWS):
-        for seq, inp, reply, lines, crc in rows:
+        for seq, codec, body, crc in rows:
             n_blobs += 1
-            if not (isinstance(inp, bytes) and isinstance(reply, bytes) and isinstance(lines, (bytes, type(None)))):
+            if not isinstance(body, bytes):
                 bad.append(f"journal row {seq}: request/reply is not a blob")
-            elif zlib.crc32(lines or b"", zlib.crc32(reply, zlib.crc32(inp))) != crc:
+            elif zlib.crc32(body) != crc:
                 bad.append(f"journal row {seq}: request/reply blob crc32 mismatch")
+            elif codec not in CODECS:
+                bad.append(f"journal row {seq}: unknown codec {codec!r}")
+            else:
+                try:
+                    unpack_body(body, CODECS[codec])
+                except Exception as e:  # a damaged body, whatever the error
+                    bad.append(f"journal row {seq}: request/reply does not unpack ({e!r})")
     if n_blobs != n_rows:
         bad.append(f"{n_blobs} blobs for {n_rows} journal rows")
-    rep.result("request and reply blobs (crc32)", bad, n_blobs)
+    rep.result("request and reply blobs (crc32, unpack)", bad, n_blobs)
 
     # Persons and chronic slots: seeds, then the journal in order.
     seeds = conn.execute(

@@ -64,6 +64,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import types
 import zlib
@@ -94,7 +95,8 @@ FOLD_ROWS_MAX = 4_194_304
 READ_CHUNK_ROWS = 65_536  # rows per fetch when loading persons at start
 PAGE_SIZE = 16_384  # bytes: a journal row with its blob fits in one page
 SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
-WAL_AUTOCHECKPOINT_PAGES = 4_096  # 64 MiB of WAL between checkpoints
+WAL_CHECKPOINT_BYTES = 64 << 20  # WAL size that wakes the checkpointer thread
+WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
 
 WORLD_FILES = (
@@ -224,16 +226,14 @@ CREATE TABLE journal (
     second_fen INTEGER NOT NULL
 );
 
--- The request and the reply of a journal row: codec of the request ('json' or
--- 'msgpack'), the raw `input` and the reply encoded as JSON (money as strings,
--- without its `result`), both LZ4 blocks; `lines` the `result` rows packed
--- (NULL for a reversal); crc32 over the three blobs.
+-- The request and the reply of a journal row, as one LZ4 block (engine.store.pack_body):
+-- the request's raw `input` in its codec ('json' or 'msgpack'), the reply as
+-- MessagePack without its `result`, and the `result` rows packed as integers
+-- (none for a reversal); crc32 of the block.
 CREATE TABLE journal_blob (
     seq INTEGER PRIMARY KEY,
     codec TEXT NOT NULL,
-    input_lz4 BLOB NOT NULL,
-    reply_lz4 BLOB NOT NULL,
-    lines BLOB,
+    body_lz4 BLOB NOT NULL,
     crc32 INTEGER NOT NULL
 );
 
@@ -330,7 +330,7 @@ JOURNAL_COLS = (
     *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen",
 )
 SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(JOURNAL_COLS)}) VALUES ({', '.join('?' * len(JOURNAL_COLS))})"
-SQL_INSERT_BLOB = "INSERT INTO journal_blob (seq, codec, input_lz4, reply_lz4, lines, crc32) VALUES (?, ?, ?, ?, ?, ?)"
+SQL_INSERT_BLOB = "INSERT INTO journal_blob (seq, codec, body_lz4, crc32) VALUES (?, ?, ?, ?)"
 SQL_INSERT_POSTING = "INSERT INTO posting (seq, leg, account, amount_fen) VALUES (?, ?, ?, ?)"
 SQL_INSERT_ACCOUNT_LOG = "INSERT INTO account_log (seq, account, balance_fen, postings) VALUES (?, ?, ?, ?)"
 SQL_INSERT_PERSON_LOG = "INSERT INTO person_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -500,23 +500,47 @@ class StoredRows:
         return ResultRows(lines, 0, m, arrays).to_raw(fmt)
 
 
-_reply_decoder = msgspec.json.Decoder(Reply)
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_msgpack_decode = msgspec.msgpack.Decoder().decode
+_BODY_HEAD = struct.Struct("<II")  # bytes of the input, bytes of the reply
+# The keys of a journaled reply's output: a settlement's and a reversal's (section 7).
+_SETTLE_OUTPUT = ("setlinfo", "setldetail", "result")
+_REVERSE_OUTPUT = ("setlinfo",)
 
 
-def encode_reply(reply: Reply) -> bytes:
-    """A reply as the journal keeps it: JSON (money as strings), its `result` left out."""
+def pack_body(input_raw: bytes, reply: Reply, lines: bytes | None) -> bytes:
+    """A journal row's request and reply as one LZ4 block (see the journal_blob table)."""
     out = reply.output
-    if isinstance(out, dict) and "result" in out:
-        assert next(reversed(out)) == "result"  # restored as the last key
-        reply = msgspec.structs.replace(reply, output={k: v for k, v in out.items() if k != "result"})
-    return JSON.encoder.encode(reply)
+    keys = tuple(out)
+    if keys == _SETTLE_OUTPUT:
+        detail = out["setldetail"]
+        assert lines is not None and isinstance(detail, list)
+    else:
+        assert keys == _REVERSE_OUTPUT and lines is None
+        detail = None
+    packed = _msgpack_encode((reply.infcode, reply.inf_refmsgid, reply.refmsg_time, reply.respond_time,
+                              reply.err_msg, reply.err_code, out["setlinfo"], detail))
+    return lz4.block.compress(b"".join((_BODY_HEAD.pack(len(input_raw), len(packed)), input_raw, packed,
+                                        lines or b"")))
 
 
-def decode_reply(data: bytes, rows: StoredRows | None) -> Reply:
-    reply = _reply_decoder.decode(data)
-    if rows is not None:
-        reply.output["result"] = rows
-    return reply
+def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
+    """The raw input and the reply (its `result` rendered again on demand) of a journal row."""
+    body = lz4.block.decompress(body_lz4)
+    n_in, n_reply = _BODY_HEAD.unpack_from(body)
+    at = _BODY_HEAD.size
+    input_raw = body[at : at + n_in]
+    at += n_in
+    infcode, refmsgid, refmsg_time, respond_time, err_msg, err_code, setlinfo, detail = _msgpack_decode(
+        body[at : at + n_reply])
+    at += n_reply
+    output: dict = {"setlinfo": setlinfo}
+    if detail is not None:
+        output["setldetail"] = detail
+        output["result"] = StoredRows(codec, input_raw, body[at:])
+    else:
+        assert at == len(body)
+    return input_raw, Reply(infcode, refmsgid, refmsg_time, respond_time, err_msg, err_code, output)
 
 
 # ---------------------------------------------------------------- the engine's maps
@@ -562,17 +586,16 @@ class _Reader:
         if seq is None:
             return None
         row = self._one(
-            "SELECT j.msgid, j.infno, b.codec, b.input_lz4, b.reply_lz4, b.lines, b.crc32"
+            "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32"
             " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,),
         )
         assert row is not None and row[0] == msgid, f"msgid index points to a missing row: {msgid}"
-        _, infno, codec_name, inp_z, reply_z, lines, crc = row
-        if zlib.crc32(lines or b"", zlib.crc32(reply_z, zlib.crc32(inp_z))) != crc:
+        _, infno, codec_name, body, crc = row
+        if zlib.crc32(body) != crc:
             raise StoreFailed(f"journal row {seq} (msgid {msgid!r}) is damaged: crc32 mismatch")
         codec = CODECS[codec_name]
-        inp = lz4.block.decompress(inp_z)
-        rows = None if lines is None else StoredRows(codec, inp, lines)
-        return (infno, codec, inp, decode_reply(lz4.block.decompress(reply_z), rows))
+        inp, reply = unpack_body(body, codec)
+        return (infno, codec, inp, reply)
 
     def settled(self, setl_id: str) -> Settled | None:
         if not setl_id.startswith("S"):
@@ -761,6 +784,43 @@ class OpenVisits:
                     del self._pending[visit]
 
 
+class _Checkpointer:
+    """Copies the WAL into the database file on its own thread and connection (PASSIVE checkpoints).
+
+    A commit then only appends to the WAL and fsyncs it; the checkpoint's writes
+    and fsync of the database file overlap the next commits. The writer wakes it
+    when the WAL passes WAL_CHECKPOINT_BYTES, and checkpoints itself, waiting,
+    should the WAL ever pass WAL_BYTES_MAX.
+    """
+
+    def __init__(self, path: str):
+        self.conn = connect(path)
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.wake = threading.Event()
+        self.stopping = False
+        self.checkpoints = 0
+        self.thread = threading.Thread(target=self._run, name="yidi-checkpoint", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.stopping:
+                return
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
+            except sqlite3.Error as e:  # harmless: the WAL keeps everything; the writer's limit still holds
+                log.warning("background checkpoint failed: %s", e)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.thread.join()
+        self.conn.close()
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -797,6 +857,7 @@ class SqliteStore:
         self._lock_fd = -1
         self._w: sqlite3.Connection | None = None
         self._reader: _Reader | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._tail = _Tail()
         # Balances of the accounts that batches not yet folded touched:
         # account -> [balance_fen, postings, seq of the last batch that touched it].
@@ -833,7 +894,8 @@ class SqliteStore:
             self._w.execute("PRAGMA synchronous = FULL")
             assert self._w.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
             self._w.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-            self._w.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            # Checkpoints run on a thread of their own (_Checkpointer), not in the commit.
+            self._w.execute("PRAGMA wal_autocheckpoint = 0")
             tables = {r[0] for r in self._w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
@@ -846,6 +908,7 @@ class SqliteStore:
             self._check_opened(tables, verify)
             self._note_world_changes(world, world_dir)
         self._reader = _Reader(self.path, self._tail)
+        self._checkpointer = _Checkpointer(self.path)
         try:
             self._written_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
             self._next_seq = self._written_seq + 1
@@ -1053,7 +1116,8 @@ class SqliteStore:
             raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
         assert len(changes) <= COMMIT_CHANGES_MAX, f"more than {COMMIT_CHANGES_MAX} changes in one commit"
         self.engine.settled._drop_untouched()
-        compress, crc32, enc = lz4.block.compress, zlib.crc32, encode_reply
+        crc32 = zlib.crc32
+        postings_of = ledger.postings
         journal: list[tuple] = []
         blobs: list[tuple] = []
         postings: list[tuple] = []
@@ -1083,13 +1147,12 @@ class SqliteStore:
                 seq, c.msgid, c.kind, c.infno, c.setl_id, reversed_id, c.setl_time, rec.insuplc_admdvs,
                 rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info["insutype"],
                 info["med_type"], info["clr_type"], info["filing_class"], info["pool_prop_selfpay"],
-                rec.kind, rec.cd_slot, rec.year, *[sign * a[k] for k in AMOUNT_KEYS],
+                rec.kind, rec.cd_slot, rec.year, *(a.values() if sign == 1 else [-v for v in a.values()]),
                 sign * rec.burden, sign * rec.second,
             ))
-            inp_z = compress(c.input_raw)
-            reply_z = compress(enc(c.reply))
-            blobs.append((seq, c.codec.fmt, inp_z, reply_z, rows, crc32(rows or b"", crc32(reply_z, crc32(inp_z)))))
-            legs = ledger.postings(sign, rec.insuplc_admdvs, info["insutype"], rec.psn_no, rec.fixmedins_code, a)
+            body = pack_body(c.input_raw, c.reply, rows)
+            blobs.append((seq, c.codec.fmt, body, crc32(body)))
+            legs = postings_of(sign, rec.insuplc_admdvs, info["insutype"], rec.psn_no, rec.fixmedins_code, a)
             for leg, (account, amount_fen) in enumerate(legs):
                 postings.append((seq, leg, account, amount_fen))
                 d = deltas.get(account)
@@ -1164,12 +1227,24 @@ class SqliteStore:
             eng.journal._committed(p.changes)
             eng.settled._committed(p.changes)
             eng.open_visits._committed(p.changes)
+            self._after_commit()
             if len(t.msgid) >= self.fold_rows:
                 try:
                     self._fold()
                 except BaseException as e:
                     self._fail(e)
                     raise StoreFailed(f"fold failed ({e!r}); the process must stop") from e
+
+    def _after_commit(self) -> None:
+        try:
+            wal_bytes = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if wal_bytes >= WAL_BYTES_MAX:
+            # The checkpointer fell far behind: wait for a full checkpoint here.
+            self._w.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        elif wal_bytes >= WAL_CHECKPOINT_BYTES:
+            self._checkpointer.wake.set()
 
     def _fail(self, e: BaseException) -> None:
         self.failed = True
@@ -1240,6 +1315,9 @@ class SqliteStore:
         recon = getattr(getattr(self, "engine", None), "recon", None)
         if recon is not None:
             recon.close()  # its read-only connection (issue 6)
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

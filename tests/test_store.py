@@ -282,8 +282,8 @@ def _tamper(data: str, sql: str) -> None:
     ("UPDATE person SET balc_fen = balc_fen + 1 WHERE psn = (SELECT MIN(psn) FROM journal)", "persons"),
     ("UPDATE posting SET amount_fen = amount_fen + 1 WHERE seq = 1 AND leg = 0", "postings"),
     ("UPDATE account SET balance_fen = balance_fen - 7 WHERE account LIKE 'medins/%'", "balances"),
-    ("UPDATE journal_blob SET reply_lz4 = CAST(reply_lz4 || x'00' AS BLOB) WHERE seq = 3", "crc32"),
-    ("UPDATE journal_blob SET input_lz4 = 'text' WHERE seq = 4", "blob type"),
+    ("UPDATE journal_blob SET body_lz4 = CAST(body_lz4 || x'00' AS BLOB) WHERE seq = 3", "crc32"),
+    ("UPDATE journal_blob SET body_lz4 = 'text' WHERE seq = 4", "blob type"),
     ("UPDATE journal SET hifp_pay_fen = hifp_pay_fen + 1 WHERE seq = 2", "legs"),
     ("DELETE FROM open_visit WHERE rowid IN (SELECT rowid FROM open_visit LIMIT 1)", "open visits"),
 ])
