@@ -38,6 +38,39 @@ def _cmd_check(a: argparse.Namespace) -> int:
     return check_store(a.data, out=lambda line: print(line, flush=True))
 
 
+def _cmd_clear(a: argparse.Namespace) -> int:
+    from .clearing import ClearingError, clear, format_usage, parse_ratio_bp, prepay_usage
+
+    try:
+        warn_bp = None if a.prepay_warn is None else parse_ratio_bp(a.prepay_warn)
+        r = clear(a.data, a.period, a.out, world_dir=a.world, warn_bp=warn_bp)
+    except ClearingError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    c = r.closing
+    how = "closed" if c.new else f"already closed at {c.closed_at}; files written again, unchanged"
+    print(f"period {c.period} {how}: journal rows up to {c.last_seq}, {r.rows_cleared} cross-province "
+          f"settlements and reversals in {r.pairs} pairs, in {r.seconds:.2f} s", file=sys.stderr)
+    for path in r.files:
+        print(path)
+    if a.usage:
+        for line in format_usage(prepay_usage(a.data, prepay_fen=c.prepay_fen, warn_bp=c.warn_bp), c.warn_bp):
+            print("pre-payment: " + line, file=sys.stderr)
+    return 0
+
+
+def _add_clear(sub) -> None:
+    k = sub.add_parser("clear", help="close a monthly clearing period: statement, netting, report (section 8)")
+    k.add_argument("--data", required=True, help="data folder of the store")
+    k.add_argument("--period", required=True, metavar="YYYY-MM")
+    k.add_argument("--out", required=True, help="folder for statement-, netting- and report-YYYY-MM")
+    k.add_argument("--world", help="world folder for prepay.csv (default: the one the store last started with)")
+    k.add_argument("--prepay-warn", metavar="RATIO",
+                   help="pre-payment warning threshold, 0.70 or 70%% (default 0.70; fixed at the first close)")
+    k.add_argument("--usage", action="store_true", help="also print the pre-payment usage now")
+    k.set_defaults(fn=_cmd_clear)
+
+
 def _cmd_check_world(a: argparse.Namespace) -> int:
     from .world import WorldError, load_world
 
@@ -94,6 +127,83 @@ def _add_serve(sub) -> None:
     s.set_defaults(fn=_cmd_serve)
 
 
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run
+
+    o = DemoOptions(scale=a.scale, seed=a.seed, provinces=a.provinces, catalogue_per_province=a.catalogue,
+                    persons=a.persons, day=a.day, cache_dir=a.cache, data_dir=a.data, report_dir=a.report,
+                    connections=a.connections, in_flight=a.in_flight, keep_replies=a.keep_replies,
+                    progress=False if a.no_progress else None, loop=a.loop)
+    try:
+        o.check()
+    except ValueError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    return run(o)
+
+
+def _cmd_gen_world(a: argparse.Namespace) -> int:
+    import json
+
+    from .synth import gen_world
+
+    s = gen_world(a.out, seed=a.seed, provinces=a.provinces, catalogue_per_province=a.catalogue,
+                  persons=a.persons)
+    print(json.dumps(s, indent=1, ensure_ascii=False))
+    return 0
+
+
+def _cmd_gen_requests(a: argparse.Namespace) -> int:
+    from .synth import gen_requests, write_requests_jsonl
+
+    n = write_requests_jsonl(a.out, gen_requests(a.world, a.n, seed=a.seed, start=a.start, days=a.days))
+    print(f"wrote {n} requests to {a.out}", file=sys.stderr)
+    return 0
+
+
+def _add_demo(sub) -> None:
+    from . import demo
+
+    d = demo.DemoOptions()
+    s = sub.add_parser("demo", help="a national day: world, in-process hub, framed-TCP replay, summary and report")
+    s.add_argument("--scale", type=float, default=1.0,
+                   help=f"the day's size: 1.0 = {demo.DAY_SETTLEMENTS:,} settlements (0.01 = 1,300)")
+    s.add_argument("--seed", type=int, default=d.seed, help=f"world and day seed (default {d.seed})")
+    s.add_argument("--provinces", type=int, default=d.provinces, help=f"(default {d.provinces})")
+    s.add_argument("--catalogue", type=int, default=d.catalogue_per_province,
+                   help=f"catalogue rows per province (default {d.catalogue_per_province:,})")
+    s.add_argument("--persons", type=int, default=d.persons, help=f"(default {d.persons:,})")
+    s.add_argument("--day", default=d.day, help=f"the simulated day (default {d.day})")
+    s.add_argument("--cache", default=d.cache_dir, help=f"where worlds are cached (default {d.cache_dir})")
+    s.add_argument("--data", help="keep the store in this new folder (default: a temporary one, removed)")
+    s.add_argument("--report", default=d.report_dir, help=f"report folder (default ./{d.report_dir})")
+    s.add_argument("--connections", type=int, default=d.connections, help=f"(default {d.connections})")
+    s.add_argument("--in-flight", type=int, default=d.in_flight,
+                   help=f"requests in flight per connection (default {d.in_flight})")
+    s.add_argument("--keep-replies", action="store_true",
+                   help="also write requests.jsonl and replies.jsonl to the report folder")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--loop", choices=("uvloop", "asyncio"), default=d.loop)
+    s.set_defaults(fn=_cmd_demo)
+
+    g = sub.add_parser("gen-world", help="write a synthetic national world folder (deterministic from --seed)")
+    g.add_argument("--out", required=True, help="world folder to write")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--provinces", type=int, default=d.provinces)
+    g.add_argument("--catalogue", type=int, default=d.catalogue_per_province, help="catalogue rows per province")
+    g.add_argument("--persons", type=int, default=d.persons, help=f"up to {demo.PERSONS_MAX:,}")
+    g.set_defaults(fn=_cmd_gen_world)
+
+    q = sub.add_parser("gen-requests", help="write a synthetic request stream (JSON lines) against a world")
+    q.add_argument("--world", required=True, help="world folder")
+    q.add_argument("--n", type=int, required=True, help="number of requests")
+    q.add_argument("--out", required=True, help="requests, one JSON envelope per line")
+    q.add_argument("--seed", type=int, default=d.seed)
+    q.add_argument("--start", default=d.day, help=f"first day (default {d.day})")
+    q.add_argument("--days", type=int, default=1)
+    q.set_defaults(fn=_cmd_gen_requests)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="yidi", description="Cross-region medical insurance settlement engine")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -114,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--world", required=True)
     c.set_defaults(fn=_cmd_check_world)
 
+    _add_clear(sub)
     _add_serve(sub)
+    _add_demo(sub)
 
     a = p.parse_args(argv)
     return a.fn(a)

@@ -1,0 +1,685 @@
+"""`yidi demo`: a national day of cross-region settlements, end to end (issue 5).
+
+One command that a newcomer runs first:
+
+1. the default synthetic world (engine.synth) is generated once and cached,
+   keyed by the generator's parameters, its seed and the generator's own source;
+2. a day of requests is drawn from it (in a child process, while the store is
+   seeded: the two are the slow start-up steps and each wants a core);
+3. the hub (engine.server) starts in this process on a fresh embedded store,
+   with the clock on each request's `inf_time`, so settlement times and the
+   clearing period are those of the simulated day;
+4. the day is replayed over the framed TCP protocol: several connections, each
+   keeping a bounded number of requests in flight, requests sharded by
+   institution so that a hospital's pre-settlement, settlement, retry and
+   reversal stay in order on one connection, as they would in production;
+5. the replies are summed into a summary (printed, and written as JSON) and a
+   report folder (engine.report: an HTML page and PNG charts).
+
+Every money total is summed in integer fen from the replies' decimal strings;
+nothing is read back from the store, so the summary is what the hospitals saw.
+A retry returns the first reply unchanged: totals count each `setl_id` once.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import zlib
+from typing import Any, Iterator
+
+import msgspec
+import numpy as np
+
+from . import money
+from .protocol import FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, province
+
+# ---------------------------------------------------------------- defaults and bounds
+
+SEED = 1
+DAY = "2026-11-20"
+# About the daily volume of cross-province direct settlements on the national
+# platform in 2024 (some 230 million visits a year, most of them outpatient).
+DAY_SETTLEMENTS = 130_000
+WORLD_DEFAULTS = dict(provinces=31, catalogue_per_province=200_000, persons=1_000_000)
+PERSONS_MAX = 10_000_000  # what engine.synth is sized for
+CATALOGUE_PER_PROVINCE_MAX = 1_000_000
+SCALE_MAX = 100.0
+CONNECTIONS = 8
+IN_FLIGHT_PER_CONNECTION = 32  # 8 x 32 = 256 in flight: one full batch (Limits.batch_max)
+CONNECTIONS_MAX = 256
+IN_FLIGHT_PER_CONNECTION_MAX = 256  # the server stops reading a connection at Limits.inflight_per_connection_max
+WRITE_BUFFER_BYTES_MAX = 1 << 20  # client side: drain the socket above this
+THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.report)
+
+# The stream's mix (gen_requests' defaults, spelled out here so that the number
+# of requests for a given number of settlements is computed from known shares).
+STREAM_SHARES = dict(query_share=0.03, presettle_share=0.05, reversal_share=0.01, retry_share=0.01,
+                     malformed_share=0.002)
+SETTLE_INFNOS = ("2207", "2304")
+REVERSE_INFNOS = ("2208", "2305")
+MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+                "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
+PREPAY_WARN_BP = 7000  # SETTLEMENT.md section 8: a warning at 70 % used
+
+
+def default_cache_dir() -> str:
+    if os.environ.get("YIDI_CACHE"):
+        return os.environ["YIDI_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "yidi")
+
+
+@dataclasses.dataclass
+class DemoOptions:
+    scale: float = 1.0
+    seed: int = SEED
+    provinces: int = WORLD_DEFAULTS["provinces"]
+    catalogue_per_province: int = WORLD_DEFAULTS["catalogue_per_province"]
+    persons: int = WORLD_DEFAULTS["persons"]
+    day: str = DAY
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
+    data_dir: str | None = None  # None: a temporary folder, removed at the end
+    report_dir: str = "yidi-report"
+    connections: int = CONNECTIONS
+    in_flight: int = IN_FLIGHT_PER_CONNECTION
+    keep_replies: bool = False  # requests.jsonl and replies.jsonl in the report folder
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+    loop: str = "uvloop"
+
+    def check(self) -> None:
+        """Refuse options outside their bounds, with a message that names the option."""
+        if not 0 < self.scale <= SCALE_MAX:
+            raise ValueError(f"--scale must be within (0, {SCALE_MAX:g}]")
+        if not 1 <= self.provinces <= 31:
+            raise ValueError("--provinces must be within 1..31")
+        if not 1 <= self.persons <= PERSONS_MAX:
+            raise ValueError(f"--persons must be within 1..{PERSONS_MAX:,}")
+        if not 1 <= self.catalogue_per_province <= CATALOGUE_PER_PROVINCE_MAX:
+            raise ValueError(f"--catalogue must be within 1..{CATALOGUE_PER_PROVINCE_MAX:,}")
+        if not 1 <= self.connections <= CONNECTIONS_MAX:
+            raise ValueError(f"--connections must be within 1..{CONNECTIONS_MAX}")
+        if not 1 <= self.in_flight <= IN_FLIGHT_PER_CONNECTION_MAX:
+            raise ValueError(f"--in-flight must be within 1..{IN_FLIGHT_PER_CONNECTION_MAX}")
+        money.parse_day(self.day)
+
+    @property
+    def settlements_target(self) -> int:
+        return max(1, round(DAY_SETTLEMENTS * self.scale))
+
+
+def requests_for(settlements: int) -> int:
+    """Requests in a stream that holds about `settlements` first settlements (the rest:
+    queries, pre-settlements, reversals, retries and malformed requests)."""
+    return max(50, math.ceil(settlements / (1.0 - sum(STREAM_SHARES.values()))))
+
+
+# ---------------------------------------------------------------- stages, printed as they go
+
+class Log:
+    """Stage lines on stderr, each with the seconds it took; the timings are kept for the summary."""
+
+    def __init__(self, out=sys.stderr):
+        self.out = out
+        self.timings_s: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f} s] {msg}", file=self.out, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, key: str, msg: str) -> Iterator[None]:
+        self.say(msg + " ...")
+        t = time.perf_counter()
+        yield
+        self.timings_s[key] = round(time.perf_counter() - t, 3)
+        self.say(f"{msg}: done in {self.timings_s[key]:.1f} s")
+
+
+# ---------------------------------------------------------------- the world, cached
+
+def _generator_digest() -> str:
+    """A digest of engine/synth.py: a changed generator must not reuse an old world."""
+    from . import synth
+
+    with open(synth.__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def world_key(seed: int, provinces: int, catalogue_per_province: int, persons: int) -> str:
+    return (f"world-s{seed}-p{provinces}-c{catalogue_per_province}-n{persons}"
+            f"-g{_generator_digest()}")
+
+
+def ensure_world(cache_dir: str, seed: int, provinces: int, catalogue_per_province: int,
+                 persons: int) -> tuple[str, dict, bool]:
+    """(world folder, gen_world's summary, True when it came from the cache).
+
+    A world is generated into a temporary folder beside its final place and renamed
+    into it when complete, so an interrupted run never leaves half a world that a
+    later run would take for a whole one.
+    """
+    from .synth import gen_world
+
+    key = world_key(seed, provinces, catalogue_per_province, persons)
+    folder = os.path.join(cache_dir, "worlds", key)
+    done = os.path.join(folder, "world.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return folder, json.load(f), True
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=key + ".tmp-", dir=os.path.dirname(folder))
+    try:
+        summary = gen_world(tmp, seed=seed, provinces=provinces, catalogue_per_province=catalogue_per_province,
+                            persons=persons)
+        summary["out_dir"] = folder
+        summary["generator"] = key
+        with open(os.path.join(tmp, "world.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another run finished the same world first: keep theirs
+            if not os.path.exists(done):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder, summary, False
+
+
+# ---------------------------------------------------------------- the day's requests (child process)
+
+META_FIELDS = ("infno", "msgid", "insuplc_admdvs", "mdtrtarea_admvs", "fixmedins_code", "inf_time")
+
+
+def gen_frames(world_dir: str, n: int, seed: int, day: str, out_dir: str, jsonl: bool) -> dict:
+    """Draw the day's n envelopes and write them ready to send (runs in a child process).
+
+    frames.bin: one wire frame after another (4-byte length, MessagePack body, money as
+    decimal strings: SETTLEMENT.md section 7); meta.msgpack: per request the fields the
+    summary needs (META_FIELDS); requests.jsonl too when `jsonl`.
+    """
+    from .synth import gen_requests, write_requests_jsonl
+
+    t0 = time.perf_counter()
+    envs = gen_requests(world_dir, n, seed=seed, start=day, days=1, **STREAM_SHARES)
+    gen_s = time.perf_counter() - t0
+    enc = msgspec.msgpack.Encoder()
+    frames_bytes = 0
+    with open(os.path.join(out_dir, "frames.bin"), "wb") as f:
+        buf = bytearray()
+        for env in envs:
+            body = enc.encode(env)
+            buf += len(body).to_bytes(4, "big")
+            buf += body
+            if len(buf) >= 1 << 22:
+                f.write(buf)
+                frames_bytes += len(buf)
+                buf.clear()
+        f.write(buf)
+        frames_bytes += len(buf)
+    meta = [[e[k] for k in META_FIELDS] for e in envs]
+    with open(os.path.join(out_dir, "meta.msgpack"), "wb") as f:
+        f.write(enc.encode(meta))
+    if jsonl:
+        write_requests_jsonl(os.path.join(out_dir, "requests.jsonl"), envs)
+    return {"requests": len(envs), "frames_bytes": frames_bytes, "gen_s": round(gen_s, 3),
+            "total_s": round(time.perf_counter() - t0, 3)}
+
+
+def read_frames(path: str) -> list[bytes]:
+    """The frames of frames.bin, each with its 4-byte header, ready to write to a socket."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        out.append(data[pos:pos + 4 + n])
+        pos += 4 + n
+    assert pos == end, "frames.bin ends inside a frame"
+    return out
+
+
+# ---------------------------------------------------------------- the replay over framed TCP
+
+@dataclasses.dataclass
+class Replayed:
+    bodies: list[bytes | None]  # each reply's MessagePack body, by request index
+    t_send_s: np.ndarray  # perf_counter at send, by request index
+    t_recv_s: np.ndarray  # perf_counter at the reply's last byte
+    t_start_s: float
+    t_end_s: float
+    batches: int  # engine batches (and store commits) the hub made
+
+
+def shard(meta: list[list], connections: int) -> list[list[int]]:
+    """Request indexes per connection, by institution (crc32 of fixmedins_code): one
+    hospital's requests go in order on one connection, as its HIS would send them."""
+    k = META_FIELDS.index("fixmedins_code")
+    out: list[list[int]] = [[] for _ in range(connections)]
+    for i, m in enumerate(meta):
+        out[zlib.crc32(m[k].encode()) % connections].append(i)
+    return out
+
+
+async def _connection(address: tuple[str, int], idx: list[int], frames: list[bytes], r: Replayed,
+                      window: int, done: list[int]) -> None:
+    """Send this connection's requests with at most `window` unanswered; read replies in order."""
+    reader, writer = await asyncio.open_connection(*address, limit=1 << 22)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    slots = asyncio.Semaphore(window)
+    clock = time.perf_counter
+
+    async def receive() -> None:
+        for i in idx:
+            head = await reader.readexactly(4)
+            body = await reader.readexactly(int.from_bytes(head, "big"))
+            r.t_recv_s[i] = clock()
+            r.bodies[i] = body
+            done[0] += 1
+            slots.release()
+
+    rx = asyncio.get_running_loop().create_task(receive())
+    try:
+        for i in idx:
+            await slots.acquire()
+            if rx.done():
+                break  # the receiver failed: its exception is raised below
+            r.t_send_s[i] = clock()
+            writer.write(frames[i])
+            if writer.transport.get_write_buffer_size() > WRITE_BUFFER_BYTES_MAX:
+                await writer.drain()
+        await rx
+    finally:
+        rx.cancel()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def _ticker(total: int, done: list[int], enabled: bool | None) -> None:
+    """The progress bar, refreshed a few times a second (not once per reply)."""
+    from tqdm import tqdm
+
+    # disable=None: tqdm shows the bar only when stderr is a terminal.
+    with tqdm(total=total, unit="req", desc="replay", disable=None if enabled is None else not enabled,
+              dynamic_ncols=True, smoothing=0.1) as bar:
+        shown = 0
+        try:
+            while shown < total:
+                await asyncio.sleep(0.2)
+                bar.update(done[0] - shown)
+                shown = done[0]
+        finally:
+            bar.update(done[0] - shown)
+
+
+async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frames_future, work_dir: str,
+                            log: Log) -> tuple[Replayed, list[list], dict, dict[str, int]]:
+    """Open the store, start the hub, replay the day, stop; the replies and what the world says."""
+    from .server import Hub, Limits, Server, open_store
+
+    loop = asyncio.get_running_loop()
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
+    with log.stage("store_open_s", f"opening a fresh store in {data_dir} (loads the world, seeds the persons)"):
+        store = await loop.run_in_executor(
+            writer, lambda: open_store(data_dir, world_dir, clock="inf_time"))
+    prepay_fen = dict(store.engine.world.prepay_fen)
+    hub = Hub(store, Limits(), writer=writer)
+    server = Server(hub, tcp=("127.0.0.1", 0))
+    await server.start()
+    running = loop.create_task(server.run())
+    log.say(f"hub listening on {server.tcp_address[0]}:{server.tcp_address[1]} (framed TCP)")
+    try:
+        if not frames_future.done():
+            log.say("waiting for the request stream")
+        gen = await asyncio.wrap_future(frames_future)
+        log.say(f"request stream: {gen['requests']:,} requests, {gen['frames_bytes'] / 1e6:,.0f} MB of frames, "
+                f"drawn in {gen['total_s']:.1f} s")
+        frames = read_frames(os.path.join(work_dir, "frames.bin"))
+        with open(os.path.join(work_dir, "meta.msgpack"), "rb") as f:
+            meta = msgspec.msgpack.decode(f.read())
+        n = len(frames)
+        assert n == len(meta) == gen["requests"]
+        r = Replayed([None] * n, np.zeros(n), np.zeros(n), 0.0, 0.0, 0)
+        shards = [s for s in shard(meta, o.connections) if s]
+        done = [0]
+        log.say(f"replaying {n:,} requests over {len(shards)} connections, {o.in_flight} in flight each")
+        batches0 = hub.batches
+        ticker = loop.create_task(_ticker(n, done, o.progress))
+        r.t_start_s = time.perf_counter()
+        try:
+            await asyncio.gather(*(_connection(server.tcp_address, s, frames, r, o.in_flight, done)
+                                   for s in shards))
+        finally:
+            r.t_end_s = time.perf_counter()
+            await ticker
+        r.batches = hub.batches - batches0
+        log.timings_s["replay_s"] = round(r.t_end_s - r.t_start_s, 3)
+        log.say(f"replayed in {r.t_end_s - r.t_start_s:.1f} s")
+    finally:
+        with log.stage("store_close_s", "stopping the hub and closing the store"):
+            server.stop()
+            code = await running
+    if code != 0:
+        raise RuntimeError(f"the hub stopped with exit code {code}: {hub.failed!r}")
+    return r, meta, gen, prepay_fen
+
+
+# ---------------------------------------------------------------- the summary
+
+class _SetlInfo(msgspec.Struct):
+    setl_id: str | None = None
+    insutype: str = ""
+    filing_class: str = ""
+    medfee_sumamt: str = "0"
+    fulamt_ownpay_amt: str = "0"
+    overlmt_selfpay: str = "0"
+    preselfpay_amt: str = "0"
+    inscp_scp_amt: str = "0"
+    hifp_pay: str = "0"
+    hifmi_pay: str = "0"
+    hifob_pay: str = "0"
+    fund_pay_sumamt: str = "0"
+    acct_pay: str = "0"
+    psn_cash_pay: str = "0"
+
+
+class _Output(msgspec.Struct):
+    setlinfo: _SetlInfo | None = None
+
+
+class _Reply(msgspec.Struct):
+    infcode: int
+    err_code: str | None = None
+    output: _Output | None = None
+
+
+_reply_decoder = msgspec.msgpack.Decoder(_Reply)
+
+
+def decode_replies(bodies: list[bytes]) -> list[_Reply]:
+    """Only the fields the summary reads (msgspec skips the per-line result rows)."""
+    return [_reply_decoder.decode(b) for b in bodies]
+
+
+def fund_amounts(insutype: str, amounts: dict[str, int]) -> dict[str, int]:
+    """Fund code -> fen, as in setldetail (SETTLEMENT.md section 6), also for a reversal,
+    whose reply has the negated setlinfo and no setldetail."""
+    second = amounts["hifmi_pay"] if insutype == "390" else amounts["hifob_pay"]
+    out = {FUND_BASIC[insutype]: amounts["hifp_pay"], FUND_SECOND[insutype]: second}
+    if insutype == "310":
+        out[FUND_ACCOUNT] = amounts["acct_pay"]
+    return out
+
+
+def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) -> dict:
+    """Totals of a replayed day, money in integer fen (net of reversals, each setl_id once).
+
+    meta: per request META_FIELDS; replies: per request a decoded reply (a _Reply, or a
+    dict as JSON gives it). Errors count every refused request, retries included.
+    """
+    k_infno, k_msgid = META_FIELDS.index("infno"), META_FIELDS.index("msgid")
+    k_ins, k_trt = META_FIELDS.index("insuplc_admdvs"), META_FIELDS.index("mdtrtarea_admvs")
+    requests_by_infno: collections.Counter = collections.Counter()
+    errors: collections.Counter = collections.Counter()
+    seen: set[str] = set()
+    counts = {"settlements": 0, "reversals": 0, "retries_answered": 0, "ok": 0, "refused": 0}
+    totals = dict.fromkeys(MONEY_FIELDS, 0)
+    by_fund: dict[str, int] = {}
+    by_class: dict[str, dict[str, int]] = {}
+    by_prov: dict[str, dict[str, int]] = {}  # insured province -> fund code -> fen
+    cross_fen: dict[str, int] = {}  # insured province -> cross-province fund + account
+    cross_pairs = 0
+    for m, rep in zip(meta, replies):
+        infno = m[k_infno]
+        requests_by_infno[infno] += 1
+        infcode, err_code, setl = _fields(rep)
+        if infcode != 0:
+            counts["refused"] += 1
+            errors[err_code or "?"] += 1
+            continue
+        counts["ok"] += 1
+        if infno not in SETTLE_INFNOS and infno not in REVERSE_INFNOS:
+            continue
+        setl_id = setl["setl_id"]
+        assert setl_id == "S" + m[k_msgid], (setl_id, m[k_msgid])
+        if setl_id in seen:
+            counts["retries_answered"] += 1
+            continue
+        seen.add(setl_id)
+        sign = 1 if infno in SETTLE_INFNOS else -1
+        counts["settlements" if sign > 0 else "reversals"] += 1
+        amounts = {f: money.parse_fen(setl[f]) for f in MONEY_FIELDS}
+        # A reversal's reply carries the settlement's amounts negated (section 7).
+        assert all((a >= 0) if sign > 0 else (a <= 0) for a in amounts.values()), (setl_id, amounts)
+        for f, a in amounts.items():
+            totals[f] += a
+        funds = fund_amounts(setl["insutype"], amounts)
+        prov = province(m[k_ins])
+        pf = by_prov.setdefault(prov, {})
+        for code, a in funds.items():
+            by_fund[code] = by_fund.get(code, 0) + a
+            pf[code] = pf.get(code, 0) + a
+        c = by_class.setdefault(setl["filing_class"], dict(count=0, medfee_sumamt=0, fund_pay_sumamt=0,
+                                                            acct_pay=0, psn_cash_pay=0))
+        c["count"] += sign
+        for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
+            c[f] += amounts[f]
+        if prov != province(m[k_trt]):
+            cross_fen[prov] = cross_fen.get(prov, 0) + amounts["fund_pay_sumamt"] + amounts["acct_pay"]
+            cross_pairs += sign
+    prepay = {}
+    for prov in sorted(set(prepay_fen) | set(cross_fen)):
+        used, dep = cross_fen.get(prov, 0), prepay_fen.get(prov, 0)
+        usage_bp = (used * 10000 // dep) if dep > 0 else None
+        prepay[prov] = {"used_fen": used, "prepay_fen": dep, "usage_bp": usage_bp,
+                        "warning": usage_bp is not None and usage_bp >= PREPAY_WARN_BP}
+    return {
+        "requests": len(meta),
+        "requests_by_infno": dict(sorted(requests_by_infno.items())),
+        "counts": counts,
+        "cross_province_settlements": cross_pairs,
+        "totals_fen": totals,
+        "by_fund_fen": dict(sorted(by_fund.items())),
+        "by_class": dict(sorted(by_class.items())),
+        "by_insured_province_fen": dict(sorted(by_prov.items())),
+        "errors": dict(errors.most_common()),
+        "prepay": prepay,
+    }
+
+
+def _fields(rep: Any) -> tuple[int, str | None, dict | None]:
+    """(infcode, err_code, setlinfo as a dict of str) of a _Reply or of a reply dict."""
+    if isinstance(rep, _Reply):
+        s = rep.output.setlinfo if rep.output is not None else None
+        return rep.infcode, rep.err_code, (msgspec.structs.asdict(s) if s is not None else None)
+    out = rep.get("output") or {}
+    return rep["infcode"], rep.get("err_code"), out.get("setlinfo")
+
+
+def latency_stats(r: Replayed) -> dict:
+    lat_ms = (r.t_recv_s - r.t_send_s) * 1000.0
+    wall_s = max(r.t_end_s - r.t_start_s, 1e-9)
+    return {
+        "latency_ms_p50": round(float(np.percentile(lat_ms, 50)), 3),
+        "latency_ms_p99": round(float(np.percentile(lat_ms, 99)), 3),
+        "latency_ms_max": round(float(lat_ms.max()), 3),
+        "latency_ms_mean": round(float(lat_ms.mean()), 3),
+        "replay_s": round(wall_s, 3),
+    }
+
+
+# ---------------------------------------------------------------- printing
+
+def yuan(fen: int) -> str:
+    """Integer fen as yuan with thousands separators, without a float."""
+    sign = "-" if fen < 0 else ""
+    y, f = divmod(abs(fen), 100)
+    return f"{sign}{y:,}.{f:02d}"
+
+
+def render_text(s: dict) -> str:
+    from .report import PROVINCE_NAMES
+
+    c, lat = s["counts"], s["latency"]
+    w = s["world"]
+    lines = [
+        f"yidi demo: a national day, {s['day']}",
+        f"  world     {w['provinces']} provinces, {w['regions']} pooling regions, {w['institutions']:,} institutions,"
+        f" {w['catalogue_rows']:,} catalogue rows, {w['persons']:,} persons"
+        f" ({'cached' if s['world_cached'] else 'generated'}: {w['out_dir']})",
+        f"  day       {s['requests']:,} requests: {c['settlements']:,} settlements and {c['reversals']:,} reversals"
+        f" committed, {c['retries_answered']:,} retries answered from the journal, {c['refused']:,} refused",
+        f"  replay    {s['connections']} connections x {s['in_flight']} in flight, framed TCP, {lat['replay_s']:.1f} s:"
+        f" {s['settlements_per_s']:,.0f} settlements/s, {s['requests_per_s']:,.0f} requests/s,"
+        f" {s['batches']:,} batches (mean {s['requests'] / max(s['batches'], 1):.0f} requests)",
+        f"  latency   p50 {lat['latency_ms_p50']:.1f} ms, p99 {lat['latency_ms_p99']:.1f} ms,"
+        f" max {lat['latency_ms_max']:.1f} ms (send to reply, closed loop)",
+        "",
+        "Totals, net of reversals (yuan)",
+    ]
+    t = s["totals_fen"]
+    for f in ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+              "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
+        lines.append(f"  {f:<20} {yuan(t[f]):>20}")
+    lines += ["", "By fund (yuan)"]
+    for code, fen in s["by_fund_fen"].items():
+        lines.append(f"  {code} {FUND_EN.get(code, FUND_NAMES.get(code, '')):<36} {yuan(fen):>20}")
+    lines += ["", "By filing class", f"  {'class':<10} {'settlements':>11} {'medfee_sumamt':>18} "
+              f"{'fund_pay_sumamt':>18} {'acct_pay':>16} {'psn_cash_pay':>16}"]
+    for cls, v in s["by_class"].items():
+        lines.append(f"  {cls:<10} {v['count']:>11,} {yuan(v['medfee_sumamt']):>18} {yuan(v['fund_pay_sumamt']):>18}"
+                     f" {yuan(v['acct_pay']):>16} {yuan(v['psn_cash_pay']):>16}")
+    lines += ["", "Errors by code"]
+    if not s["errors"]:
+        lines.append("  none")
+    for code, n in s["errors"].items():
+        lines.append(f"  {code:<22} {n:>8,}")
+    lines += ["", "Pre-payment usage by insured province (cross-province fund_pay_sumamt + acct_pay "
+              "over prepay.csv)"]
+    rows = sorted(s["prepay"].items(), key=lambda kv: -(kv[1]["usage_bp"] or 0))
+    for prov, v in rows:
+        bp = v["usage_bp"]
+        pct = "n/a" if bp is None else f"{bp / 100:.2f} %"
+        warn = "  WARNING: over 70 %" if v["warning"] else ""
+        lines.append(f"  {prov} {PROVINCE_NAMES.get(prov[:2], ''):<15} {yuan(v['used_fen']):>16} of "
+                     f"{yuan(v['prepay_fen']):>18}  {pct:>8}{warn}")
+    lines += ["", "Timings (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in s["timings_s"].items())]
+    return "\n".join(lines)
+
+
+FUND_EN = {
+    "310100": "employees' basic fund",
+    "390100": "residents' basic fund",
+    "330100": "employees' large-expense supplement",
+    "390200": "residents' critical illness insurance",
+    "310200": "employees' personal accounts",
+}
+
+
+# ---------------------------------------------------------------- the command
+
+def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
+    """`yidi demo`: returns the exit code; the summary goes to `out`, the stages to `err`."""
+    from .server import new_event_loop_factory
+
+    o.check()
+    log = Log(err)
+    t_all = time.perf_counter()
+    with log.stage("world_s", f"world: {o.provinces} provinces, {o.catalogue_per_province:,} catalogue rows per "
+                              f"province, {o.persons:,} persons, seed {o.seed} (cache {o.cache_dir})"):
+        world_dir, world, cached = ensure_world(o.cache_dir, o.seed, o.provinces, o.catalogue_per_province,
+                                                o.persons)
+    log.say(f"world {'from the cache' if cached else 'generated'}: {world_dir}")
+    n = requests_for(o.settlements_target)
+    own_data = o.data_dir is None
+    if own_data:
+        data_dir = tempfile.mkdtemp(prefix="yidi-demo-data-")
+    else:
+        data_dir = o.data_dir
+        if os.path.isdir(data_dir) and os.listdir(data_dir):
+            raise ValueError(f"--data {data_dir}: not empty; the demo wants a fresh store")
+        os.makedirs(data_dir, exist_ok=True)
+    os.makedirs(o.report_dir, exist_ok=True)
+    work_dir = tempfile.mkdtemp(prefix="yidi-demo-frames-")
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx)
+    try:
+        log.say(f"drawing the day in a child process: {n:,} requests for ~{o.settlements_target:,} settlements, "
+                f"{o.day}, seed {o.seed}")
+        fut = pool.submit(gen_frames, world_dir, n, o.seed, o.day, work_dir, o.keep_replies)
+        with asyncio.Runner(loop_factory=new_event_loop_factory(o.loop)) as runner:
+            r, meta, gen, prepay_fen = runner.run(_serve_and_replay(o, world_dir, data_dir, fut, work_dir, log))
+        log.timings_s["requests_s"] = gen["total_s"]
+        with log.stage("summary_s", "summing the replies"):
+            replies = decode_replies(r.bodies)
+            s = summarize(meta, replies, prepay_fen)
+            lat = latency_stats(r)
+            s.update(
+                day=o.day, seed=o.seed, scale=o.scale, world=world, world_cached=cached,
+                connections=o.connections, in_flight=o.in_flight, batches=r.batches, latency=lat,
+                settlements_per_s=round(s["counts"]["settlements"] / lat["replay_s"], 1),
+                requests_per_s=round(s["requests"] / lat["replay_s"], 1),
+                data_dir=None if own_data else os.path.abspath(data_dir),
+            )
+            if o.keep_replies:
+                shutil.copyfile(os.path.join(work_dir, "requests.jsonl"),
+                                os.path.join(o.report_dir, "requests.jsonl"))
+                _write_replies_jsonl(os.path.join(o.report_dir, "replies.jsonl"), r.bodies)
+        with log.stage("report_s", f"writing the report to {o.report_dir}"):
+            from .report import write_report
+
+            s["timings_s"] = dict(log.timings_s)
+            s["timings_s"]["total_s"] = round(time.perf_counter() - t_all, 3)
+            write_report(o.report_dir, s, _series(r, meta))
+        s["timings_s"]["total_s"] = round(time.perf_counter() - t_all, 3)
+        with open(os.path.join(o.report_dir, "summary.json"), "w") as f:
+            json.dump(s, f, indent=1, ensure_ascii=False)
+        print(render_text(s), file=out)
+        print(f"\nReport: {os.path.join(os.path.abspath(o.report_dir), 'index.html')}", file=out, flush=True)
+        if not own_data:
+            print(f"Store kept in {data_dir} (yidi check --data {data_dir})", file=out, flush=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        if own_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
+
+
+def _write_replies_jsonl(path: str, bodies: list[bytes]) -> None:
+    import orjson
+
+    dec = msgspec.msgpack.Decoder()
+    with open(path, "wb") as f:
+        for b in bodies:
+            f.write(orjson.dumps(dec.decode(b)) + b"\n")
+
+
+def _series(r: Replayed, meta: list[list]) -> dict:
+    """The raw series the charts draw: latencies, completion times, the day's clock."""
+    k_time, k_infno = META_FIELDS.index("inf_time"), META_FIELDS.index("infno")
+    return {
+        "latency_ms": (r.t_recv_s - r.t_send_s) * 1000.0,
+        "t_done_s": r.t_recv_s - r.t_start_s,
+        "is_settlement": np.array([m[k_infno] in SETTLE_INFNOS for m in meta], dtype=bool),
+        "hour_of_day": np.array([int(m[k_time][11:13]) for m in meta], dtype=np.int64),
+        "bin_s": THROUGHPUT_BIN_S,
+    }
