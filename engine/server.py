@@ -50,6 +50,7 @@ import msgspec
 
 from .pipeline import Request, now_text
 from .protocol import E_BUSY, E_LIMIT, ERR_MESSAGES, FRAME_BYTES_MAX, SETLINFO_MONEY
+from .reconcile import REPLY_MONEY_KEYS
 from .wire import JSON, MSGPACK, Codec, Reply
 
 log = logging.getLogger("yidi.server")
@@ -206,6 +207,9 @@ def http_output(output: Any) -> Any:
         out["result"] = _numbers_in_rows(out["result"], _ROW_NUMERIC)
     if "insuinfo" in out:
         out["insuinfo"] = _numbers_in_rows(out["insuinfo"], frozenset({"balc"}))
+    for k in ("stmttotal", "stmtdiff", "stmtdetail"):  # 3201/3202 (engine.reconcile)
+        if k in out:
+            out[k] = _numbers_in_rows(out[k], REPLY_MONEY_KEYS)
     return out
 
 
@@ -244,6 +248,13 @@ class Metrics:
         self.connections.set_function(lambda: len(hub.connections))
         up = Gauge("yidi_up", "1 while the hub answers, 0 after a fail-stop or while draining", registry=r)
         up.set_function(lambda: 0 if (hub.failed is not None or hub.stopping) else 1)
+        # Pre-payment usage by insured province (issue 6, engine.clearing), read from the store's
+        # journal when scraped; threshold from YIDI_PREPAY_WARN (default 0.70).
+        from .clearing import collector_for_store
+
+        prepay = collector_for_store(hub.store)
+        if prepay is not None:
+            r.register(prepay)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
