@@ -105,9 +105,28 @@ def scrape(http: str) -> dict[str, float]:
         name_labels, value = line.rsplit(" ", 1)
         name = name_labels.split("{", 1)[0]
         key = name
-        if name in ("yidi_committed_total", "yidi_request_latency_seconds_count"):
+        if name in ("yidi_committed_total", "yidi_request_latency_seconds_count",
+                    "yidi_request_latency_seconds_bucket"):
             key = name_labels
         out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def server_percentiles(d: dict[str, float], transport: str = "tcp") -> dict[str, str]:
+    """Latency percentiles seen by the server (read to reply released), as the histogram bucket holding them."""
+    buckets = []
+    for k, v in d.items():
+        m = re.match(r'yidi_request_latency_seconds_bucket\{le="([^"]+)",transport="' + transport + '"\}', k)
+        if m:
+            buckets.append((float(m.group(1)), v))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    out = {}
+    for p in (50, 99):
+        for le, n in buckets:
+            if total and n >= total * p / 100:
+                out[f"p{p}"] = f"<= {le * 1000:g} ms" if le != float("inf") else "> 5 s"
+                break
     return out
 
 
@@ -151,6 +170,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
         "committed_settle": d.get('yidi_committed_total{kind="settle"}', 0.0),
         "committed_reverse": d.get('yidi_committed_total{kind="reverse"}', 0.0),
         "latency_ms": s["latency_ms"],
+        "server_latency": server_percentiles(d),
         "batches": batches,
         "batch_size_mean": round(d.get("yidi_batch_size_sum", 0.0) / batches, 1) if batches else 0.0,
         "engine_ms_per_batch": round(1000 * d.get("yidi_engine_batch_seconds_sum", 0.0) / batches, 2) if batches else 0,
@@ -199,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in results if r["verdict"] != "ok"]
     for r in results:
         log(f"{r['campaign']}: {r['replies_per_s']} replies/s, {r['settlements_per_s']} durable settlements/s, "
-            f"p50 {r['latency_ms'].get('p50')} ms, p99 {r['latency_ms'].get('p99')} ms, "
+            f"p50 {r['latency_ms'].get('p50')} ms, p99 {r['latency_ms'].get('p99')} ms "
+            f"(server side: {r['server_latency']}), "
             f"batch {r['batch_size_mean']}, engine {r['engine_ms_per_batch']} ms/batch, "
             f"commit {r['commit_ms_per_batch']} ms/batch: {r['verdict']}")
     return 1 if failed else 0

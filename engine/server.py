@@ -28,6 +28,8 @@ Backpressure, each with a named bound (Limits):
   slow reader holds at most its in-flight replies in memory.
 - `frame_bytes_max`: a larger length gets `E_LIMIT` and the connection closes.
 - `connections_max`: a connection beyond it gets one `E_BUSY` frame and is closed.
+- `http_requests_max`: HTTP requests in progress (their bodies are read before
+  admission, so they need a bound of their own); beyond it, `E_BUSY` with 503.
 
 Fail-stop: an exception from the engine or from `store.commit` means the
 in-memory state may be ahead of the durable one. Nothing more is answered: every
@@ -71,6 +73,7 @@ class Limits:
     frame_bytes_max: int = FRAME_BYTES_MAX  # TCP frame body; beyond: E_LIMIT and close
     http_body_bytes_max: int = FRAME_BYTES_MAX  # HTTP body; beyond: E_LIMIT (413)
     connections_max: int = 1024  # open TCP connections; beyond: E_BUSY and close
+    http_requests_max: int = 1024  # HTTP requests being read or waiting for their reply; beyond: E_BUSY (503)
     write_buffer_bytes_max: int = 4 * 1024 * 1024  # unsent reply bytes per connection; beyond: stop reading
     commits_inflight_max: int = 2  # batches computed and waiting for their write (the next one overlaps)
     drain_timeout_s: float = 30.0  # at shutdown, how long to wait for clients to take their replies
@@ -222,7 +225,7 @@ def encode_http(reply: Reply) -> bytes:
 class Metrics:
     """Prometheus metrics of one hub, in a registry of its own (several hubs may share a process)."""
 
-    LATENCY_BUCKETS_S = (.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5)
+    LATENCY_BUCKETS_S = (.0005, .001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5)
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
     def __init__(self, hub: "Hub"):
@@ -651,7 +654,21 @@ def build_http_app(hub: Hub):
     """The aiohttp application: POST HTTP_PATH, GET /metrics, GET /healthz."""
     from aiohttp import web
 
+    in_progress = 0
+
     async def call_service(request: web.Request) -> web.Response:
+        nonlocal in_progress
+        if in_progress >= hub.limits.http_requests_max:
+            hub.metrics.busy.labels("http").inc()
+            hub.metrics.requests.labels("http", "unread", E_BUSY).inc()
+            return _json(server_reply(E_BUSY, "", "too many HTTP requests in progress"), 503, {"Retry-After": "1"})
+        in_progress += 1
+        try:
+            return await _call(request)
+        finally:
+            in_progress -= 1
+
+    async def _call(request: web.Request) -> web.Response:
         t0 = time.perf_counter()
         limit = hub.limits.http_body_bytes_max
         if request.content_length is not None and request.content_length > limit:

@@ -86,7 +86,11 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.server.stop)
+        if self.thread.is_alive():
+            try:
+                self.loop.call_soon_threadsafe(self.server.stop)
+            except RuntimeError:  # the loop closed in between: the server stopped by itself
+                pass
         self.thread.join(WAIT_S)
         assert not self.thread.is_alive()
         if self.error:
@@ -365,6 +369,30 @@ def test_e_busy_under_overload_loses_nothing(vector_world, vectors, loop_kind):
     for env, r in zip(envs, final):
         want = strip_times(ref.handle(env))
         assert not differences(want, strip_times(r)), differences(want, strip_times(r))[:5]
+
+
+class FailingStore(MemoryStore):
+    """A store whose second write fails, as a full disk would."""
+
+    def write(self, prepared):
+        if self.committed:
+            raise OSError("disk full")
+        super().write(prepared)
+
+
+def test_a_failed_commit_stops_everything(vector_world, vectors, loop_kind):
+    reqs, exp = vectors
+    envs = clone_settlements(reqs, exp, 2, "F")
+    srv = ServerThread(FailingStore(Engine(vector_world)), loop_kind=loop_kind, http=False)
+    with srv, srv.client() as c:
+        assert c.call(envs[0])["infcode"] == 0
+        c.send(envs[1])
+        with pytest.raises((ConnectionClosed, ConnectionResetError)):
+            c.recv()  # never a reply that the disk does not hold
+        srv.thread.join(WAIT_S)  # the server stops by itself
+        assert not srv.thread.is_alive()
+    assert srv.exit_code == 3 and isinstance(srv.hub.failed, OSError)
+    assert [ch.msgid for ch in srv.store.committed] == [envs[0]["msgid"]]
 
 
 # ---------------------------------------------------------------- HTTP
