@@ -256,14 +256,23 @@ def read_frames(path: str) -> list[bytes]:
 
 # ---------------------------------------------------------------- the replay over framed TCP
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Replayed:
+    """What the replay saw. Its repr is short on purpose: asyncio.Runner formats the main
+    task's result when it checks its SIGINT handler, and a dataclass repr of every reply
+    body took half a minute on a full day."""
+
     bodies: list[bytes | None]  # each reply's MessagePack body, by request index
     t_send_s: np.ndarray  # perf_counter at send, by request index
     t_recv_s: np.ndarray  # perf_counter at the reply's last byte
     t_start_s: float
     t_end_s: float
     batches: int  # engine batches (and store commits) the hub made
+    engine_s: float = 0.0  # hub: Engine.handle_batch time, summed over the batches
+    commit_s: float = 0.0  # hub: store write time (on the writer thread), summed
+
+    def __repr__(self) -> str:
+        return f"Replayed({len(self.bodies)} replies, {self.t_end_s - self.t_start_s:.3f} s)"
 
 
 def shard(meta: list[list], connections: int) -> list[list[int]]:
@@ -371,6 +380,9 @@ async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frame
             r.t_end_s = time.perf_counter()
             await ticker
         r.batches = hub.batches - batches0
+        reg = hub.metrics.registry
+        r.engine_s = reg.get_sample_value("yidi_engine_batch_seconds_sum") or 0.0
+        r.commit_s = reg.get_sample_value("yidi_commit_seconds_sum") or 0.0
         log.timings_s["replay_s"] = round(r.t_end_s - r.t_start_s, 3)
         log.say(f"replayed in {r.t_end_s - r.t_start_s:.1f} s")
     finally:
@@ -635,6 +647,7 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
             s.update(
                 day=o.day, seed=o.seed, scale=o.scale, world=world, world_cached=cached,
                 connections=o.connections, in_flight=o.in_flight, batches=r.batches, latency=lat,
+                server_s={"engine_s": round(r.engine_s, 3), "commit_s": round(r.commit_s, 3)},
                 settlements_per_s=round(s["counts"]["settlements"] / lat["replay_s"], 1),
                 requests_per_s=round(s["requests"] / lat["replay_s"], 1),
                 data_dir=None if own_data else os.path.abspath(data_dir),
