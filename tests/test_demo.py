@@ -220,3 +220,26 @@ def test_options_are_bounded():
             demo.DemoOptions(**bad).check()
     p = _yidi("demo", "--scale", "0")
     assert p.returncode == 2 and "--scale" in p.stderr
+
+
+def test_bench_runner_regenerates_the_table(day, tmp_path):
+    """bench/run_all.py: one suite run small, the demo's summary as saved JSON, the table between the markers."""
+    d, _, s = day
+    results = tmp_path / "results"
+    results.mkdir()
+    with open(results / "demo.json", "w") as f:
+        json.dump({"suite": "demo", "scale": 1.0, "command": "yidi demo", "exit_code": 0,
+                   "started": "2026-11-20T00:00:00", "seconds": 1,
+                   "machine": {"cpu": "", "cores": 2, "python": "3.11", "commit": "x"}, "data": s}, f)
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\n<!-- perf-table:begin -->\nold\n<!-- perf-table:end -->\n\nkept\n")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run_all.py"), "--only", "kernel", "--scale",
+                        "0.02", "--results", str(results), "--readme", str(readme)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("kept\n")
+    assert "| kernel: match + split, 20,000 lines vs a 4,000-entry catalogue" in text and "compiled" in text
+    assert "| `yidi demo`:" in text and f"{s['settlements_per_s']:,.0f} settlements/s" in text
+    assert "| store: not measured yet |" in text
+    assert (results / "kernel.json").exists() and (results / "kernel.png").exists()
