@@ -73,7 +73,7 @@ def world_and_frames(cache: str, size: str, n_requests: int, seed: int) -> tuple
 
 
 def pinned(core: int | None) -> list[str]:
-    if core is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+    if core is None or core < 0 or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         return []
     return ["taskset", "-c", str(core)]
 
@@ -106,23 +106,24 @@ def scrape(http: str) -> dict[str, float]:
         name = name_labels.split("{", 1)[0]
         key = name
         if name in ("yidi_committed_total", "yidi_request_latency_seconds_count",
-                    "yidi_request_latency_seconds_bucket"):
+                    "yidi_request_latency_seconds_bucket", "yidi_commit_seconds_bucket",
+                    "yidi_engine_batch_seconds_bucket"):
             key = name_labels
         out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
-def server_percentiles(d: dict[str, float], transport: str = "tcp") -> dict[str, str]:
-    """Latency percentiles seen by the server (read to reply released), as the histogram bucket holding them."""
+def histogram_percentiles(d: dict[str, float], name: str, labels: str = "") -> dict[str, str]:
+    """Percentiles of a server histogram over the campaign, as the bucket bound that holds them."""
     buckets = []
     for k, v in d.items():
-        m = re.match(r'yidi_request_latency_seconds_bucket\{le="([^"]+)",transport="' + transport + '"\}', k)
+        m = re.match(name + r'_bucket\{le="([^"]+)"' + (("," + re.escape(labels)) if labels else "") + r"\}$", k)
         if m:
             buckets.append((float(m.group(1)), v))
     buckets.sort()
     total = buckets[-1][1] if buckets else 0
     out = {}
-    for p in (50, 99):
+    for p in (50, 99, 99.9):
         for le, n in buckets:
             if total and n >= total * p / 100:
                 out[f"p{p}"] = f"<= {le * 1000:g} ms" if le != float("inf") else "> 5 s"
@@ -170,7 +171,9 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
         "committed_settle": d.get('yidi_committed_total{kind="settle"}', 0.0),
         "committed_reverse": d.get('yidi_committed_total{kind="reverse"}', 0.0),
         "latency_ms": s["latency_ms"],
-        "server_latency": server_percentiles(d),
+        "server_latency": histogram_percentiles(d, "yidi_request_latency_seconds", 'transport="tcp"'),
+        "engine_batch_time": histogram_percentiles(d, "yidi_engine_batch_seconds"),
+        "commit_time": histogram_percentiles(d, "yidi_commit_seconds"),
         "batches": batches,
         "batch_size_mean": round(d.get("yidi_batch_size_sum", 0.0) / batches, 1) if batches else 0.0,
         "engine_ms_per_batch": round(1000 * d.get("yidi_engine_batch_seconds_sum", 0.0) / batches, 2) if batches else 0,
@@ -196,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "yidi-bench"))
     p.add_argument("--data-root", default=None, help="where the fresh data folders go (default: the temp dir)")
-    p.add_argument("--server-core", type=int, default=0)
-    p.add_argument("--load-core", type=int, default=1)
+    p.add_argument("--server-core", type=int, default=0, help="-1: not pinned")
+    p.add_argument("--load-core", type=int, default=1, help="-1: not pinned")
     p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to yidi serve (limits)")
     p.add_argument("--json", help="write the results here too")
     a = p.parse_args(argv)
