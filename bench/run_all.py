@@ -5,7 +5,8 @@
     python bench/run_all.py --from-saved         # the table and charts from bench/results/*.json only
 
 Suites, each saved as bench/results/<suite>.json:
-- kernel: bench/test_bench_kernel.py (compiled match + split vs the reference vs Polars), pytest-benchmark JSON;
+- kernel: bench/test_bench_kernel.py and _duckdb.py (compiled match + split vs the reference, Polars, DuckDB),
+          pytest-benchmark JSON;
 - replay: bench/test_bench_replay.py (`yidi replay` compiled vs --reference, world load included);
 - store:  bench/test_bench_store.py (commits of 1, 64 and 1,024 settlements vs raw SQLite inserts; the fold);
 - load:   bench/serve_load.py --campaign all (Locust against `yidi serve`: saturation, and p99 at 1,000 req/s);
@@ -34,11 +35,12 @@ RESULTS = os.path.join(ROOT, "bench", "results")
 README = os.path.join(ROOT, "README.md")
 BEGIN, END = "<!-- perf-table:begin -->", "<!-- perf-table:end -->"
 SUITES = ("kernel", "replay", "store", "load", "demo")
-PYTEST_FILES = {"kernel": "bench/test_bench_kernel.py", "replay": "bench/test_bench_replay.py",
-                "store": "bench/test_bench_store.py"}
+PYTEST_FILES = {"kernel": ["bench/test_bench_kernel.py", "bench/test_bench_kernel_duckdb.py"],
+                "replay": ["bench/test_bench_replay.py"], "store": ["bench/test_bench_store.py"]}
 SUITE_TIMEOUT_S = 3600  # one suite; a hung suite must not hang the runner
 COMMANDS = {
-    "kernel": 'YIDI_BENCH_SCALE=1 pytest bench/test_bench_kernel.py --benchmark-enable -o addopts=""',
+    "kernel": 'YIDI_BENCH_SCALE=1 pytest bench/test_bench_kernel.py bench/test_bench_kernel_duckdb.py '
+              '--benchmark-enable -o addopts=""',
     "replay": 'YIDI_BENCH_SCALE=1 pytest bench/test_bench_replay.py --benchmark-enable -o addopts=""',
     "store": 'YIDI_BENCH_SCALE=1 pytest bench/test_bench_store.py --benchmark-enable -o addopts=""',
     "load": "python bench/serve_load.py --campaign all",
@@ -62,7 +64,7 @@ def run_suite(suite: str, scale: float) -> bool:
     env = {**os.environ, "PYTHONPATH": ROOT, "YIDI_BENCH_SCALE": f"{scale:g}"}
     tmp = path(suite) + ".tmp"
     if suite in PYTEST_FILES:
-        cmd = [sys.executable, "-m", "pytest", "-q", PYTEST_FILES[suite], "--benchmark-enable", "-o", "addopts=",
+        cmd = [sys.executable, "-m", "pytest", "-q", *PYTEST_FILES[suite], "--benchmark-enable", "-o", "addopts=",
                f"--benchmark-json={tmp}"]
     elif suite == "load":
         cmd = [sys.executable, os.path.join("bench", "serve_load.py"), "--campaign", "all", "--json", tmp]
@@ -137,16 +139,18 @@ def kernel_row(saved: dict) -> tuple[str, str, dict]:
         e = b.get(name)
         return e["extra_info"]["lines"] / e["stats"]["median"] if e else None
 
-    c, r, p = rate("test_compiled"), rate("test_reference"), rate("test_polars")
+    c, r, p, k = rate("test_compiled"), rate("test_reference"), rate("test_polars"), rate("test_duckdb")
     lines = b["test_compiled"]["extra_info"]["lines"] if "test_compiled" in b else 0
     parts = [f"compiled {c / 1e6:.1f} M lines/s" if c else "compiled: not measured"]
     if p and c:
-        parts.append(f"Polars (join + same arithmetic) {p / 1e6:.1f} M lines/s ({c / p:.1f}x slower)")
+        parts.append(f"Polars (join + same arithmetic, 2 threads) {p / 1e6:.1f} M lines/s ({c / p:.1f}x slower)")
+    if k and c:
+        parts.append(f"DuckDB (the same in SQL, 2 threads) {k / 1e6:.1f} M lines/s ({c / k:.1f}x slower)")
     if r and c:
         parts.append(f"reference {r / 1e6:.2f} M lines/s ({c / r:.0f}x slower)")
     n_cat = max(1_000, int(200_000 * saved.get("scale", 1.0)))  # as bench/test_bench_kernel.py sizes it
     what = f"kernel: match + split, {lines:,} lines vs a {n_cat:,}-entry catalogue, Zipf(1.1), one core"
-    return what + _scale_note(saved), "; ".join(parts), {"compiled": c, "Polars": p, "reference": r}
+    return what + _scale_note(saved), "; ".join(parts), {"compiled": c, "Polars": p, "DuckDB": k, "reference": r}
 
 
 def replay_row(saved: dict) -> tuple[str, str, dict]:
@@ -200,11 +204,16 @@ def load_row(saved: dict) -> list[tuple[str, str, dict]]:
             budget.append(f"floor {r['settlements_min']:,}/s")
         if r.get("p99_budget_ms"):
             budget.append(f"p99 budget {r['p99_budget_ms']} ms")
+        verdict = "met" if r.get("verdict") == "ok" else "MISSED"
         fig = (f"{r['settlements_per_s']:,.0f} durable settlements/s, {r['replies_per_s']:,.0f} replies/s; "
-               f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms; batch {r.get('batch_size_mean')}"
-               + (f"; {', '.join(budget)}: {r['verdict']}" if budget else ""))
+               f"p50 {_ms(lat.get('p50'))}, p99 {_ms(lat.get('p99'))}; mean batch {r.get('batch_size_mean')}"
+               + (f"; {', '.join(budget)}: {verdict}" if budget else ""))
         rows.append((what, fig, r))
     return rows
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.1f} ms"
 
 
 def demo_row(saved: dict) -> tuple[str, str, dict]:

@@ -115,6 +115,8 @@ class DemoOptions:
         if not 1 <= self.in_flight <= IN_FLIGHT_PER_CONNECTION_MAX:
             raise ValueError(f"--in-flight must be within 1..{IN_FLIGHT_PER_CONNECTION_MAX}")
         money.parse_day(self.day)
+        if self.data_dir is not None and os.path.isdir(self.data_dir) and os.listdir(self.data_dir):
+            raise ValueError(f"--data {self.data_dir}: not empty; the demo wants a fresh store")
 
     @property
     def settlements_target(self) -> int:
@@ -638,8 +640,6 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
         data_dir = tempfile.mkdtemp(prefix="yidi-demo-data-")
     else:
         data_dir = o.data_dir
-        if os.path.isdir(data_dir) and os.listdir(data_dir):
-            raise ValueError(f"--data {data_dir}: not empty; the demo wants a fresh store")
         os.makedirs(data_dir, exist_ok=True)
     os.makedirs(o.report_dir, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix="yidi-demo-frames-")

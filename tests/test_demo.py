@@ -220,6 +220,8 @@ def test_options_are_bounded():
             demo.DemoOptions(**bad).check()
     p = _yidi("demo", "--scale", "0")
     assert p.returncode == 2 and "--scale" in p.stderr
+    p = _yidi("demo", "--data", ROOT)
+    assert p.returncode == 2 and "not empty" in p.stderr
 
 
 def test_bench_runner_regenerates_the_table(day, tmp_path):
