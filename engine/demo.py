@@ -299,13 +299,17 @@ async def _connection(address: tuple[str, int], idx: list[int], frames: list[byt
     clock = time.perf_counter
 
     async def receive() -> None:
-        for i in idx:
-            head = await reader.readexactly(4)
-            body = await reader.readexactly(int.from_bytes(head, "big"))
-            r.t_recv_s[i] = clock()
-            r.bodies[i] = body
-            done[0] += 1
-            slots.release()
+        try:
+            for i in idx:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(head, "big"))
+                r.t_recv_s[i] = clock()
+                r.bodies[i] = body
+                done[0] += 1
+                slots.release()
+        finally:
+            for _ in range(window):  # a receiver that fails must not leave the sender waiting for a slot
+                slots.release()
 
     rx = asyncio.get_running_loop().create_task(receive())
     try:
@@ -400,20 +404,22 @@ async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frame
 # ---------------------------------------------------------------- the summary
 
 class _SetlInfo(msgspec.Struct):
-    setl_id: str | None = None
-    insutype: str = ""
-    filing_class: str = ""
-    medfee_sumamt: str = "0"
-    fulamt_ownpay_amt: str = "0"
-    overlmt_selfpay: str = "0"
-    preselfpay_amt: str = "0"
-    inscp_scp_amt: str = "0"
-    hifp_pay: str = "0"
-    hifmi_pay: str = "0"
-    hifob_pay: str = "0"
-    fund_pay_sumamt: str = "0"
-    acct_pay: str = "0"
-    psn_cash_pay: str = "0"
+    """The setlinfo fields the summary reads; a reply without one of them is refused by the decoder."""
+
+    insutype: str
+    filing_class: str
+    medfee_sumamt: str
+    fulamt_ownpay_amt: str
+    overlmt_selfpay: str
+    preselfpay_amt: str
+    inscp_scp_amt: str
+    hifp_pay: str
+    hifmi_pay: str
+    hifob_pay: str
+    fund_pay_sumamt: str
+    acct_pay: str
+    psn_cash_pay: str
+    setl_id: str | None = None  # absent from a pre-settlement
 
 
 class _Output(msgspec.Struct):
