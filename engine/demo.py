@@ -16,9 +16,10 @@ One command that a newcomer runs first:
 5. the replies are summed into a summary (printed, and written as JSON) and a
    report folder (engine.report: an HTML page and PNG charts).
 
-Every money total is summed in integer fen from the replies' decimal strings;
-nothing is read back from the store, so the summary is what the hospitals saw.
-A retry returns the first reply unchanged: totals count each `setl_id` once.
+Every money total is summed in integer fen from the replies' decimal strings,
+so the summary is what the hospitals saw. A retry returns the first reply
+unchanged: totals count each `setl_id` once. The pre-payment usage is also
+read from the store by engine.clearing, and the two must agree.
 """
 from __future__ import annotations
 
@@ -506,12 +507,13 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
         if prov != province(m[k_trt]):
             cross_fen[prov] = cross_fen.get(prov, 0) + amounts["fund_pay_sumamt"] + amounts["acct_pay"]
             cross_pairs += sign
+    # The same rule as engine.clearing.usage_rows (run() checks the two against each other).
     prepay = {}
     for prov in sorted(set(prepay_fen) | set(cross_fen)):
         used, dep = cross_fen.get(prov, 0), prepay_fen.get(prov, 0)
         usage_bp = (used * 10000 // dep) if dep > 0 else None
         prepay[prov] = {"used_fen": used, "prepay_fen": dep, "usage_bp": usage_bp,
-                        "warning": usage_bp is not None and usage_bp >= PREPAY_WARN_BP}
+                        "warning": used > 0 if usage_bp is None else usage_bp >= PREPAY_WARN_BP}
     return {
         "requests": len(meta),
         "requests_by_infno": dict(sorted(requests_by_infno.items())),
@@ -535,6 +537,21 @@ def _fen(text: str) -> int:
     if _FEN_TEXT.fullmatch(text):
         return int(text[:-3] + text[-2:])
     return money.parse_fen(text)
+
+
+def prepay_from_store(data_dir: str, prepay_fen: dict[str, int], from_replies: dict[str, dict]) -> dict[str, dict]:
+    """Pre-payment usage as the clearing module reads it from the store (SETTLEMENT.md section 8),
+    after checking that it equals what the replies add up to: the hospitals and the ledger agree."""
+    from .clearing import prepay_usage
+
+    rows = prepay_usage(data_dir, prepay_fen=prepay_fen, warn_bp=PREPAY_WARN_BP)
+    store_used = {u.prov: u.used_fen for u in rows if u.used_fen}
+    reply_used = {p: v["used_fen"] for p, v in from_replies.items() if v["used_fen"]}
+    if store_used != reply_used:
+        diff = sorted(p for p in set(store_used) | set(reply_used) if store_used.get(p) != reply_used.get(p))
+        raise AssertionError(f"pre-payment usage: the store and the replies disagree for {diff}")
+    return {u.prov: {"used_fen": u.used_fen, "prepay_fen": u.prepay_fen, "usage_bp": u.ratio_bp,
+                     "warning": u.warning} for u in rows}
 
 
 def _fields(rep: Any) -> tuple[int, str | None, dict | None]:
@@ -670,6 +687,8 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
                 requests_per_s=round(s["requests"] / lat["replay_s"], 1),
                 data_dir=None if own_data else os.path.abspath(data_dir),
             )
+        with log.stage("prepay_s", "pre-payment usage from the store (engine.clearing), checked against the replies"):
+            s["prepay"] = prepay_from_store(data_dir, prepay_fen, s["prepay"])
             if o.keep_replies:
                 shutil.copyfile(os.path.join(work_dir, "requests.jsonl"),
                                 os.path.join(o.report_dir, "requests.jsonl"))
