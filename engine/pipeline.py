@@ -551,7 +551,11 @@ class Engine:
                 setl_id=setl_id, outpatient=p.outpatient, fixmedins_code=p.env.fixmedins_code,
                 mdtrtarea_admvs=p.env.mdtrtarea_admvs, insuplc_admdvs=self.psn_insuplc[p.psn],
                 mdtrt_id=d.mdtrt_id, psn=p.psn, psn_no=d.psn_no, kind=p.kind, cd_slot=p.cd_slot,
-                year=int(self.state.acc_year[p.psn]), amounts=amounts, burden=int(pay.burden[j]),
+                # The year of the settlement day: the person's accounting year right
+                # after this settlement (an earlier year was refused with E_DATE; a
+                # later one rolled the accumulators over). Not state.acc_year, which
+                # a later settlement of the same round may have moved on.
+                year=p.year, amounts=amounts, burden=int(pay.burden[j]),
                 second=second, info=info,
             )
             self.open_visits.add((p.env.fixmedins_code, d.mdtrt_id))

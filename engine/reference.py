@@ -253,6 +253,12 @@ def _time_day(d: dict, k: str) -> int:
         raise Refused(E_SCHEMA, f"{k}: {e}") from None
 
 
+# The money fields of a `result` row; feedetl_sn, which may be an integer, is echoed as sent.
+_ROW_MONEY = frozenset(
+    ("det_item_fee_sumamt", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt", "inscp_scp_amt")
+)
+
+
 def fmt_money(d: dict) -> dict:
     return {k: (money.format_fen(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in d.items()}
 
@@ -549,7 +555,10 @@ class ReferenceEngine:
             )
             self.open_visits[(env["fixmedins_code"], mdtrt_id)] = setl_id
             self.committed.append(_committed_row(env["fixmedins_code"], person.insuplc_admdvs, setl_id, None, setlinfo, +1))
-        return {"setlinfo": fmt_money(setlinfo), "setldetail": detail, "result": [fmt_money(r) for r in results]}
+        return {
+            "setlinfo": fmt_money(setlinfo), "setldetail": detail,
+            "result": [{k: (money.format_fen(v) if k in _ROW_MONEY else v) for k, v in r.items()} for r in results],
+        }
 
     # -- 2208/2305
 

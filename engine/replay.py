@@ -52,6 +52,11 @@ def replay_compiled(world: World, in_path: str, out_path: str, batch_max: int = 
     return n
 
 
+def _not_json(name: str) -> object:
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259); Python's json would read them."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def replay_reference(world: World, in_path: str, out_path: str) -> int:
     import json
 
@@ -62,7 +67,7 @@ def replay_reference(world: World, in_path: str, out_path: str) -> int:
     with open(out_path, "wb") as out:
         for line in _lines(in_path):
             try:
-                env = json.loads(line, parse_float=str)
+                env = json.loads(line, parse_float=str, parse_constant=_not_json)
             except ValueError:
                 env = None
             clock = env.get("inf_time") if isinstance(env, dict) else None

@@ -59,8 +59,8 @@ LINES_PER_SETTLEMENT_MAX = 6
 # Known disagreements, each pinned by a strict xfail test below. While True,
 # the properties step around the case (so they stay green and keep looking
 # for new ones); set to False once the xfail test passes, then drop the marker.
-KNOWN_ROLLOVER_REVERSAL_YEAR = True  # test_reversal_after_a_later_year_settlement_in_the_same_batch
-KNOWN_INT_FEEDETL_SN = True  # test_integer_feedetl_sn_is_echoed_as_sent
+KNOWN_ROLLOVER_REVERSAL_YEAR = False  # test_reversal_after_a_later_year_settlement_in_the_same_batch
+KNOWN_INT_FEEDETL_SN = False  # test_integer_feedetl_sn_is_echoed_as_sent
 
 # ---------------------------------------------------------------- the world's vocabulary
 
@@ -1096,10 +1096,6 @@ def test_reversal_across_a_year_one_request_per_batch():
     assert_same_replies(bodies, ref, got)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "compiled pipeline records a settlement's year as the person's acc_year after the whole round "
-    "(Settled.year = state.acc_year in _settlement_reply), so a later-year settlement of the same person in "
-    "the same round makes the reversal take back accumulators from the wrong year (section 7)"))
 def test_reversal_after_a_later_year_settlement_in_the_same_batch():
     """Section 7: a reversal takes back accumulators only 'when acc_year is still that settlement's year'.
 
@@ -1133,9 +1129,6 @@ def test_line_code_and_sn_must_be_nonempty_strings(field, value):
     assert_same_replies(bodies, ref, got)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine.reference.fmt_money formats every int in a result row as money, so an integer feedetl_sn 1 is "
-    "echoed as '0.01'; the compiled pipeline echoes 1"))
 def test_integer_feedetl_sn_is_echoed_as_sent():
     """feedetl_sn identifies the line (section 7, `result`): it comes back as sent, never as an amount.
 
@@ -1156,9 +1149,6 @@ NON_JSON_BODIES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine.replay.replay_reference decodes with json.loads, which reads NaN/Infinity/-Infinity: the "
-    "reference settles a body that is not JSON, the compiled path (msgspec) refuses it E_SCHEMA"))
 def test_replay_paths_agree_on_bodies_that_are_not_json(tmp_path):
     """Section 7: a body that is not a valid envelope gets E_SCHEMA, on both `yidi replay` paths.
 
