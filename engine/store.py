@@ -56,7 +56,6 @@ engine handles the next batch. Writes must come in the order of the batches.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as _dt
 import fcntl
 import gc
@@ -94,7 +93,6 @@ COMMIT_CHANGES_MAX = 65_536  # settlements and reversals in one commit
 FOLD_ROWS_DEFAULT = 262_144  # unfolded journal rows before a fold: bounds the RAM tail index
 FOLD_ROWS_MAX = 4_194_304
 READ_CHUNK_ROWS = 65_536  # rows per fetch when loading persons at start
-COMPRESS_CHUNK_ROWS = 128  # journal bodies per task of the compression thread
 PAGE_SIZE = 16_384  # bytes: a journal row with its blob fits in one page
 SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
 WAL_CHECKPOINT_BYTES = 64 << 20  # WAL size that wakes the checkpointer thread
@@ -530,14 +528,7 @@ def body_of(input_raw: bytes, reply: Reply, lines: bytes | None) -> bytes:
     return b"".join((_BODY_HEAD.pack(len(input_raw), len(packed)), input_raw, packed, lines or b""))
 
 
-def _compress_rows(seqs: list, codecs: list, bodies: list) -> list:
-    """journal_blob rows of a chunk of bodies. LZ4 releases the GIL: this runs on the store's worker thread."""
-    compress, crc32 = lz4.block.compress, zlib.crc32
-    out = []
-    for seq, codec, body in zip(seqs, codecs, bodies):
-        z = compress(body)
-        out.append((seq, codec, z, crc32(z)))
-    return out
+
 
 
 def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
@@ -874,7 +865,6 @@ class SqliteStore:
         self._w: sqlite3.Connection | None = None
         self._reader: _Reader | None = None
         self._checkpointer: _Checkpointer | None = None
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-store-lz4")
         self._tail = _Tail()
         # Balances of the accounts that batches not yet folded touched:
         # account -> [balance_fen, postings, seq of the last batch that touched it].
@@ -1137,13 +1127,11 @@ class SqliteStore:
             # The engine builds every amounts and info dict the same way: check the order on one.
             assert tuple(changes[0].settled.amounts) == AMOUNT_KEYS and tuple(changes[0].settled.info) == INFO_KEYS
         postings_of = ledger.postings
+        compress, crc32 = lz4.block.compress, zlib.crc32
         journal: list[tuple] = []
-        # The bodies are compressed on the worker thread, a chunk at a time, while
-        # this thread builds the next chunk's rows (LZ4 runs without the GIL).
-        compressed: list = []
-        chunk_seqs: list = []
-        chunk_codecs: list = []
-        chunk_bodies: list = []
+        # Compressed here, on the caller's thread: a worker thread would mostly wait
+        # for the GIL between bodies (measured no faster).
+        blobs: list[tuple] = []
         postings: list[tuple] = []
         deltas: dict[str, list[int]] = {}  # account -> [amount_fen, postings] in this batch
         psns: dict[int, None] = {}
@@ -1174,12 +1162,8 @@ class SqliteStore:
                 rec.kind, rec.cd_slot, rec.year, *(a.values() if sign == 1 else [-v for v in a.values()]),
                 sign * rec.burden, sign * rec.second,
             ))
-            chunk_seqs.append(seq)
-            chunk_codecs.append(c.codec.fmt)
-            chunk_bodies.append(body_of(c.input_raw, c.reply, rows))
-            if len(chunk_bodies) == COMPRESS_CHUNK_ROWS:
-                compressed.append(self._worker.submit(_compress_rows, chunk_seqs, chunk_codecs, chunk_bodies))
-                chunk_seqs, chunk_codecs, chunk_bodies = [], [], []
+            body = compress(body_of(c.input_raw, c.reply, rows))
+            blobs.append((seq, c.codec.fmt, body, crc32(body)))
             legs = postings_of(sign, rec.insuplc_admdvs, info["insutype"], rec.psn_no, rec.fixmedins_code, a)
             for leg, (account, amount_fen) in enumerate(legs):
                 postings.append((seq, leg, account, amount_fen))
@@ -1194,8 +1178,6 @@ class SqliteStore:
                 slots[rec.cd_slot] = None
             seq += 1
         last = seq - 1
-        if chunk_bodies:
-            compressed.append(self._worker.submit(_compress_rows, chunk_seqs, chunk_codecs, chunk_bodies))
         # Paired with the per-transfer assertion in ledger.postings: the batch balances.
         assert sum(d[0] for d in deltas.values()) == 0
         accounts = []
@@ -1220,8 +1202,6 @@ class SqliteStore:
         ))
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
         chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist()))
-        blobs = [row for f in compressed for row in f.result()]
-        assert len(blobs) == len(journal)
         self._next_seq = seq
         return Prepared(changes, journal, blobs, postings, accounts, persons, chronic, tail, last)
 
@@ -1350,7 +1330,6 @@ class SqliteStore:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
-        self._worker.shutdown(wait=True)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
