@@ -137,7 +137,7 @@ CREATE TABLE meta (
 -- columns are the world's values when the store was seeded, for `yidi check`.
 CREATE TABLE person (
     psn INTEGER PRIMARY KEY,
-    psn_no TEXT NOT NULL UNIQUE,
+    psn_no TEXT NOT NULL,
     certno TEXT NOT NULL,
     psn_name TEXT NOT NULL,
     insuplc_admdvs TEXT NOT NULL,
@@ -908,7 +908,8 @@ class SqliteStore:
             raise _refuse_sqlite(self.path, e) from None
 
         world = load_world(world_dir)
-        if not tables:
+        seeded_now = not tables
+        if seeded_now:
             log.info("seeding a new store in %s from the world %s", self.data_dir, world_dir)
             self._seed(world, world_dir)
         else:
@@ -920,7 +921,8 @@ class SqliteStore:
             self._written_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
             self._next_seq = self._written_seq + 1
             self._fold()
-            self.engine = self._restore(world, clock)
+            # Just seeded, the store holds exactly the world's persons: no need to read them back.
+            self.engine = self._engine(world, clock, None) if seeded_now else self._restore(world, clock)
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
         # The world and the engine live as long as the process: keep the collector
@@ -1098,9 +1100,14 @@ class SqliteStore:
             fil_end=np.array([DAY_OPEN if r[4] is None else money.parse_day(r[4]) for r in fil_rows], np.int32),
             fil_status=[r[5] for r in fil_rows], psn_index=psn_index,
         )
-        engine = Engine(restored, clock=clock)
-        # The engine derives each slot's year from its person; the store knows it exactly.
-        engine.state.cd_year[: len(chr_rows)] = [r[4] for r in chr_rows]
+        return self._engine(restored, clock, [r[4] for r in chr_rows])
+
+    def _engine(self, world: World, clock: str, cd_years: list | None) -> Engine:
+        """An engine over `world` whose history lookups go to the store."""
+        engine = Engine(world, clock=clock)
+        if cd_years is not None:
+            # The engine derives each slot's year from its person; the store knows it exactly.
+            engine.state.cd_year[: len(cd_years)] = cd_years
         engine.journal = JournalMap(self._reader)
         engine.settled = SettledMap(self._reader)
         engine.open_visits = OpenVisits(self._reader)
