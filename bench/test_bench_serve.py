@@ -7,12 +7,17 @@ the real figures come from `python bench/serve_load.py --campaign all`.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 import pytest
 
-pytest.importorskip("locust")
+# Never `import locust` here: it runs gevent's monkey.patch_all() on import, which
+# turns every thread of this pytest process into a greenlet and hangs threaded tests.
+# Locust runs in a subprocess of its own (bench/serve_load.py).
+if importlib.util.find_spec("locust") is None:
+    pytest.skip("locust is not installed", allow_module_level=True)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import serve_load  # noqa: E402
