@@ -63,12 +63,16 @@ def duckdb_peer(d):
         con.unregister("lines")
         return out
 
-    return run
+    return run, con
 
 
 @pytest.mark.benchmark(group="kernel: match + split of fee lines")
 def test_duckdb(benchmark, data):  # noqa: F811
-    out = benchmark.pedantic(duckdb_peer(data), rounds=3, warmup_rounds=1)
+    run, con = duckdb_peer(data)
+    try:
+        out = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    finally:
+        con.close()  # a connection left to interpreter exit makes nanobind report leaks
     s = compiled(data)
     fulamt, over, presel = (np.asarray(out[k], dtype=np.int64) for k in ("fulamt", "over", "presel"))
     inscp = data["amt"] - fulamt - over - presel
