@@ -182,7 +182,9 @@ def ensure_world(cache_dir: str, seed: int, provinces: int, catalogue_per_provin
     done = os.path.join(folder, "world.json")
     if os.path.exists(done):
         with open(done) as f:
-            return folder, json.load(f), True
+            summary = json.load(f)
+        summary["out_dir"] = folder  # where it is now (a cache folder may have moved)
+        return folder, summary, True
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=key + ".tmp-", dir=os.path.dirname(folder))
     try:
