@@ -760,11 +760,15 @@ def gen_world(
     filings = _filings(_rng(seed, "filings"), ps, regions, year)
     sizes["filings.csv"] = _write_csv(filings, os.path.join(out_dir, "filings.csv"))
 
-    # prepay.csv: each insured province deposits 30-80 yuan per insured person.
+    # prepay.csv: each insured province deposits 300-900 yuan per insured person.
+    # A synthetic day settles far more per insured person than the national one
+    # (130,000 settlements among 1,000,000 persons), so deposits are sized for
+    # the demo: one such day uses roughly 25-80 % of them, and a few provinces
+    # cross the 70 % warning, as a busy month would show.
     rng = _rng(seed, "prepay")
     psn_prov = np.searchsorted(provs, np.array([r[:2] for r in regions])[ps["reg"]])
     per_prov = np.bincount(psn_prov, minlength=len(provs))
-    amount = (per_prov * rng.uniform(30, 80, len(provs)) * 100).astype(np.int64) + rng.integers(0, 100, len(provs))
+    amount = (per_prov * rng.uniform(300, 900, len(provs)) * 100).astype(np.int64) + rng.integers(0, 100, len(provs))
     prepay = pa.table({"prov_admdvs": pa.array([p + "0000" for p in provs]), "amount": _fmt_scaled(amount, 2)})
     sizes["prepay.csv"] = _write_csv(prepay, os.path.join(out_dir, "prepay.csv"))
 
