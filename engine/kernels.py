@@ -18,6 +18,8 @@ from core_ext._catalogue import CatalogueIndex
 from core_ext._emit import emit_rows, format_fen, format_scaled
 from core_ext._fund import fund_batch
 from core_ext._lines import gather_lines as _gather
+from core_ext._lines import parse_scaled as _parse_scaled
+from core_ext._lines import parse_time_day as _parse_time_day
 from core_ext._split import split_batch
 
 from .world import Policy, World
@@ -51,6 +53,18 @@ class Catalogue:
         out = np.empty(len(codes), dtype=I32)
         self.index.match(codes, line_prov, line_day, self.begn, self.end, out)
         return out
+
+
+def parse_fen(value: object) -> int:
+    """engine.money.parse_fen, compiled; a magnitude past int64 saturates. ValueError when malformed."""
+    return _parse_scaled(value, 2)
+
+
+def parse_time_day(value: object) -> int:
+    """engine.money.parse_time_day, compiled. ValueError when malformed."""
+    if not isinstance(value, str):
+        raise ValueError(f"not a time YYYY-MM-DD HH:MM:SS: {value!r}")
+    return _parse_time_day(value)
 
 
 class KeyIndex:

@@ -340,16 +340,16 @@ class Engine:
         if med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT):
             raise Refused(E_SCHEMA, f"med_type {med_type} is not taken by {infno}")
         try:
-            medfee = money.parse_fen(d.medfee_sumamt)
-        except money.NumberError as e:
+            medfee = kernels.parse_fen(d.medfee_sumamt)
+        except ValueError as e:
             raise Refused(E_SCHEMA, f"medfee_sumamt: {e}") from None
         if d.acct_used_flag not in ("0", "1"):
             raise Refused(E_SCHEMA, "acct_used_flag must be 0 or 1")
         try:
-            day = money.parse_time_day(d.begntime)
+            day = kernels.parse_time_day(d.begntime)
             if not outpatient:
-                day = money.parse_time_day(d.endtime)
-        except money.NumberError as e:
+                day = kernels.parse_time_day(d.endtime)
+        except ValueError as e:
             raise Refused(E_SCHEMA, f"begntime/endtime: {e}") from None
         chronic = med_type == MED_TYPE_CHRONIC
         if chronic and (not isinstance(d.dise_codg, str) or not d.dise_codg):

@@ -14,7 +14,7 @@ import msgspec
 from .protocol import canonical
 
 
-class Envelope(msgspec.Struct):
+class Envelope(msgspec.Struct, gc=False):
     """The envelope of every transaction; `input` stays raw until the infno is known."""
 
     infno: Any = None
@@ -27,7 +27,7 @@ class Envelope(msgspec.Struct):
     input: msgspec.Raw = msgspec.Raw(b"")
 
 
-class FeeLine(msgspec.Struct):
+class FeeLine(msgspec.Struct, gc=False):
     feedetl_sn: Any = None
     med_list_codg: Any = None
     det_item_fee_sumamt: Any = None
@@ -36,7 +36,7 @@ class FeeLine(msgspec.Struct):
     fee_ocur_time: Any = None
 
 
-class SettleData(msgspec.Struct):
+class SettleData(msgspec.Struct, gc=False):
     psn_no: Any = None
     mdtrt_id: Any = None
     med_type: Any = None
@@ -48,31 +48,31 @@ class SettleData(msgspec.Struct):
     dise_codg: Any = None
 
 
-class SettleInput(msgspec.Struct):
+class SettleInput(msgspec.Struct, gc=False):
     data: SettleData
     feedetail: list[FeeLine] | None = None
 
 
-class ReverseData(msgspec.Struct):
+class ReverseData(msgspec.Struct, gc=False):
     setl_id: Any = None
     mdtrt_id: Any = None
     psn_no: Any = None
 
 
-class ReverseInput(msgspec.Struct):
+class ReverseInput(msgspec.Struct, gc=False):
     data: ReverseData
 
 
-class PersonQueryData(msgspec.Struct):
+class PersonQueryData(msgspec.Struct, gc=False):
     mdtrt_cert_type: Any = None
     mdtrt_cert_no: Any = None
 
 
-class PersonQueryInput(msgspec.Struct):
+class PersonQueryInput(msgspec.Struct, gc=False):
     data: PersonQueryData
 
 
-class Reply(msgspec.Struct, omit_defaults=True):
+class Reply(msgspec.Struct, omit_defaults=True, gc=False):
     infcode: int
     inf_refmsgid: str
     refmsg_time: str
