@@ -34,15 +34,22 @@ def _batches(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
 
 
 def replay_compiled(world: World, in_path: str, out_path: str, batch_max: int = BATCH_MAX) -> int:
+    """Replay through the compiled engine with its state in memory."""
     engine = Engine(world, clock="inf_time")
     # The world's millions of long-lived objects need no more collection passes.
     gc.collect()
     gc.freeze()
+    return _replay_batches(engine, lambda changes: None, in_path, out_path, batch_max)
+
+
+def _replay_batches(engine: Engine, commit, in_path: str, out_path: str, batch_max: int) -> int:
+    """Each batch through the engine; its changes go to `commit` before its replies are written."""
     enc = JSON.encoder
     n = 0
     with open(out_path, "wb") as out:
         for batch in _batches(_lines(in_path), batch_max):
             replies = engine.handle_batch([Request(b) for b in batch])
+            commit(engine.take_changes())
             buf = bytearray()
             for r in replies:
                 buf += enc.encode(r)
@@ -79,20 +86,7 @@ def replay_reference(world: World, in_path: str, out_path: str) -> int:
 
 def replay_store(store, in_path: str, out_path: str, batch_max: int = BATCH_MAX) -> int:
     """Replay through a durable store (engine.store): each batch is committed before its replies are written."""
-    engine = store.engine
-    enc = JSON.encoder
-    n = 0
-    with open(out_path, "wb") as out:
-        for batch in _batches(_lines(in_path), batch_max):
-            replies = engine.handle_batch([Request(b) for b in batch])
-            store.commit(engine.take_changes())
-            buf = bytearray()
-            for r in replies:
-                buf += enc.encode(r)
-                buf += b"\n"
-            out.write(buf)
-            n += len(replies)
-    return n
+    return _replay_batches(store.engine, store.commit, in_path, out_path, batch_max)
 
 
 def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False, data_dir: str | None = None) -> dict:
