@@ -477,16 +477,18 @@ def settlement(draw, s: Stream) -> dict:
 @st.composite
 def reversal(draw, s: Stream) -> dict:
     """2208/2305 of an earlier settlement, right or wrong (section 7)."""
-    live = [c["env"] for m, c in s.committed.items() if "S" + m not in s.reversed]
-    done = [c["env"] for m, c in s.committed.items() if "S" + m in s.reversed]
+    # (msgid as the engines read it, envelope): a msgid sent as the JSON number 1.5 is read as "1.5".
+    live = [(m, c["env"]) for m, c in s.committed.items() if "S" + m not in s.reversed]
+    done = [(m, c["env"]) for m, c in s.committed.items() if "S" + m in s.reversed]
+    tried = [(e["msgid"], e) for e in s.settlements(commit_only=True)]
     aim = draw(st.sampled_from(("live",) * 6 + ("done", "done", "any")))
-    targets = {"live": live, "done": done, "any": s.settlements(commit_only=True)}[aim] or live
+    targets = {"live": live, "done": done, "any": tried}[aim] or live
     inst = draw(st.sampled_from(s.w["institutions"]))
     if targets:
-        t = draw(st.sampled_from(targets))
+        msgid, t = draw(st.sampled_from(targets))
         td = t["input"]["data"]
         outpatient = t["infno"] == "2207"
-        data = {"setl_id": "S" + t["msgid"], "mdtrt_id": td.get("mdtrt_id"), "psn_no": td.get("psn_no")}
+        data = {"setl_id": "S" + msgid, "mdtrt_id": td.get("mdtrt_id"), "psn_no": td.get("psn_no")}
         code = t.get("fixmedins_code")
     else:
         outpatient = draw(st.booleans())
