@@ -5,6 +5,8 @@ Debug switches come from the environment, never from edits:
   YIDI_TRACE=1   CYTHON_TRACE line tracing (for coverage and profilers)
 """
 import glob
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -39,4 +41,20 @@ extensions = [
     for p in sorted(glob.glob("core_ext/*.pyx"))
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives, quiet=True))
+# The engine's control plane (the per-request checks and replies around the
+# kernels) is plain Python, compiled as it is: the same source runs interpreted
+# when no build is present. engine/_compiled.py refuses a compiled module whose
+# source changed since the build (rebuild: python setup.py build_ext --inplace).
+COMPILED_PY = ["engine/pipeline.py"]
+with open("engine/_compiled_digests.json", "w") as f:
+    json.dump({p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in COMPILED_PY}, f, indent=1)
+py_directives = {"language_level": 3, "embedsignature": True}
+if trace:
+    py_directives["linetrace"] = True
+extensions += [
+    Extension(p[:-3].replace("/", "."), [p], define_macros=macros, extra_compile_args=cflags)
+    for p in COMPILED_PY
+]
+
+setup(ext_modules=cythonize(extensions[:-len(COMPILED_PY)], compiler_directives=directives, quiet=True)
+      + cythonize(extensions[-len(COMPILED_PY):], compiler_directives=py_directives, quiet=True))

@@ -739,3 +739,8 @@ class _Journaled(Exception):
 
     def __init__(self, reply: Reply):
         self.reply = reply
+
+
+from ._compiled import check_fresh  # noqa: E402
+
+check_fresh(__file__)

@@ -1,0 +1,33 @@
+"""Guard for the engine modules that setup.py compiles from their Python source.
+
+A compiled module (`.so`) is imported in preference to its `.py`. If the source
+was edited after the build, the stale build would silently run the old code: the
+module refuses to import instead, naming the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+
+def check_fresh(module_file: str) -> None:
+    if module_file.endswith(".py"):
+        return  # interpreted: nothing to compare
+    here = os.path.dirname(module_file)
+    name = os.path.basename(module_file).split(".")[0]
+    src = os.path.join(here, name + ".py")
+    if not os.path.exists(src):
+        return  # an install without sources
+    try:
+        with open(os.path.join(here, "_compiled_digests.json")) as f:
+            built = json.load(f).get(f"engine/{name}.py")
+    except OSError:
+        built = None
+    with open(src, "rb") as f:
+        now = hashlib.sha256(f.read()).hexdigest()
+    if built != now:
+        raise ImportError(
+            f"{src} changed after it was compiled into {module_file}; "
+            "rebuild with `python setup.py build_ext --inplace` (or `pip install -e .`)"
+        )
