@@ -70,7 +70,7 @@ def data():
 def compiled(d):
     n = len(d["codes"])
     row = d["cat"].match(d["codes"], np.full(n, PROV, np.int16), d["day"])
-    lines = kernels.Lines(d["codes"], d["amt"], d["cnt"], d["pric"], d["day"], np.zeros(n, np.uint8), 0)
+    lines = kernels.Lines(d["codes"], None, d["amt"], d["cnt"], d["pric"], d["day"], np.zeros(n, np.uint8), 0)
     starts = np.array([0, n], np.int64)
     return kernels.split_lines(d["cat"], starts, np.zeros(1, np.uint8), row, lines)
 

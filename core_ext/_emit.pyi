@@ -3,7 +3,7 @@ import numpy as np
 import numpy.typing as npt
 
 def emit_rows(
-    lines: list[object],
+    sns: list[object],
     lo: int,
     hi: int,
     fmt: int,

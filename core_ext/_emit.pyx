@@ -149,11 +149,10 @@ cdef inline void key(Buf *b, const char *k, Py_ssize_t n, bint mp, bint first) n
         put(b, b'":', 2)
 
 
-cdef object _SN = "feedetl_sn"
 
 
 def emit_rows(
-    list lines, Py_ssize_t lo, Py_ssize_t hi, int fmt,
+    list sns, Py_ssize_t lo, Py_ssize_t hi, int fmt,
     const int64_t[::1] amt_fen, const int64_t[::1] cnt, const int64_t[::1] pric_micro,
     const int32_t[::1] row,
     const int8_t[::1] cat_lv, const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
@@ -163,23 +162,21 @@ def emit_rows(
     """Rows lo..hi-1 of a round as a `result` list: fmt 0 JSON with money as strings,
     1 JSON with money as numbers (the HTTP gateway), 2 MessagePack (strings).
 
-    lines[i - lo] is the decoded fee line of row i; its feedetl_sn is a str or an int.
+    sns[i] is the feedetl_sn of row i (of the whole round), a str or an int.
     """
     cdef Py_ssize_t m = hi - lo, i, j, sn_n, total = 16
     cdef bint mp = fmt == 2, q = fmt != 1
     cdef Buf b
     cdef const char *sn_p
     cdef object sn
-    cdef list sns
     cdef int32_t r
     cdef long long sn_int
     cdef char lvtxt[2]
-    if PyList_GET_SIZE(lines) != m:
-        raise ValueError("lines must hold one fee line per row")
-    sns = [getattr(ln, _SN) for ln in lines]
+    if sns is None or lo < 0 or hi < lo or PyList_GET_SIZE(sns) < hi or row.shape[0] < hi:
+        raise ValueError("sns and the arrays must hold rows lo..hi-1")
     # Size the buffer once: the fixed part of each row plus its serial number.
     for j in range(m):
-        sn = <object>PyList_GET_ITEM(sns, j)
+        sn = <object>PyList_GET_ITEM(sns, lo + j)
         if PyUnicode_Check(sn):
             PyUnicode_AsUTF8AndSize(sn, &sn_n)
             total += ROW_FIXED_BYTES_MAX + 6 * sn_n
@@ -207,7 +204,7 @@ def emit_rows(
         for j in range(m):
             i = lo + j
             r = row[i]
-            sn = <object>PyList_GET_ITEM(sns, j)
+            sn = <object>PyList_GET_ITEM(sns, i)
             if mp:
                 put_c(&b, <char>0x8c)  # a map of 12
             else:

@@ -11,6 +11,7 @@ MICRO_PLACES: int
 def gather_lines(
     lines: list[Any],
     out_codes: list[Any],
+    out_sns: list[Any],
     amt_fen: npt.NDArray[np.int64],
     cnt: npt.NDArray[np.int64],
     pric_micro: npt.NDArray[np.int64],

@@ -225,12 +225,13 @@ cdef object INT_LIMIT_POS = 10**24
 cdef object INT_LIMIT_NEG = -10**24
 
 
-def gather_lines(list lines not None, list out_codes not None, int64_t[::1] amt_fen not None,
+def gather_lines(list lines not None, list out_codes not None, list out_sns not None, int64_t[::1] amt_fen not None,
                  int64_t[::1] cnt not None, int64_t[::1] pric_micro not None,
                  int32_t[::1] day not None, uint8_t[::1] bad not None) -> int:
     """Parse the fee lines into arrays; return how many are malformed (SETTLEMENT.md section 1).
 
-    Appends each line's med_list_codg object (None when missing) to out_codes.
+    Appends each line's med_list_codg object (None when missing) to out_codes
+    and its feedetl_sn object (None when missing) to out_sns.
     amt_fen has 2 places, cnt 4, pric_micro 6; day is the date of
     fee_ocur_time in days since 1970-01-01. A malformed line gets bad[i] = 1
     and zeros elsewhere.
@@ -241,6 +242,7 @@ def gather_lines(list lines not None, list out_codes not None, int64_t[::1] amt_
     cdef int64_t a = 0, c = 0, p = 0
     cdef int32_t d = 0
     cdef int missing, ok
+    cdef object sn
     if (amt_fen.shape[0] != n or cnt.shape[0] != n or pric_micro.shape[0] != n
             or day.shape[0] != n or bad.shape[0] != n):
         raise ValueError(f"every output array must have {n} entries, one per line")
@@ -257,8 +259,9 @@ def gather_lines(list lines not None, list out_codes not None, int64_t[::1] amt_
         ok &= yidi_get_scaled(line, <PyObject *>ATTR_PRIC, 6, <PyObject *>INT_LIMIT_POS,
                               <PyObject *>INT_LIMIT_NEG, &p)
         ok &= yidi_get_day(line, <PyObject *>ATTR_TIME, &d)
-        if ok and not _key_ok(<object>PyList_GET_ITEM(out_codes, PyList_GET_SIZE(out_codes) - 1),
-                              getattr(<object>line, ATTR_SN, None)):
+        sn = getattr(<object>line, ATTR_SN, None)
+        out_sns.append(sn)
+        if ok and not _key_ok(<object>PyList_GET_ITEM(out_codes, PyList_GET_SIZE(out_codes) - 1), sn):
             ok = 0
         if ok:
             amt_fen[i] = a

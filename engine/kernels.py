@@ -94,7 +94,8 @@ class KeyIndex:
 
 @dataclass
 class Lines:
-    codes: list
+    codes: list  # med_list_codg of each line (None when missing)
+    sns: list  # feedetl_sn of each line (None when missing)
     amt_fen: np.ndarray
     cnt: np.ndarray
     pric_micro: np.ndarray
@@ -106,10 +107,11 @@ class Lines:
 def gather_lines(lines: list) -> Lines:
     n = len(lines)
     codes: list = []
+    sns: list = []
     amt, cnt, pric = np.empty(n, I64), np.empty(n, I64), np.empty(n, I64)
     day, bad = np.empty(n, I32), np.empty(n, U8)
-    n_bad = _gather(lines, codes, amt, cnt, pric, day, bad)
-    return Lines(codes, amt, cnt, pric, day, bad, n_bad)
+    n_bad = _gather(lines, codes, sns, amt, cnt, pric, day, bad)
+    return Lines(codes, sns, amt, cnt, pric, day, bad, n_bad)
 
 
 @dataclass

@@ -133,17 +133,21 @@ class Pending:
 
 
 class ResultRows:
-    """The per-line `result` of one settlement, kept as slices of the round's arrays."""
+    """The per-line `result` of one settlement, kept as slices of the round's arrays.
 
-    __slots__ = ("lines", "lo", "hi", "r")
+    The round's decoded fee lines are not kept: only their feedetl_sn (r.lines.sns)
+    and the parsed numbers, so a journaled reply holds a few dozen bytes a line.
+    """
 
-    def __init__(self, lines: list, lo: int, hi: int, r: "_RoundArrays"):
-        self.lines, self.lo, self.hi, self.r = lines, lo, hi, r
+    __slots__ = ("lo", "hi", "r")
+
+    def __init__(self, lo: int, hi: int, r: "_RoundArrays"):
+        self.lo, self.hi, self.r = lo, hi, r
 
     def to_raw(self, fmt: int) -> msgspec.Raw:
         r = self.r
         return msgspec.Raw(kernels.emit_rows(
-            self.lines, self.lo, self.hi, fmt, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
+            r.lines.sns, self.lo, self.hi, fmt, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
             r.cat.lv, r.cat.selfpay_bp, r.cat.cap_micro,
             r.split.memo, r.split.fulamt, r.split.overlmt, r.split.presel, r.split.inscp,
         ))
@@ -181,12 +185,10 @@ class Engine:
         self.psn_certno = _Lazy(world.psn_certno)
         self.psn_name = _Lazy(world.psn_name)
         self.psn_type = _Lazy(world.psn_type)
-        self.psn_insuplc = _Encoded(world.psn_insuplc)
-        self.psn_insutype = _Encoded(world.psn_insutype)
+        self.psn_insuplc = _encoded_list(world.psn_insuplc)
+        self.psn_insutype = _encoded_list(world.psn_insutype)
         ptype = world.psn_type
-        self.psn_retired = pc.or_(pc.starts_with(ptype, "12"), pc.equal(ptype, "1300")).to_numpy(
-            zero_copy_only=False
-        )
+        self.psn_retired = pc.or_(pc.starts_with(ptype, "12"), pc.equal(ptype, "1300")).to_pylist()
         self.by_certno = kernels.KeyIndex(world.psn_certno)
         # Filings by person (section 4), as arrays ordered by person: the class, the
         # destination, the first and the last day in force.
@@ -457,6 +459,7 @@ class Engine:
         )
         line_prov = np.repeat(prov, counts)
         row = self.cat.match(lines.codes, line_prov, lines.day)
+        lines.codes = None  # the replies keep the round's arrays, not its strings
         outpatient = np.fromiter((p.outpatient for p in pend), dtype=U8, count=n)
         split = kernels.split_lines(self.cat, starts, outpatient, row, lines)
         bad_lines = np.add.reduceat(lines.bad.astype(I64), starts[:-1]) if lines.n_bad else np.zeros(n, I64)
@@ -464,24 +467,27 @@ class Engine:
 
         # Errors that rank before the fund payment, in the order of section 7.
         ok: list[Pending] = []
-        for k, p in enumerate(pend):
+        ok_k: list[int] = []
+        for k, p, n_bad, split_err, tot_amt in zip(
+            range(n), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt.tolist()
+        ):
             err = None
-            if bad_lines[k]:
+            if n_bad:
                 err = E_SCHEMA
             elif p.err is not None:
                 err = p.err
-            elif split.err[k]:
-                err = _SPLIT_ERR[int(split.err[k])]
-            elif int(split.tot_amt[k]) != p.medfee:
+            elif split_err:
+                err = _SPLIT_ERR[split_err]
+            elif tot_amt != p.medfee:
                 err = E_AMOUNT_MISMATCH
             if err is not None:
                 replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(err))
             else:
                 ok.append(p)
+                ok_k.append(k)
         if not ok:
             return
-        pos = {id(p): k for k, p in enumerate(pend)}
-        sel = np.fromiter((pos[id(p)] for p in ok), dtype=I64, count=len(ok))
+        sel = np.array(ok_k, dtype=I64)
         m = len(ok)
 
         def col(attr: str, dtype) -> np.ndarray:
@@ -496,42 +502,50 @@ class Engine:
             "pre_status": col("pre_status", I8), "commit": col("commit", U8),
         }
         pay = kernels.pay_funds(self.pol, self.state, s)
-        for j, p in enumerate(ok):
-            st = int(pay.status[j])
+        # Per settlement, the kernels' outputs as one tuple of Python ints (a row
+        # of .tolist() columns: no numpy scalar is made per field).
+        outs = zip(
+            pay.status.tolist(), pay.act_pay_dedc.tolist(), pay.hifp_pay.tolist(), pay.second_pay.tolist(),
+            pay.fund_pay_sumamt.tolist(), pay.psn_part_amt.tolist(), pay.acct_pay.tolist(),
+            pay.psn_cash_pay.tolist(), pay.balc_after.tolist(), pay.burden.tolist(), pay.pool_prop_bp.tolist(),
+            split.tot_fulamt[sel].tolist(), split.tot_overlmt[sel].tolist(), split.tot_presel[sel].tolist(),
+            split.tot_inscp[sel].tolist(), starts[sel].tolist(),
+        )
+        for p, out in zip(ok, outs):
+            st = out[0]
             if st:
                 replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(_FUND_ERR[st]))
                 continue
-            replies[p.idx] = self._settlement_reply(p, int(sel[j]), j, split, pay, arrays)
+            replies[p.idx] = self._settlement_reply(p, out, arrays)
 
-    def _settlement_reply(self, p: Pending, k: int, j: int, split, pay, arrays) -> Reply:
+    def _settlement_reply(self, p: Pending, out: tuple, arrays) -> Reply:
+        (_, dedc, hifp, second, fund_sum, part, acct, cash, balc, burden, prop_bp,
+         fulamt, overlmt, presel, inscp, lo) = out
         insutype = self.psn_insutype[p.psn]
-        hifp = int(pay.hifp_pay[j])
-        second = int(pay.second_pay[j])
-        acct = int(pay.acct_pay[j])
         amounts = {
             "medfee_sumamt": p.medfee,
-            "fulamt_ownpay_amt": int(split.tot_fulamt[k]),
-            "overlmt_selfpay": int(split.tot_overlmt[k]),
-            "preselfpay_amt": int(split.tot_presel[k]),
-            "inscp_scp_amt": int(split.tot_inscp[k]),
-            "act_pay_dedc": int(pay.act_pay_dedc[j]),
+            "fulamt_ownpay_amt": fulamt,
+            "overlmt_selfpay": overlmt,
+            "preselfpay_amt": presel,
+            "inscp_scp_amt": inscp,
+            "act_pay_dedc": dedc,
             "hifp_pay": hifp,
             "hifmi_pay": second if insutype == "390" else 0,
             "hifob_pay": second if insutype == "310" else 0,
-            "fund_pay_sumamt": int(pay.fund_pay_sumamt[j]),
-            "psn_part_amt": int(pay.psn_part_amt[j]),
+            "fund_pay_sumamt": fund_sum,
+            "psn_part_amt": part,
             "acct_pay": acct,
-            "psn_cash_pay": int(pay.psn_cash_pay[j]),
+            "psn_cash_pay": cash,
         }
         d = p.data
         info = {
-            "pool_prop_selfpay": kernels.format_scaled(int(pay.pool_prop_bp[j]), 4),
+            "pool_prop_selfpay": kernels.format_scaled(prop_bp, 4),
             "filing_class": p.cls,
             "mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "insutype": insutype, "med_type": d.med_type,
             "clr_type": CLR_TYPE_OUTPATIENT if p.outpatient else CLR_TYPE_INPATIENT,
         }
         setlinfo = {k2: _fmt(v) for k2, v in amounts.items()}
-        setlinfo["balc"] = _fmt(int(pay.balc_after[j]))
+        setlinfo["balc"] = _fmt(balc)
         for z in _ZERO_FUNDS:
             setlinfo[z] = "0.00"
         setlinfo.update(info)
@@ -541,8 +555,7 @@ class Engine:
             if amt:
                 detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
                                "fund_payamt": _fmt(amt)})
-        lo = int(arrays.starts[k])
-        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(p.lines, lo, lo + len(p.lines), arrays)}
+        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(lo, lo + len(p.lines), arrays)}
         reply = self._ok(p.env.msgid, p.now, output)
         if p.commit:
             setl_id = "S" + p.env.msgid
@@ -555,7 +568,7 @@ class Engine:
                 # after this settlement (an earlier year was refused with E_DATE; a
                 # later one rolled the accumulators over). Not state.acc_year, which
                 # a later settlement of the same round may have moved on.
-                year=p.year, amounts=amounts, burden=int(pay.burden[j]),
+                year=p.year, amounts=amounts, burden=burden,
                 second=second, info=info,
             )
             self.open_visits.add((p.env.fixmedins_code, d.mdtrt_id))
@@ -677,18 +690,11 @@ class _Lazy:
         return self.a[int(i)].as_py()
 
 
-class _Encoded:
-    """A low-cardinality string column (regions, insurance types) as small integers."""
-
-    __slots__ = ("values", "ids")
-
-    def __init__(self, a):
-        enc = pc.dictionary_encode(a)
-        self.values = enc.dictionary.to_pylist()
-        self.ids = enc.indices.to_numpy(zero_copy_only=False)
-
-    def __getitem__(self, i) -> str:
-        return self.values[self.ids[i]]
+def _encoded_list(a) -> list[str]:
+    """A low-cardinality string column (regions, insurance types) as a list sharing one str per value."""
+    enc = pc.dictionary_encode(a)
+    values = np.array(enc.dictionary.to_pylist(), dtype=object)
+    return values[enc.indices.to_numpy(zero_copy_only=False)].tolist()
 
 
 def filing_last_days(w: World) -> np.ndarray:

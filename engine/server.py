@@ -41,6 +41,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import gc
 import logging
 import re
 import signal
@@ -59,6 +60,7 @@ log = logging.getLogger("yidi.server")
 
 HTTP_PATH = "/fsi/api/rsfComIfsService/callService"
 HEADER_BYTES = 4
+FULL_GC_INTERVAL_S = 600.0  # at most this often, a full garbage collection between batches (Hub.manual_gc)
 EXIT_OK, EXIT_FAIL_STOP = 0, 3
 
 
@@ -270,11 +272,15 @@ class Metrics:
 class _Item:
     """One admitted request: its body, where its reply goes, and the reply once released."""
 
-    __slots__ = ("body", "codec", "conn", "fut", "t0", "frame", "infno")
+    __slots__ = ("body", "codec", "conn", "fut", "t0", "frame", "encoded", "infno")
 
     def __init__(self, body: bytes, codec: Codec, conn: "FramedConnection | None", fut, t0: float):
         self.body, self.codec, self.conn, self.fut, self.t0 = body, codec, conn, fut, t0
-        self.frame: bytes | None = None  # the encoded reply, for a TCP connection
+        # The encoded reply of a TCP connection: `encoded` as soon as the engine has
+        # answered (encoding overlaps the batch's write), `frame` only once the reply
+        # may go out (its batch is durable). A connection sends the frames at its head.
+        self.encoded: bytes | None = None
+        self.frame: bytes | None = None
         self.infno = ""
 
 
@@ -311,6 +317,13 @@ class Hub:
         # written; one with only commit() reads the engine while it writes, so its
         # batches go one at a time.
         self._split_commit = hasattr(store, "prepare") and hasattr(store, "write")
+        # Garbage collection (serve() turns it on): the automatic collector's full
+        # passes over every live object stall the loop for tens of milliseconds at
+        # random; instead the young generations are collected after each batch (a
+        # batch's objects are trees: this only catches stray cycles) and a full
+        # pass runs at most every FULL_GC_INTERVAL_S, between batches.
+        self.manual_gc = False
+        self._full_gc_at = time.monotonic() + FULL_GC_INTERVAL_S
         self._slots = asyncio.Semaphore(limits.commits_inflight_max if self._split_commit else 1)
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
@@ -402,8 +415,19 @@ class Hub:
             infno, _ = _peek(it.body, it.codec)
             counts[("tcp" if it.conn is not None else "http", infno, rep.err_code or "")] += 1
             if it.conn is not None:
-                it.frame = frame(MSGPACK.encoder.encode(rep))
-        return loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
+                # Not it.frame yet: another batch's release flushes this connection,
+                # and must not send a reply whose batch is still being written.
+                it.encoded = frame(MSGPACK.encoder.encode(rep))
+        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
+        if self.manual_gc:
+            if time.monotonic() >= self._full_gc_at:
+                t1 = time.perf_counter()
+                gc.collect()
+                self._full_gc_at = time.monotonic() + FULL_GC_INTERVAL_S
+                log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
+            else:
+                gc.collect(1)
+        return task
 
     async def _finish(self, prev, write, items, replies, changes, counts, engine_s) -> None:
         """Release a batch's replies once it is durable and every earlier batch has been released."""
@@ -459,6 +483,7 @@ class Hub:
         conns = {}
         for it, rep in zip(items, replies):
             if it.conn is not None:
+                it.frame = it.encoded
                 lat_tcp.observe(now - it.t0)
                 conns[id(it.conn)] = it.conn
             else:
@@ -804,6 +829,8 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
     async def main() -> int:
         t0 = time.perf_counter()
         hub = await Hub.open(data_dir, world_dir, limits)
+        gc.disable()  # see Hub.manual_gc
+        hub.manual_gc = True
         server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None)
         await server.start()
         lp = asyncio.get_running_loop()

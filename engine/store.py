@@ -497,7 +497,7 @@ class StoredRows:
                      fulamt=a["fulamt_fen"].astype(np.int64), overlmt=a["overlmt_fen"].astype(np.int64),
                      presel=a["preselfpay_fen"].astype(np.int64), inscp=a["inscp_fen"].astype(np.int64)),
         )
-        return ResultRows(lines, 0, m, arrays).to_raw(fmt)
+        return ResultRows(0, m, arrays).to_raw(fmt)
 
 
 _msgpack_encode = msgspec.msgpack.Encoder().encode

@@ -250,10 +250,12 @@ def model_gather(lines: list) -> list[tuple]:
 def run_gather(lines: list) -> tuple[list[tuple], int]:
     n = len(lines)
     codes: list = []
+    sns: list = []
     amt, cnt, pric = np.full(n, 7, I64), np.full(n, 7, I64), np.full(n, 7, I64)
     day, bad = np.full(n, 7, I32), np.full(n, 7, U8)
-    n_bad = _lines.gather_lines(lines, codes, amt, cnt, pric, day, bad)
+    n_bad = _lines.gather_lines(lines, codes, sns, amt, cnt, pric, day, bad)
     assert len(codes) == n
+    assert sns == [getattr(ln, "feedetl_sn", None) for ln in lines]
     got = [(codes[i], int(amt[i]), int(cnt[i]), int(pric[i]), int(day[i]), int(bad[i]))
            for i in range(n)]
     return got, n_bad
@@ -296,7 +298,7 @@ def test_gather_keeps_references_exact() -> None:
     before_code, before_amt = sys.getrefcount(code), sys.getrefcount(amt)
     codes: list = []
     z = np.zeros(1, I64)
-    _lines.gather_lines(lines, codes, z, z.copy(), z.copy(), np.zeros(1, I32), np.zeros(1, U8))
+    _lines.gather_lines(lines, codes, [], z, z.copy(), z.copy(), np.zeros(1, I32), np.zeros(1, U8))
     assert codes[0] is code
     assert sys.getrefcount(code) == before_code + 1
     assert sys.getrefcount(amt) == before_amt
@@ -308,10 +310,10 @@ def test_gather_appends_and_checks_lengths() -> None:
     codes: list = ["earlier"]
     z = np.zeros(1, I64)
     lines = [WireLine("A", "1", "1", "1", "2026-03-01 10:00:00")]
-    _lines.gather_lines(lines, codes, z, z.copy(), z.copy(), np.zeros(1, I32), np.zeros(1, U8))
+    _lines.gather_lines(lines, codes, [], z, z.copy(), z.copy(), np.zeros(1, I32), np.zeros(1, U8))
     assert codes == ["earlier", "A"]
     with pytest.raises(ValueError):
-        _lines.gather_lines(lines, [], np.zeros(2, I64), z, z, np.zeros(1, I32), np.zeros(1, U8))
+        _lines.gather_lines(lines, [], [], np.zeros(2, I64), z, z, np.zeros(1, I32), np.zeros(1, U8))
 
 
 money_value = st.one_of(decimal_like, st.integers(-(10**25), 10**25), st.floats(), st.booleans(),

@@ -337,6 +337,53 @@ def test_slow_reader_is_bounded(vector_world, vectors, loop_kind):
         s.close()
 
 
+class SteppedStore(MemoryStore):
+    """Each commit waits for a gate of its own; says when each batch has been prepared."""
+
+    def __init__(self, engine, batches: int):
+        super().__init__(engine)
+        self.gates = [threading.Event() for _ in range(batches)]
+        self.prepared = [threading.Event() for _ in range(batches)]
+        self._n_prepared = 0
+        self._n_written = 0
+
+    def prepare(self, changes):
+        self.prepared[self._n_prepared].set()
+        self._n_prepared += 1
+        return changes
+
+    def write(self, prepared):
+        k = self._n_written
+        self._n_written += 1
+        assert self.gates[k].wait(WAIT_S), "the test never opened the gate"
+        super().write(prepared)
+
+
+def test_no_reply_leaves_before_its_batch_is_durable(vector_world, vectors, loop_kind):
+    """Batch 2 is computed (and encoded) while batch 1 is written; releasing batch 1
+    flushes the connection, which must not carry batch 2's reply before its write."""
+    reqs, exp = vectors
+    a, b = clone_settlements(reqs, exp, 2, "D")
+    store = SteppedStore(Engine(vector_world), 2)
+    limits = Limits(batch_max=1, batch_window_ms=0, commits_inflight_max=2)
+    with ServerThread(store, limits, loop_kind=loop_kind) as srv, srv.client() as c:
+        c.send(a)
+        assert store.prepared[0].wait(WAIT_S)
+        c.send(b)
+        assert store.prepared[1].wait(WAIT_S)  # batch 2 computed while batch 1 waits for its write
+        store.gates[0].set()
+        assert c.recv()["inf_refmsgid"] == a["msgid"]
+        # Released with batch 1's flush, b's frame would already be here: the same
+        # send() on loopback. Neither buffered nor readable means it was held back.
+        assert not c._buf
+        assert select.select([c.sock], [], [], 0)[0] == []
+        assert [ch.msgid for ch in store.committed] == [a["msgid"]]
+        store.gates[1].set()
+        rb = c.recv()
+        assert rb["inf_refmsgid"] == b["msgid"] and rb["infcode"] == 0
+        assert [ch.msgid for ch in store.committed] == [a["msgid"], b["msgid"]]
+
+
 def test_e_busy_under_overload_loses_nothing(vector_world, vectors, loop_kind):
     reqs, exp = vectors
     envs = clone_settlements(reqs, exp, 10, "B")
