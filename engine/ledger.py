@@ -56,3 +56,8 @@ def postings(
         legs.append((medins_account(fixmedins_code), -sign * total_fen))
     assert len(legs) <= LEGS_MAX
     return legs
+
+
+from ._compiled import check_fresh  # noqa: E402
+
+check_fresh(__file__)

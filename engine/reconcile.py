@@ -478,3 +478,8 @@ def answer(infno: str, env, codec, institutions: dict, index: ReconIndex) -> dic
     total, rows = index.listing(env.fixmedins_code, t_lo, t_hi, q.insutype, q.clr_type,
                                 (q.page_num - 1) * q.page_size, q.page_size)
     return listing_output(q, total, rows)
+
+
+from ._compiled import check_fresh  # noqa: E402
+
+check_fresh(__file__)

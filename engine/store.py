@@ -1386,3 +1386,8 @@ def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: st
     engine.world.WorldError for a bad world folder.
     """
     return SqliteStore(data_dir, world_dir, clock=clock, verify=verify, fold_rows=fold_rows)
+
+
+from ._compiled import check_fresh  # noqa: E402
+
+check_fresh(__file__)
