@@ -165,6 +165,10 @@ def replay_row(saved: dict) -> tuple[str, str, dict]:
         parts.append(f"reference {r['stats']['median']:.1f} s")
     if c and r:
         parts.append(f"{r['stats']['median'] / c['stats']['median']:.1f}x")
+    pairs = b.get("test_replay_interleaved")
+    if pairs:
+        parts.append("back to back (compiled, then reference, twice): "
+                     + " and ".join(f"{x:.1f}x" for x in pairs["extra_info"]["ratios"]))
     what = f"replay: {n:,} mixed requests, world load and process start included"
     return what + _scale_note(saved), ", ".join(parts), {"compiled": c and c["stats"]["median"],
                                                          "reference": r and r["stats"]["median"]}

@@ -72,3 +72,30 @@ def test_replay_reference(benchmark, stream):
     a, b = _replies(compiled), _replies(out)
     assert len(a) == len(b) == N_REQUESTS
     assert a == b
+
+
+@pytest.mark.benchmark(group="replay: compiled and reference back to back")
+def test_replay_interleaved(benchmark, stream):
+    """Each round runs the compiled replay and then the reference one, and keeps their ratio.
+
+    On a shared machine a burst of someone else's work can land on the rounds of
+    one side only; a pair measured back to back sees the same machine.
+    """
+    import time
+
+    world, reqs, d = stream
+    pairs: list[tuple[float, float]] = []
+
+    def pair():
+        t0 = time.perf_counter()
+        _replay(world, reqs, str(d / "pair-compiled.jsonl"))
+        t1 = time.perf_counter()
+        _replay(world, reqs, str(d / "pair-reference.jsonl"), "--reference")
+        pairs.append((t1 - t0, time.perf_counter() - t1))
+
+    benchmark.pedantic(pair, rounds=2, warmup_rounds=0)
+    ratios = [r / c for c, r in pairs]
+    benchmark.extra_info["requests"] = N_REQUESTS
+    benchmark.extra_info["pairs_s"] = [[round(c, 3), round(r, 3)] for c, r in pairs]
+    benchmark.extra_info["ratios"] = [round(x, 2) for x in ratios]
+    assert _replies(str(d / "pair-compiled.jsonl")) == _replies(str(d / "pair-reference.jsonl"))

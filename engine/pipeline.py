@@ -52,14 +52,21 @@ def now_text() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
-@dataclass(slots=True)
+# The records below are dataclasses (repr, eq) with hand-written __init__: the
+# generated one would run interpreted in the compiled module, once per request.
+@dataclass(slots=True, init=False)
 class Request:
     body: bytes
-    codec: Codec = JSON
-    clock: str | None = None  # the reply's time; None: the wall clock; replay: inf_time
+    codec: Codec
+    clock: str | None  # the reply's time; None: the wall clock; replay: inf_time
+
+    def __init__(self, body: bytes, codec: Codec = JSON, clock: str | None = None):
+        self.body = body
+        self.codec = codec
+        self.clock = clock
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Settled:
     """A committed settlement, enough to answer its reversal (section 7)."""
 
@@ -78,10 +85,29 @@ class Settled:
     burden: int
     second: int
     info: dict  # the non-money setlinfo fields
-    reversed: bool = False
+    reversed: bool
+
+    def __init__(self, setl_id, outpatient, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, mdtrt_id, psn,
+                 psn_no, kind, cd_slot, year, amounts, burden, second, info, reversed=False):
+        self.setl_id = setl_id
+        self.outpatient = outpatient
+        self.fixmedins_code = fixmedins_code
+        self.mdtrtarea_admvs = mdtrtarea_admvs
+        self.insuplc_admdvs = insuplc_admdvs
+        self.mdtrt_id = mdtrt_id
+        self.psn = psn
+        self.psn_no = psn_no
+        self.kind = kind
+        self.cd_slot = cd_slot
+        self.year = year
+        self.amounts = amounts
+        self.burden = burden
+        self.second = second
+        self.info = info
+        self.reversed = reversed
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Change:
     """One committed settlement or reversal of a batch: what a durable store must write.
 
@@ -102,8 +128,23 @@ class Change:
     reply: Reply
     settled: Settled  # the settlement (for a reversal: the one it reverses)
 
+    def __init__(self, kind, msgid, infno, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, setl_id, setl_time,
+                 codec, input_raw, reply, settled):
+        self.kind = kind
+        self.msgid = msgid
+        self.infno = infno
+        self.fixmedins_code = fixmedins_code
+        self.mdtrtarea_admvs = mdtrtarea_admvs
+        self.insuplc_admdvs = insuplc_admdvs
+        self.setl_id = setl_id
+        self.setl_time = setl_time
+        self.codec = codec
+        self.input_raw = input_raw
+        self.reply = reply
+        self.settled = settled
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Pending:
     """A settlement or pre-settlement that passed the checks done before its lines."""
 
@@ -114,22 +155,46 @@ class Pending:
     commit: bool
     outpatient: bool
     now: str
-    err: str | None = None  # the first failing check between the schema and the lines
+    err: str | None  # the first failing check between the schema and the lines
     # filled when err is None
-    psn: int = -1
-    kind: int = 0
-    pol: int = -1
-    lv: int = 0
-    year: int = 0
-    medfee: int = 0
-    reduction_bp: int = 0
-    pre_status: int = 0
-    cls: str = ""
-    cd_slot: int = -1
-    cd_pol: int = -1
-    acct_ok: int = 0
-    retired310: int = 0
-    journal_input: object = None  # (codec, raw input bytes) for the journal
+    psn: int
+    kind: int
+    pol: int
+    lv: int
+    year: int
+    medfee: int
+    reduction_bp: int
+    pre_status: int
+    cls: str
+    cd_slot: int
+    cd_pol: int
+    acct_ok: int
+    retired310: int
+    journal_input: object  # (codec, raw input bytes) for the journal
+
+    def __init__(self, idx, env, data, lines, commit, outpatient, now, journal_input=None):
+        self.idx = idx
+        self.env = env
+        self.data = data
+        self.lines = lines
+        self.commit = commit
+        self.outpatient = outpatient
+        self.now = now
+        self.err = None
+        self.psn = -1
+        self.kind = 0
+        self.pol = -1
+        self.lv = 0
+        self.year = 0
+        self.medfee = 0
+        self.reduction_bp = 0
+        self.pre_status = 0
+        self.cls = ""
+        self.cd_slot = -1
+        self.cd_pol = -1
+        self.acct_ok = 0
+        self.retired310 = 0
+        self.journal_input = journal_input
 
 
 class ResultRows:
