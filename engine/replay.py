@@ -58,7 +58,7 @@ def _replay_batches(engine: Engine, commit, in_path: str, out_path: str, batch_m
                 commit(engine.take_changes())
                 buf = bytearray()
                 for r in replies:
-                    buf += enc.encode(r)
+                    enc.encode_into(r, buf, -1)  # appended in place: no bytes object per reply
                     buf += b"\n"
                 out.write(buf)
                 n += len(replies)
