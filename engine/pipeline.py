@@ -59,11 +59,16 @@ class Request:
     body: bytes
     codec: Codec
     clock: str | None  # the reply's time; None: the wall clock; replay: inf_time
+    # Set by handle_batch, for a caller's bookkeeping (the server's metrics): the
+    # envelope's infno when it is a string, "" when it is not, None when the body
+    # did not decode. Saves a second decode of every body.
+    infno: str | None
 
     def __init__(self, body: bytes, codec: Codec = JSON, clock: str | None = None):
         self.body = body
         self.codec = codec
         self.clock = clock
+        self.infno = None
 
 
 @dataclass(slots=True, init=False)
@@ -299,6 +304,7 @@ class Engine:
             except DecodeError as e:
                 replies[idx] = self._refusal(None, req.clock or now_text(), Refused(E_SCHEMA, f"envelope: {e}"))
                 continue
+            req.infno = env.infno if isinstance(env.infno, str) else ""
             now = req.clock or (
                 env.inf_time if self.clock_inf_time and isinstance(env.inf_time, str) else now_text()
             )

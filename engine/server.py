@@ -155,8 +155,14 @@ def _peek(body: bytes, codec: Codec) -> tuple[str, str]:
         p = _PEEK[codec.fmt].decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return "invalid", ""
-    infno = p.infno if p.infno in _KNOWN_INFNOS else "other"
-    return infno, p.msgid if isinstance(p.msgid, str) else ""
+    return _infno_label(p.infno if isinstance(p.infno, str) else ""), p.msgid if isinstance(p.msgid, str) else ""
+
+
+def _infno_label(infno: str | None) -> str:
+    """The metrics label of an envelope's infno: "" when it is not a string, None when the body did not decode."""
+    if infno is None:
+        return "invalid"
+    return infno if infno in _KNOWN_INFNOS else "other"
 
 
 def server_reply(code: str, msgid: str = "", detail: str = "") -> Reply:
@@ -411,8 +417,8 @@ class Hub:
         write = loop.run_in_executor(self._writer, self._write, prepared)
         # Encode while the writer thread waits on the disk.
         counts: collections.Counter = collections.Counter()
-        for it, rep in zip(items, replies):
-            infno, _ = _peek(it.body, it.codec)
+        for it, rep, req in zip(items, replies, reqs):
+            infno = _infno_label(req.infno)  # read by the engine: no second decode
             counts[("tcp" if it.conn is not None else "http", infno, rep.err_code or "")] += 1
             if it.conn is not None:
                 # Not it.frame yet: another batch's release flushes this connection,

@@ -260,7 +260,10 @@ def test_undecodable_body_gets_e_schema_and_the_connection_stays(vector_world, v
     reqs, exp = vectors
     ok = next(i for i, e in enumerate(exp) if e.get("infcode") == 0)
     bodies = [b"\xc1", b"", msgspec.msgpack.encode([1, 2, 3]), msgspec.msgpack.encode({"infno": 2207}),
-              b"\x81\xa5infno"]  # invalid byte, empty, not a map, a bad field, truncated map
+              b"\x81\xa5infno",  # invalid byte, empty, not a map, a bad field, truncated map
+              # unhashable infnos: the server's own bookkeeping (metrics labels) must not trip on them
+              msgspec.msgpack.encode({"infno": [2207], "msgid": "L"}),
+              msgspec.msgpack.encode({"infno": {"a": 1}, "msgid": "M"})]
     with ServerThread(memory_store(vector_world), loop_kind=loop_kind, http=False) as srv, srv.client() as c:
         for b in bodies:
             r = c.call(b)
