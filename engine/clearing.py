@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass
 
 from . import money
+from .protocol import PROVINCES
 
 PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")
 PREPAY_WARN_BP_DEFAULT = 7_000  # 70 %
@@ -57,16 +58,8 @@ METRICS_REFRESH_S_MIN = 1.0  # /metrics reads the journal at most once a second
 STATEMENT_HEADER = "insured_prov,treatment_prov,setl_cnt,medfee_sumamt,fund_pay_sumamt,acct_pay,clear_amt"
 NETTING_HEADER = "payer_prov,payee_prov,net_amt"
 
-# GB/T 2260 provincial-level divisions, for the report only.
-PROVINCE_NAMES = {
-    "110000": "北京", "120000": "天津", "130000": "河北", "140000": "山西", "150000": "内蒙古",
-    "210000": "辽宁", "220000": "吉林", "230000": "黑龙江", "310000": "上海", "320000": "江苏",
-    "330000": "浙江", "340000": "安徽", "350000": "福建", "360000": "江西", "370000": "山东",
-    "410000": "河南", "420000": "湖北", "430000": "湖南", "440000": "广东", "450000": "广西",
-    "460000": "海南", "500000": "重庆", "510000": "四川", "520000": "贵州", "530000": "云南",
-    "540000": "西藏", "610000": "陕西", "620000": "甘肃", "630000": "青海", "640000": "宁夏",
-    "650000": "新疆", "710000": "台湾", "810000": "香港", "820000": "澳门",
-}
+# Provincial codes (xx0000) -> Chinese name, for the report.
+PROVINCE_NAMES = {code + "0000": zh for code, (zh, _) in PROVINCES.items()}
 
 # SQL fragments over the journal: provinces, the cross-province filter, the signed count.
 _INS = "substr(insuplc_admdvs, 1, 2) || '0000'"
@@ -312,24 +305,21 @@ def netting(rows: list[PairRow]) -> list[NetRow]:
     out.sort(key=lambda n: (n.payer, n.payee))
     # Paired with the statement: netting keeps every province's net position.
     before = {p: v for p, v in positions(rows).items() if v}
-    assert before == {p: v for p, v in _net_positions(out).items() if v}
+    assert before == {p: v for p, v in _positions((n.payee, n.payer, n.net_fen) for n in out).items() if v}
     return out
 
 
 def positions(rows: list[PairRow]) -> dict[str, int]:
     """Province -> what it is owed minus what it owes, from the statement."""
-    pos: dict[str, int] = {}
-    for r in rows:
-        pos[r.treatment] = pos.get(r.treatment, 0) + r.clear_fen
-        pos[r.insured] = pos.get(r.insured, 0) - r.clear_fen
-    return pos
+    return _positions((r.treatment, r.insured, r.clear_fen) for r in rows)
 
 
-def _net_positions(net: list[NetRow]) -> dict[str, int]:
+def _positions(flows) -> dict[str, int]:
+    """Province -> what it is owed minus what it owes, from (creditor, debtor, fen) flows."""
     pos: dict[str, int] = {}
-    for n in net:
-        pos[n.payee] = pos.get(n.payee, 0) + n.net_fen
-        pos[n.payer] = pos.get(n.payer, 0) - n.net_fen
+    for creditor, debtor, fen in flows:
+        pos[creditor] = pos.get(creditor, 0) + fen
+        pos[debtor] = pos.get(debtor, 0) - fen
     return pos
 
 

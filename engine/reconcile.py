@@ -288,16 +288,10 @@ def _text(d: dict, k: str, required: bool = True) -> str | None:
     return v
 
 
-def _day(d: dict, k: str) -> int:
+def _parsed(d: dict, k: str, parse) -> int:
+    """d[k] through an engine.money parser; a malformed value is E_SCHEMA naming the field."""
     try:
-        return money.parse_day(d.get(k))
-    except money.NumberError as e:
-        raise Refused(E_SCHEMA, f"{k}: {e}") from None
-
-
-def _fen(d: dict, k: str) -> int:
-    try:
-        return money.parse_fen(d.get(k))
+        return parse(d.get(k))
     except money.NumberError as e:
         raise Refused(E_SCHEMA, f"{k}: {e}") from None
 
@@ -315,7 +309,7 @@ def _int(d: dict, k: str, default: int | None = None) -> int:
 
 
 def _range(d: dict) -> tuple[int, int]:
-    b, e = _day(d, "stmt_begndate"), _day(d, "stmt_enddate")
+    b, e = _parsed(d, "stmt_begndate", money.parse_day), _parsed(d, "stmt_enddate", money.parse_day)
     if e < b:
         raise Refused(E_SCHEMA, "stmt_enddate is before stmt_begndate")
     return b, e
@@ -336,7 +330,8 @@ def parse_totals(data: object) -> TotalsQuery:
         elif (b, e) != (begn, end):
             raise Refused(E_SCHEMA, "every group of one 3201 must have the same stmt_begndate and stmt_enddate")
         g = Group(_text(x, "insutype"), _text(x, "clr_type"), _int(x, "fixmedins_setl_cnt"),
-                  _fen(x, "medfee_sumamt"), _fen(x, "fund_pay_sumamt"), _fen(x, "acct_pay"))
+                  _parsed(x, "medfee_sumamt", money.parse_fen), _parsed(x, "fund_pay_sumamt", money.parse_fen),
+                  _parsed(x, "acct_pay", money.parse_fen))
         if any((h.insutype, h.clr_type) == (g.insutype, g.clr_type) for h in groups):
             raise Refused(E_SCHEMA, f"insutype {g.insutype} clr_type {g.clr_type} sent twice")
         groups.append(g)

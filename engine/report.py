@@ -17,16 +17,9 @@ import os
 
 import numpy as np
 
-from .protocol import FUND_NAMES
+from .protocol import FUND_NAMES, PROVINCES
 
-PROVINCE_NAMES = {
-    "11": "Beijing", "12": "Tianjin", "13": "Hebei", "14": "Shanxi", "15": "Inner Mongolia",
-    "21": "Liaoning", "22": "Jilin", "23": "Heilongjiang", "31": "Shanghai", "32": "Jiangsu",
-    "33": "Zhejiang", "34": "Anhui", "35": "Fujian", "36": "Jiangxi", "37": "Shandong",
-    "41": "Henan", "42": "Hubei", "43": "Hunan", "44": "Guangdong", "45": "Guangxi",
-    "46": "Hainan", "50": "Chongqing", "51": "Sichuan", "52": "Guizhou", "53": "Yunnan",
-    "54": "Tibet", "61": "Shaanxi", "62": "Gansu", "63": "Qinghai", "64": "Ningxia", "65": "Xinjiang",
-}
+PROVINCE_NAMES = {code: en for code, (_, en) in PROVINCES.items()}  # first two digits -> English name
 FUND_ORDER = ("310100", "390100", "330100", "390200", "310200")
 FUND_LABELS = {
     "310100": "310100 employees' basic fund",

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from . import money
-from .protocol import LINES_MAX, TEMP_FILING_TYPES
+from .protocol import LINES_MAX, MAINLAND_PROVINCES, TEMP_FILING_TYPES
 from .world import DAY_OPEN, World
 
 __all__ = ["gen_world", "gen_requests", "world_view", "write_requests_jsonl", "WorldView", "ANOMALIES"]
@@ -43,10 +43,7 @@ __all__ = ["gen_world", "gen_requests", "world_view", "write_requests_jsonl", "W
 # ---------------------------------------------------------------- constants
 
 # The 31 provincial-level divisions of the mainland (GB/T 2260), first two digits.
-PROVINCE_CODES = (
-    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37",
-    "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64", "65",
-)
+PROVINCE_CODES = MAINLAND_PROVINCES
 # When asked for fewer than 31 provinces, take them in this order: it mixes big
 # destinations, provinces with county-level pooling regions (41 42 46 65) and
 # single-region municipalities, so that even a tiny world exercises every rule.

@@ -20,14 +20,10 @@ import pyarrow.csv as pacsv
 
 from core_ext import _columns
 
-from . import money
+from . import money, protocol
 
-# The provincial-level divisions of China (GB/T 2260), the first two digits of
-# every region code. A code whose province is not here is refused at load.
-PROVINCES = frozenset(
-    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 "
-    "50 51 52 53 54 61 62 63 64 65 71 81 82".split()
-)
+# A region code whose province (its first two digits) is not one of GB/T 2260's is refused at load.
+PROVINCES = frozenset(protocol.PROVINCES)
 
 FILING_TYPES = (
     "LONG_RESETTLED",
