@@ -74,6 +74,7 @@ import lz4.block
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import kernels, ledger, money
 from .pipeline import Change, Engine, ResultRows, Settled
@@ -1082,12 +1083,12 @@ class SqliteStore:
         fil_rows = w.execute(
             "SELECT psn, filing_type, dest_admdvs, begndate, enddate, status FROM filing ORDER BY id"
         ).fetchall()
-        psn_index = dict(zip(strs[0], range(n)))
-        assert len(psn_index) == n
+        psn_no = pa.array(strs[0], pa.string())
+        assert len(pc.unique(psn_no)) == n, "psn_no must be unique in the person table"
         balc, acc_year, hifp_ip, hifp_op, ded_op, burden2, second_paid = nums
         restored = replace(
             world,
-            psn_no=pa.array(strs[0], pa.string()), psn_certno=pa.array(strs[1], pa.string()),
+            psn_no=psn_no, psn_certno=pa.array(strs[1], pa.string()),
             psn_name=pa.array(strs[2], pa.string()), psn_insuplc=pa.array(strs[3], pa.string()),
             psn_insutype=pa.array(strs[4], pa.string()), psn_type=pa.array(strs[5], pa.string()),
             psn_balc=balc, psn_acc_year=acc_year.astype(np.int32), psn_hifp_ip=hifp_ip, psn_hifp_op=hifp_op,
@@ -1098,7 +1099,7 @@ class SqliteStore:
             fil_dest=[r[2] for r in fil_rows],
             fil_begn=np.array([money.parse_day(r[3]) for r in fil_rows], np.int32),
             fil_end=np.array([DAY_OPEN if r[4] is None else money.parse_day(r[4]) for r in fil_rows], np.int32),
-            fil_status=[r[5] for r in fil_rows], psn_index=psn_index,
+            fil_status=[r[5] for r in fil_rows],
         )
         return self._engine(restored, clock, [r[4] for r in chr_rows])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -476,7 +476,6 @@ class World:
     # pre-payment by province code
     prepay_fen: dict[str, int]
     policies: list[Policy]
-    psn_index: dict[str, int] = field(repr=False, default_factory=dict)
     load_s: float = 0.0
 
     @property
