@@ -82,7 +82,7 @@ class Feed:
         return changes
 
 
-RAW_TABLES = ("journal", "journal_blob", "posting", "account_log", "person_log", "chronic_log")
+RAW_TABLES = ("journal", "journal_blob", "person_log", "chronic_log")
 
 
 def _raw_db(path: str) -> sqlite3.Connection:
@@ -103,8 +103,8 @@ def _raw_db(path: str) -> sqlite3.Connection:
 
 def _raw_insert(conn: sqlite3.Connection, p) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    for name, rows in (("journal", p.journal), ("journal_blob", p.blobs), ("posting", p.postings),
-                       ("account_log", p.accounts), ("person_log", p.persons), ("chronic_log", p.chronic)):
+    for name, rows in (("journal", p.journal), ("journal_blob", p.blobs), ("person_log", p.persons),
+                       ("chronic_log", p.chronic)):
         if rows:
             conn.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * len(rows[0]))})", rows)
     conn.execute("COMMIT")

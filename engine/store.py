@@ -22,11 +22,12 @@ Commit: one transaction per batch, and only appends. A batch writes one
 `journal` row per settlement or reversal (its clearing and reconciliation
 columns, money in integer fen) and one `journal_blob` row (the request's raw
 input and the reply, LZ4-compressed, with the reply's per-line `result` kept
-as packed integers and rendered again on demand), the double-entry `posting`
-rows (engine.ledger), the balance after the batch of every account it touched
-(`account_log`), and the accumulators after the batch of every person and
-chronic slot it touched, read from `engine.state` (`person_log`,
-`chronic_log`). Every one of these tables is keyed by the journal sequence
+as packed integers and rendered again on demand), and the accumulators after
+the batch of every person and chronic slot it touched, read from
+`engine.state` (`person_log`, `chronic_log`). The double-entry postings of
+section 8 are the journal row's own columns, seen as rows through the
+`posting` view (the legs engine.ledger derives; `yidi check` compares them):
+writing them again as rows of their own cost a fifth of the commit. Every one of these tables is keyed by the journal sequence
 number, so a commit writes pages at the end of each B-tree and nowhere else:
 random updates of a million person rows or of a msgid index would each dirty a
 page per settlement and cost more than the rest of the commit together. The
@@ -76,7 +77,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import kernels, ledger, money
+from . import kernels, ledger, money, protocol
 from .pipeline import Change, Engine, ResultRows, Settled
 from .protocol import OUTPATIENT_INFNOS
 from .wire import JSON, MSGPACK, Reply
@@ -85,7 +86,7 @@ from .world import DAY_OPEN, World, load_world
 log = logging.getLogger("yidi.store")
 
 STORE_FORMAT = "yidi-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: postings a view of the journal; no account_log
 DB_NAME = "yidi.sqlite3"
 LOCK_NAME = "yidi.lock"
 
@@ -127,6 +128,15 @@ LINE_DTYPE = np.dtype([
     ("inscp_fen", "<i4"), ("selfpay_bp", "<i2"), ("lv", "i1"), ("memo", "i1"),
 ])
 LINE_FEN_MAX = 2**31 - 1  # a line amount is at most 10,000,000.00 yuan (section 1), under int32
+
+
+
+def _fund_case(table: str) -> str:
+    """SQL for the fund_pay_type of a journal row's insutype (protocol.FUND_BASIC or FUND_SECOND)."""
+    funds = getattr(protocol, table)
+    assert all(k.isdigit() and v.isdigit() for k, v in funds.items())
+    return "CASE insutype " + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in sorted(funds.items())) + " END"
+
 
 SCHEMA = f"""
 CREATE TABLE meta (
@@ -238,15 +248,6 @@ CREATE TABLE journal_blob (
     crc32 INTEGER NOT NULL
 );
 
--- The ledger (section 8): amount_fen > 0 debits the account, < 0 credits it.
-CREATE TABLE posting (
-    seq INTEGER NOT NULL,
-    leg INTEGER NOT NULL,
-    account TEXT NOT NULL,
-    amount_fen INTEGER NOT NULL,
-    PRIMARY KEY (seq, leg)
-) WITHOUT ROWID;
-
 -- Written by every commit, for the rows it touched, emptied by a fold into
 -- person, chronic and account. seq is the last journal row of the batch.
 CREATE TABLE person_log (
@@ -268,15 +269,21 @@ CREATE TABLE chronic_log (
     cd_year INTEGER NOT NULL,
     PRIMARY KEY (seq, slot)
 ) WITHOUT ROWID;
-CREATE TABLE account_log (
-    seq INTEGER NOT NULL,
-    account TEXT NOT NULL,
-    balance_fen INTEGER NOT NULL,
-    postings INTEGER NOT NULL,
-    PRIMARY KEY (seq, account)
-) WITHOUT ROWID;
+-- The ledger (section 8), a view of the journal: each row's legs are columns of
+-- it (engine.ledger.postings says the same in Python; `yidi check` compares the
+-- two). amount_fen > 0 debits the account, < 0 credits it; a reversal row's
+-- amounts are negated, so its legs are the exact opposite. leg: 0 basic fund,
+-- 1 second layer, 2 personal account, 3 institution; legs of 0.00 are absent.
+CREATE VIEW posting (seq, leg, account, amount_fen) AS
+    SELECT seq, 0, 'fund/' || insuplc_admdvs || '/' || {_fund_case("FUND_BASIC")}, hifp_pay_fen
+        FROM journal WHERE hifp_pay_fen <> 0
+    UNION ALL SELECT seq, 1, 'fund/' || insuplc_admdvs || '/' || {_fund_case("FUND_SECOND")},
+        hifmi_pay_fen + hifob_pay_fen FROM journal WHERE hifmi_pay_fen + hifob_pay_fen <> 0
+    UNION ALL SELECT seq, 2, 'psnacct/' || psn_no, acct_pay_fen FROM journal WHERE acct_pay_fen <> 0
+    UNION ALL SELECT seq, 3, 'medins/' || fixmedins_code, -(fund_pay_sumamt_fen + acct_pay_fen)
+        FROM journal WHERE fund_pay_sumamt_fen + acct_pay_fen <> 0;
 
--- Account balances as of the last fold.
+-- Account balances as of the last fold: the fold adds the postings of the rows it folds.
 CREATE TABLE account (
     account TEXT PRIMARY KEY,
     balance_fen INTEGER NOT NULL,
@@ -332,8 +339,6 @@ JOURNAL_COLS = (
 )
 SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(JOURNAL_COLS)}) VALUES ({', '.join('?' * len(JOURNAL_COLS))})"
 SQL_INSERT_BLOB = "INSERT INTO journal_blob (seq, codec, body_lz4, crc32) VALUES (?, ?, ?, ?)"
-SQL_INSERT_POSTING = "INSERT INTO posting (seq, leg, account, amount_fen) VALUES (?, ?, ?, ?)"
-SQL_INSERT_ACCOUNT_LOG = "INSERT INTO account_log (seq, account, balance_fen, postings) VALUES (?, ?, ?, ?)"
 SQL_INSERT_PERSON_LOG = "INSERT INTO person_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 SQL_INSERT_CHRONIC_LOG = "INSERT INTO chronic_log VALUES (?, ?, ?, ?)"
 
@@ -359,13 +364,12 @@ SQL_FOLD = (
     "UPDATE chronic SET hifp_cd_fen = l.hifp_cd_fen, cd_year = l.cd_year FROM (SELECT c.* FROM chronic_log c"
     " JOIN (SELECT slot, MAX(seq) AS seq FROM chronic_log GROUP BY slot) last USING (slot, seq) ORDER BY slot)"
     " AS l WHERE chronic.slot = l.slot",
-    "INSERT INTO account (account, balance_fen, postings) SELECT a.account, a.balance_fen, a.postings"
-    " FROM account_log a JOIN (SELECT account, MAX(seq) AS seq FROM account_log GROUP BY account) last"
-    " USING (account, seq) WHERE true ORDER BY a.account"
-    " ON CONFLICT (account) DO UPDATE SET balance_fen = excluded.balance_fen, postings = excluded.postings",
+    "INSERT INTO account (account, balance_fen, postings) SELECT account, SUM(amount_fen), COUNT(*)"
+    " FROM posting WHERE seq > :m GROUP BY account ORDER BY account"
+    " ON CONFLICT (account) DO UPDATE SET balance_fen = balance_fen + excluded.balance_fen,"
+    " postings = postings + excluded.postings",
     "DELETE FROM person_log",
     "DELETE FROM chronic_log",
-    "DELETE FROM account_log",
 )
 
 
@@ -839,8 +843,6 @@ class Prepared:
     changes: list
     journal: list
     blobs: list
-    postings: list
-    accounts: list
     persons: list
     chronic: list
     tail: list  # (msgid, seq, visit, setl_id in force or None, reversed setl_id or None)
@@ -867,10 +869,6 @@ class SqliteStore:
         self._reader: _Reader | None = None
         self._checkpointer: _Checkpointer | None = None
         self._tail = _Tail()
-        # Balances of the accounts that batches not yet folded touched:
-        # account -> [balance_fen, postings, seq of the last batch that touched it].
-        self._balances: dict[str, list[int]] = {}
-        self._balances_lock = threading.Lock()
         try:
             self._open(world_dir, clock, verify)
         except BaseException:
@@ -945,12 +943,8 @@ class SqliteStore:
                 res = [r[0] for r in w.execute("PRAGMA quick_check(20)").fetchall()]
                 if res != ["ok"]:
                     raise StoreRefused(f"{self.path}: damaged: quick_check says {'; '.join(res)}")
-            total, n = w.execute(
-                "SELECT COALESCE(SUM(balance_fen), 0), COUNT(*) FROM (SELECT account, balance_fen FROM account"
-                " WHERE account NOT IN (SELECT account FROM account_log) UNION ALL SELECT a.account, a.balance_fen"
-                " FROM account_log a JOIN (SELECT account, MAX(seq) AS seq FROM account_log GROUP BY account)"
-                " USING (account, seq))"
-            ).fetchall()[0]
+            # Postings since the fold are legs of journal rows, balanced by construction.
+            total, n = w.execute("SELECT COALESCE(SUM(balance_fen), 0), COUNT(*) FROM account").fetchall()[0]
             if total != 0:
                 raise StoreRefused(f"{self.path}: damaged: the {n} ledger balances sum to {total} fen, not 0")
         except sqlite3.DatabaseError as e:
@@ -1134,14 +1128,11 @@ class SqliteStore:
         if changes:
             # The engine builds every amounts and info dict the same way: check the order on one.
             assert tuple(changes[0].settled.amounts) == AMOUNT_KEYS and tuple(changes[0].settled.info) == INFO_KEYS
-        postings_of = ledger.postings
         compress, crc32 = lz4.block.compress, zlib.crc32
         journal: list[tuple] = []
         # Compressed here, on the caller's thread: a worker thread would mostly wait
         # for the GIL between bodies (measured no faster).
         blobs: list[tuple] = []
-        postings: list[tuple] = []
-        deltas: dict[str, list[int]] = {}  # account -> [amount_fen, postings] in this batch
         psns: dict[int, None] = {}
         slots: dict[int, None] = {}
         tail: list[tuple] = []
@@ -1152,6 +1143,10 @@ class SqliteStore:
             a = rec.amounts
             info = rec.info
             assert len(a) == len(AMOUNT_KEYS) and len(info) == len(INFO_KEYS)
+            # The ledger's legs are columns of the journal row (the `posting` view):
+            # the identities they rest on (engine.ledger.postings asserts the same).
+            assert a["hifp_pay"] + a["hifmi_pay"] + a["hifob_pay"] == a["fund_pay_sumamt"]
+            assert a["hifp_pay"] >= 0 and a["hifmi_pay"] >= 0 and a["hifob_pay"] >= 0 and a["acct_pay"] >= 0
             visit = (rec.fixmedins_code, rec.mdtrt_id)
             if c.kind == KIND_SETTLE:
                 sign, reversed_id = 1, None
@@ -1172,35 +1167,11 @@ class SqliteStore:
             ))
             body = compress(body_of(c.input_raw, c.reply, rows))
             blobs.append((seq, c.codec.fmt, body, crc32(body)))
-            legs = postings_of(sign, rec.insuplc_admdvs, info["insutype"], rec.psn_no, rec.fixmedins_code, a)
-            for leg, (account, amount_fen) in enumerate(legs):
-                postings.append((seq, leg, account, amount_fen))
-                d = deltas.get(account)
-                if d is None:
-                    deltas[account] = [amount_fen, 1]
-                else:
-                    d[0] += amount_fen
-                    d[1] += 1
             psns[rec.psn] = None
             if rec.cd_slot >= 0:
                 slots[rec.cd_slot] = None
             seq += 1
         last = seq - 1
-        # Paired with the per-transfer assertion in ledger.postings: the batch balances.
-        assert sum(d[0] for d in deltas.values()) == 0
-        accounts = []
-        with self._balances_lock:
-            balances = self._balances
-            for account, (delta_fen, n) in deltas.items():
-                b = balances.get(account)
-                if b is None:
-                    # Not touched since the fold that brought `account` up to date.
-                    row = self._reader._one("SELECT balance_fen, postings FROM account WHERE account = ?", (account,))
-                    b = balances[account] = [0, 0, 0] if row is None else [row[0], row[1], 0]
-                b[0] += delta_fen
-                b[1] += n
-                b[2] = last
-                accounts.append((last, account, b[0], b[1]))
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
         persons = list(zip(
@@ -1211,7 +1182,7 @@ class SqliteStore:
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
         chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist()))
         self._next_seq = seq
-        return Prepared(changes, journal, blobs, postings, accounts, persons, chronic, tail, last)
+        return Prepared(changes, journal, blobs, persons, chronic, tail, last)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
@@ -1225,8 +1196,6 @@ class SqliteStore:
                 w.execute("BEGIN IMMEDIATE")
                 w.executemany(SQL_INSERT_JOURNAL, p.journal)
                 w.executemany(SQL_INSERT_BLOB, p.blobs)
-                w.executemany(SQL_INSERT_POSTING, p.postings)
-                w.executemany(SQL_INSERT_ACCOUNT_LOG, p.accounts)
                 w.executemany(SQL_INSERT_PERSON_LOG, p.persons)
                 if p.chronic:
                     w.executemany(SQL_INSERT_CHRONIC_LOG, p.chronic)
@@ -1305,11 +1274,8 @@ class SqliteStore:
             if w.in_transaction:
                 w.execute("ROLLBACK")
             raise
-        # Everything up to h is in the keyed tables now. Balances that a batch
-        # prepared but not yet written changed stay: that batch is not folded.
+        # Everything up to h is in the keyed tables now.
         self._tail.clear()
-        with self._balances_lock:
-            self._balances = {k: b for k, b in self._balances.items() if b[2] > h}
         dt = time.perf_counter() - t0
         self.fold_s_total += dt
         log.info("folded journal rows %d..%d (%d) in %.2f s", m + 1, h, h - m, dt)

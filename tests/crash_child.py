@@ -62,7 +62,7 @@ def main() -> int:
         if crash_here and crash_point == "before_write":
             _die()
         if crash_here and crash_point == "in_transaction" and prepared.changes:
-            store._w.set_trace_callback(lambda sql: _die() if sql.startswith("INSERT INTO posting") else None)
+            store._w.set_trace_callback(lambda sql: _die() if sql.startswith("INSERT INTO person_log") else None)
         store.write(prepared)
         if crash_here and crash_point == "after_commit":
             _die()
