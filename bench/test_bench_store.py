@@ -13,6 +13,12 @@ are timed, never the engine. Batches of 1, 64 and 1,024 settlements.
 The fold (the keyed tables brought up to date, SqliteStore.fold) is measured
 apart, amortised per settlement.
 
+Garbage collection as `yidi serve` and `yidi replay` run it (engine.server,
+Hub.manual_gc): the automatic collector off, the young generations collected
+once per batch. The engine's garbage is collected before the commit, not
+timed; the commit's own is collected and timed with it, for both peers. (With the automatic collector on, its full passes over the engine's
+objects cost the store about 10 us per settlement at batch 1,024.)
+
     YIDI_BENCH_SCALE=1 pytest bench/test_bench_store.py --benchmark-enable -o addopts="" -s
 """
 from __future__ import annotations
@@ -130,9 +136,11 @@ def test_commit_throughput(benchmark, tmp_path, world_dir, peer, size):
     def setup():
         changes = feed.batch(size)
         if raw is None:
+            gc.collect(1)  # the engine's garbage, not timed
             return (changes,), {}
         prepared = store.prepare(changes)
         store.write(prepared)  # keeps the feeding store consistent; not timed
+        gc.collect(1)
         return (prepared,), {}
 
     def target(arg):
@@ -143,9 +151,12 @@ def test_commit_throughput(benchmark, tmp_path, world_dir, peer, size):
             store.write(prepared)
         else:
             _raw_insert(raw, arg)
+        gc.collect(1)  # the commit's own garbage, as the server collects after every batch
         timed[1] += time.perf_counter() - t0
         timed[0] += len(arg) if raw is None else len(arg.changes)
 
+    gc.collect()
+    gc.disable()
     try:
         benchmark.pedantic(target, setup=setup, rounds=ROUNDS[size], iterations=1, warmup_rounds=0)
         _report(f"{peer} batch {size}", timed[0], timed[1], benchmark)
@@ -155,6 +166,7 @@ def test_commit_throughput(benchmark, tmp_path, world_dir, peer, size):
             print(f"  of which prepare {us:.1f} us and write {(timed[1] - timed[2]) / timed[0] * 1e6:.1f} us"
                   " per settlement")
     finally:
+        gc.enable()
         if raw is not None:
             raw.close()
         store.close()
@@ -167,11 +179,15 @@ def test_fold_cost(benchmark, tmp_path, world_dir):
     feed = Feed(store, world_dir, seed=77)
     commit_s = 0.0
     n = 0
+    gc.collect()
+    gc.disable()
     try:
         for _ in range(ROUNDS[1024]):
             changes = feed.batch(1024)
+            gc.collect(1)
             t0 = time.perf_counter()
             store.commit(changes)
+            gc.collect(1)
             commit_s += time.perf_counter() - t0
             n += len(changes)
         t0 = time.perf_counter()
@@ -184,4 +200,5 @@ def test_fold_cost(benchmark, tmp_path, world_dir):
         print(f"\nfold: {n} settlements folded in {fold_s:.3f} s ({fold_s / n * 1e6:.1f} us each);"
               f" batch 1024 with the fold included: {rate:,.0f} settlements/s")
     finally:
+        gc.enable()
         store.close()

@@ -57,6 +57,7 @@ engine handles the next batch. Writes must come in the order of the batches.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as _dt
 import fcntl
 import gc
@@ -76,6 +77,8 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from core_ext._pack import compress_bodies
 
 from . import kernels, ledger, money, protocol
 from .pipeline import Change, Engine, ResultRows, Settled
@@ -100,6 +103,7 @@ SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
 WAL_CHECKPOINT_BYTES = 64 << 20  # WAL size that wakes the checkpointer thread
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
+COMPRESS_CHUNK = 128  # journal bodies per call of compress_bodies on the compressor thread
 
 WORLD_FILES = (
     "institutions.csv", "catalogue.csv", "policies.json", "persons.csv",
@@ -239,7 +243,8 @@ CREATE TABLE journal (
 
 -- The request and the reply of a journal row, as one LZ4 block (engine.store.pack_body):
 -- the request's raw `input` in its codec ('json' or 'msgpack'), the reply as
--- MessagePack without its `result`, and the `result` rows packed as integers
+-- MessagePack without its `result` (setlinfo and setldetail as their values in
+-- the order of SETLINFO_KEYS and SETLDETAIL_KEYS), and the `result` rows packed as integers
 -- (none for a reversal); crc32 of the block.
 CREATE TABLE journal_blob (
     seq INTEGER PRIMARY KEY,
@@ -511,29 +516,36 @@ _BODY_HEAD = struct.Struct("<II")  # bytes of the input, bytes of the reply
 # The keys of a journaled reply's output: a settlement's and a reversal's (section 7).
 _SETTLE_OUTPUT = ("setlinfo", "setldetail", "result")
 _REVERSE_OUTPUT = ("setlinfo",)
+# The keys of setlinfo and of a setldetail entry, in the engine's order, settlement
+# and reversal alike: the journal keeps the values only.
+SETLINFO_KEYS = (*AMOUNT_KEYS, "balc", "cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt",
+                 *INFO_KEYS, "setl_time", "setl_id")
+SETLDETAIL_KEYS = ("fund_pay_type", "fund_pay_type_name", "fund_payamt")
 
 
 def pack_body(input_raw: bytes, reply: Reply, lines: bytes | None) -> bytes:
     """A journal row's request and reply as one LZ4 block (see the journal_blob table)."""
-    return lz4.block.compress(body_of(input_raw, reply, lines))
+    return compress_bodies((body_of(input_raw, reply, lines),))[0]
 
 
 def body_of(input_raw: bytes, reply: Reply, lines: bytes | None) -> bytes:
     """The uncompressed body of pack_body."""
     out = reply.output
     keys = tuple(out)
+    setlinfo = out["setlinfo"]
+    assert tuple(setlinfo) == SETLINFO_KEYS, "setlinfo keys differ from SETLINFO_KEYS"
     if keys == _SETTLE_OUTPUT:
-        detail = out["setldetail"]
-        assert lines is not None and isinstance(detail, list)
+        assert lines is not None
+        detail = []
+        for d in out["setldetail"]:
+            assert tuple(d) == SETLDETAIL_KEYS
+            detail.append(list(d.values()))
     else:
         assert keys == _REVERSE_OUTPUT and lines is None
         detail = None
     packed = _msgpack_encode((reply.infcode, reply.inf_refmsgid, reply.refmsg_time, reply.respond_time,
-                              reply.err_msg, reply.err_code, out["setlinfo"], detail))
+                              reply.err_msg, reply.err_code, list(setlinfo.values()), detail))
     return b"".join((_BODY_HEAD.pack(len(input_raw), len(packed)), input_raw, packed, lines or b""))
-
-
-
 
 
 def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
@@ -546,9 +558,13 @@ def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
     infcode, refmsgid, refmsg_time, respond_time, err_msg, err_code, setlinfo, detail = _msgpack_decode(
         body[at : at + n_reply])
     at += n_reply
-    output: dict = {"setlinfo": setlinfo}
+    if len(setlinfo) != len(SETLINFO_KEYS):
+        raise ValueError(f"setlinfo of {len(setlinfo)} values, not {len(SETLINFO_KEYS)}")
+    output: dict = {"setlinfo": dict(zip(SETLINFO_KEYS, setlinfo))}
     if detail is not None:
-        output["setldetail"] = detail
+        if any(len(d) != len(SETLDETAIL_KEYS) for d in detail):
+            raise ValueError("a setldetail entry of the wrong length")
+        output["setldetail"] = [dict(zip(SETLDETAIL_KEYS, d)) for d in detail]
         output["result"] = StoredRows(codec, input_raw, body[at:])
     else:
         assert at == len(body)
@@ -869,6 +885,9 @@ class SqliteStore:
         self._reader: _Reader | None = None
         self._checkpointer: _Checkpointer | None = None
         self._tail = _Tail()
+        # A second core compresses journal bodies while the commit builds the rest (prepare).
+        self._compressor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-compress")
+                            if len(os.sched_getaffinity(0)) > 1 else None)
         try:
             self._open(world_dir, clock, verify)
         except BaseException:
@@ -1128,11 +1147,15 @@ class SqliteStore:
         if changes:
             # The engine builds every amounts and info dict the same way: check the order on one.
             assert tuple(changes[0].settled.amounts) == AMOUNT_KEYS and tuple(changes[0].settled.info) == INFO_KEYS
-        compress, crc32 = lz4.block.compress, zlib.crc32
+        crc32 = zlib.crc32
         journal: list[tuple] = []
-        # Compressed here, on the caller's thread: a worker thread would mostly wait
-        # for the GIL between bodies (measured no faster).
-        blobs: list[tuple] = []
+        # Bodies are compressed COMPRESS_CHUNK at a time by compress_bodies, which
+        # releases the GIL for the whole chunk: on the worker thread (when this
+        # process may run on more than one core) while this one builds the next
+        # chunk; the last chunk here.
+        bodies: list[bytes] = []
+        compressed: list = []
+        worker = self._compressor
         psns: dict[int, None] = {}
         slots: dict[int, None] = {}
         tail: list[tuple] = []
@@ -1165,13 +1188,19 @@ class SqliteStore:
                 rec.kind, rec.cd_slot, rec.year, *(a.values() if sign == 1 else [-v for v in a.values()]),
                 sign * rec.burden, sign * rec.second,
             ))
-            body = compress(body_of(c.input_raw, c.reply, rows))
-            blobs.append((seq, c.codec.fmt, body, crc32(body)))
+            bodies.append(body_of(c.input_raw, c.reply, rows))
+            if worker is not None and len(bodies) == COMPRESS_CHUNK:
+                compressed.append(worker.submit(compress_bodies, bodies))
+                bodies = []
             psns[rec.psn] = None
             if rec.cd_slot >= 0:
                 slots[rec.cd_slot] = None
             seq += 1
         last = seq - 1
+        compressed.append(compress_bodies(bodies))
+        zipped = [z for part in compressed for z in (part if type(part) is list else part.result())]
+        assert len(zipped) == len(changes)
+        blobs = [(j[0], c.codec.fmt, z, crc32(z)) for j, c, z in zip(journal, changes, zipped)]
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
         persons = list(zip(
@@ -1181,7 +1210,7 @@ class SqliteStore:
         ))
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
         chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist()))
-        self._next_seq = seq
+        self._next_seq = last + 1
         return Prepared(changes, journal, blobs, persons, chronic, tail, last)
 
     def write(self, p: Prepared) -> None:
@@ -1304,6 +1333,9 @@ class SqliteStore:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._compressor is not None:
+            self._compressor.shutdown()
+            self._compressor = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -397,3 +397,45 @@ def test_changed_world_files_are_logged(tmp_path, caplog):
     assert f"catalogue.csv changed: {len(cat) - 1} -> {len(cat) - 2} rows" in text
     assert "persons.csv differs from the one this store was seeded from; not applied" in text
     _check_ok(data)
+
+
+# ---------------------------------------------------------------- journal bodies
+
+
+def test_compress_bodies_writes_python_lz4_blocks():
+    """core_ext's batch compressor gives python-lz4's block format, byte for byte, and it reads back."""
+    import random
+
+    import lz4.block
+
+    from core_ext._pack import compress_bodies
+
+    rnd = random.Random(5)
+    bodies = [b"", b"x", bytes(range(256)) * 40, os.urandom(5000),
+              *(orjson.dumps({"feedetail": [{"det_item_fee_sumamt": f"{rnd.randint(1, 10**6) / 100:.2f}"}] * k})
+                for k in range(1, 200, 7))]
+    got = compress_bodies(bodies)
+    assert got == [lz4.block.compress(b) for b in bodies]
+    assert [lz4.block.decompress(z) for z in got] == bodies
+    assert compress_bodies([]) == []
+    with pytest.raises(TypeError):
+        compress_bodies([b"ok", "not bytes"])
+
+
+def test_bodies_compressed_on_the_worker_read_back_in_order(tmp_path, synth):
+    """Batches larger than the compressor's chunk: every journal row holds its own request."""
+    from engine.store import COMPRESS_CHUNK
+
+    world_dir, world, bodies = synth
+    data = str(tmp_path / "data")
+    with open_store(data, world_dir, clock="inf_time") as store:
+        eng = store.engine
+        eng.handle_batch([Request(b) for b in bodies[: 3 * COMPRESS_CHUNK + 5]])
+        changes = eng.take_changes()
+        assert len(changes) > 2 * COMPRESS_CHUNK
+        store.commit(changes)
+        for c in changes:
+            stored = store._reader.journal_entry(c.msgid)
+            assert stored[2] == c.input_raw
+            assert JSON.encoder.encode(stored[3]) == JSON.encoder.encode(c.reply)
+    _check_ok(data)
