@@ -1,6 +1,17 @@
 """The journal's bodies as LZ4 blocks, a batch per call, without the GIL. Private: use engine.store."""
 from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
+
 BODY_BYTES_MAX: int
 
 def compress_bodies(bodies: Sequence[bytes]) -> list[bytes]: ...
+
+LINE_RECORD_BYTES: int
+
+def pack_lines(
+    row: npt.NDArray[np.int32], cat_lv: npt.NDArray[np.int8], cat_selfpay_bp: npt.NDArray[np.int32],
+    cat_cap_micro: npt.NDArray[np.int64], memo: npt.NDArray[np.int8], fulamt: npt.NDArray[np.int64],
+    overlmt: npt.NDArray[np.int64], presel: npt.NDArray[np.int64], inscp: npt.NDArray[np.int64],
+) -> bytes: ...

@@ -11,9 +11,14 @@ own thread builds the next (engine.store.SqliteStore.prepare).
 The output is python-lz4's block format (`lz4.block.compress` with its
 defaults): the input's size as 4 bytes little-endian, then the LZ4 block, so
 `lz4.block.decompress` reads it back. LZ4 itself is vendored in core_ext/lz4.
+
+pack_lines packs a round's per-line `result` numbers as the journal keeps them.
 """
+import sys
+
+assert sys.byteorder == "little", "LINE_DTYPE records are little-endian"
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
 cdef extern from "lz4/yidi_lz4.h" nogil:
@@ -77,3 +82,64 @@ def compress_bodies(bodies):
         free(zsize)
         free(at)
         free(buf)
+
+
+cdef packed struct LineRecord:  # engine.store.LINE_DTYPE, little-endian
+    int64_t cap_micro
+    int32_t fulamt_fen
+    int32_t overlmt_fen
+    int32_t preselfpay_fen
+    int32_t inscp_fen
+    int16_t selfpay_bp
+    int8_t lv
+    int8_t memo
+
+
+LINE_RECORD_BYTES = sizeof(LineRecord)
+
+
+def pack_lines(const int32_t[::1] row, const int8_t[::1] cat_lv, const int32_t[::1] cat_selfpay_bp,
+               const int64_t[::1] cat_cap_micro, const int8_t[::1] memo, const int64_t[::1] fulamt,
+               const int64_t[::1] overlmt, const int64_t[::1] presel, const int64_t[::1] inscp):
+    """The `result` rows of a round's lines as LINE_DTYPE records, in one pass.
+
+    A line that matched no catalogue entry (row -1) has lv 0, selfpay_bp 0 and
+    cap_micro -1. Every amount must be within [0, 2**31 - 1] fen (a settled
+    line is, by section 1), else ValueError.
+    """
+    cdef Py_ssize_t n = row.shape[0], i
+    cdef int32_t r
+    cdef int bad = -1
+    cdef int64_t v
+    if not (memo.shape[0] == fulamt.shape[0] == overlmt.shape[0] == presel.shape[0] == inscp.shape[0] == n):
+        raise ValueError("per-line arrays of different lengths")
+    if not (cat_lv.shape[0] == cat_selfpay_bp.shape[0] == cat_cap_micro.shape[0]):
+        raise ValueError("catalogue arrays of different lengths")
+    out = PyBytes_FromStringAndSize(NULL, n * sizeof(LineRecord))
+    cdef LineRecord* rec = <LineRecord*> PyBytes_AS_STRING(out)
+    with nogil:
+        for i in range(n):
+            r = row[i]
+            if r >= 0:
+                if r >= cat_lv.shape[0]:
+                    bad = i
+                    break
+                rec[i].lv = cat_lv[r]
+                rec[i].selfpay_bp = <int16_t> cat_selfpay_bp[r]
+                rec[i].cap_micro = cat_cap_micro[r]
+            else:
+                rec[i].lv = 0
+                rec[i].selfpay_bp = 0
+                rec[i].cap_micro = -1
+            rec[i].memo = memo[i]
+            v = fulamt[i] | overlmt[i] | presel[i] | inscp[i]
+            if v < 0 or v > 0x7FFFFFFF:
+                bad = i
+                break
+            rec[i].fulamt_fen = <int32_t> fulamt[i]
+            rec[i].overlmt_fen = <int32_t> overlmt[i]
+            rec[i].preselfpay_fen = <int32_t> presel[i]
+            rec[i].inscp_fen = <int32_t> inscp[i]
+    if bad >= 0:
+        raise ValueError(f"line {bad}: a catalogue row or an amount out of range")
+    return out

@@ -78,7 +78,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core_ext._pack import compress_bodies
+from core_ext._pack import LINE_RECORD_BYTES, compress_bodies, pack_lines
 
 from . import kernels, ledger, money, protocol
 from .pipeline import Change, Engine, ResultRows, Settled
@@ -131,7 +131,7 @@ LINE_DTYPE = np.dtype([
     ("cap_micro", "<i8"), ("fulamt_fen", "<i4"), ("overlmt_fen", "<i4"), ("preselfpay_fen", "<i4"),
     ("inscp_fen", "<i4"), ("selfpay_bp", "<i2"), ("lv", "i1"), ("memo", "i1"),
 ])
-LINE_FEN_MAX = 2**31 - 1  # a line amount is at most 10,000,000.00 yuan (section 1), under int32
+assert LINE_DTYPE.itemsize == LINE_RECORD_BYTES  # core_ext._pack.pack_lines writes them
 
 
 
@@ -464,20 +464,11 @@ def pack_result_rows(rr: ResultRows, cache: dict) -> bytes:
     r = rr.r
     packed = cache.get(id(r))
     if packed is None:
-        row = r.row
-        hit = row >= 0
-        at = np.where(hit, row, 0)
-        a = np.empty(len(row), LINE_DTYPE)
-        a["lv"] = np.where(hit, r.cat.lv[at], 0)
-        a["selfpay_bp"] = np.where(hit, r.cat.selfpay_bp[at], 0)
-        a["cap_micro"] = np.where(hit, r.cat.cap_micro[at], -1)
-        a["memo"] = r.split.memo
-        for name, col in (("fulamt_fen", r.split.fulamt), ("overlmt_fen", r.split.overlmt),
-                          ("preselfpay_fen", r.split.presel), ("inscp_fen", r.split.inscp)):
-            # Only settled rounds are packed, whose lines passed the section 1 limits.
-            assert len(col) == 0 or (int(col.min()) >= 0 and int(col.max()) <= LINE_FEN_MAX)
-            a[name] = col
-        packed = (r, a.tobytes())  # keeps r alive so that id(r) stays its own
+        # Only settled rounds are packed, whose lines passed the section 1 limits
+        # (pack_lines raises ValueError on an amount outside int32).
+        cat, sp = r.cat, r.split
+        packed = (r, pack_lines(r.row, cat.lv, cat.selfpay_bp, cat.cap_micro, sp.memo, sp.fulamt, sp.overlmt,
+                                sp.presel, sp.inscp))  # keeps r alive so that id(r) stays its own
         cache[id(r)] = packed
     size = LINE_DTYPE.itemsize
     return packed[1][rr.lo * size : rr.hi * size]

@@ -439,3 +439,38 @@ def test_bodies_compressed_on_the_worker_read_back_in_order(tmp_path, synth):
             assert stored[2] == c.input_raw
             assert JSON.encoder.encode(stored[3]) == JSON.encoder.encode(c.reply)
     _check_ok(data)
+
+
+def test_pack_lines_equals_numpy_records():
+    """core_ext's line packer writes exactly the LINE_DTYPE records numpy would, and refuses what does not fit."""
+    import numpy as np
+
+    from core_ext._pack import pack_lines
+    from engine.store import LINE_DTYPE
+
+    rng = np.random.default_rng(9)
+    n, m = 500, 300
+    cat_lv = rng.integers(1, 4, m).astype(np.int8)
+    cat_sp = rng.integers(0, 10_001, m).astype(np.int32)
+    cat_cap = rng.integers(-1, 10**12, m).astype(np.int64)
+    row = rng.integers(-1, m, n).astype(np.int32)
+    memo = rng.integers(0, 5, n).astype(np.int8)
+    amounts = [rng.integers(0, 2**31, n).astype(np.int64) for _ in range(4)]
+    want = np.zeros(n, LINE_DTYPE)
+    hit = row >= 0
+    at = np.where(hit, row, 0)
+    want["lv"] = np.where(hit, cat_lv[at], 0)
+    want["selfpay_bp"] = np.where(hit, cat_sp[at], 0)
+    want["cap_micro"] = np.where(hit, cat_cap[at], -1)
+    want["memo"] = memo
+    for name, col in zip(("fulamt_fen", "overlmt_fen", "preselfpay_fen", "inscp_fen"), amounts):
+        want[name] = col
+    assert pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts) == want.tobytes()
+    for bad in (-1, 2**31):
+        amounts[2][7] = bad
+        with pytest.raises(ValueError, match="line 7"):
+            pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts)
+    amounts[2][7] = 0
+    row[3] = m
+    with pytest.raises(ValueError, match="line 3"):
+        pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts)
