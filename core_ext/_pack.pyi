@@ -6,7 +6,10 @@ import numpy.typing as npt
 
 BODY_BYTES_MAX: int
 
-def compress_bodies(bodies: Sequence[bytes]) -> list[bytes]: ...
+def compress_bodies(
+    bodies: Sequence[bytes], first_seq: int | None = None, fmts: Sequence[str] | None = None,
+) -> list: ...
+def crc32(data: bytes) -> int: ...
 
 LINE_RECORD_BYTES: int
 

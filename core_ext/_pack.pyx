@@ -18,7 +18,7 @@ import sys
 
 assert sys.byteorder == "little", "LINE_DTYPE records are little-endian"
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 
 cdef extern from "lz4/yidi_lz4.h" nogil:
@@ -27,9 +27,58 @@ cdef extern from "lz4/yidi_lz4.h" nogil:
 
 BODY_BYTES_MAX = 0x7E000000  # LZ4_MAX_INPUT_SIZE
 
+# CRC-32 (ISO-HDLC, as zlib.crc32), slicing by 8: table[k][b] is the CRC of byte b followed by k zero bytes.
+cdef uint32_t CRC_TABLE[8][256]
 
-def compress_bodies(bodies):
-    """LZ4 blocks (python-lz4's format) of a sequence of bytes, as a list of bytes."""
+
+cdef void _crc_init():
+    cdef uint32_t c
+    cdef int b, k, j
+    for b in range(256):
+        c = b
+        for j in range(8):
+            c = (c >> 1) ^ (0xEDB88320 if c & 1 else 0)
+        CRC_TABLE[0][b] = c
+    for b in range(256):
+        for k in range(1, 8):
+            CRC_TABLE[k][b] = (CRC_TABLE[k - 1][b] >> 8) ^ CRC_TABLE[0][CRC_TABLE[k - 1][b] & 0xFF]
+
+
+_crc_init()
+
+
+cdef inline uint32_t _crc32(const uint8_t* p, size_t n) noexcept nogil:
+    cdef uint32_t c = ~(<uint32_t> 0)
+    cdef uint32_t lo, hi
+    while n >= 8:
+        lo = (p[0] | (<uint32_t> p[1] << 8) | (<uint32_t> p[2] << 16) | (<uint32_t> p[3] << 24)) ^ c
+        hi = p[4] | (<uint32_t> p[5] << 8) | (<uint32_t> p[6] << 16) | (<uint32_t> p[7] << 24)
+        c = (CRC_TABLE[7][lo & 0xFF] ^ CRC_TABLE[6][(lo >> 8) & 0xFF] ^ CRC_TABLE[5][(lo >> 16) & 0xFF]
+             ^ CRC_TABLE[4][lo >> 24] ^ CRC_TABLE[3][hi & 0xFF] ^ CRC_TABLE[2][(hi >> 8) & 0xFF]
+             ^ CRC_TABLE[1][(hi >> 16) & 0xFF] ^ CRC_TABLE[0][hi >> 24])
+        p += 8
+        n -= 8
+    while n > 0:
+        c = (c >> 8) ^ CRC_TABLE[0][(c ^ p[0]) & 0xFF]
+        p += 1
+        n -= 1
+    return ~c
+
+
+def crc32(const uint8_t[::1] data):
+    """zlib.crc32 of data (for the tests)."""
+    cdef size_t n = data.shape[0]
+    if n == 0:
+        return 0
+    return _crc32(&data[0], n)
+
+
+def compress_bodies(bodies, first_seq=None, fmts=None):
+    """LZ4 blocks (python-lz4's format) of a sequence of bytes, as a list of bytes.
+
+    With first_seq and fmts: the journal_blob rows instead, (seq, fmt, block,
+    zlib.crc32 of the block) with seq counting from first_seq.
+    """
     cdef tuple items = tuple(bodies)  # holds every body while the GIL is released
     cdef Py_ssize_t n = len(items), i
     cdef size_t total = 0
@@ -37,6 +86,7 @@ def compress_bodies(bodies):
     cdef int* size = NULL
     cdef int* zsize = NULL
     cdef size_t* at = NULL
+    cdef uint32_t* crc = NULL
     cdef char* buf = NULL
     cdef uint8_t* head
     cdef int k, failed = 0
@@ -47,8 +97,11 @@ def compress_bodies(bodies):
         size = <int*> malloc(n * sizeof(int))
         zsize = <int*> malloc(n * sizeof(int))
         at = <size_t*> malloc(n * sizeof(size_t))
-        if src == NULL or size == NULL or zsize == NULL or at == NULL:
+        crc = <uint32_t*> malloc(n * sizeof(uint32_t))
+        if src == NULL or size == NULL or zsize == NULL or at == NULL or crc == NULL:
             raise MemoryError()
+        if fmts is not None and len(fmts) != n:
+            raise ValueError(f"{len(fmts)} formats for {n} bodies")
         for i in range(n):
             b = items[i]
             if type(b) is not bytes:
@@ -73,14 +126,20 @@ def compress_bodies(bodies):
                 zsize[i] = LZ4_compress_default(src[i], buf + at[i] + 4, k, LZ4_compressBound(k))
                 if zsize[i] <= 0 and k > 0:
                     failed = 1
+                    break
+                crc[i] = _crc32(head, 4 + zsize[i])
         if failed:
             raise RuntimeError("LZ4 compression failed")
-        return [PyBytes_FromStringAndSize(buf + at[i], 4 + zsize[i]) for i in range(n)]
+        if first_seq is None:
+            return [PyBytes_FromStringAndSize(buf + at[i], 4 + zsize[i]) for i in range(n)]
+        return [(first_seq + i, fmts[i], PyBytes_FromStringAndSize(buf + at[i], 4 + zsize[i]), crc[i])
+                for i in range(n)]
     finally:
         free(src)
         free(size)
         free(zsize)
         free(at)
+        free(crc)
         free(buf)
 
 

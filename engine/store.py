@@ -1138,13 +1138,13 @@ class SqliteStore:
         if changes:
             # The engine builds every amounts and info dict the same way: check the order on one.
             assert tuple(changes[0].settled.amounts) == AMOUNT_KEYS and tuple(changes[0].settled.info) == INFO_KEYS
-        crc32 = zlib.crc32
         journal: list[tuple] = []
         # Bodies are compressed COMPRESS_CHUNK at a time by compress_bodies, which
         # releases the GIL for the whole chunk: on the worker thread (when this
         # process may run on more than one core) while this one builds the next
         # chunk; the last chunk here.
         bodies: list[bytes] = []
+        fmts: list[str] = []
         compressed: list = []
         worker = self._compressor
         psns: dict[int, None] = {}
@@ -1180,18 +1180,19 @@ class SqliteStore:
                 sign * rec.burden, sign * rec.second,
             ))
             bodies.append(body_of(c.input_raw, c.reply, rows))
+            fmts.append(c.codec.fmt)
             if worker is not None and len(bodies) == COMPRESS_CHUNK:
-                compressed.append(worker.submit(compress_bodies, bodies))
-                bodies = []
+                compressed.append(worker.submit(compress_bodies, bodies, seq + 1 - COMPRESS_CHUNK, fmts))
+                bodies, fmts = [], []
             psns[rec.psn] = None
             if rec.cd_slot >= 0:
                 slots[rec.cd_slot] = None
             seq += 1
         last = seq - 1
-        compressed.append(compress_bodies(bodies))
-        zipped = [z for part in compressed for z in (part if type(part) is list else part.result())]
-        assert len(zipped) == len(changes)
-        blobs = [(j[0], c.codec.fmt, z, crc32(z)) for j, c, z in zip(journal, changes, zipped)]
+        compressed.append(compress_bodies(bodies, last + 1 - len(bodies), fmts))
+        # (seq, codec, LZ4 block, crc32 of the block), in seq order.
+        blobs = [b for part in compressed for b in (part if type(part) is list else part.result())]
+        assert len(blobs) == len(changes) and (not blobs or (blobs[0][0], blobs[-1][0]) == (self._next_seq, last))
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
         persons = list(zip(

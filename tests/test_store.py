@@ -420,6 +420,18 @@ def test_compress_bodies_writes_python_lz4_blocks():
     assert compress_bodies([]) == []
     with pytest.raises(TypeError):
         compress_bodies([b"ok", "not bytes"])
+    # As journal_blob rows: seq, codec, block and the block's crc32 (zlib's).
+    import zlib
+
+    from core_ext._pack import crc32
+
+    fmts = ["json", "msgpack"] * (len(bodies) // 2) + ["json"] * (len(bodies) % 2)
+    rows = compress_bodies(bodies, 41, fmts)
+    assert rows == [(41 + i, f, z, zlib.crc32(z)) for i, (f, z) in enumerate(zip(fmts, got))]
+    for data in (b"", b"a", b"123456789", os.urandom(8), os.urandom(9), os.urandom(4099)):
+        assert crc32(data) == zlib.crc32(data)
+    with pytest.raises(ValueError):
+        compress_bodies(bodies, 1, fmts[:-1])
 
 
 def test_bodies_compressed_on_the_worker_read_back_in_order(tmp_path, synth):
