@@ -100,6 +100,7 @@ FOLD_ROWS_MAX = 4_194_304
 READ_CHUNK_ROWS = 65_536  # rows per fetch when loading persons at start
 PAGE_SIZE = 16_384  # bytes: a journal row with its blob fits in one page
 SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
+READER_MMAP_BYTES = 1 << 40  # the point-lookup connection maps the database file (address space, not RAM)
 WAL_CHECKPOINT_BYTES = 64 << 20  # WAL size that wakes the checkpointer thread
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
@@ -572,8 +573,11 @@ class _Tail:
         self.msgid: dict[str, int] = {}  # msgid -> seq
         self.visits: dict[tuple[str, str], str | None] = {}  # visit -> setl_id in force, None closed
         self.reversed: dict[str, int] = {}  # setl_id -> seq of its reversal
+        self.folds = 0  # folds so far: a read snapshot older than the last fold is not used again
 
     def clear(self) -> None:
+        """After a fold has committed: what it folded is in the keyed tables now."""
+        self.folds += 1  # first: a lookup that misses the cleared tail then takes a new snapshot
         self.msgid, self.visits, self.reversed = {}, {}, {}
 
 
@@ -582,16 +586,44 @@ class _Reader:
 
     def __init__(self, path: str, tail: _Tail):
         self.conn = connect(path, read_only=True)
+        self.conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")  # point reads without a copy per page
         self.lock = threading.Lock()
         self.tail = tail
+        self._snapshot_folds = -1  # tail.folds when the open read transaction began; -1: none open
 
-    def _one(self, sql: str, args: tuple):
-        # fetchall steps the statement to its end, so that SQLite resets it and
-        # no read transaction stays open on an old snapshot.
+    def _one(self, sql: str, args: tuple, fresh: bool = False):
+        """One row or None.
+
+        The misses of one batch (a new msgid, a new visit: nearly every request)
+        share one read transaction, which end_snapshot closes after the batch:
+        a snapshot per statement costs several times the lookup. That snapshot
+        may be older than the last commits, but whatever they added is in the
+        tail (the callers look there first), and a fold, which moves rows out of
+        the tail, makes the next lookup take a new snapshot. A lookup that must
+        see the latest commits (`fresh`: a row whose seq the tail gave) runs on
+        a snapshot of its own.
+        """
         with self.lock:
-            rows = self.conn.execute(sql, args).fetchall()
+            conn = self.conn
+            if fresh:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+                self._snapshot_folds = -1
+            elif self._snapshot_folds != self.tail.folds:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+                conn.execute("BEGIN")
+                self._snapshot_folds = self.tail.folds
+            rows = conn.execute(sql, args).fetchall()
         assert len(rows) <= 1
         return rows[0] if rows else None
+
+    def end_snapshot(self) -> None:
+        """Close the batch's read transaction (it would hold back checkpoints)."""
+        with self.lock:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
+            self._snapshot_folds = -1
 
     def seq_of(self, msgid: str) -> int | None:
         seq = self.tail.msgid.get(msgid)
@@ -606,7 +638,7 @@ class _Reader:
             return None
         row = self._one(
             "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32"
-            " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,),
+            " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,), fresh=True,
         )
         assert row is not None and row[0] == msgid, f"msgid index points to a missing row: {msgid}"
         _, infno, codec_name, body, crc = row
@@ -622,14 +654,14 @@ class _Reader:
         seq = self.seq_of(setl_id[1:])
         if seq is None:
             return None
-        row = self._one(f"SELECT {', '.join(_SETTLED_COLS)} FROM journal WHERE seq = ?", (seq,))
+        row = self._one(f"SELECT {', '.join(_SETTLED_COLS)} FROM journal WHERE seq = ?", (seq,), fresh=True)
         r = dict(zip(_SETTLED_COLS, row))
         if r["kind"] != KIND_SETTLE:
             return None
         assert r["setl_id"] == setl_id
         rev = self.tail.reversed.get(setl_id)
         if rev is None:
-            rev = self._one("SELECT seq FROM reversal WHERE setl_id = ?", (setl_id,))
+            rev = self._one("SELECT seq FROM reversal WHERE setl_id = ?", (setl_id,), fresh=True)
         return Settled(
             setl_id=setl_id, outpatient=r["infno"] in OUTPATIENT_INFNOS, fixmedins_code=r["fixmedins_code"],
             mdtrtarea_admvs=r["mdtrtarea_admvs"], insuplc_admdvs=r["insuplc_admdvs"], mdtrt_id=r["mdtrt_id"],
@@ -1116,6 +1148,7 @@ class SqliteStore:
         engine.journal = JournalMap(self._reader)
         engine.settled = SettledMap(self._reader)
         engine.open_visits = OpenVisits(self._reader)
+        engine.after_batch = self._reader.end_snapshot
         # 3201/3202 (issue 6, engine.reconcile): rows up to folded_seq are read from medins_time;
         # the index keeps in RAM only the changes numbered from _next_seq on, until a fold covers them.
         from .reconcile import ReconIndex
