@@ -204,6 +204,9 @@ def _add_demo(sub) -> None:
     q.set_defaults(fn=_cmd_gen_requests)
 
 
+_LIGHT_COMMANDS = ("replay", "check", "check-world", "clear")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="yidi", description="Cross-region medical insurance settlement engine")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -225,8 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=_cmd_check_world)
 
     _add_clear(sub)
-    _add_serve(sub)
-    _add_demo(sub)
+    # serve, demo, gen-world and gen-requests read their defaults from modules that
+    # import asyncio, uvloop and the rest of the server (about 0.3 s): their
+    # parsers are built only when one of them (or the command list) is asked for.
+    args = sys.argv[1:] if argv is None else argv
+    cmd = next((x for x in args if not x.startswith("-")), None)
+    if cmd not in _LIGHT_COMMANDS:
+        _add_serve(sub)
+        _add_demo(sub)
 
     a = p.parse_args(argv)
     return a.fn(a)
