@@ -78,6 +78,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core_ext._bloom import Bloom
 from core_ext._pack import LINE_RECORD_BYTES, compress_bodies, pack_lines
 
 from . import kernels, ledger, money, protocol
@@ -100,7 +101,7 @@ FOLD_ROWS_MAX = 4_194_304
 READ_CHUNK_ROWS = 65_536  # rows per fetch when loading persons at start
 PAGE_SIZE = 16_384  # bytes: a journal row with its blob fits in one page
 SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
-READER_MMAP_BYTES = 1 << 40  # the point-lookup connection maps the database file (address space, not RAM)
+FILTER_KEYS_MIN = 4_194_304  # capacity of each lookup filter (16 bits a key: 8 MiB) at least
 WAL_CHECKPOINT_BYTES = 64 << 20  # WAL size that wakes the checkpointer thread
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
@@ -586,10 +587,13 @@ class _Reader:
 
     def __init__(self, path: str, tail: _Tail):
         self.conn = connect(path, read_only=True)
-        self.conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")  # point reads without a copy per page
         self.lock = threading.Lock()
         self.tail = tail
         self._snapshot_folds = -1  # tail.folds when the open read transaction began; -1: none open
+        # Every msgid in the store and every visit a settlement ever opened (SqliteStore._build_filters;
+        # write adds what it commits): a key they do not hold is not in the store, no query needed.
+        self.msgids: Bloom | None = None
+        self.visits: Bloom | None = None
 
     def _one(self, sql: str, args: tuple, fresh: bool = False):
         """One row or None.
@@ -628,6 +632,9 @@ class _Reader:
     def seq_of(self, msgid: str) -> int | None:
         seq = self.tail.msgid.get(msgid)
         if seq is None:
+            f = self.msgids
+            if f is not None and type(msgid) is str and not f.may_contain(msgid):
+                return None  # certainly never committed
             row = self._one("SELECT seq FROM msgid_index WHERE msgid = ?", (msgid,))
             seq = None if row is None else row[0]
         return seq
@@ -674,6 +681,9 @@ class _Reader:
         hit = self.tail.visits.get(visit, 0)
         if hit != 0:
             return hit is not None
+        f = self.visits
+        if f is not None and type(visit[0]) is str and type(visit[1]) is str and not f.may_contain(*visit):
+            return False  # no settlement ever opened it
         return self._one("SELECT 1 FROM open_visit WHERE fixmedins_code = ? AND mdtrt_id = ?", visit) is not None
 
     def close(self) -> None:
@@ -962,6 +972,7 @@ class SqliteStore:
             self._written_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
             self._next_seq = self._written_seq + 1
             self._fold()
+            self._build_filters()
             # Just seeded, the store holds exactly the world's persons: no need to read them back.
             self.engine = self._engine(world, clock, None) if seeded_now else self._restore(world, clock)
         except sqlite3.DatabaseError as e:
@@ -1261,8 +1272,12 @@ class SqliteStore:
             # Durable. Index the rows in the tail first, then let the maps forget them:
             # a lookup in between finds them in one place or the other.
             t = self._tail
+            r = self._reader
             for msgid, seq, visit, setl_id, reversed_id in p.tail:
+                r.msgids.add(msgid)
                 t.msgid[msgid] = seq
+                if setl_id is not None:
+                    r.visits.add(*visit)
                 t.visits[visit] = setl_id
                 if reversed_id is not None:
                     t.reversed[reversed_id] = seq
@@ -1298,6 +1313,26 @@ class SqliteStore:
         except sqlite3.Error:
             pass
 
+    def _build_filters(self) -> None:
+        """The reader's msgid and visit filters, from the keyed tables (just folded: the tail is empty)."""
+        import time
+
+        t0 = time.perf_counter()
+        w = self._w
+        assert not self._tail.msgid
+        n_msg = w.execute("SELECT COUNT(*) FROM msgid_index").fetchall()[0][0]
+        n_vis = w.execute("SELECT COUNT(*) FROM open_visit").fetchall()[0][0]
+        msgids, visits = Bloom(max(FILTER_KEYS_MIN, 2 * n_msg)), Bloom(max(FILTER_KEYS_MIN, 2 * n_vis))
+        cur = w.execute("SELECT msgid FROM msgid_index")
+        while rows := cur.fetchmany(READ_CHUNK_ROWS):
+            msgids.add_all([r[0] for r in rows])
+        cur = w.execute("SELECT fixmedins_code, mdtrt_id FROM open_visit")
+        while rows := cur.fetchmany(READ_CHUNK_ROWS):
+            visits.add_all_pairs(rows)
+        self._reader.msgids, self._reader.visits = msgids, visits
+        log.info("lookup filters: %d msgids, %d open visits (%.0f MiB) in %.2f s", n_msg, n_vis,
+                 (msgids.nbytes + visits.nbytes) / 2**20, time.perf_counter() - t0)
+
     # ------------------------------------------------------------ fold
 
     def fold(self) -> int:
@@ -1330,6 +1365,10 @@ class SqliteStore:
             raise
         # Everything up to h is in the keyed tables now.
         self._tail.clear()
+        r = self._reader
+        if r is not None and r.msgids is not None and (
+                r.msgids.added > r.msgids.capacity or r.visits.added > r.visits.capacity):
+            self._build_filters()  # over capacity: false positives would grow; twice the size
         dt = time.perf_counter() - t0
         self.fold_s_total += dt
         log.info("folded journal rows %d..%d (%d) in %.2f s", m + 1, h, h - m, dt)

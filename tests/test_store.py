@@ -486,3 +486,56 @@ def test_pack_lines_equals_numpy_records():
     row[3] = m
     with pytest.raises(ValueError, match="line 3"):
         pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts)
+
+
+# ---------------------------------------------------------------- lookup filters
+
+
+def test_bloom_never_forgets_and_rarely_errs():
+    """A key added is always reported; absent keys are reported present about 1 time in 1,000 at capacity."""
+    from core_ext._bloom import Bloom
+
+    f = Bloom(20_000)
+    keys = [f"H{k:011d}2026112000{k:06d}" for k in range(f.capacity)]
+    f.add_all(keys[: len(keys) // 2])
+    for k in keys[len(keys) // 2:]:
+        f.add(k)
+    assert f.added == len(keys)
+    assert all(f.may_contain(k) for k in keys)
+    absent = [f"X{k:011d}2026112100{k:06d}" for k in range(50_000)]
+    fp = sum(f.may_contain(k) for k in absent) / len(absent)
+    assert fp < 0.005, fp
+    f.add_all_pairs([("H1", "v1"), ("H2", "v2")])
+    f.add("H3", "v3")
+    assert f.may_contain("H1", "v1") and f.may_contain("H3", "v3")
+    assert sum(f.may_contain(a, b) for a, b in (("H1", "v2"), ("H2", "v1"), ("H1v", "1"), ("H", "1v1"))) <= 1
+    with pytest.raises(TypeError):
+        f.may_contain(None)
+    with pytest.raises(ValueError):
+        Bloom(0)
+
+
+def test_filters_grow_and_the_store_still_answers_like_the_engine(tmp_path, synth, monkeypatch):
+    """Tiny filters, rebuilt larger at folds as they fill; every reply (retries, duplicate visits, reversals,
+    across a restart) equals the in-memory engine's, and a filter's "absent" is never wrong."""
+    import engine.store as store_mod
+
+    monkeypatch.setattr(store_mod, "FILTER_KEYS_MIN", 1)
+    world_dir, world, bodies = synth
+    _, want = _oracle(world, bodies)
+    data = str(tmp_path / "data")
+    half = len(bodies) // 2
+    with open_store(data, world_dir, clock="inf_time", fold_rows=100) as store:
+        cap0 = store._reader.msgids.capacity
+        got = _run(store, bodies[:half])
+        assert store._reader.msgids.capacity > cap0
+    with open_store(data, world_dir, clock="inf_time", fold_rows=100) as store:
+        r = store._reader
+        assert r.msgids.added >= half // 2
+        for c in store._w.execute("SELECT msgid FROM msgid_index"):
+            assert r.msgids.may_contain(c[0])
+        for a, b in store._w.execute("SELECT fixmedins_code, mdtrt_id FROM open_visit"):
+            assert r.visits.may_contain(a, b)
+        got += _run(store, bodies[half:])
+    assert got == want
+    _check_ok(data)
