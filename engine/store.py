@@ -103,6 +103,7 @@ PAGE_SIZE = 16_384  # bytes: a journal row with its blob fits in one page
 SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
 FILTER_KEYS_MIN = 4_194_304  # capacity of each lookup filter (16 bits a key: 8 MiB) at least
 WAL_CHECKPOINT_BYTES = 64 << 20  # WAL size that wakes the checkpointer thread
+CHECKPOINT_NICE = 19  # nice value of the checkpointer thread
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
 COMPRESS_CHUNK = 128  # journal bodies per call of compress_bodies on the compressor thread
@@ -864,6 +865,12 @@ class _Checkpointer:
         self.thread.start()
 
     def _run(self) -> None:
+        try:
+            # Lowest CPU priority for this thread (Linux: per thread): copying pages
+            # must not take the core from the engine when they share one.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_NICE)
+        except (AttributeError, OSError) as e:
+            log.info("checkpointer keeps the normal priority (%s)", e)
         while True:
             self.wake.wait()
             self.wake.clear()
@@ -954,6 +961,11 @@ class SqliteStore:
             self._w.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             # Checkpoints run on a thread of their own (_Checkpointer), not in the commit.
             self._w.execute("PRAGMA wal_autocheckpoint = 0")
+            # When a commit starts the WAL over (after a complete checkpoint) it also
+            # truncates the file, so that the WAL's size is what has not been
+            # checkpointed: _after_commit wakes the checkpointer by that size. (Left
+            # at its high-water mark, the file would wake it after every commit.)
+            self._w.execute("PRAGMA journal_size_limit = 0")
             tables = {r[0] for r in self._w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
