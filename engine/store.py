@@ -102,7 +102,9 @@ READ_CHUNK_ROWS = 65_536  # rows per fetch when loading persons at start
 PAGE_SIZE = 16_384  # bytes: a journal row with its blob fits in one page
 SQLITE_CACHE_KIB = 262_144  # page cache of the writer connection
 FILTER_KEYS_MIN = 4_194_304  # capacity of each lookup filter (16 bits a key: 8 MiB) at least
-WAL_CHECKPOINT_BYTES = 64 << 20  # WAL size that wakes the checkpointer thread
+CHECKPOINT_INTERVAL_S = 1.0  # the checkpointer copies the WAL at most this often while it is short
+WAL_CHASE_BYTES = 64 << 20  # a WAL this long is checkpointed after every commit until it starts over
+WAL_FILE_KEEP_BYTES = 64 << 20  # journal_size_limit: a WAL file larger is cut back to this when it starts over
 CHECKPOINT_NICE = 19  # nice value of the checkpointer thread
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
@@ -850,15 +852,21 @@ class _Checkpointer:
     """Copies the WAL into the database file on its own thread and connection (PASSIVE checkpoints).
 
     A commit then only appends to the WAL and fsyncs it; the checkpoint's writes
-    and fsync of the database file overlap the next commits. The writer wakes it
-    when the WAL passes WAL_CHECKPOINT_BYTES, and checkpoints itself, waiting,
-    should the WAL ever pass WAL_BYTES_MAX.
+    and fsync of the database file overlap the next commits. Every commit wakes
+    it; while the WAL is shorter than WAL_CHASE_BYTES it rests
+    CHECKPOINT_INTERVAL_S between passes, once longer it makes a pass per commit
+    until one catches up and the WAL starts over. It runs at the lowest CPU
+    priority. (By the WAL file's size instead: the file keeps its high-water mark
+    when the WAL starts over, and woke it after nearly every commit.) The writer
+    checkpoints itself, waiting, should the WAL file ever pass WAL_BYTES_MAX.
     """
 
     def __init__(self, path: str):
         self.conn = connect(path)
         self.conn.execute("PRAGMA synchronous = FULL")
+        self.page_size = self.conn.execute("PRAGMA page_size").fetchall()[0][0]
         self.wake = threading.Event()
+        self._stopped = threading.Event()
         self.stopping = False
         self.checkpoints = 0
         self.thread = threading.Thread(target=self._run, name="yidi-checkpoint", daemon=True)
@@ -876,14 +884,24 @@ class _Checkpointer:
             self.wake.clear()
             if self.stopping:
                 return
+            rest = False
             try:
-                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                _, frames, _ = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
                 self.checkpoints += 1
+                # frames: the WAL's length when this pass began. The WAL starts over
+                # only at a commit that finds every frame copied, which a pass while
+                # commits keep coming rarely leaves: once it is long, chase (a pass
+                # per commit, each copying what the last commits added) until it
+                # starts over; while it is short, rest between passes.
+                rest = 0 <= frames * self.page_size < WAL_CHASE_BYTES
             except sqlite3.Error as e:  # harmless: the WAL keeps everything; the writer's limit still holds
                 log.warning("background checkpoint failed: %s", e)
+            if rest and self._stopped.wait(CHECKPOINT_INTERVAL_S):  # a rate limit; stop() ends it at once
+                return
 
     def stop(self) -> None:
         self.stopping = True
+        self._stopped.set()
         self.wake.set()
         self.thread.join()
         self.conn.close()
@@ -961,11 +979,9 @@ class SqliteStore:
             self._w.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             # Checkpoints run on a thread of their own (_Checkpointer), not in the commit.
             self._w.execute("PRAGMA wal_autocheckpoint = 0")
-            # When a commit starts the WAL over (after a complete checkpoint) it also
-            # truncates the file, so that the WAL's size is what has not been
-            # checkpointed: _after_commit wakes the checkpointer by that size. (Left
-            # at its high-water mark, the file would wake it after every commit.)
-            self._w.execute("PRAGMA journal_size_limit = 0")
+            # When a commit starts the WAL over (after a complete checkpoint), a file
+            # grown past this is cut back: the WAL_BYTES_MAX check below sees it fall.
+            self._w.execute(f"PRAGMA journal_size_limit = {WAL_FILE_KEEP_BYTES}")
             tables = {r[0] for r in self._w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
@@ -1313,7 +1329,7 @@ class SqliteStore:
         if wal_bytes >= WAL_BYTES_MAX:
             # The checkpointer fell far behind: wait for a full checkpoint here.
             self._w.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-        elif wal_bytes >= WAL_CHECKPOINT_BYTES:
+        else:
             self._checkpointer.wake.set()
 
     def _fail(self, e: BaseException) -> None:
