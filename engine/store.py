@@ -105,6 +105,7 @@ FILTER_KEYS_MIN = 4_194_304  # capacity of each lookup filter (16 bits a key: 8 
 CHECKPOINT_INTERVAL_S = 1.0  # the checkpointer copies the WAL at most this often while it is short
 WAL_CHASE_BYTES = 64 << 20  # a WAL this long is checkpointed after every commit until it starts over
 WAL_FILE_KEEP_BYTES = 64 << 20  # journal_size_limit: a WAL file larger is cut back to this when it starts over
+WAL_HEADER_BYTES = 32  # a WAL file no longer than its header holds no frames
 CHECKPOINT_NICE = 19  # nice value of the checkpointer thread
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
@@ -407,7 +408,11 @@ def check_header(path: str) -> None:
 
     A truncated file is caught here, before SQLite reads it: the header's page
     count (valid when its version-valid-for field equals the change counter) must
-    fit in the file, and the file must be a whole number of pages.
+    fit in the file, and the file must be a whole number of pages. The page count
+    is not compared while the WAL holds frames: a checkpoint cut short (the process
+    killed) may have written page 1 with the new count before the pages after the
+    file's end, and SQLite redoes it from the WAL; the quick_check at open
+    (verify="quick") then reads every page.
     """
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -425,7 +430,9 @@ def check_header(path: str) -> None:
     change_counter = int.from_bytes(head[24:28], "big")
     pages = int.from_bytes(head[28:32], "big")
     valid_for = int.from_bytes(head[92:96], "big")
-    if pages and change_counter == valid_for and size < pages * page_size:
+    wal = path + "-wal"
+    wal_frames = os.path.exists(wal) and os.path.getsize(wal) > WAL_HEADER_BYTES
+    if pages and change_counter == valid_for and size < pages * page_size and not wal_frames:
         raise StoreRefused(
             f"{path}: truncated: the header counts {pages} pages of {page_size} bytes "
             f"({pages * page_size} bytes) but the file has {size}"
