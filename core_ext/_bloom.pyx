@@ -72,44 +72,41 @@ cdef class Bloom:
         h = _fmix(h)
         return h if h else 1  # never 0, so that 0 can mean an error
 
-    cdef void _set(self, uint64_t h) noexcept:
+    cdef bint _probe(self, uint64_t h, bint add) noexcept:
+        """Set (add) or test the K bits of hash h in its block; True when they were all set."""
         cdef uint64_t* block = &self.words[(h & self.block_mask) * 8]
         cdef uint64_t h2 = _fmix(h ^ 0x9E3779B97F4A7C15ULL)
         cdef uint64_t step = (h2 >> 32) | 1
-        cdef uint64_t pos
+        cdef uint64_t pos, bit
+        cdef bint present = True
         cdef int j
         for j in range(K):
             pos = (h2 + j * step) & 511
-            block[pos >> 6] |= (<uint64_t> 1) << (pos & 63)
-        self.added += 1
-
-    cdef bint _test(self, uint64_t h) noexcept:
-        cdef uint64_t* block = &self.words[(h & self.block_mask) * 8]
-        cdef uint64_t h2 = _fmix(h ^ 0x9E3779B97F4A7C15ULL)
-        cdef uint64_t step = (h2 >> 32) | 1
-        cdef uint64_t pos
-        cdef int j
-        for j in range(K):
-            pos = (h2 + j * step) & 511
-            if not (block[pos >> 6] >> (pos & 63)) & 1:
-                return False
-        return True
+            bit = (<uint64_t> 1) << (pos & 63)
+            if not block[pos >> 6] & bit:
+                if not add:
+                    return False
+                present = False
+                block[pos >> 6] |= bit
+        if add:
+            self.added += 1
+        return present
 
     def add(self, str key, str second=None):
         """Add a key (or the pair key, second)."""
-        self._set(self._hash(key, second))
+        self._probe(self._hash(key, second), True)
 
     def may_contain(self, str key, str second=None) -> bool:
         """False: the key (or pair) was never added. True: it may have been."""
-        return self._test(self._hash(key, second))
+        return self._probe(self._hash(key, second), False)
 
     def add_all(self, keys):
         """Add every str of an iterable."""
         cdef str k
         for k in keys:
-            self._set(self._hash(k, None))
+            self._probe(self._hash(k, None), True)
 
     def add_all_pairs(self, pairs):
         """Add every (key, second) pair of an iterable."""
         for a, b in pairs:
-            self._set(self._hash(a, b))
+            self._probe(self._hash(a, b), True)
