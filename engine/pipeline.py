@@ -287,8 +287,6 @@ class Engine:
         # 3201/3202 (engine.reconcile): every committed change, by institution and time.
         # A store replaces it with an index that keeps only its unfolded rows in RAM.
         self.recon = reconcile.ReconIndex()
-        # Called at the end of every handle_batch (a store closes its read snapshot there).
-        self.after_batch = None
 
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
@@ -298,13 +296,6 @@ class Engine:
     # ------------------------------------------------------------ batch entry
 
     def handle_batch(self, reqs: list[Request]) -> list[Reply]:
-        try:
-            return self._handle_batch(reqs)
-        finally:
-            if self.after_batch is not None:
-                self.after_batch()
-
-    def _handle_batch(self, reqs: list[Request]) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(reqs)
         rnd = _Round()
         for idx, req in enumerate(reqs):

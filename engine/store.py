@@ -27,8 +27,8 @@ the batch of every person and chronic slot it touched, read from
 `engine.state` (`person_log`, `chronic_log`). The double-entry postings of
 section 8 are the journal row's own columns, seen as rows through the
 `posting` view (the legs engine.ledger derives; `yidi check` compares them):
-writing them again as rows of their own cost a fifth of the commit. Every one of these tables is keyed by the journal sequence
-number, so a commit writes pages at the end of each B-tree and nowhere else:
+writing them again as rows of their own cost a fifth of the commit. Every one
+of these tables is keyed by the journal sequence number, so a commit writes pages at the end of each B-tree and nowhere else:
 random updates of a million person rows or of a msgid index would each dirty a
 page per settlement and cost more than the rest of the commit together. The
 commit returns once SQLite has fsynced the WAL. A failing commit raises
@@ -138,7 +138,6 @@ LINE_DTYPE = np.dtype([
     ("inscp_fen", "<i4"), ("selfpay_bp", "<i2"), ("lv", "i1"), ("memo", "i1"),
 ])
 assert LINE_DTYPE.itemsize == LINE_RECORD_BYTES  # core_ext._pack.pack_lines writes them
-
 
 
 def _fund_case(table: str) -> str:
@@ -584,11 +583,8 @@ class _Tail:
         self.msgid: dict[str, int] = {}  # msgid -> seq
         self.visits: dict[tuple[str, str], str | None] = {}  # visit -> setl_id in force, None closed
         self.reversed: dict[str, int] = {}  # setl_id -> seq of its reversal
-        self.folds = 0  # folds so far: a read snapshot older than the last fold is not used again
 
     def clear(self) -> None:
-        """After a fold has committed: what it folded is in the keyed tables now."""
-        self.folds += 1  # first: a lookup that misses the cleared tail then takes a new snapshot
         self.msgid, self.visits, self.reversed = {}, {}, {}
 
 
@@ -599,45 +595,19 @@ class _Reader:
         self.conn = connect(path, read_only=True)
         self.lock = threading.Lock()
         self.tail = tail
-        self._snapshot_folds = -1  # tail.folds when the open read transaction began; -1: none open
         # Every msgid in the store and every visit a settlement ever opened (SqliteStore._build_filters;
         # write adds what it commits): a key they do not hold is not in the store, no query needed.
         self.msgids: Bloom | None = None
         self.visits: Bloom | None = None
 
-    def _one(self, sql: str, args: tuple, fresh: bool = False):
-        """One row or None.
-
-        The misses of one batch (a new msgid, a new visit: nearly every request)
-        share one read transaction, which end_snapshot closes after the batch:
-        a snapshot per statement costs several times the lookup. That snapshot
-        may be older than the last commits, but whatever they added is in the
-        tail (the callers look there first), and a fold, which moves rows out of
-        the tail, makes the next lookup take a new snapshot. A lookup that must
-        see the latest commits (`fresh`: a row whose seq the tail gave) runs on
-        a snapshot of its own.
-        """
+    def _one(self, sql: str, args: tuple):
+        # fetchall steps the statement to its end, so that SQLite resets it and
+        # no read transaction stays open on an old snapshot. (Misses rarely get
+        # here: the filters answer them.)
         with self.lock:
-            conn = self.conn
-            if fresh:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-                self._snapshot_folds = -1
-            elif self._snapshot_folds != self.tail.folds:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-                conn.execute("BEGIN")
-                self._snapshot_folds = self.tail.folds
-            rows = conn.execute(sql, args).fetchall()
+            rows = self.conn.execute(sql, args).fetchall()
         assert len(rows) <= 1
         return rows[0] if rows else None
-
-    def end_snapshot(self) -> None:
-        """Close the batch's read transaction (it would hold back checkpoints)."""
-        with self.lock:
-            if self.conn.in_transaction:
-                self.conn.execute("COMMIT")
-            self._snapshot_folds = -1
 
     def seq_of(self, msgid: str) -> int | None:
         seq = self.tail.msgid.get(msgid)
@@ -655,7 +625,7 @@ class _Reader:
             return None
         row = self._one(
             "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32"
-            " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,), fresh=True,
+            " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,),
         )
         assert row is not None and row[0] == msgid, f"msgid index points to a missing row: {msgid}"
         _, infno, codec_name, body, crc = row
@@ -671,14 +641,14 @@ class _Reader:
         seq = self.seq_of(setl_id[1:])
         if seq is None:
             return None
-        row = self._one(f"SELECT {', '.join(_SETTLED_COLS)} FROM journal WHERE seq = ?", (seq,), fresh=True)
+        row = self._one(f"SELECT {', '.join(_SETTLED_COLS)} FROM journal WHERE seq = ?", (seq,))
         r = dict(zip(_SETTLED_COLS, row))
         if r["kind"] != KIND_SETTLE:
             return None
         assert r["setl_id"] == setl_id
         rev = self.tail.reversed.get(setl_id)
         if rev is None:
-            rev = self._one("SELECT seq FROM reversal WHERE setl_id = ?", (setl_id,), fresh=True)
+            rev = self._one("SELECT seq FROM reversal WHERE setl_id = ?", (setl_id,))
         return Settled(
             setl_id=setl_id, outpatient=r["infno"] in OUTPATIENT_INFNOS, fixmedins_code=r["fixmedins_code"],
             mdtrtarea_admvs=r["mdtrtarea_admvs"], insuplc_admdvs=r["insuplc_admdvs"], mdtrt_id=r["mdtrt_id"],
@@ -1194,7 +1164,6 @@ class SqliteStore:
         engine.journal = JournalMap(self._reader)
         engine.settled = SettledMap(self._reader)
         engine.open_visits = OpenVisits(self._reader)
-        engine.after_batch = self._reader.end_snapshot
         # 3201/3202 (issue 6, engine.reconcile): rows up to folded_seq are read from medins_time;
         # the index keeps in RAM only the changes numbered from _next_seq on, until a fold covers them.
         from .reconcile import ReconIndex
