@@ -16,8 +16,9 @@ apart, amortised per settlement.
 Garbage collection as `yidi serve` and `yidi replay` run it (engine.server,
 Hub.manual_gc): the automatic collector off, the young generations collected
 once per batch. The engine's garbage is collected before the commit, not
-timed; the commit's own is collected and timed with it, for both peers. (With the automatic collector on, its full passes over the engine's
-objects cost the store about 10 us per settlement at batch 1,024.)
+timed; the commit's own is collected and timed with it, for both peers. (With
+the automatic collector on, its full passes over the engine's objects cost the
+store about 10 us per settlement at batch 1,024.)
 
     YIDI_BENCH_SCALE=1 pytest bench/test_bench_store.py --benchmark-enable -o addopts="" -s
 """

@@ -81,7 +81,7 @@ import pyarrow.compute as pc
 from core_ext._bloom import Bloom
 from core_ext._pack import LINE_RECORD_BYTES, compress_bodies, pack_lines
 
-from . import kernels, ledger, money, protocol
+from . import kernels, money, protocol
 from .pipeline import Change, Engine, ResultRows, Settled
 from .protocol import OUTPATIENT_INFNOS
 from .wire import JSON, MSGPACK, Reply
@@ -246,7 +246,7 @@ CREATE TABLE journal (
     second_fen INTEGER NOT NULL
 );
 
--- The request and the reply of a journal row, as one LZ4 block (engine.store.pack_body):
+-- The request and the reply of a journal row, as one LZ4 block (engine.store.body_of):
 -- the request's raw `input` in its codec ('json' or 'msgpack'), the reply as
 -- MessagePack without its `result` (setlinfo and setldetail as their values in
 -- the order of SETLINFO_KEYS and SETLDETAIL_KEYS), and the `result` rows packed as integers
@@ -525,13 +525,8 @@ SETLINFO_KEYS = (*AMOUNT_KEYS, "balc", "cvlserv_pay", "hifes_pay", "maf_pay", "o
 SETLDETAIL_KEYS = ("fund_pay_type", "fund_pay_type_name", "fund_payamt")
 
 
-def pack_body(input_raw: bytes, reply: Reply, lines: bytes | None) -> bytes:
-    """A journal row's request and reply as one LZ4 block (see the journal_blob table)."""
-    return compress_bodies((body_of(input_raw, reply, lines),))[0]
-
-
 def body_of(input_raw: bytes, reply: Reply, lines: bytes | None) -> bytes:
-    """The uncompressed body of pack_body."""
+    """A journal row's request and reply, uncompressed (prepare compresses it: see the journal_blob table)."""
     out = reply.output
     keys = tuple(out)
     setlinfo = out["setlinfo"]
