@@ -3,6 +3,7 @@
 Each function allocates its outputs and calls one kernel over a whole batch:
   match_lines  catalogue lookup by (province, code, day)      SETTLEMENT.md 2, 3
   gather_lines decoded fee lines -> exact integer arrays        SETTLEMENT.md 1
+  FeeBuffer    a round's fee lines, raw from the wire or decoded SETTLEMENT.md 1
   split_lines  line split and per-settlement totals             SETTLEMENT.md 3
   pay_funds    fund payment with each person's accumulators     SETTLEMENT.md 6
 """
@@ -17,6 +18,7 @@ from pyarrow.compute import unique as pc_unique
 from core_ext._catalogue import CatalogueIndex
 from core_ext._emit import emit_rows, format_fen, format_scaled
 from core_ext._fund import fund_batch
+from core_ext._lines import FeeBuffer  # noqa: F401  (engine.pipeline)
 from core_ext._lines import gather_lines as _gather
 from core_ext._lines import parse_scaled as _parse_scaled
 from core_ext._lines import parse_time_day as _parse_time_day

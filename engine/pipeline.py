@@ -38,6 +38,7 @@ I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
 _fmt = kernels.format_fen
 
 KIND_INPATIENT, KIND_OUTPATIENT, KIND_CHRONIC = 0, 1, 2
+ROUND_LINES_START = 4096  # a round's FeeBuffer starts with room for this many lines, and doubles
 _SPLIT_ERR = {1: E_LIMIT, 2: E_AMOUNT_MISMATCH}
 _FUND_ERR = {1: E_FILING_REQUIRED, 2: E_NO_QUALIFICATION, 3: E_DATE}
 _NEGATED = (
@@ -156,7 +157,7 @@ class Pending:
     idx: int
     env: object
     data: object
-    lines: list
+    n_lines: int  # its fee lines are the round's next n_lines (_Round.lines)
     commit: bool
     outpatient: bool
     now: str
@@ -177,11 +178,11 @@ class Pending:
     retired310: int
     journal_input: object  # (codec, raw input bytes) for the journal
 
-    def __init__(self, idx, env, data, lines, commit, outpatient, now, journal_input=None):
+    def __init__(self, idx, env, data, n_lines, commit, outpatient, now, journal_input=None):
         self.idx = idx
         self.env = env
         self.data = data
-        self.lines = lines
+        self.n_lines = n_lines
         self.commit = commit
         self.outpatient = outpatient
         self.now = now
@@ -384,7 +385,21 @@ class Engine:
     # ------------------------------------------------------------ settlements
 
     def _prepare(self, idx: int, env, codec: Codec, now: str, rnd: "_Round") -> Pending:
-        """Checks of section 7 up to the lines; the result joins the round."""
+        """Checks of section 7 up to the lines; the result joins the round.
+
+        The fee lines are read into the round's FeeBuffer first (straight from the
+        wire when they have the common shape, else decoded by msgspec), and taken
+        back if the request does not join the round.
+        """
+        buf = rnd.lines
+        mark = buf.n
+        try:
+            return self._prepare_checks(idx, env, codec, now, rnd, buf)
+        except BaseException:
+            buf.truncate(mark)
+            raise
+
+    def _prepare_checks(self, idx: int, env, codec: Codec, now: str, rnd: "_Round", buf) -> Pending:
         infno = env.infno
         outpatient = infno in OUTPATIENT_INFNOS
         commit = infno in COMMIT_INFNOS
@@ -395,9 +410,20 @@ class Engine:
                 raise _Flush()
             inp_c = self._journal_check(env, infno, codec)
         try:
-            inp = codec.settle.decode(env.input)
-        except DecodeError as e:
-            raise Refused(E_SCHEMA, f"input: {e}") from None
+            inp = codec.settle_raw.decode(env.input)
+            n_lines = buf.parse(inp.feedetail, codec.is_json)
+        except DecodeError:
+            n_lines = -1
+        if n_lines < 0:
+            # Not the common shape: msgspec decodes it all, and defines every error.
+            try:
+                inp = codec.settle.decode(env.input)
+            except DecodeError as e:
+                raise Refused(E_SCHEMA, f"input: {e}") from None
+            fee = inp.feedetail
+            n_lines = len(fee) if fee else 0
+            if n_lines:
+                buf.gather(fee)
         d = inp.data
         for k in ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code"):
             v = getattr(env, k)
@@ -427,19 +453,18 @@ class Engine:
         chronic = med_type == MED_TYPE_CHRONIC
         if chronic and (not isinstance(d.dise_codg, str) or not d.dise_codg):
             raise Refused(E_SCHEMA, "dise_codg must be a non-empty string")
-        lines = inp.feedetail
-        if not lines:
+        if not n_lines:
             raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
         visit = (env.fixmedins_code, d.mdtrt_id)
         if visit in rnd.visits:
             raise _Flush()
 
-        p = Pending(idx, env, d, lines, commit, outpatient, now, journal_input=inp_c)
+        p = Pending(idx, env, d, n_lines, commit, outpatient, now, journal_input=inp_c)
         p.medfee = medfee
         # From here on a failing check is remembered, not raised: an E_SCHEMA in
         # the lines (found by the kernel later) still ranks before it.
         try:
-            if len(lines) > LINES_MAX:
+            if n_lines > LINES_MAX:
                 raise Refused(E_LIMIT, f"more than {LINES_MAX} fee lines")
             inst = self.inst.get(env.fixmedins_code)
             if inst is None:
@@ -517,13 +542,12 @@ class Engine:
         """Compute every pending settlement of a round through the kernels, in order."""
         pend = rnd.pending
         n = len(pend)
-        counts = np.fromiter((len(p.lines) for p in pend), dtype=I64, count=n)
+        counts = np.fromiter((p.n_lines for p in pend), dtype=I64, count=n)
         starts = np.zeros(n + 1, I64)
         np.cumsum(counts, out=starts[1:])
-        all_lines: list = []
-        for p in pend:
-            all_lines.extend(p.lines)
-        lines = kernels.gather_lines(all_lines)
+        buf = rnd.lines
+        assert int(starts[-1]) == buf.n, "every pending settlement's lines, and only theirs, are in the round"
+        lines = kernels.Lines(buf.codes, buf.sns, *buf.arrays(), buf.n_bad)
         prov = np.fromiter(
             (int(p.env.mdtrtarea_admvs[:2]) if p.env.mdtrtarea_admvs[:2].isdigit() else -1 for p in pend),
             dtype=I16, count=n,
@@ -626,7 +650,7 @@ class Engine:
             if amt:
                 detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
                                "fund_payamt": _fmt(amt)})
-        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(lo, lo + len(p.lines), arrays)}
+        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(lo, lo + p.n_lines, arrays)}
         reply = self._ok(p.env.msgid, p.now, output)
         if p.commit:
             setl_id = "S" + p.env.msgid
@@ -795,10 +819,11 @@ def six_months_days(begn: np.ndarray) -> np.ndarray:
 
 
 class _Round:
-    __slots__ = ("pending", "msgids", "visits", "persons")
+    __slots__ = ("pending", "lines", "msgids", "visits", "persons")
 
     def __init__(self):
         self.pending: list[Pending] = []
+        self.lines = kernels.FeeBuffer(ROUND_LINES_START)  # the pending settlements' fee lines, in order
         self.msgids: set[str] = set()  # of the round's settlements (not pre-settlements)
         self.visits: set[tuple] = set()  # (fixmedins_code, mdtrt_id)
         self.persons: set[int] = set()  # whose state the round may change

@@ -53,6 +53,13 @@ class SettleInput(msgspec.Struct, gc=False):
     feedetail: list[FeeLine] | None = None
 
 
+class SettleInputRaw(msgspec.Struct, gc=False):
+    """SettleInput with its fee lines left raw, for FeeBuffer.parse (engine.pipeline)."""
+
+    data: SettleData
+    feedetail: msgspec.Raw = msgspec.Raw(b"")
+
+
 class ReverseData(msgspec.Struct, gc=False):
     setl_id: Any = None
     mdtrt_id: Any = None
@@ -105,6 +112,8 @@ class Codec:
             raise ValueError(fmt)
         self.envelope = mod.Decoder(Envelope, **kw)
         self.settle = mod.Decoder(SettleInput, **kw)
+        self.settle_raw = mod.Decoder(SettleInputRaw, **kw)
+        self.is_json = fmt == "json"
         self.reverse = mod.Decoder(ReverseInput, **kw)
         self.person = mod.Decoder(PersonQueryInput, **kw)
         self.generic = mod.Decoder(**kw)
