@@ -8,7 +8,9 @@ engine.kernels.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.ref cimport PyObject
+from cpython.ref cimport PyObject, Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -151,82 +153,121 @@ cdef inline void key(Buf *b, const char *k, Py_ssize_t n, bint mp, bint first) n
 
 
 
-def emit_rows(
-    list sns, Py_ssize_t lo, Py_ssize_t hi, int fmt,
-    const int64_t[::1] amt_fen, const int64_t[::1] cnt, const int64_t[::1] pric_micro,
-    const int32_t[::1] row,
-    const int8_t[::1] cat_lv, const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
-    const int8_t[::1] memo, const int64_t[::1] fulamt, const int64_t[::1] overlmt,
-    const int64_t[::1] presel, const int64_t[::1] inscp,
-):
-    """Rows lo..hi-1 of a round as a `result` list: fmt 0 JSON with money as strings,
-    1 JSON with money as numbers (the HTTP gateway), 2 MessagePack (strings).
+cdef class RowEmitter:
+    """A round's `result` rows, rendered a settlement at a time (emit).
 
-    sns[i] is the feedetl_sn of row i (of the whole round), a str or an int.
+    Holds the round's columns as typed views, taken once per round rather than
+    once per settlement: sns[i] is the feedetl_sn of row i (a str or an int);
+    row[i] its catalogue entry (-1 for none), read in cat_lv, cat_selfpay_bp and
+    cat_cap_micro; the rest are per-row.
     """
-    cdef Py_ssize_t m = hi - lo, i, j, sn_n, total = 16
-    cdef bint mp = fmt == 2, q = fmt != 1
-    cdef Buf b
-    cdef const char *sn_p
-    cdef object sn
-    cdef int32_t r
-    cdef long long sn_int
-    cdef char lvtxt[2]
-    if sns is None or lo < 0 or hi < lo or PyList_GET_SIZE(sns) < hi or row.shape[0] < hi:
-        raise ValueError("sns and the arrays must hold rows lo..hi-1")
-    # Size the buffer once: the fixed part of each row plus its serial number.
-    for j in range(m):
-        sn = <object>PyList_GET_ITEM(sns, lo + j)
-        if PyUnicode_Check(sn):
-            PyUnicode_AsUTF8AndSize(sn, &sn_n)
-            total += ROW_FIXED_BYTES_MAX + 6 * sn_n
-        else:
-            total += ROW_FIXED_BYTES_MAX + 24
-    b.p = <char *>malloc(total)
-    if b.p == NULL:
-        raise MemoryError()
-    b.n = 0
-    b.cap = total
-    try:
-        if mp:
-            if m < 16:
-                put_c(&b, <char>(0x90 | m))
-            elif m < 65536:
-                put_c(&b, <char>0xdc)
-                put_c(&b, <char>(m >> 8))
-                put_c(&b, <char>(m & 0xff))
-            else:
-                put_c(&b, <char>0xdd)
-                for j in range(3, -1, -1):
-                    put_c(&b, <char>((m >> (8 * j)) & 0xff))
-        else:
-            put_c(&b, b'[')
+
+    cdef list sns
+    cdef const int64_t[::1] amt_fen
+    cdef const int64_t[::1] cnt
+    cdef const int64_t[::1] pric_micro
+    cdef const int32_t[::1] row
+    cdef const int8_t[::1] cat_lv
+    cdef const int32_t[::1] cat_selfpay_bp
+    cdef const int64_t[::1] cat_cap_micro
+    cdef const int8_t[::1] memo
+    cdef const int64_t[::1] fulamt
+    cdef const int64_t[::1] overlmt
+    cdef const int64_t[::1] presel
+    cdef const int64_t[::1] inscp
+
+    def __init__(self, list sns not None, const int64_t[::1] amt_fen, const int64_t[::1] cnt,
+                 const int64_t[::1] pric_micro, const int32_t[::1] row, const int8_t[::1] cat_lv,
+                 const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
+                 const int8_t[::1] memo, const int64_t[::1] fulamt, const int64_t[::1] overlmt,
+                 const int64_t[::1] presel, const int64_t[::1] inscp):
+        cdef Py_ssize_t n = row.shape[0]
+        if (PyList_GET_SIZE(sns) < n or amt_fen.shape[0] < n or cnt.shape[0] < n or pric_micro.shape[0] < n
+                or memo.shape[0] < n or fulamt.shape[0] < n or overlmt.shape[0] < n or presel.shape[0] < n
+                or inscp.shape[0] < n):
+            raise ValueError("every per-row array must hold the rows of `row`")
+        if cat_selfpay_bp.shape[0] != cat_lv.shape[0] or cat_cap_micro.shape[0] != cat_lv.shape[0]:
+            raise ValueError("the catalogue columns differ in length")
+        for i in range(n):
+            if not (-1 <= row[i] < cat_lv.shape[0]):
+                raise ValueError(f"row {i} names catalogue entry {row[i]}, outside the catalogue")
+            if not (0 <= memo[i] < 4):
+                raise ValueError(f"row {i} has memo {memo[i]}")
+        self.sns, self.amt_fen, self.cnt, self.pric_micro, self.row = sns, amt_fen, cnt, pric_micro, row
+        self.cat_lv, self.cat_selfpay_bp, self.cat_cap_micro = cat_lv, cat_selfpay_bp, cat_cap_micro
+        self.memo, self.fulamt, self.overlmt, self.presel, self.inscp = memo, fulamt, overlmt, presel, inscp
+
+    def emit(self, Py_ssize_t lo, Py_ssize_t hi, int fmt):
+        """Rows lo..hi-1 as a `result` list: fmt 0 JSON with money as strings,
+        1 JSON with money as numbers (the HTTP gateway), 2 MessagePack (strings)."""
+        cdef Py_ssize_t m = hi - lo, i, j, sn_n, total = 16
+        cdef bint mp = fmt == 2, q = fmt != 1
+        cdef Buf b
+        cdef const char *sn_p
+        cdef object sn
+        cdef int32_t r
+        cdef long long sn_int
+        cdef char lvtxt[2]
+        cdef list sns = self.sns
+        cdef const int64_t[::1] amt_fen = self.amt_fen, cnt = self.cnt, pric_micro = self.pric_micro
+        cdef const int64_t[::1] cat_cap_micro = self.cat_cap_micro, fulamt = self.fulamt, overlmt = self.overlmt
+        cdef const int64_t[::1] presel = self.presel, inscp = self.inscp
+        cdef const int32_t[::1] row = self.row, cat_selfpay_bp = self.cat_selfpay_bp
+        cdef const int8_t[::1] cat_lv = self.cat_lv, memo = self.memo
+        if lo < 0 or hi < lo or row.shape[0] < hi:
+            raise ValueError("rows lo..hi-1 are not all in the round")
+        # Size the buffer once: the fixed part of each row plus its serial number.
         for j in range(m):
-            i = lo + j
-            r = row[i]
-            sn = <object>PyList_GET_ITEM(sns, i)
-            if mp:
-                put_c(&b, <char>0x8c)  # a map of 12
-            else:
-                if j:
-                    put_c(&b, b',')
-                put_c(&b, b'{')
-            key(&b, b"feedetl_sn", 10, mp, True)
+            sn = <object>PyList_GET_ITEM(sns, lo + j)
             if PyUnicode_Check(sn):
-                sn_p = PyUnicode_AsUTF8AndSize(sn, &sn_n)
-                if mp:
-                    mp_str(&b, sn_p, sn_n)
-                else:
-                    json_str(&b, sn_p, sn_n)
-            elif PyLong_Check(sn) and not PyBool_Check(sn):
-                sn_int = sn
-                if mp:
-                    mp_int(&b, sn_int)
-                else:
-                    b.n += fmt_scaled(b.p + b.n, sn_int, 0)
+                PyUnicode_AsUTF8AndSize(sn, &sn_n)
+                total += ROW_FIXED_BYTES_MAX + 6 * sn_n
             else:
-                raise TypeError("feedetl_sn must be a str or an int")
-            with nogil:
+                total += ROW_FIXED_BYTES_MAX + 24
+        b.p = <char *>malloc(total)
+        if b.p == NULL:
+            raise MemoryError()
+        b.n = 0
+        b.cap = total
+        try:
+            if mp:
+                if m < 16:
+                    put_c(&b, <char>(0x90 | m))
+                elif m < 65536:
+                    put_c(&b, <char>0xdc)
+                    put_c(&b, <char>(m >> 8))
+                    put_c(&b, <char>(m & 0xff))
+                else:
+                    put_c(&b, <char>0xdd)
+                    for j in range(3, -1, -1):
+                        put_c(&b, <char>((m >> (8 * j)) & 0xff))
+            else:
+                put_c(&b, b'[')
+            for j in range(m):
+                i = lo + j
+                r = row[i]
+                sn = <object>PyList_GET_ITEM(sns, i)
+                if mp:
+                    put_c(&b, <char>0x8c)  # a map of 12
+                else:
+                    if j:
+                        put_c(&b, b',')
+                    put_c(&b, b'{')
+                key(&b, b"feedetl_sn", 10, mp, True)
+                if PyUnicode_Check(sn):
+                    sn_p = PyUnicode_AsUTF8AndSize(sn, &sn_n)
+                    if mp:
+                        mp_str(&b, sn_p, sn_n)
+                    else:
+                        json_str(&b, sn_p, sn_n)
+                elif PyLong_Check(sn) and not PyBool_Check(sn):
+                    sn_int = sn
+                    if mp:
+                        mp_int(&b, sn_int)
+                    else:
+                        b.n += fmt_scaled(b.p + b.n, sn_int, 0)
+                else:
+                    raise TypeError("feedetl_sn must be a str or an int")
                 key(&b, b"det_item_fee_sumamt", 19, mp, False)
                 if mp: mp_scaled(&b, amt_fen[i], 2)
                 else: json_scaled(&b, amt_fen[i], 2, q)
@@ -279,12 +320,25 @@ def emit_rows(
                 else: json_str(&b, MEMO_TEXT[memo[i]], MEMO_LEN[memo[i]])
                 if not mp:
                     put_c(&b, b'}')
-        if not mp:
-            put_c(&b, b']')
-        assert b.n <= b.cap
-        return PyBytes_FromStringAndSize(b.p, b.n)
-    finally:
-        free(b.p)
+            if not mp:
+                put_c(&b, b']')
+            assert b.n <= b.cap
+            return PyBytes_FromStringAndSize(b.p, b.n)
+        finally:
+            free(b.p)
+
+
+def emit_rows(
+    list sns, Py_ssize_t lo, Py_ssize_t hi, int fmt,
+    const int64_t[::1] amt_fen, const int64_t[::1] cnt, const int64_t[::1] pric_micro,
+    const int32_t[::1] row,
+    const int8_t[::1] cat_lv, const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
+    const int8_t[::1] memo, const int64_t[::1] fulamt, const int64_t[::1] overlmt,
+    const int64_t[::1] presel, const int64_t[::1] inscp,
+):
+    """RowEmitter(...).emit(lo, hi, fmt) in one call (for a single settlement's rows)."""
+    return RowEmitter(sns, amt_fen, cnt, pric_micro, row, cat_lv, cat_selfpay_bp, cat_cap_micro,
+                      memo, fulamt, overlmt, presel, inscp).emit(lo, hi, fmt)
 
 
 def format_scaled(long long v, int places):
@@ -305,3 +359,20 @@ def format_fen(long long v):
     cdef char tmp[48]
     cdef Py_ssize_t n = fmt_scaled(tmp, v, 2)
     return tmp[:n].decode("ascii")
+
+
+def format_fen_rows(const int64_t[:, ::1] fen):
+    """Each row of fen as a tuple of format_fen texts: one call for a round's setlinfo amounts."""
+    cdef Py_ssize_t m = fen.shape[0], k = fen.shape[1], i, j, n
+    cdef char tmp[48]
+    cdef list out = [None] * m
+    cdef tuple row
+    for i in range(m):
+        row = PyTuple_New(k)
+        for j in range(k):
+            n = fmt_scaled(tmp, fen[i, j], 2)
+            s = PyUnicode_DecodeASCII(tmp, n, NULL)
+            Py_INCREF(s)
+            PyTuple_SET_ITEM(row, j, s)
+        out[i] = row
+    return out

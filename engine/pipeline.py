@@ -217,11 +217,14 @@ class ResultRows:
 
     def to_raw(self, fmt: int) -> msgspec.Raw:
         r = self.r
-        return msgspec.Raw(kernels.emit_rows(
-            r.lines.sns, self.lo, self.hi, fmt, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
-            r.cat.lv, r.cat.selfpay_bp, r.cat.cap_micro,
-            r.split.memo, r.split.fulamt, r.split.overlmt, r.split.presel, r.split.inscp,
-        ))
+        em = getattr(r, "emitter", None)
+        if em is None:  # the round's first reply to be encoded
+            em = r.emitter = kernels.RowEmitter(
+                r.lines.sns, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
+                r.cat.lv, r.cat.selfpay_bp, r.cat.cap_micro,
+                r.split.memo, r.split.fulamt, r.split.overlmt, r.split.presel, r.split.inscp,
+            )
+        return msgspec.Raw(em.emit(self.lo, self.hi, fmt))
 
 
 @dataclass(slots=True)
@@ -231,6 +234,7 @@ class _RoundArrays:
     lines: kernels.Lines
     row: np.ndarray
     split: kernels.Split
+    emitter: object = None  # kernels.RowEmitter over the round's columns, made when first needed
 
 
 class Engine:
@@ -376,6 +380,8 @@ class Engine:
         if hit is not None:
             h_infno, h_codec, h_raw, h_reply = hit
             if h_infno == infno:
+                if h_codec.fmt == codec.fmt and h_raw == bytes(env.input):
+                    raise _Journaled(h_reply)  # the same bytes: the same input (the usual retry)
                 mine = codec.canonical_input(env.input)
                 if mine is not None and mine == h_codec.canonical_input(msgspec.Raw(h_raw)):
                     raise _Journaled(h_reply)
@@ -597,14 +603,24 @@ class Engine:
             "pre_status": col("pre_status", I8), "commit": col("commit", U8),
         }
         pay = kernels.pay_funds(self.pol, self.state, s)
+        # setlinfo's money, formatted for the whole round in one call: the columns
+        # of SETLINFO_FEN (hifmi_pay and hifob_pay: the second layer by insurance type).
+        second = pay.second_pay
+        insutype_of = self.psn_insutype
+        insutypes = [insutype_of[p.psn] for p in ok]
+        is390 = np.fromiter((t == "390" for t in insutypes), dtype=np.bool_, count=m)
+        is310 = np.fromiter((t == "310" for t in insutypes), dtype=np.bool_, count=m)
+        fen = np.stack([
+            s["medfee"], split.tot_fulamt[sel], split.tot_overlmt[sel], split.tot_presel[sel], s["inscp"],
+            pay.act_pay_dedc, pay.hifp_pay, np.where(is390, second, 0), np.where(is310, second, 0),
+            pay.fund_pay_sumamt, pay.psn_part_amt, pay.acct_pay, pay.psn_cash_pay, pay.balc_after,
+        ], axis=1).astype(I64, copy=False)
+        texts = kernels.format_fen_rows(np.ascontiguousarray(fen))
         # Per settlement, the kernels' outputs as one tuple of Python ints (a row
         # of .tolist() columns: no numpy scalar is made per field).
         outs = zip(
-            pay.status.tolist(), pay.act_pay_dedc.tolist(), pay.hifp_pay.tolist(), pay.second_pay.tolist(),
-            pay.fund_pay_sumamt.tolist(), pay.psn_part_amt.tolist(), pay.acct_pay.tolist(),
-            pay.psn_cash_pay.tolist(), pay.balc_after.tolist(), pay.burden.tolist(), pay.pool_prop_bp.tolist(),
-            split.tot_fulamt[sel].tolist(), split.tot_overlmt[sel].tolist(), split.tot_presel[sel].tolist(),
-            split.tot_inscp[sel].tolist(), starts[sel].tolist(),
+            pay.status.tolist(), fen.tolist(), second.tolist(), pay.burden.tolist(), pay.pool_prop_bp.tolist(),
+            starts[sel].tolist(), texts,
         )
         for p, out in zip(ok, outs):
             st = out[0]
@@ -614,66 +630,71 @@ class Engine:
             replies[p.idx] = self._settlement_reply(p, out, arrays)
 
     def _settlement_reply(self, p: Pending, out: tuple, arrays) -> Reply:
-        (_, dedc, hifp, second, fund_sum, part, acct, cash, balc, burden, prop_bp,
-         fulamt, overlmt, presel, inscp, lo) = out
+        _, a, second, burden, prop_bp, lo, f = out
+        # a and f: the 13 amounts of AMOUNT_KEYS then balc, as int fen and as text.
         insutype = self.psn_insutype[p.psn]
-        amounts = {
-            "medfee_sumamt": p.medfee,
-            "fulamt_ownpay_amt": fulamt,
-            "overlmt_selfpay": overlmt,
-            "preselfpay_amt": presel,
-            "inscp_scp_amt": inscp,
-            "act_pay_dedc": dedc,
-            "hifp_pay": hifp,
-            "hifmi_pay": second if insutype == "390" else 0,
-            "hifob_pay": second if insutype == "310" else 0,
-            "fund_pay_sumamt": fund_sum,
-            "psn_part_amt": part,
-            "acct_pay": acct,
-            "psn_cash_pay": cash,
-        }
         d = p.data
-        info = {
-            "pool_prop_selfpay": kernels.format_scaled(prop_bp, 4),
-            "filing_class": p.cls,
-            "mdtrt_id": d.mdtrt_id, "psn_no": d.psn_no, "insutype": insutype, "med_type": d.med_type,
-            "clr_type": CLR_TYPE_OUTPATIENT if p.outpatient else CLR_TYPE_INPATIENT,
+        mdtrt_id, psn_no, med_type = d.mdtrt_id, d.psn_no, d.med_type
+        pool_prop = kernels.format_scaled(prop_bp, 4)
+        clr_type = CLR_TYPE_OUTPATIENT if p.outpatient else CLR_TYPE_INPATIENT
+        # The key order is SETLINFO_KEYS (engine.store journals setlinfo as values).
+        setlinfo = {
+            "medfee_sumamt": f[0], "fulamt_ownpay_amt": f[1], "overlmt_selfpay": f[2], "preselfpay_amt": f[3],
+            "inscp_scp_amt": f[4], "act_pay_dedc": f[5], "hifp_pay": f[6], "hifmi_pay": f[7], "hifob_pay": f[8],
+            "fund_pay_sumamt": f[9], "psn_part_amt": f[10], "acct_pay": f[11], "psn_cash_pay": f[12],
+            "balc": f[13], "cvlserv_pay": "0.00", "hifes_pay": "0.00", "maf_pay": "0.00", "oth_pay": "0.00",
+            "hosp_part_amt": "0.00",
+            "pool_prop_selfpay": pool_prop, "filing_class": p.cls, "mdtrt_id": mdtrt_id, "psn_no": psn_no,
+            "insutype": insutype, "med_type": med_type, "clr_type": clr_type,
+            "setl_time": p.now,
         }
-        setlinfo = {k2: _fmt(v) for k2, v in amounts.items()}
-        setlinfo["balc"] = _fmt(balc)
-        for z in _ZERO_FUNDS:
-            setlinfo[z] = "0.00"
-        setlinfo.update(info)
-        setlinfo["setl_time"] = p.now
+        hifp, acct = a[6], a[11]
         detail = []
-        for fund_type, amt in ((FUND_BASIC[insutype], hifp), (FUND_SECOND[insutype], second), (FUND_ACCOUNT, acct)):
-            if amt:
-                detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
-                               "fund_payamt": _fmt(amt)})
+        if hifp:
+            fund_type = FUND_BASIC[insutype]
+            detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
+                           "fund_payamt": f[6]})
+        if second:
+            fund_type = FUND_SECOND[insutype]
+            detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
+                           "fund_payamt": _fmt(second)})
+        if acct:
+            detail.append({"fund_pay_type": FUND_ACCOUNT, "fund_pay_type_name": FUND_NAMES[FUND_ACCOUNT],
+                           "fund_payamt": f[11]})
         output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(lo, lo + p.n_lines, arrays)}
         reply = self._ok(p.env.msgid, p.now, output)
         if p.commit:
-            setl_id = "S" + p.env.msgid
+            env = p.env
+            msgid = env.msgid
+            setl_id = "S" + msgid
             setlinfo["setl_id"] = setl_id
-            self.settled[setl_id] = Settled(
-                setl_id=setl_id, outpatient=p.outpatient, fixmedins_code=p.env.fixmedins_code,
-                mdtrtarea_admvs=p.env.mdtrtarea_admvs, insuplc_admdvs=self.psn_insuplc[p.psn],
-                mdtrt_id=d.mdtrt_id, psn=p.psn, psn_no=d.psn_no, kind=p.kind, cd_slot=p.cd_slot,
+            amounts = {
+                "medfee_sumamt": a[0], "fulamt_ownpay_amt": a[1], "overlmt_selfpay": a[2], "preselfpay_amt": a[3],
+                "inscp_scp_amt": a[4], "act_pay_dedc": a[5], "hifp_pay": hifp, "hifmi_pay": a[7], "hifob_pay": a[8],
+                "fund_pay_sumamt": a[9], "psn_part_amt": a[10], "acct_pay": acct, "psn_cash_pay": a[12],
+            }
+            info = {
+                "pool_prop_selfpay": pool_prop, "filing_class": p.cls, "mdtrt_id": mdtrt_id, "psn_no": psn_no,
+                "insutype": insutype, "med_type": med_type, "clr_type": clr_type,
+            }
+            insuplc = self.psn_insuplc[p.psn]
+            rec = Settled(
+                setl_id, p.outpatient, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, mdtrt_id, p.psn, psn_no,
+                p.kind, p.cd_slot,
                 # The year of the settlement day: the person's accounting year right
                 # after this settlement (an earlier year was refused with E_DATE; a
                 # later one rolled the accumulators over). Not state.acc_year, which
                 # a later settlement of the same round may have moved on.
-                year=p.year, amounts=amounts, burden=burden,
-                second=second, info=info,
+                p.year, amounts, burden, second, info,
             )
-            self.open_visits.add((p.env.fixmedins_code, d.mdtrt_id))
-            self.journal[p.env.msgid] = (p.env.infno, *p.journal_input, reply)
-            env = p.env
-            self.changes.append(Change(
-                "settle", env.msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs,
-                self.psn_insuplc[p.psn], setl_id, p.now, *p.journal_input, reply, self.settled[setl_id],
-            ))
-            self.recon.add(self.changes[-1])
+            self.settled[setl_id] = rec
+            self.open_visits.add((env.fixmedins_code, mdtrt_id))
+            codec, raw = p.journal_input
+            self.journal[msgid] = (env.infno, codec, raw, reply)
+            change = Change("settle", msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, setl_id,
+                            p.now, codec, raw, reply, rec)
+            self.changes.append(change)
+            self.recon.add(change)
         return reply
 
     # ------------------------------------------------------------ reversal
