@@ -12,6 +12,7 @@ round first, so the outcome always equals processing the requests one at a time.
 """
 from __future__ import annotations
 
+import array
 import datetime as _dt
 import threading
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ _NEGATED = (
     "acct_pay", "psn_cash_pay",
 )
 _ZERO_FUNDS = ("cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt")
+# The settlement fields that must be non-empty strings, in the order they are checked.
+_SETTLE_STR_FIELDS = ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code", "msgid", "psn_no", "mdtrt_id", "med_type",
+                      "insutype")
 
 
 def now_text() -> str:
@@ -268,12 +272,14 @@ class Engine:
         # Filings by person (section 4), as arrays ordered by person: the class, the
         # destination, the first and the last day in force.
         order = np.argsort(world.fil_psn, kind="stable")
-        self.fil_start = np.searchsorted(world.fil_psn[order], np.arange(world.n_persons + 1)).astype(np.int64)
-        self.fil_row = order.astype(np.int64)
+        # int64 array.array, not numpy: _filing_class reads them one cell at a time,
+        # and an array.array cell is a plain int (a numpy one is a numpy scalar).
+        self.fil_start = _cells(np.searchsorted(world.fil_psn[order], np.arange(world.n_persons + 1)))
+        self.fil_row = _cells(order)
         self.fil_cls = [FILING_CLASS_OF_TYPE[t] for t in world.fil_type]
         self.fil_dest = world.fil_dest
-        self.fil_begn = world.fil_begn
-        self.fil_last = filing_last_days(world)
+        self.fil_begn = _cells(world.fil_begn)
+        self.fil_last = _cells(filing_last_days(world))
         self.policies = world.policies
         self.pol = kernels.PolicyTables(world.policies)
         # Chronic qualifications: (person, disease) -> slot of the state arrays.
@@ -431,14 +437,8 @@ class Engine:
             if n_lines:
                 buf.gather(fee)
         d = inp.data
-        for k in ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code"):
-            v = getattr(env, k)
-            if not isinstance(v, str) or not v:
-                raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
-        if not isinstance(msgid, str) or not msgid:
-            raise Refused(E_SCHEMA, "msgid must be a non-empty string")
-        for k in ("psn_no", "mdtrt_id", "med_type", "insutype"):
-            v = getattr(d, k)
+        for k, v in zip(_SETTLE_STR_FIELDS, (env.mdtrtarea_admvs, env.insuplc_admdvs, env.fixmedins_code, msgid,
+                                             d.psn_no, d.mdtrt_id, d.med_type, d.insutype)):
             if not isinstance(v, str) or not v:
                 raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
         med_type = d.med_type
@@ -521,10 +521,11 @@ class Engine:
         if t == insuplc:
             return LOCAL
         cands = set()
+        fil_row, fil_dest, fil_begn, fil_last = self.fil_row, self.fil_dest, self.fil_begn, self.fil_last
         for k in range(self.fil_start[psn], self.fil_start[psn + 1]):
-            f = self.fil_row[k]
-            dest = self.fil_dest[f]
-            if self.fil_begn[f] <= day <= self.fil_last[f] and (
+            f = fil_row[k]
+            dest = fil_dest[f]
+            if fil_begn[f] <= day <= fil_last[f] and (
                 dest == t
                 or (dest.endswith("0000") and dest[:2] == t[:2])
                 or (dest.endswith("00") and dest[:4] == t[:4])
@@ -804,6 +805,13 @@ class _Lazy:
 
     def __getitem__(self, i) -> str:
         return self.a[int(i)].as_py()
+
+
+def _cells(a: np.ndarray) -> array.array:
+    """An integer numpy array as an int64 array.array (cells read as plain ints)."""
+    out = array.array("q")
+    out.frombytes(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    return out
 
 
 def _encoded_list(a) -> list[str]:

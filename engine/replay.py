@@ -7,6 +7,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
+from .collect import Collector
 from .pipeline import Engine, Request
 from .wire import JSON
 from .world import World, load_world
@@ -47,8 +48,8 @@ def _replay_batches(engine: Engine, commit, in_path: str, out_path: str, batch_m
     enc = JSON.encoder
     n = 0
     # A batch's objects form trees; the automatic collector would walk the growing
-    # journal again and again (a fifth of a run). The young generations are
-    # collected once per batch instead, which still catches any stray cycle.
+    # journal again and again (a fifth of a run): engine.collect instead.
+    collector = Collector()
     was = gc.isenabled()
     gc.disable()
     try:
@@ -62,7 +63,7 @@ def _replay_batches(engine: Engine, commit, in_path: str, out_path: str, batch_m
                     buf += b"\n"
                 out.write(buf)
                 n += len(replies)
-                gc.collect(1)
+                collector.after_batch()
     finally:
         if was:
             gc.enable()

@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 import msgspec
 
+from .collect import Collector
 from .pipeline import Request, now_text
 from .protocol import E_BUSY, E_LIMIT, ERR_MESSAGES, FRAME_BYTES_MAX, SETLINFO_MONEY
 from .reconcile import REPLY_MONEY_KEYS
@@ -60,7 +61,6 @@ log = logging.getLogger("yidi.server")
 
 HTTP_PATH = "/fsi/api/rsfComIfsService/callService"
 HEADER_BYTES = 4
-FULL_GC_INTERVAL_S = 600.0  # at most this often, a full garbage collection between batches (Hub.manual_gc)
 EXIT_OK, EXIT_FAIL_STOP = 0, 3
 
 
@@ -323,13 +323,10 @@ class Hub:
         # written; one with only commit() reads the engine while it writes, so its
         # batches go one at a time.
         self._split_commit = hasattr(store, "prepare") and hasattr(store, "write")
-        # Garbage collection (serve() turns it on): the automatic collector's full
-        # passes over every live object stall the loop for tens of milliseconds at
-        # random; instead the young generations are collected after each batch (a
-        # batch's objects are trees: this only catches stray cycles) and a full
-        # pass runs at most every FULL_GC_INTERVAL_S, between batches.
+        # Garbage collection between batches (engine.collect), when serve() turns
+        # the automatic collector off.
         self.manual_gc = False
-        self._full_gc_at = time.monotonic() + FULL_GC_INTERVAL_S
+        self._collector = Collector()
         self._slots = asyncio.Semaphore(limits.commits_inflight_max if self._split_commit else 1)
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
@@ -426,13 +423,9 @@ class Hub:
                 it.encoded = frame(MSGPACK.encoder.encode(rep))
         task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
         if self.manual_gc:
-            if time.monotonic() >= self._full_gc_at:
-                t1 = time.perf_counter()
-                gc.collect()
-                self._full_gc_at = time.monotonic() + FULL_GC_INTERVAL_S
+            t1 = time.perf_counter()
+            if self._collector.after_batch() == "full":
                 log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
-            else:
-                gc.collect(1)
         return task
 
     async def _finish(self, prev, write, items, replies, changes, counts, engine_s) -> None:
