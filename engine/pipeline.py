@@ -137,6 +137,11 @@ class Change:
     input_raw: bytes  # the request's raw `input`
     reply: Reply
     settled: Settled  # the settlement (for a reversal: the one it reverses)
+    # Filled by a store's Engine.on_change hook as the change is made (engine.store):
+    # its journal sequence number, journal row and uncompressed body.
+    seq: int
+    row: object
+    body: object
 
     def __init__(self, kind, msgid, infno, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, setl_id, setl_time,
                  codec, input_raw, reply, settled):
@@ -152,6 +157,9 @@ class Change:
         self.input_raw = input_raw
         self.reply = reply
         self.settled = settled
+        self.seq = -1
+        self.row = None
+        self.body = None
 
 
 @dataclass(slots=True, init=False)
@@ -298,6 +306,9 @@ class Engine:
         # 3201/3202 (engine.reconcile): every committed change, by institution and time.
         # A store replaces it with an index that keeps only its unfolded rows in RAM.
         self.recon = reconcile.ReconIndex()
+        # Called with each Change as it is made, while its objects are still in the
+        # CPU's caches: a store builds the change's rows there (engine.store).
+        self.on_change = None
 
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
@@ -696,6 +707,8 @@ class Engine:
                             p.now, codec, raw, reply, rec)
             self.changes.append(change)
             self.recon.add(change)
+            if self.on_change is not None:
+                self.on_change(change)
         return reply
 
     # ------------------------------------------------------------ reversal
@@ -756,6 +769,8 @@ class Engine:
             self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec,
         ))
         self.recon.add(self.changes[-1])
+        if self.on_change is not None:
+            self.on_change(self.changes[-1])
         return reply
 
     # ------------------------------------------------------------ 1101

@@ -129,6 +129,7 @@ INFO_KEYS = ("pool_prop_selfpay", "filing_class", "mdtrt_id", "psn_no", "insutyp
 PERSON_ACC = ("balc", "acc_year", "hifp_ip", "hifp_op", "ded_op", "burden2", "second_paid")
 CODECS = {"json": JSON, "msgpack": MSGPACK}
 KIND_SETTLE, KIND_REVERSE = "settle", "reverse"
+_ROW_PSN, _ROW_CD_SLOT = 11, 19  # of a journal row (SqliteStore._rows_of), in the journal's column order
 
 # One `result` row as the journal keeps it (the catalogue entry the line matched,
 # lv 0 for none, and the split); the line's amount, count and price are read
@@ -1164,9 +1165,51 @@ class SqliteStore:
         from .reconcile import ReconIndex
 
         engine.recon = ReconIndex(self.path, first_seq=self._next_seq)
+        # Each change's journal row and body are built as the engine makes it
+        # (_rows_of), numbered from _next_seq on in the order it makes them.
+        self._numbered_seq = self._next_seq
+        self._packed_rounds: dict = {}
+        engine.on_change = self._rows_of
         return engine
 
     # ------------------------------------------------------------ commit
+
+    def _rows_of(self, c: Change) -> None:
+        """Engine.on_change: number a change and build its journal row and body, while it is fresh.
+
+        Run as the engine makes each change, when its records are still in the CPU's
+        caches (prepare, a batch later, would fetch them from memory again).
+        """
+        rec = c.settled
+        a = rec.amounts
+        info = rec.info
+        assert len(a) == len(AMOUNT_KEYS) and len(info) == len(INFO_KEYS)
+        # The ledger's legs are columns of the journal row (the `posting` view):
+        # the identities they rest on (engine.ledger.postings asserts the same).
+        assert a["hifp_pay"] + a["hifmi_pay"] + a["hifob_pay"] == a["fund_pay_sumamt"]
+        assert a["hifp_pay"] >= 0 and a["hifmi_pay"] >= 0 and a["hifob_pay"] >= 0 and a["acct_pay"] >= 0
+        assert c.fixmedins_code == rec.fixmedins_code
+        seq = self._numbered_seq
+        self._numbered_seq = seq + 1
+        if c.kind == KIND_SETTLE:
+            sign, reversed_id = 1, None
+            assert c.setl_id == rec.setl_id == "S" + c.msgid
+            rr = c.reply.output["result"]
+            if id(rr.r) not in self._packed_rounds:
+                self._packed_rounds.clear()  # a round's settlements come one after another
+            rows = pack_result_rows(rr, self._packed_rounds)
+        else:
+            assert c.kind == KIND_REVERSE and rec.reversed and c.setl_id == "S" + c.msgid
+            sign, reversed_id, rows = -1, rec.setl_id, None
+        c.seq = seq
+        c.row = (
+            seq, c.msgid, c.kind, c.infno, c.setl_id, reversed_id, c.setl_time, rec.insuplc_admdvs,
+            rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info["insutype"],
+            info["med_type"], info["clr_type"], info["filing_class"], info["pool_prop_selfpay"],
+            rec.kind, rec.cd_slot, rec.year, *(a.values() if sign == 1 else [-v for v in a.values()]),
+            sign * rec.burden, sign * rec.second,
+        )
+        c.body = body_of(c.input_raw, c.reply, rows)
 
     def commit(self, changes: list[Change]) -> None:
         """Write one batch's changes in one transaction; returns once durable. See the module docstring."""
@@ -1193,43 +1236,29 @@ class SqliteStore:
         psns: dict[int, None] = {}
         slots: dict[int, None] = {}
         tail: list[tuple] = []
-        packed_rounds: dict = {}
         seq = self._next_seq
         for c in changes:
+            if c.seq != seq:
+                raise AssertionError(
+                    f"change {c.msgid!r} is numbered {c.seq}, not {seq}: changes are committed in the order the"
+                    " engine made them, none left out")
             rec = c.settled
-            a = rec.amounts
-            info = rec.info
-            assert len(a) == len(AMOUNT_KEYS) and len(info) == len(INFO_KEYS)
-            # The ledger's legs are columns of the journal row (the `posting` view):
-            # the identities they rest on (engine.ledger.postings asserts the same).
-            assert a["hifp_pay"] + a["hifmi_pay"] + a["hifob_pay"] == a["fund_pay_sumamt"]
-            assert a["hifp_pay"] >= 0 and a["hifmi_pay"] >= 0 and a["hifob_pay"] >= 0 and a["acct_pay"] >= 0
+            row = c.row
             visit = (rec.fixmedins_code, rec.mdtrt_id)
             if c.kind == KIND_SETTLE:
-                sign, reversed_id = 1, None
-                assert c.setl_id == rec.setl_id == "S" + c.msgid
-                rows = pack_result_rows(c.reply.output["result"], packed_rounds)
                 tail.append((c.msgid, seq, visit, rec.setl_id, None))
             else:
-                assert c.kind == KIND_REVERSE and rec.reversed and c.setl_id == "S" + c.msgid
-                sign, reversed_id, rows = -1, rec.setl_id, None
                 tail.append((c.msgid, seq, visit, None, rec.setl_id))
-            assert c.fixmedins_code == rec.fixmedins_code
-            journal.append((
-                seq, c.msgid, c.kind, c.infno, c.setl_id, reversed_id, c.setl_time, rec.insuplc_admdvs,
-                rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info["insutype"],
-                info["med_type"], info["clr_type"], info["filing_class"], info["pool_prop_selfpay"],
-                rec.kind, rec.cd_slot, rec.year, *(a.values() if sign == 1 else [-v for v in a.values()]),
-                sign * rec.burden, sign * rec.second,
-            ))
-            bodies.append(body_of(c.input_raw, c.reply, rows))
+            journal.append(row)
+            bodies.append(c.body)
+            c.body = None  # the chunk holds it until compressed
             fmts.append(c.codec.fmt)
             if worker is not None and len(bodies) == COMPRESS_CHUNK:
                 compressed.append(worker.submit(compress_bodies, bodies, seq + 1 - COMPRESS_CHUNK, fmts))
                 bodies, fmts = [], []
-            psns[rec.psn] = None
-            if rec.cd_slot >= 0:
-                slots[rec.cd_slot] = None
+            psns[row[_ROW_PSN]] = None
+            if row[_ROW_CD_SLOT] >= 0:
+                slots[row[_ROW_CD_SLOT]] = None
             seq += 1
         last = seq - 1
         compressed.append(compress_bodies(bodies, last + 1 - len(bodies), fmts))
