@@ -1227,8 +1227,8 @@ class SqliteStore:
         journal: list[tuple] = []
         # Bodies are compressed COMPRESS_CHUNK at a time by compress_bodies, which
         # releases the GIL for the whole chunk: on the worker thread (when this
-        # process may run on more than one core) while this one builds the next
-        # chunk; the last chunk here.
+        # process may run on more than one core) while this one gathers the next
+        # chunk; the last chunk here, while the worker finishes the one before.
         bodies: list[bytes] = []
         fmts: list[str] = []
         compressed: list = []
@@ -1237,7 +1237,8 @@ class SqliteStore:
         slots: dict[int, None] = {}
         tail: list[tuple] = []
         seq = self._next_seq
-        for c in changes:
+        last_chunk_from = len(changes) - (len(changes) % COMPRESS_CHUNK or COMPRESS_CHUNK)
+        for k, c in enumerate(changes):
             if c.seq != seq:
                 raise AssertionError(
                     f"change {c.msgid!r} is numbered {c.seq}, not {seq}: changes are committed in the order the"
@@ -1253,7 +1254,7 @@ class SqliteStore:
             bodies.append(c.body)
             c.body = None  # the chunk holds it until compressed
             fmts.append(c.codec.fmt)
-            if worker is not None and len(bodies) == COMPRESS_CHUNK:
+            if worker is not None and len(bodies) == COMPRESS_CHUNK and k < last_chunk_from:
                 compressed.append(worker.submit(compress_bodies, bodies, seq + 1 - COMPRESS_CHUNK, fmts))
                 bodies, fmts = [], []
             psns[row[_ROW_PSN]] = None
