@@ -595,6 +595,14 @@ def gather_lines(list lines not None, list out_codes not None, list out_sns not 
     return _gather(lines, out_codes, out_sns, &amt_fen[0], &cnt[0], &pric_micro[0], &day[0], &bad[0])
 
 
+cdef void *_grown(void *p, size_t nbytes) except NULL:
+    """realloc, raising MemoryError (p stays valid and owned by the caller then)."""
+    cdef void *q = realloc(p, nbytes)
+    if q == NULL:
+        raise MemoryError()
+    return q
+
+
 cdef class FeeBuffer:
     """The fee lines of one round of settlements, appended one settlement at a time.
 
@@ -632,33 +640,27 @@ cdef class FeeBuffer:
 
     cdef int _reserve(self, Py_ssize_t need) except -1:
         cdef Py_ssize_t cap = self.cap
-        cdef void *p
         if need <= cap:
             return 0
         while cap < need:
             cap = cap * 2 if cap else 16
-        p = realloc(self.amt, cap * sizeof(int64_t))
-        if p == NULL:
-            raise MemoryError()
-        self.amt = <int64_t *>p
-        p = realloc(self.cnt, cap * sizeof(int64_t))
-        if p == NULL:
-            raise MemoryError()
-        self.cnt = <int64_t *>p
-        p = realloc(self.pric, cap * sizeof(int64_t))
-        if p == NULL:
-            raise MemoryError()
-        self.pric = <int64_t *>p
-        p = realloc(self.day, cap * sizeof(int32_t))
-        if p == NULL:
-            raise MemoryError()
-        self.day = <int32_t *>p
-        p = realloc(self.bad, cap * sizeof(uint8_t))
-        if p == NULL:
-            raise MemoryError()
-        self.bad = <uint8_t *>p
+        self.amt = <int64_t *>_grown(self.amt, cap * sizeof(int64_t))
+        self.cnt = <int64_t *>_grown(self.cnt, cap * sizeof(int64_t))
+        self.pric = <int64_t *>_grown(self.pric, cap * sizeof(int64_t))
+        self.day = <int32_t *>_grown(self.day, cap * sizeof(int32_t))
+        self.bad = <uint8_t *>_grown(self.bad, cap * sizeof(uint8_t))
         self.cap = cap
         return 0
+
+    cdef int _take(self, const yidi_val *vals) except -1:
+        """Append one parsed line (room reserved); 1 done, 0 not the common shape (nothing appended)."""
+        cdef Py_ssize_t n = self.n
+        if not yidi_line_out(vals, <PyObject *>self.codes, <PyObject *>self.sns, self.amt + n, self.cnt + n,
+                             self.pric + n, self.day + n):
+            return 0
+        self.bad[n] = 0
+        self.n = n + 1
+        return 1
 
     def parse(self, object raw, bint json) -> int:
         """Append the lines of a raw `feedetail` (JSON when `json`, else MessagePack).
@@ -670,7 +672,6 @@ cdef class FeeBuffer:
         cdef yidi_cur c
         cdef yidi_val vals[6]  # YF_N
         cdef Py_ssize_t n0 = self.n, k, count = -1
-        cdef int rc
         PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)
         try:
             c.p = <const unsigned char *>view.buf
@@ -682,16 +683,9 @@ cdef class FeeBuffer:
                     count = 0
                 else:
                     while True:
-                        if self.n == self.cap:
-                            self._reserve(self.n + 1)
-                        if not yidi_js_line(&c, vals):
+                        self._reserve(self.n + 1)
+                        if not (yidi_js_line(&c, vals) and self._take(vals)):
                             break
-                        rc = yidi_line_out(vals, <PyObject *>self.codes, <PyObject *>self.sns, self.amt + self.n,
-                                           self.cnt + self.n, self.pric + self.n, self.day + self.n)
-                        if rc == 0:
-                            break
-                        self.bad[self.n] = 0
-                        self.n += 1
                         if yidi_js_eat(&c, c','):
                             continue
                         if yidi_js_eat(&c, c']'):
@@ -704,14 +698,8 @@ cdef class FeeBuffer:
                 if 0 <= k <= c.end - c.p:
                     self._reserve(self.n + k)
                     while k > 0:
-                        if not yidi_mp_line(&c, vals):
+                        if not (yidi_mp_line(&c, vals) and self._take(vals)):
                             break
-                        rc = yidi_line_out(vals, <PyObject *>self.codes, <PyObject *>self.sns, self.amt + self.n,
-                                           self.cnt + self.n, self.pric + self.n, self.day + self.n)
-                        if rc == 0:
-                            break
-                        self.bad[self.n] = 0
-                        self.n += 1
                         k -= 1
                     if k == 0:
                         count = self.n - n0
