@@ -1252,7 +1252,6 @@ class SqliteStore:
                 tail.append((c.msgid, seq, visit, None, rec.setl_id))
             journal.append(row)
             bodies.append(c.body)
-            c.body = None  # the chunk holds it until compressed
             fmts.append(c.codec.fmt)
             if worker is not None and len(bodies) == COMPRESS_CHUNK and k < last_chunk_from:
                 compressed.append(worker.submit(compress_bodies, bodies, seq + 1 - COMPRESS_CHUNK, fmts))

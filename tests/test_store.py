@@ -200,6 +200,33 @@ def test_pipelined_prepare_and_write(tmp_path, synth):
     _check_ok(data)
 
 
+def test_changes_are_committed_in_the_order_made_none_left_out(tmp_path, synth):
+    """Rows are numbered as the engine makes each change (Engine.on_change): a commit that
+    leaves a change out, or takes them out of order, is refused before anything is written."""
+    world_dir, world, bodies = synth
+    data = str(tmp_path / "data")
+    with open_store(data, world_dir, clock="inf_time") as store:
+        eng = store.engine
+        eng.handle_batch([Request(b) for b in bodies[:64]])
+        first = eng.take_changes()
+        eng.handle_batch([Request(b) for b in bodies[64:128]])
+        second = eng.take_changes()
+        assert len(first) >= 2 and second
+        assert [c.seq for c in first + second] == list(range(1, 1 + len(first) + len(second)))
+        assert all(c.row[0] == c.seq and c.body for c in first + second)
+        with pytest.raises(AssertionError, match="numbered"):
+            store.prepare(second)  # the first batch left out
+        with pytest.raises(AssertionError, match="numbered"):
+            store.prepare(first[1:] + first[:1])  # out of order
+        store.commit(first)
+        store.commit(second)
+        n = len(first) + len(second)
+    conn = sqlite3.connect(db_path(data))
+    assert conn.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM journal").fetchone() == (n, 1, n)
+    conn.close()
+    _check_ok(data)
+
+
 def test_ram_holds_only_what_is_not_committed(tmp_path, synth):
     world_dir, world, bodies = synth
     data = str(tmp_path / "data")
