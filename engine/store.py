@@ -1254,7 +1254,8 @@ class SqliteStore:
             bodies.append(c.body)
             fmts.append(c.codec.fmt)
             if worker is not None and len(bodies) == COMPRESS_CHUNK and k < last_chunk_from:
-                compressed.append(worker.submit(compress_bodies, bodies, seq + 1 - COMPRESS_CHUNK, fmts))
+                chunk = (bodies, seq + 1 - COMPRESS_CHUNK, fmts)
+                compressed.append((worker.submit(compress_bodies, *chunk), chunk))
                 bodies, fmts = [], []
             psns[row[_ROW_PSN]] = None
             if row[_ROW_CD_SLOT] >= 0:
@@ -1262,8 +1263,15 @@ class SqliteStore:
             seq += 1
         last = seq - 1
         compressed.append(compress_bodies(bodies, last + 1 - len(bodies), fmts))
+        # The worker takes chunks from the front; this thread, done gathering, takes
+        # the ones it has not started from the back, until they meet.
+        for i in range(len(compressed) - 2, -1, -1):
+            part = compressed[i]
+            if not part[0].cancel():
+                break
+            compressed[i] = compress_bodies(*part[1])
         # (seq, codec, LZ4 block, crc32 of the block), in seq order.
-        blobs = [b for part in compressed for b in (part if type(part) is list else part.result())]
+        blobs = [b for part in compressed for b in (part if type(part) is list else part[0].result())]
         assert len(blobs) == len(changes) and (not blobs or (blobs[0][0], blobs[-1][0]) == (self._next_seq, last))
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
