@@ -328,19 +328,6 @@ cdef class RowEmitter:
             free(b.p)
 
 
-def emit_rows(
-    list sns, Py_ssize_t lo, Py_ssize_t hi, int fmt,
-    const int64_t[::1] amt_fen, const int64_t[::1] cnt, const int64_t[::1] pric_micro,
-    const int32_t[::1] row,
-    const int8_t[::1] cat_lv, const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
-    const int8_t[::1] memo, const int64_t[::1] fulamt, const int64_t[::1] overlmt,
-    const int64_t[::1] presel, const int64_t[::1] inscp,
-):
-    """RowEmitter(...).emit(lo, hi, fmt) in one call (for a single settlement's rows)."""
-    return RowEmitter(sns, amt_fen, cnt, pric_micro, row, cat_lv, cat_selfpay_bp, cat_cap_micro,
-                      memo, fulamt, overlmt, presel, inscp).emit(lo, hi, fmt)
-
-
 def format_scaled(long long v, int places):
     """v / 10**places as text with exactly `places` decimals: format_scaled(-5, 2) == '-0.05'.
 

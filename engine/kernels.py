@@ -16,7 +16,7 @@ import pyarrow as pa
 from pyarrow.compute import unique as pc_unique
 
 from core_ext._catalogue import CatalogueIndex
-from core_ext._emit import RowEmitter, emit_rows, format_fen, format_fen_rows, format_scaled
+from core_ext._emit import RowEmitter, format_fen, format_fen_rows, format_scaled
 from core_ext._fund import fund_batch
 from core_ext._lines import FeeBuffer  # noqa: F401  (engine.pipeline)
 from core_ext._lines import gather_lines as _gather

@@ -42,11 +42,6 @@ KIND_INPATIENT, KIND_OUTPATIENT, KIND_CHRONIC = 0, 1, 2
 ROUND_LINES_START = 4096  # a round's FeeBuffer starts with room for this many lines, and doubles
 _SPLIT_ERR = {1: E_LIMIT, 2: E_AMOUNT_MISMATCH}
 _FUND_ERR = {1: E_FILING_REQUIRED, 2: E_NO_QUALIFICATION, 3: E_DATE}
-_NEGATED = (
-    "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
-    "act_pay_dedc", "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "psn_part_amt",
-    "acct_pay", "psn_cash_pay",
-)
 _ZERO_FUNDS = ("cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt")
 # The settlement fields that must be non-empty strings, in the order they are checked.
 _SETTLE_STR_FIELDS = ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code", "msgid", "psn_no", "mdtrt_id", "med_type",

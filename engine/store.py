@@ -1228,7 +1228,7 @@ class SqliteStore:
         # Bodies are compressed COMPRESS_CHUNK at a time by compress_bodies, which
         # releases the GIL for the whole chunk: on the worker thread (when this
         # process may run on more than one core) while this one gathers the next
-        # chunk; the last chunk here, while the worker finishes the one before.
+        # chunk, then on both (below).
         bodies: list[bytes] = []
         fmts: list[str] = []
         compressed: list = []
@@ -1237,8 +1237,7 @@ class SqliteStore:
         slots: dict[int, None] = {}
         tail: list[tuple] = []
         seq = self._next_seq
-        last_chunk_from = len(changes) - (len(changes) % COMPRESS_CHUNK or COMPRESS_CHUNK)
-        for k, c in enumerate(changes):
+        for c in changes:
             if c.seq != seq:
                 raise AssertionError(
                     f"change {c.msgid!r} is numbered {c.seq}, not {seq}: changes are committed in the order the"
@@ -1253,7 +1252,7 @@ class SqliteStore:
             journal.append(row)
             bodies.append(c.body)
             fmts.append(c.codec.fmt)
-            if worker is not None and len(bodies) == COMPRESS_CHUNK and k < last_chunk_from:
+            if worker is not None and len(bodies) == COMPRESS_CHUNK:
                 chunk = (bodies, seq + 1 - COMPRESS_CHUNK, fmts)
                 compressed.append((worker.submit(compress_bodies, *chunk), chunk))
                 bodies, fmts = [], []

@@ -91,7 +91,7 @@ class Reply(msgspec.Struct, omit_defaults=True, gc=False):
 
 DecodeError = (msgspec.DecodeError, msgspec.ValidationError)
 
-# Formats of a part of a reply rendered by a kernel (engine.kernels.emit_rows).
+# Formats of a part of a reply rendered by a kernel (engine.kernels.RowEmitter).
 RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK = 0, 1, 2
 
 
