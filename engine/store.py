@@ -79,6 +79,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core_ext._bloom import Bloom
+from core_ext import _sqlw
 from core_ext._pack import LINE_RECORD_BYTES, compress_bodies, pack_lines
 
 from . import kernels, money, protocol
@@ -352,6 +353,18 @@ SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(JOURNAL_COLS)}) VALUES ({
 SQL_INSERT_BLOB = "INSERT INTO journal_blob (seq, codec, body_lz4, crc32) VALUES (?, ?, ?, ?)"
 SQL_INSERT_PERSON_LOG = "INSERT INTO person_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 SQL_INSERT_CHRONIC_LOG = "INSERT INTO chronic_log VALUES (?, ?, ?, ?)"
+SQL_INSERTS = (SQL_INSERT_JOURNAL, SQL_INSERT_BLOB, SQL_INSERT_PERSON_LOG, SQL_INSERT_CHRONIC_LOG)
+
+# Every connection that writes (the store's and the batch writer's; pragmas are per connection).
+WRITER_PRAGMAS = (
+    "PRAGMA synchronous = FULL",
+    f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}",
+    # Checkpoints run on a thread of their own (_Checkpointer), not in the commit.
+    "PRAGMA wal_autocheckpoint = 0",
+    # When a commit starts the WAL over (after a complete checkpoint), a file
+    # grown past this is cut back: the WAL_BYTES_MAX check sees it fall.
+    f"PRAGMA journal_size_limit = {WAL_FILE_KEEP_BYTES}",
+)
 
 # The fold: each statement set-based and in key order (see the module docstring).
 SQL_FOLD = (
@@ -880,6 +893,49 @@ class _Checkpointer:
         self.conn.close()
 
 
+# ---------------------------------------------------------------- batch writers
+
+
+class _ModuleWriter:
+    """The batch writer's interface on a sqlite3 module connection (when core_ext._sqlw is unavailable)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def prepare(self, sql: str) -> str:
+        return sql
+
+    def execute(self, sql: str) -> None:
+        self.conn.execute(sql)
+
+    def executemany(self, sql: str, rows: list) -> None:
+        self.conn.executemany(sql, rows)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        pass  # the store's own connection, closed with the store
+
+
+def _batch_writer(path: str, conn: sqlite3.Connection):
+    """A connection of its own for the commits, through core_ext._sqlw; else the store's connection."""
+    if not _sqlw.available():
+        log.warning("commits go through the sqlite3 module (slower): %s", _sqlw.UNAVAILABLE)
+        return _ModuleWriter(conn)
+    w = _sqlw.Writer(path)
+    try:
+        for sql in WRITER_PRAGMAS:
+            w.execute(sql)
+        if w.query_int("PRAGMA synchronous") != 2 or w.query_int("PRAGMA wal_autocheckpoint") != 0:
+            raise StoreFailed("the batch writer's connection did not take synchronous = FULL")
+    except BaseException:
+        w.close()
+        raise
+    return w
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -913,6 +969,8 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._lock_fd = -1
         self._w: sqlite3.Connection | None = None
+        self._bw = None  # the batch writer (_batch_writer): every commit goes through it
+        self._stmts: tuple = ()
         self._reader: _Reader | None = None
         self._checkpointer: _Checkpointer | None = None
         self._tail = _Tail()
@@ -947,14 +1005,9 @@ class SqliteStore:
             mode = self._w.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
             if mode != "wal":
                 raise StoreRefused(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
-            self._w.execute("PRAGMA synchronous = FULL")
+            for sql in WRITER_PRAGMAS:
+                self._w.execute(sql)
             assert self._w.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
-            self._w.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-            # Checkpoints run on a thread of their own (_Checkpointer), not in the commit.
-            self._w.execute("PRAGMA wal_autocheckpoint = 0")
-            # When a commit starts the WAL over (after a complete checkpoint), a file
-            # grown past this is cut back: the WAL_BYTES_MAX check below sees it fall.
-            self._w.execute(f"PRAGMA journal_size_limit = {WAL_FILE_KEEP_BYTES}")
             tables = {r[0] for r in self._w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
@@ -969,6 +1022,11 @@ class SqliteStore:
             self._note_world_changes(world, world_dir)
         self._reader = _Reader(self.path, self._tail)
         self._checkpointer = _Checkpointer(self.path)
+        try:
+            self._bw = _batch_writer(self.path, self._w)
+            self._stmts = tuple(self._bw.prepare(sql) for sql in SQL_INSERTS)
+        except sqlite3.DatabaseError as e:
+            raise _refuse_sqlite(self.path, e) from None
         try:
             self._written_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
             self._next_seq = self._written_seq + 1
@@ -1291,14 +1349,15 @@ class SqliteStore:
                 raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
             if not p.changes:
                 return
-            w = self._w
+            w = self._bw
+            journal, blob, person, chronic = self._stmts
             try:
                 w.execute("BEGIN IMMEDIATE")
-                w.executemany(SQL_INSERT_JOURNAL, p.journal)
-                w.executemany(SQL_INSERT_BLOB, p.blobs)
-                w.executemany(SQL_INSERT_PERSON_LOG, p.persons)
+                w.executemany(journal, p.journal)
+                w.executemany(blob, p.blobs)
+                w.executemany(person, p.persons)
                 if p.chronic:
-                    w.executemany(SQL_INSERT_CHRONIC_LOG, p.chronic)
+                    w.executemany(chronic, p.chronic)
                 w.execute("COMMIT")
             except BaseException as e:
                 self._fail(e)
@@ -1342,11 +1401,12 @@ class SqliteStore:
     def _fail(self, e: BaseException) -> None:
         self.failed = True
         log.error("store failed, refusing further commits: %r", e)
-        try:
-            if self._w.in_transaction:
-                self._w.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        for w in (self._bw, self._w):
+            try:
+                if w is not None and w.in_transaction:
+                    w.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _build_filters(self) -> None:
         """The reader's msgid and visit filters, from the keyed tables (just folded: the tail is empty)."""
@@ -1438,6 +1498,9 @@ class SqliteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._bw is not None:
+            self._bw.close()
+            self._bw = None
         if self._w is not None:
             self._w.close()
             self._w = None

@@ -265,24 +265,26 @@ def test_commit_failure_is_fail_stop(tmp_path, synth):
     _run(store, bodies[:100])
     store.engine.handle_batch([Request(b) for b in bodies[100:200]])
     prepared = store.prepare(store.engine.take_changes())
-    real = store._w
+    real = store._bw
 
     class Broken:
-        in_transaction = False
-
-        def execute(self, sql, *a):
+        def execute(self, sql):
             if sql.startswith("COMMIT"):
                 raise sqlite3.OperationalError("disk I/O error")
-            return real.execute(sql, *a)
+            return real.execute(sql)
 
         def executemany(self, *a):
             return real.executemany(*a)
 
-    store._w = Broken()
+        @property
+        def in_transaction(self):
+            return real.in_transaction
+
+    store._bw = Broken()
     with pytest.raises(StoreFailed):
         store.write(prepared)
-    store._w = real
-    real.execute("ROLLBACK") if real.in_transaction else None
+    assert not real.in_transaction  # the failed batch was rolled back
+    store._bw = real
     with pytest.raises(StoreFailed):
         store.commit([])
     store.close()
