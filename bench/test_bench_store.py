@@ -116,7 +116,7 @@ def _raw_db(path: str) -> sqlite3.Connection:
 
 def _raw_insert(conn: sqlite3.Connection, p) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    for name, rows in (("journal", p.journal), ("journal_blob", p.blobs), ("person_log", p.persons),
+    for name, rows in (("journal", p.journal), ("journal_blob", p.blob_rows()), ("person_log", p.persons),
                        ("chronic_log", p.chronic)):
         if rows:
             conn.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * len(rows[0]))})", rows)

@@ -945,11 +945,35 @@ class Prepared:
 
     changes: list
     journal: list
-    blobs: list
+    # The journal_blob rows, compressed COMPRESS_CHUNK at a time: (future on the
+    # compressor or None, (bodies, first seq, formats)); blob_rows() has the rows.
+    chunks: list
     persons: list
     chronic: list
     tail: list  # (msgid, seq, visit, setl_id in force or None, reversed setl_id or None)
     last_seq: int
+    blobs: list | None = None  # blob_rows(), once made
+
+    def blob_rows(self) -> list:
+        """The journal_blob rows (seq, codec, LZ4 block, crc32 of the block), in seq order.
+
+        The compressor takes chunks from the front; this thread takes the ones it has
+        not started from the back, until they meet.
+        """
+        if self.blobs is not None:
+            return self.blobs
+        parts = self.chunks
+        done: list = [None] * len(parts)
+        for i in range(len(parts) - 1, -1, -1):
+            future, chunk = parts[i]
+            if future is not None and not future.cancel():
+                break
+            done[i] = compress_bodies(*chunk)
+        rows = [b for part, d in zip(parts, done) for b in (d if d is not None else part[0].result())]
+        assert len(rows) == len(self.changes) and (
+            not rows or (rows[0][0], rows[-1][0]) == (self.last_seq + 1 - len(rows), self.last_seq))
+        self.blobs = rows
+        return rows
 
 
 class SqliteStore:
@@ -1285,11 +1309,12 @@ class SqliteStore:
         journal: list[tuple] = []
         # Bodies are compressed COMPRESS_CHUNK at a time by compress_bodies, which
         # releases the GIL for the whole chunk: on the worker thread (when this
-        # process may run on more than one core) while this one gathers the next
-        # chunk, then on both (below).
+        # process may run on more than one core) from now on, while this thread
+        # gathers the rest and the writer inserts the journal rows; the writer
+        # compresses the chunks the worker has not started (_blob_rows).
         bodies: list[bytes] = []
         fmts: list[str] = []
-        compressed: list = []
+        chunks: list = []
         worker = self._compressor
         psns: dict[int, None] = {}
         slots: dict[int, None] = {}
@@ -1310,26 +1335,17 @@ class SqliteStore:
             journal.append(row)
             bodies.append(c.body)
             fmts.append(c.codec.fmt)
-            if worker is not None and len(bodies) == COMPRESS_CHUNK:
+            if len(bodies) == COMPRESS_CHUNK:
                 chunk = (bodies, seq + 1 - COMPRESS_CHUNK, fmts)
-                compressed.append((worker.submit(compress_bodies, *chunk), chunk))
+                chunks.append((worker and worker.submit(compress_bodies, *chunk), chunk))
                 bodies, fmts = [], []
             psns[row[_ROW_PSN]] = None
             if row[_ROW_CD_SLOT] >= 0:
                 slots[row[_ROW_CD_SLOT]] = None
             seq += 1
         last = seq - 1
-        compressed.append(compress_bodies(bodies, last + 1 - len(bodies), fmts))
-        # The worker takes chunks from the front; this thread, done gathering, takes
-        # the ones it has not started from the back, until they meet.
-        for i in range(len(compressed) - 2, -1, -1):
-            part = compressed[i]
-            if not part[0].cancel():
-                break
-            compressed[i] = compress_bodies(*part[1])
-        # (seq, codec, LZ4 block, crc32 of the block), in seq order.
-        blobs = [b for part in compressed for b in (part if type(part) is list else part[0].result())]
-        assert len(blobs) == len(changes) and (not blobs or (blobs[0][0], blobs[-1][0]) == (self._next_seq, last))
+        if bodies:
+            chunks.append((None, (bodies, last + 1 - len(bodies), fmts)))
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
         persons = list(zip(
@@ -1340,7 +1356,7 @@ class SqliteStore:
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
         chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist()))
         self._next_seq = last + 1
-        return Prepared(changes, journal, blobs, persons, chronic, tail, last)
+        return Prepared(changes, journal, chunks, persons, chronic, tail, last)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
@@ -1353,8 +1369,8 @@ class SqliteStore:
             journal, blob, person, chronic = self._stmts
             try:
                 w.execute("BEGIN IMMEDIATE")
-                w.executemany(journal, p.journal)
-                w.executemany(blob, p.blobs)
+                w.executemany(journal, p.journal)  # while the compressor works (prepare)
+                w.executemany(blob, p.blob_rows())
                 w.executemany(person, p.persons)
                 if p.chronic:
                     w.executemany(chronic, p.chronic)
