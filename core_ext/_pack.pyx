@@ -73,74 +73,142 @@ def crc32(const uint8_t[::1] data):
     return _crc32(&data[0], n)
 
 
+cdef extern from *:
+    """
+    #include <sched.h>
+    static inline Py_ssize_t yidi_claim(Py_ssize_t* p) { return __atomic_fetch_add(p, 1, __ATOMIC_ACQ_REL); }
+    static inline void yidi_done(Py_ssize_t* p) { __atomic_fetch_add(p, 1, __ATOMIC_RELEASE); }
+    static inline Py_ssize_t yidi_load(Py_ssize_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    """
+    Py_ssize_t yidi_claim(Py_ssize_t* p) nogil
+    void yidi_done(Py_ssize_t* p) nogil
+    Py_ssize_t yidi_load(Py_ssize_t* p) nogil
+    int sched_yield() nogil
+
+
+cdef class Compression:
+    """The LZ4 blocks of a run of bodies, made in chunks by any threads that call work(), without the GIL.
+
+    Chunks are claimed with an atomic counter: a helper thread calls work() once
+    it has the job (it needs the GIL only to be handed it), the owner calls
+    rows() or blocks() when it needs the result, which compresses the chunks
+    nobody has claimed yet and then waits for the ones being compressed. The
+    bodies are held until the object is freed.
+    """
+
+    cdef tuple items
+    cdef object fmts
+    cdef object first_seq
+    cdef Py_ssize_t n, chunk, n_chunks, next_chunk, done_chunks
+    cdef const char** src
+    cdef int* size
+    cdef int* zsize
+    cdef size_t* at
+    cdef uint32_t* crc
+    cdef char* buf
+    cdef int failed
+    cdef object result
+
+    def __cinit__(self, bodies, first_seq=None, fmts=None, Py_ssize_t chunk=64):
+        cdef Py_ssize_t i, n
+        cdef size_t total = 0
+        self.items = tuple(bodies)
+        self.n = len(self.items)
+        self.fmts, self.first_seq = fmts, first_seq
+        self.chunk = max(chunk, 1)
+        self.n_chunks = (self.n + self.chunk - 1) // self.chunk
+        if fmts is not None and len(fmts) != self.n:
+            raise ValueError(f"{len(fmts)} formats for {self.n} bodies")
+        n = max(self.n, 1)
+        self.src = <const char**> malloc(n * sizeof(char*))
+        self.size = <int*> malloc(n * sizeof(int))
+        self.zsize = <int*> malloc(n * sizeof(int))
+        self.at = <size_t*> malloc(n * sizeof(size_t))
+        self.crc = <uint32_t*> malloc(n * sizeof(uint32_t))
+        if self.src == NULL or self.size == NULL or self.zsize == NULL or self.at == NULL or self.crc == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            b = self.items[i]
+            if type(b) is not bytes:
+                raise TypeError(f"body {i} is {type(b).__name__}, not bytes")
+            if PyBytes_GET_SIZE(b) > BODY_BYTES_MAX:
+                raise ValueError(f"body {i} of {PyBytes_GET_SIZE(b)} bytes is over {BODY_BYTES_MAX}")
+            self.src[i] = PyBytes_AS_STRING(b)
+            self.size[i] = <int> PyBytes_GET_SIZE(b)
+            self.at[i] = total
+            total += 4 + <size_t> LZ4_compressBound(self.size[i])
+        self.buf = <char*> malloc(max(total, 1))
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.src)
+        free(self.size)
+        free(self.zsize)
+        free(self.at)
+        free(self.crc)
+        free(self.buf)
+
+    cdef void _work(self) noexcept nogil:
+        cdef Py_ssize_t k, i, hi
+        cdef uint8_t* head
+        cdef int z
+        while True:
+            k = yidi_claim(&self.next_chunk)
+            if k >= self.n_chunks:
+                return
+            hi = min((k + 1) * self.chunk, self.n)
+            for i in range(k * self.chunk, hi):
+                head = <uint8_t*> (self.buf + self.at[i])
+                z = self.size[i]
+                head[0] = z & 0xFF
+                head[1] = (z >> 8) & 0xFF
+                head[2] = (z >> 16) & 0xFF
+                head[3] = (z >> 24) & 0xFF
+                self.zsize[i] = LZ4_compress_default(self.src[i], self.buf + self.at[i] + 4, z, LZ4_compressBound(z))
+                if self.zsize[i] <= 0 and z > 0:
+                    self.failed = 1
+                    self.zsize[i] = 0
+                self.crc[i] = _crc32(head, 4 + self.zsize[i])
+            yidi_done(&self.done_chunks)
+
+    def work(self) -> None:
+        """Compress chunks until none is left to claim (a helper thread's part)."""
+        with nogil:
+            self._work()
+
+    cdef _finish(self):
+        with nogil:
+            self._work()
+            while yidi_load(&self.done_chunks) < self.n_chunks:
+                sched_yield()  # another thread is compressing its last chunk
+        if self.failed:
+            raise RuntimeError("LZ4 compression failed")
+
+    def blocks(self) -> list:
+        """The LZ4 blocks, in order."""
+        self._finish()
+        return [PyBytes_FromStringAndSize(self.buf + self.at[i], 4 + self.zsize[i]) for i in range(self.n)]
+
+    def rows(self) -> list:
+        """The journal_blob rows: (seq, fmt, block, zlib.crc32 of the block), seq counting from first_seq."""
+        if self.result is None:
+            self._finish()
+            first = self.first_seq
+            fmts = self.fmts
+            self.result = [(first + i, fmts[i], PyBytes_FromStringAndSize(self.buf + self.at[i], 4 + self.zsize[i]),
+                            self.crc[i]) for i in range(self.n)]
+        return self.result
+
+
 def compress_bodies(bodies, first_seq=None, fmts=None):
     """LZ4 blocks (python-lz4's format) of a sequence of bytes, as a list of bytes.
 
     With first_seq and fmts: the journal_blob rows instead, (seq, fmt, block,
     zlib.crc32 of the block) with seq counting from first_seq.
     """
-    cdef tuple items = tuple(bodies)  # holds every body while the GIL is released
-    cdef Py_ssize_t n = len(items), i
-    cdef size_t total = 0
-    cdef const char** src = NULL
-    cdef int* size = NULL
-    cdef int* zsize = NULL
-    cdef size_t* at = NULL
-    cdef uint32_t* crc = NULL
-    cdef char* buf = NULL
-    cdef uint8_t* head
-    cdef int k, failed = 0
-    if n == 0:
-        return []
-    try:
-        src = <const char**> malloc(n * sizeof(char*))
-        size = <int*> malloc(n * sizeof(int))
-        zsize = <int*> malloc(n * sizeof(int))
-        at = <size_t*> malloc(n * sizeof(size_t))
-        crc = <uint32_t*> malloc(n * sizeof(uint32_t))
-        if src == NULL or size == NULL or zsize == NULL or at == NULL or crc == NULL:
-            raise MemoryError()
-        if fmts is not None and len(fmts) != n:
-            raise ValueError(f"{len(fmts)} formats for {n} bodies")
-        for i in range(n):
-            b = items[i]
-            if type(b) is not bytes:
-                raise TypeError(f"body {i} is {type(b).__name__}, not bytes")
-            if PyBytes_GET_SIZE(b) > BODY_BYTES_MAX:
-                raise ValueError(f"body {i} of {PyBytes_GET_SIZE(b)} bytes is over {BODY_BYTES_MAX}")
-            src[i] = PyBytes_AS_STRING(b)
-            size[i] = <int> PyBytes_GET_SIZE(b)
-            at[i] = total
-            total += 4 + <size_t> LZ4_compressBound(size[i])
-        buf = <char*> malloc(total)
-        if buf == NULL:
-            raise MemoryError()
-        with nogil:
-            for i in range(n):
-                head = <uint8_t*> (buf + at[i])
-                k = size[i]
-                head[0] = k & 0xFF
-                head[1] = (k >> 8) & 0xFF
-                head[2] = (k >> 16) & 0xFF
-                head[3] = (k >> 24) & 0xFF
-                zsize[i] = LZ4_compress_default(src[i], buf + at[i] + 4, k, LZ4_compressBound(k))
-                if zsize[i] <= 0 and k > 0:
-                    failed = 1
-                    break
-                crc[i] = _crc32(head, 4 + zsize[i])
-        if failed:
-            raise RuntimeError("LZ4 compression failed")
-        if first_seq is None:
-            return [PyBytes_FromStringAndSize(buf + at[i], 4 + zsize[i]) for i in range(n)]
-        return [(first_seq + i, fmts[i], PyBytes_FromStringAndSize(buf + at[i], 4 + zsize[i]), crc[i])
-                for i in range(n)]
-    finally:
-        free(src)
-        free(size)
-        free(zsize)
-        free(at)
-        free(crc)
-        free(buf)
+    job = Compression(bodies, first_seq, fmts)
+    return job.blocks() if first_seq is None else job.rows()
 
 
 cdef packed struct LineRecord:  # engine.store.LINE_DTYPE, little-endian

@@ -57,7 +57,6 @@ engine handles the next batch. Writes must come in the order of the batches.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as _dt
 import fcntl
 import gc
@@ -65,6 +64,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import sqlite3
 import struct
 import threading
@@ -80,7 +80,7 @@ import pyarrow.compute as pc
 
 from core_ext._bloom import Bloom
 from core_ext import _sqlw
-from core_ext._pack import LINE_RECORD_BYTES, compress_bodies, pack_lines
+from core_ext._pack import LINE_RECORD_BYTES, Compression, pack_lines
 
 from . import kernels, money, protocol
 from .pipeline import Change, Engine, ResultRows, Settled
@@ -110,7 +110,7 @@ WAL_HEADER_BYTES = 32  # a WAL file no longer than its header holds no frames
 CHECKPOINT_NICE = 19  # nice value of the checkpointer thread
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
-COMPRESS_CHUNK = 128  # journal bodies per call of compress_bodies on the compressor thread
+COMPRESS_CHUNK = 32  # journal bodies a thread claims at a time from a batch's Compression
 
 WORLD_FILES = (
     "institutions.csv", "catalogue.csv", "policies.json", "persons.csv",
@@ -896,6 +896,31 @@ class _Checkpointer:
 # ---------------------------------------------------------------- batch writers
 
 
+class _Compressor:
+    """A thread that compresses journal bodies beside the writer (core_ext._pack.Compression).
+
+    It needs the GIL only to be handed a batch: the chunks it claims are compressed
+    without it, so it never waits for the engine's thread between chunks.
+    """
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="yidi-compress", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job.work()
+
+    def submit(self, job: Compression) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self.thread.join()
+
+
+
 class _ModuleWriter:
     """The batch writer's interface on a sqlite3 module connection (when core_ext._sqlw is unavailable)."""
 
@@ -945,34 +970,21 @@ class Prepared:
 
     changes: list
     journal: list
-    # The journal_blob rows, compressed COMPRESS_CHUNK at a time: (future on the
-    # compressor or None, (bodies, first seq, formats)); blob_rows() has the rows.
-    chunks: list
+    compression: Compression  # of the journal bodies; blob_rows() has the journal_blob rows
     persons: list
     chronic: list
     tail: list  # (msgid, seq, visit, setl_id in force or None, reversed setl_id or None)
     last_seq: int
-    blobs: list | None = None  # blob_rows(), once made
 
     def blob_rows(self) -> list:
         """The journal_blob rows (seq, codec, LZ4 block, crc32 of the block), in seq order.
 
-        The compressor takes chunks from the front; this thread takes the ones it has
-        not started from the back, until they meet.
+        This thread compresses the chunks the compressor thread has not claimed, then
+        waits for the ones it is compressing.
         """
-        if self.blobs is not None:
-            return self.blobs
-        parts = self.chunks
-        done: list = [None] * len(parts)
-        for i in range(len(parts) - 1, -1, -1):
-            future, chunk = parts[i]
-            if future is not None and not future.cancel():
-                break
-            done[i] = compress_bodies(*chunk)
-        rows = [b for part, d in zip(parts, done) for b in (d if d is not None else part[0].result())]
+        rows = self.compression.rows()
         assert len(rows) == len(self.changes) and (
             not rows or (rows[0][0], rows[-1][0]) == (self.last_seq + 1 - len(rows), self.last_seq))
-        self.blobs = rows
         return rows
 
 
@@ -998,9 +1010,8 @@ class SqliteStore:
         self._reader: _Reader | None = None
         self._checkpointer: _Checkpointer | None = None
         self._tail = _Tail()
-        # A second core compresses journal bodies while the commit builds the rest (prepare).
-        self._compressor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-compress")
-                            if len(os.sched_getaffinity(0)) > 1 else None)
+        # A second core compresses journal bodies while the writer inserts the rest.
+        self._compressor = _Compressor() if len(os.sched_getaffinity(0)) > 1 else None
         try:
             self._open(world_dir, clock, verify)
         except BaseException:
@@ -1307,15 +1318,8 @@ class SqliteStore:
             # The engine builds every amounts and info dict the same way: check the order on one.
             assert tuple(changes[0].settled.amounts) == AMOUNT_KEYS and tuple(changes[0].settled.info) == INFO_KEYS
         journal: list[tuple] = []
-        # Bodies are compressed COMPRESS_CHUNK at a time by compress_bodies, which
-        # releases the GIL for the whole chunk: on the worker thread (when this
-        # process may run on more than one core) from now on, while this thread
-        # gathers the rest and the writer inserts the journal rows; the writer
-        # compresses the chunks the worker has not started (_blob_rows).
         bodies: list[bytes] = []
         fmts: list[str] = []
-        chunks: list = []
-        worker = self._compressor
         psns: dict[int, None] = {}
         slots: dict[int, None] = {}
         tail: list[tuple] = []
@@ -1335,17 +1339,17 @@ class SqliteStore:
             journal.append(row)
             bodies.append(c.body)
             fmts.append(c.codec.fmt)
-            if len(bodies) == COMPRESS_CHUNK:
-                chunk = (bodies, seq + 1 - COMPRESS_CHUNK, fmts)
-                chunks.append((worker and worker.submit(compress_bodies, *chunk), chunk))
-                bodies, fmts = [], []
             psns[row[_ROW_PSN]] = None
             if row[_ROW_CD_SLOT] >= 0:
                 slots[row[_ROW_CD_SLOT]] = None
             seq += 1
         last = seq - 1
-        if bodies:
-            chunks.append((None, (bodies, last + 1 - len(bodies), fmts)))
+        # The bodies are compressed without the GIL by the compressor thread (when
+        # this process may run on more than one core) from now on, while the writer
+        # inserts the journal rows; then by the writer too (Prepared.blob_rows).
+        compression = Compression(bodies, self._next_seq, fmts, COMPRESS_CHUNK)
+        if self._compressor is not None:
+            self._compressor.submit(compression)
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
         persons = list(zip(
@@ -1356,7 +1360,7 @@ class SqliteStore:
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
         chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist()))
         self._next_seq = last + 1
-        return Prepared(changes, journal, chunks, persons, chronic, tail, last)
+        return Prepared(changes, journal, compression, persons, chronic, tail, last)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
@@ -1509,7 +1513,7 @@ class SqliteStore:
             self._checkpointer.stop()
             self._checkpointer = None
         if self._compressor is not None:
-            self._compressor.shutdown()
+            self._compressor.stop()
             self._compressor = None
         if self._reader is not None:
             self._reader.close()

@@ -463,6 +463,30 @@ def test_compress_bodies_writes_python_lz4_blocks():
         compress_bodies(bodies, 1, fmts[:-1])
 
 
+def test_compression_shared_by_threads_gives_the_same_blocks():
+    """Chunks claimed by several threads at once: every block made once, exactly as alone, in order."""
+    import threading
+
+    import lz4.block
+
+    from core_ext._pack import Compression
+
+    bodies = [os.urandom(k % 700) + b"x" * (k * 13 % 2000) for k in range(1000)]
+    want = [lz4.block.compress(b) for b in bodies]
+    for chunk in (1, 7, 64, 5000):
+        job = Compression(bodies, 10, ["json"] * len(bodies), chunk)
+        helpers = [threading.Thread(target=job.work) for _ in range(3)]
+        for t in helpers:
+            t.start()
+        rows = job.rows()  # this thread compresses what is left, then waits for the helpers
+        for t in helpers:
+            t.join()
+        assert [r[2] for r in rows] == want and [r[0] for r in rows] == list(range(10, 1010))
+        assert job.rows() is rows and job.blocks() == want
+        job.work()  # nothing left to claim: a no-op
+    assert Compression([]).blocks() == []
+
+
 def test_bodies_compressed_on_the_worker_read_back_in_order(tmp_path, synth):
     """Batches larger than the compressor's chunk: every journal row holds its own request."""
     from engine.store import COMPRESS_CHUNK
