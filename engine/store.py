@@ -1387,11 +1387,11 @@ class SqliteStore:
             # a lookup in between finds them in one place or the other.
             t = self._tail
             r = self._reader
-            for msgid, seq, visit, setl_id, reversed_id in p.tail:
-                r.msgids.add(msgid)
-                t.msgid[msgid] = seq
-                if setl_id is not None:
-                    r.visits.add(*visit)
+            msgids = [e[0] for e in p.tail]
+            r.msgids.add_all(msgids)
+            r.visits.add_all_pairs([e[2] for e in p.tail if e[3] is not None])
+            t.msgid.update(zip(msgids, [e[1] for e in p.tail]))
+            for _, seq, visit, setl_id, reversed_id in p.tail:
                 t.visits[visit] = setl_id
                 if reversed_id is not None:
                     t.reversed[reversed_id] = seq
