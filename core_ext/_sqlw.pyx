@@ -210,14 +210,18 @@ cdef class Writer:
         if self.db == NULL:
             raise _pysqlite.ProgrammingError("the writer is closed")
 
-    def prepare(self, str sql) -> int:
-        """Prepare an INSERT (or any statement without results); returns its number for executemany."""
+    cdef sqlite3_stmt* _compile(self, str sql) except NULL:
         self._open_db()
         cdef sqlite3_stmt* s = NULL
         cdef bytes q = sql.encode()
         cdef int rc = yidi_sq.prepare_v2(self.db, q, <int> len(q), &s, NULL)
         if rc != YIDI_SQLITE_OK or s == NULL:
             self._raise(rc, sql)
+        return s
+
+    def prepare(self, str sql) -> int:
+        """Prepare an INSERT (or any statement without results); returns its number for executemany."""
+        cdef sqlite3_stmt* s = self._compile(sql)
         cdef sqlite3_stmt** grown = <sqlite3_stmt**> malloc((self.n_st + 1) * sizeof(sqlite3_stmt*))
         if grown == NULL:
             yidi_sq.finalize(s)
@@ -325,12 +329,8 @@ cdef class Writer:
 
     def query_int(self, str sql) -> int:
         """The first column of the first row of a query without parameters (a PRAGMA's value, say)."""
-        self._open_db()
-        cdef sqlite3_stmt* s = NULL
-        cdef bytes q = sql.encode()
-        cdef int rc = yidi_sq.prepare_v2(self.db, q, <int> len(q), &s, NULL)
-        if rc != YIDI_SQLITE_OK or s == NULL:
-            self._raise(rc, sql)
+        cdef sqlite3_stmt* s = self._compile(sql)
+        cdef int rc
         try:
             rc = yidi_sq.step(s)
             if rc != YIDI_SQLITE_ROW:
