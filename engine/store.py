@@ -131,6 +131,11 @@ PERSON_ACC = ("balc", "acc_year", "hifp_ip", "hifp_op", "ded_op", "burden2", "se
 CODECS = {"json": JSON, "msgpack": MSGPACK}
 KIND_SETTLE, KIND_REVERSE = "settle", "reverse"
 _ROW_PSN, _ROW_CD_SLOT = 11, 19  # of a journal row (SqliteStore._rows_of), in the journal's column order
+# Positions in AMOUNT_KEYS and INFO_KEYS (the rows are built from the dicts' values).
+_A_HIFP, _A_HIFMI, _A_HIFOB, _A_FUND, _A_ACCT = (
+    AMOUNT_KEYS.index(k) for k in ("hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "acct_pay"))
+_I_POOL_PROP, _I_FILING_CLASS, _I_INSUTYPE, _I_MED_TYPE, _I_CLR_TYPE = (
+    INFO_KEYS.index(k) for k in ("pool_prop_selfpay", "filing_class", "insutype", "med_type", "clr_type"))
 
 # One `result` row as the journal keeps it (the catalogue entry the line matched,
 # lv 0 for none, and the split); the line's amount, count and price are read
@@ -542,21 +547,27 @@ SETLDETAIL_KEYS = ("fund_pay_type", "fund_pay_type_name", "fund_payamt")
 def body_of(input_raw: bytes, reply: Reply, lines: bytes | None) -> bytes:
     """A journal row's request and reply, uncompressed (prepare compresses it: see the journal_blob table)."""
     out = reply.output
-    keys = tuple(out)
     setlinfo = out["setlinfo"]
-    assert tuple(setlinfo) == SETLINFO_KEYS, "setlinfo keys differ from SETLINFO_KEYS"
-    if keys == _SETTLE_OUTPUT:
-        assert lines is not None
-        detail = []
-        for d in out["setldetail"]:
-            assert tuple(d) == SETLDETAIL_KEYS
-            detail.append(list(d.values()))
+    # The keys' order: checked on the first settlement and reversal of each batch (check_reply_keys).
+    assert len(setlinfo) == len(SETLINFO_KEYS)
+    if lines is not None:
+        assert len(out) == len(_SETTLE_OUTPUT)
+        detail = [list(d.values()) for d in out["setldetail"]]
     else:
-        assert keys == _REVERSE_OUTPUT and lines is None
+        assert len(out) == len(_REVERSE_OUTPUT)
         detail = None
     packed = _msgpack_encode((reply.infcode, reply.inf_refmsgid, reply.refmsg_time, reply.respond_time,
                               reply.err_msg, reply.err_code, list(setlinfo.values()), detail))
     return b"".join((_BODY_HEAD.pack(len(input_raw), len(packed)), input_raw, packed, lines or b""))
+
+
+def check_reply_keys(reply: Reply) -> None:
+    """The keys of a journaled reply are exactly those body_of leaves out, in their order."""
+    out = reply.output
+    assert tuple(out) in (_SETTLE_OUTPUT, _REVERSE_OUTPUT), f"reply output keys {tuple(out)}"
+    assert tuple(out["setlinfo"]) == SETLINFO_KEYS, "setlinfo keys differ from SETLINFO_KEYS"
+    for d in out.get("setldetail", ()):
+        assert tuple(d) == SETLDETAIL_KEYS, "setldetail keys differ from SETLDETAIL_KEYS"
 
 
 def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
@@ -1274,13 +1285,14 @@ class SqliteStore:
         caches (prepare, a batch later, would fetch them from memory again).
         """
         rec = c.settled
-        a = rec.amounts
-        info = rec.info
+        # In the order of AMOUNT_KEYS and INFO_KEYS (prepare checks the keys of each batch's first change).
+        a = list(rec.amounts.values())
+        info = list(rec.info.values())
         assert len(a) == len(AMOUNT_KEYS) and len(info) == len(INFO_KEYS)
         # The ledger's legs are columns of the journal row (the `posting` view):
         # the identities they rest on (engine.ledger.postings asserts the same).
-        assert a["hifp_pay"] + a["hifmi_pay"] + a["hifob_pay"] == a["fund_pay_sumamt"]
-        assert a["hifp_pay"] >= 0 and a["hifmi_pay"] >= 0 and a["hifob_pay"] >= 0 and a["acct_pay"] >= 0
+        hifp, hifmi, hifob, acct = a[_A_HIFP], a[_A_HIFMI], a[_A_HIFOB], a[_A_ACCT]
+        assert hifp + hifmi + hifob == a[_A_FUND] and hifp >= 0 and hifmi >= 0 and hifob >= 0 and acct >= 0
         assert c.fixmedins_code == rec.fixmedins_code
         seq = self._numbered_seq
         self._numbered_seq = seq + 1
@@ -1297,9 +1309,9 @@ class SqliteStore:
         c.seq = seq
         c.row = (
             seq, c.msgid, c.kind, c.infno, c.setl_id, reversed_id, c.setl_time, rec.insuplc_admdvs,
-            rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info["insutype"],
-            info["med_type"], info["clr_type"], info["filing_class"], info["pool_prop_selfpay"],
-            rec.kind, rec.cd_slot, rec.year, *(a.values() if sign == 1 else [-v for v in a.values()]),
+            rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info[_I_INSUTYPE],
+            info[_I_MED_TYPE], info[_I_CLR_TYPE], info[_I_FILING_CLASS], info[_I_POOL_PROP],
+            rec.kind, rec.cd_slot, rec.year, *(a if sign == 1 else [-v for v in a]),
             sign * rec.burden, sign * rec.second,
         )
         c.body = body_of(c.input_raw, c.reply, rows)
@@ -1315,8 +1327,13 @@ class SqliteStore:
         assert len(changes) <= COMMIT_CHANGES_MAX, f"more than {COMMIT_CHANGES_MAX} changes in one commit"
         self.engine.settled._drop_untouched()
         if changes:
-            # The engine builds every amounts and info dict the same way: check the order on one.
+            # The engine builds every amounts, info and reply dict of a kind the same way
+            # (dict displays): check the keys' order on the first of each kind.
             assert tuple(changes[0].settled.amounts) == AMOUNT_KEYS and tuple(changes[0].settled.info) == INFO_KEYS
+            for kind in (KIND_SETTLE, KIND_REVERSE):
+                first = next((c for c in changes if c.kind == kind), None)
+                if first is not None:
+                    check_reply_keys(first.reply)
         journal: list[tuple] = []
         bodies: list[bytes] = []
         fmts: list[str] = []

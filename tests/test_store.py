@@ -227,6 +227,23 @@ def test_changes_are_committed_in_the_order_made_none_left_out(tmp_path, synth):
     _check_ok(data)
 
 
+def test_a_reply_whose_keys_moved_is_refused_before_anything_is_written(tmp_path, synth):
+    """The journal keeps a reply's values only: prepare checks the keys' order on each batch."""
+    world_dir, world, bodies = synth
+    data = str(tmp_path / "data")
+    with open_store(data, world_dir, clock="inf_time") as store:
+        store.engine.handle_batch([Request(b) for b in bodies[:40]])
+        changes = store.engine.take_changes()
+        first = next(c for c in changes if c.kind == "settle")
+        info = first.reply.output["setlinfo"]
+        first.reply.output["setlinfo"] = dict(reversed(list(info.items())))
+        with pytest.raises(AssertionError, match="setlinfo keys"):
+            store.prepare(changes)
+        first.reply.output["setlinfo"] = info
+        store.commit(changes)
+    _check_ok(data)
+
+
 def test_ram_holds_only_what_is_not_committed(tmp_path, synth):
     world_dir, world, bodies = synth
     data = str(tmp_path / "data")
