@@ -931,7 +931,6 @@ class _Compressor:
         self.thread.join()
 
 
-
 class _ModuleWriter:
     """The batch writer's interface on a sqlite3 module connection (when core_ext._sqlw is unavailable)."""
 
@@ -965,7 +964,8 @@ def _batch_writer(path: str, conn: sqlite3.Connection):
         for sql in WRITER_PRAGMAS:
             w.execute(sql)
         if w.query_int("PRAGMA synchronous") != 2 or w.query_int("PRAGMA wal_autocheckpoint") != 0:
-            raise StoreFailed("the batch writer's connection did not take synchronous = FULL")
+            raise StoreFailed("the batch writer's connection did not take synchronous = FULL"
+                              " and wal_autocheckpoint = 0")
     except BaseException:
         w.close()
         raise
@@ -1328,12 +1328,9 @@ class SqliteStore:
         self.engine.settled._drop_untouched()
         if changes:
             # The engine builds every amounts, info and reply dict of a kind the same way
-            # (dict displays): check the keys' order on the first of each kind.
+            # (dict displays): check the keys' order on the first of each kind (below).
             assert tuple(changes[0].settled.amounts) == AMOUNT_KEYS and tuple(changes[0].settled.info) == INFO_KEYS
-            for kind in (KIND_SETTLE, KIND_REVERSE):
-                first = next((c for c in changes if c.kind == kind), None)
-                if first is not None:
-                    check_reply_keys(first.reply)
+        checked = {KIND_SETTLE: False, KIND_REVERSE: False}
         journal: list[tuple] = []
         bodies: list[bytes] = []
         fmts: list[str] = []
@@ -1349,6 +1346,9 @@ class SqliteStore:
             rec = c.settled
             row = c.row
             visit = (rec.fixmedins_code, rec.mdtrt_id)
+            if not checked[c.kind]:
+                check_reply_keys(c.reply)
+                checked[c.kind] = True
             if c.kind == KIND_SETTLE:
                 tail.append((c.msgid, seq, visit, rec.setl_id, None))
             else:
