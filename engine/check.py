@@ -115,7 +115,13 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
     rep.result(f"store format {STORE_FORMAT} schema {SCHEMA_VERSION}", fmt_diffs)
     if fmt_diffs:
         return
-    folded = int(meta["folded_seq"])
+    state = conn.execute("SELECT folded_seq, store_id FROM fold_state").fetchall()
+    ids = [r[1] for r in state]
+    rep.result("keyed tables (yidi-keys.sqlite3) of this store", [] if ids == [meta.get("store_id")] else
+               [f"store_id {ids} in the keyed file, {meta.get('store_id')!r} in the main one"])
+    if ids != [meta.get("store_id")]:
+        return
+    folded = int(state[0][0])
     n_rows, n_settle, n_rev, max_seq = conn.execute(
         f"SELECT COUNT(*), COALESCE(SUM(kind = '{KIND_SETTLE}'), 0), COALESCE(SUM(kind = '{KIND_REVERSE}'), 0),"
         " COALESCE(MAX(seq), 0) FROM journal"

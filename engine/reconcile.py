@@ -116,8 +116,9 @@ class ReconIndex:
     numbers the engine's changes in the order the engine makes them).
     """
 
-    def __init__(self, db_path: str | None = None, first_seq: int = 1):
+    def __init__(self, db_path: str | None = None, first_seq: int = 1, keys_path: str | None = None):
         self.db_path = db_path
+        self.keys_path = keys_path  # the store's keyed tables (medins_time, fold_state), attached as `keys`
         self.next_seq = first_seq
         self.by_inst: dict[str, collections.deque[Row]] = {}
         self.order: collections.deque[tuple[int, str]] = collections.deque()  # (seq, fixmedins_code), store only
@@ -144,11 +145,13 @@ class ReconIndex:
         if self._conn is None:
             self._conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
                                          check_same_thread=False)
+            if self.keys_path is not None:
+                self._conn.execute("ATTACH DATABASE ? AS keys", (f"file:{self.keys_path}?mode=ro",))
             self._conn.execute("PRAGMA query_only = 1")
         return self._conn
 
     def _folded_seq(self) -> int:
-        return int(self._db().execute("SELECT value FROM meta WHERE key = 'folded_seq'").fetchall()[0][0])
+        return int(self._db().execute("SELECT folded_seq FROM fold_state").fetchall()[0][0])
 
     def _prune(self, folded: int) -> None:
         """Forget the RAM rows that medins_time indexes now (seq <= folded)."""
@@ -184,7 +187,7 @@ class ReconIndex:
             db = self._db()
             db.execute("BEGIN")  # one snapshot: folded_seq and medins_time agree
             try:
-                folded = int(db.execute("SELECT value FROM meta WHERE key = 'folded_seq'").fetchall()[0][0])
+                folded = int(db.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0])
                 for it, ct, *vals in db.execute(
                     f"SELECT j.insutype, j.clr_type, SUM(CASE j.kind WHEN '{KIND_SETTLE}' THEN 1 ELSE -1 END),"
                     " SUM(j.medfee_sumamt_fen), SUM(j.fund_pay_sumamt_fen), SUM(j.acct_pay_fen), COUNT(*)"
@@ -227,7 +230,7 @@ class ReconIndex:
             db = self._db()
             db.execute("BEGIN")
             try:
-                folded = int(db.execute("SELECT value FROM meta WHERE key = 'folded_seq'").fetchall()[0][0])
+                folded = int(db.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0])
                 rng = (code, t_lo, t_hi, folded, *args)
                 total = db.execute("SELECT COUNT(*)" + _FROM_RANGE + where, rng).fetchall()[0][0]
                 # Only the first offset + limit rows can be on the page, whatever the RAM rows.

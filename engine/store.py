@@ -1,7 +1,8 @@
 """The durable store: SQLite in WAL mode with synchronous=FULL (issue 3, SETTLEMENT.md sections 7-9).
 
-One data folder holds one store: `yidi.sqlite3` (with its `-wal` and `-shm`) and
-`yidi.lock`, an advisory lock held by the one process that writes.
+One data folder holds one store: `yidi.sqlite3` (the journal, its blobs and logs),
+`yidi-keys.sqlite3` (the keyed tables a fold writes), each with its `-wal` and
+`-shm`, and `yidi.lock`, an advisory lock held by the one process that writes.
 
     store = open_store(data_dir, world_dir, clock="wall")
     replies = store.engine.handle_batch(requests)
@@ -36,11 +37,21 @@ StoreFailed and the store refuses every later commit: the engine in memory is
 then ahead of the disk; the caller must stop and restart from the store.
 
 Fold. The keyed views of the journal (`msgid_index`, `reversal`,
-`open_visit`) and the current rows (`person`, `chronic`, `account`) are
-brought up to date from the journal and the logs by a fold: one transaction of
-set-based, sorted statements that touches each page once. It runs at open, at
-close, by `fold()` (for a quiet hour), and whenever `fold_rows` journal rows
-are unfolded. Until then the unfolded tail is indexed in RAM.
+`open_visit`, `medins_time`) and the current rows (`person`, `chronic`,
+`account`) are brought up to date from the journal and the logs by a fold: one
+transaction of set-based, sorted statements that touches each page once. They
+live in a file of their own, attached as `keys`, and a fold writes nothing else:
+SQLite locks each file on its own, so the commits, which write only the main
+file, go on while a fold runs. Once `fold_rows` journal rows are unfolded, the
+writer seals them and a folder thread (its own connection, below the engine's
+CPU priority) folds them in the background; the next generation waits for it
+only if it fills before the fold ends. A fold also runs inline at open, at close
+and by `fold()`. The logs a fold covered are deleted by the following commits,
+a few thousand seqs each; a log row left at or below `folded_seq` (a crash
+between) changes nothing, since logs hold absolute values. Until folded, the
+unfolded rows are indexed in RAM (two generations at most). The keyed file is
+seeded before the main one: a main file with tables means a whole seed, and the
+two files carry the same `store_id`.
 
 Memory. History is not kept in RAM. The engine's `journal` (msgid -> first
 reply), `settled` (setl_id -> what a reversal needs) and `open_visits` are
@@ -69,6 +80,7 @@ import sqlite3
 import struct
 import threading
 import types
+import uuid
 import zlib
 from dataclasses import dataclass, replace
 
@@ -91,8 +103,9 @@ from .world import DAY_OPEN, World, load_world
 log = logging.getLogger("yidi.store")
 
 STORE_FORMAT = "yidi-store"
-SCHEMA_VERSION = 2  # 2: postings a view of the journal; no account_log
+SCHEMA_VERSION = 3  # 2: postings a view of the journal; no account_log. 3: the keyed tables in KEYS_NAME
 DB_NAME = "yidi.sqlite3"
+KEYS_NAME = "yidi-keys.sqlite3"  # the folded, keyed tables (KEYS_SCHEMA), attached as `keys`
 LOCK_NAME = "yidi.lock"
 
 # Limits (STYLE.md: a limit on everything).
@@ -108,6 +121,8 @@ WAL_CHASE_BYTES = 64 << 20  # a WAL this long is checkpointed after every commit
 WAL_FILE_KEEP_BYTES = 64 << 20  # journal_size_limit: a WAL file larger is cut back to this when it starts over
 WAL_HEADER_BYTES = 32  # a WAL file no longer than its header holds no frames
 CHECKPOINT_NICE = 19  # nice value of the checkpointer thread
+FOLD_NICE = 5  # nice value of the folder thread: below the engine's, enough to keep up at saturation
+LOG_DELETE_SEQS = 4_096  # journal seqs whose folded person and chronic logs one commit deletes, at most
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
 COMPRESS_CHUNK = 32  # journal bodies a thread claims at a time from a batch's Compression
@@ -159,45 +174,6 @@ CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-
--- Persons as of the last fold (section 2). psn is the engine's row. The seed_
--- columns are the world's values when the store was seeded, for `yidi check`.
-CREATE TABLE person (
-    psn INTEGER PRIMARY KEY,
-    psn_no TEXT NOT NULL,
-    certno TEXT NOT NULL,
-    psn_name TEXT NOT NULL,
-    insuplc_admdvs TEXT NOT NULL,
-    insutype TEXT NOT NULL,
-    psn_type TEXT NOT NULL,
-    balc_fen INTEGER NOT NULL,
-    acc_year INTEGER NOT NULL,
-    hifp_ip_fen INTEGER NOT NULL,
-    hifp_op_fen INTEGER NOT NULL,
-    ded_op_fen INTEGER NOT NULL,
-    burden2_fen INTEGER NOT NULL,
-    second_paid_fen INTEGER NOT NULL,
-    seed_balc_fen INTEGER NOT NULL,
-    seed_acc_year INTEGER NOT NULL,
-    seed_hifp_ip_fen INTEGER NOT NULL,
-    seed_hifp_op_fen INTEGER NOT NULL,
-    seed_ded_op_fen INTEGER NOT NULL,
-    seed_burden2_fen INTEGER NOT NULL,
-    seed_second_paid_fen INTEGER NOT NULL
-);
-
--- Chronic qualifications as of the last fold: slot is the engine's chronic slot;
--- hifp_cd_fen counts in the year cd_year only (a later acc_year makes it 0).
-CREATE TABLE chronic (
-    slot INTEGER PRIMARY KEY,
-    psn INTEGER NOT NULL,
-    dise_codg TEXT NOT NULL,
-    hifp_cd_fen INTEGER NOT NULL,
-    cd_year INTEGER NOT NULL,
-    seed_hifp_cd_fen INTEGER NOT NULL,
-    seed_cd_year INTEGER NOT NULL,
-    UNIQUE (psn, dise_codg)
-);
 
 CREATE TABLE filing (
     id INTEGER PRIMARY KEY,
@@ -300,6 +276,64 @@ CREATE VIEW posting (seq, leg, account, amount_fen) AS
     UNION ALL SELECT seq, 3, 'medins/' || fixmedins_code, -(fund_pay_sumamt_fen + acct_pay_fen)
         FROM journal WHERE fund_pay_sumamt_fen + acct_pay_fen <> 0;
 
+-- Monthly clearing (section 8): a closed period and the last journal row it covers.
+CREATE TABLE closed_period (
+    period TEXT PRIMARY KEY,
+    closed_at TEXT NOT NULL,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Every start: the world folder loaded and what changed in it.
+CREATE TABLE world_load (
+    id INTEGER PRIMARY KEY,
+    loaded_at TEXT NOT NULL,
+    world_dir TEXT NOT NULL,
+    changes TEXT NOT NULL
+);
+"""
+
+# The keyed tables, in their own file (KEYS_NAME, attached as `keys`): a fold writes only
+# them, so commits (which write only the main file) go on while it runs (SqliteStore._fold).
+KEYS_SCHEMA = """
+-- Persons as of the last fold (section 2). psn is the engine's row. The seed_
+-- columns are the world's values when the store was seeded, for `yidi check`.
+CREATE TABLE person (
+    psn INTEGER PRIMARY KEY,
+    psn_no TEXT NOT NULL,
+    certno TEXT NOT NULL,
+    psn_name TEXT NOT NULL,
+    insuplc_admdvs TEXT NOT NULL,
+    insutype TEXT NOT NULL,
+    psn_type TEXT NOT NULL,
+    balc_fen INTEGER NOT NULL,
+    acc_year INTEGER NOT NULL,
+    hifp_ip_fen INTEGER NOT NULL,
+    hifp_op_fen INTEGER NOT NULL,
+    ded_op_fen INTEGER NOT NULL,
+    burden2_fen INTEGER NOT NULL,
+    second_paid_fen INTEGER NOT NULL,
+    seed_balc_fen INTEGER NOT NULL,
+    seed_acc_year INTEGER NOT NULL,
+    seed_hifp_ip_fen INTEGER NOT NULL,
+    seed_hifp_op_fen INTEGER NOT NULL,
+    seed_ded_op_fen INTEGER NOT NULL,
+    seed_burden2_fen INTEGER NOT NULL,
+    seed_second_paid_fen INTEGER NOT NULL
+);
+
+-- Chronic qualifications as of the last fold: slot is the engine's chronic slot;
+-- hifp_cd_fen counts in the year cd_year only (a later acc_year makes it 0).
+CREATE TABLE chronic (
+    slot INTEGER PRIMARY KEY,
+    psn INTEGER NOT NULL,
+    dise_codg TEXT NOT NULL,
+    hifp_cd_fen INTEGER NOT NULL,
+    cd_year INTEGER NOT NULL,
+    seed_hifp_cd_fen INTEGER NOT NULL,
+    seed_cd_year INTEGER NOT NULL,
+    UNIQUE (psn, dise_codg)
+);
+
 -- Account balances as of the last fold: the fold adds the postings of the rows it folds.
 CREATE TABLE account (
     account TEXT PRIMARY KEY,
@@ -307,7 +341,7 @@ CREATE TABLE account (
     postings INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Keyed views of the journal rows up to the last fold (meta folded_seq):
+-- Keyed views of the journal rows up to the last fold (fold_state.folded_seq):
 -- the msgid index (section 7 idempotency), the reversal of each reversed
 -- settlement, and the visits with a settlement in force (E_DUPLICATE_VISIT).
 CREATE TABLE msgid_index (
@@ -332,19 +366,11 @@ CREATE TABLE medins_time (
     PRIMARY KEY (fixmedins_code, setl_time, seq)
 ) WITHOUT ROWID;
 
--- Monthly clearing (section 8): a closed period and the last journal row it covers.
-CREATE TABLE closed_period (
-    period TEXT PRIMARY KEY,
-    closed_at TEXT NOT NULL,
-    last_seq INTEGER NOT NULL
-) WITHOUT ROWID;
-
--- Every start: the world folder loaded and what changed in it.
-CREATE TABLE world_load (
-    id INTEGER PRIMARY KEY,
-    loaded_at TEXT NOT NULL,
-    world_dir TEXT NOT NULL,
-    changes TEXT NOT NULL
+-- How far the keyed tables are folded, and the store they belong to (meta store_id).
+CREATE TABLE fold_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    folded_seq INTEGER NOT NULL,
+    store_id TEXT NOT NULL
 );
 """
 
@@ -372,34 +398,41 @@ WRITER_PRAGMAS = (
 )
 
 # The fold: each statement set-based and in key order (see the module docstring).
+# A fold of the journal rows m < seq <= h (SqliteStore._fold_range): it reads the main file (the
+# journal and the logs, which later commits may have grown past h) and writes only the keyed file.
+_TAIL = "seq > :m AND seq <= :h"
 SQL_FOLD = (
-    "INSERT INTO msgid_index (msgid, seq) SELECT msgid, seq FROM journal WHERE seq > :m ORDER BY msgid",
+    f"INSERT INTO msgid_index (msgid, seq) SELECT msgid, seq FROM journal WHERE {_TAIL} ORDER BY msgid",
     f"INSERT INTO reversal (setl_id, seq) SELECT reversed_setl_id, seq FROM journal"
-    f" WHERE seq > :m AND kind = '{KIND_REVERSE}' ORDER BY reversed_setl_id",
+    f" WHERE {_TAIL} AND kind = '{KIND_REVERSE}' ORDER BY reversed_setl_id",
     # Visits: close what the tail reversed, then open the tail's settlements it did not reverse.
     # A plain INSERT: a visit with two settlements in force fails the fold (an invariant).
     f"DELETE FROM open_visit WHERE (fixmedins_code, mdtrt_id, setl_id) IN (SELECT fixmedins_code, mdtrt_id,"
-    f" reversed_setl_id FROM journal WHERE seq > :m AND kind = '{KIND_REVERSE}')",
+    f" reversed_setl_id FROM journal WHERE {_TAIL} AND kind = '{KIND_REVERSE}')",
     f"INSERT INTO open_visit (fixmedins_code, mdtrt_id, setl_id) SELECT fixmedins_code, mdtrt_id, setl_id"
-    f" FROM journal WHERE seq > :m AND kind = '{KIND_SETTLE}' AND setl_id NOT IN (SELECT reversed_setl_id"
-    f" FROM journal WHERE seq > :m AND kind = '{KIND_REVERSE}') ORDER BY fixmedins_code, mdtrt_id",
-    "INSERT INTO medins_time (fixmedins_code, setl_time, seq) SELECT fixmedins_code, setl_time, seq"
-    " FROM journal WHERE seq > :m ORDER BY fixmedins_code, setl_time, seq",
+    f" FROM journal WHERE {_TAIL} AND kind = '{KIND_SETTLE}' AND setl_id NOT IN (SELECT reversed_setl_id"
+    f" FROM journal WHERE {_TAIL} AND kind = '{KIND_REVERSE}') ORDER BY fixmedins_code, mdtrt_id",
+    f"INSERT INTO medins_time (fixmedins_code, setl_time, seq) SELECT fixmedins_code, setl_time, seq"
+    f" FROM journal WHERE {_TAIL} ORDER BY fixmedins_code, setl_time, seq",
+    # The logs hold the accumulators after each batch (absolute values): the last one of each key wins.
     "UPDATE person SET balc_fen = l.balc_fen, acc_year = l.acc_year, hifp_ip_fen = l.hifp_ip_fen,"
     " hifp_op_fen = l.hifp_op_fen, ded_op_fen = l.ded_op_fen, burden2_fen = l.burden2_fen,"
     " second_paid_fen = l.second_paid_fen FROM (SELECT p.* FROM person_log p JOIN"
-    " (SELECT psn, MAX(seq) AS seq FROM person_log GROUP BY psn) last USING (psn, seq) ORDER BY psn) AS l"
-    " WHERE person.psn = l.psn",
+    f" (SELECT psn, MAX(seq) AS seq FROM person_log WHERE {_TAIL} GROUP BY psn) last USING (psn, seq)"
+    " ORDER BY psn) AS l WHERE person.psn = l.psn",
     "UPDATE chronic SET hifp_cd_fen = l.hifp_cd_fen, cd_year = l.cd_year FROM (SELECT c.* FROM chronic_log c"
-    " JOIN (SELECT slot, MAX(seq) AS seq FROM chronic_log GROUP BY slot) last USING (slot, seq) ORDER BY slot)"
-    " AS l WHERE chronic.slot = l.slot",
+    f" JOIN (SELECT slot, MAX(seq) AS seq FROM chronic_log WHERE {_TAIL} GROUP BY slot) last USING (slot, seq)"
+    " ORDER BY slot) AS l WHERE chronic.slot = l.slot",
     "INSERT INTO account (account, balance_fen, postings) SELECT account, SUM(amount_fen), COUNT(*)"
-    " FROM posting WHERE seq > :m GROUP BY account ORDER BY account"
+    f" FROM posting WHERE {_TAIL} GROUP BY account ORDER BY account"
     " ON CONFLICT (account) DO UPDATE SET balance_fen = balance_fen + excluded.balance_fen,"
     " postings = postings + excluded.postings",
-    "DELETE FROM person_log",
-    "DELETE FROM chronic_log",
+    "UPDATE fold_state SET folded_seq = :h WHERE folded_seq = :m",
 )
+# The logs a fold has covered, deleted from the main file by later commits (a few thousand
+# seqs each: SqliteStore.write) and at open and close; a log row at or below folded_seq that
+# is still there changes nothing (its values are older than or equal to the folded row's).
+SQL_DELETE_LOGS = ("DELETE FROM person_log WHERE seq <= {k}", "DELETE FROM chronic_log WHERE seq <= {k}")
 
 
 class StoreError(Exception):
@@ -469,14 +502,46 @@ def _now_text() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def connect(path: str, read_only: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), usable from any one thread at a time."""
+def keys_path(path: str) -> str:
+    """The keyed tables' file of the store whose main file is `path`."""
+    return os.path.join(os.path.dirname(path), KEYS_NAME)
+
+
+def connect(path: str, read_only: bool = False, keys: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), usable from any one thread at a time.
+
+    keys: attach the keyed tables' file as `keys` (their names need no prefix: each table is in one
+    file only). A transaction writes the files it writes to: a commit (journal, blobs, logs) locks the
+    main file only, a fold the keyed file only.
+    """
     if read_only:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        if keys:
+            conn.execute("ATTACH DATABASE ? AS keys", (f"file:{keys_path(path)}?mode=ro",))
         conn.execute("PRAGMA query_only = 1")
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if keys:
+            conn.execute("ATTACH DATABASE ? AS keys", (keys_path(path),))
     return conn
+
+
+def _writer_setup(conn: sqlite3.Connection, path: str, new: bool) -> None:
+    """WAL and WRITER_PRAGMAS on both files of a read-write connection with the keyed file attached."""
+    for schema in ("main", "keys"):
+        if new:
+            conn.execute(f"PRAGMA {schema}.page_size = {PAGE_SIZE}")
+        mode = conn.execute(f"PRAGMA {schema}.journal_mode = WAL").fetchall()[0][0]
+        if mode != "wal":
+            raise StoreRefused(f"{path}: cannot switch {schema} to WAL mode (got {mode!r})")
+        for sql in WRITER_PRAGMAS:
+            conn.execute(sql.replace("PRAGMA ", f"PRAGMA {schema}.", 1))
+        assert conn.execute(f"PRAGMA {schema}.synchronous").fetchall()[0][0] == 2  # FULL
+
+
+def _statements(schema: str) -> list[str]:
+    sql = "\n".join(ln for ln in schema.splitlines() if not ln.lstrip().startswith("--"))
+    return [stmt for stmt in sql.split(";") if stmt.strip()]
 
 
 def _refuse_sqlite(path: str, e: Exception) -> StoreRefused:
@@ -597,15 +662,28 @@ def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
 
 
 class _Tail:
-    """The journal rows committed since the last fold, indexed in RAM (at most fold_rows of them)."""
+    """The journal rows committed since the last fold, indexed in RAM: at most two generations of
+    fold_rows rows, the live one commits add to and the sealed one a fold is writing (SqliteStore._fold).
+
+    Lookups (the engine's thread) read the live generation, then the sealed one, then SQLite.
+    The writer seals by setting `sealed` before it replaces the live maps, and the folder drops
+    `sealed` only once its fold is committed, so a row is always in one place or the next.
+    """
 
     def __init__(self):
         self.msgid: dict[str, int] = {}  # msgid -> seq
         self.visits: dict[tuple[str, str], str | None] = {}  # visit -> setl_id in force, None closed
         self.reversed: dict[str, int] = {}  # setl_id -> seq of its reversal
+        self.sealed: _Tail | None = None
 
-    def clear(self) -> None:
+    def seal(self) -> None:
+        old = _Tail()
+        old.msgid, old.visits, old.reversed = self.msgid, self.visits, self.reversed
+        self.sealed = old
         self.msgid, self.visits, self.reversed = {}, {}, {}
+
+    def __len__(self) -> int:
+        return len(self.msgid) + (len(self.sealed.msgid) if self.sealed is not None else 0)
 
 
 class _Reader:
@@ -630,7 +708,10 @@ class _Reader:
         return rows[0] if rows else None
 
     def seq_of(self, msgid: str) -> int | None:
-        seq = self.tail.msgid.get(msgid)
+        t = self.tail
+        seq = t.msgid.get(msgid)
+        if seq is None and (old := t.sealed) is not None:
+            seq = old.msgid.get(msgid)
         if seq is None:
             f = self.msgids
             if f is not None and type(msgid) is str and not f.may_contain(msgid):
@@ -666,7 +747,10 @@ class _Reader:
         if r["kind"] != KIND_SETTLE:
             return None
         assert r["setl_id"] == setl_id
-        rev = self.tail.reversed.get(setl_id)
+        t = self.tail
+        rev = t.reversed.get(setl_id)
+        if rev is None and (old := t.sealed) is not None:
+            rev = old.reversed.get(setl_id)
         if rev is None:
             rev = self._one("SELECT seq FROM reversal WHERE setl_id = ?", (setl_id,))
         return Settled(
@@ -678,7 +762,10 @@ class _Reader:
         )
 
     def visit_open(self, visit: tuple[str, str]) -> bool:
-        hit = self.tail.visits.get(visit, 0)
+        t = self.tail
+        hit = t.visits.get(visit, 0)
+        if hit == 0 and (old := t.sealed) is not None:
+            hit = old.visits.get(visit, 0)
         if hit != 0:
             return hit is not None
         f = self.visits
@@ -859,7 +946,7 @@ class _Checkpointer:
     """
 
     def __init__(self, path: str):
-        self.conn = connect(path)
+        self.conn = connect(path, keys=False)  # the main file; the folder checkpoints the keyed one
         self.conn.execute("PRAGMA synchronous = FULL")
         self.page_size = self.conn.execute("PRAGMA page_size").fetchall()[0][0]
         self.wake = threading.Event()
@@ -931,11 +1018,81 @@ class _Compressor:
         self.thread.join()
 
 
+class _Folder:
+    """Folds a sealed generation of the journal tail on its own thread and connection (SqliteStore._fold).
+
+    A fold writes only the keyed file, so the commits, which write only the main
+    file, go on meanwhile; the fold reads the journal and the logs on a snapshot.
+    It runs below the engine's CPU priority. The writer starts one fold at a time
+    (start) and waits for the last one (wait) before it seals the next generation:
+    RAM holds at most two generations. A failed fold fails the store.
+    """
+
+    def __init__(self, store: "SqliteStore"):
+        self.store = store
+        self.conn = connect(store.path)
+        _writer_setup(self.conn, store.path, new=False)
+        self.error: BaseException | None = None
+        self.folds = 0
+        self._job: tuple[int, int] | None = None
+        self._stopping = False
+        self._cv = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="yidi-fold", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FOLD_NICE)
+        except (AttributeError, OSError) as e:
+            log.info("folder keeps the normal priority (%s)", e)
+        while True:
+            with self._cv:
+                while self._job is None and not self._stopping:
+                    self._cv.wait()
+                if self._job is None:
+                    return
+                m, h = self._job
+            try:
+                self.store._fold_range(self.conn, m, h)
+                self.folds += 1
+                try:
+                    self.conn.execute("PRAGMA keys.wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as e:  # harmless: the next fold's pass copies it
+                    log.warning("checkpoint of the keyed file failed: %s", e)
+            except BaseException as e:
+                log.error("fold of journal rows %d..%d failed: %r", m + 1, h, e)
+                self.error = e
+            with self._cv:
+                self._job = None
+                self._cv.notify_all()
+
+    def start(self, m: int, h: int) -> None:
+        with self._cv:
+            assert self._job is None and not self._stopping
+            self._job = (m, h)
+            self._cv.notify_all()
+
+    def wait(self) -> None:
+        """Until the fold started last has ended; StoreFailed if it failed."""
+        with self._cv:
+            while self._job is not None:
+                self._cv.wait()
+        if self.error is not None:
+            raise StoreFailed(f"a fold failed ({self.error!r}); the process must stop") from self.error
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self.thread.join()
+        self.conn.close()
+
+
 class _ModuleWriter:
     """The batch writer's interface on a sqlite3 module connection (when core_ext._sqlw is unavailable)."""
 
     def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
+        self.conn = conn  # of the main file only, like _sqlw.Writer's: a commit never locks the keyed file
 
     def prepare(self, sql: str) -> str:
         return sql
@@ -951,13 +1108,16 @@ class _ModuleWriter:
         return self.conn.in_transaction
 
     def close(self) -> None:
-        pass  # the store's own connection, closed with the store
+        self.conn.close()
 
 
-def _batch_writer(path: str, conn: sqlite3.Connection):
-    """A connection of its own for the commits, through core_ext._sqlw; else the store's connection."""
+def _batch_writer(path: str):
+    """A connection of its own to the main file for the commits, through core_ext._sqlw if it can."""
     if not _sqlw.available():
         log.warning("commits go through the sqlite3 module (slower): %s", _sqlw.UNAVAILABLE)
+        conn = connect(path, keys=False)
+        for sql in WRITER_PRAGMAS:
+            conn.execute(sql)
         return _ModuleWriter(conn)
     w = _sqlw.Writer(path)
     try:
@@ -1020,7 +1180,10 @@ class SqliteStore:
         self._stmts: tuple = ()
         self._reader: _Reader | None = None
         self._checkpointer: _Checkpointer | None = None
+        self._folder: _Folder | None = None
         self._tail = _Tail()
+        self._folded_seq = 0  # the keyed tables hold the journal up to here (set by the folds)
+        self._logs_deleted = 0  # the logs up to here are deleted
         # A second core compresses journal bodies while the writer inserts the rest.
         self._compressor = _Compressor() if len(os.sched_getaffinity(0)) > 1 else None
         try:
@@ -1040,23 +1203,34 @@ class SqliteStore:
             raise StoreRefused(f"{self.data_dir}: the store is in use by another process") from None
 
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        kpath = keys_path(self.path)
         if not exists and os.path.exists(self.path + "-wal") and os.path.getsize(self.path + "-wal") > 0:
             raise StoreRefused(f"{self.path}: the database is missing but its WAL is there; refusing to reset")
         if exists:
             check_header(self.path)
         try:
-            self._w = connect(self.path)
-            if not exists:
-                self._w.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            mode = self._w.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-            if mode != "wal":
-                raise StoreRefused(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
-            for sql in WRITER_PRAGMAS:
-                self._w.execute(sql)
-            assert self._w.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
-            tables = {r[0] for r in self._w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            w = self._w = connect(self.path, keys=False)
+            tables = {r[0] for r in w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables:
+                self._meta(tables)
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
+        if not tables:
+            # A new store, or a seed cut short (the keyed file is seeded first): nothing in a
+            # keyed file here can be needed, and it is seeded again from the world.
+            for f in (kpath, kpath + "-wal", kpath + "-shm"):
+                if os.path.exists(f):
+                    log.warning("removing %s, left by a seed that did not finish", f)
+                    os.remove(f)
+        elif not (os.path.exists(kpath) and os.path.getsize(kpath) > 0):
+            raise StoreRefused(f"{kpath}: the keyed tables' file of the store is missing; refusing to open it")
+        else:
+            check_header(kpath)
+        try:
+            w.execute("ATTACH DATABASE ? AS keys", (kpath,))
+            _writer_setup(w, self.path, new=not tables)
+        except sqlite3.DatabaseError as e:
+            raise _refuse_sqlite(kpath, e) from None
 
         world = load_world(world_dir)
         seeded_now = not tables
@@ -1069,15 +1243,17 @@ class SqliteStore:
         self._reader = _Reader(self.path, self._tail)
         self._checkpointer = _Checkpointer(self.path)
         try:
-            self._bw = _batch_writer(self.path, self._w)
+            self._bw = _batch_writer(self.path)
             self._stmts = tuple(self._bw.prepare(sql) for sql in SQL_INSERTS)
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
         try:
             self._written_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
             self._next_seq = self._written_seq + 1
-            self._fold()
+            self._folded_seq = self._w.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0]
+            self._fold_inline()
             self._build_filters()
+            self._folder = _Folder(self)
             # Just seeded, the store holds exactly the world's persons: no need to read them back.
             self.engine = self._engine(world, clock, None) if seeded_now else self._restore(world, clock)
         except sqlite3.DatabaseError as e:
@@ -1087,16 +1263,26 @@ class SqliteStore:
         gc.collect()
         gc.freeze()
 
+    def _meta(self, tables: set) -> dict:
+        """The main file's meta table, once its format and schema version are this build's."""
+        meta = dict(self._w.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+        if meta.get("format") != STORE_FORMAT:
+            raise StoreRefused(f"{self.path}: an SQLite file, but not a yidi store; refusing to touch it")
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise StoreRefused(
+                f"{self.path}: store schema {meta.get('schema_version')}, this build reads {SCHEMA_VERSION}"
+            )
+        return meta
+
     def _check_opened(self, tables: set, verify: str) -> None:
         w = self._w
         try:
-            meta = dict(w.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
-            if meta.get("format") != STORE_FORMAT:
-                raise StoreRefused(f"{self.path}: an SQLite file, but not a yidi store; refusing to touch it")
-            if meta.get("schema_version") != str(SCHEMA_VERSION):
-                raise StoreRefused(
-                    f"{self.path}: store schema {meta.get('schema_version')}, this build reads {SCHEMA_VERSION}"
-                )
+            meta = self._meta(tables)
+            kpath = keys_path(self.path)
+            keyed = {r[0] for r in w.execute("SELECT name FROM keys.sqlite_master WHERE type = 'table'")}
+            state = w.execute("SELECT store_id FROM fold_state").fetchall() if "fold_state" in keyed else []
+            if [r[0] for r in state] != [meta.get("store_id")]:
+                raise StoreRefused(f"{kpath}: not the keyed tables of the store {self.path}; refusing to open it")
             if verify == "quick":
                 res = [r[0] for r in w.execute("PRAGMA quick_check(20)").fetchall()]
                 if res != ["ok"]:
@@ -1118,13 +1304,14 @@ class SqliteStore:
         strs = [world.psn_no.to_pylist(), world.psn_certno.to_pylist(), world.psn_name.to_pylist(),
                 world.psn_insuplc.to_pylist(), world.psn_insutype.to_pylist(), world.psn_type.to_pylist()]
         year = acc_lists[1]
+        store_id = uuid.uuid4().hex
+        # The keyed file first, then the main one, each in one transaction: a main file with
+        # tables means a whole seed (a keyed file left alone is removed at the next open).
         w.execute("BEGIN IMMEDIATE")
         try:
             # Statement by statement: executescript would commit the open transaction.
-            sql = "\n".join(ln for ln in SCHEMA.splitlines() if not ln.startswith("--"))
-            for stmt in sql.split(";"):
-                if stmt.strip():
-                    w.execute(stmt)
+            for stmt in _statements(KEYS_SCHEMA):
+                w.execute(stmt.replace("CREATE TABLE ", "CREATE TABLE keys.", 1))
             w.executemany(
                 "INSERT INTO person VALUES (" + ", ".join("?" * 21) + ")",
                 ((i, *(s[i] for s in strs), *(a[i] for a in acc_lists), *(a[i] for a in acc_lists))
@@ -1136,6 +1323,15 @@ class SqliteStore:
                 ((k, p, d, cd[k], year[p], cd[k], year[p])
                  for k, (p, d) in enumerate(zip(world.chr_psn.tolist(), world.chr_dise))),
             )
+            w.execute("INSERT INTO fold_state VALUES (1, 0, ?)", (store_id,))
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _statements(SCHEMA):
+                w.execute(stmt)
             begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
             w.executemany(
                 "INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1144,7 +1340,7 @@ class SqliteStore:
                  for i, p in enumerate(world.fil_psn.tolist())),
             )
             meta = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now_text(),
-                    "seeded_from": os.path.abspath(world_dir), "folded_seq": "0"}
+                    "seeded_from": os.path.abspath(world_dir), "store_id": store_id}
             meta.update(self._world_meta(world, world_dir))
             w.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
             w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
@@ -1268,7 +1464,7 @@ class SqliteStore:
         # the index keeps in RAM only the changes numbered from _next_seq on, until a fold covers them.
         from .reconcile import ReconIndex
 
-        engine.recon = ReconIndex(self.path, first_seq=self._next_seq)
+        engine.recon = ReconIndex(self.path, first_seq=self._next_seq, keys_path=keys_path(self.path))
         # Each change's journal row and body are built as the engine makes it
         # (_rows_of), numbered from _next_seq on in the order it makes them.
         self._numbered_seq = self._next_seq
@@ -1386,8 +1582,14 @@ class SqliteStore:
                 raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
             if not p.changes:
                 return
+            f = self._folder
+            if f is not None and f.error is not None:
+                self._fail(f.error)
+                raise StoreFailed(f"a fold failed ({f.error!r}); the process must stop") from f.error
             w = self._bw
             journal, blob, person, chronic = self._stmts
+            # The logs the last fold covered go a few thousand seqs at a time, in the commits.
+            logs_to = min(self._folded_seq, self._logs_deleted + LOG_DELETE_SEQS)
             try:
                 w.execute("BEGIN IMMEDIATE")
                 w.executemany(journal, p.journal)  # while the compressor works (prepare)
@@ -1395,6 +1597,9 @@ class SqliteStore:
                 w.executemany(person, p.persons)
                 if p.chronic:
                     w.executemany(chronic, p.chronic)
+                if logs_to > self._logs_deleted:
+                    for sql in SQL_DELETE_LOGS:
+                        w.execute(sql.format(k=int(logs_to)))
                 w.execute("COMMIT")
             except BaseException as e:
                 self._fail(e)
@@ -1416,10 +1621,11 @@ class SqliteStore:
             eng.journal._committed(p.changes)
             eng.settled._committed(p.changes)
             eng.open_visits._committed(p.changes)
+            self._logs_deleted = max(self._logs_deleted, logs_to)
             self._after_commit()
             if len(t.msgid) >= self.fold_rows:
                 try:
-                    self._fold()
+                    self._start_fold()
                 except BaseException as e:
                     self._fail(e)
                     raise StoreFailed(f"fold failed ({e!r}); the process must stop") from e
@@ -1431,7 +1637,7 @@ class SqliteStore:
             return
         if wal_bytes >= WAL_BYTES_MAX:
             # The checkpointer fell far behind: wait for a full checkpoint here.
-            self._w.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            self._w.execute("PRAGMA main.wal_checkpoint(RESTART)").fetchall()
         else:
             self._checkpointer.wake.set()
 
@@ -1446,14 +1652,15 @@ class SqliteStore:
                 pass
 
     def _build_filters(self) -> None:
-        """The reader's msgid and visit filters, from the keyed tables (just folded: the tail is empty)."""
+        """The reader's msgid and visit filters: the keyed tables' keys and the tail's (on the writer's thread,
+        no fold running: nothing is added meanwhile)."""
         import time
 
         t0 = time.perf_counter()
         w = self._w
-        assert not self._tail.msgid
-        n_msg = w.execute("SELECT COUNT(*) FROM msgid_index").fetchall()[0][0]
-        n_vis = w.execute("SELECT COUNT(*) FROM open_visit").fetchall()[0][0]
+        gens = [g for g in (self._tail, self._tail.sealed) if g is not None]
+        n_msg = w.execute("SELECT COUNT(*) FROM msgid_index").fetchall()[0][0] + sum(len(g.msgid) for g in gens)
+        n_vis = w.execute("SELECT COUNT(*) FROM open_visit").fetchall()[0][0] + sum(len(g.visits) for g in gens)
         msgids, visits = Bloom(max(FILTER_KEYS_MIN, 2 * n_msg)), Bloom(max(FILTER_KEYS_MIN, 2 * n_vis))
         cur = w.execute("SELECT msgid FROM msgid_index")
         while rows := cur.fetchmany(READ_CHUNK_ROWS):
@@ -1461,6 +1668,9 @@ class SqliteStore:
         cur = w.execute("SELECT fixmedins_code, mdtrt_id FROM open_visit")
         while rows := cur.fetchmany(READ_CHUNK_ROWS):
             visits.add_all_pairs(rows)
+        for g in gens:
+            msgids.add_all(list(g.msgid))
+            visits.add_all_pairs(list(g.visits))
         self._reader.msgids, self._reader.visits = msgids, visits
         log.info("lookup filters: %d msgids, %d open visits (%.0f MiB) in %.2f s", n_msg, n_vis,
                  (msgids.nbytes + visits.nbytes) / 2**20, time.perf_counter() - t0)
@@ -1472,39 +1682,77 @@ class SqliteStore:
         with self._write_lock:
             if self.failed:
                 raise StoreFailed("an earlier commit failed: the store refuses further writes; restart")
-            return self._fold()
+            try:
+                return self._fold_inline()
+            except BaseException as e:
+                self._fail(e)
+                raise StoreFailed(f"fold failed ({e!r}); the process must stop") from e
 
-    def _fold(self) -> int:
-        """See the module docstring. Called with the write lock held (or during open)."""
+    def _start_fold(self) -> None:
+        """On the writer's thread, the live generation full: seal it and fold it in the background (_Folder)."""
+        f = self._folder
+        f.wait()  # the generation sealed before: at most two in RAM
+        self._rebuild_full_filters()
+        self._tail.seal()
+        f.start(self._folded_seq, self._written_seq)
+
+    def _fold_inline(self) -> int:
+        """Fold every committed row on this thread (at open, at close, by fold()), then delete the logs it covered.
+
+        With the write lock held, or during open.
+        """
+        if self._folder is not None:
+            self._folder.wait()
+        m, h = self._folded_seq, self._written_seq
+        assert m <= h
+        if m < h:
+            self._tail.seal()
+            self._fold_range(self._w, m, h)
+            self._rebuild_full_filters()
+        w = self._w
+        if self._logs_deleted < h:
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in SQL_DELETE_LOGS:
+                    w.execute(sql.format(k=int(h)))
+                w.execute("COMMIT")
+            except BaseException:
+                if w.in_transaction:
+                    w.execute("ROLLBACK")
+                raise
+            self._logs_deleted = h
+        return h - m
+
+    def _fold_range(self, conn: sqlite3.Connection, m: int, h: int) -> None:
+        """See the module docstring: the journal rows m < seq <= h into the keyed tables, in one transaction
+        of the keyed file (it reads the main file, which the commits may grow meanwhile, and never writes it).
+        Then the sealed generation of the tail, which held those rows, is dropped."""
         import time
 
-        w = self._w
         t0 = time.perf_counter()
-        m = int(w.execute("SELECT value FROM meta WHERE key = 'folded_seq'").fetchall()[0][0])
-        h = self._written_seq
-        assert m <= h
-        if m == h:
-            return 0
-        w.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN")  # deferred: only the keyed file's write lock is taken (by the first INSERT)
         try:
             for sql in SQL_FOLD:
-                w.execute(sql, {"m": m})
-            w.execute("UPDATE meta SET value = ? WHERE key = 'folded_seq'", (str(h),))
-            w.execute("COMMIT")
+                conn.execute(sql, {"m": m, "h": h})
+            if conn.execute("SELECT changes()").fetchall()[0][0] != 1:
+                raise StoreFailed(f"fold {m}..{h}: the keyed tables are not folded up to {m}")
+            conn.execute("COMMIT")
         except BaseException:
-            if w.in_transaction:
-                w.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        # Everything up to h is in the keyed tables now.
-        self._tail.clear()
+        # Committed: lookups find these rows in the keyed tables from now on.
+        self._folded_seq = h
+        self._tail.sealed = None
+        dt = time.perf_counter() - t0
+        self.fold_s_total += dt
+        log.info("folded journal rows %d..%d (%d) in %.2f s", m + 1, h, h - m, dt)
+
+    def _rebuild_full_filters(self) -> None:
         r = self._reader
         if r is not None and r.msgids is not None and (
                 r.msgids.added > r.msgids.capacity or r.visits.added > r.visits.capacity):
             self._build_filters()  # over capacity: false positives would grow; twice the size
-        dt = time.perf_counter() - t0
-        self.fold_s_total += dt
-        log.info("folded journal rows %d..%d (%d) in %.2f s", m + 1, h, h - m, dt)
-        return h - m
 
     # ------------------------------------------------------------ close
 
@@ -1516,9 +1764,10 @@ class SqliteStore:
                 log.warning("closing with %d settlements handled but never committed: they are lost", pending)
             try:
                 with self._write_lock:
-                    self._fold()
-                self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as e:
+                    self._fold_inline()
+                self._w.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
+                self._w.execute("PRAGMA keys.wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, StoreFailed) as e:
                 log.warning("fold or checkpoint at close failed: %s", e)
         self._release()
 
@@ -1526,6 +1775,9 @@ class SqliteStore:
         recon = getattr(getattr(self, "engine", None), "recon", None)
         if recon is not None:
             recon.close()  # its read-only connection (issue 6)
+        if self._folder is not None:
+            self._folder.stop()
+            self._folder = None
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None

@@ -34,7 +34,7 @@ from engine.check import check_store
 from engine.pipeline import Engine, Request
 from engine.protocol import COMMIT_INFNOS, REVERSE_INFNOS
 from engine.reference import ReferenceEngine
-from engine.store import db_path
+from engine.store import connect, db_path
 from engine.wire import JSON
 from engine.world import load_world
 
@@ -112,7 +112,7 @@ class Child:
 
 
 def _journal_msgids(data: str) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{db_path(data)}?mode=ro", uri=True)
+    conn = connect(db_path(data), read_only=True)
     try:
         return dict(conn.execute("SELECT msgid, COUNT(*) FROM journal GROUP BY msgid").fetchall())
     finally:
@@ -121,7 +121,7 @@ def _journal_msgids(data: str) -> dict[str, int]:
 
 def _person_state(data: str):
     """Persons and chronic slots as the store holds them now (folded rows overlaid with the logs)."""
-    conn = sqlite3.connect(f"file:{db_path(data)}?mode=ro", uri=True)
+    conn = connect(db_path(data), read_only=True)
     try:
         cols = "balc_fen, acc_year, hifp_ip_fen, hifp_op_fen, ded_op_fen, burden2_fen, second_paid_fen"
         cur = {r[0]: r[1:] for r in conn.execute(f"SELECT psn, {cols} FROM person")}

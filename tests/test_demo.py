@@ -5,7 +5,6 @@ import collections
 import hashlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import pytest
 from conftest import ROOT, differences
 from engine import demo, money
 from engine.protocol import province
+from engine.store import connect, db_path
 from engine.synth import gen_requests, gen_world
 
 # Small enough for CI (a few seconds), big enough that every filing class, most
@@ -124,7 +124,7 @@ def test_the_store_holds_what_the_replies_said(day):
     d, _, s = day
     p = _yidi("check", "--data", str(d / "data"))
     assert p.returncode == 0, p.stdout + p.stderr
-    db = sqlite3.connect(f"file:{d / 'data' / 'yidi.sqlite3'}?mode=ro", uri=True)
+    db = connect(db_path(str(d / "data")), read_only=True)  # the keyed file attached: `account` is there
     try:
         rows = db.execute("SELECT account, balance_fen FROM account").fetchall()
         settled = db.execute("SELECT count(*) FROM journal WHERE kind = 'settle'").fetchone()[0]

@@ -174,7 +174,7 @@ def test_executemany_releases_the_gil(db):
 
 
 def _rows(data: str, tables: tuple) -> list:
-    conn = sqlite3.connect(store_mod.db_path(data))
+    conn = store_mod.connect(store_mod.db_path(data))
     try:
         return [conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables]
     finally:

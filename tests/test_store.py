@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import orjson
 import pytest
@@ -18,7 +19,7 @@ from engine.check import check_store
 from engine.pipeline import Engine, Request
 from engine.protocol import COMMIT_INFNOS, REVERSE_INFNOS
 from engine.reference import ReferenceEngine
-from engine.store import StoreFailed, StoreRefused, db_path, open_store
+from engine.store import DB_NAME, KEYS_NAME, StoreFailed, StoreRefused, connect, db_path, open_store
 from engine.wire import JSON, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK
 from engine.world import load_world
 
@@ -200,6 +201,86 @@ def test_pipelined_prepare_and_write(tmp_path, synth):
     _check_ok(data)
 
 
+class _HeldFold:
+    """The folder's connection, stopped inside a fold's transaction once it holds the keyed file's write lock."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.holding = threading.Event()  # the fold is in its transaction, the keyed file locked
+        self.release = threading.Event()
+
+    def execute(self, sql, *args):
+        cur = self.conn.execute(sql, *args)
+        if sql.startswith("INSERT INTO msgid_index") and not self.release.is_set():
+            self.holding.set()
+            self.release.wait()
+        return cur
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_commits_and_lookups_go_on_while_a_fold_runs(tmp_path, synth):
+    """A fold writes only the keyed file: while one holds its write lock, batches commit, and retries of
+    the rows it is folding (in RAM, sealed) answer as the first time; after it, from the keyed tables."""
+    world_dir, world, bodies = synth
+    _, want = _oracle(world, bodies)
+    data = str(tmp_path / "data")
+    fold_rows, first = 200, 320
+    with open_store(data, world_dir, clock="inf_time", fold_rows=fold_rows) as store:
+        held = _HeldFold(store._folder.conn)
+        store._folder.conn = held
+        try:
+            got = _run(store, bodies[:first])
+            assert held.holding.is_set(), "no fold started"
+            assert store._tail.sealed is not None and store._folded_seq == 0
+            sealed = len(store._tail.sealed.msgid)
+            assert sealed >= fold_rows
+            keys = sqlite3.connect(os.path.join(data, "yidi-keys.sqlite3"), timeout=0, isolation_level=None)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                keys.execute("BEGIN IMMEDIATE")  # the fold holds the keyed file
+            # Meanwhile: new settlements commit, retries of the sealed rows answer from RAM.
+            done: list = []
+
+            def more():
+                try:
+                    done.append(_run(store, bodies[first:first + 64]))
+                except BaseException as e:
+                    done.append(e)
+
+            t = threading.Thread(target=more)
+            t.start()
+            t.join(60)
+            assert done, "a commit waited for the fold"
+            if isinstance(done[0], BaseException):
+                raise done[0]
+            got += done[0]
+            assert store._written_seq > sealed and store._folded_seq == 0
+            journaled = [i for i in range(first) if orjson.loads(bodies[i])["infno"] in JOURNALED
+                         and orjson.loads(got[i])["infcode"] == 0]
+            assert len(journaled) >= fold_rows
+
+            def retried() -> list[bytes]:
+                again = _run(store, bodies[:first])
+                return [again[i] for i in journaled]
+
+            assert retried() == [got[i] for i in journaled]  # while the fold waits: from the sealed rows
+            held.release.set()
+            store._folder.wait()
+            assert store._folded_seq == sealed and store._tail.sealed is None
+            keys.execute("BEGIN IMMEDIATE")  # released
+            keys.execute("ROLLBACK")
+            keys.close()
+            assert retried() == [got[i] for i in journaled]  # from the keyed tables now
+        finally:
+            held.release.set()  # a failed assertion must not leave close() waiting for the fold
+        rest = _run(store, bodies[first + 64:])
+    _check_ok(data)
+    # The stream's own replies, before the retries changed balances (1101), are the oracle's.
+    assert got == want[:first + 64] and rest
+
+
+
 def test_changes_are_committed_in_the_order_made_none_left_out(tmp_path, synth):
     """Rows are numbered as the engine makes each change (Engine.on_change): a commit that
     leaves a change out, or takes them out of order, is refused before anything is written."""
@@ -221,7 +302,7 @@ def test_changes_are_committed_in_the_order_made_none_left_out(tmp_path, synth):
         store.commit(first)
         store.commit(second)
         n = len(first) + len(second)
-    conn = sqlite3.connect(db_path(data))
+    conn = connect(db_path(data))
     assert conn.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM journal").fetchone() == (n, 1, n)
     conn.close()
     _check_ok(data)
@@ -317,7 +398,7 @@ def test_commit_failure_is_fail_stop(tmp_path, synth):
 
 
 def _tamper(data: str, sql: str) -> None:
-    conn = sqlite3.connect(db_path(data))
+    conn = connect(db_path(data))
     conn.execute(sql)
     conn.commit()
     conn.close()
@@ -376,11 +457,12 @@ def _damage(path: str, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated_half", "truncated_odd", "header_zeroed", "pages_garbage",
                                  "not_a_database"])
-def test_damaged_store_is_refused_not_reset(tmp_path, how):
+@pytest.mark.parametrize("which", [DB_NAME, KEYS_NAME])
+def test_damaged_store_is_refused_not_reset(tmp_path, how, which):
     data = str(tmp_path / "data")
     with open_store(data, VECTOR_WORLD, clock="inf_time") as store:
         _run(store, _lines(os.path.join(VECTORS, "requests.jsonl")))
-    path = db_path(data)
+    path = os.path.join(data, which)
     assert not os.path.exists(path + "-wal") or os.path.getsize(path + "-wal") == 0
     _damage(path, how)
     before = _sha(path)
@@ -407,6 +489,29 @@ def test_foreign_sqlite_file_and_lost_database_are_refused(tmp_path):
     (other / "yidi.sqlite3-wal").write_bytes(b"x" * 4096)
     with pytest.raises(StoreRefused, match="WAL"):
         open_store(str(other), VECTOR_WORLD)
+
+
+def test_keyed_file_missing_or_of_another_store_is_refused_and_a_cut_seed_is_redone(tmp_path):
+    """The two files of a store carry one store_id; a keyed file alone is a seed cut short."""
+    reqs = _lines(os.path.join(VECTORS, "requests.jsonl"))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for d in (a, b):
+        with open_store(d, VECTOR_WORLD, clock="inf_time") as store:
+            _run(store, reqs[:40])
+    shutil.copy(os.path.join(b, KEYS_NAME), os.path.join(a, KEYS_NAME))
+    before = _sha(db_path(a))
+    with pytest.raises(StoreRefused, match="not the keyed tables of the store"):
+        open_store(a, VECTOR_WORLD, clock="inf_time")
+    os.remove(os.path.join(a, KEYS_NAME))
+    with pytest.raises(StoreRefused, match="keyed tables' file of the store is missing"):
+        open_store(a, VECTOR_WORLD, clock="inf_time")
+    assert _sha(db_path(a)) == before, "a refused store was changed"
+    # b's main file gone (as if its seed had stopped after the keyed file): seeded again, from the world.
+    os.remove(db_path(b))
+    with open_store(b, VECTOR_WORLD, clock="inf_time") as store:
+        assert store._written_seq == 0 and store._folded_seq == 0
+        assert _run(store, reqs) == _oracle(load_world(VECTOR_WORLD), reqs)[1]
+    _check_ok(b)
 
 
 def test_store_in_use_is_refused(tmp_path):
