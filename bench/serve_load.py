@@ -178,6 +178,9 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
         "batch_size_mean": round(d.get("yidi_batch_size_sum", 0.0) / batches, 1) if batches else 0.0,
         "engine_ms_per_batch": round(1000 * d.get("yidi_engine_batch_seconds_sum", 0.0) / batches, 2) if batches else 0,
         "commit_ms_per_batch": round(1000 * d.get("yidi_commit_seconds_sum", 0.0) / batches, 2) if batches else 0,
+        # Folds in the background (engine.store): seconds spent, and what the server's log says of each.
+        "fold_s": round(d.get("yidi_fold_seconds", 0.0), 2),
+        "folds": re.findall(r"folded journal rows \d+\.\.\d+ \(\d+\) in [0-9.]+ s", err or ""),
         "outcomes": oc, "locust_exit_code": lp.returncode, "server_exit_code": server.returncode,
     }
     verdict = []

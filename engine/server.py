@@ -259,6 +259,12 @@ class Metrics:
         self.connections.set_function(lambda: len(hub.connections))
         up = Gauge("yidi_up", "1 while the hub answers, 0 after a fail-stop or while draining", registry=r)
         up.set_function(lambda: 0 if (hub.failed is not None or hub.stopping) else 1)
+        store = hub.store
+        if hasattr(store, "unfolded_rows"):  # engine.store (the in-memory stand-in never folds)
+            Gauge("yidi_fold_seconds", "Seconds spent folding the journal into the keyed tables since start "
+                  "(in the background, beside the commits)", registry=r).set_function(lambda: store.fold_s_total)
+            Gauge("yidi_unfolded_rows", "Committed journal rows not folded yet, indexed in RAM "
+                  "(at most two generations of fold_rows)", registry=r).set_function(store.unfolded_rows)
         # Pre-payment usage by insured province (issue 6, engine.clearing), read from the store's
         # journal when scraped; threshold from YIDI_PREPAY_WARN (default 0.70).
         from .clearing import collector_for_store

@@ -1677,6 +1677,10 @@ class SqliteStore:
 
     # ------------------------------------------------------------ fold
 
+    def unfolded_rows(self) -> int:
+        """Committed journal rows the keyed tables do not hold yet (metrics)."""
+        return len(self._tail)
+
     def fold(self) -> int:
         """Fold the journal tail into the keyed tables now (a quiet moment); returns the rows folded."""
         with self._write_lock:

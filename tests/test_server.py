@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from decimal import Decimal
 
 import msgspec
@@ -569,9 +570,16 @@ def test_restart_after_sigkill_answers_retries_from_the_store(tmp_path, vector_w
         with FramedClient(*addrs["tcp"], timeout_s=WAIT_S) as c:
             again = c.pipeline([reqs[i] for i in commits])
             retried = c.pipeline(clones)
+        host, port = addrs["http"]
+        metrics = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=WAIT_S).read().decode()
     finally:
         p.kill()
         p.wait(WAIT_S)
+    # Folded at the restart: what was committed since is in the RAM tail, not folded yet.
+    unfolded = re.findall(r"^yidi_unfolded_rows (\S+)$", metrics, re.M)
+    committed = re.findall(r"^yidi_committed_total\{kind=\"\w+\"\} (\S+)$", metrics, re.M)
+    assert committed and [float(x) for x in unfolded] == [sum(float(x) for x in committed)], metrics
+    assert re.search(r"^yidi_fold_seconds \S+$", metrics, re.M)
     for i, r in zip(commits, again):
         # Committed before the kill: the very same reply, times included, read back
         # from the store. A refused one was never committed and is judged afresh.
