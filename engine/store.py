@@ -122,6 +122,7 @@ WAL_FILE_KEEP_BYTES = 64 << 20  # journal_size_limit: a WAL file larger is cut b
 WAL_HEADER_BYTES = 32  # a WAL file no longer than its header holds no frames
 CHECKPOINT_NICE = 19  # nice value of the checkpointer thread
 FOLD_NICE = 5  # nice value of the folder thread: below the engine's, enough to keep up at saturation
+FOLD_MAIN_CACHE_KIB = 16_384  # the folder's page cache of the main file
 LOG_DELETE_SEQS = 4_096  # journal seqs whose folded person and chronic logs one commit deletes, at most
 WAL_BYTES_MAX = 1 << 30  # WAL size at which the writer checkpoints itself, waiting
 VERIFY_MODES = ("quick", "header")
@@ -241,8 +242,9 @@ CREATE TABLE journal_blob (
     crc32 INTEGER NOT NULL
 );
 
--- Written by every commit, for the rows it touched, emptied by a fold into
--- person, chronic and account. seq is the last journal row of the batch.
+-- Written by every commit, for the rows it touched (values after the batch);
+-- folded into person and chronic, then deleted by the next commits (SQL_DELETE_LOGS).
+-- seq is the last journal row of the batch.
 CREATE TABLE person_log (
     seq INTEGER NOT NULL,
     psn INTEGER NOT NULL,
@@ -932,6 +934,14 @@ class OpenVisits:
                     del self._pending[visit]
 
 
+def _lower_priority(nice: int, who: str) -> None:
+    """This thread's nice value (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as e:
+        log.info("%s keeps the normal priority (%s)", who, e)
+
+
 class _Checkpointer:
     """Copies the WAL into the database file on its own thread and connection (PASSIVE checkpoints).
 
@@ -957,12 +967,8 @@ class _Checkpointer:
         self.thread.start()
 
     def _run(self) -> None:
-        try:
-            # Lowest CPU priority for this thread (Linux: per thread): copying pages
-            # must not take the core from the engine when they share one.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_NICE)
-        except (AttributeError, OSError) as e:
-            log.info("checkpointer keeps the normal priority (%s)", e)
+        # Lowest CPU priority: copying pages must not take the core from the engine when they share one.
+        _lower_priority(CHECKPOINT_NICE, "checkpointer")
         while True:
             self.wake.wait()
             self.wake.clear()
@@ -1032,6 +1038,7 @@ class _Folder:
         self.store = store
         self.conn = connect(store.path)
         _writer_setup(self.conn, store.path, new=False)
+        self.conn.execute(f"PRAGMA main.cache_size = -{FOLD_MAIN_CACHE_KIB}")  # it reads each journal row once
         self.error: BaseException | None = None
         self.folds = 0
         self._job: tuple[int, int] | None = None
@@ -1041,10 +1048,7 @@ class _Folder:
         self.thread.start()
 
     def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FOLD_NICE)
-        except (AttributeError, OSError) as e:
-            log.info("folder keeps the normal priority (%s)", e)
+        _lower_priority(FOLD_NICE, "folder")
         while True:
             with self._cv:
                 while self._job is None and not self._stopping:

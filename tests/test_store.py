@@ -275,6 +275,12 @@ def test_commits_and_lookups_go_on_while_a_fold_runs(tmp_path, synth):
         finally:
             held.release.set()  # a failed assertion must not leave close() waiting for the fold
         rest = _run(store, bodies[first + 64:])
+        # The logs the fold covered are gone (deleted by the commits after it), the later ones kept.
+        conn = connect(db_path(data), read_only=True)
+        (covered,), (later,) = [conn.execute(f"SELECT COUNT(*) FROM person_log WHERE seq {op} ?",
+                                             (sealed,)).fetchone() for op in ("<=", ">")]
+        conn.close()
+        assert covered == 0 and later > 0
     _check_ok(data)
     # The stream's own replies, before the retries changed balances (1101), are the oracle's.
     assert got == want[:first + 64] and rest
