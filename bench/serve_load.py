@@ -2,6 +2,7 @@
 
     python bench/serve_load.py --campaign all          # saturation + latency, the asked figures
     python bench/serve_load.py --campaign smoke        # seconds; what CI runs (bench/test_bench_serve.py)
+    python bench/serve_load.py --campaign sustained    # 60 s and 330 s: each holds one background fold
 
 For each campaign: a synthetic world and request stream (engine.synth, cached in
 --cache), a fresh data folder, `yidi serve` pinned to core 0 on the real store,
@@ -36,6 +37,10 @@ CAMPAIGNS = {
     "saturation": dict(users=8, in_flight=32, rate=0, duration_s=30, p99_budget_ms=0, settlements_min=5000),
     "latency": dict(users=8, in_flight=32, rate=1000, duration_s=30, p99_budget_ms=20, settlements_min=0),
     "smoke": dict(users=2, in_flight=8, rate=200, duration_s=3, p99_budget_ms=500, settlements_min=0),
+    # Long enough for the store's first background fold (262,144 journal rows: about 33 s at
+    # saturation, 5 minutes at 1,000 req/s): the sustained figures (`--campaign sustained`).
+    "saturation-fold": dict(users=8, in_flight=32, rate=0, duration_s=60, p99_budget_ms=0, settlements_min=5000),
+    "latency-fold": dict(users=8, in_flight=32, rate=1000, duration_s=330, p99_budget_ms=20, settlements_min=0),
 }
 WORLDS = {  # world size per campaign kind: the load ones realistic, the smoke one tiny
     "full": dict(provinces=31, catalogue_per_province=50_000, persons=300_000),
@@ -196,7 +201,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all"], default="all")
+    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained"], default="all")
     p.add_argument("--duration-s", type=int, help="override every campaign's duration")
     p.add_argument("--requests", type=int, help="requests in the stream (default: enough for the campaign)")
     p.add_argument("--seed", type=int, default=7)
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to yidi serve (limits)")
     p.add_argument("--json", help="write the results here too")
     a = p.parse_args(argv)
-    names = ["saturation", "latency"] if a.campaign == "all" else [a.campaign]
+    names = {"all": ["saturation", "latency"], "sustained": ["saturation-fold", "latency-fold"]}.get(
+        a.campaign, [a.campaign])
     results = []
     for name in names:
         c = dict(CAMPAIGNS[name])
