@@ -128,6 +128,10 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
     ).fetchone()
     rep.out(f"store {path}: {n_rows} journal rows ({n_settle} settlements, {n_rev} reversals),"
             f" folded up to {folded} of {max_seq}")
+    logs_to = int(meta.get("logs_deleted_to", -1))
+    rep.result("keyed file of the same moment (logs deleted <= folded <= journal rows)",
+               [] if 0 <= logs_to <= folded <= max_seq else
+               [f"logs deleted up to {logs_to}, folded up to {folded}, {max_seq} journal rows"])
     seq_diffs = [] if n_rows == max_seq else [f"journal seq runs to {max_seq} over {n_rows} rows"]
     rep.result("journal rows numbered 1..n without gaps", seq_diffs, n_rows)
 

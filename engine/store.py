@@ -434,7 +434,9 @@ SQL_FOLD = (
 # The logs a fold has covered, deleted from the main file by later commits (a few thousand
 # seqs each: SqliteStore.write) and at open and close; a log row at or below folded_seq that
 # is still there changes nothing (its values are older than or equal to the folded row's).
-SQL_DELETE_LOGS = ("DELETE FROM person_log WHERE seq <= {k}", "DELETE FROM chronic_log WHERE seq <= {k}")
+# meta logs_deleted_to remembers how far: a keyed file folded less far than that (an older copy) is refused.
+SQL_DELETE_LOGS = ("DELETE FROM person_log WHERE seq <= {k}", "DELETE FROM chronic_log WHERE seq <= {k}",
+                   "UPDATE meta SET value = '{k}' WHERE key = 'logs_deleted_to'")
 
 
 class StoreError(Exception):
@@ -1255,6 +1257,13 @@ class SqliteStore:
             self._written_seq = self._w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
             self._next_seq = self._written_seq + 1
             self._folded_seq = self._w.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0]
+            self._logs_deleted = int(self._w.execute(
+                "SELECT value FROM meta WHERE key = 'logs_deleted_to'").fetchall()[0][0])
+            if not self._logs_deleted <= self._folded_seq <= self._written_seq:
+                raise StoreRefused(
+                    f"{keys_path(self.path)}: folded up to journal row {self._folded_seq}, but the journal has"
+                    f" {self._written_seq} rows and its logs are deleted up to {self._logs_deleted}: the two files"
+                    " are not of the same moment (a copy of one of them?); refusing to open the store")
             self._fold_inline()
             self._build_filters()
             self._folder = _Folder(self)
@@ -1344,7 +1353,7 @@ class SqliteStore:
                  for i, p in enumerate(world.fil_psn.tolist())),
             )
             meta = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now_text(),
-                    "seeded_from": os.path.abspath(world_dir), "store_id": store_id}
+                    "seeded_from": os.path.abspath(world_dir), "store_id": store_id, "logs_deleted_to": "0"}
             meta.update(self._world_meta(world, world_dir))
             w.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
             w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",

@@ -520,6 +520,28 @@ def test_keyed_file_missing_or_of_another_store_is_refused_and_a_cut_seed_is_red
     _check_ok(b)
 
 
+def test_files_of_different_moments_are_refused(tmp_path):
+    """A keyed file older than the logs the journal has deleted, or newer than the journal, is refused."""
+    reqs = _lines(os.path.join(VECTORS, "requests.jsonl"))
+    data = str(tmp_path / "data")
+    old = tmp_path / "old"
+    with open_store(data, VECTOR_WORLD, clock="inf_time", fold_rows=20) as store:
+        _run(store, reqs[:150], batch=16)
+    shutil.copytree(data, old)  # closed: folded, logs deleted, WALs checkpointed
+    with open_store(data, VECTOR_WORLD, clock="inf_time", fold_rows=20) as store:
+        _run(store, reqs[150:], batch=16)
+    newer = tmp_path / "newer"
+    shutil.copytree(data, newer)
+    shutil.copy(old / KEYS_NAME, os.path.join(data, KEYS_NAME))  # the keyed file of the older moment
+    with pytest.raises(StoreRefused, match="not of the same moment"):
+        open_store(data, VECTOR_WORLD, clock="inf_time")
+    lines: list[str] = []
+    assert check_store(data, out=lines.append) == 1 and any("same moment" in ln for ln in lines), lines
+    shutil.copy(newer / KEYS_NAME, old / KEYS_NAME)  # the older journal, the newer keyed file
+    with pytest.raises(StoreRefused, match="not of the same moment"):
+        open_store(str(old), VECTOR_WORLD, clock="inf_time")
+
+
 def test_store_in_use_is_refused(tmp_path):
     data = str(tmp_path / "data")
     with open_store(data, VECTOR_WORLD):
