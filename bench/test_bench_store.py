@@ -40,7 +40,7 @@ import pytest
 
 from engine.collect import Collector
 from engine.pipeline import Request
-from engine.store import PAGE_SIZE, SCHEMA, open_store
+from engine.store import PAGE_SIZE, SCHEMA, open_store, schema_statements
 
 SCALE = float(os.environ.get("YIDI_BENCH_SCALE", "0.02"))
 PERSONS = max(2_000, int(1_000_000 * SCALE))
@@ -104,7 +104,7 @@ def _raw_db(path: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
-    for stmt in "\n".join(ln for ln in SCHEMA.splitlines() if not ln.startswith("--")).split(";"):
+    for stmt in schema_statements(SCHEMA):
         stmt = stmt.strip()
         name = stmt.split("(")[0].split()[-1] if stmt.startswith("CREATE TABLE") else None
         if name in RAW_TABLES:

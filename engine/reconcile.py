@@ -116,9 +116,8 @@ class ReconIndex:
     numbers the engine's changes in the order the engine makes them).
     """
 
-    def __init__(self, db_path: str | None = None, first_seq: int = 1, keys_path: str | None = None):
+    def __init__(self, db_path: str | None = None, first_seq: int = 1):
         self.db_path = db_path
-        self.keys_path = keys_path  # the store's keyed tables (medins_time, fold_state), attached as `keys`
         self.next_seq = first_seq
         self.by_inst: dict[str, collections.deque[Row]] = {}
         self.order: collections.deque[tuple[int, str]] = collections.deque()  # (seq, fixmedins_code), store only
@@ -143,11 +142,9 @@ class ReconIndex:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
-                                         check_same_thread=False)
-            if self.keys_path is not None:
-                self._conn.execute("ATTACH DATABASE ? AS keys", (f"file:{self.keys_path}?mode=ro",))
-            self._conn.execute("PRAGMA query_only = 1")
+            from .store import connect  # here: engine.store imports this module
+
+            self._conn = connect(self.db_path, read_only=True)  # the keyed file (medins_time, fold_state) attached
         return self._conn
 
     def _folded_seq(self) -> int:

@@ -295,7 +295,7 @@ CREATE TABLE world_load (
 """
 
 # The keyed tables, in their own file (KEYS_NAME, attached as `keys`): a fold writes only
-# them, so commits (which write only the main file) go on while it runs (SqliteStore._fold).
+# them, so commits (which write only the main file) go on while it runs (_Folder).
 KEYS_SCHEMA = """
 -- Persons as of the last fold (section 2). psn is the engine's row. The seed_
 -- columns are the world's values when the store was seeded, for `yidi check`.
@@ -543,9 +543,16 @@ def _writer_setup(conn: sqlite3.Connection, path: str, new: bool) -> None:
         assert conn.execute(f"PRAGMA {schema}.synchronous").fetchall()[0][0] == 2  # FULL
 
 
-def _statements(schema: str) -> list[str]:
+def schema_statements(schema: str) -> list[str]:
+    """The statements of SCHEMA or KEYS_SCHEMA, comments left out."""
     sql = "\n".join(ln for ln in schema.splitlines() if not ln.lstrip().startswith("--"))
     return [stmt for stmt in sql.split(";") if stmt.strip()]
+
+
+def _delete_logs(conn, k: int) -> None:
+    """SQL_DELETE_LOGS up to seq k, in the caller's transaction (a batch writer's or a connection's)."""
+    for sql in SQL_DELETE_LOGS:
+        conn.execute(sql.format(k=int(k)))
 
 
 def _refuse_sqlite(path: str, e: Exception) -> StoreRefused:
@@ -667,7 +674,7 @@ def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
 
 class _Tail:
     """The journal rows committed since the last fold, indexed in RAM: at most two generations of
-    fold_rows rows, the live one commits add to and the sealed one a fold is writing (SqliteStore._fold).
+    fold_rows rows, the live one commits add to and the sealed one a fold is writing (_Folder).
 
     Lookups (the engine's thread) read the live generation, then the sealed one, then SQLite.
     The writer seals by setting `sealed` before it replaces the live maps, and the folder drops
@@ -1027,7 +1034,7 @@ class _Compressor:
 
 
 class _Folder:
-    """Folds a sealed generation of the journal tail on its own thread and connection (SqliteStore._fold).
+    """Folds a sealed generation of the journal tail on its own thread and connection (SqliteStore._fold_range).
 
     A fold writes only the keyed file, so the commits, which write only the main
     file, go on meanwhile; the fold reads the journal and the logs on a snapshot.
@@ -1217,8 +1224,7 @@ class SqliteStore:
         try:
             w = self._w = connect(self.path, keys=False)
             tables = {r[0] for r in w.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables:
-                self._meta(tables)
+            meta = self._meta(tables) if tables else {}
         except sqlite3.DatabaseError as e:
             raise _refuse_sqlite(self.path, e) from None
         if not tables:
@@ -1244,7 +1250,7 @@ class SqliteStore:
             log.info("seeding a new store in %s from the world %s", self.data_dir, world_dir)
             self._seed(world, world_dir)
         else:
-            self._check_opened(tables, verify)
+            self._check_opened(meta, verify)
             self._note_world_changes(world, world_dir)
         self._reader = _Reader(self.path, self._tail)
         self._checkpointer = _Checkpointer(self.path)
@@ -1287,10 +1293,10 @@ class SqliteStore:
             )
         return meta
 
-    def _check_opened(self, tables: set, verify: str) -> None:
+    def _check_opened(self, meta: dict, verify: str) -> None:
+        """The keyed file is this store's and undamaged; the ledger balances (meta: checked by _meta)."""
         w = self._w
         try:
-            meta = self._meta(tables)
             kpath = keys_path(self.path)
             keyed = {r[0] for r in w.execute("SELECT name FROM keys.sqlite_master WHERE type = 'table'")}
             state = w.execute("SELECT store_id FROM fold_state").fetchall() if "fold_state" in keyed else []
@@ -1323,7 +1329,7 @@ class SqliteStore:
         w.execute("BEGIN IMMEDIATE")
         try:
             # Statement by statement: executescript would commit the open transaction.
-            for stmt in _statements(KEYS_SCHEMA):
+            for stmt in schema_statements(KEYS_SCHEMA):
                 w.execute(stmt.replace("CREATE TABLE ", "CREATE TABLE keys.", 1))
             w.executemany(
                 "INSERT INTO person VALUES (" + ", ".join("?" * 21) + ")",
@@ -1343,7 +1349,7 @@ class SqliteStore:
             raise
         w.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in _statements(SCHEMA):
+            for stmt in schema_statements(SCHEMA):
                 w.execute(stmt)
             begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
             w.executemany(
@@ -1477,7 +1483,7 @@ class SqliteStore:
         # the index keeps in RAM only the changes numbered from _next_seq on, until a fold covers them.
         from .reconcile import ReconIndex
 
-        engine.recon = ReconIndex(self.path, first_seq=self._next_seq, keys_path=keys_path(self.path))
+        engine.recon = ReconIndex(self.path, first_seq=self._next_seq)
         # Each change's journal row and body are built as the engine makes it
         # (_rows_of), numbered from _next_seq on in the order it makes them.
         self._numbered_seq = self._next_seq
@@ -1611,8 +1617,7 @@ class SqliteStore:
                 if p.chronic:
                     w.executemany(chronic, p.chronic)
                 if logs_to > self._logs_deleted:
-                    for sql in SQL_DELETE_LOGS:
-                        w.execute(sql.format(k=int(logs_to)))
+                    _delete_logs(w, logs_to)
                 w.execute("COMMIT")
             except BaseException as e:
                 self._fail(e)
@@ -1730,8 +1735,7 @@ class SqliteStore:
         if self._logs_deleted < h:
             w.execute("BEGIN IMMEDIATE")
             try:
-                for sql in SQL_DELETE_LOGS:
-                    w.execute(sql.format(k=int(h)))
+                _delete_logs(w, h)
                 w.execute("COMMIT")
             except BaseException:
                 if w.in_transaction:
