@@ -56,7 +56,7 @@ def world_and_frames(cache: str, size: str, n_requests: int, seed: int) -> tuple
     """A cached world folder and frames file (length-prefixed MessagePack envelopes)."""
     import msgspec
 
-    from engine.synth import gen_requests, gen_world
+    from engine.tools.synth import gen_requests, gen_world
 
     os.makedirs(cache, exist_ok=True)
     w = WORLDS[size]

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from engine import clearing
+from engine.clearing import clearing
 
 SCALE = float(os.environ.get("YIDI_BENCH_SCALE", "0.01"))
 N_REQUESTS = max(500, int(130_000 * SCALE))
@@ -30,7 +30,7 @@ PERIOD = DAY[:7]
 
 @pytest.fixture(scope="module")
 def day_store(tmp_path_factory):
-    from engine import synth
+    from engine.tools import synth
 
     d = tmp_path_factory.mktemp("clearing")
     world = str(d / "world")

@@ -25,7 +25,7 @@ PERSONS = max(2_000, int(50_000 * SCALE))
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory):
-    from engine import synth
+    from engine.tools import synth
 
     d = tmp_path_factory.mktemp("replay")
     world = str(d / "world")

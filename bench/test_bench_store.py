@@ -38,9 +38,9 @@ import time
 import orjson
 import pytest
 
-from engine.collect import Collector
-from engine.pipeline import Request
-from engine.store import PAGE_SIZE, SCHEMA, open_store, schema_statements
+from engine.core.collect import Collector
+from engine.core.engine import Request
+from engine.store.sqlite import PAGE_SIZE, SCHEMA, open_store, schema_statements
 
 SCALE = float(os.environ.get("YIDI_BENCH_SCALE", "0.02"))
 PERSONS = max(2_000, int(1_000_000 * SCALE))
@@ -53,7 +53,7 @@ RESULTS: dict = {}
 
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory):
-    from engine.synth import gen_world
+    from engine.tools.synth import gen_world
 
     d = str(tmp_path_factory.mktemp("bench_store_world"))
     gen_world(d, seed=21, provinces=4, catalogue_per_province=CATALOGUE_PER_PROVINCE, persons=PERSONS)
@@ -70,7 +70,7 @@ class Feed:
         self.chunks = 0
 
     def _more(self) -> None:
-        from engine.synth import gen_requests
+        from engine.tools.synth import gen_requests
 
         self.chunks += 1
         # Each chunk two days after the last: times keep rising, and msgids (which

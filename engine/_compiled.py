@@ -11,7 +11,17 @@ import json
 import os
 
 
-def check_fresh(module_file: str) -> None:
+# setup.py writes the digests beside this file, keyed by each source's path from
+# the folder that holds the package ("engine/core/engine.py").
+DIGESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_compiled_digests.json")
+
+
+def _source_key(src: str, digests: str) -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(digests)))
+    return os.path.relpath(os.path.abspath(src), root).replace(os.sep, "/")
+
+
+def check_fresh(module_file: str, digests: str = DIGESTS) -> None:
     if module_file.endswith(".py"):
         return  # interpreted: nothing to compare
     here = os.path.dirname(module_file)
@@ -20,8 +30,8 @@ def check_fresh(module_file: str) -> None:
     if not os.path.exists(src):
         return  # an install without sources
     try:
-        with open(os.path.join(here, "_compiled_digests.json")) as f:
-            built = json.load(f).get(f"engine/{name}.py")
+        with open(digests) as f:
+            built = json.load(f).get(_source_key(src, digests))
     except OSError:
         built = None
     with open(src, "rb") as f:

@@ -6,8 +6,8 @@ import sys
 
 
 def _cmd_replay(a: argparse.Namespace) -> int:
-    from .replay import replay
-    from .world import WorldError
+    from engine.tools.replay import replay
+    from engine.world.loader import WorldError
 
     if a.reference and a.data:
         print("yidi: --reference keeps no store: drop --data", file=sys.stderr)
@@ -18,7 +18,7 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from .store import StoreError
+        from engine.store.sqlite import StoreError
 
         if not isinstance(e, StoreError):
             raise
@@ -33,13 +33,13 @@ def _cmd_replay(a: argparse.Namespace) -> int:
 
 
 def _cmd_check(a: argparse.Namespace) -> int:
-    from .check import check_store
+    from engine.store.check import check_store
 
     return check_store(a.data, out=lambda line: print(line, flush=True))
 
 
 def _cmd_clear(a: argparse.Namespace) -> int:
-    from .clearing import ClearingError, clear, format_usage, parse_ratio_bp, prepay_usage
+    from engine.clearing.clearing import ClearingError, clear, format_usage, parse_ratio_bp, prepay_usage
 
     try:
         warn_bp = None if a.prepay_warn is None else parse_ratio_bp(a.prepay_warn)
@@ -72,7 +72,7 @@ def _add_clear(sub) -> None:
 
 
 def _cmd_check_world(a: argparse.Namespace) -> int:
-    from .world import WorldError, load_world
+    from engine.world.loader import WorldError, load_world
 
     try:
         w = load_world(a.world)
@@ -91,8 +91,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     import logging
     from dataclasses import fields
 
-    from .server import Limits, serve
-    from .world import WorldError
+    from engine.hub.server import Limits, serve
+    from engine.world.loader import WorldError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not a.tcp and not a.http:
@@ -113,7 +113,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 def _add_serve(sub) -> None:
     from dataclasses import fields
 
-    from .server import Limits
+    from engine.hub.server import Limits
 
     s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (SETTLEMENT.md section 7)")
     s.add_argument("--world", required=True, help="world folder")
@@ -128,7 +128,7 @@ def _add_serve(sub) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run
+    from engine.tools.demo import DemoOptions, run
 
     o = DemoOptions(scale=a.scale, seed=a.seed, provinces=a.provinces, catalogue_per_province=a.catalogue,
                     persons=a.persons, day=a.day, cache_dir=a.cache, data_dir=a.data, report_dir=a.report,
@@ -145,7 +145,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 def _cmd_gen_world(a: argparse.Namespace) -> int:
     import json
 
-    from .synth import gen_world
+    from engine.tools.synth import gen_world
 
     s = gen_world(a.out, seed=a.seed, provinces=a.provinces, catalogue_per_province=a.catalogue,
                   persons=a.persons)
@@ -154,7 +154,7 @@ def _cmd_gen_world(a: argparse.Namespace) -> int:
 
 
 def _cmd_gen_requests(a: argparse.Namespace) -> int:
-    from .synth import gen_requests, write_requests_jsonl
+    from engine.tools.synth import gen_requests, write_requests_jsonl
 
     n = write_requests_jsonl(a.out, gen_requests(a.world, a.n, seed=a.seed, start=a.start, days=a.days))
     print(f"wrote {n} requests to {a.out}", file=sys.stderr)
@@ -162,7 +162,7 @@ def _cmd_gen_requests(a: argparse.Namespace) -> int:
 
 
 def _add_demo(sub) -> None:
-    from . import demo
+    from engine.tools import demo
 
     d = demo.DemoOptions()
     s = sub.add_parser("demo", help="a national day: world, in-process hub, framed-TCP replay, summary and report")

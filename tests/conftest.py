@@ -9,8 +9,9 @@ settings.register_profile("yidi", deadline=None, suppress_health_check=[HealthCh
 settings.load_profile("yidi")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("YIDI_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-VECTORS = os.path.join(SHARED, "spec", "vectors")
+# The public conformance vectors and clearing files, copied into the repository
+# (tests/vectors/README.md says where they come from and what they hold).
+VECTORS = os.path.join(ROOT, "tests", "vectors")
 VECTOR_WORLD = os.path.join(VECTORS, "world")
 
 
@@ -47,6 +48,6 @@ def differences(expected, got, path=""):
 
 @pytest.fixture(scope="session")
 def vector_world():
-    from engine.world import load_world
+    from engine.world.loader import load_world
 
     return load_world(VECTOR_WORLD)

@@ -21,9 +21,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from engine.pipeline import Request  # noqa: E402
-from engine.store import open_store  # noqa: E402
-from engine.wire import JSON  # noqa: E402
+from engine.core.engine import Request  # noqa: E402
+from engine.store.sqlite import open_store  # noqa: E402
+from engine.contract.wire import JSON  # noqa: E402
 
 BATCH_REQUESTS_MAX = 4096
 

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import ROOT, VECTOR_WORLD, VECTORS
-from engine import clearing
-from engine.clearing import PairRow
+from engine.clearing import clearing
+from engine.clearing.clearing import PairRow
 
 CLEARING = os.path.join(VECTORS, "clearing")
 PERIODS = sorted({f.split("-", 1)[1][:-4] for f in os.listdir(CLEARING) if f.endswith(".csv")})
@@ -361,7 +361,7 @@ def test_clear_refuses_clearly(tmp_path):
 
 def test_clear_on_a_synthetic_day(tmp_path):
     """engine.synth day, small: the statement agrees with the replies, and netting with the statement."""
-    from engine.synth import gen_requests, gen_world, write_requests_jsonl
+    from engine.tools.synth import gen_requests, gen_world, write_requests_jsonl
 
     world = tmp_path / "world"
     gen_world(str(world), seed=7, provinces=6, catalogue_per_province=2_000, persons=5_000)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gc
 
-from engine.collect import Collector
+from engine.core.collect import Collector
 
 
 class Clock:

@@ -6,24 +6,27 @@ import json
 
 import pytest
 
-import engine.pipeline
+import engine.core.engine
 from engine._compiled import check_fresh
 
 
 def test_pipeline_runs_compiled():
     # The installed build compiles the control plane; the interpreted source is the fallback only.
-    assert not engine.pipeline.__file__.endswith(".py"), engine.pipeline.__file__
+    assert not engine.core.engine.__file__.endswith(".py"), engine.core.engine.__file__
 
 
 def test_stale_build_is_refused(tmp_path):
-    src = tmp_path / "mod.py"
+    sub = tmp_path / "engine" / "sub"
+    sub.mkdir(parents=True)
+    src = sub / "mod.py"
     src.write_text("x = 1\n")
-    so = tmp_path / "mod.cpython-311-x86_64-linux-gnu.so"
+    so = sub / "mod.cpython-311-x86_64-linux-gnu.so"
     so.write_bytes(b"")
+    digests = tmp_path / "engine" / "_compiled_digests.json"
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    (tmp_path / "_compiled_digests.json").write_text(json.dumps({"engine/mod.py": digest}))
-    check_fresh(str(so))  # built from this very source
+    digests.write_text(json.dumps({"engine/sub/mod.py": digest}))
+    check_fresh(str(so), str(digests))  # built from this very source
     src.write_text("x = 2\n")
     with pytest.raises(ImportError, match="build_ext --inplace"):
-        check_fresh(str(so))
-    check_fresh(str(src))  # interpreted: nothing to compare
+        check_fresh(str(so), str(digests))
+    check_fresh(str(src), str(digests))  # interpreted: nothing to compare

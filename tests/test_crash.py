@@ -30,13 +30,13 @@ import threading
 import orjson
 import pytest
 
-from engine.check import check_store
-from engine.pipeline import Engine, Request
-from engine.protocol import COMMIT_INFNOS, REVERSE_INFNOS
-from engine.reference import ReferenceEngine
-from engine.store import connect, db_path
-from engine.wire import JSON
-from engine.world import load_world
+from engine.store.check import check_store
+from engine.core.engine import Engine, Request
+from engine.contract.protocol import COMMIT_INFNOS, REVERSE_INFNOS
+from engine.reference.oracle import ReferenceEngine
+from engine.store.sqlite import connect, db_path
+from engine.contract.wire import JSON
+from engine.world.loader import load_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = os.path.join(ROOT, "tests", "crash_child.py")
@@ -48,7 +48,7 @@ HOOKS = ("before_write", "in_transaction", "after_commit")
 
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory):
-    from engine.synth import gen_world
+    from engine.tools.synth import gen_world
 
     d = str(tmp_path_factory.mktemp("crash_world"))
     gen_world(d, seed=11, provinces=2, regions_per_province=2, catalogue_per_province=300, persons=300,
@@ -67,7 +67,7 @@ def _oracle(world, bodies: list[bytes]) -> list[bytes]:
 
 def stream(world_dir: str, n: int, seed: int):
     """Requests whose settlements and reversals the oracle all accepts, and the oracle's replies."""
-    from engine.synth import gen_requests
+    from engine.tools.synth import gen_requests
 
     world = load_world(world_dir)
     bodies = [orjson.dumps(e) for e in gen_requests(world, n, seed=seed)]

@@ -13,10 +13,11 @@ import orjson
 import pytest
 
 from conftest import ROOT, differences
-from engine import demo, money
-from engine.protocol import province
-from engine.store import connect, db_path
-from engine.synth import gen_requests, gen_world
+from engine.tools import demo
+from engine.contract import money
+from engine.contract.protocol import province
+from engine.store.sqlite import connect, db_path
+from engine.tools.synth import gen_requests, gen_world
 
 # Small enough for CI (a few seconds), big enough that every filing class, most
 # refusals, reversals and retries happen: 31 provinces, 2,000 catalogue rows each.

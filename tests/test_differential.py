@@ -36,13 +36,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import money
-from engine.money import ext
-from engine.pipeline import Engine, Request
-from engine.protocol import LINES_MAX, SETLINFO_MONEY
-from engine.reference import ReferenceEngine
-from engine.wire import JSON
-from engine.world import load_world
+from engine.contract import money
+from engine.contract.money import ext
+from engine.core.engine import Engine, Request
+from engine.contract.protocol import LINES_MAX, SETLINFO_MONEY
+from engine.reference.oracle import ReferenceEngine
+from engine.contract.wire import JSON
+from engine.world.loader import load_world
 
 # ---------------------------------------------------------------- run size
 
@@ -1116,7 +1116,7 @@ def test_replay_paths_agree_on_bodies_that_are_not_json(tmp_path):
     which reads NaN and Infinity, and settled it while the compiled path
     answered E_SCHEMA (fixed in f067a6c).
     """
-    from engine.replay import replay_compiled, replay_reference
+    from engine.tools.replay import replay_compiled, replay_reference
 
     world = load_world_data(MINI_WORLD)
     src = tmp_path / "requests.jsonl"

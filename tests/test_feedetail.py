@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from core_ext import _lines
-from engine.wire import JSON, MSGPACK, FeeLine
+from engine.contract.wire import JSON, MSGPACK, FeeLine
 
 SETTINGS = settings(deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 DECODE = {

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from core_ext import _catalogue, _fund, _lines, _split
-from engine import money
+from engine.contract import money
 
 I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -11,12 +11,12 @@ import orjson
 import pytest
 
 from conftest import VECTOR_WORLD, VECTORS
-from engine import money
-from engine.pipeline import Engine, Request
-from engine.reference import ReferenceEngine
-from engine.replay import replay_store
-from engine.store import open_store
-from engine.wire import JSON
+from engine.contract import money
+from engine.core.engine import Engine, Request
+from engine.reference.oracle import ReferenceEngine
+from engine.tools.replay import replay_store
+from engine.store.sqlite import open_store
+from engine.contract.wire import JSON
 
 REQUESTS = os.path.join(VECTORS, "requests.jsonl")
 COMMITTING = ("2207", "2304", "2208", "2305")
@@ -318,7 +318,7 @@ def test_3201_3202_over_tcp_and_http_and_prepay_in_metrics(tmp_path, vector_reqs
     import http.client
 
     from test_server import ServerThread, WAIT_S
-    from engine.server import HTTP_PATH
+    from engine.hub.server import HTTP_PATH
 
     rows = committed_rows(vector_reqs, vector_replies)
     code, adm = rows[0]["fixmedins_code"], rows[0]["mdtrtarea_admvs"]

@@ -27,11 +27,11 @@ import orjson
 import pytest
 
 from conftest import ROOT, VECTOR_WORLD, VECTORS, differences
-from engine.client import ConnectionClosed, FramedClient, encode_frame
-from engine.pipeline import Engine
-from engine.protocol import FRAME_BYTES_MAX
-from engine.reference import ReferenceEngine
-from engine.server import HTTP_PATH, Hub, Limits, MemoryStore, Server, new_event_loop_factory
+from engine.hub.client import ConnectionClosed, FramedClient, encode_frame
+from engine.core.engine import Engine
+from engine.contract.protocol import FRAME_BYTES_MAX
+from engine.reference.oracle import ReferenceEngine
+from engine.hub.server import HTTP_PATH, Hub, Limits, MemoryStore, Server, new_event_loop_factory
 
 LOOPS = ["uvloop", "asyncio"]
 TIME_FIELDS = ("refmsg_time", "respond_time", "setl_time")

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from core_ext import _sqlw
-from engine import store as store_mod
-from engine.pipeline import Request
-from engine.store import open_store
+from engine.store import sqlite as store_mod
+from engine.core.engine import Request
+from engine.store.sqlite import open_store
 
 TABLE = "CREATE TABLE t (k INTEGER PRIMARY KEY, i INTEGER, s TEXT, b BLOB, n)"
 INSERT = "INSERT INTO t VALUES (?, ?, ?, ?, ?)"
@@ -185,7 +185,7 @@ def test_store_writes_the_same_rows_through_the_sqlite3_module(tmp_path, monkeyp
     """The fallback (a Python whose _sqlite3 hides SQLite) commits exactly the same rows."""
     import orjson
 
-    from engine.synth import gen_requests, gen_world
+    from engine.tools.synth import gen_requests, gen_world
 
     world_dir = str(tmp_path / "world")
     gen_world(world_dir, seed=5, provinces=2, catalogue_per_province=400, persons=300)

@@ -15,13 +15,13 @@ import orjson
 import pytest
 
 from conftest import VECTOR_WORLD, VECTORS, differences
-from engine.check import check_store
-from engine.pipeline import Engine, Request
-from engine.protocol import COMMIT_INFNOS, REVERSE_INFNOS
-from engine.reference import ReferenceEngine
-from engine.store import DB_NAME, KEYS_NAME, StoreFailed, StoreRefused, connect, db_path, open_store
-from engine.wire import JSON, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK
-from engine.world import load_world
+from engine.store.check import check_store
+from engine.core.engine import Engine, Request
+from engine.contract.protocol import COMMIT_INFNOS, REVERSE_INFNOS
+from engine.reference.oracle import ReferenceEngine
+from engine.store.sqlite import DB_NAME, KEYS_NAME, StoreFailed, StoreRefused, connect, db_path, open_store
+from engine.contract.wire import JSON, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK
+from engine.world.loader import load_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOURNALED = COMMIT_INFNOS | REVERSE_INFNOS
@@ -82,7 +82,7 @@ def _assert_persons_equal_reference(store_engine: Engine, world, bodies: list[by
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from engine.synth import gen_requests, gen_world
+    from engine.tools.synth import gen_requests, gen_world
 
     d = str(tmp_path_factory.mktemp("store_world"))
     gen_world(d, seed=3, provinces=2, regions_per_province=2, catalogue_per_province=400, persons=500,
@@ -639,7 +639,7 @@ def test_compression_shared_by_threads_gives_the_same_blocks():
 
 def test_bodies_compressed_on_the_worker_read_back_in_order(tmp_path, synth):
     """Batches larger than the compressor's chunk: every journal row holds its own request."""
-    from engine.store import COMPRESS_CHUNK
+    from engine.store.sqlite import COMPRESS_CHUNK
 
     world_dir, world, bodies = synth
     data = str(tmp_path / "data")
@@ -661,7 +661,7 @@ def test_pack_lines_equals_numpy_records():
     import numpy as np
 
     from core_ext._pack import pack_lines
-    from engine.store import LINE_DTYPE
+    from engine.store.sqlite import LINE_DTYPE
 
     rng = np.random.default_rng(9)
     n, m = 500, 300
@@ -721,7 +721,7 @@ def test_bloom_never_forgets_and_rarely_errs():
 def test_filters_grow_and_the_store_still_answers_like_the_engine(tmp_path, synth, monkeypatch):
     """Tiny filters, rebuilt larger at folds as they fill; every reply (retries, duplicate visits, reversals,
     across a restart) equals the in-memory engine's, and a filter's "absent" is never wrong."""
-    import engine.store as store_mod
+    import engine.store.sqlite as store_mod
 
     monkeypatch.setattr(store_mod, "FILTER_KEYS_MIN", 1)
     world_dir, world, bodies = synth

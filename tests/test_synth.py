@@ -9,11 +9,11 @@ import re
 import orjson
 import pytest
 
-from engine import money
-from engine.protocol import FILING_CLASS_OF_TYPE, MEMOS
-from engine.reference import ReferenceEngine
-from engine.synth import ANOMALIES, gen_requests, gen_world, world_view, write_requests_jsonl
-from engine.world import load_world
+from engine.contract import money
+from engine.contract.protocol import FILING_CLASS_OF_TYPE, MEMOS
+from engine.reference.oracle import ReferenceEngine
+from engine.tools.synth import ANOMALIES, gen_requests, gen_world, world_view, write_requests_jsonl
+from engine.world.loader import load_world
 
 SMALL = dict(provinces=6, regions_per_province=3, catalogue_per_province=3000, persons=6000,
              missing_policies=2)
@@ -213,7 +213,7 @@ def test_retries_get_the_first_reply(replayed):
 
 
 def test_default_map_and_six_months():
-    from engine.synth import PROVINCE_CODES, _pick_provinces, _regions, _six_months
+    from engine.tools.synth import PROVINCE_CODES, _pick_provinces, _regions, _six_months
 
     regions = _regions(_pick_provinces(31), None)
     assert len(regions) == len(set(regions)) == 343

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from conftest import VECTOR_WORLD
-from engine.world import WorldError, load_world
+from engine.world.loader import WorldError, load_world
 
 
 def test_public_world_loads(vector_world):
@@ -155,7 +155,7 @@ def _column(values):
     import numpy as np
     import pyarrow as pa
 
-    from engine.world import _string_buffers
+    from engine.world.loader import _string_buffers
 
     a = pa.array(values, pa.string())
     offsets, data = _string_buffers(a)
@@ -178,8 +178,8 @@ def test_decimal_column_kernel_matches_money(values, places, optional):
     import numpy as np
 
     from core_ext import _columns
-    from engine import money
-    from engine.world import MONEY_DIGITS_MAX
+    from engine.contract import money
+    from engine.world.loader import MONEY_DIGITS_MAX
 
     offsets, data, valid = _column(values)
     out = np.empty(len(values), np.int64)
@@ -205,7 +205,7 @@ def test_date_column_kernel_matches_money(values):
     import numpy as np
 
     from core_ext import _columns
-    from engine import money
+    from engine.contract import money
 
     offsets, data, valid = _column(values)
     out = np.empty(len(values), np.int32)

@@ -29,9 +29,9 @@ import re
 import sqlite3
 from dataclasses import dataclass
 
-from . import money
-from .protocol import E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, INFNO_LISTING, INFNO_RECONCILE, Refused
-from .wire import DecodeError
+from engine.contract import money
+from engine.contract.protocol import E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, INFNO_LISTING, INFNO_RECONCILE, Refused
+from engine.contract.wire import DecodeError
 
 RECONCILE_INFNOS = frozenset({INFNO_RECONCILE, INFNO_LISTING})
 
@@ -142,7 +142,7 @@ class ReconIndex:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            from .store import connect  # here: engine.store imports this module
+            from engine.store.sqlite import connect  # here: engine.store imports this module
 
             self._conn = connect(self.db_path, read_only=True)  # the keyed file (medins_time, fold_state) attached
         return self._conn
@@ -475,6 +475,6 @@ def answer(infno: str, env, codec, institutions: dict, index: ReconIndex) -> dic
     return listing_output(q, total, rows)
 
 
-from ._compiled import check_fresh  # noqa: E402
+from engine._compiled import check_fresh  # noqa: E402
 
 check_fresh(__file__)

@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from . import money
-from .protocol import LINES_MAX, MAINLAND_PROVINCES, TEMP_FILING_TYPES
-from .world import DAY_OPEN, World
+from engine.contract import money
+from engine.contract.protocol import LINES_MAX, MAINLAND_PROVINCES, TEMP_FILING_TYPES
+from engine.world.loader import DAY_OPEN, World
 
 __all__ = ["gen_world", "gen_requests", "world_view", "write_requests_jsonl", "WorldView", "ANOMALIES"]
 

@@ -21,8 +21,10 @@ import msgspec
 import numpy as np
 import pyarrow.compute as pc
 
-from . import kernels, money, reconcile
-from .protocol import (
+from engine.core import kernels
+from engine.contract import money
+from engine.core import reconcile
+from engine.contract.protocol import (
     CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, COMMIT_INFNOS, E_ALREADY_REVERSED,
     E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
     E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
@@ -32,8 +34,8 @@ from .protocol import (
     OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS, TEMP_FILING_TYPES,
     UNFILED, WAIVED, Refused,
 )
-from .wire import JSON, Codec, DecodeError, Reply
-from .world import DAY_OPEN, World
+from engine.contract.wire import JSON, Codec, DecodeError, Reply
+from engine.world.loader import DAY_OPEN, World
 
 I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
 _fmt = kernels.format_fen
@@ -882,6 +884,6 @@ class _Journaled(Exception):
         self.reply = reply
 
 
-from ._compiled import check_fresh  # noqa: E402
+from engine._compiled import check_fresh  # noqa: E402
 
 check_fresh(__file__)

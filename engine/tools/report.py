@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .protocol import FUND_NAMES, PROVINCES
+from engine.contract.protocol import FUND_NAMES, PROVINCES
 
 PROVINCE_NAMES = {code: en for code, (_, en) in PROVINCES.items()}  # first two digits -> English name
 FUND_ORDER = ("310100", "390100", "330100", "390200", "310200")
@@ -171,7 +171,7 @@ def chart_day(path: str, hour_of_day: np.ndarray, is_settlement: np.ndarray) -> 
 
 def write_report(folder: str, s: dict, series: dict) -> list[str]:
     """The charts and index.html; returns the files written."""
-    from .demo import PREPAY_WARN_BP
+    from engine.tools.demo import PREPAY_WARN_BP
 
     os.makedirs(folder, exist_ok=True)
     p = lambda name: os.path.join(folder, name)  # noqa: E731
@@ -198,7 +198,7 @@ def _table(head: list[str], rows: list[list], num_from: int = 1) -> str:
 
 
 def render_html(s: dict) -> str:
-    from .demo import FUND_EN, yuan
+    from engine.tools.demo import FUND_EN, yuan
 
     e = html.escape
     c, lat, w = s["counts"], s["latency"], s["world"]

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import ledger
-from .store import (
+from engine.core import ledger
+from engine.store.sqlite import (
     AMOUNT_KEYS, CODECS, KIND_REVERSE, KIND_SETTLE, SCHEMA_VERSION, STORE_FORMAT, connect, db_path, unpack_body,
 )
 

@@ -24,7 +24,7 @@ from core_ext._lines import parse_scaled as _parse_scaled
 from core_ext._lines import parse_time_day as _parse_time_day
 from core_ext._split import split_batch
 
-from .world import Policy, World
+from engine.world.loader import Policy, World
 
 I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
 

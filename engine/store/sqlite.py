@@ -94,11 +94,13 @@ from core_ext._bloom import Bloom
 from core_ext import _sqlw
 from core_ext._pack import LINE_RECORD_BYTES, Compression, pack_lines
 
-from . import kernels, money, protocol
-from .pipeline import Change, Engine, ResultRows, Settled
-from .protocol import OUTPATIENT_INFNOS
-from .wire import JSON, MSGPACK, Reply
-from .world import DAY_OPEN, World, load_world
+from engine.core import kernels
+from engine.contract import money
+from engine.contract import protocol
+from engine.core.engine import Change, Engine, ResultRows, Settled
+from engine.contract.protocol import OUTPATIENT_INFNOS
+from engine.contract.wire import JSON, MSGPACK, Reply
+from engine.world.loader import DAY_OPEN, World, load_world
 
 log = logging.getLogger("yidi.store")
 
@@ -1481,7 +1483,7 @@ class SqliteStore:
         engine.open_visits = OpenVisits(self._reader)
         # 3201/3202 (issue 6, engine.reconcile): rows up to folded_seq are read from medins_time;
         # the index keeps in RAM only the changes numbered from _next_seq on, until a fold covers them.
-        from .reconcile import ReconIndex
+        from engine.core.reconcile import ReconIndex
 
         engine.recon = ReconIndex(self.path, first_seq=self._next_seq)
         # Each change's journal row and body are built as the engine makes it
@@ -1859,6 +1861,6 @@ def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: st
     return SqliteStore(data_dir, world_dir, clock=clock, verify=verify, fold_rows=fold_rows)
 
 
-from ._compiled import check_fresh  # noqa: E402
+from engine._compiled import check_fresh  # noqa: E402
 
 check_fresh(__file__)

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import msgspec
 
-from .protocol import FRAME_BYTES_MAX
+from engine.contract.protocol import FRAME_BYTES_MAX
 
 HEADER_BYTES = 4
 

@@ -51,11 +51,11 @@ from typing import Any, Callable
 
 import msgspec
 
-from .collect import Collector
-from .pipeline import Request, now_text
-from .protocol import E_BUSY, E_LIMIT, ERR_MESSAGES, FRAME_BYTES_MAX, SETLINFO_MONEY
-from .reconcile import REPLY_MONEY_KEYS
-from .wire import JSON, MSGPACK, Codec, Reply
+from engine.core.collect import Collector
+from engine.core.engine import Request, now_text
+from engine.contract.protocol import E_BUSY, E_LIMIT, ERR_MESSAGES, FRAME_BYTES_MAX, SETLINFO_MONEY
+from engine.core.reconcile import REPLY_MONEY_KEYS
+from engine.contract.wire import JSON, MSGPACK, Codec, Reply
 
 log = logging.getLogger("yidi.server")
 
@@ -100,7 +100,7 @@ class Limits:
 def open_store(data_dir: str, world_dir: str, *, clock: str = "wall"):
     """The durable store (engine.store); the in-memory stand-in while it does not exist."""
     try:
-        from .store import open_store as _open
+        from engine.store.sqlite import open_store as _open
     except ModuleNotFoundError as e:
         if e.name != f"{__package__}.store":
             raise
@@ -118,8 +118,8 @@ class MemoryStore:
 
     @classmethod
     def open(cls, world_dir: str, *, clock: str = "wall") -> "MemoryStore":
-        from .pipeline import Engine
-        from .world import load_world
+        from engine.core.engine import Engine
+        from engine.world.loader import load_world
 
         return cls(Engine(load_world(world_dir), clock=clock))
 
@@ -267,7 +267,7 @@ class Metrics:
                   "(at most two generations of fold_rows)", registry=r).set_function(store.unfolded_rows)
         # Pre-payment usage by insured province (issue 6, engine.clearing), read from the store's
         # journal when scraped; threshold from YIDI_PREPAY_WARN (default 0.70).
-        from .clearing import collector_for_store
+        from engine.clearing.clearing import collector_for_store
 
         prepay = collector_for_store(hub.store)
         if prepay is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from .protocol import canonical
+from engine.contract.protocol import canonical
 
 
 class Envelope(msgspec.Struct, gc=False):

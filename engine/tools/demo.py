@@ -45,8 +45,8 @@ from typing import Any, Iterator
 import msgspec
 import numpy as np
 
-from . import money
-from .protocol import FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, province
+from engine.contract import money
+from engine.contract.protocol import FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, province
 
 # ---------------------------------------------------------------- defaults and bounds
 
@@ -156,7 +156,7 @@ class Log:
 
 def _generator_digest() -> str:
     """A digest of engine/synth.py: a changed generator must not reuse an old world."""
-    from . import synth
+    from engine.tools import synth
 
     with open(synth.__file__, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:12]
@@ -175,7 +175,7 @@ def ensure_world(cache_dir: str, seed: int, provinces: int, catalogue_per_provin
     into it when complete, so an interrupted run never leaves half a world that a
     later run would take for a whole one.
     """
-    from .synth import gen_world
+    from engine.tools.synth import gen_world
 
     key = world_key(seed, provinces, catalogue_per_province, persons)
     folder = os.path.join(cache_dir, "worlds", key)
@@ -218,7 +218,7 @@ def gen_frames(world_dir: str, n: int, seed: int, day: str, out_dir: str, jsonl:
     decimal strings: SETTLEMENT.md section 7); meta.msgpack: per request the fields the
     summary needs (META_FIELDS); requests.jsonl too when `jsonl`.
     """
-    from .synth import gen_requests, write_requests_jsonl
+    from engine.tools.synth import gen_requests, write_requests_jsonl
 
     t0 = time.perf_counter()
     envs = gen_requests(world_dir, n, seed=seed, start=day, days=1, **STREAM_SHARES)
@@ -352,7 +352,7 @@ async def _ticker(total: int, done: list[int], enabled: bool | None) -> None:
 async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frames_future, work_dir: str,
                             log: Log) -> tuple[Replayed, list[list], dict, dict[str, int]]:
     """Open the store, start the hub, replay the day, stop; the replies and what the world says."""
-    from .server import Hub, Limits, Server, open_store
+    from engine.hub.server import Hub, Limits, Server, open_store
 
     loop = asyncio.get_running_loop()
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
@@ -544,7 +544,7 @@ def _fen(text: str) -> int:
 def prepay_from_store(data_dir: str, prepay_fen: dict[str, int], from_replies: dict[str, dict]) -> dict[str, dict]:
     """Pre-payment usage as the clearing module reads it from the store (SETTLEMENT.md section 8),
     after checking that it equals what the replies add up to: the hospitals and the ledger agree."""
-    from .clearing import prepay_usage
+    from engine.clearing.clearing import prepay_usage
 
     rows = prepay_usage(data_dir, prepay_fen=prepay_fen, warn_bp=PREPAY_WARN_BP)
     store_used = {u.prov: u.used_fen for u in rows if u.used_fen}
@@ -587,7 +587,7 @@ def yuan(fen: int) -> str:
 
 
 def render_text(s: dict) -> str:
-    from .report import PROVINCE_NAMES
+    from engine.tools.report import PROVINCE_NAMES
 
     c, lat = s["counts"], s["latency"]
     w = s["world"]
@@ -649,7 +649,7 @@ FUND_EN = {
 
 def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
     """`yidi demo`: returns the exit code; the summary goes to `out`, the stages to `err`."""
-    from .server import new_event_loop_factory
+    from engine.hub.server import new_event_loop_factory
 
     o.check()
     log = Log(err)
@@ -696,7 +696,7 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
                                 os.path.join(o.report_dir, "requests.jsonl"))
                 _write_replies_jsonl(os.path.join(o.report_dir, "replies.jsonl"), r.bodies)
         with log.stage("report_s", f"writing the report to {o.report_dir}"):
-            from .report import write_report
+            from engine.tools.report import write_report
 
             s["timings_s"] = dict(log.timings_s)
             s["timings_s"]["total_s"] = round(time.perf_counter() - t_all, 3)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 
-from . import money
-from .money import clamp_bp, ext, mulr
-from .protocol import (
+from engine.contract import money
+from engine.contract.money import clamp_bp, ext, mulr
+from engine.contract.protocol import (
     CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, CNT_MAX, COMMIT_INFNOS, E_ALREADY_REVERSED,
     E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
     E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
@@ -21,8 +21,8 @@ from .protocol import (
     OUTPATIENT_INFNOS, PRIC_MAX_MICRO, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS,
     TEMP_FILING_TYPES, UNFILED, WAIVED, Refused, canonical, is_retired, province,
 )
-from .reconcile import RECONCILE_INFNOS, parse_request
-from .world import DAY_OPEN, Policy, Tier, World
+from engine.core.reconcile import RECONCILE_INFNOS, parse_request
+from engine.world.loader import DAY_OPEN, Policy, Tier, World
 
 # ---------------------------------------------------------------- state
 

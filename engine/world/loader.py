@@ -20,7 +20,8 @@ import pyarrow.csv as pacsv
 
 from core_ext import _columns
 
-from . import money, protocol
+from engine.contract import money
+from engine.contract import protocol
 
 # A region code whose province (its first two digits) is not one of GB/T 2260's is refused at load.
 PROVINCES = frozenset(protocol.PROVINCES)

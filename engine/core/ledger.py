@@ -11,7 +11,7 @@ that no fund pays posts nothing.
 """
 from __future__ import annotations
 
-from .protocol import FUND_ACCOUNT, FUND_BASIC, FUND_SECOND
+from engine.contract.protocol import FUND_ACCOUNT, FUND_BASIC, FUND_SECOND
 
 LEGS_MAX = 4  # basic fund, second layer, personal account, institution
 
@@ -58,6 +58,6 @@ def postings(
     return legs
 
 
-from ._compiled import check_fresh  # noqa: E402
+from engine._compiled import check_fresh  # noqa: E402
 
 check_fresh(__file__)

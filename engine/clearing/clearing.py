@@ -42,8 +42,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import money
-from .protocol import PROVINCES
+from engine.contract import money
+from engine.contract.protocol import PROVINCES
 
 PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")
 PREPAY_WARN_BP_DEFAULT = 7_000  # 70 %
@@ -101,7 +101,7 @@ def warn_bp_from_env() -> int:
 
 def load_prepay(world_dir: str) -> dict[str, int]:
     """prepay.csv of a world folder (section 2), validated as the world loader does: province -> fen."""
-    from .world import _Csv, WorldError  # the loader's own validators, not a second parser
+    from engine.world.loader import _Csv, WorldError  # the loader's own validators, not a second parser
 
     try:
         f = _Csv(world_dir, "prepay.csv")

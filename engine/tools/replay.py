@@ -7,10 +7,10 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from .collect import Collector
-from .pipeline import Engine, Request
-from .wire import JSON
-from .world import World, load_world
+from engine.core.collect import Collector
+from engine.core.engine import Engine, Request
+from engine.contract.wire import JSON
+from engine.world.loader import World, load_world
 
 BATCH_MAX = 1024  # requests per engine batch in replay
 
@@ -78,7 +78,7 @@ def _not_json(name: str) -> object:
 def replay_reference(world: World, in_path: str, out_path: str) -> int:
     import json
 
-    from .reference import ReferenceEngine
+    from engine.reference.oracle import ReferenceEngine
 
     eng = ReferenceEngine(world)
     n = 0
@@ -104,7 +104,7 @@ def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False,
     """Section 9. With `data_dir`, the store is kept there (seeded when new, continued when it exists)."""
     t0 = time.perf_counter()
     if data_dir is not None:
-        from .store import open_store
+        from engine.store.sqlite import open_store
 
         assert not reference, "the reference engine has no store"
         store = open_store(data_dir, world_dir, clock="inf_time")
