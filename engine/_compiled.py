@@ -7,8 +7,11 @@ module refuses to import instead, naming the command that rebuilds it.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
+import sys
 
 
 # setup.py writes the digests beside this file, keyed by each source's path from
@@ -41,3 +44,33 @@ def check_fresh(module_file: str, digests: str = DIGESTS) -> None:
             f"{src} changed after it was compiled into {module_file}; "
             "rebuild with `python setup.py build_ext --inplace` (or `pip install -e .`)"
         )
+
+
+class _SourceFirst:
+    """A meta path finder that loads the compiled modules from their .py source."""
+
+    def __init__(self, names: frozenset[str], root: str):
+        self.names = names
+        self.root = root
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.names:
+            return None
+        src = os.path.join(self.root, *name.split(".")) + ".py"
+        return importlib.util.spec_from_file_location(name, src, loader=importlib.machinery.SourceFileLoader(name, src))
+
+
+def compiled_modules(digests: str = DIGESTS) -> frozenset[str]:
+    """The dotted names of the modules setup.py compiles ("engine.core.engine", ...)."""
+    try:
+        with open(digests) as f:
+            keys = json.load(f)
+    except OSError:
+        return frozenset()  # no build: everything runs from source already
+    return frozenset(k[: -len(".py")].replace("/", ".") for k in keys)
+
+
+def prefer_source() -> None:
+    """Import the compiled modules from source from now on (YIDI_INTERPRETED=1)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(DIGESTS)))
+    sys.meta_path.insert(0, _SourceFirst(compiled_modules(), root))
