@@ -1,0 +1,6 @@
+"""How deeply an envelope's raw bytes nest (docs/contract.md section 7). Private: use engine.contract.wire."""
+
+DEPTH_LIMIT_MAX: int
+
+def json_depth(buf: bytes, limit: int) -> int: ...
+def msgpack_depth(buf: bytes, limit: int) -> int: ...
