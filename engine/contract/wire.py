@@ -121,10 +121,14 @@ class Codec:
         self.encoder = mod.Encoder(enc_hook=lambda obj: obj.to_raw(raw_fmt))
 
     def canonical_input(self, raw: msgspec.Raw) -> bytes | None:
-        """The canonical form of a raw `input`, or None when it does not decode."""
+        """The canonical form of a raw `input`, or None when it has none.
+
+        None: it does not decode, or it holds what JSON cannot say (MessagePack
+        binary, map keys that are not all strings), so it compares equal to nothing.
+        """
         try:
             return canonical(self.generic.decode(raw))
-        except DecodeError:
+        except (*DecodeError, TypeError, ValueError, RecursionError):
             return None
 
 
