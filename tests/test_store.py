@@ -19,7 +19,7 @@ from engine.store.check import check_store
 from engine.core.engine import Engine, Request
 from engine.contract.protocol import COMMIT_INFNOS, REVERSE_INFNOS
 from engine.reference.oracle import ReferenceEngine
-from engine.store import StoreFailed, StoreRefused, open_store
+from engine.store import StoreError, StoreFailed, StoreRefused, open_store
 from engine.store.files import connect, db_path
 from engine.store.schema import DB_NAME, KEYS_NAME
 from engine.contract.wire import JSON, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK
@@ -550,6 +550,19 @@ def test_store_in_use_is_refused(tmp_path):
         with pytest.raises(StoreRefused, match="in use"):
             open_store(data, VECTOR_WORLD)
     open_store(data, VECTOR_WORLD).close()
+
+
+@pytest.mark.parametrize("data", [None, ""])
+def test_no_data_folder_is_an_error_never_a_store_in_memory(data):
+    with pytest.raises(StoreError, match="no data folder"):
+        open_store(data, VECTOR_WORLD)
+
+
+def test_a_folder_that_cannot_be_made_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a folder")
+    with pytest.raises(StoreRefused, match="cannot create or lock"):
+        open_store(str(blocker / "data"), VECTOR_WORLD)
 
 
 # ---------------------------------------------------------------- world changes
