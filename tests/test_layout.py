@@ -163,3 +163,22 @@ def test_no_module_is_too_long():
     assert set(long) <= KNOWN_LONG, f"modules over {MODULE_LINES_MAX} lines: {long}"
     if long:
         pytest.xfail(f"known modules over {MODULE_LINES_MAX} lines outside the store, split elsewhere: {long}")
+
+
+def _compiled_py() -> list[str]:
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMPILED_PY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no COMPILED_PY")
+
+
+def test_compiled_modules_guard_their_build_and_cover_the_hot_path():
+    compiled = _compiled_py()
+    for rel in compiled:
+        last = (ROOT / rel).read_text(encoding="utf-8").rstrip().splitlines()[-1]
+        assert last == "check_fresh(__file__)", f"{rel} must end with check_fresh(__file__)"
+    # The settlement pipeline, its records, and every store module a commit or a lookup runs through.
+    hot = {"engine/core/engine.py", "engine/core/records.py", "engine/core/reconcile.py", "engine/store/codec.py",
+           "engine/store/lookups.py", "engine/store/recon.py", "engine/store/writer.py", "engine/store/store.py"}
+    assert hot <= set(compiled), hot - set(compiled)
