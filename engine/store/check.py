@@ -5,7 +5,7 @@ and checks, printing each check and its result:
   - SQLite's quick_check, and the store's format;
   - every journal row's request and reply blob against its crc32;
   - every transfer: the postings of each journal row (the store's `posting`
-    view) are exactly the legs that engine.ledger derives from its amounts, and
+    view) are exactly the legs that engine.core.ledger derives from its amounts, and
     a reversal negates its settlement;
   - every account's balance (as of the fold, plus the postings after it) equals
     the sum of its postings, and all balances sum to 0;

@@ -134,7 +134,7 @@ CREATE TABLE chronic_log (
     PRIMARY KEY (seq, slot)
 ) WITHOUT ROWID;
 -- The ledger (section 8), a view of the journal: each row's legs are columns of
--- it (engine.ledger.postings says the same in Python; `yidi check` compares the
+-- it (engine.core.ledger.postings says the same in Python; `yidi check` compares the
 -- two). amount_fen > 0 debits the account, < 0 credits it; a reversal row's
 -- amounts are negated, so its legs are the exact opposite. leg: 0 basic fund,
 -- 1 second layer, 2 personal account, 3 institution; legs of 0.00 are absent.
