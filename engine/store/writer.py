@@ -67,19 +67,23 @@ class ModuleWriter:
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
+    def query_int(self, sql: str) -> int:
+        return int(self.conn.execute(sql).fetchall()[0][0])
+
     def close(self) -> None:
         self.conn.close()
 
 
 def batch_writer(path: str):
-    """A connection of its own to the main file for the commits, through core_ext._sqlw if it can."""
-    if not _sqlw.available():
+    """A connection of its own to the main file for the commits, through core_ext._sqlw if it can.
+
+    Either way durable: a connection that does not take synchronous = FULL is refused (StoreFailed).
+    """
+    if _sqlw.available():
+        w = _sqlw.Writer(path)
+    else:
         log.warning("commits go through the sqlite3 module (slower): %s", _sqlw.UNAVAILABLE)
-        conn = connect(path, keys=False)
-        for sql in WRITER_PRAGMAS:
-            conn.execute(sql)
-        return ModuleWriter(conn)
-    w = _sqlw.Writer(path)
+        w = ModuleWriter(connect(path, keys=False))
     try:
         for sql in WRITER_PRAGMAS:
             w.execute(sql)
