@@ -40,7 +40,8 @@ import pytest
 
 from engine.core.collect import Collector
 from engine.core.engine import Request
-from engine.store.sqlite import PAGE_SIZE, SCHEMA, open_store, schema_statements
+from engine.store import open_store
+from engine.store.schema import PAGE_BYTES, SCHEMA, schema_statements
 
 SCALE = float(os.environ.get("YIDI_BENCH_SCALE", "0.02"))
 PERSONS = max(2_000, int(1_000_000 * SCALE))
@@ -101,7 +102,7 @@ RAW_TABLES = ("journal", "journal_blob", "person_log", "chronic_log")
 def _raw_db(path: str) -> sqlite3.Connection:
     """Plain tables with the store's columns: rowid only, no other key, no index."""
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+    conn.execute(f"PRAGMA page_size = {PAGE_BYTES}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     for stmt in schema_statements(SCHEMA):

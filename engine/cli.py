@@ -18,7 +18,7 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from engine.store.sqlite import StoreError
+        from engine.store import StoreError
 
         if not isinstance(e, StoreError):
             raise

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from engine.core.engine import Request  # noqa: E402
-from engine.store.sqlite import open_store  # noqa: E402
+from engine.store import open_store  # noqa: E402
 from engine.contract.wire import JSON  # noqa: E402
 
 BATCH_REQUESTS_MAX = 4096

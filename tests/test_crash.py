@@ -34,7 +34,7 @@ from engine.store.check import check_store
 from engine.core.engine import Engine, Request
 from engine.contract.protocol import COMMIT_INFNOS, REVERSE_INFNOS
 from engine.reference.oracle import ReferenceEngine
-from engine.store.sqlite import connect, db_path
+from engine.store.files import connect, db_path
 from engine.contract.wire import JSON
 from engine.world.loader import load_world
 

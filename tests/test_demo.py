@@ -16,7 +16,7 @@ from conftest import ROOT, differences
 from engine.tools import demo
 from engine.contract import money
 from engine.contract.protocol import province
-from engine.store.sqlite import connect, db_path
+from engine.store.files import connect, db_path
 from engine.tools.synth import gen_requests, gen_world
 
 # Small enough for CI (a few seconds), big enough that every filing class, most

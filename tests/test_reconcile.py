@@ -15,7 +15,7 @@ from engine.contract import money
 from engine.core.engine import Engine, Request
 from engine.reference.oracle import ReferenceEngine
 from engine.tools.replay import replay_store
-from engine.store.sqlite import open_store
+from engine.store import open_store
 from engine.contract.wire import JSON
 
 REQUESTS = os.path.join(VECTORS, "requests.jsonl")

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from core_ext import _sqlw
-from engine.store import sqlite as store_mod
+from engine.store import files as store_files
 from engine.core.engine import Request
-from engine.store.sqlite import open_store
+from engine.store import open_store
 
 TABLE = "CREATE TABLE t (k INTEGER PRIMARY KEY, i INTEGER, s TEXT, b BLOB, n)"
 INSERT = "INSERT INTO t VALUES (?, ?, ?, ?, ?)"
@@ -174,7 +174,7 @@ def test_executemany_releases_the_gil(db):
 
 
 def _rows(data: str, tables: tuple) -> list:
-    conn = store_mod.connect(store_mod.db_path(data))
+    conn = store_files.connect(store_files.db_path(data))
     try:
         return [conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables]
     finally:

@@ -19,7 +19,9 @@ from engine.store.check import check_store
 from engine.core.engine import Engine, Request
 from engine.contract.protocol import COMMIT_INFNOS, REVERSE_INFNOS
 from engine.reference.oracle import ReferenceEngine
-from engine.store.sqlite import DB_NAME, KEYS_NAME, StoreFailed, StoreRefused, connect, db_path, open_store
+from engine.store import StoreError, StoreFailed, StoreRefused, open_store
+from engine.store.files import connect, db_path
+from engine.store.schema import DB_NAME, KEYS_NAME
 from engine.contract.wire import JSON, RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK
 from engine.world.loader import load_world
 
@@ -550,6 +552,19 @@ def test_store_in_use_is_refused(tmp_path):
     open_store(data, VECTOR_WORLD).close()
 
 
+@pytest.mark.parametrize("data", [None, ""])
+def test_no_data_folder_is_an_error_never_a_store_in_memory(data):
+    with pytest.raises(StoreError, match="no data folder"):
+        open_store(data, VECTOR_WORLD)
+
+
+def test_a_folder_that_cannot_be_made_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a folder")
+    with pytest.raises(StoreRefused, match="cannot create or lock"):
+        open_store(str(blocker / "data"), VECTOR_WORLD)
+
+
 # ---------------------------------------------------------------- world changes
 
 
@@ -639,15 +654,15 @@ def test_compression_shared_by_threads_gives_the_same_blocks():
 
 def test_bodies_compressed_on_the_worker_read_back_in_order(tmp_path, synth):
     """Batches larger than the compressor's chunk: every journal row holds its own request."""
-    from engine.store.sqlite import COMPRESS_CHUNK
+    from engine.store.writer import COMPRESS_CHUNK_BODIES
 
     world_dir, world, bodies = synth
     data = str(tmp_path / "data")
     with open_store(data, world_dir, clock="inf_time") as store:
         eng = store.engine
-        eng.handle_batch([Request(b) for b in bodies[: 3 * COMPRESS_CHUNK + 5]])
+        eng.handle_batch([Request(b) for b in bodies[: 3 * COMPRESS_CHUNK_BODIES + 5]])
         changes = eng.take_changes()
-        assert len(changes) > 2 * COMPRESS_CHUNK
+        assert len(changes) > 2 * COMPRESS_CHUNK_BODIES
         store.commit(changes)
         for c in changes:
             stored = store._reader.journal_entry(c.msgid)
@@ -661,7 +676,7 @@ def test_pack_lines_equals_numpy_records():
     import numpy as np
 
     from core_ext._pack import pack_lines
-    from engine.store.sqlite import LINE_DTYPE
+    from engine.store.codec import LINE_DTYPE
 
     rng = np.random.default_rng(9)
     n, m = 500, 300
@@ -721,9 +736,9 @@ def test_bloom_never_forgets_and_rarely_errs():
 def test_filters_grow_and_the_store_still_answers_like_the_engine(tmp_path, synth, monkeypatch):
     """Tiny filters, rebuilt larger at folds as they fill; every reply (retries, duplicate visits, reversals,
     across a restart) equals the in-memory engine's, and a filter's "absent" is never wrong."""
-    import engine.store.sqlite as store_mod
+    import engine.store.lookups as lookups_mod
 
-    monkeypatch.setattr(store_mod, "FILTER_KEYS_MIN", 1)
+    monkeypatch.setattr(lookups_mod, "FILTER_KEYS_MIN", 1)
     world_dir, world, bodies = synth
     _, want = _oracle(world, bodies)
     data = str(tmp_path / "data")

@@ -34,13 +34,17 @@ from engine.contract.protocol import (
     OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS, TEMP_FILING_TYPES,
     UNFILED, WAIVED, Refused,
 )
-from engine.contract.wire import JSON, Codec, DecodeError, Reply
+from engine.contract.wire import Codec, DecodeError, Reply
+from engine.core.history import History, MemoryHistory
+from engine.core.records import (
+    ACC_CHRONIC, ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, CHANGE_SETTLE, Change, Pending, Request,
+    ResultRows, Settled,
+)
 from engine.world.loader import DAY_OPEN, World
 
 I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
 _fmt = kernels.format_fen
 
-KIND_INPATIENT, KIND_OUTPATIENT, KIND_CHRONIC = 0, 1, 2
 ROUND_LINES_START = 4096  # a round's FeeBuffer starts with room for this many lines, and doubles
 _SPLIT_ERR = {1: E_LIMIT, 2: E_AMOUNT_MISMATCH}
 _FUND_ERR = {1: E_FILING_REQUIRED, 2: E_NO_QUALIFICATION, 3: E_DATE}
@@ -52,188 +56,6 @@ _SETTLE_STR_FIELDS = ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code", "ms
 
 def now_text() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-
-
-# The records below are dataclasses (repr, eq) with hand-written __init__: the
-# generated one would run interpreted in the compiled module, once per request.
-@dataclass(slots=True, init=False)
-class Request:
-    body: bytes
-    codec: Codec
-    clock: str | None  # the reply's time; None: the wall clock; replay: inf_time
-    # Set by handle_batch, for a caller's bookkeeping (the server's metrics): the
-    # envelope's infno when it is a string, "" when it is not, None when the body
-    # did not decode. Saves a second decode of every body.
-    infno: str | None
-
-    def __init__(self, body: bytes, codec: Codec = JSON, clock: str | None = None):
-        self.body = body
-        self.codec = codec
-        self.clock = clock
-        self.infno = None
-
-
-@dataclass(slots=True, init=False)
-class Settled:
-    """A committed settlement, enough to answer its reversal (section 7)."""
-
-    setl_id: str
-    outpatient: bool
-    fixmedins_code: str
-    mdtrtarea_admvs: str
-    insuplc_admdvs: str
-    mdtrt_id: str
-    psn: int
-    psn_no: str
-    kind: int
-    cd_slot: int
-    year: int
-    amounts: dict  # setlinfo money fields, int fen
-    burden: int
-    second: int
-    info: dict  # the non-money setlinfo fields
-    reversed: bool
-
-    def __init__(self, setl_id, outpatient, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, mdtrt_id, psn,
-                 psn_no, kind, cd_slot, year, amounts, burden, second, info, reversed=False):
-        self.setl_id = setl_id
-        self.outpatient = outpatient
-        self.fixmedins_code = fixmedins_code
-        self.mdtrtarea_admvs = mdtrtarea_admvs
-        self.insuplc_admdvs = insuplc_admdvs
-        self.mdtrt_id = mdtrt_id
-        self.psn = psn
-        self.psn_no = psn_no
-        self.kind = kind
-        self.cd_slot = cd_slot
-        self.year = year
-        self.amounts = amounts
-        self.burden = burden
-        self.second = second
-        self.info = info
-        self.reversed = reversed
-
-
-@dataclass(slots=True, init=False)
-class Change:
-    """One committed settlement or reversal of a batch: what a durable store must write.
-
-    The person's accumulators after the batch are read from Engine.state at commit
-    time (rows `settled.psn`, slot `settled.cd_slot`).
-    """
-
-    kind: str  # "settle" or "reverse"
-    msgid: str
-    infno: str
-    fixmedins_code: str
-    mdtrtarea_admvs: str
-    insuplc_admdvs: str
-    setl_id: str  # the id of this settlement or of this reversal
-    setl_time: str
-    codec: Codec  # of the request
-    input_raw: bytes  # the request's raw `input`
-    reply: Reply
-    settled: Settled  # the settlement (for a reversal: the one it reverses)
-    # Filled by a store's Engine.on_change hook as the change is made (engine.store):
-    # its journal sequence number, journal row and uncompressed body.
-    seq: int
-    row: object
-    body: object
-
-    def __init__(self, kind, msgid, infno, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, setl_id, setl_time,
-                 codec, input_raw, reply, settled):
-        self.kind = kind
-        self.msgid = msgid
-        self.infno = infno
-        self.fixmedins_code = fixmedins_code
-        self.mdtrtarea_admvs = mdtrtarea_admvs
-        self.insuplc_admdvs = insuplc_admdvs
-        self.setl_id = setl_id
-        self.setl_time = setl_time
-        self.codec = codec
-        self.input_raw = input_raw
-        self.reply = reply
-        self.settled = settled
-        self.seq = -1
-        self.row = None
-        self.body = None
-
-
-@dataclass(slots=True, init=False)
-class Pending:
-    """A settlement or pre-settlement that passed the checks done before its lines."""
-
-    idx: int
-    env: object
-    data: object
-    n_lines: int  # its fee lines are the round's next n_lines (_Round.lines)
-    commit: bool
-    outpatient: bool
-    now: str
-    err: str | None  # the first failing check between the schema and the lines
-    # filled when err is None
-    psn: int
-    kind: int
-    pol: int
-    lv: int
-    year: int
-    medfee: int
-    reduction_bp: int
-    pre_status: int
-    cls: str
-    cd_slot: int
-    cd_pol: int
-    acct_ok: int
-    retired310: int
-    journal_input: object  # (codec, raw input bytes) for the journal
-
-    def __init__(self, idx, env, data, n_lines, commit, outpatient, now, journal_input=None):
-        self.idx = idx
-        self.env = env
-        self.data = data
-        self.n_lines = n_lines
-        self.commit = commit
-        self.outpatient = outpatient
-        self.now = now
-        self.err = None
-        self.psn = -1
-        self.kind = 0
-        self.pol = -1
-        self.lv = 0
-        self.year = 0
-        self.medfee = 0
-        self.reduction_bp = 0
-        self.pre_status = 0
-        self.cls = ""
-        self.cd_slot = -1
-        self.cd_pol = -1
-        self.acct_ok = 0
-        self.retired310 = 0
-        self.journal_input = journal_input
-
-
-class ResultRows:
-    """The per-line `result` of one settlement, kept as slices of the round's arrays.
-
-    The round's decoded fee lines are not kept: only their feedetl_sn (r.lines.sns)
-    and the parsed numbers, so a journaled reply holds a few dozen bytes a line.
-    """
-
-    __slots__ = ("lo", "hi", "r")
-
-    def __init__(self, lo: int, hi: int, r: "_RoundArrays"):
-        self.lo, self.hi, self.r = lo, hi, r
-
-    def to_raw(self, fmt: int) -> msgspec.Raw:
-        r = self.r
-        em = getattr(r, "emitter", None)
-        if em is None:  # the round's first reply to be encoded
-            em = r.emitter = kernels.RowEmitter(
-                r.lines.sns, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
-                r.cat.lv, r.cat.selfpay_bp, r.cat.cap_micro,
-                r.split.memo, r.split.fulamt, r.split.overlmt, r.split.presel, r.split.inscp,
-            )
-        return msgspec.Raw(em.emit(self.lo, self.hi, fmt))
 
 
 @dataclass(slots=True)
@@ -249,8 +71,15 @@ class _RoundArrays:
 class Engine:
     """The compiled settlement engine over one world, state in memory (sections 3-7)."""
 
-    def __init__(self, world: World, clock: str = "wall"):
-        """`clock` is "wall" (the server) or "inf_time" (replay: the request's inf_time)."""
+    def __init__(self, world: World, clock: str = "wall", history: History | None = None,
+                 chronic_years: list[int] | None = None):
+        """`clock` is "wall" (the server) or "inf_time" (replay: the request's inf_time).
+
+        history: the lookups of what earlier requests committed and the change sink
+        (engine.core.history); None keeps them in RAM. chronic_years: the year each
+        chronic slot's hifp_cd counts in, when known (a store's); else the person's
+        acc_year of the world.
+        """
         assert clock in ("wall", "inf_time")
         self.clock_inf_time = clock == "inf_time"
         self.world = world
@@ -292,25 +121,40 @@ class Engine:
         self.state = kernels.PersonState(world, len(self.cd_slots))
         self.state.cd_val[: len(self.cd_slots)] = world.chr_hifp_cd
         self.state.cd_year[: len(self.cd_slots)] = self.state.acc_year[world.chr_psn]
+        if chronic_years is not None:
+            assert len(chronic_years) == len(self.cd_slots)
+            self.state.cd_year[: len(self.cd_slots)] = chronic_years
         cat_thread.join()
         if not cat_box:
             raise RuntimeError("building the catalogue index failed (see the thread's traceback)")
         self.cat = cat_box[0]
-        self.journal: dict[str, tuple[str, Codec, bytes, Reply]] = {}  # msgid -> (infno, codec, input, reply)
-        self.settled: dict[str, Settled] = {}
-        self.open_visits: set[tuple[str, str]] = set()
+        # The history's members, read once: the hot path looks them up as attributes.
+        h = MemoryHistory() if history is None else history
+        self.journal = h.journal  # msgid -> (infno, codec, input, reply)
+        self.settled = h.settled  # setl_id -> Settled
+        self.open_visits = h.open_visits
+        self.recon = h.recon  # 3201/3202 (engine.core.reconcile): every committed change
+        self.on_change = h.on_change  # called with each Change as it is made
         self.changes: list[Change] = []
-        # 3201/3202 (engine.reconcile): every committed change, by institution and time.
-        # A store replaces it with an index that keeps only its unfolded rows in RAM.
-        self.recon = reconcile.ReconIndex()
-        # Called with each Change as it is made, while its objects are still in the
-        # CPU's caches: a store builds the change's rows there (engine.store).
-        self.on_change = None
 
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
         out, self.changes = self.changes, []
         return out
+
+    # ------------------------------------------------------------ accumulators (history.AccumulatorSource)
+
+    def person_accumulators(self, psns: np.ndarray) -> list[list[int]]:
+        """Of persons `psns`, now: balc, acc_year, hifp_ip, hifp_op, ded_op, burden2, second_paid (fen, year)."""
+        st = self.state
+        return [st.balc[psns].tolist(), st.acc_year[psns].tolist(), st.hifp_ip[psns].tolist(),
+                st.hifp_op[psns].tolist(), st.ded_op[psns].tolist(), st.burden2[psns].tolist(),
+                st.second_paid[psns].tolist()]
+
+    def chronic_accumulators(self, slots: np.ndarray) -> tuple[list[int], list[int]]:
+        """Of chronic slots `slots`, now: hifp_cd (fen) and the year it counts in."""
+        st = self.state
+        return st.cd_val[slots].tolist(), st.cd_year[slots].tolist()
 
     # ------------------------------------------------------------ batch entry
 
@@ -507,13 +351,13 @@ class Engine:
         if red is None:
             p.pre_status, red = 1, 0
         if chronic:
-            p.kind = KIND_CHRONIC
+            p.kind = ACC_CHRONIC
             p.cd_slot = self.cd_slots.get((psn, d.dise_codg), -1)
             p.cd_pol = self.pol.chronic.get((pol, d.dise_codg), -1)
             if p.pre_status == 0 and (p.cd_slot < 0 or p.cd_pol < 0):
                 p.pre_status = 2
         else:
-            p.kind = KIND_OUTPATIENT if outpatient else KIND_INPATIENT
+            p.kind = ACC_OUTPATIENT if outpatient else ACC_INPATIENT
         p.psn, p.pol, p.lv, p.cls, p.reduction_bp = psn, pol, inst[1], cls, red
         p.year = money.day_year(day)
         p.retired310 = int(insutype == "310" and self.psn_retired[psn])
@@ -646,7 +490,7 @@ class Engine:
         mdtrt_id, psn_no, med_type = d.mdtrt_id, d.psn_no, d.med_type
         pool_prop = kernels.format_scaled(prop_bp, 4)
         clr_type = CLR_TYPE_OUTPATIENT if p.outpatient else CLR_TYPE_INPATIENT
-        # The key order is SETLINFO_KEYS (engine.store journals setlinfo as values).
+        # The key order is SETLINFO_KEYS (engine.store.codec journals setlinfo as values).
         setlinfo = {
             "medfee_sumamt": f[0], "fulamt_ownpay_amt": f[1], "overlmt_selfpay": f[2], "preselfpay_amt": f[3],
             "inscp_scp_amt": f[4], "act_pay_dedc": f[5], "hifp_pay": f[6], "hifmi_pay": f[7], "hifob_pay": f[8],
@@ -700,7 +544,7 @@ class Engine:
             self.open_visits.add((env.fixmedins_code, mdtrt_id))
             codec, raw = p.journal_input
             self.journal[msgid] = (env.infno, codec, raw, reply)
-            change = Change("settle", msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, setl_id,
+            change = Change(CHANGE_SETTLE, msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, setl_id,
                             p.now, codec, raw, reply, rec)
             self.changes.append(change)
             self.recon.add(change)
@@ -741,11 +585,11 @@ class Engine:
         st, i, a = self.state, rec.psn, rec.amounts
         st.balc[i] += a["acct_pay"]
         if int(st.acc_year[i]) == rec.year:
-            if rec.kind == KIND_INPATIENT:
+            if rec.kind == ACC_INPATIENT:
                 st.hifp_ip[i] -= a["hifp_pay"]
                 st.burden2[i] -= rec.burden
                 st.second_paid[i] -= rec.second
-            elif rec.kind == KIND_OUTPATIENT:
+            elif rec.kind == ACC_OUTPATIENT:
                 st.ded_op[i] -= a["act_pay_dedc"]
                 st.hifp_op[i] -= a["hifp_pay"]
             else:
@@ -762,7 +606,7 @@ class Engine:
         reply = self._ok(env.msgid, now, {"setlinfo": setlinfo})
         self.journal[env.msgid] = (infno, *inp_c, reply)
         self.changes.append(Change(
-            "reverse", env.msgid, infno, env.fixmedins_code, env.mdtrtarea_admvs if isinstance(env.mdtrtarea_admvs, str) else "",
+            CHANGE_REVERSE, env.msgid, infno, env.fixmedins_code, env.mdtrtarea_admvs if isinstance(env.mdtrtarea_admvs, str) else "",
             self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec,
         ))
         self.recon.add(self.changes[-1])

@@ -16,22 +16,22 @@ with its settlement's amounts negated, on the day it is made and under its
 settlement's `insutype` and `clr_type` (the rule section 8 gives for the
 clearing period, applied to days). The README lists the fields.
 
-Rows come from a ReconIndex that the engine feeds with every committed change.
-Without a store it keeps every row in RAM (replay, tests). Over a store
-(engine.store installs it) RAM keeps only the rows the store has not yet folded
-into its `medins_time` index; older rows are read from SQLite, so RAM stays
-bounded whatever the history.
+Rows come from the engine's history (engine.core.history), which the engine
+feeds with every committed change. Without a store a ReconIndex keeps every row
+in RAM (replay, tests). A store's index (engine.store.recon) keeps in RAM only
+the rows it has not yet folded into its `medins_time` index and reads older
+ones from SQLite, so RAM stays bounded whatever the history.
 """
 from __future__ import annotations
 
 import collections
 import re
-import sqlite3
 from dataclasses import dataclass
 
 from engine.contract import money
 from engine.contract.protocol import E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, INFNO_LISTING, INFNO_RECONCILE, Refused
 from engine.contract.wire import DecodeError
+from engine.core.records import CHANGE_SETTLE
 
 RECONCILE_INFNOS = frozenset({INFNO_RECONCILE, INFNO_LISTING})
 
@@ -39,16 +39,14 @@ RECONCILE_INFNOS = frozenset({INFNO_RECONCILE, INFNO_LISTING})
 STMT_DAYS_MAX = 366  # days in one 3201 range
 LISTING_DAYS_MAX = 31  # days in one 3202 range
 GROUPS_MAX = 64  # (insutype, clr_type) groups in one 3201
-PAGE_SIZE_MAX = 1_000  # rows in one 3202 page
+PAGE_ROWS_MAX = 1_000  # rows in one 3202 page (its page_size)
 PAGE_NUM_MAX = 1_000_000
 SETL_CNT_MAX = 10**12  # |fixmedins_setl_cnt|
-PRUNE_EVERY = 8_192  # rows added between two looks at the store's fold
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 RSLT_AGREE, RSLT_DIFFER = "0", "1"
 REFD_SETTLE, REFD_REVERSE = "0", "1"  # refd_setl_flag of a 3202 row
-KIND_SETTLE, KIND_REVERSE = "settle", "reverse"
 TOTAL_FIELDS = ("fixmedins_setl_cnt", "medfee_sumamt", "fund_pay_sumamt", "acct_pay")
 MONEY_FIELDS = TOTAL_FIELDS[1:]
 # Fields of 3201/3202 replies that hold money: the HTTP gateway writes them as JSON numbers.
@@ -64,7 +62,7 @@ class Row:
 
     seq: int  # the store's journal seq (in RAM without a store: the order of commits)
     setl_id: str
-    kind: str
+    kind: str  # CHANGE_SETTLE or CHANGE_REVERSE
     reversed_setl_id: str | None
     setl_time: str
     insuplc_admdvs: str
@@ -80,24 +78,13 @@ class Row:
 
     @property
     def count(self) -> int:
-        return 1 if self.kind == KIND_SETTLE else -1
-
-
-_ROW_SQL_COLS = (
-    "j.seq, j.setl_id, j.kind, j.reversed_setl_id, j.setl_time, j.insuplc_admdvs, j.insutype, j.clr_type,"
-    " j.med_type, j.mdtrt_id, j.psn_no, j.medfee_sumamt_fen, j.fund_pay_sumamt_fen, j.acct_pay_fen,"
-    " j.psn_cash_pay_fen"
-)
-_FROM_RANGE = (
-    " FROM medins_time m JOIN journal j ON j.seq = m.seq"
-    " WHERE m.fixmedins_code = ? AND m.setl_time >= ? AND m.setl_time < ? AND m.seq <= ?"
-)
+        return 1 if self.kind == CHANGE_SETTLE else -1
 
 
 def row_of_change(change, seq: int) -> Row:
-    """The Row of an engine.pipeline.Change (a reversal holds its settlement's amounts negated)."""
+    """The Row of an engine.core.records.Change (a reversal holds its settlement's amounts negated)."""
     rec = change.settled
-    sign = 1 if change.kind == KIND_SETTLE else -1
+    sign = 1 if change.kind == CHANGE_SETTLE else -1
     a, info = rec.amounts, rec.info
     return Row(
         seq, change.setl_id, change.kind, None if sign == 1 else rec.setl_id, change.setl_time,
@@ -107,22 +94,34 @@ def row_of_change(change, seq: int) -> Row:
     )
 
 
-class ReconIndex:
-    """An institution's committed rows by time (module docstring).
+def add_totals(out: dict[tuple[str, str], list[int]], rows) -> None:
+    """Add `rows` into out: (insutype, clr_type) -> [count, medfee, fund, acct, rows]."""
+    for r in rows:
+        t = out.get((r.insutype, r.clr_type))
+        if t is None:
+            t = out[(r.insutype, r.clr_type)] = [0, 0, 0, 0, 0]
+        t[0] += r.count
+        t[1] += r.medfee_fen
+        t[2] += r.fund_fen
+        t[3] += r.acct_fen
+        t[4] += 1
 
-    db_path None: every row in RAM. Otherwise the store's SQLite file: RAM holds
-    the rows after the store's `folded_seq`, which `medins_time` does not index
-    yet; `first_seq` is the journal seq the next added row will get (the store
-    numbers the engine's changes in the order the engine makes them).
+
+def listing_page(rows: list[Row], offset: int, limit: int) -> list[Row]:
+    """Rows offset..offset+limit ordered by setl_time then setl_id (section 8's 3202 order)."""
+    return sorted(rows, key=lambda r: (r.setl_time, r.setl_id))[offset : offset + limit]
+
+
+class ReconIndex:
+    """An institution's committed rows by time, every one in RAM (module docstring).
+
+    A store keeps only its unfolded rows here and reads the rest from its own
+    index (engine.store.recon.StoredReconIndex extends this class).
     """
 
-    def __init__(self, db_path: str | None = None, first_seq: int = 1):
-        self.db_path = db_path
-        self.next_seq = first_seq
+    def __init__(self, first_seq: int = 1):
+        self.next_seq = first_seq  # the seq the next added row gets
         self.by_inst: dict[str, collections.deque[Row]] = {}
-        self.order: collections.deque[tuple[int, str]] = collections.deque()  # (seq, fixmedins_code), store only
-        self._conn: sqlite3.Connection | None = None
-        self._since_prune = 0
 
     def add(self, change) -> None:
         """Index one committed change; the engine calls it in the order of its changes."""
@@ -132,115 +131,30 @@ class ReconIndex:
         if rows is None:
             rows = self.by_inst[change.fixmedins_code] = collections.deque()
         rows.append(row)
-        if self.db_path is not None:
-            self.order.append((row.seq, change.fixmedins_code))
-            self._since_prune += 1
-            if self._since_prune >= PRUNE_EVERY:
-                self._prune(self._folded_seq())
 
-    # -- the store's part
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            from engine.store.sqlite import connect  # here: engine.store imports this module
-
-            self._conn = connect(self.db_path, read_only=True)  # the keyed file (medins_time, fold_state) attached
-        return self._conn
-
-    def _folded_seq(self) -> int:
-        return int(self._db().execute("SELECT folded_seq FROM fold_state").fetchall()[0][0])
-
-    def _prune(self, folded: int) -> None:
-        """Forget the RAM rows that medins_time indexes now (seq <= folded)."""
-        self._since_prune = 0
-        last = None
-        while self.order and self.order[0][0] <= folded:
-            seq, code = self.order.popleft()
-            rows = self.by_inst[code]
-            last = rows.popleft()
-            assert last.seq == seq
-            if not rows:
-                del self.by_inst[code]
-        if last is not None:
-            # Paired with the numbering in add(): the store gave this row the same seq.
-            got = self._db().execute("SELECT setl_id FROM journal WHERE seq = ?", (last.seq,)).fetchall()
-            assert got == [(last.setl_id,)], f"reconciliation index out of step with the journal at {last.seq}"
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _ram(self, code: str, t_lo: str, t_hi: str, folded: int) -> list[Row]:
-        return [r for r in self.by_inst.get(code, ()) if r.seq > folded and t_lo <= r.setl_time < t_hi]
-
-    # -- queries
+    def ram_rows(self, code: str, t_lo: str, t_hi: str, after_seq: int = 0) -> list[Row]:
+        """The RAM rows of an institution numbered after after_seq with t_lo <= setl_time < t_hi."""
+        return [r for r in self.by_inst.get(code, ()) if r.seq > after_seq and t_lo <= r.setl_time < t_hi]
 
     def totals(self, code: str, t_lo: str, t_hi: str) -> dict[tuple[str, str], list[int]]:
         """(insutype, clr_type) -> [count, medfee, fund, acct, rows] of the rows with t_lo <= setl_time < t_hi."""
         out: dict[tuple[str, str], list[int]] = {}
-        folded = 0
-        if self.db_path is not None:
-            db = self._db()
-            db.execute("BEGIN")  # one snapshot: folded_seq and medins_time agree
-            try:
-                folded = int(db.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0])
-                for it, ct, *vals in db.execute(
-                    f"SELECT j.insutype, j.clr_type, SUM(CASE j.kind WHEN '{KIND_SETTLE}' THEN 1 ELSE -1 END),"
-                    " SUM(j.medfee_sumamt_fen), SUM(j.fund_pay_sumamt_fen), SUM(j.acct_pay_fen), COUNT(*)"
-                    + _FROM_RANGE + " GROUP BY j.insutype, j.clr_type",
-                    (code, t_lo, t_hi, folded),
-                ).fetchall():
-                    out[(it, ct)] = list(vals)
-            finally:
-                db.execute("COMMIT")
-            self._prune(folded)
-        for r in self._ram(code, t_lo, t_hi, folded):
-            t = out.get((r.insutype, r.clr_type))
-            if t is None:
-                t = out[(r.insutype, r.clr_type)] = [0, 0, 0, 0, 0]
-            t[0] += r.count
-            t[1] += r.medfee_fen
-            t[2] += r.fund_fen
-            t[3] += r.acct_fen
-            t[4] += 1
+        add_totals(out, self.ram_rows(code, t_lo, t_hi))
         return out
 
     def listing(self, code: str, t_lo: str, t_hi: str, insutype: str | None, clr_type: str | None,
                 offset: int, limit: int) -> tuple[int, list[Row]]:
         """(rows in the range, the rows offset..offset+limit) ordered by setl_time then setl_id."""
+        rows = [r for r in self.ram_rows(code, t_lo, t_hi) if keeps(r, insutype, clr_type)]
+        return len(rows), listing_page(rows, offset, limit)
 
-        def keep(r: Row) -> bool:
-            return (insutype is None or r.insutype == insutype) and (clr_type is None or r.clr_type == clr_type)
+    def close(self) -> None:
+        """Nothing to release in RAM (a store's index closes its connection)."""
 
-        top: list[Row] = []
-        total = 0
-        folded = 0
-        if self.db_path is not None:
-            where, args = "", []
-            if insutype is not None:
-                where += " AND j.insutype = ?"
-                args.append(insutype)
-            if clr_type is not None:
-                where += " AND j.clr_type = ?"
-                args.append(clr_type)
-            db = self._db()
-            db.execute("BEGIN")
-            try:
-                folded = int(db.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0])
-                rng = (code, t_lo, t_hi, folded, *args)
-                total = db.execute("SELECT COUNT(*)" + _FROM_RANGE + where, rng).fetchall()[0][0]
-                # Only the first offset + limit rows can be on the page, whatever the RAM rows.
-                top = [Row(*r) for r in db.execute(
-                    f"SELECT {_ROW_SQL_COLS}{_FROM_RANGE}{where} ORDER BY m.setl_time, j.setl_id LIMIT ?",
-                    (*rng, offset + limit),
-                ).fetchall()]
-            finally:
-                db.execute("COMMIT")
-            self._prune(folded)
-        ram = [r for r in self._ram(code, t_lo, t_hi, folded) if keep(r)]
-        rows = sorted(top + ram, key=lambda r: (r.setl_time, r.setl_id))
-        return total + len(ram), rows[offset : offset + limit]
+
+def keeps(r: Row, insutype: str | None, clr_type: str | None) -> bool:
+    """Whether a 3202's optional insutype and clr_type filters keep row r."""
+    return (insutype is None or r.insutype == insutype) and (clr_type is None or r.clr_type == clr_type)
 
 
 # ---------------------------------------------------------------- requests
@@ -350,11 +264,11 @@ def parse_listing(data: object) -> ListingQuery:
         raise Refused(E_SCHEMA, "input.data must be an object")
     b, e = _range(data)
     q = ListingQuery(b, e, _text(data, "insutype", False), _text(data, "clr_type", False),
-                     _int(data, "page_num", 1), _int(data, "page_size", PAGE_SIZE_MAX))
+                     _int(data, "page_num", 1), _int(data, "page_size", PAGE_ROWS_MAX))
     if q.page_num < 1 or q.page_size < 1:
         raise Refused(E_SCHEMA, "page_num and page_size must be positive")
-    if q.page_size > PAGE_SIZE_MAX or q.page_num > PAGE_NUM_MAX:
-        raise Refused(E_LIMIT, f"page_size at most {PAGE_SIZE_MAX}, page_num at most {PAGE_NUM_MAX}")
+    if q.page_size > PAGE_ROWS_MAX or q.page_num > PAGE_NUM_MAX:
+        raise Refused(E_LIMIT, f"page_size at most {PAGE_ROWS_MAX}, page_num at most {PAGE_NUM_MAX}")
     if e - b + 1 > LISTING_DAYS_MAX:
         raise Refused(E_LIMIT, f"more than {LISTING_DAYS_MAX} days")
     return q
@@ -443,7 +357,7 @@ def detail_row(r: Row) -> dict:
     return {
         "setl_id": r.setl_id, "mdtrt_id": r.mdtrt_id, "psn_no": r.psn_no, "insuplc_admdvs": r.insuplc_admdvs,
         "setl_time": r.setl_time, "insutype": r.insutype, "clr_type": r.clr_type, "med_type": r.med_type,
-        "refd_setl_flag": REFD_SETTLE if r.kind == KIND_SETTLE else REFD_REVERSE,
+        "refd_setl_flag": REFD_SETTLE if r.kind == CHANGE_SETTLE else REFD_REVERSE,
         "reversed_setl_id": r.reversed_setl_id,
         "medfee_sumamt": money.format_fen(r.medfee_fen), "fund_pay_sumamt": money.format_fen(r.fund_fen),
         "acct_pay": money.format_fen(r.acct_fen), "psn_cash_pay": money.format_fen(r.cash_fen),
@@ -460,8 +374,11 @@ def listing_output(q: ListingQuery, total: int, rows: list[Row]) -> dict:
     }
 
 
-def answer(infno: str, env, codec, institutions: dict, index: ReconIndex) -> dict:
-    """The output of a 3201 or 3202 (raises Refused); the engine's entry point."""
+def answer(infno: str, env, codec, institutions: dict, index) -> dict:
+    """The output of a 3201 or 3202 (raises Refused); the engine's entry point.
+
+    index: the history's rows (engine.core.history.ReconRows: a ReconIndex or a store's).
+    """
     try:
         inp = codec.generic.decode(env.input)
     except DecodeError as e:

@@ -100,7 +100,7 @@ class Limits:
 def open_store(data_dir: str, world_dir: str, *, clock: str = "wall"):
     """The durable store (engine.store); the in-memory stand-in while it does not exist."""
     try:
-        from engine.store.sqlite import open_store as _open
+        from engine.store import open_store as _open
     except ModuleNotFoundError as e:
         if e.name != f"{__package__}.store":
             raise

@@ -1,11 +1,11 @@
-"""`yidi check --data DIR`: verify a store against its own journal (issue 3, SETTLEMENT.md section 8).
+"""`yidi check --data DIR`: verify a store against its own journal (SETTLEMENT.md section 8).
 
 Reads one consistent snapshot (a read transaction; the server may keep writing)
 and checks, printing each check and its result:
   - SQLite's quick_check, and the store's format;
   - every journal row's request and reply blob against its crc32;
   - every transfer: the postings of each journal row (the store's `posting`
-    view) are exactly the legs that engine.ledger derives from its amounts, and
+    view) are exactly the legs that engine.core.ledger derives from its amounts, and
     a reversal negates its settlement;
   - every account's balance (as of the fold, plus the postings after it) equals
     the sum of its postings, and all balances sum to 0;
@@ -27,11 +27,11 @@ from typing import Callable
 import numpy as np
 
 from engine.core import ledger
-from engine.store.sqlite import (
-    AMOUNT_KEYS, CODECS, KIND_REVERSE, KIND_SETTLE, SCHEMA_VERSION, STORE_FORMAT, connect, db_path, unpack_body,
-)
+from engine.core.records import ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, CHANGE_SETTLE
+from engine.store.codec import CODECS, unpack_body
+from engine.store.files import connect, db_path
+from engine.store.schema import AMOUNT_KEYS, KEYS_NAME, SCHEMA_VERSION, STORE_FORMAT
 
-KIND_INPATIENT, KIND_OUTPATIENT, KIND_CHRONIC = 0, 1, 2
 DIFFERENCES_SHOWN_MAX = 20
 FETCH_ROWS = 65_536
 
@@ -104,38 +104,66 @@ def check_store(data_dir: str, out: Callable[[str], None] = print) -> int:
 
 
 def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
+    positions = _check_format(conn, rep)
+    if positions is None:
+        return
+    folded, logs_to = positions
+    n_rows, n_rev = _check_rows(conn, path, rep, folded, logs_to)
+    _check_blobs(conn, rep, n_rows)
+    journal = _JournalReplay(conn, folded)
+    journal.run(conn)
+    rep.result("journal rows: the money of each settlement adds up (sections 3 and 6)", journal.sum_diffs, n_rows)
+    rep.result("reversals: each names an earlier settlement, once, and negates it exactly", journal.pair_diffs,
+               n_rev)
+    rep.result("ledger: every transfer's postings are the legs of its journal row", journal.leg_diffs, n_rows)
+    _check_accounts(conn, rep, folded)
+    _check_persons(conn, rep, journal)
+    _check_keyed(conn, rep, folded, journal.open_upto_folded)
+
+
+def _check_format(conn: sqlite3.Connection, rep: _Report) -> tuple[int, int] | None:
+    """SQLite's quick_check, the store's format, and the keyed file's store_id.
+
+    Returns (folded_seq, logs_deleted_to), or None when the other checks cannot run.
+    """
     integrity = [r[0] for r in conn.execute("PRAGMA quick_check(20)")]
     rep.result("SQLite quick_check", [] if integrity == ["ok"] else integrity)
     if integrity != ["ok"]:
-        return
+        return None
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     fmt_diffs = []
     if meta.get("format") != STORE_FORMAT or meta.get("schema_version") != str(SCHEMA_VERSION):
         fmt_diffs.append(f"format {meta.get('format')!r} schema {meta.get('schema_version')!r}")
     rep.result(f"store format {STORE_FORMAT} schema {SCHEMA_VERSION}", fmt_diffs)
     if fmt_diffs:
-        return
+        return None
     state = conn.execute("SELECT folded_seq, store_id FROM fold_state").fetchall()
     ids = [r[1] for r in state]
-    rep.result("keyed tables (yidi-keys.sqlite3) of this store", [] if ids == [meta.get("store_id")] else
+    rep.result(f"keyed tables ({KEYS_NAME}) of this store", [] if ids == [meta.get("store_id")] else
                [f"store_id {ids} in the keyed file, {meta.get('store_id')!r} in the main one"])
     if ids != [meta.get("store_id")]:
-        return
-    folded = int(state[0][0])
+        return None
+    return int(state[0][0]), int(meta.get("logs_deleted_to", -1))
+
+
+def _check_rows(conn: sqlite3.Connection, path: str, rep: _Report, folded: int, logs_to: int) -> tuple[int, int]:
+    """The two files are of the same moment and the journal's rows are numbered 1..n; returns (rows, reversals)."""
     n_rows, n_settle, n_rev, max_seq = conn.execute(
-        f"SELECT COUNT(*), COALESCE(SUM(kind = '{KIND_SETTLE}'), 0), COALESCE(SUM(kind = '{KIND_REVERSE}'), 0),"
+        f"SELECT COUNT(*), COALESCE(SUM(kind = '{CHANGE_SETTLE}'), 0), COALESCE(SUM(kind = '{CHANGE_REVERSE}'), 0),"
         " COALESCE(MAX(seq), 0) FROM journal"
     ).fetchone()
     rep.out(f"store {path}: {n_rows} journal rows ({n_settle} settlements, {n_rev} reversals),"
             f" folded up to {folded} of {max_seq}")
-    logs_to = int(meta.get("logs_deleted_to", -1))
     rep.result("keyed file of the same moment (logs deleted <= folded <= journal rows)",
                [] if 0 <= logs_to <= folded <= max_seq else
                [f"logs deleted up to {logs_to}, folded up to {folded}, {max_seq} journal rows"])
     seq_diffs = [] if n_rows == max_seq else [f"journal seq runs to {max_seq} over {n_rows} rows"]
     rep.result("journal rows numbered 1..n without gaps", seq_diffs, n_rows)
+    return n_rows, n_rev
 
-    # Blobs.
+
+def _check_blobs(conn: sqlite3.Connection, rep: _Report, n_rows: int) -> None:
+    """Every request and reply blob against its crc32, and unpacked."""
     bad = []
     n_blobs = 0
     cur = conn.execute("SELECT seq, codec, body_lz4, crc32 FROM journal_blob ORDER BY seq")
@@ -157,134 +185,160 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
         bad.append(f"{n_blobs} blobs for {n_rows} journal rows")
     rep.result("request and reply blobs (crc32, unpack)", bad, n_blobs)
 
-    # Persons and chronic slots: seeds, then the journal in order.
-    seeds = conn.execute(
-        "SELECT psn, seed_balc_fen, seed_acc_year, seed_hifp_ip_fen, seed_hifp_op_fen, seed_ded_op_fen,"
-        " seed_burden2_fen, seed_second_paid_fen FROM person ORDER BY psn"
-    ).fetchall()
-    n_psn = len(seeds)
-    st = np.array([s[1:] for s in seeds], dtype=np.int64).reshape(n_psn, 7)
-    balc, year, hip, hop, ded, b2, sp = (st[:, k].copy() for k in range(7))
-    chr_seed = conn.execute("SELECT slot, psn, seed_hifp_cd_fen, seed_cd_year FROM chronic ORDER BY slot").fetchall()
-    cd_val = np.array([r[2] for r in chr_seed], dtype=np.int64)
-    cd_year = np.array([r[3] for r in chr_seed], dtype=np.int64)
 
-    # Journal pass: transfers, reversal pairs, accumulators, open visits.
-    leg_diffs: list[str] = []
-    sum_diffs: list[str] = []
-    pair_diffs: list[str] = []
-    postings = conn.execute("SELECT seq, leg, account, amount_fen FROM posting ORDER BY seq, leg")
-    pend_post = None
+class _Postings:
+    """The `posting` view's rows in seq order, taken a journal row at a time."""
 
-    def postings_of(seq: int) -> list:
-        nonlocal pend_post
+    def __init__(self, conn: sqlite3.Connection, diffs: list[str]):
+        self.cur = conn.execute("SELECT seq, leg, account, amount_fen FROM posting ORDER BY seq, leg")
+        self.diffs = diffs
+        self.pending = None
+
+    def of(self, seq: int) -> list:
+        """The (account, amount_fen) of journal row seq; postings of rows before it are differences."""
         got = []
         while True:
-            if pend_post is None:
-                pend_post = postings.fetchone()
-                if pend_post is None:
+            if self.pending is None:
+                self.pending = self.cur.fetchone()
+                if self.pending is None:
                     return got
-            if pend_post[0] < seq:
-                leg_diffs.append(f"postings of seq {pend_post[0]} have no journal row")
-                pend_post = None
+            if self.pending[0] < seq:
+                self.diffs.append(f"postings of seq {self.pending[0]} have no journal row")
+                self.pending = None
                 continue
-            if pend_post[0] > seq:
+            if self.pending[0] > seq:
                 return got
-            got.append((pend_post[2], pend_post[3]))
-            pend_post = None
+            got.append((self.pending[2], self.pending[3]))
+            self.pending = None
 
-    settlements: dict[str, tuple] = {}  # setl_id -> (seq, psn, acc_kind, cd_slot, acc_year, amounts, visit)
-    reversed_at: dict[str, int] = {}
-    open_upto_folded: dict[tuple, str] = {}
-    open_all: dict[tuple, str] = {}
-    amount_cols = ", ".join(k + "_fen" for k in AMOUNT_KEYS)
-    cur = conn.execute(
-        "SELECT seq, msgid, kind, setl_id, reversed_setl_id, insuplc_admdvs, fixmedins_code, mdtrt_id, psn,"
-        f" psn_no, insutype, acc_kind, cd_slot, acc_year, burden_fen, second_fen, {amount_cols}"
-        " FROM journal ORDER BY seq"
-    )
-    n_amt = len(AMOUNT_KEYS)
-    while rows := cur.fetchmany(FETCH_ROWS):
-        for r in rows:
-            (seq, msgid, kind, setl_id, rev_id, insuplc, medins, mdtrt_id, psn, psn_no, insutype, acc_kind,
-             cd_slot, acc_year, burden, second) = r[:16]
-            amounts = dict(zip(AMOUNT_KEYS, r[16 : 16 + n_amt]))
-            visit = (medins, mdtrt_id)
-            if setl_id != "S" + msgid:
-                pair_diffs.append(f"seq {seq}: setl_id {setl_id} is not 'S' + msgid {msgid}")
-            if kind == KIND_SETTLE:
-                sign, own = 1, amounts
-                settlements[setl_id] = (seq, psn, acc_kind, cd_slot, acc_year, amounts, visit, burden, second)
-                if visit in open_all:
-                    pair_diffs.append(f"seq {seq}: visit {visit} settled while {open_all[visit]} is in force")
-                open_all[visit] = setl_id
-                if seq <= folded:
-                    open_upto_folded[visit] = setl_id
-                # Section 6: bring the year forward, then add what the settlement took.
-                if acc_year > year[psn]:
-                    year[psn] = acc_year
-                    hip[psn] = hop[psn] = ded[psn] = b2[psn] = sp[psn] = 0
-                elif acc_year < year[psn]:
-                    pair_diffs.append(f"seq {seq}: settles year {acc_year} after the person reached {year[psn]}")
-                if acc_kind == KIND_INPATIENT:
-                    hip[psn] += amounts["hifp_pay"]
-                    b2[psn] += burden
-                    sp[psn] += second
-                elif acc_kind == KIND_OUTPATIENT:
-                    ded[psn] += amounts["act_pay_dedc"]
-                    hop[psn] += amounts["hifp_pay"]
-                else:
-                    if cd_year[cd_slot] != acc_year:
-                        cd_val[cd_slot] = 0
-                        cd_year[cd_slot] = acc_year
-                    cd_val[cd_slot] += amounts["hifp_pay"]
-                balc[psn] -= amounts["acct_pay"]
+
+class _JournalReplay:
+    """The persons' and chronic slots' seeds with the journal applied in order (sections 6 and 7), and what
+    the journal's rows get wrong on the way: sums, reversal pairs, postings."""
+
+    def __init__(self, conn: sqlite3.Connection, folded: int):
+        self.folded = folded
+        seeds = conn.execute(
+            "SELECT psn, seed_balc_fen, seed_acc_year, seed_hifp_ip_fen, seed_hifp_op_fen, seed_ded_op_fen,"
+            " seed_burden2_fen, seed_second_paid_fen FROM person ORDER BY psn"
+        ).fetchall()
+        self.n_psn = len(seeds)
+        st = np.array([s[1:] for s in seeds], dtype=np.int64).reshape(self.n_psn, 7)
+        self.balc, self.year, self.hip, self.hop, self.ded, self.b2, self.sp = (st[:, k].copy() for k in range(7))
+        chr_seed = conn.execute("SELECT slot, psn, seed_hifp_cd_fen, seed_cd_year FROM chronic ORDER BY slot").fetchall()
+        self.n_slots = len(chr_seed)
+        self.cd_val = np.array([r[2] for r in chr_seed], dtype=np.int64)
+        self.cd_year = np.array([r[3] for r in chr_seed], dtype=np.int64)
+        self.leg_diffs: list[str] = []
+        self.sum_diffs: list[str] = []
+        self.pair_diffs: list[str] = []
+        self.settlements: dict[str, tuple] = {}  # setl_id -> (seq, psn, acc_kind, cd_slot, acc_year, amounts, visit,
+        #                                            burden, second)
+        self.reversed_at: dict[str, int] = {}
+        self.open_upto_folded: dict[tuple, str] = {}
+        self.open_all: dict[tuple, str] = {}
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        postings = _Postings(conn, self.leg_diffs)
+        amount_cols = ", ".join(k + "_fen" for k in AMOUNT_KEYS)
+        cur = conn.execute(
+            "SELECT seq, msgid, kind, setl_id, reversed_setl_id, insuplc_admdvs, fixmedins_code, mdtrt_id, psn,"
+            f" psn_no, insutype, acc_kind, cd_slot, acc_year, burden_fen, second_fen, {amount_cols}"
+            " FROM journal ORDER BY seq"
+        )
+        while rows := cur.fetchmany(FETCH_ROWS):
+            for r in rows:
+                self._row(r, postings)
+        postings.of(2**62)
+
+    def _row(self, r: tuple, postings: _Postings) -> None:
+        (seq, msgid, kind, setl_id, rev_id, insuplc, medins, mdtrt_id, psn, psn_no, insutype, acc_kind,
+         cd_slot, acc_year, burden, second) = r[:16]
+        amounts = dict(zip(AMOUNT_KEYS, r[16 : 16 + len(AMOUNT_KEYS)]))
+        visit = (medins, mdtrt_id)
+        if setl_id != "S" + msgid:
+            self.pair_diffs.append(f"seq {seq}: setl_id {setl_id} is not 'S' + msgid {msgid}")
+        if kind == CHANGE_SETTLE:
+            sign, own = 1, amounts
+            self.settlements[setl_id] = (seq, psn, acc_kind, cd_slot, acc_year, amounts, visit, burden, second)
+            self._settle(seq, setl_id, psn, acc_kind, cd_slot, acc_year, amounts, visit, burden, second)
+        else:
+            sign = -1
+            own = {k: -v for k, v in amounts.items()}
+            if not self._reverse(seq, rev_id, psn, acc_kind, cd_slot, acc_year, own, visit, burden, second):
+                return
+        bad_sums = _identities(own)
+        if bad_sums:
+            self.sum_diffs.append(f"seq {seq} ({kind} {setl_id}): {bad_sums}")
+        got = postings.of(seq)
+        try:
+            want = ledger.postings(sign, insuplc, insutype, psn_no, medins, own)
+        except (AssertionError, KeyError) as e:
+            self.leg_diffs.append(f"seq {seq} ({kind} {setl_id}): no valid legs for its amounts ({e!r})")
+            return
+        if got != want:
+            self.leg_diffs.append(f"seq {seq} ({kind} {setl_id}): postings {got} != {want}")
+
+    def _settle(self, seq, setl_id, psn, acc_kind, cd_slot, acc_year, amounts, visit, burden, second) -> None:
+        if visit in self.open_all:
+            self.pair_diffs.append(f"seq {seq}: visit {visit} settled while {self.open_all[visit]} is in force")
+        self.open_all[visit] = setl_id
+        if seq <= self.folded:
+            self.open_upto_folded[visit] = setl_id
+        # Section 6: bring the year forward, then add what the settlement took.
+        year = self.year
+        if acc_year > year[psn]:
+            year[psn] = acc_year
+            self.hip[psn] = self.hop[psn] = self.ded[psn] = self.b2[psn] = self.sp[psn] = 0
+        elif acc_year < year[psn]:
+            self.pair_diffs.append(f"seq {seq}: settles year {acc_year} after the person reached {year[psn]}")
+        if acc_kind == ACC_INPATIENT:
+            self.hip[psn] += amounts["hifp_pay"]
+            self.b2[psn] += burden
+            self.sp[psn] += second
+        elif acc_kind == ACC_OUTPATIENT:
+            self.ded[psn] += amounts["act_pay_dedc"]
+            self.hop[psn] += amounts["hifp_pay"]
+        else:
+            if self.cd_year[cd_slot] != acc_year:
+                self.cd_val[cd_slot] = 0
+                self.cd_year[cd_slot] = acc_year
+            self.cd_val[cd_slot] += amounts["hifp_pay"]
+        self.balc[psn] -= amounts["acct_pay"]
+
+    def _reverse(self, seq, rev_id, psn, acc_kind, cd_slot, acc_year, own, visit, burden, second) -> bool:
+        """Apply a reversal; False when it names no earlier settlement (nothing more to check of it)."""
+        s = self.settlements.get(rev_id)
+        if s is None:
+            self.pair_diffs.append(f"seq {seq}: reverses {rev_id}, not an earlier settlement")
+            return False
+        if rev_id in self.reversed_at:
+            self.pair_diffs.append(f"seq {seq}: reverses {rev_id} again (first at {self.reversed_at[rev_id]})")
+        self.reversed_at[rev_id] = seq
+        if (psn, acc_kind, cd_slot, acc_year, visit) != (s[1], s[2], s[3], s[4], s[6]) or own != s[5] \
+                or (-burden, -second) != (s[7], s[8]):
+            self.pair_diffs.append(f"seq {seq}: reversal of {rev_id} does not negate it exactly")
+        if self.open_all.get(visit) == rev_id:
+            del self.open_all[visit]
+        if seq <= self.folded and self.open_upto_folded.get(visit) == rev_id:
+            del self.open_upto_folded[visit]
+        # Section 7: the balance comes back; the accumulators only within the same year.
+        self.balc[psn] += own["acct_pay"]
+        if self.year[psn] == acc_year:
+            if acc_kind == ACC_INPATIENT:
+                self.hip[psn] -= own["hifp_pay"]
+                self.b2[psn] -= s[7]
+                self.sp[psn] -= s[8]
+            elif acc_kind == ACC_OUTPATIENT:
+                self.ded[psn] -= own["act_pay_dedc"]
+                self.hop[psn] -= own["hifp_pay"]
             else:
-                sign = -1
-                own = {k: -v for k, v in amounts.items()}
-                s = settlements.get(rev_id)
-                if s is None:
-                    pair_diffs.append(f"seq {seq}: reverses {rev_id}, not an earlier settlement")
-                    continue
-                if rev_id in reversed_at:
-                    pair_diffs.append(f"seq {seq}: reverses {rev_id} again (first at {reversed_at[rev_id]})")
-                reversed_at[rev_id] = seq
-                if (psn, acc_kind, cd_slot, acc_year, visit) != (s[1], s[2], s[3], s[4], s[6]) or own != s[5] \
-                        or (-burden, -second) != (s[7], s[8]):
-                    pair_diffs.append(f"seq {seq}: reversal of {rev_id} does not negate it exactly")
-                if open_all.get(visit) == rev_id:
-                    del open_all[visit]
-                if seq <= folded and open_upto_folded.get(visit) == rev_id:
-                    del open_upto_folded[visit]
-                # Section 7: the balance comes back; the accumulators only within the same year.
-                balc[psn] += own["acct_pay"]
-                if year[psn] == acc_year:
-                    if acc_kind == KIND_INPATIENT:
-                        hip[psn] -= own["hifp_pay"]
-                        b2[psn] -= s[7]
-                        sp[psn] -= s[8]
-                    elif acc_kind == KIND_OUTPATIENT:
-                        ded[psn] -= own["act_pay_dedc"]
-                        hop[psn] -= own["hifp_pay"]
-                    else:
-                        cd_val[cd_slot] -= own["hifp_pay"]
-            bad_sums = _identities(own)
-            if bad_sums:
-                sum_diffs.append(f"seq {seq} ({kind} {setl_id}): {bad_sums}")
-            got = postings_of(seq)
-            try:
-                want = ledger.postings(sign, insuplc, insutype, psn_no, medins, own)
-            except (AssertionError, KeyError) as e:
-                leg_diffs.append(f"seq {seq} ({kind} {setl_id}): no valid legs for its amounts ({e!r})")
-                continue
-            if got != want:
-                leg_diffs.append(f"seq {seq} ({kind} {setl_id}): postings {got} != {want}")
-    postings_of(2**62)
-    rep.result("journal rows: the money of each settlement adds up (sections 3 and 6)", sum_diffs, n_rows)
-    rep.result("reversals: each names an earlier settlement, once, and negates it exactly", pair_diffs, n_rev)
-    rep.result("ledger: every transfer's postings are the legs of its journal row", leg_diffs, n_rows)
+                self.cd_val[cd_slot] -= own["hifp_pay"]
+        return True
 
-    # Accounts.
+
+def _check_accounts(conn: sqlite3.Connection, rep: _Report, folded: int) -> None:
+    """Every account's balance (as of the fold, plus the postings after it) is the sum of its postings."""
     sums = {a: (s, n) for a, s, n in conn.execute(
         "SELECT account, SUM(amount_fen), COUNT(*) FROM posting GROUP BY account")}
     # The account table is as of the fold; the rows after it are added here.
@@ -305,30 +359,35 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
     total = sum(b[0] for b in bal.values())
     rep.result("ledger: all balances sum to 0.00", [] if total == 0 else [f"they sum to {total} fen"], len(bal))
 
-    # Persons and chronic slots.
+
+def _check_persons(conn: sqlite3.Connection, rep: _Report, j: _JournalReplay) -> None:
+    """Every person's and chronic slot's current values (folded rows with the logs after) equal the replay's."""
     cur_psn = _latest(
         conn, f"SELECT psn, {', '.join(_ACC)} FROM person",
         f"SELECT psn, {', '.join(_ACC)} FROM person_log ORDER BY seq",
     )
     psn_diffs = []
-    for i in range(n_psn):
-        want = (int(balc[i]), int(year[i]), int(hip[i]), int(hop[i]), int(ded[i]), int(b2[i]), int(sp[i]))
+    for i in range(j.n_psn):
+        want = (int(j.balc[i]), int(j.year[i]), int(j.hip[i]), int(j.hop[i]), int(j.ded[i]), int(j.b2[i]),
+                int(j.sp[i]))
         have = tuple(cur_psn[i])
         if want != have:
             psn_diffs.append(f"person {i}: store {dict(zip(_ACC, have))} journal implies {dict(zip(_ACC, want))}")
-    rep.result("persons: balance and accumulators equal seed + journal", psn_diffs, n_psn)
+    rep.result("persons: balance and accumulators equal seed + journal", psn_diffs, j.n_psn)
     cur_chr = _latest(
         conn, "SELECT slot, hifp_cd_fen, cd_year FROM chronic",
         "SELECT slot, hifp_cd_fen, cd_year FROM chronic_log ORDER BY seq",
     )
     chr_diffs = []
-    for k in range(len(chr_seed)):
-        want, have = (int(cd_val[k]), int(cd_year[k])), tuple(cur_chr[k])
+    for k in range(j.n_slots):
+        want, have = (int(j.cd_val[k]), int(j.cd_year[k])), tuple(cur_chr[k])
         if want != have:
             chr_diffs.append(f"chronic slot {k}: store (hifp_cd, year) {have}, journal implies {want}")
-    rep.result("chronic qualifications: hifp_cd equals seed + journal", chr_diffs, len(chr_seed))
+    rep.result("chronic qualifications: hifp_cd equals seed + journal", chr_diffs, j.n_slots)
 
-    # Keyed tables, as of the fold.
+
+def _check_keyed(conn: sqlite3.Connection, rep: _Report, folded: int, open_upto_folded: dict) -> None:
+    """The keyed tables equal what the journal implies up to the fold."""
     kd = []
     n_idx, n_idx_ok = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(j.msgid IS NOT NULL), 0) FROM msgid_index i"
@@ -339,9 +398,9 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
         kd.append(f"msgid index: {n_idx} entries, {n_idx_ok} point to their row, {n_folded} rows folded")
     n_rv, n_rv_ok = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(j.seq IS NOT NULL), 0) FROM reversal r"
-        f" LEFT JOIN journal j ON j.seq = r.seq AND j.kind = '{KIND_REVERSE}' AND j.reversed_setl_id = r.setl_id"
+        f" LEFT JOIN journal j ON j.seq = r.seq AND j.kind = '{CHANGE_REVERSE}' AND j.reversed_setl_id = r.setl_id"
     ).fetchone()
-    n_rv_want = conn.execute(f"SELECT COUNT(*) FROM journal WHERE seq <= ? AND kind = '{KIND_REVERSE}'",
+    n_rv_want = conn.execute(f"SELECT COUNT(*) FROM journal WHERE seq <= ? AND kind = '{CHANGE_REVERSE}'",
                              (folded,)).fetchone()[0]
     if n_rv != n_rv_want or n_rv_ok != n_rv:
         kd.append(f"reversal index: {n_rv} entries, {n_rv_ok} point to their row, {n_rv_want} reversals folded")

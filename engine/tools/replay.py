@@ -104,7 +104,7 @@ def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False,
     """Section 9. With `data_dir`, the store is kept there (seeded when new, continued when it exists)."""
     t0 = time.perf_counter()
     if data_dir is not None:
-        from engine.store.sqlite import open_store
+        from engine.store import open_store
 
         assert not reference, "the reference engine has no store"
         store = open_store(data_dir, world_dir, clock="inf_time")

@@ -1,0 +1,15 @@
+"""The store's errors: every way it refuses to open or to go on names its cause."""
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreRefused(StoreError):
+    """The data folder cannot be opened as a store: damaged, truncated, foreign, or in use."""
+
+
+class StoreFailed(StoreError):
+    """A commit did not reach the disk: the engine in memory is ahead of it. Stop the process."""
+

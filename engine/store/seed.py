@@ -1,0 +1,231 @@
+"""Seeding a store from a world folder, restoring the world from a store, and noting what changed in it.
+
+A new store is seeded from the world: persons with their accumulators and
+balances, chronic qualifications and filings are copied into the store with
+their seed values (the seed_ columns `yidi check` starts from). An existing
+store restores them from its own tables (restore_world); the catalogue,
+policies, institutions and pre-payments are reloaded from the world folder at
+every start, and what changed since the last start is logged (logger
+`yidi.store`) and kept in the `world_load` table.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import uuid
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.contract import money
+from engine.store.schema import (
+    KEYS_SCHEMA, PERSON_ACC, READ_CHUNK_ROWS, SCHEMA, SCHEMA_VERSION, STORE_FORMAT, schema_statements,
+)
+from engine.world.loader import DAY_OPEN, World
+
+log = logging.getLogger("yidi.store")
+
+WORLD_FILES = (
+    "institutions.csv", "catalogue.csv", "policies.json", "persons.csv",
+    "chronic.csv", "filings.csv", "prepay.csv",
+)
+# The files that seed the store once; the others are reloaded at every start.
+SEED_FILES = ("persons.csv", "chronic.csv", "filings.csv")
+
+
+def _sha256(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
+
+
+def _now_text() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
+    """Create the schema and copy the world's dynamic part: the keyed file, then the main one, each in one
+    transaction (on w, the store's connection with the keyed file attached)."""
+    n = world.n_persons
+    acc = [world.psn_balc, world.psn_acc_year, world.psn_hifp_ip, world.psn_hifp_op,
+           world.psn_ded_op, world.psn_burden2, world.psn_second_paid]
+    acc_lists = [a.tolist() for a in acc]
+    strs = [world.psn_no.to_pylist(), world.psn_certno.to_pylist(), world.psn_name.to_pylist(),
+            world.psn_insuplc.to_pylist(), world.psn_insutype.to_pylist(), world.psn_type.to_pylist()]
+    year = acc_lists[1]
+    store_id = uuid.uuid4().hex
+    # The keyed file first, then the main one, each in one transaction: a main file with
+    # tables means a whole seed (a keyed file left alone is removed at the next open).
+    w.execute("BEGIN IMMEDIATE")
+    try:
+        # Statement by statement: executescript would commit the open transaction.
+        for stmt in schema_statements(KEYS_SCHEMA):
+            w.execute(stmt.replace("CREATE TABLE ", "CREATE TABLE keys.", 1))
+        w.executemany(
+            "INSERT INTO person VALUES (" + ", ".join("?" * 21) + ")",
+            ((i, *(s[i] for s in strs), *(a[i] for a in acc_lists), *(a[i] for a in acc_lists))
+             for i in range(n)),
+        )
+        cd = world.chr_hifp_cd.tolist()
+        w.executemany(
+            "INSERT INTO chronic VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((k, p, d, cd[k], year[p], cd[k], year[p])
+             for k, (p, d) in enumerate(zip(world.chr_psn.tolist(), world.chr_dise))),
+        )
+        w.execute("INSERT INTO fold_state VALUES (1, 0, ?)", (store_id,))
+        w.execute("COMMIT")
+    except BaseException:
+        w.execute("ROLLBACK")
+        raise
+    w.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in schema_statements(SCHEMA):
+            w.execute(stmt)
+        begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
+        w.executemany(
+            "INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((i, p, world.fil_type[i], world.fil_dest[i], money.format_day(begn[i]),
+              None if end[i] == DAY_OPEN else money.format_day(end[i]), world.fil_status[i])
+             for i, p in enumerate(world.fil_psn.tolist())),
+        )
+        meta = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now_text(),
+                "seeded_from": os.path.abspath(world_dir), "store_id": store_id, "logs_deleted_to": "0"}
+        meta.update(world_meta(world, world_dir))
+        w.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
+                  (_now_text(), os.path.abspath(world_dir), "seeded"))
+        w.execute("COMMIT")
+    except BaseException:
+        w.execute("ROLLBACK")
+        raise
+    log.info("seeded %d persons, %d chronic qualifications, %d filings",
+             n, len(world.chr_dise), len(world.fil_type))
+
+def world_meta(world: World, world_dir: str) -> dict:
+    meta = {f"sha256:{f}": _sha256(os.path.join(world_dir, f)) for f in WORLD_FILES}
+    with open(os.path.join(world_dir, "policies.json"), "rb") as f:
+        meta["policies_json"] = f.read().decode("utf-8")
+    meta["catalogue_rows"] = str(len(world.cat_code))
+    meta["institutions_rows"] = str(len(world.inst_code))
+    return meta
+
+def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world_dir: str) -> None:
+    """Log what changed in the world since the last start, and keep it in world_load; the reloaded files
+    are in force."""
+    old = dict(w.execute("SELECT key, value FROM meta").fetchall())
+    new = world_meta(world, world_dir)
+    notes: list[str] = []
+    for f in WORLD_FILES:
+        if old.get(f"sha256:{f}") == new[f"sha256:{f}"]:
+            continue
+        if f == "catalogue.csv":
+            notes.append(f"catalogue.csv changed: {old.get('catalogue_rows')} -> {new['catalogue_rows']} "
+                         "rows; the new catalogue is in force")
+        elif f == "policies.json":
+            notes.append("policies.json changed: " + policy_diff(old.get("policies_json", "[]"),
+                                                                  new["policies_json"])
+                         + "; the new policies are in force")
+        elif f == "institutions.csv":
+            notes.append(f"institutions.csv changed: {old.get('institutions_rows')} -> "
+                         f"{new['institutions_rows']} rows; in force")
+        elif f == "prepay.csv":
+            notes.append("prepay.csv changed; in force")
+        else:
+            notes.append(f"{f} differs from the one this store was seeded from; not applied: persons, "
+                         "chronic qualifications and filings come from the store")
+    for note in notes:
+        (log.warning if "not applied" in note else log.info)("%s: %s", data_dir, note)
+    if not notes:
+        log.info("%s: the world %s is unchanged since the last start", data_dir, world_dir)
+    # The seed files keep the fingerprint of the seed: a warning at each start until they match again.
+    for f in SEED_FILES:
+        new[f"sha256:{f}"] = old.get(f"sha256:{f}", "")
+    w.execute("BEGIN IMMEDIATE")
+    try:
+        w.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", new.items())
+        w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
+                  (_now_text(), os.path.abspath(world_dir), "; ".join(notes) or "unchanged"))
+        w.execute("COMMIT")
+    except BaseException:
+        w.execute("ROLLBACK")
+        raise
+
+
+def restore_world(w: sqlite3.Connection, world: World) -> tuple[World, list[int]]:
+    """The world's catalogue and policies with the store's persons, chronic qualifications and filings
+    (as folded), and the year each chronic slot's hifp_cd counts in."""
+    n = w.execute("SELECT COUNT(*) FROM person").fetchall()[0][0]
+    strs: list[list] = [[] for _ in range(6)]
+    nums = [np.empty(n, np.int64) for _ in PERSON_ACC]
+    cur = w.execute(
+        "SELECT psn, psn_no, certno, psn_name, insuplc_admdvs, insutype, psn_type, balc_fen, acc_year,"
+        " hifp_ip_fen, hifp_op_fen, ded_op_fen, burden2_fen, second_paid_fen FROM person ORDER BY psn"
+    )
+    i = 0
+    while True:
+        rows = cur.fetchmany(READ_CHUNK_ROWS)
+        if not rows:
+            break
+        cols = list(zip(*rows))
+        m = len(rows)
+        assert cols[0][0] == i and cols[0][-1] == i + m - 1, "person rows must be 0..n-1"
+        for k in range(6):
+            strs[k].extend(cols[1 + k])
+        for k in range(len(PERSON_ACC)):
+            nums[k][i : i + m] = cols[7 + k]
+        i += m
+    assert i == n
+    chr_rows = w.execute("SELECT slot, psn, dise_codg, hifp_cd_fen, cd_year FROM chronic ORDER BY slot").fetchall()
+    assert all(r[0] == k for k, r in enumerate(chr_rows)), "chronic slots must be 0..n-1"
+    fil_rows = w.execute(
+        "SELECT psn, filing_type, dest_admdvs, begndate, enddate, status FROM filing ORDER BY id"
+    ).fetchall()
+    psn_no = pa.array(strs[0], pa.string())
+    assert len(pc.unique(psn_no)) == n, "psn_no must be unique in the person table"
+    balc, acc_year, hifp_ip, hifp_op, ded_op, burden2, second_paid = nums
+    restored = replace(
+        world,
+        psn_no=psn_no, psn_certno=pa.array(strs[1], pa.string()),
+        psn_name=pa.array(strs[2], pa.string()), psn_insuplc=pa.array(strs[3], pa.string()),
+        psn_insutype=pa.array(strs[4], pa.string()), psn_type=pa.array(strs[5], pa.string()),
+        psn_balc=balc, psn_acc_year=acc_year.astype(np.int32), psn_hifp_ip=hifp_ip, psn_hifp_op=hifp_op,
+        psn_ded_op=ded_op, psn_burden2=burden2, psn_second_paid=second_paid,
+        chr_psn=np.array([r[1] for r in chr_rows], np.int32), chr_dise=[r[2] for r in chr_rows],
+        chr_hifp_cd=np.array([r[3] for r in chr_rows], np.int64),
+        fil_psn=np.array([r[0] for r in fil_rows], np.int32), fil_type=[r[1] for r in fil_rows],
+        fil_dest=[r[2] for r in fil_rows],
+        fil_begn=np.array([money.parse_day(r[3]) for r in fil_rows], np.int32),
+        fil_end=np.array([DAY_OPEN if r[4] is None else money.parse_day(r[4]) for r in fil_rows], np.int32),
+        fil_status=[r[5] for r in fil_rows],
+    )
+    return restored, [r[4] for r in chr_rows]
+
+
+def policy_diff(old_text: str, new_text: str) -> str:
+    """What changed between two policies.json texts, policy by (insuplc_admdvs, insutype)."""
+    def by_key(text: str) -> dict:
+        try:
+            items = json.loads(text)
+        except ValueError:
+            return {}
+        return {f"{p.get('insuplc_admdvs')}/{p.get('insutype')}": json.dumps(p, sort_keys=True)
+                for p in items if isinstance(p, dict)}
+
+    old, new = by_key(old_text), by_key(new_text)
+    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+    added = sorted(new.keys() - old.keys())
+    removed = sorted(old.keys() - new.keys())
+
+    def part(what: str, keys: list) -> str:
+        shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
+        return f"{len(keys)} {what}" + (f" ({shown})" if keys else "")
+
+    return ", ".join((part("changed", changed), part("added", added), part("removed", removed)))
