@@ -551,14 +551,10 @@ class PrepayCollector:
         return [dep, used, ratio, warn, thr]
 
 
-def collector_for_store(store, warn_bp: int | None = None) -> PrepayCollector | None:
-    """The pre-payment collector of an engine.store store (None for a store without a data folder)."""
-    data_dir = getattr(store, "data_dir", None)
-    world = getattr(getattr(store, "engine", None), "world", None)
-    if data_dir is None or world is None:
-        return None
+def prepay_collector(data_dir: str, prepay_fen: dict[str, int], warn_bp: int | None = None) -> PrepayCollector:
+    """The pre-payment collector of the store in `data_dir` (threshold from YIDI_PREPAY_WARN unless given)."""
     bp = warn_bp_from_env() if warn_bp is None else warn_bp
-    return PrepayCollector(PrepayMonitor(data_dir, world.prepay_fen, bp))
+    return PrepayCollector(PrepayMonitor(data_dir, prepay_fen, bp))
 
 
 # ---------------------------------------------------------------- the report
@@ -685,6 +681,6 @@ def report_html(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict)
 __all__ = [
     "ClearingError", "Closing", "PairRow", "NetRow", "PrepayUsage", "PrepayMonitor", "PrepayCollector",
     "clear", "close", "statement", "netting", "statement_csv", "netting_csv", "report_html", "prepay_usage",
-    "format_usage", "collector_for_store", "load_prepay", "parse_ratio_bp", "warn_bp_from_env",
+    "format_usage", "prepay_collector", "load_prepay", "parse_ratio_bp", "warn_bp_from_env",
     "assigned_period", "positions",
 ]

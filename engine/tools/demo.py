@@ -352,15 +352,14 @@ async def _ticker(total: int, done: list[int], enabled: bool | None) -> None:
 async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frames_future, work_dir: str,
                             log: Log) -> tuple[Replayed, list[list], dict, dict[str, int]]:
     """Open the store, start the hub, replay the day, stop; the replies and what the world says."""
-    from engine.hub.server import Hub, Limits, Server, open_store
+    from engine.hub.hub import Hub
+    from engine.hub.limits import Limits
+    from engine.hub.serve import Server
 
     loop = asyncio.get_running_loop()
-    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
     with log.stage("store_open_s", f"opening a fresh store in {data_dir} (loads the world, seeds the persons)"):
-        store = await loop.run_in_executor(
-            writer, lambda: open_store(data_dir, world_dir, clock="inf_time"))
-    prepay_fen = dict(store.engine.world.prepay_fen)
-    hub = Hub(store, Limits(), writer=writer)
+        hub = await Hub.open(data_dir, world_dir, Limits(), clock="inf_time")
+    prepay_fen = dict(hub.engine.world.prepay_fen)
     server = Server(hub, tcp=("127.0.0.1", 0))
     await server.start()
     running = loop.create_task(server.run())
@@ -649,7 +648,7 @@ FUND_EN = {
 
 def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
     """`yidi demo`: returns the exit code; the summary goes to `out`, the stages to `err`."""
-    from engine.hub.server import new_event_loop_factory
+    from engine.hub.serve import new_event_loop_factory
 
     o.check()
     log = Log(err)
