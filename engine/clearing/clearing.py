@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 
 from engine.contract import money
-from engine.contract.protocol import PROVINCES
+from engine.contract.protocol import PROVINCE_NAMES_ZH
 
 PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")
 PREPAY_WARN_BP_DEFAULT = 7_000  # 70 %
@@ -57,9 +57,6 @@ METRICS_REFRESH_S_MIN = 1.0  # /metrics reads the journal at most once a second
 
 STATEMENT_HEADER = "insured_prov,treatment_prov,setl_cnt,medfee_sumamt,fund_pay_sumamt,acct_pay,clear_amt"
 NETTING_HEADER = "payer_prov,payee_prov,net_amt"
-
-# Provincial codes (xx0000) -> Chinese name, for the report.
-PROVINCE_NAMES = {code + "0000": zh for code, (zh, _) in PROVINCES.items()}
 
 # SQL fragments over the journal: provinces, the cross-province filter, the signed count.
 _INS = "substr(insuplc_admdvs, 1, 2) || '0000'"
@@ -509,7 +506,7 @@ def format_usage(rows: list[PrepayUsage], warn_bp: int = PREPAY_WARN_BP_DEFAULT)
             continue
         ratio = "no deposit" if u.ratio_bp is None else f"{u.ratio_bp / 100:.1f} %"
         flag = f"  WARNING (>= {warn_bp / 100:g} %)" if u.warning else ""
-        out.append(f"{u.prov} {PROVINCE_NAMES.get(u.prov, '')}: used {money.format_fen(u.used_fen)} of "
+        out.append(f"{u.prov} {PROVINCE_NAMES_ZH.get(u.prov, '')}: used {money.format_fen(u.used_fen)} of "
                    f"{money.format_fen(u.prepay_fen)} yuan, {ratio}{flag}")
     return out
 
@@ -578,7 +575,7 @@ def _yuan(fen: int) -> str:
 
 
 def _prov_label(p: str) -> str:
-    name = PROVINCE_NAMES.get(p)
+    name = PROVINCE_NAMES_ZH.get(p)
     return f"{p} {name}" if name else p
 
 

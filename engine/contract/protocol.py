@@ -85,6 +85,13 @@ FUND_NAMES = {
     "390200": "城乡居民大病医疗保险",
     "310200": "职工基本医疗保险个人账户",
 }
+FUND_NAMES_EN = {
+    "310100": "employees' basic fund",
+    "390100": "residents' basic fund",
+    "330100": "employees' large-expense supplement",
+    "390200": "residents' critical illness insurance",
+    "310200": "employees' personal accounts",
+}
 
 MEMOS = ("", "NOT_IN_CATALOGUE", "CLASS_C", "LIMITED_USE")
 
@@ -157,3 +164,6 @@ PROVINCES = {
     "65": ("新疆", "Xinjiang"), "71": ("台湾", "Taiwan"), "81": ("香港", "Hong Kong"), "82": ("澳门", "Macao"),
 }
 MAINLAND_PROVINCES = tuple(PROVINCES)[:31]
+# The same names by province code (the region code of the province itself, province()).
+PROVINCE_NAMES_ZH = {code + "0000": zh for code, (zh, _) in PROVINCES.items()}
+PROVINCE_NAMES_EN = {code + "0000": en for code, (_, en) in PROVINCES.items()}

@@ -46,7 +46,7 @@ import collections
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import msgspec
 
@@ -58,9 +58,6 @@ from engine.hub.framing import frame
 from engine.hub.limits import Limits
 from engine.hub.metrics import Metrics
 from engine.store.sqlite import open_store
-
-if TYPE_CHECKING:
-    from engine.hub.tcp import FramedConnection
 
 log = logging.getLogger("yidi.server")
 
@@ -98,6 +95,16 @@ def _check_store(store: object) -> None:
         raise TypeError(f"{type(store).__name__} is not a DurableStore: it lacks {', '.join(missing)}")
 
 
+class Connection(Protocol):
+    """What the hub needs of a transport connection (engine.hub.tcp.FramedConnection is one)."""
+
+    def flush(self) -> None:
+        """Send the replies released so far, in request order."""
+
+    def abort(self) -> None:
+        """After a fail-stop: close at once, without the replies owed."""
+
+
 # ---------------------------------------------------------------- admitted requests and server replies
 
 class Admitted:
@@ -105,7 +112,7 @@ class Admitted:
 
     __slots__ = ("body", "codec", "conn", "fut", "t0", "frame", "encoded", "infno")
 
-    def __init__(self, body: bytes, codec: Codec, conn: "FramedConnection | None", fut, t0: float):
+    def __init__(self, body: bytes, codec: Codec, conn: Connection | None, fut, t0: float):
         self.body, self.codec, self.conn, self.fut, self.t0 = body, codec, conn, fut, t0
         # The encoded reply of a TCP connection: `encoded` as soon as the engine has
         # answered (encoding overlaps the batch's write), `frame` only once the reply
@@ -167,12 +174,14 @@ class Hub:
         self.limits = limits
         self.observer = observer
         self.queue: collections.deque[Admitted] = collections.deque()
-        self.connections: set[FramedConnection] = set()
+        self.connections: set[Connection] = set()
         self.stopping = False
         self.failed: BaseException | None = None
         self.busy_count = 0
         self.batches = 0
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(store, queue_depth=lambda: len(self.queue),
+                               connections=lambda: len(self.connections),
+                               up=lambda: 0 if (self.failed is not None or self.stopping) else 1)
         self._writer = writer or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from engine.clearing.clearing import prepay_collector
-
-if TYPE_CHECKING:
-    from engine.hub.hub import Hub
 
 
 class Metrics:
@@ -18,7 +15,9 @@ class Metrics:
     LATENCY_BUCKETS_S = (.0005, .001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5)
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
-    def __init__(self, hub: Hub):
+    def __init__(self, store, *, queue_depth: Callable[[], int], connections: Callable[[], int],
+                 up: Callable[[], int]):
+        """`store` is the hub's DurableStore (engine.hub.hub); the callables read the hub when scraped."""
         self.registry = r = CollectorRegistry()
         self.requests = Counter("yidi_requests", "Requests answered, by transport, infno and err_code "
                                 "(err_code empty on success)", ["transport", "infno", "err_code"], registry=r)
@@ -33,18 +32,15 @@ class Metrics:
         self.changes = Counter("yidi_committed", "Settlements and reversals made durable", ["kind"], registry=r)
         self.busy = Counter("yidi_busy", "Requests refused with E_BUSY before reaching the engine",
                             ["transport"], registry=r)
-        self._gauges(hub)
-
-    def _gauges(self, hub: Hub) -> None:
-        """The gauges read from the hub and its store when scraped."""
-        r = self.registry
-        Gauge("yidi_queue_depth", "Requests admitted, waiting for a batch",
-              registry=r).set_function(lambda: len(hub.queue))
-        Gauge("yidi_tcp_connections", "Open framed TCP connections",
-              registry=r).set_function(lambda: len(hub.connections))
+        Gauge("yidi_queue_depth", "Requests admitted, waiting for a batch", registry=r).set_function(queue_depth)
+        Gauge("yidi_tcp_connections", "Open framed TCP connections", registry=r).set_function(connections)
         Gauge("yidi_up", "1 while the hub answers, 0 after a fail-stop or while draining",
-              registry=r).set_function(lambda: 0 if (hub.failed is not None or hub.stopping) else 1)
-        store = hub.store
+              registry=r).set_function(up)
+        self._store_gauges(store)
+
+    def _store_gauges(self, store) -> None:
+        """The gauges read from the store when scraped."""
+        r = self.registry
         Gauge("yidi_fold_seconds", "Seconds spent folding the journal into the keyed tables since start "
               "(in the background, beside the commits)", registry=r).set_function(lambda: store.fold_s_total)
         Gauge("yidi_unfolded_rows", "Committed journal rows not folded yet, indexed in RAM "

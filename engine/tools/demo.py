@@ -46,7 +46,11 @@ import msgspec
 import numpy as np
 
 from engine.contract import money
-from engine.contract.protocol import FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, province
+from engine.clearing.clearing import PREPAY_WARN_BP_DEFAULT, prepay_usage
+from engine.contract.protocol import (
+    COMMIT_INFNOS, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_NAMES_EN, FUND_SECOND, REVERSE_INFNOS, province,
+)
+from engine.tools.report import province_name_en, write_report, yuan
 
 # ---------------------------------------------------------------- defaults and bounds
 
@@ -70,11 +74,8 @@ THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.report)
 # of requests for a given number of settlements is computed from known shares).
 STREAM_SHARES = dict(query_share=0.03, presettle_share=0.05, reversal_share=0.01, retry_share=0.01,
                      malformed_share=0.002)
-SETTLE_INFNOS = ("2207", "2304")
-REVERSE_INFNOS = ("2208", "2305")
 MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
-PREPAY_WARN_BP = 7000  # SETTLEMENT.md section 8: a warning at 70 % used
 
 
 def default_cache_dir() -> str:
@@ -479,7 +480,7 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
             errors[err_code or "?"] += 1
             continue
         counts["ok"] += 1
-        if infno not in SETTLE_INFNOS and infno not in REVERSE_INFNOS:
+        if infno not in COMMIT_INFNOS and infno not in REVERSE_INFNOS:
             continue
         setl_id = setl["setl_id"]
         assert setl_id == "S" + m[k_msgid], (setl_id, m[k_msgid])
@@ -487,7 +488,7 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
             counts["retries_answered"] += 1
             continue
         seen.add(setl_id)
-        sign = 1 if infno in SETTLE_INFNOS else -1
+        sign = 1 if infno in COMMIT_INFNOS else -1
         counts["settlements" if sign > 0 else "reversals"] += 1
         amounts = {f: _fen(setl[f]) for f in MONEY_FIELDS}
         # A reversal's reply carries the settlement's amounts negated (section 7).
@@ -514,7 +515,7 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
         used, dep = cross_fen.get(prov, 0), prepay_fen.get(prov, 0)
         usage_bp = (used * 10000 // dep) if dep > 0 else None
         prepay[prov] = {"used_fen": used, "prepay_fen": dep, "usage_bp": usage_bp,
-                        "warning": used > 0 if usage_bp is None else usage_bp >= PREPAY_WARN_BP}
+                        "warning": used > 0 if usage_bp is None else usage_bp >= PREPAY_WARN_BP_DEFAULT}
     return {
         "requests": len(meta),
         "requests_by_infno": dict(sorted(requests_by_infno.items())),
@@ -543,9 +544,7 @@ def _fen(text: str) -> int:
 def prepay_from_store(data_dir: str, prepay_fen: dict[str, int], from_replies: dict[str, dict]) -> dict[str, dict]:
     """Pre-payment usage as the clearing module reads it from the store (SETTLEMENT.md section 8),
     after checking that it equals what the replies add up to: the hospitals and the ledger agree."""
-    from engine.clearing.clearing import prepay_usage
-
-    rows = prepay_usage(data_dir, prepay_fen=prepay_fen, warn_bp=PREPAY_WARN_BP)
+    rows = prepay_usage(data_dir, prepay_fen=prepay_fen, warn_bp=PREPAY_WARN_BP_DEFAULT)
     store_used = {u.prov: u.used_fen for u in rows if u.used_fen}
     reply_used = {p: v["used_fen"] for p, v in from_replies.items() if v["used_fen"]}
     if store_used != reply_used:
@@ -578,16 +577,7 @@ def latency_stats(r: Replayed) -> dict:
 
 # ---------------------------------------------------------------- printing
 
-def yuan(fen: int) -> str:
-    """Integer fen as yuan with thousands separators, without a float."""
-    sign = "-" if fen < 0 else ""
-    y, f = divmod(abs(fen), 100)
-    return f"{sign}{y:,}.{f:02d}"
-
-
 def render_text(s: dict) -> str:
-    from engine.tools.report import PROVINCE_NAMES
-
     c, lat = s["counts"], s["latency"]
     w = s["world"]
     lines = [
@@ -611,7 +601,7 @@ def render_text(s: dict) -> str:
         lines.append(f"  {f:<20} {yuan(t[f]):>20}")
     lines += ["", "By fund (yuan)"]
     for code, fen in s["by_fund_fen"].items():
-        lines.append(f"  {code} {FUND_EN.get(code, FUND_NAMES.get(code, '')):<36} {yuan(fen):>20}")
+        lines.append(f"  {code} {FUND_NAMES_EN.get(code, FUND_NAMES.get(code, '')):<36} {yuan(fen):>20}")
     lines += ["", "By filing class", f"  {'class':<10} {'settlements':>11} {'medfee_sumamt':>18} "
               f"{'fund_pay_sumamt':>18} {'acct_pay':>16} {'psn_cash_pay':>16}"]
     for cls, v in s["by_class"].items():
@@ -628,20 +618,11 @@ def render_text(s: dict) -> str:
     for prov, v in rows:
         bp = v["usage_bp"]
         pct = "n/a" if bp is None else f"{bp / 100:.2f} %"
-        warn = "  WARNING: over 70 %" if v["warning"] else ""
-        lines.append(f"  {prov} {PROVINCE_NAMES.get(prov[:2], ''):<15} {yuan(v['used_fen']):>16} of "
+        warn = f"  WARNING: over {PREPAY_WARN_BP_DEFAULT / 100:g} %" if v["warning"] else ""
+        lines.append(f"  {prov} {province_name_en(prov):<15} {yuan(v['used_fen']):>16} of "
                      f"{yuan(v['prepay_fen']):>18}  {pct:>8}{warn}")
     lines += ["", "Timings (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in s["timings_s"].items())]
     return "\n".join(lines)
-
-
-FUND_EN = {
-    "310100": "employees' basic fund",
-    "390100": "residents' basic fund",
-    "330100": "employees' large-expense supplement",
-    "390200": "residents' critical illness insurance",
-    "310200": "employees' personal accounts",
-}
 
 
 # ---------------------------------------------------------------- the command
@@ -695,8 +676,6 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
                                 os.path.join(o.report_dir, "requests.jsonl"))
                 _write_replies_jsonl(os.path.join(o.report_dir, "replies.jsonl"), r.bodies)
         with log.stage("report_s", f"writing the report to {o.report_dir}"):
-            from engine.tools.report import write_report
-
             s["timings_s"] = dict(log.timings_s)
             s["timings_s"]["total_s"] = round(time.perf_counter() - t_all, 3)
             write_report(o.report_dir, s, _series(r, meta))
@@ -730,7 +709,7 @@ def _series(r: Replayed, meta: list[list]) -> dict:
     return {
         "latency_ms": (r.t_recv_s - r.t_send_s) * 1000.0,
         "t_done_s": r.t_recv_s - r.t_start_s,
-        "is_settlement": np.array([m[k_infno] in SETTLE_INFNOS for m in meta], dtype=bool),
+        "is_settlement": np.array([m[k_infno] in COMMIT_INFNOS for m in meta], dtype=bool),
         "hour_of_day": np.array([int(m[k_time][11:13]) for m in meta], dtype=np.int64),
         "bin_s": THROUGHPUT_BIN_S,
     }
