@@ -2,7 +2,7 @@
 
 One command that a newcomer runs first:
 
-1. the default synthetic world (engine.synth) is generated once and cached,
+1. the default synthetic world (engine.tools.synth) is generated once and cached,
    keyed by the generator's parameters, its seed and the generator's own source;
 2. a day of requests is drawn from it (in a child process, while the store is
    seeded: the two are the slow start-up steps and each wants a core);
@@ -60,7 +60,7 @@ DAY = "2026-11-20"
 # platform in 2024 (some 230 million visits a year, most of them outpatient).
 DAY_SETTLEMENTS = 130_000
 WORLD_DEFAULTS = dict(provinces=31, catalogue_per_province=200_000, persons=1_000_000)
-PERSONS_MAX = 10_000_000  # what engine.synth is sized for
+PERSONS_MAX = 10_000_000  # what engine.tools.synth is sized for
 CATALOGUE_PER_PROVINCE_MAX = 1_000_000
 SCALE_MAX = 100.0
 CONNECTIONS = 8
@@ -68,7 +68,7 @@ IN_FLIGHT_PER_CONNECTION = 32  # 8 x 32 = 256 in flight: one full batch (Limits.
 CONNECTIONS_MAX = 256
 IN_FLIGHT_PER_CONNECTION_MAX = 256  # the server stops reading a connection at Limits.inflight_per_connection_max
 WRITE_BUFFER_BYTES_MAX = 1 << 20  # client side: drain the socket above this
-THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.report)
+THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.tools.report)
 
 # The stream's mix (gen_requests' defaults, spelled out here so that the number
 # of requests for a given number of settlements is computed from known shares).
@@ -156,11 +156,16 @@ class Log:
 # ---------------------------------------------------------------- the world, cached
 
 def _generator_digest() -> str:
-    """A digest of engine/synth.py: a changed generator must not reuse an old world."""
+    """A digest of every module of engine.tools.synth: a changed generator must not reuse an old world."""
     from engine.tools import synth
 
-    with open(synth.__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
+    folder = os.path.dirname(synth.__file__)
+    h = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+        h.update(name.encode() + b"\0")
+        with open(os.path.join(folder, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
 
 
 def world_key(seed: int, provinces: int, catalogue_per_province: int, persons: int) -> str:
