@@ -15,7 +15,7 @@ import orjson
 from engine.contract import money
 from engine.tools.synth.draws import EPOCH_DAY_SECONDS, day_of, rng_for, time_strs
 from engine.tools.synth.view import WorldView, world_view
-from engine.tools.synth.visits import visits
+from engine.tools.synth.visits import Visits, visits
 
 # ---------------------------------------------------------------- request streams
 
@@ -111,7 +111,11 @@ def _stream(v: WorldView, n: int, *, seed: int, start: str, days: int, inpatient
             retry_share: float, reversal_share: float, malformed_share: float, zipf_a: float,
             presettle_share: float, query_share: float, cross_province_share: float, local_share: float,
             late_share: float, not_in_catalogue_share: float) -> list[dict]:
-    """gen_requests on a view, with the collector paused."""
+    """gen_requests on a view, with the collector paused.
+
+    The parts draw from one generator in a fixed order (visits, pre-settlements,
+    queries, reversals, anomalies, retries): the same seed gives the same stream.
+    """
     rng = rng_for(seed, "requests")
     n_query = round(n * query_share)
     n_pre = round(n * presettle_share)
@@ -129,24 +133,47 @@ def _stream(v: WorldView, n: int, *, seed: int, start: str, days: int, inpatient
         v, rng, nv, start_day, days, inpatient_share=inpatient_share, cross_share=cross_province_share,
         local_share=local_share, late_share=late_share, nic_share=not_in_catalogue_share, zipf_a=zipf_a,
     )
-    regions = v.regions
-    inst_region = v.inst_region.tolist()
-    t_vis = vis.t.tolist()
-    inst_vis = vis.inst.tolist()
-    t_str_vis = time_strs(vis.t)
-    events: list[tuple[int, int, int, dict]] = []
-    seq = iter(range(1, 10**10))
+    s = _Stream(v, rng, vis, start_day)
+    s.settlements(n_settle)
+    s.presettlements(n_pre - n_pre_alone)
+    s.queries(n_query)
+    s.reversals(n_rev, n_reset)
+    s.anomalies(n_bad)
+    s.retries(n_retry)
+    s.events.sort(key=lambda e: (e[0], e[1], e[2]))
+    assert len(s.events) == n
+    return [e[3] for e in s.events]
 
-    def msgid_for(inst: int, t: int) -> str:
-        return f"{v.inst_code[inst]}{money.format_day(t // EPOCH_DAY_SECONDS).replace('-', '')}{next(seq):010d}"
 
-    def envelope(infno: str, inst: int, insuplc: str, t: int, inp: dict, t_str: str | None = None,
+class _Stream:
+    """The events of one stream, (second, phase, sequence, envelope), built part by part."""
+
+    def __init__(self, v: WorldView, rng, vis: Visits, start_day: int):
+        self.v, self.rng, self.vis, self.start_day = v, rng, vis, start_day
+        self.regions = v.regions
+        self.inst_region = v.inst_region.tolist()
+        self.t_vis = vis.t.tolist()
+        self.inst_vis = vis.inst.tolist()
+        self.t_str_vis = time_strs(vis.t)
+        self.events: list[tuple[int, int, int, dict]] = []
+        self.seq = iter(range(1, 10**10))
+        self.settles: list[tuple[int, int, dict]] = []  # (visit, t, envelope)
+        self.committed: list[tuple[int, dict]] = []  # (t, envelope) of every change, retried later
+        self.reversed: list[tuple[int, int, dict]] = []  # (settle index, t, envelope)
+
+    # ------------------------------------------------------------ envelopes
+
+    def msgid_for(self, inst: int, t: int) -> str:
+        return f"{self.v.inst_code[inst]}{money.format_day(t // EPOCH_DAY_SECONDS).replace('-', '')}{next(self.seq):010d}"
+
+    def envelope(self, infno: str, inst: int, insuplc: str, t: int, inp: dict, t_str: str | None = None,
                  msgid: str | None = None) -> dict:
+        v = self.v
         opter = 1 + (inst * 7 + t // 3600) % OPERATORS_PER_INSTITUTION
         return {
             "infno": infno,
-            "msgid": msgid or msgid_for(inst, t),
-            "mdtrtarea_admvs": regions[inst_region[inst]],
+            "msgid": msgid or self.msgid_for(inst, t),
+            "mdtrtarea_admvs": self.regions[self.inst_region[inst]],
             "insuplc_admdvs": insuplc,
             **ENVELOPE_CONSTANTS,
             "opter": f"{opter:04d}",
@@ -158,158 +185,210 @@ def _stream(v: WorldView, n: int, *, seed: int, start: str, days: int, inpatient
             "input": inp,
         }
 
-    def add(t: int, phase: int, env: dict) -> None:
-        events.append((t, phase, len(events), env))
+    def add(self, t: int, phase: int, env: dict) -> None:
+        self.events.append((t, phase, len(self.events), env))
 
-    def later(t: int, mean_s: float) -> int:
-        return t + 1 + int(rng.exponential(mean_s))
+    def later(self, t: int, mean_s: float) -> int:
+        return t + 1 + int(self.rng.exponential(mean_s))
 
-    # Settlements, and the pre-settlements that never become one.
-    settles: list[tuple[int, int, dict]] = []  # (visit, t, envelope)
-    for i in range(nv):
-        inp = {"data": vis.data[i], "feedetail": vis.feedetail[i]}
-        if i < n_settle:
-            env = envelope("2304" if vis.ip[i] else "2207", inst_vis[i], vis.insuplc[i], t_vis[i], inp, t_str_vis[i])
-            add(t_vis[i], PHASE_SETTLE, env)
-            settles.append((i, t_vis[i], env))
-        else:
-            add(t_vis[i], PHASE_PRE, envelope("2303" if vis.ip[i] else "2206", inst_vis[i], vis.insuplc[i],
-                                              t_vis[i], inp, t_str_vis[i]))
-    # Pre-settlements a few minutes before their settlement.
-    for i in rng.choice(n_settle, size=min(n_pre - n_pre_alone, n_settle), replace=False).tolist():
-        t = max(t_vis[i] - int(rng.integers(60, 1200)), start_day * EPOCH_DAY_SECONDS)
-        add(t, PHASE_PRE, envelope("2303" if vis.ip[i] else "2206", inst_vis[i], vis.insuplc[i], t,
-                                   _copy_input(settles[i][2]["input"])))
-    # Person queries (1101) when the card is read, before the visit's first request.
-    for i in rng.integers(0, nv, n_query).tolist():
-        t = max(t_vis[i] - int(rng.integers(1200, 3600)), start_day * EPOCH_DAY_SECONDS)
-        d = vis.data[i]
-        data = {"mdtrt_cert_type": d["mdtrt_cert_type"], "mdtrt_cert_no": d["mdtrt_cert_no"]}
-        if rng.random() < QUERY_UNKNOWN_SHARE:
-            data = {"mdtrt_cert_type": "02", "mdtrt_cert_no": f"{vis.insuplc[i]}19000101999X"}
-        add(t, PHASE_QUERY, envelope("1101", inst_vis[i], vis.insuplc[i], t, {"data": data}))
-
-    # Reversals of earlier settlements, half of them followed by a corrected one.
-    committed: list[tuple[int, dict]] = [(t, env) for _, t, env in settles]
-    reversals: list[tuple[int, int, dict]] = []  # (settle index, t, envelope)
-
-    def reversal(si: int, t: int, inst: int | None = None, infno: str | None = None,
+    def reversal(self, si: int, t: int, inst: int | None = None, infno: str | None = None,
                  mdtrt_id: str | None = None, setl_id: str | None = None) -> dict:
-        i, _, senv = settles[si]
+        """The reversal of settlement si; the arguments given replace its own (anomalies)."""
+        vis = self.vis
+        i, _, senv = self.settles[si]
         d = senv["input"]["data"]
-        return envelope(
-            infno or ("2305" if vis.ip[i] else "2208"), inst_vis[i] if inst is None else inst, vis.insuplc[i], t,
+        return self.envelope(
+            infno or ("2305" if vis.ip[i] else "2208"), self.inst_vis[i] if inst is None else inst,
+            vis.insuplc[i], t,
             {"data": {"setl_id": setl_id or "S" + senv["msgid"], "mdtrt_id": mdtrt_id or d["mdtrt_id"],
                       "psn_no": d["psn_no"]}},
         )
 
-    targets = rng.choice(n_settle, size=n_rev, replace=False).tolist()
-    for k, si in enumerate(targets):
-        t = later(settles[si][1], 2400)
-        env = reversal(si, t)
-        add(t, PHASE_REVERSE, env)
-        reversals.append((si, t, env))
-        committed.append((t, env))
-        if k < n_reset:
-            i, _, senv = settles[si]
-            inp = _copy_input(senv["input"])
-            if len(inp["feedetail"]) > 1:
-                inp["feedetail"].pop()
-                total = sum(money.parse_fen(ln["det_item_fee_sumamt"]) for ln in inp["feedetail"])
-                inp["data"]["medfee_sumamt"] = money.format_fen(total)
-            t2 = later(t, 600)
-            env2 = envelope(senv["infno"], inst_vis[i], vis.insuplc[i], t2, inp)
-            add(t2, PHASE_RESETTLE, env2)
-            committed.append((t2, env2))
+    # ------------------------------------------------------------ the parts, in drawing order
 
-    # Requests wrong on purpose.
-    for kind_i in rng.integers(0, len(ANOMALIES), n_bad).tolist():
-        kind = ANOMALIES[kind_i]
-        si = int(rng.integers(0, n_settle))
-        i, t0, senv = settles[si]
-        t = later(t0, 600)
-        if kind.startswith("reverse_"):
-            if kind == "reverse_twice" and reversals:
-                si, tr, _ = reversals[int(rng.integers(0, len(reversals)))]
-                t = later(tr, 600)
-                env = reversal(si, t)
-            elif kind == "reverse_other_institution":
-                other = (inst_vis[i] + 1 + int(rng.integers(0, max(len(v.inst_code) - 1, 1)))) % len(v.inst_code)
-                env = reversal(si, t, inst=other)
-            elif kind == "reverse_mismatch":  # the other kind's infno, or another visit's mdtrt_id
-                if rng.random() < 0.5:
-                    env = reversal(si, t, infno="2208" if vis.ip[i] else "2305")
-                else:
-                    env = reversal(si, t, mdtrt_id=senv["input"]["data"]["mdtrt_id"] + "X")
-            else:  # reverse_unknown, or reverse_twice with nothing reversed yet
-                env = reversal(si, t, setl_id=f"S{v.inst_code[inst_vis[i]]}000000009999999999")
-            add(t, PHASE_ANOMALY, env)
-            continue
-        inp = _copy_input(senv["input"])
-        d, lines = inp["data"], inp["feedetail"]
-        d["mdtrt_id"] = d["mdtrt_id"] + f"B{kind_i:02d}{len(events):06d}"
-        infno, inst, insuplc, msgid = senv["infno"], inst_vis[i], senv["insuplc_admdvs"], None
-        env_over: dict[str, str] = {}
-        if kind == "bad_med_type":
-            d["med_type"] = "99" if rng.random() < 0.5 else ("11" if vis.ip[i] else "21")
-        elif kind == "bad_decimal":
-            which = int(rng.integers(0, 3))
-            if which == 0:
-                lines[0]["det_item_fee_sumamt"] = lines[0]["det_item_fee_sumamt"] + "5"
-            elif which == 1:
-                lines[0]["pric"] = lines[0]["pric"] + "1"
+    def settlements(self, n_settle: int) -> None:
+        """Settlements, and the pre-settlements that never become one (the visits past n_settle)."""
+        vis, inst_vis, t_vis = self.vis, self.inst_vis, self.t_vis
+        for i in range(len(t_vis)):
+            inp = {"data": vis.data[i], "feedetail": vis.feedetail[i]}
+            if i < n_settle:
+                env = self.envelope("2304" if vis.ip[i] else "2207", inst_vis[i], vis.insuplc[i], t_vis[i], inp,
+                                    self.t_str_vis[i])
+                self.add(t_vis[i], PHASE_SETTLE, env)
+                self.settles.append((i, t_vis[i], env))
             else:
-                d["medfee_sumamt"] = "1," + d["medfee_sumamt"]
-        elif kind == "missing_field":
-            del d["psn_no" if rng.random() < 0.5 else "begntime"]
-        elif kind == "unknown_person":
-            d["psn_no"] = f"P{insuplc}X{int(rng.integers(0, 10**7)):07d}"
-        elif kind == "unknown_institution":
-            env_over["fixmedins_code"] = f"H{regions[inst_region[inst]]}9{int(rng.integers(0, 10**4)):04d}"
+                self.add(t_vis[i], PHASE_PRE, self.envelope("2303" if vis.ip[i] else "2206", inst_vis[i],
+                                                            vis.insuplc[i], t_vis[i], inp, self.t_str_vis[i]))
+        self.committed = [(t, env) for _, t, env in self.settles]
+
+    def presettlements(self, n_pre: int) -> None:
+        """Pre-settlements a few minutes before their settlement."""
+        vis, rng, n_settle = self.vis, self.rng, len(self.settles)
+        day_start_s = self.start_day * EPOCH_DAY_SECONDS
+        for i in rng.choice(n_settle, size=min(n_pre, n_settle), replace=False).tolist():
+            t = max(self.t_vis[i] - int(rng.integers(60, 1200)), day_start_s)
+            self.add(t, PHASE_PRE, self.envelope("2303" if vis.ip[i] else "2206", self.inst_vis[i], vis.insuplc[i],
+                                                 t, _copy_input(self.settles[i][2]["input"])))
+
+    def queries(self, n_query: int) -> None:
+        """Person queries (1101) when the card is read, before the visit's first request."""
+        vis, rng = self.vis, self.rng
+        day_start_s = self.start_day * EPOCH_DAY_SECONDS
+        for i in rng.integers(0, len(self.t_vis), n_query).tolist():
+            t = max(self.t_vis[i] - int(rng.integers(1200, 3600)), day_start_s)
+            d = vis.data[i]
+            data = {"mdtrt_cert_type": d["mdtrt_cert_type"], "mdtrt_cert_no": d["mdtrt_cert_no"]}
+            if rng.random() < QUERY_UNKNOWN_SHARE:
+                data = {"mdtrt_cert_type": "02", "mdtrt_cert_no": f"{vis.insuplc[i]}19000101999X"}
+            self.add(t, PHASE_QUERY, self.envelope("1101", self.inst_vis[i], vis.insuplc[i], t, {"data": data}))
+
+    def reversals(self, n_rev: int, n_reset: int) -> None:
+        """Reversals of earlier settlements, the first n_reset followed by a corrected one."""
+        vis, rng = self.vis, self.rng
+        targets = rng.choice(len(self.settles), size=n_rev, replace=False).tolist()
+        for k, si in enumerate(targets):
+            t = self.later(self.settles[si][1], 2400)
+            env = self.reversal(si, t)
+            self.add(t, PHASE_REVERSE, env)
+            self.reversed.append((si, t, env))
+            self.committed.append((t, env))
+            if k < n_reset:
+                i, _, senv = self.settles[si]
+                inp = _copy_input(senv["input"])
+                if len(inp["feedetail"]) > 1:
+                    inp["feedetail"].pop()
+                    total = sum(money.parse_fen(ln["det_item_fee_sumamt"]) for ln in inp["feedetail"])
+                    inp["data"]["medfee_sumamt"] = money.format_fen(total)
+                t2 = self.later(t, 600)
+                env2 = self.envelope(senv["infno"], self.inst_vis[i], vis.insuplc[i], t2, inp)
+                self.add(t2, PHASE_RESETTLE, env2)
+                self.committed.append((t2, env2))
+
+    def anomalies(self, n_bad: int) -> None:
+        """Requests wrong on purpose, each aimed at one refusal of section 7 (ANOMALIES)."""
+        rng = self.rng
+        for kind_i in rng.integers(0, len(ANOMALIES), n_bad).tolist():
+            kind = ANOMALIES[kind_i]
+            si = int(rng.integers(0, len(self.settles)))
+            t = self.later(self.settles[si][1], 600)
+            if kind.startswith("reverse_"):
+                self.add(*self._bad_reversal(kind, si, t))
+            else:
+                self.add(t, PHASE_ANOMALY, self._bad_settlement(kind, kind_i, si, t))
+
+    def _bad_reversal(self, kind: str, si: int, t: int) -> tuple[int, int, dict]:
+        """(second, phase, envelope) of a reversal wrong on purpose."""
+        rng, vis, v = self.rng, self.vis, self.v
+        i, _, senv = self.settles[si]
+        if kind == "reverse_twice" and self.reversed:
+            si, tr, _ = self.reversed[int(rng.integers(0, len(self.reversed)))]
+            t = self.later(tr, 600)
+            env = self.reversal(si, t)
+        elif kind == "reverse_other_institution":
+            other = (self.inst_vis[i] + 1 + int(rng.integers(0, max(len(v.inst_code) - 1, 1)))) % len(v.inst_code)
+            env = self.reversal(si, t, inst=other)
+        elif kind == "reverse_mismatch":  # the other kind's infno, or another visit's mdtrt_id
+            if rng.random() < 0.5:
+                env = self.reversal(si, t, infno="2208" if vis.ip[i] else "2305")
+            else:
+                env = self.reversal(si, t, mdtrt_id=senv["input"]["data"]["mdtrt_id"] + "X")
+        else:  # reverse_unknown, or reverse_twice with nothing reversed yet
+            env = self.reversal(si, t, setl_id=f"S{v.inst_code[self.inst_vis[i]]}000000009999999999")
+        return t, PHASE_ANOMALY, env
+
+    def _bad_settlement(self, kind: str, kind_i: int, si: int, t: int) -> dict:
+        i, _, senv = self.settles[si]
+        inp = _copy_input(senv["input"])
+        d = inp["data"]
+        d["mdtrt_id"] = d["mdtrt_id"] + f"B{kind_i:02d}{len(self.events):06d}"
+        inst = self.inst_vis[i]
+        bad = _Bad(senv["infno"], senv["insuplc_admdvs"])
+        if kind in _ENVELOPE_ANOMALIES:
+            self._spoil_envelope(kind, inst, bad)
+        else:
+            _spoil_input(kind, self.rng, inp, senv, bool(self.vis.ip[i]), self.start_day, bad)
+        env = self.envelope(bad.infno, inst, bad.insuplc, t, inp, msgid=bad.msgid)
+        env.update(bad.env_over)
+        return env
+
+    def _spoil_envelope(self, kind: str, inst: int, bad: "_Bad") -> None:
+        rng, regions, inst_region = self.rng, self.regions, self.inst_region
+        if kind == "unknown_institution":
+            bad.env_over["fixmedins_code"] = f"H{regions[inst_region[inst]]}9{int(rng.integers(0, 10**4)):04d}"
         elif kind == "wrong_region":
-            env_over["mdtrtarea_admvs"] = regions[(inst_region[inst] + 1) % len(regions)]
-        elif kind == "insutype_mismatch":
-            d["insutype"] = "390" if d["insutype"] == "310" else "310"
-        elif kind == "line_amount":
-            bumped = money.parse_fen(lines[0]["det_item_fee_sumamt"]) + 5
-            lines[0]["det_item_fee_sumamt"] = money.format_fen(bumped)
-            d["medfee_sumamt"] = money.format_fen(money.parse_fen(d["medfee_sumamt"]) + 5)
-        elif kind == "total_amount":
-            d["medfee_sumamt"] = money.format_fen(money.parse_fen(d["medfee_sumamt"]) + 1)
-        elif kind == "line_limit":
-            d["medfee_sumamt"] = money.format_fen(
-                money.parse_fen(d["medfee_sumamt"]) - money.parse_fen(lines[0]["det_item_fee_sumamt"]))
-            lines[0]["cnt"], lines[0]["det_item_fee_sumamt"] = "0.0000", "0.00"
+            bad.env_over["mdtrtarea_admvs"] = regions[(inst_region[inst] + 1) % len(regions)]
         elif kind == "unknown_infno":
-            infno = "2209"
-        elif kind == "duplicate_visit":
-            d["mdtrt_id"] = senv["input"]["data"]["mdtrt_id"]
-        elif kind == "msgid_reused":
-            d["mdtrt_id"] = senv["input"]["data"]["mdtrt_id"]
+            bad.infno = "2209"
+
+    def retries(self, n_retry: int) -> None:
+        """Retries: the same envelope, byte for byte, sent again after a timeout."""
+        for k in self.rng.integers(0, len(self.committed), n_retry).tolist():
+            t, env = self.committed[k]
+            self.add(self.later(t, 180), PHASE_RETRY, orjson.loads(orjson.dumps(env)))
+
+
+_ENVELOPE_ANOMALIES = frozenset({"unknown_institution", "wrong_region", "unknown_infno"})
+
+
+class _Bad:
+    """How a request wrong on purpose differs from its settlement's envelope."""
+
+    def __init__(self, infno: str, insuplc: str):
+        self.infno, self.insuplc = infno, insuplc
+        self.msgid: str | None = None
+        self.env_over: dict[str, str] = {}
+
+
+def _spoil_input(kind: str, rng, inp: dict, senv: dict, ip: bool, start_day: int, bad: _Bad) -> None:
+    """Make a copied settlement input wrong in the way `kind` names (ANOMALIES)."""
+    d, lines = inp["data"], inp["feedetail"]
+    if kind == "bad_med_type":
+        d["med_type"] = "99" if rng.random() < 0.5 else ("11" if ip else "21")
+    elif kind == "bad_decimal":
+        which = int(rng.integers(0, 3))
+        if which == 0:
+            lines[0]["det_item_fee_sumamt"] = lines[0]["det_item_fee_sumamt"] + "5"
+        elif which == 1:
+            lines[0]["pric"] = lines[0]["pric"] + "1"
+        else:
+            d["medfee_sumamt"] = "1," + d["medfee_sumamt"]
+    elif kind == "missing_field":
+        del d["psn_no" if rng.random() < 0.5 else "begntime"]
+    elif kind == "unknown_person":
+        d["psn_no"] = f"P{bad.insuplc}X{int(rng.integers(0, 10**7)):07d}"
+    elif kind == "insutype_mismatch":
+        d["insutype"] = "390" if d["insutype"] == "310" else "310"
+    elif kind in ("line_amount", "total_amount", "line_limit"):
+        _spoil_amounts(kind, d, lines)
+    elif kind in ("duplicate_visit", "msgid_reused"):
+        d["mdtrt_id"] = senv["input"]["data"]["mdtrt_id"]
+        if kind == "msgid_reused":
             d["acct_used_flag"] = "0" if d["acct_used_flag"] == "1" else "1"
-            msgid = senv["msgid"]
-        elif kind == "no_qualification":
-            infno = "2207"
-            d["med_type"] = "14"
-            d["dise_codg"] = "M99900"
-            d.pop("endtime", None)
-        elif kind == "late_date":
-            late = _fmt_time(day_of(f"{money.day_year(start_day) - 1}-12-15") * EPOCH_DAY_SECONDS + 36_000)
-            d["begntime"] = late
-            if "endtime" in d:
-                d["endtime"] = late
-        env = envelope(infno, inst, insuplc, t, inp, msgid=msgid)
-        env.update(env_over)
-        add(t, PHASE_ANOMALY, env)
+            bad.msgid = senv["msgid"]
+    elif kind == "no_qualification":
+        bad.infno = "2207"
+        d["med_type"] = "14"
+        d["dise_codg"] = "M99900"
+        d.pop("endtime", None)
+    elif kind == "late_date":
+        late = _fmt_time(day_of(f"{money.day_year(start_day) - 1}-12-15") * EPOCH_DAY_SECONDS + 36_000)
+        d["begntime"] = late
+        if "endtime" in d:
+            d["endtime"] = late
 
-    # Retries: the same envelope, byte for byte, sent again after a timeout.
-    for k in rng.integers(0, len(committed), n_retry).tolist():
-        t, env = committed[k]
-        add(later(t, 180), PHASE_RETRY, orjson.loads(orjson.dumps(env)))
 
-    events.sort(key=lambda e: (e[0], e[1], e[2]))
-    assert len(events) == n
-    return [e[3] for e in events]
+def _spoil_amounts(kind: str, d: dict, lines: list[dict]) -> None:
+    """A line that does not add up, a total that does not, or a line of count zero."""
+    if kind == "line_amount":
+        bumped = money.parse_fen(lines[0]["det_item_fee_sumamt"]) + 5
+        lines[0]["det_item_fee_sumamt"] = money.format_fen(bumped)
+        d["medfee_sumamt"] = money.format_fen(money.parse_fen(d["medfee_sumamt"]) + 5)
+    elif kind == "total_amount":
+        d["medfee_sumamt"] = money.format_fen(money.parse_fen(d["medfee_sumamt"]) + 1)
+    else:  # line_limit
+        d["medfee_sumamt"] = money.format_fen(
+            money.parse_fen(d["medfee_sumamt"]) - money.parse_fen(lines[0]["det_item_fee_sumamt"]))
+        lines[0]["cnt"], lines[0]["det_item_fee_sumamt"] = "0.0000", "0.00"
 
 
 def write_requests_jsonl(path: str, envelopes: Iterable[dict]) -> int:
