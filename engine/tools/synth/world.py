@@ -152,41 +152,88 @@ def _regions(provs: list[str], regions_per_province: int | Mapping[str, int] | N
 # ---------------------------------------------------------------- policies
 
 
+def _pick(rng: np.random.Generator, xs: Sequence):
+    return xs[int(rng.integers(0, len(xs)))]
+
+
+def _bp_between(rng: np.random.Generator, lo: int, hi: int, step: int = 50) -> int:
+    return lo + step * int(rng.integers(0, (hi - lo) // step + 1))
+
+
+def _yuan_text(yuan: int) -> str:
+    return money.format_fen(int(yuan) * 100)
+
+
 def _policy(rng: np.random.Generator, region: str, insutype: str) -> dict:
     """One policy object (section 5) inside the load-time limits, as in policies.json."""
-    def pick(xs):
-        return xs[int(rng.integers(0, len(xs)))]
+    y, r = _yuan_text, money.format_bp
+    t = _policy_amounts(rng, insutype == "310")
+    tiers = _inpatient_tiers(rng, t["first_ratio"])
+    sl_tiers = _second_layer_tiers(rng)
+    chronic = _chronic_terms(rng)
+    unfiled = None if rng.random() < 0.25 else r(_pick(rng, [2000, 3000, 4000]))
+    ded, op_ratio = t["ded"], t["op_ratio"]
+    return {
+        "insuplc_admdvs": region,
+        "insutype": insutype,
+        "annual_cap": y(t["annual_cap"]),
+        "inpatient": {
+            "deductible": {"1": y(ded[0]), "2": y(ded[1]), "3": y(ded[2])},
+            "tiers": tiers,
+            "retiree_bonus": r(t["ip_bonus"]),
+        },
+        "outpatient": {
+            "annual_deductible": y(t["op_ded"]),
+            "ratio": {"1": r(op_ratio[0]), "2": r(op_ratio[1]), "3": r(op_ratio[2])},
+            "annual_cap": y(t["op_cap"]),
+            "retiree_bonus": r(t["op_bonus"]),
+            "requires_filing": bool(rng.random() < 0.6),
+        },
+        "chronic": chronic,
+        "second_layer": {"threshold": y(t["sl_threshold"]), "tiers": sl_tiers, "annual_cap": y(t["sl_cap"])},
+        "reduction": {
+            "long_term": r(_pick(rng, [0, 0, 0, 0, 500])),
+            "referral": r(_pick(rng, [0, 500, 1000])),
+            "emergency": r(_pick(rng, [0, 500, 1000])),
+            "temp_other": r(_pick(rng, [1000, 1500, 2000])),
+            "unfiled": unfiled,
+        },
+    }
 
-    def bp_between(lo: int, hi: int, step: int = 50) -> int:
-        return lo + step * int(rng.integers(0, (hi - lo) // step + 1))
 
-    y, r = (lambda yuan: money.format_fen(int(yuan) * 100)), money.format_bp
-    employee = insutype == "310"
+def _policy_amounts(rng: np.random.Generator, employee: bool) -> dict:
+    """The scalar terms of a policy (yuan, bp): employees' (310) richer than residents' (390)."""
+    pick = lambda xs: _pick(rng, xs)  # noqa: E731
+    bp = lambda lo, hi, step=50: _bp_between(rng, lo, hi, step)  # noqa: E731
     if employee:
-        annual_cap = pick([300_000, 400_000, 500_000, 600_000])
-        ded = (pick([200, 300, 400]), pick([400, 500, 600, 800]), pick([800, 1000, 1200, 1500]))
-        first_ratio = (bp_between(8800, 9500), bp_between(8200, 9000), bp_between(7800, 8800))
-        ip_bonus = pick([200, 300, 500])
-        op_ded = pick([200, 300, 500, 800, 1000])
-        op_ratio = sorted((bp_between(6500, 8000, 500), bp_between(5500, 7000, 500),
-                           bp_between(5000, 6000, 500)), reverse=True)
-        op_cap = pick([2000, 3000, 4000, 5000, 6000, 8000])
-        op_bonus = pick([500, 1000, 1500])
-        sl_threshold = pick([15_000, 20_000, 25_000, 30_000])
-        sl_cap = pick([300_000, 400_000, 500_000])
-    else:
-        annual_cap = pick([150_000, 200_000, 250_000, 300_000])
-        ded = (pick([100, 200, 300]), pick([400, 500, 600]), pick([800, 1000, 1200]))
-        first_ratio = (bp_between(8500, 9000), bp_between(7000, 8000), bp_between(5500, 6500))
-        ip_bonus = 0
-        op_ded = pick([0, 50, 100, 200])
-        op_ratio = sorted((bp_between(5000, 6000, 500), bp_between(4000, 5500, 500),
-                           bp_between(3500, 5000, 500)), reverse=True)
-        op_cap = pick([300, 400, 500, 800])
-        op_bonus = 0
-        sl_threshold = pick([12_000, 15_000, 18_000, 20_000])
-        sl_cap = pick([300_000, 400_000, 500_000])
+        return dict(
+            annual_cap=pick([300_000, 400_000, 500_000, 600_000]),
+            ded=(pick([200, 300, 400]), pick([400, 500, 600, 800]), pick([800, 1000, 1200, 1500])),
+            first_ratio=(bp(8800, 9500), bp(8200, 9000), bp(7800, 8800)),
+            ip_bonus=pick([200, 300, 500]),
+            op_ded=pick([200, 300, 500, 800, 1000]),
+            op_ratio=sorted((bp(6500, 8000, 500), bp(5500, 7000, 500), bp(5000, 6000, 500)), reverse=True),
+            op_cap=pick([2000, 3000, 4000, 5000, 6000, 8000]),
+            op_bonus=pick([500, 1000, 1500]),
+            sl_threshold=pick([15_000, 20_000, 25_000, 30_000]),
+            sl_cap=pick([300_000, 400_000, 500_000]),
+        )
+    return dict(
+        annual_cap=pick([150_000, 200_000, 250_000, 300_000]),
+        ded=(pick([100, 200, 300]), pick([400, 500, 600]), pick([800, 1000, 1200])),
+        first_ratio=(bp(8500, 9000), bp(7000, 8000), bp(5500, 6500)),
+        ip_bonus=0,
+        op_ded=pick([0, 50, 100, 200]),
+        op_ratio=sorted((bp(5000, 6000, 500), bp(4000, 5500, 500), bp(3500, 5000, 500)), reverse=True),
+        op_cap=pick([300, 400, 500, 800]),
+        op_bonus=0,
+        sl_threshold=pick([12_000, 15_000, 18_000, 20_000]),
+        sl_cap=pick([300_000, 400_000, 500_000]),
+    )
 
+
+def _inpatient_tiers(rng: np.random.Generator, first_ratio: tuple[int, int, int]) -> dict:
+    """Per hospital level, 1-3 tiers of rising ratio (the last one open)."""
     tiers = {}
     for lv in (1, 2, 3):
         n_tiers = int(rng.integers(1, 4))
@@ -195,52 +242,33 @@ def _policy(rng: np.random.Generator, region: str, insutype: str) -> dict:
         ratio = first_ratio[lv - 1]
         rows = []
         for j in range(n_tiers):
-            rows.append([y(uppers[j]) if j < n_tiers - 1 else None, r(min(ratio, 9700))])
-            ratio += bp_between(0, 500, 100)
+            rows.append([_yuan_text(uppers[j]) if j < n_tiers - 1 else None, money.format_bp(min(ratio, 9700))])
+            ratio += _bp_between(rng, 0, 500, 100)
         tiers[str(lv)] = rows
+    return tiers
 
+
+def _second_layer_tiers(rng: np.random.Generator) -> list:
     n_sl = int(rng.integers(1, 4))
     sl_uppers = [100_000, 200_000][: n_sl - 1]
-    sl_ratio = bp_between(5000, 6500, 500)
+    sl_ratio = _bp_between(rng, 5000, 6500, 500)
     sl_tiers = []
     for j in range(n_sl):
-        sl_tiers.append([y(sl_uppers[j]) if j < n_sl - 1 else None, r(min(sl_ratio, 9000))])
+        sl_tiers.append([_yuan_text(sl_uppers[j]) if j < n_sl - 1 else None, money.format_bp(min(sl_ratio, 9000))])
         sl_ratio += 1000
+    return sl_tiers
 
+
+def _chronic_terms(rng: np.random.Generator) -> dict:
+    """The chronic diseases a policy lists (hypertension and diabetes always), each with its terms."""
     chronic = {}
     for d in CHRONIC_DISEASES:
         if d in CHRONIC_ALWAYS_LISTED or rng.random() < 0.85:
             chronic[d] = {
-                "ratio": r(pick([6000, 6500, 7000, 7500, 8000, 8500])),
-                "annual_cap": y(pick([2000, 3000, 4000, 5000, 6000, 8000, 10_000])),
+                "ratio": money.format_bp(_pick(rng, [6000, 6500, 7000, 7500, 8000, 8500])),
+                "annual_cap": _yuan_text(_pick(rng, [2000, 3000, 4000, 5000, 6000, 8000, 10_000])),
             }
-    unfiled = None if rng.random() < 0.25 else r(pick([2000, 3000, 4000]))
-    return {
-        "insuplc_admdvs": region,
-        "insutype": insutype,
-        "annual_cap": y(annual_cap),
-        "inpatient": {
-            "deductible": {"1": y(ded[0]), "2": y(ded[1]), "3": y(ded[2])},
-            "tiers": tiers,
-            "retiree_bonus": r(ip_bonus),
-        },
-        "outpatient": {
-            "annual_deductible": y(op_ded),
-            "ratio": {"1": r(op_ratio[0]), "2": r(op_ratio[1]), "3": r(op_ratio[2])},
-            "annual_cap": y(op_cap),
-            "retiree_bonus": r(op_bonus),
-            "requires_filing": bool(rng.random() < 0.6),
-        },
-        "chronic": chronic,
-        "second_layer": {"threshold": y(sl_threshold), "tiers": sl_tiers, "annual_cap": y(sl_cap)},
-        "reduction": {
-            "long_term": r(pick([0, 0, 0, 0, 500])),
-            "referral": r(pick([0, 500, 1000])),
-            "emergency": r(pick([0, 500, 1000])),
-            "temp_other": r(pick([1000, 1500, 2000])),
-            "unfiled": unfiled,
-        },
-    }
+    return chronic
 
 
 # ---------------------------------------------------------------- catalogue
@@ -250,85 +278,20 @@ def _catalogue(rng: np.random.Generator, provs: list[str], per_province: int) ->
     """SETTLEMENT.md section 2 catalogue: a shared national code pool, one subset per province."""
     n_two = int(round(per_province * 0.03 / 1.03))  # codes with two date versions: ~3 % of codes
     k = per_province - n_two  # distinct codes per province
-    pool_n = max(k, int(per_province * 1.3)) + 8
-
-    # The national pool, kinds interleaved.
-    kind = rng.choice(4, size=pool_n, p=KIND_SHARE).astype(np.int8)
-    digits, upper = b"0123456789", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    alph = {
-        KIND_WESTERN: [b"X", b"ABCDGHJLMNPRSV", digits, digits, upper, upper, upper, digits, digits, digits,
-                       b"AB"] + [digits] * 12,
-        KIND_TCM: [b"Z", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", digits, digits, upper, upper] + [digits] * 4
-                  + [b"ABC"] + [digits] * 12,
-        KIND_SERVICE: [digits] * 11,
-        KIND_CONSUMABLE: [b"C"] + [digits] * 19,
-    }
-    pool_code = np.empty(pool_n, dtype=object)
-    for kd in range(4):
-        idx = np.flatnonzero(kind == kd)
-        if kd == KIND_SERVICE:
-            tail = _unique_codes(rng, idx.size, alph[kd])
-            pre = np.array([p.encode() for p in SERVICE_PREFIXES], dtype="S4")[
-                rng.integers(0, len(SERVICE_PREFIXES), idx.size)]
-            codes = np.char.add(pre, tail)
-            # Prefix and tail together are unique when the tails are.
-        else:
-            codes = _unique_codes(rng, idx.size, alph[kd])
-        pool_code[idx] = pa.array(codes).cast(pa.string()).to_numpy(zero_copy_only=False)
-    pool_code_pa = pa.array(pool_code, type=pa.string())
-    pool_name = join(
-        pc.take(pa.array(KIND_NAME_PREFIX), pa.array(kind.astype(np.int32))),
-        pc.utf8_slice_codeunits(pool_code_pa, 0, 8),
-    )
-    pool_lv, pool_selfpay, pool_cap = _catalogue_terms(rng, kind)
-    pool_lmt = (rng.random(pool_n) < 0.05).astype(np.int8)
-
-    base_day, d_lo, d_hi = day_of(DATE_CATALOGUE_BASE), day_of("2025-03-01"), day_of("2027-03-01")
+    pool = _Pool(rng, max(k, int(per_province * 1.3)) + 8)
     parts: dict[str, list] = {c: [] for c in ("prov", "pool", "lv", "selfpay", "cap", "lmt", "begn", "end")}
-    for pi, prov in enumerate(provs):
-        sel = np.sort(rng.permutation(pool_n)[:k])
-        lv, selfpay, cap, lmt = pool_lv[sel], pool_selfpay[sel], pool_cap[sel], pool_lmt[sel]
-        # Province-specific terms for the same national code (各省目录不一).
-        own = rng.random(k) < 0.12
-        o_lv, o_sp, o_cap = _catalogue_terms(rng, kind[sel])
-        lv, selfpay, cap = np.where(own, o_lv, lv), np.where(own, o_sp, selfpay), np.where(own, o_cap, cap)
-        # Single versions: mostly listed since the base date; some later, a few
-        # discontinued, a few listed only from next year.
-        begn = np.where(rng.random(k) < 0.85, base_day, rng.integers(day_of("2021-01-01"), day_of("2026-06-30"), k))
-        end = np.full(k, -1, dtype=np.int64)
-        u = rng.random(k)
-        gone = u < 0.01
-        end[gone] = np.maximum(begn[gone], rng.integers(day_of("2024-01-01"), day_of("2026-10-31"), int(gone.sum())))
-        begn = np.where((u >= 0.01) & (u < 0.015), day_of("2027-01-01"), begn)
-        # Two versions: the first ends on D, the second begins on D + 1 with new terms.
-        two = np.sort(rng.choice(k, n_two, replace=False)) if n_two else np.zeros(0, dtype=np.int64)
-        d = rng.integers(d_lo, d_hi, two.size)
-        begn[two] = base_day
-        end[two] = d
-        t_lv, t_sp, t_cap = _catalogue_terms(rng, kind[sel[two]])
-        t_end = np.where(rng.random(two.size) < 0.1, d + rng.integers(200, 900, two.size), -1)
-        # Rows of one code stay adjacent, the first version first.
-        order = np.argsort(np.concatenate([np.arange(k) * 2, two * 2 + 1]), kind="stable")
-
-        def cat(a, b):
-            return np.concatenate([a, b])[order]
-
+    for pi in range(len(provs)):
+        for c, values in _province_catalogue(rng, pool, k, n_two).items():
+            parts[c].append(values)
         parts["prov"].append(np.full(per_province, pi, dtype=np.int32))
-        parts["pool"].append(cat(sel, sel[two]))
-        parts["lv"].append(cat(lv, t_lv))
-        parts["selfpay"].append(cat(selfpay, t_sp))
-        parts["cap"].append(cat(cap, t_cap))
-        parts["lmt"].append(cat(lmt, lmt[two]))
-        parts["begn"].append(cat(begn, d + 1))
-        parts["end"].append(cat(end, t_end))
     col = {c: np.concatenate(v) for c, v in parts.items()}
     pool_idx = pa.array(col["pool"].astype(np.int64))
     lv = col["lv"]
     cap = col["cap"]
     return pa.table({
         "prov_admdvs": pc.take(pa.array([p + "0000" for p in provs]), pa.array(col["prov"])),
-        "med_list_codg": pc.take(pool_code_pa, pool_idx),
-        "med_list_name": pc.take(pool_name, pool_idx),
+        "med_list_codg": pc.take(pool.code, pool_idx),
+        "med_list_name": pc.take(pool.name, pool_idx),
         "chrgitm_lv": pc.take(pa.array(["01", "02", "03"]), pa.array(lv.astype(np.int32) - 1)),
         "selfpay_prop": fmt_scaled(col["selfpay"], money.BP_PLACES, mask_absent=lv != 2),
         "pric_uplmt_amt": fmt_scaled(cap, money.MICRO_PLACES, mask_absent=cap < 0, short2=cap % 10_000 == 0),
@@ -337,6 +300,81 @@ def _catalogue(rng: np.random.Generator, provs: list[str], per_province: int) ->
         "enddate": date_col(np.maximum(col["end"], 0), mask_absent=col["end"] < 0),
     }).sort_by([("prov_admdvs", "ascending"), ("med_list_codg", "ascending"), ("begndate", "ascending")])
     # Sorted by province, code and date, as national catalogues are published.
+
+
+_CODE_DIGITS, _CODE_UPPER = b"0123456789", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# The alphabet of each position of a national code, by kind.
+_CODE_ALPHABETS = {
+    KIND_WESTERN: [b"X", b"ABCDGHJLMNPRSV", _CODE_DIGITS, _CODE_DIGITS, _CODE_UPPER, _CODE_UPPER, _CODE_UPPER,
+                   _CODE_DIGITS, _CODE_DIGITS, _CODE_DIGITS, b"AB"] + [_CODE_DIGITS] * 12,
+    KIND_TCM: [b"Z", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", _CODE_DIGITS, _CODE_DIGITS, _CODE_UPPER, _CODE_UPPER]
+              + [_CODE_DIGITS] * 4 + [b"ABC"] + [_CODE_DIGITS] * 12,
+    KIND_SERVICE: [_CODE_DIGITS] * 11,
+    KIND_CONSUMABLE: [b"C"] + [_CODE_DIGITS] * 19,
+}
+
+
+class _Pool:
+    """The national code pool, kinds interleaved: codes, names and national terms."""
+
+    def __init__(self, rng: np.random.Generator, pool_n: int):
+        self.n = pool_n
+        self.kind = kind = rng.choice(4, size=pool_n, p=KIND_SHARE).astype(np.int8)
+        pool_code = np.empty(pool_n, dtype=object)
+        for kd in range(4):
+            idx = np.flatnonzero(kind == kd)
+            if kd == KIND_SERVICE:
+                tail = _unique_codes(rng, idx.size, _CODE_ALPHABETS[kd])
+                pre = np.array([p.encode() for p in SERVICE_PREFIXES], dtype="S4")[
+                    rng.integers(0, len(SERVICE_PREFIXES), idx.size)]
+                codes = np.char.add(pre, tail)
+                # Prefix and tail together are unique when the tails are.
+            else:
+                codes = _unique_codes(rng, idx.size, _CODE_ALPHABETS[kd])
+            pool_code[idx] = pa.array(codes).cast(pa.string()).to_numpy(zero_copy_only=False)
+        self.code = pa.array(pool_code, type=pa.string())
+        self.name = join(
+            pc.take(pa.array(KIND_NAME_PREFIX), pa.array(kind.astype(np.int32))),
+            pc.utf8_slice_codeunits(self.code, 0, 8),
+        )
+        self.lv, self.selfpay, self.cap = _catalogue_terms(rng, kind)
+        self.lmt = (rng.random(pool_n) < 0.05).astype(np.int8)
+
+
+def _province_catalogue(rng: np.random.Generator, pool: _Pool, k: int, n_two: int) -> dict[str, np.ndarray]:
+    """One province's rows: k codes of the pool, n_two of them in two date versions."""
+    base_day, d_lo, d_hi = day_of(DATE_CATALOGUE_BASE), day_of("2025-03-01"), day_of("2027-03-01")
+    sel = np.sort(rng.permutation(pool.n)[:k])
+    lv, selfpay, cap, lmt = pool.lv[sel], pool.selfpay[sel], pool.cap[sel], pool.lmt[sel]
+    # Province-specific terms for the same national code (各省目录不一).
+    own = rng.random(k) < 0.12
+    o_lv, o_sp, o_cap = _catalogue_terms(rng, pool.kind[sel])
+    lv, selfpay, cap = np.where(own, o_lv, lv), np.where(own, o_sp, selfpay), np.where(own, o_cap, cap)
+    # Single versions: mostly listed since the base date; some later, a few
+    # discontinued, a few listed only from next year.
+    begn = np.where(rng.random(k) < 0.85, base_day, rng.integers(day_of("2021-01-01"), day_of("2026-06-30"), k))
+    end = np.full(k, -1, dtype=np.int64)
+    u = rng.random(k)
+    gone = u < 0.01
+    end[gone] = np.maximum(begn[gone], rng.integers(day_of("2024-01-01"), day_of("2026-10-31"), int(gone.sum())))
+    begn = np.where((u >= 0.01) & (u < 0.015), day_of("2027-01-01"), begn)
+    # Two versions: the first ends on D, the second begins on D + 1 with new terms.
+    two = np.sort(rng.choice(k, n_two, replace=False)) if n_two else np.zeros(0, dtype=np.int64)
+    d = rng.integers(d_lo, d_hi, two.size)
+    begn[two] = base_day
+    end[two] = d
+    t_lv, t_sp, t_cap = _catalogue_terms(rng, pool.kind[sel[two]])
+    t_end = np.where(rng.random(two.size) < 0.1, d + rng.integers(200, 900, two.size), -1)
+    # Rows of one code stay adjacent, the first version first.
+    order = np.argsort(np.concatenate([np.arange(k) * 2, two * 2 + 1]), kind="stable")
+
+    def cat(a, b):
+        return np.concatenate([a, b])[order]
+
+    return {
+        "pool": cat(sel, sel[two]), "lv": cat(lv, t_lv), "selfpay": cat(selfpay, t_sp), "cap": cat(cap, t_cap),
+        "lmt": cat(lmt, lmt[two]), "begn": cat(begn, d + 1), "end": cat(end, t_end),
+    }
 
 
 def _catalogue_terms(rng: np.random.Generator, kind: np.ndarray):
@@ -376,11 +414,48 @@ def _persons(rng: np.random.Generator, regions: list[str], n: int, year: int, po
     psn_type = np.where(emp, draw_types(PSN_TYPES_310, n), draw_types(PSN_TYPES_390, n))
     retired = np.isin(psn_type, list(RETIRED_PSN_TYPES))
     student = psn_type == "1501"
+    birth = _birthdays(rng, year, retired, student)
+    region_pa = pc.take(pa.array(regions), pa.array(reg))
+    certno = _certno(rng, regions, reg, birth, region_pa)
+    psn_no = join("P", region_pa, lpad(np.arange(n), 8))
+    name = join(
+        pc.take(pa.array(list(SURNAMES)), pa.array(rng.integers(0, len(SURNAMES), n))),
+        pc.take(pa.array(list(GIVEN_CHARS)), pa.array(rng.integers(0, len(GIVEN_CHARS), n))),
+        pc.if_else(pa.array(rng.random(n) < 0.7),
+                   pc.take(pa.array(list(GIVEN_CHARS)), pa.array(rng.integers(0, len(GIVEN_CHARS), n))), ""),
+    )
+    pol = reg.astype(np.int64) * 2 + (insutype == 390)
+    acc = _accumulators(rng, _policy_terms(regions, policies)[pol], emp, year)
+    return {
+        "table": pa.table({
+            "psn_no": psn_no,
+            "certno": certno,
+            "psn_name": name,
+            "insuplc_admdvs": region_pa,
+            "insutype": str_col(insutype),
+            "psn_type": pa.array(psn_type.astype(str)),
+            "balc": fmt_scaled(acc["balc"], 2),
+            "acc_year": str_col(acc["acc_year"]),
+            **{c: fmt_scaled(acc[c], 2) for c in ("hifp_ip", "hifp_op", "ded_op", "burden2", "second_paid")},
+        }),
+        "psn_no": psn_no,
+        "reg": reg,
+        "pol": pol,
+    }
 
-    # Birthdays: retirees 60-95, students and children 0-22, others 18-75.
+
+def _birthdays(rng: np.random.Generator, year: int, retired: np.ndarray, student: np.ndarray) -> np.ndarray:
+    """Day numbers of birth: retirees 60-95, students and children 0-22, others 18-75."""
+    n = retired.size
     ref_day = day_of(f"{year}-11-20")
     age = np.where(retired, rng.uniform(60, 95, n), np.where(student, rng.uniform(0, 22, n), rng.uniform(18, 75, n)))
-    birth = (ref_day - age * 365.2425).astype(np.int64)
+    return (ref_day - age * 365.2425).astype(np.int64)
+
+
+def _certno(rng: np.random.Generator, regions: list[str], reg: np.ndarray, birth: np.ndarray,
+            region_pa: pa.Array) -> pa.Array:
+    """18-digit resident identity numbers (GB 11643): region, birthday, sequence, check digit."""
+    n = reg.size
     bdt = birth.astype("datetime64[D]")
     by = bdt.astype("datetime64[Y]").astype(np.int64) + 1970
     bm = bdt.astype("datetime64[M]").astype(np.int64) % 12 + 1
@@ -407,20 +482,14 @@ def _persons(rng: np.random.Generator, regions: list[str], n: int, year: int, po
     ], axis=1)
     weights = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2])
     check = (digits @ weights) % 11
-    region_pa = pc.take(pa.array(regions), pa.array(reg))
-    certno = join(region_pa, str_col(ymd), lpad(seq3, 3),
-                   pc.take(pa.array(list("10X98765432")), pa.array(check)))
-    psn_no = join("P", region_pa, lpad(np.arange(n), 8))
-    name = join(
-        pc.take(pa.array(list(SURNAMES)), pa.array(rng.integers(0, len(SURNAMES), n))),
-        pc.take(pa.array(list(GIVEN_CHARS)), pa.array(rng.integers(0, len(GIVEN_CHARS), n))),
-        pc.if_else(pa.array(rng.random(n) < 0.7),
-                   pc.take(pa.array(list(GIVEN_CHARS)), pa.array(rng.integers(0, len(GIVEN_CHARS), n))), ""),
-    )
+    return join(region_pa, str_col(ymd), lpad(seq3, 3), pc.take(pa.array(list("10X98765432")), pa.array(check)))
 
-    # The policy terms each person's accumulators are drawn against.
+
+def _policy_terms(regions: list[str], policies: dict) -> np.ndarray:
+    """Per (region, insutype) row, region-major: the policy terms each person's accumulators are
+    drawn against (op_ded, op_cap, ip_cap fen, sl_thr, sl_cap fen, sl_bp)."""
     keys = [(r, t) for r in regions for t in INSUTYPES]
-    pol_terms = np.zeros((len(keys), 6), dtype=np.int64)  # op_ded, op_cap, ip_cap, sl_thr, sl_cap, sl_bp
+    pol_terms = np.zeros((len(keys), 6), dtype=np.int64)
     for i, (r, t) in enumerate(keys):
         p = policies.get((r, t))
         if p is None:  # no policy: draw as for a typical one
@@ -435,9 +504,13 @@ def _persons(rng: np.random.Generator, regions: list[str], n: int, year: int, po
                 money.parse_bp(p["second_layer"]["tiers"][0][1]),
             )
         pol_terms[i] = p_terms
-    pol = reg.astype(np.int64) * 2 + (insutype == 390)
-    op_ded, op_cap, ip_cap, sl_thr, sl_cap, sl_bp = (pol_terms[pol, j] for j in range(6))
+    return pol_terms
 
+
+def _accumulators(rng: np.random.Generator, terms: np.ndarray, emp: np.ndarray, year: int) -> dict[str, np.ndarray]:
+    """Each person's accounting year, account balance and what the year has used so far (fen)."""
+    n = emp.size
+    op_ded, op_cap, ip_cap, sl_thr, sl_cap, sl_bp = (terms[:, j] for j in range(6))
     acc_year = np.where(rng.random(n) < 0.9, year, year - 1)
     balc = np.where(emp & (rng.random(n) >= 0.1),
                     np.minimum(rng.exponential(3500.0, n), 20_000.0) * 100, 0).astype(np.int64)
@@ -450,26 +523,8 @@ def _persons(rng: np.random.Generator, regions: list[str], n: int, year: int, po
     hifp_ip = np.where(u < 0.85, 0, np.where(u < 0.852, ip_cap, np.minimum(ip_amt, ip_cap)))
     burden2 = np.where(hifp_ip > 0, (6000.0 * np.exp(rng.standard_normal(n)) * 100).astype(np.int64), 0)
     second_paid = np.minimum((np.maximum(burden2 - sl_thr, 0) * sl_bp + 5000) // 10_000, sl_cap)
-    return {
-        "table": pa.table({
-            "psn_no": psn_no,
-            "certno": certno,
-            "psn_name": name,
-            "insuplc_admdvs": region_pa,
-            "insutype": str_col(insutype),
-            "psn_type": pa.array(psn_type.astype(str)),
-            "balc": fmt_scaled(balc, 2),
-            "acc_year": str_col(acc_year),
-            "hifp_ip": fmt_scaled(hifp_ip, 2),
-            "hifp_op": fmt_scaled(hifp_op, 2),
-            "ded_op": fmt_scaled(ded_op, 2),
-            "burden2": fmt_scaled(burden2, 2),
-            "second_paid": fmt_scaled(second_paid, 2),
-        }),
-        "psn_no": psn_no,
-        "reg": reg,
-        "pol": pol,
-    }
+    return {"acc_year": acc_year, "balc": balc, "hifp_ip": hifp_ip, "hifp_op": hifp_op, "ded_op": ded_op,
+            "burden2": burden2, "second_paid": second_paid}
 
 
 def _chronic(rng: np.random.Generator, persons: dict, policies: dict, regions: list[str]) -> pa.Table:
@@ -558,6 +613,53 @@ def _filings(rng: np.random.Generator, persons: dict, regions: list[str], year: 
     })
 
 
+# ---------------------------------------------------------------- institutions, policies, prepay
+
+
+def _institutions(regions: list[str], per_level: tuple[int, int, int]) -> pa.Table:
+    """institutions.csv: per region, per_level[lv - 1] hospitals of each level."""
+    inst_rows = [(r, lv, s) for r in regions for lv in (1, 2, 3) for s in range(per_level[lv - 1])]
+    return pa.table({
+        "fixmedins_code": pa.array([f"H{r}{lv}{s:04d}" for r, lv, s in inst_rows]),
+        "fixmedins_name": pa.array([f"{r}{HOSP_LEVEL_NAMES[lv]}医院{s + 1:02d}" for r, lv, s in inst_rows]),
+        "admdvs": pa.array([r for r, _, _ in inst_rows]),
+        "hosp_lv": pa.array([str(lv) for _, lv, _ in inst_rows]),
+    })
+
+
+def _policies(rng: np.random.Generator, regions: list[str],
+              missing_policies: int | None) -> tuple[dict, set]:
+    """policies.json's objects by (region, insutype), and the pairs left without one."""
+    pairs = [(r, t) for r in regions for t in INSUTYPES]
+    n_missing = max(1, round(0.01 * len(pairs))) if missing_policies is None else missing_policies
+    n_missing = min(n_missing, len(pairs) - 1)
+    # Leave the gaps in smaller regions (not a capital xx01yy) where there are
+    # enough of them: a missing policy for all of Shanghai would be no test.
+    small = [i for i, (r, _) in enumerate(pairs) if r[2:4] != "01"]
+    pool = small if len(small) >= n_missing else list(range(len(pairs)))
+    missing = {pairs[i] for i in rng.choice(pool, n_missing, replace=False)} if n_missing > 0 else set()
+    policies = {}
+    for pair in pairs:
+        p = _policy(rng, *pair)  # drawn for every pair, so `missing` does not shift the others
+        if pair not in missing:
+            policies[pair] = p
+    return policies, missing
+
+
+def _prepay(rng: np.random.Generator, provs: list[str], regions: list[str], psn_reg: np.ndarray) -> pa.Table:
+    """prepay.csv: each insured province deposits 300-900 yuan per insured person.
+
+    A synthetic day settles far more per insured person than the national one
+    (130,000 settlements among 1,000,000 persons), so deposits are sized for
+    the demo: one such day uses roughly 25-80 % of them, and a few provinces
+    cross the 70 % warning, as a busy month would show.
+    """
+    psn_prov = np.searchsorted(provs, np.array([r[:2] for r in regions])[psn_reg])
+    per_prov = np.bincount(psn_prov, minlength=len(provs))
+    amount = (per_prov * rng.uniform(300, 900, len(provs)) * 100).astype(np.int64) + rng.integers(0, 100, len(provs))
+    return pa.table({"prov_admdvs": pa.array([p + "0000" for p in provs]), "amount": fmt_scaled(amount, 2)})
+
+
 # ---------------------------------------------------------------- gen_world
 
 
@@ -595,31 +697,10 @@ def gen_world(
         raise ValueError("institutions_per_region: three counts, 0..9999, not all zero")
     sizes: dict[str, int] = {}
 
-    # institutions.csv
-    inst_rows = [(r, lv, s) for r in regions for lv in (1, 2, 3) for s in range(ipr[lv - 1])]
-    inst = pa.table({
-        "fixmedins_code": pa.array([f"H{r}{lv}{s:04d}" for r, lv, s in inst_rows]),
-        "fixmedins_name": pa.array([f"{r}{HOSP_LEVEL_NAMES[lv]}医院{s + 1:02d}" for r, lv, s in inst_rows]),
-        "admdvs": pa.array([r for r, _, _ in inst_rows]),
-        "hosp_lv": pa.array([str(lv) for _, lv, _ in inst_rows]),
-    })
+    inst = _institutions(regions, ipr)
     sizes["institutions.csv"] = _write_csv(inst, os.path.join(out_dir, "institutions.csv"))
 
-    # policies.json
-    rng = rng_for(seed, "policies")
-    pairs = [(r, t) for r in regions for t in INSUTYPES]
-    n_missing = max(1, round(0.01 * len(pairs))) if missing_policies is None else missing_policies
-    n_missing = min(n_missing, len(pairs) - 1)
-    # Leave the gaps in smaller regions (not a capital xx01yy) where there are
-    # enough of them: a missing policy for all of Shanghai would be no test.
-    small = [i for i, (r, _) in enumerate(pairs) if r[2:4] != "01"]
-    pool = small if len(small) >= n_missing else list(range(len(pairs)))
-    missing = {pairs[i] for i in rng.choice(pool, n_missing, replace=False)} if n_missing > 0 else set()
-    policies = {}
-    for pair in pairs:
-        p = _policy(rng, *pair)  # drawn for every pair, so `missing` does not shift the others
-        if pair not in missing:
-            policies[pair] = p
+    policies, missing = _policies(rng_for(seed, "policies"), regions, missing_policies)
     body = json.dumps(list(policies.values()), ensure_ascii=False, indent=1) + "\n"
     with open(os.path.join(out_dir, "policies.json"), "w", encoding="utf-8") as f:
         f.write(body)
@@ -637,16 +718,7 @@ def gen_world(
     filings = _filings(rng_for(seed, "filings"), ps, regions, year)
     sizes["filings.csv"] = _write_csv(filings, os.path.join(out_dir, "filings.csv"))
 
-    # prepay.csv: each insured province deposits 300-900 yuan per insured person.
-    # A synthetic day settles far more per insured person than the national one
-    # (130,000 settlements among 1,000,000 persons), so deposits are sized for
-    # the demo: one such day uses roughly 25-80 % of them, and a few provinces
-    # cross the 70 % warning, as a busy month would show.
-    rng = rng_for(seed, "prepay")
-    psn_prov = np.searchsorted(provs, np.array([r[:2] for r in regions])[ps["reg"]])
-    per_prov = np.bincount(psn_prov, minlength=len(provs))
-    amount = (per_prov * rng.uniform(300, 900, len(provs)) * 100).astype(np.int64) + rng.integers(0, 100, len(provs))
-    prepay = pa.table({"prov_admdvs": pa.array([p + "0000" for p in provs]), "amount": fmt_scaled(amount, 2)})
+    prepay = _prepay(rng_for(seed, "prepay"), provs, regions, ps["reg"])
     sizes["prepay.csv"] = _write_csv(prepay, os.path.join(out_dir, "prepay.csv"))
 
     return {
