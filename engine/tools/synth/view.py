@@ -84,65 +84,106 @@ def world_view(world: object) -> WorldView:
 
     Both give the same view, so a stream does not depend on how the world was passed.
     """
-    if isinstance(world, World):
-        inst_code, inst_name, inst_adm = list(world.inst_code), list(world.inst_name), list(world.inst_admdvs)
-        inst_lv = np.asarray(world.inst_lv, dtype=np.int64)
-        psn_no, certno = world.psn_no, world.psn_certno
-        insuplc, insutype = world.psn_insuplc, world.psn_insutype
-        chr_psn, chr_dise = np.asarray(world.chr_psn, dtype=np.int64), pa.array(world.chr_dise, pa.string())
-        fil_psn, fil_dest = np.asarray(world.fil_psn, dtype=np.int64), pa.array(world.fil_dest, pa.string())
-        fil_type, fil_status = np.asarray(world.fil_type, dtype=object), np.asarray(world.fil_status, dtype=object)
-        fil_begn, fil_end = np.asarray(world.fil_begn, np.int64), np.asarray(world.fil_end, np.int64)
-        cat_prov = np.asarray(world.cat_prov, dtype=np.int64)
-        cat_code, cat_cap = world.cat_code, np.asarray(world.cat_cap_micro, dtype=np.int64)
-    else:
-        folder = os.fspath(world)
-        t = _read_strings(folder, "institutions.csv", ["fixmedins_code", "fixmedins_name", "admdvs", "hosp_lv"])
-        inst_code, inst_name = t["fixmedins_code"].to_pylist(), t["fixmedins_name"].to_pylist()
-        inst_adm = t["admdvs"].to_pylist()
-        inst_lv = pc.cast(t["hosp_lv"], pa.int64()).to_numpy()
-        t = _read_strings(folder, "persons.csv", ["psn_no", "certno", "insuplc_admdvs", "insutype"])
-        psn_no, certno, insuplc, insutype = t["psn_no"], t["certno"], t["insuplc_admdvs"], t["insutype"]
-        t = _read_strings(folder, "chronic.csv", ["psn_no", "dise_codg"])
-        chr_psn, chr_dise = _rows_of(t["psn_no"], psn_no), t["dise_codg"]
-        t = _read_strings(folder, "filings.csv", ["psn_no", "filing_type", "dest_admdvs", "begndate", "enddate",
-                                                  "status"])
-        fil_psn, fil_dest = _rows_of(t["psn_no"], psn_no), t["dest_admdvs"]
-        fil_type = t["filing_type"].to_numpy(zero_copy_only=False)
-        fil_status = t["status"].to_numpy(zero_copy_only=False)
-        fil_begn, fil_end = _day_col(t["begndate"]), _day_col(t["enddate"])
-        t = _read_strings(folder, "catalogue.csv", ["prov_admdvs", "med_list_codg", "pric_uplmt_amt"])
-        cat_prov = pc.cast(pc.utf8_slice_codeunits(t["prov_admdvs"], 0, 2), pa.int64()).to_numpy()
-        cat_code = t["med_list_codg"]
-        # The cap only steers the prices drawn; read as a float and rounded to the
-        # micro-yuan, it is exact for every cap below 10**9 yuan (15 significant
-        # digits), so the view equals the one built from a loaded World.
-        caps = t["pric_uplmt_amt"]
-        cap_f = pc.cast(pc.fill_null(caps, "-1"), pa.float64()).to_numpy(zero_copy_only=False)
-        cat_cap = np.where(cap_f < 0, -1, np.rint(cap_f * 1e6)).astype(np.int64)
-    keep = chr_psn >= 0
-    chr_psn, chr_dise = chr_psn[keep], chr_dise.filter(pa.array(keep))
-    keep = fil_psn >= 0
-    fil_psn, fil_dest = fil_psn[keep], fil_dest.filter(pa.array(keep))
+    c = _columns_of_world(world) if isinstance(world, World) else _columns_of_folder(os.fspath(world))
+    keep = c.chr_psn >= 0
+    chr_psn, chr_dise = c.chr_psn[keep], c.chr_dise.filter(pa.array(keep))
+    keep = c.fil_psn >= 0
+    fil_psn, fil_dest = c.fil_psn[keep], c.fil_dest.filter(pa.array(keep))
     # The last day each filing is in force (section 4), so that a visit made
     # under a filing can be made while it holds.
-    six = _six_months(fil_begn[keep])
-    fil_last = fil_end[keep]
-    temp = np.isin(fil_type[keep], sorted(TEMP_FILING_TYPES))
+    six = _six_months(c.fil_begn[keep])
+    fil_last = c.fil_end[keep]
+    temp = np.isin(c.fil_type[keep], sorted(TEMP_FILING_TYPES))
     fil_last = np.where(temp & (fil_last == DAY_OPEN), six, fil_last)
-    fil_last = np.where(temp | (fil_status[keep] == "2"), np.minimum(fil_last, six), fil_last)
-    fil_begn = fil_begn[keep]
+    fil_last = np.where(temp | (c.fil_status[keep] == "2"), np.minimum(fil_last, six), fil_last)
+    fil_begn = c.fil_begn[keep]
 
-    regions = sorted(set(inst_adm) | set(pc.unique(insuplc).to_pylist()))
+    regions = sorted(set(c.inst_adm) | set(pc.unique(c.insuplc).to_pylist()))
     region_pa = pa.array(regions)
-    psn_region = pc.index_in(insuplc, value_set=region_pa).to_numpy(zero_copy_only=False).astype(np.int64)
-    inst_region = pc.index_in(pa.array(inst_adm), value_set=region_pa).to_numpy().astype(np.int64)
+    psn_region = pc.index_in(c.insuplc, value_set=region_pa).to_numpy(zero_copy_only=False).astype(np.int64)
+    inst_region = pc.index_in(pa.array(c.inst_adm), value_set=region_pa).to_numpy().astype(np.int64)
+    cat = _catalogue_view(c.cat_prov, c.cat_code, c.cat_cap)
+    return WorldView(
+        regions=regions, inst_code=c.inst_code, inst_name=c.inst_name, inst_region=inst_region,
+        inst_lv=np.asarray(c.inst_lv, dtype=np.int64), psn_no=c.psn_no, psn_certno=c.certno,
+        psn_insutype=c.insutype, psn_region=psn_region, chr_psn=chr_psn, chr_dise=chr_dise,
+        fil_psn=fil_psn, fil_dest=fil_dest, fil_begn=fil_begn, fil_last=fil_last, **cat,
+    )
 
-    # Catalogue: code ids in sorted order of the distinct codes, so that the
-    # view does not depend on row order; each province keeps one row per code,
-    # ordered by a national popularity that belongs to the world, not to the
-    # stream's seed. A code with several versions takes the smallest cap of
-    # them (none, -1, counting as smallest): again independent of row order.
+
+@dataclass
+class _Columns:
+    """A world's columns as the view needs them, before filtering and indexing."""
+
+    inst_code: list[str]
+    inst_name: list[str]
+    inst_adm: list[str]
+    inst_lv: np.ndarray
+    psn_no: pa.Array
+    certno: pa.Array
+    insuplc: pa.Array
+    insutype: pa.Array
+    chr_psn: np.ndarray  # int64 person row, -1 for a person not in persons.csv
+    chr_dise: pa.Array
+    fil_psn: np.ndarray  # int64 person row, -1 for a person not in persons.csv
+    fil_dest: pa.Array
+    fil_type: np.ndarray
+    fil_status: np.ndarray
+    fil_begn: np.ndarray  # int64 day
+    fil_end: np.ndarray  # int64 day, DAY_OPEN when open
+    cat_prov: np.ndarray  # int64 province number of each catalogue row
+    cat_code: pa.Array
+    cat_cap: np.ndarray  # int64 micro-yuan, -1 none
+
+
+def _columns_of_world(world: World) -> _Columns:
+    return _Columns(
+        inst_code=list(world.inst_code), inst_name=list(world.inst_name), inst_adm=list(world.inst_admdvs),
+        inst_lv=np.asarray(world.inst_lv, dtype=np.int64),
+        psn_no=world.psn_no, certno=world.psn_certno, insuplc=world.psn_insuplc, insutype=world.psn_insutype,
+        chr_psn=np.asarray(world.chr_psn, dtype=np.int64), chr_dise=pa.array(world.chr_dise, pa.string()),
+        fil_psn=np.asarray(world.fil_psn, dtype=np.int64), fil_dest=pa.array(world.fil_dest, pa.string()),
+        fil_type=np.asarray(world.fil_type, dtype=object), fil_status=np.asarray(world.fil_status, dtype=object),
+        fil_begn=np.asarray(world.fil_begn, np.int64), fil_end=np.asarray(world.fil_end, np.int64),
+        cat_prov=np.asarray(world.cat_prov, dtype=np.int64),
+        cat_code=world.cat_code, cat_cap=np.asarray(world.cat_cap_micro, dtype=np.int64),
+    )
+
+
+def _columns_of_folder(folder: str) -> _Columns:
+    inst = _read_strings(folder, "institutions.csv", ["fixmedins_code", "fixmedins_name", "admdvs", "hosp_lv"])
+    psn = _read_strings(folder, "persons.csv", ["psn_no", "certno", "insuplc_admdvs", "insutype"])
+    chr_ = _read_strings(folder, "chronic.csv", ["psn_no", "dise_codg"])
+    fil = _read_strings(folder, "filings.csv", ["psn_no", "filing_type", "dest_admdvs", "begndate", "enddate",
+                                                "status"])
+    cat = _read_strings(folder, "catalogue.csv", ["prov_admdvs", "med_list_codg", "pric_uplmt_amt"])
+    # The cap only steers the prices drawn; read as a float and rounded to the
+    # micro-yuan, it is exact for every cap below 10**9 yuan (15 significant
+    # digits), so the view equals the one built from a loaded World.
+    cap_f = pc.cast(pc.fill_null(cat["pric_uplmt_amt"], "-1"), pa.float64()).to_numpy(zero_copy_only=False)
+    return _Columns(
+        inst_code=inst["fixmedins_code"].to_pylist(), inst_name=inst["fixmedins_name"].to_pylist(),
+        inst_adm=inst["admdvs"].to_pylist(), inst_lv=pc.cast(inst["hosp_lv"], pa.int64()).to_numpy(),
+        psn_no=psn["psn_no"], certno=psn["certno"], insuplc=psn["insuplc_admdvs"], insutype=psn["insutype"],
+        chr_psn=_rows_of(chr_["psn_no"], psn["psn_no"]), chr_dise=chr_["dise_codg"],
+        fil_psn=_rows_of(fil["psn_no"], psn["psn_no"]), fil_dest=fil["dest_admdvs"],
+        fil_type=fil["filing_type"].to_numpy(zero_copy_only=False),
+        fil_status=fil["status"].to_numpy(zero_copy_only=False),
+        fil_begn=_day_col(fil["begndate"]), fil_end=_day_col(fil["enddate"]),
+        cat_prov=pc.cast(pc.utf8_slice_codeunits(cat["prov_admdvs"], 0, 2), pa.int64()).to_numpy(),
+        cat_code=cat["med_list_codg"], cat_cap=np.where(cap_f < 0, -1, np.rint(cap_f * 1e6)).astype(np.int64),
+    )
+
+
+def _catalogue_view(cat_prov: np.ndarray, cat_code: pa.Array, cat_cap: np.ndarray) -> dict:
+    """The view's catalogue fields (cat_* , codes, code_kind).
+
+    Code ids in sorted order of the distinct codes, so that the view does not depend
+    on row order; each province keeps one row per code, ordered by a national
+    popularity that belongs to the world, not to the stream's seed. A code with
+    several versions takes the smallest cap of them (none, -1, counting as
+    smallest): again independent of row order.
+    """
     enc = pc.dictionary_encode(cat_code)
     if isinstance(enc, pa.ChunkedArray):
         enc = enc.combine_chunks()
@@ -164,12 +205,8 @@ def world_view(world: object) -> WorldView:
     head = pc.utf8_slice_codeunits(codes, 0, 1).to_numpy(zero_copy_only=False).astype(str)
     code_kind = np.where(head == "X", KIND_WESTERN, np.where(head == "Z", KIND_TCM, np.where(
         head == "C", KIND_CONSUMABLE, KIND_SERVICE))).astype(np.int8)
-    return WorldView(
-        regions=regions, inst_code=inst_code, inst_name=inst_name, inst_region=inst_region,
-        inst_lv=np.asarray(inst_lv, dtype=np.int64), psn_no=psn_no, psn_certno=certno,
-        psn_insutype=insutype, psn_region=psn_region, chr_psn=chr_psn, chr_dise=chr_dise,
-        fil_psn=fil_psn, fil_dest=fil_dest, fil_begn=fil_begn, fil_last=fil_last, cat_provs=cat_provs.astype(np.int64),
-        cat_start=cat_start.astype(np.int64), cat_count=cat_count.astype(np.int64),
-        cat_code_id=code_ids, cat_cap_micro=cap_min, codes=codes, code_kind=code_kind,
+    return dict(
+        cat_provs=cat_provs.astype(np.int64), cat_start=cat_start.astype(np.int64),
+        cat_count=cat_count.astype(np.int64), cat_code_id=code_ids, cat_cap_micro=cap_min, codes=codes,
+        code_kind=code_kind,
     )
-
