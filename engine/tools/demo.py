@@ -6,7 +6,7 @@ One command that a newcomer runs first:
    keyed by the generator's parameters, its seed and the generator's own source;
 2. a day of requests is drawn from it (in a child process, while the store is
    seeded: the two are the slow start-up steps and each wants a core);
-3. the hub (engine.server) starts in this process on a fresh embedded store,
+3. the hub (engine.hub) starts in this process on a fresh embedded store,
    with the clock on each request's `inf_time`, so settlement times and the
    clearing period are those of the simulated day;
 4. the day is replayed over the framed TCP protocol: several connections, each
@@ -14,7 +14,7 @@ One command that a newcomer runs first:
    institution so that a hospital's pre-settlement, settlement, retry and
    reversal stay in order on one connection, as they would in production;
 5. the replies are summed into a summary (printed, and written as JSON) and a
-   report folder (engine.report: an HTML page and PNG charts).
+   report folder (engine.tools.report: an HTML page and PNG charts).
 
 Every money total is summed in integer fen from the replies' decimal strings,
 so the summary is what the hospitals saw. A retry returns the first reply
@@ -470,12 +470,7 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
     errors: collections.Counter = collections.Counter()
     seen: set[str] = set()
     counts = {"settlements": 0, "reversals": 0, "retries_answered": 0, "ok": 0, "refused": 0}
-    totals = dict.fromkeys(MONEY_FIELDS, 0)
-    by_fund: dict[str, int] = {}
-    by_class: dict[str, dict[str, int]] = {}
-    by_prov: dict[str, dict[str, int]] = {}  # insured province -> fund code -> fen
-    cross_fen: dict[str, int] = {}  # insured province -> cross-province fund + account
-    cross_pairs = 0
+    t = _Totals()
     for m, rep in zip(meta, replies):
         infno = m[k_infno]
         requests_by_infno[infno] += 1
@@ -495,44 +490,64 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
         seen.add(setl_id)
         sign = 1 if infno in COMMIT_INFNOS else -1
         counts["settlements" if sign > 0 else "reversals"] += 1
+        t.add(setl, sign, province(m[k_ins]), province(m[k_trt]))
+    return {
+        "requests": len(meta),
+        "requests_by_infno": dict(sorted(requests_by_infno.items())),
+        "counts": counts,
+        "cross_province_settlements": t.cross_pairs,
+        "totals_fen": t.totals,
+        "by_fund_fen": dict(sorted(t.by_fund.items())),
+        "by_class": dict(sorted(t.by_class.items())),
+        "by_insured_province_fen": dict(sorted(t.by_prov.items())),
+        "errors": dict(errors.most_common()),
+        "prepay": _prepay_usage(prepay_fen, t.cross_fen),
+    }
+
+
+class _Totals:
+    """The money of the committed settlements and reversals, net, in fen."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(MONEY_FIELDS, 0)
+        self.by_fund: dict[str, int] = {}
+        self.by_class: dict[str, dict[str, int]] = {}
+        self.by_prov: dict[str, dict[str, int]] = {}  # insured province -> fund code -> fen
+        self.cross_fen: dict[str, int] = {}  # insured province -> cross-province fund + account
+        self.cross_pairs = 0
+
+    def add(self, setl: dict, sign: int, ins_prov: str, trt_prov: str) -> None:
+        """One settlement (sign 1) or reversal (sign -1), by its reply's setlinfo."""
         amounts = {f: _fen(setl[f]) for f in MONEY_FIELDS}
         # A reversal's reply carries the settlement's amounts negated (section 7).
-        assert all((a >= 0) if sign > 0 else (a <= 0) for a in amounts.values()), (setl_id, amounts)
+        assert all((a >= 0) if sign > 0 else (a <= 0) for a in amounts.values()), (setl["setl_id"], amounts)
         for f, a in amounts.items():
-            totals[f] += a
+            self.totals[f] += a
         funds = fund_amounts(setl["insutype"], amounts)
-        prov = province(m[k_ins])
-        pf = by_prov.setdefault(prov, {})
+        pf = self.by_prov.setdefault(ins_prov, {})
         for code, a in funds.items():
-            by_fund[code] = by_fund.get(code, 0) + a
+            self.by_fund[code] = self.by_fund.get(code, 0) + a
             pf[code] = pf.get(code, 0) + a
-        c = by_class.setdefault(setl["filing_class"], dict(count=0, medfee_sumamt=0, fund_pay_sumamt=0,
-                                                            acct_pay=0, psn_cash_pay=0))
+        c = self.by_class.setdefault(setl["filing_class"], dict(count=0, medfee_sumamt=0, fund_pay_sumamt=0,
+                                                                 acct_pay=0, psn_cash_pay=0))
         c["count"] += sign
         for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
             c[f] += amounts[f]
-        if prov != province(m[k_trt]):
-            cross_fen[prov] = cross_fen.get(prov, 0) + amounts["fund_pay_sumamt"] + amounts["acct_pay"]
-            cross_pairs += sign
-    # The same rule as engine.clearing.usage_rows (run() checks the two against each other).
+        if ins_prov != trt_prov:
+            self.cross_fen[ins_prov] = self.cross_fen.get(ins_prov, 0) + amounts["fund_pay_sumamt"] + amounts["acct_pay"]
+            self.cross_pairs += sign
+
+
+def _prepay_usage(prepay_fen: dict[str, int], cross_fen: dict[str, int]) -> dict[str, dict]:
+    """Pre-payment usage by insured province: the same rule as engine.clearing's usage rows
+    (run() checks the two against each other)."""
     prepay = {}
     for prov in sorted(set(prepay_fen) | set(cross_fen)):
         used, dep = cross_fen.get(prov, 0), prepay_fen.get(prov, 0)
         usage_bp = (used * 10000 // dep) if dep > 0 else None
         prepay[prov] = {"used_fen": used, "prepay_fen": dep, "usage_bp": usage_bp,
                         "warning": used > 0 if usage_bp is None else usage_bp >= PREPAY_WARN_BP_DEFAULT}
-    return {
-        "requests": len(meta),
-        "requests_by_infno": dict(sorted(requests_by_infno.items())),
-        "counts": counts,
-        "cross_province_settlements": cross_pairs,
-        "totals_fen": totals,
-        "by_fund_fen": dict(sorted(by_fund.items())),
-        "by_class": dict(sorted(by_class.items())),
-        "by_insured_province_fen": dict(sorted(by_prov.items())),
-        "errors": dict(errors.most_common()),
-        "prepay": prepay,
-    }
+    return prepay
 
 
 _FEN_TEXT = re.compile(r"-?[0-9]+\.[0-9]{2}")
