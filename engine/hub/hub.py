@@ -46,7 +46,7 @@ import collections
 import concurrent.futures
 import logging
 import time
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol
 
 import msgspec
 
@@ -64,7 +64,6 @@ log = logging.getLogger("yidi.server")
 
 # ---------------------------------------------------------------- what the hub needs of a store
 
-@runtime_checkable
 class DurableStore(Protocol):
     """What the hub needs of a store: the engine it restored, a two-step commit, and what
     the metrics read. engine.store's SqliteStore is one; any store with these members works.
@@ -87,11 +86,14 @@ class DurableStore(Protocol):
     def unfolded_rows(self) -> int: ...
 
 
+_STORE_MEMBERS = tuple(DurableStore.__annotations__) + tuple(
+    name for name, member in vars(DurableStore).items() if callable(member) and not name.startswith("_"))
+
+
 def _check_store(store: object) -> None:
     """Refuse, naming what is missing, a store that is not a DurableStore."""
-    if not isinstance(store, DurableStore):
-        missing = [name for name in ("engine", "data_dir", "fold_s_total", "prepare", "write", "close",
-                                     "unfolded_rows") if not hasattr(store, name)]
+    missing = [name for name in _STORE_MEMBERS if not hasattr(store, name)]
+    if missing:
         raise TypeError(f"{type(store).__name__} is not a DurableStore: it lacks {', '.join(missing)}")
 
 

@@ -1,4 +1,4 @@
-"""`yidi demo`: a national day of cross-region settlements, end to end (issue 5).
+"""`yidi demo`: a national day of cross-region settlements, end to end.
 
 One command that a newcomer runs first:
 

@@ -1,4 +1,4 @@
-"""The report folder of `yidi demo`: an HTML page and PNG charts (issue 5).
+"""The report folder of `yidi demo`: an HTML page and PNG charts.
 
 `write_report(folder, summary, series)` writes `index.html` and five charts:
 `latency.png` (latency histogram), `throughput.png` (replies and settlements per
