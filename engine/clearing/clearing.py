@@ -70,10 +70,6 @@ class ClearingError(Exception):
     """The clearing cannot be done (no store, a bad period, an unreadable prepay.csv)."""
 
 
-def province(admdvs: str) -> str:
-    return admdvs[:2] + "0000"
-
-
 def next_month(period: str) -> str:
     y, m = int(period[:4]), int(period[5:7])
     return f"{y + m // 12:04d}-{m % 12 + 1:02d}"
