@@ -39,8 +39,8 @@ def _time_of_day(rng: np.random.Generator, n: int) -> np.ndarray:
     """Seconds into the day: a morning peak, a smaller afternoon peak, a few at night."""
     comp = rng.choice(3, size=n, p=[0.55, 0.35, 0.10])
     s = np.where(comp == 0, rng.normal(9.75 * 3600, 1.1 * 3600, n),
-                 np.where(comp == 1, rng.normal(15.0 * 3600, 1.2 * 3600, n), rng.uniform(0, 86_400, n)))
-    return np.clip(s, 0, 86_399).astype(np.int64)
+                 np.where(comp == 1, rng.normal(15.0 * 3600, 1.2 * 3600, n), rng.uniform(0, EPOCH_DAY_SECONDS, n)))
+    return np.clip(s, 0, EPOCH_DAY_SECONDS - 1).astype(np.int64)
 
 
 def _csr(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
