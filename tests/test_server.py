@@ -1,7 +1,7 @@
 """The hub server on real loopback sockets (SETTLEMENT.md section 7, "Transports").
 
 Every TCP test runs on uvloop and on the plain asyncio loop. In-process servers
-run on a thread of their own; the tests talk to them through engine.client as
+run on a thread of their own; the tests talk to them through engine.hub.client as
 any hospital system would. Synchronisation is on events and replies, never on
 sleeps: where a test must know that the server has reached a state (a commit
 has started, a request was refused), the store or the hub's observer tells it.
