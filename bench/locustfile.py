@@ -1,4 +1,4 @@
-"""Locust load for the framed TCP protocol (SETTLEMENT.md section 7, issue 4).
+"""Locust load for the framed TCP protocol (SETTLEMENT.md section 7).
 
 Locust's gevent cannot drive asyncio clients, so each User holds one plain
 (gevent-patched) socket and pipelines on it: a sender keeps up to `--in-flight`
@@ -40,7 +40,9 @@ import msgspec
 from gevent.lock import Semaphore
 from locust import User, events, task
 
-HEADER_BYTES = 4
+# engine.contract.protocol.FRAME_HEADER_BYTES and FRAME_BYTES_MAX, repeated: Locust runs this file under
+# gevent, in a process of its own that imports nothing of the engine.
+FRAME_HEADER_BYTES = 4
 REPLY_BYTES_MAX = 16 * 1024 * 1024
 
 
@@ -71,15 +73,15 @@ def read_frames(path: str) -> list[tuple[bytes, str, str]]:
     out = []
     off = 0
     while off < len(data):
-        n = int.from_bytes(data[off:off + HEADER_BYTES], "big")
-        body = data[off + HEADER_BYTES:off + HEADER_BYTES + n]
+        n = int.from_bytes(data[off:off + FRAME_HEADER_BYTES], "big")
+        body = data[off + FRAME_HEADER_BYTES:off + FRAME_HEADER_BYTES + n]
         p = _peek.decode(body)
         key = ""
         if isinstance(p.input, dict) and isinstance(p.input.get("data"), dict):
             d = p.input["data"]
             key = str(d.get("psn_no") or d.get("mdtrt_cert_no") or "")
-        out.append((data[off:off + HEADER_BYTES + n], str(p.infno), key))
-        off += HEADER_BYTES + n
+        out.append((data[off:off + FRAME_HEADER_BYTES + n], str(p.infno), key))
+        off += FRAME_HEADER_BYTES + n
     return out
 
 
@@ -151,22 +153,22 @@ class FramedUser(User):
         fire = self.environment.events.request.fire
         sock = self.sock
         while True:
-            while len(buf) < HEADER_BYTES:
+            while len(buf) < FRAME_HEADER_BYTES:
                 chunk = sock.recv(1 << 16)
                 if not chunk:
                     return self._lost("closed by the server")
                 buf += chunk
-            n = int.from_bytes(buf[:HEADER_BYTES], "big")
+            n = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big")
             if n > REPLY_BYTES_MAX:
                 return self._lost(f"reply of {n} bytes")
-            while len(buf) < HEADER_BYTES + n:
+            while len(buf) < FRAME_HEADER_BYTES + n:
                 chunk = sock.recv(1 << 16)
                 if not chunk:
                     return self._lost("closed by the server")
                 buf += chunk
             t1 = time.perf_counter()
-            r = _peek.decode(memoryview(buf)[HEADER_BYTES:HEADER_BYTES + n])
-            del buf[:HEADER_BYTES + n]
+            r = _peek.decode(memoryview(buf)[FRAME_HEADER_BYTES:FRAME_HEADER_BYTES + n])
+            del buf[:FRAME_HEADER_BYTES + n]
             t0, infno, size = self.sent.popleft()
             self.window.release()
             latency_s = t1 - t0

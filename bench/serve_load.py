@@ -1,4 +1,4 @@
-"""Load campaigns against `yidi serve` with Locust (issue 4, "Load").
+"""Load campaigns against `yidi serve` with Locust.
 
     python bench/serve_load.py --campaign all          # saturation + latency, the asked figures
     python bench/serve_load.py --campaign smoke        # seconds; what CI runs (bench/test_bench_serve.py)

@@ -1,6 +1,6 @@
 """The load campaign, small: `yidi serve` on the real store, Locust offering 200 req/s for 3 s.
 
-What bench/serve_load.py runs at full size (issue 4, "Load"), kept in the normal
+What bench/serve_load.py runs at full size, kept in the normal
 suite so that the server, the locustfile and the driver never rot. The budget is
 loose (p99 under 500 ms, no E_BUSY, no lost connection): this checks the path,
 the real figures come from `python bench/serve_load.py --campaign all`.

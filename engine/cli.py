@@ -91,7 +91,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     import logging
     from dataclasses import fields
 
-    from engine.hub.server import Limits, serve
+    from engine.hub.limits import Limits
+    from engine.hub.serve import serve
     from engine.world.loader import WorldError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -113,7 +114,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 def _add_serve(sub) -> None:
     from dataclasses import fields
 
-    from engine.hub.server import Limits
+    from engine.hub.limits import Limits
 
     s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (SETTLEMENT.md section 7)")
     s.add_argument("--world", required=True, help="world folder")

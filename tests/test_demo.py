@@ -1,4 +1,4 @@
-"""`yidi demo` end to end, its summary against its replies, and the generator pieces it adds (issue 5)."""
+"""`yidi demo` end to end, its summary against its replies, and the generator pieces it adds."""
 from __future__ import annotations
 
 import collections

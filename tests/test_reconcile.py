@@ -318,7 +318,7 @@ def test_3201_3202_over_tcp_and_http_and_prepay_in_metrics(tmp_path, vector_reqs
     import http.client
 
     from test_server import ServerThread, WAIT_S
-    from engine.hub.server import HTTP_PATH
+    from engine.hub.http import HTTP_PATH
 
     rows = committed_rows(vector_reqs, vector_replies)
     code, adm = rows[0]["fixmedins_code"], rows[0]["mdtrtarea_admvs"]

@@ -1,7 +1,7 @@
 """The hub server on real loopback sockets (SETTLEMENT.md section 7, "Transports").
 
 Every TCP test runs on uvloop and on the plain asyncio loop. In-process servers
-run on a thread of their own; the tests talk to them through engine.client as
+run on a thread of their own; the tests talk to them through engine.hub.client as
 any hospital system would. Synchronisation is on events and replies, never on
 sleeps: where a test must know that the server has reached a state (a commit
 has started, a request was refused), the store or the hub's observer tells it.
@@ -31,7 +31,10 @@ from engine.hub.client import ConnectionClosed, FramedClient, encode_frame
 from engine.core.engine import Engine
 from engine.contract.protocol import FRAME_BYTES_MAX
 from engine.reference.oracle import ReferenceEngine
-from engine.hub.server import HTTP_PATH, Hub, Limits, MemoryStore, Server, new_event_loop_factory
+from engine.hub.http import HTTP_PATH
+from engine.hub.hub import Hub
+from engine.hub.limits import Limits
+from engine.hub.serve import Server, new_event_loop_factory
 
 LOOPS = ["uvloop", "asyncio"]
 TIME_FIELDS = ("refmsg_time", "respond_time", "setl_time")
@@ -127,6 +130,29 @@ class ServerThread:
             return r.status, r.read()
         finally:
             c.close()
+
+
+class MemoryStore:
+    """A test double of a DurableStore (engine.hub.hub): the changes live and die with the test."""
+
+    data_dir = None  # no journal on disk: the hub registers no pre-payment gauges
+    fold_s_total = 0.0
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.committed: list = []  # every change, in commit order
+
+    def prepare(self, changes: list) -> list:
+        return changes
+
+    def write(self, prepared: list) -> None:
+        self.committed.extend(prepared)
+
+    def close(self) -> None:
+        pass
+
+    def unfolded_rows(self) -> int:
+        return 0
 
 
 class GatedStore(MemoryStore):
@@ -429,6 +455,20 @@ class FailingStore(MemoryStore):
         if self.committed:
             raise OSError("disk full")
         super().write(prepared)
+
+
+def test_a_store_without_the_hubs_interface_is_refused_by_name(vector_world):
+    class NoWrite:
+        engine, data_dir, fold_s_total = Engine(vector_world), None, 0.0
+
+        def prepare(self, changes):
+            return changes
+
+        def close(self):
+            pass
+
+    with pytest.raises(TypeError, match=r"NoWrite is not a DurableStore: it lacks write, unfolded_rows"):
+        Hub(NoWrite(), Limits())
 
 
 def test_a_failed_commit_stops_everything(vector_world, vectors, loop_kind):

@@ -213,7 +213,8 @@ def test_retries_get_the_first_reply(replayed):
 
 
 def test_default_map_and_six_months():
-    from engine.tools.synth import PROVINCE_CODES, _pick_provinces, _regions, _six_months
+    from engine.tools.synth.view import _six_months
+    from engine.tools.synth.world import PROVINCE_CODES, _pick_provinces, _regions
 
     regions = _regions(_pick_provinces(31), None)
     assert len(regions) == len(set(regions)) == 343

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 
 from engine.contract import money
-from engine.contract.protocol import PROVINCES
+from engine.contract.protocol import PROVINCE_NAMES_ZH
 
 PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")
 PREPAY_WARN_BP_DEFAULT = 7_000  # 70 %
@@ -58,9 +58,6 @@ METRICS_REFRESH_S_MIN = 1.0  # /metrics reads the journal at most once a second
 STATEMENT_HEADER = "insured_prov,treatment_prov,setl_cnt,medfee_sumamt,fund_pay_sumamt,acct_pay,clear_amt"
 NETTING_HEADER = "payer_prov,payee_prov,net_amt"
 
-# Provincial codes (xx0000) -> Chinese name, for the report.
-PROVINCE_NAMES = {code + "0000": zh for code, (zh, _) in PROVINCES.items()}
-
 # SQL fragments over the journal: provinces, the cross-province filter, the signed count.
 _INS = "substr(insuplc_admdvs, 1, 2) || '0000'"
 _TRT = "substr(mdtrtarea_admvs, 1, 2) || '0000'"
@@ -71,10 +68,6 @@ _CNT = "CASE kind WHEN 'settle' THEN 1 ELSE -1 END"
 
 class ClearingError(Exception):
     """The clearing cannot be done (no store, a bad period, an unreadable prepay.csv)."""
-
-
-def province(admdvs: str) -> str:
-    return admdvs[:2] + "0000"
 
 
 def next_month(period: str) -> str:
@@ -509,7 +502,7 @@ def format_usage(rows: list[PrepayUsage], warn_bp: int = PREPAY_WARN_BP_DEFAULT)
             continue
         ratio = "no deposit" if u.ratio_bp is None else f"{u.ratio_bp / 100:.1f} %"
         flag = f"  WARNING (>= {warn_bp / 100:g} %)" if u.warning else ""
-        out.append(f"{u.prov} {PROVINCE_NAMES.get(u.prov, '')}: used {money.format_fen(u.used_fen)} of "
+        out.append(f"{u.prov} {PROVINCE_NAMES_ZH.get(u.prov, '')}: used {money.format_fen(u.used_fen)} of "
                    f"{money.format_fen(u.prepay_fen)} yuan, {ratio}{flag}")
     return out
 
@@ -551,14 +544,10 @@ class PrepayCollector:
         return [dep, used, ratio, warn, thr]
 
 
-def collector_for_store(store, warn_bp: int | None = None) -> PrepayCollector | None:
-    """The pre-payment collector of an engine.store store (None for a store without a data folder)."""
-    data_dir = getattr(store, "data_dir", None)
-    world = getattr(getattr(store, "engine", None), "world", None)
-    if data_dir is None or world is None:
-        return None
+def prepay_collector(data_dir: str, prepay_fen: dict[str, int], warn_bp: int | None = None) -> PrepayCollector:
+    """The pre-payment collector of the store in `data_dir` (threshold from YIDI_PREPAY_WARN unless given)."""
     bp = warn_bp_from_env() if warn_bp is None else warn_bp
-    return PrepayCollector(PrepayMonitor(data_dir, world.prepay_fen, bp))
+    return PrepayCollector(PrepayMonitor(data_dir, prepay_fen, bp))
 
 
 # ---------------------------------------------------------------- the report
@@ -582,21 +571,30 @@ def _yuan(fen: int) -> str:
 
 
 def _prov_label(p: str) -> str:
-    name = PROVINCE_NAMES.get(p)
+    name = PROVINCE_NAMES_ZH.get(p)
     return f"{p} {name}" if name else p
 
 
 def report_html(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict) -> str:
     """A self-contained HTML page of a closed period (deterministic: closing twice writes the same)."""
-    e = html.escape
     provs = sorted({r.insured for r in rows} | {r.treatment for r in rows})
-    cell = {(r.insured, r.treatment): r for r in rows}
     owes = {p: sum(r.clear_fen for r in rows if r.insured == p) for p in provs}
     owed = {p: sum(r.clear_fen for r in rows if r.treatment == p) for p in provs}
+    out = _report_head(c, rows, net, facts)
+    out += _report_matrix(rows, provs, owes, owed)
+    out += _report_netting(net)
+    out += _report_prepay(c, owes, facts)
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def _report_head(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict) -> list[str]:
+    """Title, what the period covers, and the totals before and after netting."""
+    e = html.escape
     total = sum(r.clear_fen for r in rows)
     gross_abs = sum(abs(r.clear_fen) for r in rows)
     net_total = sum(n.net_fen for n in net)
-    out = [
+    return [
         "<!doctype html>", '<html lang="zh-CN"><head><meta charset="utf-8">',
         f"<title>yidi clearing {e(c.period)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Cross-province clearing (清算), period {e(c.period)}</h1>",
@@ -612,48 +610,63 @@ def report_html(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict)
         f"<tr><td class=l>netted flows (轧差) to transfer</td><td>{_yuan(net_total)}</td></tr>",
         f"<tr><td class=l>saved by netting</td><td>{_yuan(gross_abs - net_total)}</td></tr></table>",
     ]
-    # The matrix.
-    out.append("<h2>What each insured province owes each treatment province (clear_amt)</h2>")
+
+
+def _report_matrix(rows: list[PairRow], provs: list[str], owes: dict[str, int], owed: dict[str, int]) -> list[str]:
+    """What each insured province owes each treatment province, with the totals and net positions."""
+    e = html.escape
+    out = ["<h2>What each insured province owes each treatment province (clear_amt)</h2>"]
     if not rows:
-        out.append("<p>No cross-province settlement or reversal counts in this period.</p>")
-    else:
-        out.append('<table><tr><th class=l>insured \\ treatment</th>'
-                   + "".join(f"<th>{e(_prov_label(p))}</th>" for p in provs) + "<th>owes</th></tr>")
-        for a in provs:
-            tds = []
-            for b in provs:
-                r = cell.get((a, b))
-                if r is None:
-                    tds.append('<td class="z">·</td>')
-                else:
-                    cls = ' class="neg"' if r.clear_fen < 0 else ""
-                    tip = (f"{r.setl_cnt} settlements net, medfee_sumamt {_yuan(r.medfee_fen)}, "
-                           f"fund_pay_sumamt {_yuan(r.fund_fen)}, acct_pay {_yuan(r.acct_fen)}")
-                    tds.append(f'<td{cls} title="{e(tip)}">{_yuan(r.clear_fen)}</td>')
-            out.append(f"<tr><th class=l>{e(_prov_label(a))}</th>{''.join(tds)}<td>{_yuan(owes[a])}</td></tr>")
-        out.append('<tr class="tot"><td class=l>is owed</td>'
-                   + "".join(f"<td>{_yuan(owed[p])}</td>" for p in provs) + f"<td>{_yuan(total)}</td></tr>")
-        out.append('<tr class="tot"><td class=l>net position</td>'
-                   + "".join(f'<td{" class=neg" if owed[p] - owes[p] < 0 else ""}>{_yuan(owed[p] - owes[p])}</td>'
-                             for p in provs) + "<td></td></tr></table>")
-        out.append('<p class="note">Net position = is owed - owes: positive, the province receives; '
-                   "negative, it pays. Netting keeps every position.</p>")
-    # The netted flows.
-    out.append("<h2>Netted flows (轧差): one transfer per pair of provinces</h2>")
+        return out + ["<p>No cross-province settlement or reversal counts in this period.</p>"]
+    cell = {(r.insured, r.treatment): r for r in rows}
+    total = sum(r.clear_fen for r in rows)
+    out.append('<table><tr><th class=l>insured \\ treatment</th>'
+               + "".join(f"<th>{e(_prov_label(p))}</th>" for p in provs) + "<th>owes</th></tr>")
+    for a in provs:
+        tds = []
+        for b in provs:
+            r = cell.get((a, b))
+            if r is None:
+                tds.append('<td class="z">·</td>')
+            else:
+                cls = ' class="neg"' if r.clear_fen < 0 else ""
+                tip = (f"{r.setl_cnt} settlements net, medfee_sumamt {_yuan(r.medfee_fen)}, "
+                       f"fund_pay_sumamt {_yuan(r.fund_fen)}, acct_pay {_yuan(r.acct_fen)}")
+                tds.append(f'<td{cls} title="{e(tip)}">{_yuan(r.clear_fen)}</td>')
+        out.append(f"<tr><th class=l>{e(_prov_label(a))}</th>{''.join(tds)}<td>{_yuan(owes[a])}</td></tr>")
+    out.append('<tr class="tot"><td class=l>is owed</td>'
+               + "".join(f"<td>{_yuan(owed[p])}</td>" for p in provs) + f"<td>{_yuan(total)}</td></tr>")
+    out.append('<tr class="tot"><td class=l>net position</td>'
+               + "".join(f'<td{" class=neg" if owed[p] - owes[p] < 0 else ""}>{_yuan(owed[p] - owes[p])}</td>'
+                         for p in provs) + "<td></td></tr></table>")
+    out.append('<p class="note">Net position = is owed - owes: positive, the province receives; '
+               "negative, it pays. Netting keeps every position.</p>")
+    return out
+
+
+def _report_netting(net: list[NetRow]) -> list[str]:
+    """The netted flows, one transfer per pair of provinces, with a bar each."""
+    e = html.escape
+    out = ["<h2>Netted flows (轧差): one transfer per pair of provinces</h2>"]
     if not net:
-        out.append("<p>Nothing to transfer.</p>")
-    else:
-        top = max(n.net_fen for n in net)
-        out.append("<table><tr><th class=l>payer</th><th class=l>payee</th><th>net_amt</th><th></th></tr>")
-        for n in net:
-            w = max(1, (n.net_fen * 200) // top)
-            out.append(f"<tr><td class=l>{e(_prov_label(n.payer))}</td><td class=l>{e(_prov_label(n.payee))}</td>"
-                       f'<td>{_yuan(n.net_fen)}</td><td class=l><span class="bar" style="width:{w}px"></span></td></tr>')
-        out.append(f'<tr class="tot"><td class=l colspan=2>total</td><td>{_yuan(net_total)}</td><td></td></tr></table>')
-    # Pre-payment.
+        return out + ["<p>Nothing to transfer.</p>"]
+    top = max(n.net_fen for n in net)
+    out.append("<table><tr><th class=l>payer</th><th class=l>payee</th><th>net_amt</th><th></th></tr>")
+    for n in net:
+        w = max(1, (n.net_fen * 200) // top)
+        out.append(f"<tr><td class=l>{e(_prov_label(n.payer))}</td><td class=l>{e(_prov_label(n.payee))}</td>"
+                   f'<td>{_yuan(n.net_fen)}</td><td class=l><span class="bar" style="width:{w}px"></span></td></tr>')
+    net_total = sum(n.net_fen for n in net)
+    out.append(f'<tr class="tot"><td class=l colspan=2>total</td><td>{_yuan(net_total)}</td><td></td></tr></table>')
+    return out
+
+
+def _report_prepay(c: Closing, owes: dict[str, int], facts: dict) -> list[str]:
+    """Each insured province's deposit, what the period drew on it and what later periods had."""
+    e = html.escape
     drawn = {p: v for p, v in owes.items() if v}
     after = {p: v for p, v in facts["open_after_fen"].items() if v}
-    out.append("<h2>Pre-payment (预付金) of the insured provinces</h2>")
+    out = ["<h2>Pre-payment (预付金) of the insured provinces</h2>"]
     out.append(f'<p class="note">Warning at {c.warn_bp / 100:g} % of the deposit (prepay.csv of {e(c.world_dir)}, '
                "as read when the period was closed). <i>Drawn in the period</i> is what this clearing "
                "settles; <i>drawn after it</i> is what later periods had already charged when it was "
@@ -678,13 +691,12 @@ def report_html(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict)
     out.append("</table>")
     out.append(f'<p class="{"warn" if n_warn else "ok"}">'
                + (f"{n_warn} pre-payment warning(s)." if n_warn else "No pre-payment warning.") + "</p>")
-    out.append("</body></html>\n")
-    return "\n".join(out)
+    return out
 
 
 __all__ = [
     "ClearingError", "Closing", "PairRow", "NetRow", "PrepayUsage", "PrepayMonitor", "PrepayCollector",
     "clear", "close", "statement", "netting", "statement_csv", "netting_csv", "report_html", "prepay_usage",
-    "format_usage", "collector_for_store", "load_prepay", "parse_ratio_bp", "warn_bp_from_env",
+    "format_usage", "prepay_collector", "load_prepay", "parse_ratio_bp", "warn_bp_from_env",
     "assigned_period", "positions",
 ]

@@ -9,6 +9,10 @@ INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE = "2206", "2207", "2208"
 INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE = "2303", "2304", "2305"
 INFNO_RECONCILE, INFNO_LISTING = "3201", "3202"
 
+INFNOS = frozenset({
+    INFNO_PERSON, INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE, INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE,
+    INFNO_RECONCILE, INFNO_LISTING,
+})
 SETTLE_INFNOS = frozenset({INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_IP_PRE, INFNO_IP_SETTLE})
 COMMIT_INFNOS = frozenset({INFNO_OP_SETTLE, INFNO_IP_SETTLE})
 REVERSE_INFNOS = frozenset({INFNO_OP_REVERSE, INFNO_IP_REVERSE})
@@ -27,6 +31,7 @@ PRIC_MAX_MICRO = 1_000_000 * 10**6
 CNT_MAX = 100_000 * 10**4
 LINE_AMT_MAX_FEN = 10_000_000 * 100
 FRAME_BYTES_MAX = 16 * 1024 * 1024
+FRAME_HEADER_BYTES = 4  # the framed TCP transport's big-endian body length (section 7)
 
 # Error codes (section 7).
 E_SCHEMA = "E_SCHEMA"
@@ -79,6 +84,13 @@ FUND_NAMES = {
     "330100": "职工大额医疗费用补助",
     "390200": "城乡居民大病医疗保险",
     "310200": "职工基本医疗保险个人账户",
+}
+FUND_NAMES_EN = {
+    "310100": "employees' basic fund",
+    "390100": "residents' basic fund",
+    "330100": "employees' large-expense supplement",
+    "390200": "residents' critical illness insurance",
+    "310200": "employees' personal accounts",
 }
 
 MEMOS = ("", "NOT_IN_CATALOGUE", "CLASS_C", "LIMITED_USE")
@@ -152,3 +164,6 @@ PROVINCES = {
     "65": ("新疆", "Xinjiang"), "71": ("台湾", "Taiwan"), "81": ("香港", "Hong Kong"), "82": ("澳门", "Macao"),
 }
 MAINLAND_PROVINCES = tuple(PROVINCES)[:31]
+# The same names by province code (the region code of the province itself, province()).
+PROVINCE_NAMES_ZH = {code + "0000": zh for code, (zh, _) in PROVINCES.items()}
+PROVINCE_NAMES_EN = {code + "0000": en for code, (_, en) in PROVINCES.items()}

@@ -13,9 +13,9 @@ from typing import Any, Iterable
 
 import msgspec
 
-from engine.contract.protocol import FRAME_BYTES_MAX
-
-HEADER_BYTES = 4
+from engine.contract.protocol import FRAME_BYTES_MAX, FRAME_HEADER_BYTES
+from engine.hub.address import parse_address
+from engine.hub.framing import frame
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
@@ -28,16 +28,11 @@ class ConnectionClosed(ConnectionError):
 def encode_frame(envelope: Any) -> bytes:
     """One frame: an envelope (a dict, encoded here) or an already encoded MessagePack body."""
     body = envelope if isinstance(envelope, (bytes, bytearray, memoryview)) else _enc.encode(envelope)
-    return len(body).to_bytes(HEADER_BYTES, "big") + bytes(body)
+    return frame(bytes(body))
 
 
 def decode_reply(body: bytes) -> dict:
     return _dec.decode(body)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class FramedClient:
@@ -52,7 +47,7 @@ class FramedClient:
 
     @classmethod
     def connect(cls, address: str | tuple[str, int], **kw) -> "FramedClient":
-        host, port = parse_address(address) if isinstance(address, str) else address
+        host, port = parse_address(address, "127.0.0.1") if isinstance(address, str) else address
         return cls(host, port, **kw)
 
     def __enter__(self) -> "FramedClient":
@@ -83,13 +78,13 @@ class FramedClient:
 
     def recv_body(self) -> bytes:
         """The next reply's MessagePack body."""
-        self._fill(HEADER_BYTES)
-        n = int.from_bytes(self._buf[:HEADER_BYTES], "big")
+        self._fill(FRAME_HEADER_BYTES)
+        n = int.from_bytes(self._buf[:FRAME_HEADER_BYTES], "big")
         if n > self.frame_bytes_max:
             raise ConnectionError(f"reply frame of {n} bytes, more than {self.frame_bytes_max}")
-        self._fill(HEADER_BYTES + n)
-        body = bytes(self._buf[HEADER_BYTES:HEADER_BYTES + n])
-        del self._buf[:HEADER_BYTES + n]
+        self._fill(FRAME_HEADER_BYTES + n)
+        body = bytes(self._buf[FRAME_HEADER_BYTES:FRAME_HEADER_BYTES + n])
+        del self._buf[:FRAME_HEADER_BYTES + n]
         return body
 
     def recv(self) -> dict:
@@ -154,7 +149,7 @@ class AsyncFramedClient:
 
     async def recv_body(self) -> bytes:
         try:
-            head = await self.reader.readexactly(HEADER_BYTES)
+            head = await self.reader.readexactly(FRAME_HEADER_BYTES)
             n = int.from_bytes(head, "big")
             if n > self.frame_bytes_max:
                 raise ConnectionError(f"reply frame of {n} bytes, more than {self.frame_bytes_max}")

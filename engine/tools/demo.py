@@ -1,12 +1,12 @@
-"""`yidi demo`: a national day of cross-region settlements, end to end (issue 5).
+"""`yidi demo`: a national day of cross-region settlements, end to end.
 
 One command that a newcomer runs first:
 
-1. the default synthetic world (engine.synth) is generated once and cached,
+1. the default synthetic world (engine.tools.synth) is generated once and cached,
    keyed by the generator's parameters, its seed and the generator's own source;
 2. a day of requests is drawn from it (in a child process, while the store is
    seeded: the two are the slow start-up steps and each wants a core);
-3. the hub (engine.server) starts in this process on a fresh embedded store,
+3. the hub (engine.hub) starts in this process on a fresh embedded store,
    with the clock on each request's `inf_time`, so settlement times and the
    clearing period are those of the simulated day;
 4. the day is replayed over the framed TCP protocol: several connections, each
@@ -14,7 +14,7 @@ One command that a newcomer runs first:
    institution so that a hospital's pre-settlement, settlement, retry and
    reversal stay in order on one connection, as they would in production;
 5. the replies are summed into a summary (printed, and written as JSON) and a
-   report folder (engine.report: an HTML page and PNG charts).
+   report folder (engine.tools.report: an HTML page and PNG charts).
 
 Every money total is summed in integer fen from the replies' decimal strings,
 so the summary is what the hospitals saw. A retry returns the first reply
@@ -46,7 +46,11 @@ import msgspec
 import numpy as np
 
 from engine.contract import money
-from engine.contract.protocol import FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, province
+from engine.clearing.clearing import PREPAY_WARN_BP_DEFAULT, prepay_usage
+from engine.contract.protocol import (
+    COMMIT_INFNOS, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_NAMES_EN, FUND_SECOND, REVERSE_INFNOS, province,
+)
+from engine.tools.report import province_name_en, write_report, yuan
 
 # ---------------------------------------------------------------- defaults and bounds
 
@@ -56,7 +60,7 @@ DAY = "2026-11-20"
 # platform in 2024 (some 230 million visits a year, most of them outpatient).
 DAY_SETTLEMENTS = 130_000
 WORLD_DEFAULTS = dict(provinces=31, catalogue_per_province=200_000, persons=1_000_000)
-PERSONS_MAX = 10_000_000  # what engine.synth is sized for
+PERSONS_MAX = 10_000_000  # what engine.tools.synth is sized for
 CATALOGUE_PER_PROVINCE_MAX = 1_000_000
 SCALE_MAX = 100.0
 CONNECTIONS = 8
@@ -64,17 +68,14 @@ IN_FLIGHT_PER_CONNECTION = 32  # 8 x 32 = 256 in flight: one full batch (Limits.
 CONNECTIONS_MAX = 256
 IN_FLIGHT_PER_CONNECTION_MAX = 256  # the server stops reading a connection at Limits.inflight_per_connection_max
 WRITE_BUFFER_BYTES_MAX = 1 << 20  # client side: drain the socket above this
-THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.report)
+THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.tools.report)
 
 # The stream's mix (gen_requests' defaults, spelled out here so that the number
 # of requests for a given number of settlements is computed from known shares).
 STREAM_SHARES = dict(query_share=0.03, presettle_share=0.05, reversal_share=0.01, retry_share=0.01,
                      malformed_share=0.002)
-SETTLE_INFNOS = ("2207", "2304")
-REVERSE_INFNOS = ("2208", "2305")
 MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
-PREPAY_WARN_BP = 7000  # SETTLEMENT.md section 8: a warning at 70 % used
 
 
 def default_cache_dir() -> str:
@@ -155,11 +156,16 @@ class Log:
 # ---------------------------------------------------------------- the world, cached
 
 def _generator_digest() -> str:
-    """A digest of engine/synth.py: a changed generator must not reuse an old world."""
+    """A digest of every module of engine.tools.synth: a changed generator must not reuse an old world."""
     from engine.tools import synth
 
-    with open(synth.__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
+    folder = os.path.dirname(synth.__file__)
+    h = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+        h.update(name.encode() + b"\0")
+        with open(os.path.join(folder, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
 
 
 def world_key(seed: int, provinces: int, catalogue_per_province: int, persons: int) -> str:
@@ -352,15 +358,14 @@ async def _ticker(total: int, done: list[int], enabled: bool | None) -> None:
 async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frames_future, work_dir: str,
                             log: Log) -> tuple[Replayed, list[list], dict, dict[str, int]]:
     """Open the store, start the hub, replay the day, stop; the replies and what the world says."""
-    from engine.hub.server import Hub, Limits, Server, open_store
+    from engine.hub.hub import Hub
+    from engine.hub.limits import Limits
+    from engine.hub.serve import Server
 
     loop = asyncio.get_running_loop()
-    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
     with log.stage("store_open_s", f"opening a fresh store in {data_dir} (loads the world, seeds the persons)"):
-        store = await loop.run_in_executor(
-            writer, lambda: open_store(data_dir, world_dir, clock="inf_time"))
-    prepay_fen = dict(store.engine.world.prepay_fen)
-    hub = Hub(store, Limits(), writer=writer)
+        hub = await Hub.open(data_dir, world_dir, Limits(), clock="inf_time")
+    prepay_fen = dict(hub.engine.world.prepay_fen)
     server = Server(hub, tcp=("127.0.0.1", 0))
     await server.start()
     running = loop.create_task(server.run())
@@ -465,12 +470,7 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
     errors: collections.Counter = collections.Counter()
     seen: set[str] = set()
     counts = {"settlements": 0, "reversals": 0, "retries_answered": 0, "ok": 0, "refused": 0}
-    totals = dict.fromkeys(MONEY_FIELDS, 0)
-    by_fund: dict[str, int] = {}
-    by_class: dict[str, dict[str, int]] = {}
-    by_prov: dict[str, dict[str, int]] = {}  # insured province -> fund code -> fen
-    cross_fen: dict[str, int] = {}  # insured province -> cross-province fund + account
-    cross_pairs = 0
+    t = _Totals()
     for m, rep in zip(meta, replies):
         infno = m[k_infno]
         requests_by_infno[infno] += 1
@@ -480,7 +480,7 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
             errors[err_code or "?"] += 1
             continue
         counts["ok"] += 1
-        if infno not in SETTLE_INFNOS and infno not in REVERSE_INFNOS:
+        if infno not in COMMIT_INFNOS and infno not in REVERSE_INFNOS:
             continue
         setl_id = setl["setl_id"]
         assert setl_id == "S" + m[k_msgid], (setl_id, m[k_msgid])
@@ -488,46 +488,66 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
             counts["retries_answered"] += 1
             continue
         seen.add(setl_id)
-        sign = 1 if infno in SETTLE_INFNOS else -1
+        sign = 1 if infno in COMMIT_INFNOS else -1
         counts["settlements" if sign > 0 else "reversals"] += 1
+        t.add(setl, sign, province(m[k_ins]), province(m[k_trt]))
+    return {
+        "requests": len(meta),
+        "requests_by_infno": dict(sorted(requests_by_infno.items())),
+        "counts": counts,
+        "cross_province_settlements": t.cross_pairs,
+        "totals_fen": t.totals,
+        "by_fund_fen": dict(sorted(t.by_fund.items())),
+        "by_class": dict(sorted(t.by_class.items())),
+        "by_insured_province_fen": dict(sorted(t.by_prov.items())),
+        "errors": dict(errors.most_common()),
+        "prepay": _prepay_usage(prepay_fen, t.cross_fen),
+    }
+
+
+class _Totals:
+    """The money of the committed settlements and reversals, net, in fen."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(MONEY_FIELDS, 0)
+        self.by_fund: dict[str, int] = {}
+        self.by_class: dict[str, dict[str, int]] = {}
+        self.by_prov: dict[str, dict[str, int]] = {}  # insured province -> fund code -> fen
+        self.cross_fen: dict[str, int] = {}  # insured province -> cross-province fund + account
+        self.cross_pairs = 0
+
+    def add(self, setl: dict, sign: int, ins_prov: str, trt_prov: str) -> None:
+        """One settlement (sign 1) or reversal (sign -1), by its reply's setlinfo."""
         amounts = {f: _fen(setl[f]) for f in MONEY_FIELDS}
         # A reversal's reply carries the settlement's amounts negated (section 7).
-        assert all((a >= 0) if sign > 0 else (a <= 0) for a in amounts.values()), (setl_id, amounts)
+        assert all((a >= 0) if sign > 0 else (a <= 0) for a in amounts.values()), (setl["setl_id"], amounts)
         for f, a in amounts.items():
-            totals[f] += a
+            self.totals[f] += a
         funds = fund_amounts(setl["insutype"], amounts)
-        prov = province(m[k_ins])
-        pf = by_prov.setdefault(prov, {})
+        pf = self.by_prov.setdefault(ins_prov, {})
         for code, a in funds.items():
-            by_fund[code] = by_fund.get(code, 0) + a
+            self.by_fund[code] = self.by_fund.get(code, 0) + a
             pf[code] = pf.get(code, 0) + a
-        c = by_class.setdefault(setl["filing_class"], dict(count=0, medfee_sumamt=0, fund_pay_sumamt=0,
-                                                            acct_pay=0, psn_cash_pay=0))
+        c = self.by_class.setdefault(setl["filing_class"], dict(count=0, medfee_sumamt=0, fund_pay_sumamt=0,
+                                                                 acct_pay=0, psn_cash_pay=0))
         c["count"] += sign
         for f in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
             c[f] += amounts[f]
-        if prov != province(m[k_trt]):
-            cross_fen[prov] = cross_fen.get(prov, 0) + amounts["fund_pay_sumamt"] + amounts["acct_pay"]
-            cross_pairs += sign
-    # The same rule as engine.clearing.usage_rows (run() checks the two against each other).
+        if ins_prov != trt_prov:
+            self.cross_fen[ins_prov] = self.cross_fen.get(ins_prov, 0) + amounts["fund_pay_sumamt"] + amounts["acct_pay"]
+            self.cross_pairs += sign
+
+
+def _prepay_usage(prepay_fen: dict[str, int], cross_fen: dict[str, int]) -> dict[str, dict]:
+    """Pre-payment usage by insured province: the same rule as engine.clearing's usage rows
+    (run() checks the two against each other)."""
     prepay = {}
     for prov in sorted(set(prepay_fen) | set(cross_fen)):
         used, dep = cross_fen.get(prov, 0), prepay_fen.get(prov, 0)
         usage_bp = (used * 10000 // dep) if dep > 0 else None
         prepay[prov] = {"used_fen": used, "prepay_fen": dep, "usage_bp": usage_bp,
-                        "warning": used > 0 if usage_bp is None else usage_bp >= PREPAY_WARN_BP}
-    return {
-        "requests": len(meta),
-        "requests_by_infno": dict(sorted(requests_by_infno.items())),
-        "counts": counts,
-        "cross_province_settlements": cross_pairs,
-        "totals_fen": totals,
-        "by_fund_fen": dict(sorted(by_fund.items())),
-        "by_class": dict(sorted(by_class.items())),
-        "by_insured_province_fen": dict(sorted(by_prov.items())),
-        "errors": dict(errors.most_common()),
-        "prepay": prepay,
-    }
+                        "warning": used > 0 if usage_bp is None else usage_bp >= PREPAY_WARN_BP_DEFAULT}
+    return prepay
 
 
 _FEN_TEXT = re.compile(r"-?[0-9]+\.[0-9]{2}")
@@ -544,9 +564,7 @@ def _fen(text: str) -> int:
 def prepay_from_store(data_dir: str, prepay_fen: dict[str, int], from_replies: dict[str, dict]) -> dict[str, dict]:
     """Pre-payment usage as the clearing module reads it from the store (SETTLEMENT.md section 8),
     after checking that it equals what the replies add up to: the hospitals and the ledger agree."""
-    from engine.clearing.clearing import prepay_usage
-
-    rows = prepay_usage(data_dir, prepay_fen=prepay_fen, warn_bp=PREPAY_WARN_BP)
+    rows = prepay_usage(data_dir, prepay_fen=prepay_fen, warn_bp=PREPAY_WARN_BP_DEFAULT)
     store_used = {u.prov: u.used_fen for u in rows if u.used_fen}
     reply_used = {p: v["used_fen"] for p, v in from_replies.items() if v["used_fen"]}
     if store_used != reply_used:
@@ -579,16 +597,7 @@ def latency_stats(r: Replayed) -> dict:
 
 # ---------------------------------------------------------------- printing
 
-def yuan(fen: int) -> str:
-    """Integer fen as yuan with thousands separators, without a float."""
-    sign = "-" if fen < 0 else ""
-    y, f = divmod(abs(fen), 100)
-    return f"{sign}{y:,}.{f:02d}"
-
-
 def render_text(s: dict) -> str:
-    from engine.tools.report import PROVINCE_NAMES
-
     c, lat = s["counts"], s["latency"]
     w = s["world"]
     lines = [
@@ -612,7 +621,7 @@ def render_text(s: dict) -> str:
         lines.append(f"  {f:<20} {yuan(t[f]):>20}")
     lines += ["", "By fund (yuan)"]
     for code, fen in s["by_fund_fen"].items():
-        lines.append(f"  {code} {FUND_EN.get(code, FUND_NAMES.get(code, '')):<36} {yuan(fen):>20}")
+        lines.append(f"  {code} {FUND_NAMES_EN.get(code, FUND_NAMES.get(code, '')):<36} {yuan(fen):>20}")
     lines += ["", "By filing class", f"  {'class':<10} {'settlements':>11} {'medfee_sumamt':>18} "
               f"{'fund_pay_sumamt':>18} {'acct_pay':>16} {'psn_cash_pay':>16}"]
     for cls, v in s["by_class"].items():
@@ -629,27 +638,18 @@ def render_text(s: dict) -> str:
     for prov, v in rows:
         bp = v["usage_bp"]
         pct = "n/a" if bp is None else f"{bp / 100:.2f} %"
-        warn = "  WARNING: over 70 %" if v["warning"] else ""
-        lines.append(f"  {prov} {PROVINCE_NAMES.get(prov[:2], ''):<15} {yuan(v['used_fen']):>16} of "
+        warn = f"  WARNING: over {PREPAY_WARN_BP_DEFAULT / 100:g} %" if v["warning"] else ""
+        lines.append(f"  {prov} {province_name_en(prov):<15} {yuan(v['used_fen']):>16} of "
                      f"{yuan(v['prepay_fen']):>18}  {pct:>8}{warn}")
     lines += ["", "Timings (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in s["timings_s"].items())]
     return "\n".join(lines)
-
-
-FUND_EN = {
-    "310100": "employees' basic fund",
-    "390100": "residents' basic fund",
-    "330100": "employees' large-expense supplement",
-    "390200": "residents' critical illness insurance",
-    "310200": "employees' personal accounts",
-}
 
 
 # ---------------------------------------------------------------- the command
 
 def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
     """`yidi demo`: returns the exit code; the summary goes to `out`, the stages to `err`."""
-    from engine.hub.server import new_event_loop_factory
+    from engine.hub.serve import new_event_loop_factory
 
     o.check()
     log = Log(err)
@@ -696,8 +696,6 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
                                 os.path.join(o.report_dir, "requests.jsonl"))
                 _write_replies_jsonl(os.path.join(o.report_dir, "replies.jsonl"), r.bodies)
         with log.stage("report_s", f"writing the report to {o.report_dir}"):
-            from engine.tools.report import write_report
-
             s["timings_s"] = dict(log.timings_s)
             s["timings_s"]["total_s"] = round(time.perf_counter() - t_all, 3)
             write_report(o.report_dir, s, _series(r, meta))
@@ -731,7 +729,7 @@ def _series(r: Replayed, meta: list[list]) -> dict:
     return {
         "latency_ms": (r.t_recv_s - r.t_send_s) * 1000.0,
         "t_done_s": r.t_recv_s - r.t_start_s,
-        "is_settlement": np.array([m[k_infno] in SETTLE_INFNOS for m in meta], dtype=bool),
+        "is_settlement": np.array([m[k_infno] in COMMIT_INFNOS for m in meta], dtype=bool),
         "hour_of_day": np.array([int(m[k_time][11:13]) for m in meta], dtype=np.int64),
         "bin_s": THROUGHPUT_BIN_S,
     }

@@ -1,4 +1,4 @@
-"""The report folder of `yidi demo`: an HTML page and PNG charts (issue 5).
+"""The report folder of `yidi demo`: an HTML page and PNG charts.
 
 `write_report(folder, summary, series)` writes `index.html` and five charts:
 `latency.png` (latency histogram), `throughput.png` (replies and settlements per
@@ -17,17 +17,11 @@ import os
 
 import numpy as np
 
-from engine.contract.protocol import FUND_NAMES, PROVINCES
+from engine.clearing.clearing import PREPAY_WARN_BP_DEFAULT
+from engine.contract.protocol import FUND_NAMES, FUND_NAMES_EN, PROVINCE_NAMES_EN, province
 
-PROVINCE_NAMES = {code: en for code, (_, en) in PROVINCES.items()}  # first two digits -> English name
 FUND_ORDER = ("310100", "390100", "330100", "390200", "310200")
-FUND_LABELS = {
-    "310100": "310100 employees' basic fund",
-    "390100": "390100 residents' basic fund",
-    "330100": "330100 employees' large-expense supplement",
-    "390200": "390200 residents' critical illness",
-    "310200": "310200 employees' personal accounts",
-}
+FUND_LABELS = {code: f"{code} {FUND_NAMES_EN[code]}" for code in FUND_ORDER}
 FUND_COLOURS = {"310100": "#1f77b4", "390100": "#2ca02c", "330100": "#9ecae1", "390200": "#a1d99b",
                 "310200": "#ff7f0e"}
 CHARTS = (
@@ -41,8 +35,20 @@ DPI = 110
 THROUGHPUT_BINS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+def yuan(fen: int) -> str:
+    """Integer fen as yuan with thousands separators, without a float."""
+    sign = "-" if fen < 0 else ""
+    y, f = divmod(abs(fen), 100)
+    return f"{sign}{y:,}.{f:02d}"
+
+
+def province_name_en(prov: str) -> str:
+    """The English name of the province of a region code ("" when it is none)."""
+    return PROVINCE_NAMES_EN.get(province(prov), "")
+
+
 def _prov_label(prov: str) -> str:
-    return f"{PROVINCE_NAMES.get(prov[:2], prov[:2])} {prov}"
+    return f"{province_name_en(prov) or prov[:2]} {prov}"
 
 
 def _plt():
@@ -171,14 +177,12 @@ def chart_day(path: str, hour_of_day: np.ndarray, is_settlement: np.ndarray) -> 
 
 def write_report(folder: str, s: dict, series: dict) -> list[str]:
     """The charts and index.html; returns the files written."""
-    from engine.tools.demo import PREPAY_WARN_BP
-
     os.makedirs(folder, exist_ok=True)
     p = lambda name: os.path.join(folder, name)  # noqa: E731
     chart_latency(p("latency.png"), series["latency_ms"], s["latency"])
     chart_throughput(p("throughput.png"), series["t_done_s"], series["is_settlement"], series["bin_s"])
     chart_funds(p("funds_by_province.png"), s["by_insured_province_fen"])
-    chart_prepay(p("prepay.png"), s["prepay"], PREPAY_WARN_BP)
+    chart_prepay(p("prepay.png"), s["prepay"], PREPAY_WARN_BP_DEFAULT)
     chart_day(p("day_profile.png"), series["hour_of_day"], series["is_settlement"])
     with open(p("index.html"), "w", encoding="utf-8") as f:
         f.write(render_html(s))
@@ -198,8 +202,6 @@ def _table(head: list[str], rows: list[list], num_from: int = 1) -> str:
 
 
 def render_html(s: dict) -> str:
-    from engine.tools.demo import FUND_EN, yuan
-
     e = html.escape
     c, lat, w = s["counts"], s["latency"], s["world"]
     facts = [
@@ -220,12 +222,12 @@ def render_html(s: dict) -> str:
     t = s["totals_fen"]
     totals = [[f, yuan(t[f])] for f in ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt",
                                          "inscp_scp_amt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")]
-    funds = [[code, f"{FUND_NAMES.get(code, '')} ({FUND_EN.get(code, '')})", yuan(v)]
+    funds = [[code, f"{FUND_NAMES.get(code, '')} ({FUND_NAMES_EN.get(code, '')})", yuan(v)]
              for code, v in s["by_fund_fen"].items()]
     classes = [[k, f"{v['count']:,}", yuan(v["medfee_sumamt"]), yuan(v["fund_pay_sumamt"]), yuan(v["acct_pay"]),
                 yuan(v["psn_cash_pay"])] for k, v in s["by_class"].items()]
     errors = [[k, f"{v:,}"] for k, v in s["errors"].items()] or [["none", "0"]]
-    prepay = [[f"{p} {PROVINCE_NAMES.get(p[:2], '')}", yuan(v["used_fen"]), yuan(v["prepay_fen"]),
+    prepay = [[f"{p} {province_name_en(p)}", yuan(v["used_fen"]), yuan(v["prepay_fen"]),
                "n/a" if v["usage_bp"] is None else f"{v['usage_bp'] / 100:.2f} %", "WARNING" if v["warning"] else ""]
               for p, v in sorted(s["prepay"].items())]
     charts = "".join(f'<figure><img src="{name}" alt="{e(title)}"><figcaption>{e(title)}</figcaption></figure>'
@@ -257,7 +259,7 @@ page holds the same numbers.</p>
 {_table(["err_code", "requests"], errors)}
 <h2>Pre-payment usage by insured province</h2>
 <p>Cross-province <code>fund_pay_sumamt + acct_pay</code> charged to each insured province over its
-<code>prepay.csv</code> amount (SETTLEMENT.md section 8; warning at 70 %).</p>
+<code>prepay.csv</code> amount (SETTLEMENT.md section 8; warning at {PREPAY_WARN_BP_DEFAULT / 100:g} %).</p>
 {_table(["insured province", "used (yuan)", "prepay (yuan)", "usage", ""], prepay)}
 <h2>Charts</h2>
 {charts}

@@ -1,0 +1,379 @@
+"""The hub: admission, micro-batching and durable commit order around one engine and its store.
+
+SETTLEMENT.md section 7, "Transports". Data flows one way:
+
+    frames / HTTP bodies -> admission queue (bounded) -> batch (bounded count,
+    short window) -> Engine.handle_batch -> store.prepare, store.write (one
+    writer thread) -> replies released, in request order on each connection.
+
+Durability before acknowledgement: a batch's replies leave the process only after
+the store's write of that batch, and of every batch before it, has returned.
+`store.prepare(changes)` reads the persons' accumulators from the engine, so it
+runs on the event-loop thread right after `handle_batch`, before the next batch
+can change them; `store.write(prepared)` runs on a single writer thread, in
+batch order, while the loop reads, decodes and computes the next batch (at most
+`commits_inflight_max` batches wait for the disk). A reply computed on state that
+is not yet durable (a pre-settlement after an uncommitted settlement) waits the
+same way, so no reply ever shows what a crash could take back. The engine is not
+thread-safe: every engine call happens on the event-loop thread.
+
+Backpressure, each with a named bound (engine.hub.limits.Limits):
+- `queue_max`: requests admitted but not yet in a batch. A request that finds the
+  queue full is answered `E_BUSY` at once and never reaches the engine.
+- `inflight_per_connection_max`: replies a TCP connection still owes. At the bound
+  the server stops reading that socket (TCP flow control pushes back on the
+  client); it resumes when replies go out.
+- `write_buffer_bytes_max`: a client that does not read its replies fills the
+  transport's buffer; above the bound the server stops reading that socket, so a
+  slow reader holds at most its in-flight replies in memory.
+- `frame_bytes_max`: a larger length gets `E_LIMIT` and the connection closes.
+- `connections_max`: a connection beyond it gets one `E_BUSY` frame and is closed.
+- `http_requests_max`: HTTP requests in progress (their bodies are read before
+  admission, so they need a bound of their own); beyond it, `E_BUSY` with 503.
+
+Fail-stop: an exception from the engine or from the store means the in-memory
+state may be ahead of the durable one. Nothing more is answered: every connection
+is aborted without its pending replies and the process exits non-zero.
+
+The transports (engine.hub.tcp, engine.hub.http) admit `Admitted` items with
+`Hub.submit`; the hub answers them through `Admitted.conn` (TCP) or `Admitted.fut`
+(HTTP).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+import msgspec
+
+from engine.contract.protocol import E_BUSY, ERR_MESSAGES, INFNOS
+from engine.contract.wire import MSGPACK, Codec, Reply
+from engine.core.collect import Collector
+from engine.core.engine import Engine, Request, now_text
+from engine.hub.framing import frame
+from engine.hub.limits import Limits
+from engine.hub.metrics import Metrics
+from engine.store import open_store
+
+log = logging.getLogger("yidi.server")
+
+
+# ---------------------------------------------------------------- what the hub needs of a store
+
+class DurableStore(Protocol):
+    """What the hub needs of a store: the engine it restored, a two-step commit, and what
+    the metrics read. engine.store's SqliteStore is one; any store with these members works.
+
+    `prepare` runs on the event-loop thread right after the batch (it may read the engine's
+    state); `write` runs on the writer thread and returns once the batch is durable; `close`
+    runs on the writer thread after the last write.
+    """
+
+    engine: Engine
+    data_dir: str | None  # the folder the pre-payment gauges read (engine.clearing); None: none
+    fold_s_total: float  # seconds spent folding the journal since open
+
+    def prepare(self, changes: list) -> Any: ...
+
+    def write(self, prepared: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+    def unfolded_rows(self) -> int: ...
+
+
+_STORE_MEMBERS = tuple(DurableStore.__annotations__) + tuple(
+    name for name, member in vars(DurableStore).items() if callable(member) and not name.startswith("_"))
+
+
+def _check_store(store: object) -> None:
+    """Refuse, naming what is missing, a store that is not a DurableStore."""
+    missing = [name for name in _STORE_MEMBERS if not hasattr(store, name)]
+    if missing:
+        raise TypeError(f"{type(store).__name__} is not a DurableStore: it lacks {', '.join(missing)}")
+
+
+class Connection(Protocol):
+    """What the hub needs of a transport connection (engine.hub.tcp.FramedConnection is one)."""
+
+    def flush(self) -> None:
+        """Send the replies released so far, in request order."""
+
+    def abort(self) -> None:
+        """After a fail-stop: close at once, without the replies owed."""
+
+
+# ---------------------------------------------------------------- admitted requests and server replies
+
+class Admitted:
+    """One admitted request: its body, where its reply goes, and the reply once released."""
+
+    __slots__ = ("body", "codec", "conn", "fut", "t0", "frame", "encoded", "infno")
+
+    def __init__(self, body: bytes, codec: Codec, conn: Connection | None, fut, t0: float):
+        self.body, self.codec, self.conn, self.fut, self.t0 = body, codec, conn, fut, t0
+        # The encoded reply of a TCP connection: `encoded` as soon as the engine has
+        # answered (encoding overlaps the batch's write), `frame` only once the reply
+        # may go out (its batch is durable). A connection sends the frames at its head.
+        self.encoded: bytes | None = None
+        self.frame: bytes | None = None
+        self.infno = ""
+
+
+class FailStop(Exception):
+    """The engine or the store failed: nothing more may be answered."""
+
+
+class _Peek(msgspec.Struct):
+    """The two envelope fields the server reads itself (metrics, E_BUSY replies)."""
+
+    infno: Any = None
+    msgid: Any = None
+
+
+_PEEK = {"msgpack": msgspec.msgpack.Decoder(_Peek), "json": msgspec.json.Decoder(_Peek, float_hook=str)}
+
+
+def _peek(body: bytes, codec: Codec) -> tuple[str, str]:
+    """(infno label, msgid) of a body, without judging it: the engine does that."""
+    try:
+        p = _PEEK[codec.fmt].decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "invalid", ""
+    return infno_label(p.infno if isinstance(p.infno, str) else ""), p.msgid if isinstance(p.msgid, str) else ""
+
+
+def infno_label(infno: str | None) -> str:
+    """The metrics label of an envelope's infno: "" when it is not a string, None when the body did not decode."""
+    if infno is None:
+        return "invalid"
+    return infno if infno in INFNOS else "other"
+
+
+def server_reply(code: str, msgid: str = "", detail: str = "") -> Reply:
+    """A refusal made by the server itself (E_BUSY, E_LIMIT), shaped like the engine's."""
+    now = now_text()
+    return Reply(-1, msgid, now, now, detail or ERR_MESSAGES[code], code, {})
+
+
+# ---------------------------------------------------------------- the hub
+
+class Hub:
+    """Admission queue, batcher and writer thread around one store (module docstring)."""
+
+    def __init__(self, store: DurableStore, limits: Limits, *, observer: Callable[[str, int], None] | None = None,
+                 writer: concurrent.futures.ThreadPoolExecutor | None = None):
+        """`observer(event, n)`, when given, is told of "busy" (n: busy replies so far) and "batch"
+        (n: its size) on the event-loop thread: logging and tests hook in there. `writer` is the
+        one-thread executor every store call runs on (the one that opened the store, if any)."""
+        _check_store(store)
+        self.store = store
+        self.engine = store.engine
+        self.limits = limits
+        self.observer = observer
+        self.queue: collections.deque[Admitted] = collections.deque()
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self.failed: BaseException | None = None
+        self.busy_count = 0
+        self.batches = 0
+        self.metrics = Metrics(store, queue_depth=lambda: len(self.queue),
+                               connections=lambda: len(self.connections),
+                               up=lambda: 0 if (self.failed is not None or self.stopping) else 1)
+        self._writer = writer or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._window_s = limits.batch_window_ms / 1000.0
+        self._inf_time = self.engine.clock_inf_time
+        # Garbage collection between batches (engine.core.collect), when serve() turns
+        # the automatic collector off.
+        self.manual_gc = False
+        self._collector = Collector()
+        self._slots = asyncio.Semaphore(limits.commits_inflight_max)
+        self.on_fail_stop: Callable[[BaseException], None] | None = None
+
+    @classmethod
+    async def open(cls, data_dir: str, world_dir: str, limits: Limits, *, clock: str = "wall", **kw) -> "Hub":
+        """Open the store on the writer thread (where every later store call runs) and build a hub."""
+        ex = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
+        store = await asyncio.get_running_loop().run_in_executor(
+            ex, lambda: open_store(data_dir, world_dir, clock=clock))
+        return cls(store, limits, writer=ex, **kw)
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="yidi-batcher")
+
+    # ------------------------------------------------------------ admission
+
+    def submit(self, item: Admitted) -> bool:
+        """Queue a request; False when it must be answered E_BUSY (full, draining or failed)."""
+        if len(self.queue) >= self.limits.queue_max or self.stopping or self.failed is not None:
+            self.busy_count += 1
+            self.metrics.busy.labels("tcp" if item.conn is not None else "http").inc()
+            if self.observer is not None:
+                self.observer("busy", self.busy_count)
+            return False
+        self.queue.append(item)
+        if len(self.queue) == 1 or len(self.queue) >= self.limits.batch_max:
+            self._wake.set()
+        return True
+
+    def busy_reply(self, item: Admitted) -> Reply:
+        """The E_BUSY reply of a request submit() refused; counted like any other reply."""
+        infno, msgid = _peek(item.body, item.codec)
+        transport = "tcp" if item.conn is not None else "http"
+        self.metrics.requests.labels(transport, infno, E_BUSY).inc()
+        return server_reply(E_BUSY, msgid, "shutting down: nothing was done, retry later" if self.stopping else "")
+
+    # ------------------------------------------------------------ the batch loop
+
+    async def _run(self) -> None:
+        """Gather, compute, prepare and hand to the writer; a batch's replies wait for its write."""
+        limits = self.limits
+        prev: asyncio.Task | None = None
+        try:
+            while self.failed is None:
+                if not self.queue:
+                    if self.stopping:
+                        break
+                    await self._gather()
+                    continue
+                await self._slots.acquire()  # at most commits_inflight_max batches ahead of the disk
+                if self.failed is not None:
+                    break
+                n = min(len(self.queue), limits.batch_max)
+                items = [self.queue.popleft() for _ in range(n)]
+                prev = self._batch(items, prev)
+        finally:
+            if prev is not None:
+                await prev
+
+    async def _gather(self) -> None:
+        """Wait for a request; then let the first of a burst wait up to the window for company."""
+        self._wake.clear()
+        await self._wake.wait()
+        # Unless a full batch is already there. Requests that queued while the engine
+        # was busy never wait here: they have waited already.
+        if self._window_s and len(self.queue) < self.limits.batch_max and not self.stopping:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._window_s)
+            except TimeoutError:
+                pass
+
+    def _batch(self, items: list[Admitted], prev: asyncio.Task | None) -> asyncio.Task | None:
+        """Compute one batch on this (the engine's) thread and start its write; returns its release task."""
+        loop = asyncio.get_running_loop()
+        clock = None if self._inf_time else now_text()
+        reqs = [Request(it.body, it.codec, clock) for it in items]
+        t0 = time.perf_counter()
+        try:
+            replies = self.engine.handle_batch(reqs)
+            assert len(replies) == len(items)
+            changes = self.engine.take_changes()
+            # The store's rows of the batch, read from the engine now, before the next batch changes it.
+            prepared = self.store.prepare(changes)
+        except BaseException as e:  # a bug, or the store refuses: the engine may be half way through
+            self._fail_stop(e, items)
+            return prev
+        engine_s = time.perf_counter() - t0
+        write = loop.run_in_executor(self._writer, self._write, prepared)
+        # Encode while the writer thread waits on the disk.
+        counts: collections.Counter = collections.Counter()
+        for it, rep, req in zip(items, replies, reqs):
+            infno = infno_label(req.infno)  # read by the engine: no second decode
+            counts[("tcp" if it.conn is not None else "http", infno, rep.err_code or "")] += 1
+            if it.conn is not None:
+                # Not it.frame yet: another batch's release flushes this connection,
+                # and must not send a reply whose batch is still being written.
+                it.encoded = frame(MSGPACK.encoder.encode(rep))
+        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
+        if self.manual_gc:
+            t1 = time.perf_counter()
+            if self._collector.after_batch() == "full":
+                log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
+        return task
+
+    async def _finish(self, prev, write, items, replies, changes, counts, engine_s) -> None:
+        """Release a batch's replies once it is durable and every earlier batch has been released."""
+        try:
+            if prev is not None:
+                await prev
+            try:
+                commit_s = await write
+            except BaseException as e:
+                if self.failed is None:
+                    self._fail_stop(e, items)
+                self._abandon(items)
+                return
+            if self.failed is not None:
+                self._abandon(items)  # an earlier batch failed: this one's state was built on it
+                return
+            self.batches += 1
+            self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
+            self._release(items, replies)
+            if self.observer is not None:
+                self.observer("batch", len(items))
+        finally:
+            self._slots.release()
+
+    def _write(self, prepared) -> float:
+        """On the writer thread: make a batch durable; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.store.write(prepared)
+        return time.perf_counter() - t0
+
+    def _release(self, items: list[Admitted], replies: list[Reply]) -> None:
+        now = time.perf_counter()
+        lat_tcp = self.metrics.latency.labels("tcp")
+        lat_http = self.metrics.latency.labels("http")
+        conns = {}
+        for it, rep in zip(items, replies):
+            if it.conn is not None:
+                it.frame = it.encoded
+                lat_tcp.observe(now - it.t0)
+                conns[id(it.conn)] = it.conn
+            else:
+                lat_http.observe(now - it.t0)
+                if not it.fut.done():
+                    it.fut.set_result(rep)
+        for c in conns.values():
+            c.flush()
+
+    def _fail_stop(self, exc: BaseException, items: list[Admitted]) -> None:
+        log.critical("fail-stop: %s: %r; no further reply will be sent", type(exc).__name__, exc,
+                     exc_info=exc)
+        self.failed = exc
+        for c in list(self.connections):
+            c.abort()
+        self._abandon(list(items) + list(self.queue))
+        self.queue.clear()
+        if self.on_fail_stop is not None:
+            self.on_fail_stop(exc)
+
+    def _abandon(self, items: list[Admitted]) -> None:
+        """After a fail-stop: HTTP requests get an error, never a reply (TCP connections are aborted)."""
+        for it in items:
+            if it.fut is not None and not it.fut.done():
+                it.fut.set_exception(FailStop(repr(self.failed)))
+
+    # ------------------------------------------------------------ shutdown
+
+    async def drain(self) -> None:
+        """Refuse new requests (E_BUSY), answer every admitted one, then stop the batch loop."""
+        self.stopping = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def close(self) -> None:
+        """Close the store on the writer thread, after every commit."""
+        if self.failed is None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
+        self._writer.shutdown(wait=self.failed is None)

@@ -1,0 +1,67 @@
+"""The hub's Prometheus metrics (served at GET /metrics by engine.hub.http; docs/server.md)."""
+from __future__ import annotations
+
+import collections
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from engine.clearing.clearing import prepay_collector
+
+
+class Metrics:
+    """Prometheus metrics of one hub, in a registry of its own (several hubs may share a process)."""
+
+    LATENCY_BUCKETS_S = (.0005, .001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .075, .1, .2, .5, 1, 2, 5)
+    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+    def __init__(self, store, *, queue_depth: Callable[[], int], connections: Callable[[], int],
+                 up: Callable[[], int]):
+        """`store` is the hub's DurableStore (engine.hub.hub); the callables read the hub when scraped."""
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("yidi_requests", "Requests answered, by transport, infno and err_code "
+                                "(err_code empty on success)", ["transport", "infno", "err_code"], registry=r)
+        self.latency = Histogram("yidi_request_latency_seconds", "From a request's last byte read to its "
+                                 "reply released", ["transport"], buckets=self.LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram("yidi_batch_size", "Requests per engine batch and store commit",
+                                    buckets=self.BATCH_BUCKETS, registry=r)
+        self.engine_s = Histogram("yidi_engine_batch_seconds", "Engine.handle_batch time per batch",
+                                  buckets=self.LATENCY_BUCKETS_S, registry=r)
+        self.commit_s = Histogram("yidi_commit_seconds", "store.write time per batch",
+                                  buckets=self.LATENCY_BUCKETS_S, registry=r)
+        self.changes = Counter("yidi_committed", "Settlements and reversals made durable", ["kind"], registry=r)
+        self.busy = Counter("yidi_busy", "Requests refused with E_BUSY before reaching the engine",
+                            ["transport"], registry=r)
+        Gauge("yidi_queue_depth", "Requests admitted, waiting for a batch", registry=r).set_function(queue_depth)
+        Gauge("yidi_tcp_connections", "Open framed TCP connections", registry=r).set_function(connections)
+        Gauge("yidi_up", "1 while the hub answers, 0 after a fail-stop or while draining",
+              registry=r).set_function(up)
+        self._store_gauges(store)
+
+    def _store_gauges(self, store) -> None:
+        """The gauges read from the store when scraped."""
+        r = self.registry
+        Gauge("yidi_fold_seconds", "Seconds spent folding the journal into the keyed tables since start "
+              "(in the background, beside the commits)", registry=r).set_function(lambda: store.fold_s_total)
+        Gauge("yidi_unfolded_rows", "Committed journal rows not folded yet, indexed in RAM "
+              "(at most two generations of fold_rows)", registry=r).set_function(store.unfolded_rows)
+        # Pre-payment usage by insured province (engine.clearing), read from the store's
+        # journal when scraped; threshold from YIDI_PREPAY_WARN (default 0.70).
+        if store.data_dir is not None:
+            r.register(prepay_collector(store.data_dir, store.engine.world.prepay_fen))
+
+    def observe_batch(self, size: int, engine_s: float, commit_s: float, changes: list,
+                      counts: collections.Counter) -> None:
+        """A durable batch: its size, its times, its changes by kind, its replies by label."""
+        self.batch_size.observe(size)
+        self.engine_s.observe(engine_s)
+        self.commit_s.observe(commit_s)
+        for kind in ("settle", "reverse"):
+            k = sum(1 for c in changes if c.kind == kind)
+            if k:
+                self.changes.labels(kind).inc(k)
+        for labels, k in counts.items():
+            self.requests.labels(*labels).inc(k)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

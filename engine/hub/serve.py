@@ -1,0 +1,132 @@
+"""The hub behind its listeners, and `yidi serve` (SETTLEMENT.md section 7; docs/server.md).
+
+`Server` starts the framed TCP listener (engine.hub.tcp) and the HTTP gateway
+(engine.hub.http) around one Hub, serves until asked to stop, then drains: admitted
+requests are answered, new ones get E_BUSY, clients get `drain_timeout_s` to take
+their replies. The exit code tells a clean stop from a fail-stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from engine.hub.address import parse_address
+from engine.hub.http import Gateway
+from engine.hub.hub import Hub
+from engine.hub.limits import Limits
+from engine.hub.tcp import FramedConnection
+
+EXIT_OK, EXIT_FAIL_STOP = 0, 3
+
+
+class Server:
+    """The hub behind its listeners. `await start()`, then `await run()` until `stop()`."""
+
+    def __init__(self, hub: Hub, tcp: tuple[str, int] | None = None, http: tuple[str, int] | None = None):
+        if tcp is None and http is None:
+            raise ValueError("at least one of tcp and http")
+        self.hub = hub
+        self.tcp, self.http = tcp, http
+        self.tcp_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop: asyncio.Event | None = None
+        hub.on_fail_stop = lambda exc: self.stop()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.hub.start()
+        if self.tcp is not None:
+            self._tcp_server = await loop.create_server(
+                lambda: FramedConnection(self.hub), self.tcp[0], self.tcp[1], reuse_address=True)
+            self.tcp_address = self._tcp_server.sockets[0].getsockname()[:2]
+        if self.http is not None:
+            self._runner = web.AppRunner(Gateway(self.hub).app(), access_log=None, handle_signals=False,
+                                         shutdown_timeout=self.hub.limits.drain_timeout_s)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.http[0], self.http[1], reuse_address=True)
+            await site.start()
+            self.http_address = self._runner.addresses[0][:2]
+
+    def stop(self) -> None:
+        """Ask for a graceful stop (from the loop thread: a signal handler or a test)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until stop(); then drain and return the exit code."""
+        await self._stop.wait()
+        if self._tcp_server is not None:
+            self._tcp_server.close()  # no new connections
+        if self.hub.failed is None:
+            await self._drain()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.hub.close()
+        return EXIT_OK if self.hub.failed is None else EXIT_FAIL_STOP
+
+    async def _drain(self) -> None:
+        """Answer the admitted requests (frames read from now on get E_BUSY), then give the
+        clients drain_timeout_s to take their replies."""
+        hub = self.hub
+        hub.stopping = True
+        for c in list(hub.connections):
+            c.stop_admitting()
+        await hub.drain()
+        conns = list(hub.connections)
+        for c in conns:
+            c.finish()
+        lost = [c.lost for c in conns if c.lost is not None]
+        if lost:
+            await asyncio.wait(lost, timeout=hub.limits.drain_timeout_s)
+            for c in conns:
+                if not c.closed:
+                    c.abort()  # a client that would not take its replies in time
+
+
+def new_event_loop_factory(kind: str):
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    if kind == "asyncio":
+        return asyncio.new_event_loop
+    raise ValueError(f"loop {kind!r}: want uvloop or asyncio")
+
+
+def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
+          loop: str = "uvloop", out=sys.stdout) -> int:
+    """`yidi serve`: open the store, listen, serve until SIGTERM/SIGINT, drain, exit."""
+
+    async def main() -> int:
+        t0 = time.perf_counter()
+        hub = await Hub.open(data_dir, world_dir, limits)
+        gc.disable()  # see Hub.manual_gc
+        hub.manual_gc = True
+        server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None)
+        await server.start()
+        lp = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            lp.add_signal_handler(sig, server.stop)
+        if server.tcp_address:
+            print(f"yidi: tcp listening on {server.tcp_address[0]}:{server.tcp_address[1]}", file=out)
+        if server.http_address:
+            print(f"yidi: http listening on {server.http_address[0]}:{server.http_address[1]}", file=out)
+        print(f"yidi: ready in {time.perf_counter() - t0:.2f} s ({type(lp).__module__} loop, {limits})",
+              file=out, flush=True)
+        code = await server.run()
+        if code == EXIT_OK:
+            print(f"yidi: drained and stopped after {hub.batches} batches", file=out, flush=True)
+        else:
+            print(f"yidi: fail-stop: {hub.failed!r}", file=out, flush=True)
+        return code
+
+    with asyncio.Runner(loop_factory=new_event_loop_factory(loop)) as runner:
+        return runner.run(main())
