@@ -234,7 +234,8 @@ def test_commits_and_lookups_go_on_while_a_fold_runs(tmp_path, synth):
         store._folder.conn = held
         try:
             got = _run(store, bodies[:first])
-            assert held.holding.is_set(), "no fold started"
+            # The fold runs on the folder thread, at a lower priority: wait until it holds the keyed file.
+            assert held.holding.wait(60), "no fold started"
             assert store._tail.sealed is not None and store._folded_seq == 0
             sealed = len(store._tail.sealed.msgid)
             assert sealed >= fold_rows
