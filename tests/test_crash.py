@@ -1,4 +1,4 @@
-"""Crash safety with real processes (issue 3): SIGKILL a child that commits to a real SQLite file.
+"""Crash safety with real processes: SIGKILL a child that commits to a real SQLite file.
 
 The child (tests/crash_child.py) reads batches on stdin and acknowledges each
 request only after its batch's commit is durable. The test pipelines batches

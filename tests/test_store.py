@@ -1,4 +1,4 @@
-"""The durable store (issue 3): restart, retries, ledger, check, damaged files, world changes."""
+"""The durable store: restart, retries, ledger, check, damaged files, world changes."""
 from __future__ import annotations
 
 import hashlib
