@@ -85,13 +85,13 @@ def pinned(core: int | None) -> list[str]:
 
 def start_server(world: str, data: str, server_args: list[str], core: int | None):
     cmd = pinned(core) + [sys.executable, "-m", "engine.cli", "serve", "--world", world, "--data", data,
-                          "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", *server_args]
+                          "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", *server_args]
     log(" ".join(cmd))
     p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     addrs = {}
     for line in p.stdout:
-        m = re.match(r"yidi: (tcp|http) listening on (.+):(\d+)", line)
+        m = re.match(r"yidi: (tcp|http|admin) listening on (.+):(\d+)", line)
         if m:
             addrs[m.group(1)] = f"{m.group(2)}:{m.group(3)}"
         if line.startswith("yidi: ready"):
@@ -140,7 +140,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
     data = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)
     server, addrs = start_server(world, data, a.server_args, a.server_core)
     try:
-        before = scrape(addrs["http"])
+        before = scrape(addrs["admin"])
         summary_path = os.path.join(data, "locust-summary.json")
         cmd = pinned(a.load_core) + [
             sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "bench", "locustfile.py"), "--headless",
@@ -151,7 +151,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
         ]
         log(" ".join(cmd))
         lp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        after = scrape(addrs["http"])
+        after = scrape(addrs["admin"])
     finally:
         server.send_signal(signal.SIGTERM)
         try:

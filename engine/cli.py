@@ -105,7 +105,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         print(f"yidi: {e}", file=sys.stderr)
         return 2
     try:
-        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop)
+        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -120,7 +120,9 @@ def _add_serve(sub) -> None:
     s.add_argument("--world", required=True, help="world folder")
     s.add_argument("--data", required=True, help="data folder of the durable store")
     s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
-    s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway, /metrics and /healthz (port 0: any)")
+    s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway (port 0: any; an empty HOST: every address)")
+    s.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:9100",
+                   help="admin listener: /metrics and /healthz (default 127.0.0.1:9100)")
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     for f in fields(Limits):
         s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,

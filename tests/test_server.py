@@ -70,7 +70,8 @@ class ServerThread:
         async def main():
             self.loop = asyncio.get_running_loop()
             self.hub = Hub(self.store, self.limits, observer=self.observer)
-            self.server = Server(self.hub, ("127.0.0.1", 0), ("127.0.0.1", 0) if self.http else None)
+            self.server = Server(self.hub, ("127.0.0.1", 0), ("127.0.0.1", 0) if self.http else None,
+                                 ("127.0.0.1", 0) if self.http else None)
             await self.server.start()
             self.ready.set()
             return await self.server.run()
@@ -122,8 +123,9 @@ class ServerThread:
         finally:
             c.close()
 
-    def http_get(self, path: str) -> tuple[int, bytes]:
-        c = http.client.HTTPConnection(*self.server.http_address, timeout=WAIT_S)
+    def http_get(self, path: str, admin: bool = True) -> tuple[int, bytes]:
+        c = http.client.HTTPConnection(*(self.server.admin_address if admin else self.server.http_address),
+                                       timeout=WAIT_S)
         try:
             c.request("GET", path)
             r = c.getresponse()
@@ -524,6 +526,9 @@ def test_http_limits_errors_health_and_metrics(vector_world, vectors):
     limits = Limits(http_body_bytes_max=64 * 1024)
     with ServerThread(memory_store(vector_world), limits) as srv:
         assert srv.http_get("/healthz") == (200, b"ok\n")
+        # The gateway serves the gateway only: metrics and health are the admin listener's.
+        assert srv.http_get("/metrics", admin=False)[0] == 404
+        assert srv.http_get("/healthz", admin=False)[0] == 404
         status, body = srv.http_call(b"{not json")
         assert status == 200 and orjson.loads(body)["err_code"] == "E_SCHEMA"
         status, body = srv.http_call(b"[" + b"1," * 40000 + b"1]")
@@ -547,12 +552,12 @@ def test_http_limits_errors_health_and_metrics(vector_world, vectors):
 def start_serve(data_dir: str, loop: str, *extra: str) -> tuple[subprocess.Popen, dict]:
     p = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--data", data_dir,
-         "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--loop", loop, *extra],
+         "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--loop", loop, *extra],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     addrs = {}
     for line in p.stdout:
         line = line.decode()
-        m = re.match(r"yidi: (tcp|http) listening on (.+):(\d+)", line)
+        m = re.match(r"yidi: (tcp|http|admin) listening on (.+):(\d+)", line)
         if m:
             addrs[m.group(1)] = (m.group(2), int(m.group(3)))
         if line.startswith("yidi: ready"):
@@ -610,7 +615,7 @@ def test_restart_after_sigkill_answers_retries_from_the_store(tmp_path, vector_w
         with FramedClient(*addrs["tcp"], timeout_s=WAIT_S) as c:
             again = c.pipeline([reqs[i] for i in commits])
             retried = c.pipeline(clones)
-        host, port = addrs["http"]
+        host, port = addrs["admin"]
         metrics = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=WAIT_S).read().decode()
     finally:
         p.kill()
@@ -634,3 +639,25 @@ def test_restart_after_sigkill_answers_retries_from_the_store(tmp_path, vector_w
     for env, r in zip(clones, retried):
         want = strip_times(ref.handle(env))
         assert r["infcode"] == 0 and not differences(want, strip_times(r)), differences(want, strip_times(r))[:5]
+
+
+def test_serve_announces_its_listeners_and_an_every_address_gateway(tmp_path):
+    p = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--data", str(tmp_path / "data"),
+         "--tcp", "127.0.0.1:0", "--http", ":0", "--admin", "127.0.0.1:0"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("yidi: ready"):
+                break
+        text = "".join(lines)
+        assert re.search(r"^yidi: http listening on 0\.0\.0\.0:\d+ \(every address of this machine\)$", text, re.M)
+        m = re.search(r"^yidi: admin listening on 127\.0\.0\.1:(\d+)$", text, re.M)
+        assert m and re.search(r"^yidi: tcp listening on 127\.0\.0\.1:\d+$", text, re.M), text
+        health = urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/healthz", timeout=WAIT_S).read()
+        assert health == b"ok\n"
+    finally:
+        p.terminate()
+        p.wait(WAIT_S)

@@ -1,8 +1,9 @@
-"""The hub's HTTP gateway (SETTLEMENT.md section 7, "Transports"): POST HTTP_PATH, GET /metrics, GET /healthz.
+"""The hub's HTTP gateway (SETTLEMENT.md section 7, "Transports"): POST HTTP_PATH, and nothing else.
 
 A JSON body is admitted to the hub like a TCP frame; its reply goes back as JSON with
 money as JSON numbers (section 7), rendered here from the reply's decimal strings,
-never through a float.
+never through a float. `/metrics` and `/healthz` are the admin listener's
+(engine.hub.admin), not the gateway's.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.contract.protocol import E_BUSY, E_LIMIT, SETLINFO_MONEY
 from engine.contract.wire import JSON, Codec, Reply
@@ -95,8 +95,6 @@ class Gateway:
         # aiohttp refuses bodies above client_max_size with HTTPRequestEntityTooLarge on read().
         app = web.Application(client_max_size=self.hub.limits.http_body_bytes_max)
         app.router.add_post(HTTP_PATH, self.call_service)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/healthz", self.healthz)
         return app
 
     async def call_service(self, request: web.Request) -> web.Response:
@@ -131,13 +129,3 @@ class Gateway:
         except FailStop:
             raise web.HTTPServiceUnavailable(text="fail-stop")
         return _json(reply, 200)
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.hub.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        if self.hub.failed is not None:
-            return web.Response(status=503, text="fail-stop\n")
-        if self.hub.stopping:
-            return web.Response(status=503, text="draining\n")
-        return web.Response(text="ok\n")

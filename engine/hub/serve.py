@@ -1,7 +1,7 @@
 """The hub behind its listeners, and `yidi serve` (SETTLEMENT.md section 7; docs/server.md).
 
-`Server` starts the framed TCP listener (engine.hub.tcp) and the HTTP gateway
-(engine.hub.http) around one Hub, serves until asked to stop, then drains: admitted
+`Server` starts the framed TCP listener (engine.hub.tcp), the HTTP gateway
+(engine.hub.http) and the admin listener (engine.hub.admin) around one Hub, serves until asked to stop, then drains: admitted
 requests are answered, new ones get E_BUSY, clients get `drain_timeout_s` to take
 their replies. The exit code tells a clean stop from a fail-stop.
 """
@@ -16,6 +16,7 @@ import time
 from aiohttp import web
 
 from engine.hub.address import parse_address
+from engine.hub.admin import Admin
 from engine.hub.http import Gateway
 from engine.hub.hub import Hub
 from engine.hub.limits import Limits
@@ -27,15 +28,17 @@ EXIT_OK, EXIT_FAIL_STOP = 0, 3
 class Server:
     """The hub behind its listeners. `await start()`, then `await run()` until `stop()`."""
 
-    def __init__(self, hub: Hub, tcp: tuple[str, int] | None = None, http: tuple[str, int] | None = None):
+    def __init__(self, hub: Hub, tcp: tuple[str, int] | None = None, http: tuple[str, int] | None = None,
+                 admin: tuple[str, int] | None = None):
         if tcp is None and http is None:
             raise ValueError("at least one of tcp and http")
         self.hub = hub
-        self.tcp, self.http = tcp, http
+        self.tcp, self.http, self.admin = tcp, http, admin
         self.tcp_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
         self._stop: asyncio.Event | None = None
         hub.on_fail_stop = lambda exc: self.stop()
 
@@ -48,12 +51,17 @@ class Server:
                 lambda: FramedConnection(self.hub), self.tcp[0], self.tcp[1], reuse_address=True)
             self.tcp_address = self._tcp_server.sockets[0].getsockname()[:2]
         if self.http is not None:
-            self._runner = web.AppRunner(Gateway(self.hub).app(), access_log=None, handle_signals=False,
-                                         shutdown_timeout=self.hub.limits.drain_timeout_s)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.http[0], self.http[1], reuse_address=True)
-            await site.start()
-            self.http_address = self._runner.addresses[0][:2]
+            self.http_address = await self._site(Gateway(self.hub).app(), self.http)
+        if self.admin is not None:
+            self.admin_address = await self._site(Admin(self.hub).app(), self.admin)
+
+    async def _site(self, app: web.Application, address: tuple[str, int]) -> tuple[str, int]:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=self.hub.limits.drain_timeout_s)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, address[0], address[1], reuse_address=True).start()
+        return runner.addresses[0][:2]
 
     def stop(self) -> None:
         """Ask for a graceful stop (from the loop thread: a signal handler or a test)."""
@@ -67,8 +75,8 @@ class Server:
             self._tcp_server.close()  # no new connections
         if self.hub.failed is None:
             await self._drain()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
         await self.hub.close()
         return EXIT_OK if self.hub.failed is None else EXIT_FAIL_STOP
 
@@ -101,8 +109,14 @@ def new_event_loop_factory(kind: str):
     raise ValueError(f"loop {kind!r}: want uvloop or asyncio")
 
 
+def _listening(kind: str, address: tuple[str, int]) -> str:
+    host, port = address
+    every = " (every address of this machine)" if host in ("0.0.0.0", "::", "") else ""
+    return f"yidi: {kind} listening on {host}:{port}{every}"
+
+
 def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
-          loop: str = "uvloop", out=sys.stdout) -> int:
+          loop: str = "uvloop", out=sys.stdout, admin: str | None = None) -> int:
     """`yidi serve`: open the store, listen, serve until SIGTERM/SIGINT, drain, exit."""
 
     async def main() -> int:
@@ -110,15 +124,16 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         hub = await Hub.open(data_dir, world_dir, limits)
         gc.disable()  # see Hub.manual_gc
         hub.manual_gc = True
-        server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None)
+        server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None,
+                        parse_address(admin, "127.0.0.1") if admin else None)
         await server.start()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             lp.add_signal_handler(sig, server.stop)
-        if server.tcp_address:
-            print(f"yidi: tcp listening on {server.tcp_address[0]}:{server.tcp_address[1]}", file=out)
-        if server.http_address:
-            print(f"yidi: http listening on {server.http_address[0]}:{server.http_address[1]}", file=out)
+        for kind, address in (("tcp", server.tcp_address), ("http", server.http_address),
+                              ("admin", server.admin_address)):
+            if address:
+                print(_listening(kind, address), file=out)
         print(f"yidi: ready in {time.perf_counter() - t0:.2f} s ({type(lp).__module__} loop, {limits})",
               file=out, flush=True)
         code = await server.run()
