@@ -3,6 +3,8 @@
 SETTLEMENT.md section 1 (line limits, mulr, ext) and section 3 (the split).
 Private: use engine.kernels.
 """
+import numpy as np
+
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 from core_ext._exact cimport (
@@ -12,7 +14,7 @@ cdef extern from *:
     """
     /* Line limits of section 1, in the units of the arrays. */
     #define YIDI_PRIC_MICRO_MAX 1000000000000LL  /* 1,000,000.000000 yuan */
-    #define YIDI_CNT_MAX 1000000000LL            /* 100,000.0000 units */
+    #define YIDI_CNT_MAX_TEN_THOUSANDTHS 1000000000LL  /* 100,000.0000 units */
     #define YIDI_AMT_FEN_MAX 1000000000LL        /* 10,000,000.00 yuan */
     /* Catalogue classes (chrgitm_lv) as stored in cat_lv. */
     #define YIDI_LV_A 1
@@ -20,7 +22,7 @@ cdef extern from *:
     #define YIDI_LV_C 3
     """
     const int64_t PRIC_MICRO_MAX_C "YIDI_PRIC_MICRO_MAX"
-    const int64_t CNT_MAX_C "YIDI_CNT_MAX"
+    const int64_t CNT_MAX_TEN_THOUSANDTHS_C "YIDI_CNT_MAX_TEN_THOUSANDTHS"
     const int64_t AMT_FEN_MAX_C "YIDI_AMT_FEN_MAX"
     const int8_t LV_A "YIDI_LV_A"
     const int8_t LV_B "YIDI_LV_B"
@@ -32,7 +34,7 @@ cdef enum:
     AHEAD = 8
 
 PRIC_MICRO_MAX = PRIC_MICRO_MAX_C
-CNT_MAX = CNT_MAX_C
+CNT_MAX_TEN_THOUSANDTHS = CNT_MAX_TEN_THOUSANDTHS_C
 AMT_FEN_MAX = AMT_FEN_MAX_C
 
 # memo, per line
@@ -68,82 +70,159 @@ def mulr(int64_t amount_fen, int64_t ratio_bp) -> int:
 
 
 cdef inline bint within_limits(int64_t p, int64_t c, int64_t a) noexcept nogil:
-    return (0 <= p <= PRIC_MICRO_MAX_C) and (0 < c <= CNT_MAX_C) and (0 <= a <= AMT_FEN_MAX_C)
+    return (0 <= p <= PRIC_MICRO_MAX_C) and (0 < c <= CNT_MAX_TEN_THOUSANDTHS_C) and (0 <= a <= AMT_FEN_MAX_C)
 
 
-def split_batch(
-    const int64_t[::1] starts not None,
-    const uint8_t[::1] outpatient not None,
-    const int32_t[::1] row not None,
-    const int64_t[::1] pric_micro not None,
-    const int64_t[::1] cnt not None,
-    const int64_t[::1] amt_fen not None,
-    const int8_t[::1] cat_lv not None,
-    const int32_t[::1] cat_selfpay_bp not None,
-    const int64_t[::1] cat_cap_micro not None,
-    const int8_t[::1] cat_lmt not None,
-    int8_t[::1] memo not None,
-    int64_t[::1] fulamt not None,
-    int64_t[::1] overlmt not None,
-    int64_t[::1] presel not None,
-    int64_t[::1] inscp not None,
-    int64_t[::1] tot_fulamt not None,
-    int64_t[::1] tot_overlmt not None,
-    int64_t[::1] tot_presel not None,
-    int64_t[::1] tot_inscp not None,
-    int64_t[::1] tot_amt not None,
-    int8_t[::1] err not None,
-    int32_t[::1] err_line not None,
-) -> None:
+cdef object _array(object value, object dtype, str name):
+    """value as a 1-D C-contiguous array of exactly `dtype`, else TypeError/ValueError."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, not {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype).name}, not {value.dtype}")
+    if value.ndim != 1:
+        raise ValueError(f"{name} must have 1 dimension, not {value.ndim}")
+    if not value.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return value
+
+
+cdef _rows(dict arrays, Py_ssize_t want, str group):
+    for name, arr in arrays.items():
+        if len(arr) != want:
+            raise ValueError(f"{name} has {len(arr)} entries, expected {want} ({group})")
+
+
+cdef class CatalogueArrays:
+    """The catalogue entries the split reads (SETTLEMENT.md section 3), one row per entry.
+
+    lv (chrgitm_lv: 1 A, 2 B, 3 C), selfpay_bp, cap_micro (-1: no cap), lmt
+    (1: limited to inpatient use).
+    """
+    cdef readonly object lv, selfpay_bp, cap_micro, lmt
+    cdef readonly Py_ssize_t n
+    cdef const int8_t[::1] _lv
+    cdef const int32_t[::1] _selfpay_bp
+    cdef const int64_t[::1] _cap_micro
+    cdef const int8_t[::1] _lmt
+
+    def __init__(self, *, lv, selfpay_bp, cap_micro, lmt):
+        self.lv = _array(lv, np.int8, "lv")
+        self.selfpay_bp = _array(selfpay_bp, np.int32, "selfpay_bp")
+        self.cap_micro = _array(cap_micro, np.int64, "cap_micro")
+        self.lmt = _array(lmt, np.int8, "lmt")
+        self.n = len(self.lv)
+        _rows({"selfpay_bp": self.selfpay_bp, "cap_micro": self.cap_micro, "lmt": self.lmt},
+              self.n, "catalogue entries")
+        self._lv, self._selfpay_bp = self.lv, self.selfpay_bp
+        self._cap_micro, self._lmt = self.cap_micro, self.lmt
+
+
+cdef class LineBatch:
+    """A round's fee lines for the split (SETTLEMENT.md sections 1, 3).
+
+    Per settlement (n_settlements): outpatient (1: the limited-use rule
+    applies); starts (n_settlements + 1): settlement s owns lines starts[s] ..
+    starts[s+1]-1, from 0 to n_lines, never decreasing. Per line (n_lines):
+    row (catalogue row, -1 not in the catalogue), pric_micro,
+    cnt_ten_thousandths, amt_fen.
+    """
+    cdef readonly object starts, outpatient, row, pric_micro, cnt_ten_thousandths, amt_fen
+    cdef readonly Py_ssize_t n_settlements, n_lines
+    cdef const int64_t[::1] _starts
+    cdef const uint8_t[::1] _outpatient
+    cdef const int32_t[::1] _row
+    cdef const int64_t[::1] _pric_micro
+    cdef const int64_t[::1] _cnt
+    cdef const int64_t[::1] _amt_fen
+
+    def __init__(self, *, starts, outpatient, row, pric_micro, cnt_ten_thousandths, amt_fen):
+        cdef Py_ssize_t s
+        self.starts = _array(starts, np.int64, "starts")
+        self.outpatient = _array(outpatient, np.uint8, "outpatient")
+        self.row = _array(row, np.int32, "row")
+        self.pric_micro = _array(pric_micro, np.int64, "pric_micro")
+        self.cnt_ten_thousandths = _array(cnt_ten_thousandths, np.int64, "cnt_ten_thousandths")
+        self.amt_fen = _array(amt_fen, np.int64, "amt_fen")
+        self.n_settlements = len(self.starts) - 1
+        self.n_lines = len(self.row)
+        if self.n_settlements < 0:
+            raise ValueError("starts needs n_settlements + 1 entries")
+        _rows({"outpatient": self.outpatient}, self.n_settlements, "settlements")
+        _rows({"pric_micro": self.pric_micro, "cnt_ten_thousandths": self.cnt_ten_thousandths,
+               "amt_fen": self.amt_fen}, self.n_lines, "lines")
+        self._starts, self._outpatient, self._row = self.starts, self.outpatient, self.row
+        self._pric_micro, self._cnt, self._amt_fen = (
+            self.pric_micro, self.cnt_ten_thousandths, self.amt_fen)
+        if self._starts[0] != 0 or self._starts[self.n_settlements] != self.n_lines:
+            raise ValueError(f"starts must run from 0 to {self.n_lines}")
+        for s in range(self.n_settlements):
+            if self._starts[s + 1] < self._starts[s]:
+                raise ValueError(f"starts decrease at settlement {s}")
+
+
+cdef class SplitResults:
+    """The split's outputs, allocated here (SETTLEMENT.md section 3).
+
+    Per line: memo, and the four parts in fen (fulamt_fen, overlmt_fen,
+    presel_fen, inscp_fen). Per settlement: their totals and tot_amt_fen
+    (saturating), err (0 ok, 1 E_LIMIT, 2 E_AMOUNT_MISMATCH) and err_line.
+    """
+    cdef readonly object memo, fulamt_fen, overlmt_fen, presel_fen, inscp_fen
+    cdef readonly object tot_fulamt_fen, tot_overlmt_fen, tot_presel_fen, tot_inscp_fen
+    cdef readonly object tot_amt_fen, err, err_line
+    cdef readonly Py_ssize_t n_settlements, n_lines
+    cdef int8_t[::1] _memo, _err
+    cdef int64_t[::1] _ful, _ovr, _pre, _ins, _t_ful, _t_ovr, _t_pre, _t_ins, _t_amt
+    cdef int32_t[::1] _err_line
+
+    def __init__(self, Py_ssize_t n_lines, Py_ssize_t n_settlements):
+        if n_lines < 0 or n_settlements < 0:
+            raise ValueError("counts must be >= 0")
+        self.n_lines, self.n_settlements = n_lines, n_settlements
+        I64 = np.int64
+        self.memo = np.empty(n_lines, np.int8)
+        self.fulamt_fen, self.overlmt_fen = np.empty(n_lines, I64), np.empty(n_lines, I64)
+        self.presel_fen, self.inscp_fen = np.empty(n_lines, I64), np.empty(n_lines, I64)
+        self.tot_fulamt_fen, self.tot_overlmt_fen = np.empty(n_settlements, I64), np.empty(n_settlements, I64)
+        self.tot_presel_fen, self.tot_inscp_fen = np.empty(n_settlements, I64), np.empty(n_settlements, I64)
+        self.tot_amt_fen = np.empty(n_settlements, I64)
+        self.err, self.err_line = np.empty(n_settlements, np.int8), np.empty(n_settlements, np.int32)
+        self._memo, self._err, self._err_line = self.memo, self.err, self.err_line
+        self._ful, self._ovr, self._pre, self._ins = (
+            self.fulamt_fen, self.overlmt_fen, self.presel_fen, self.inscp_fen)
+        self._t_ful, self._t_ovr, self._t_pre, self._t_ins, self._t_amt = (
+            self.tot_fulamt_fen, self.tot_overlmt_fen, self.tot_presel_fen, self.tot_inscp_fen,
+            self.tot_amt_fen)
+
+
+def split_batch(LineBatch lines not None, CatalogueArrays catalogue not None,
+                SplitResults results not None) -> None:
     """Check the line limits and amounts, split every line, total each settlement.
 
-    SETTLEMENT.md section 1 (limits) and section 3. Lines of settlement s are
-    starts[s] .. starts[s+1]-1; row[i] is line i's catalogue row or -1. In
-    line order, the first line outside the limits (err 1, E_LIMIT) or with
+    SETTLEMENT.md section 1 (limits) and section 3. In line order, the first
+    line of a settlement outside the limits (err 1, E_LIMIT) or with
     |ext(p, c) - A| > 1 (err 2, E_AMOUNT_MISMATCH) decides err and err_line
     (its index within the settlement). A line outside the limits is not split:
-    its amount goes whole to fulamt, memo 0. The totals of a settlement with
-    err != 0 mean nothing (they saturate rather than overflow).
+    its amount goes whole to fulamt_fen, memo 0. The totals of a settlement
+    with err != 0 mean nothing (they saturate rather than overflow).
     """
-    cdef Py_ssize_t n_set = starts.shape[0] - 1
-    cdef Py_ssize_t n_lines = row.shape[0]
-    cdef Py_ssize_t n_cat = cat_lv.shape[0]
-    cdef Py_ssize_t s, i
-    if n_set < 0:
-        raise ValueError("starts needs n_settlements + 1 entries")
-    for name, arr in (("outpatient", outpatient), ("tot_fulamt", tot_fulamt),
-                      ("tot_overlmt", tot_overlmt), ("tot_presel", tot_presel),
-                      ("tot_inscp", tot_inscp), ("tot_amt", tot_amt), ("err", err),
-                      ("err_line", err_line)):
-        if len(arr) != n_set:
-            raise ValueError(f"{name} has {len(arr)} entries, expected {n_set} (settlements)")
-    for name, arr in (("pric_micro", pric_micro), ("cnt", cnt), ("amt_fen", amt_fen),
-                      ("memo", memo), ("fulamt", fulamt), ("overlmt", overlmt),
-                      ("presel", presel), ("inscp", inscp)):
-        if len(arr) != n_lines:
-            raise ValueError(f"{name} has {len(arr)} entries, expected {n_lines} (lines)")
-    for name, arr in (("cat_selfpay_bp", cat_selfpay_bp), ("cat_cap_micro", cat_cap_micro),
-                      ("cat_lmt", cat_lmt)):
-        if len(arr) != n_cat:
-            raise ValueError(f"{name} has {len(arr)} entries, expected {n_cat} (cat_lv)")
-    if starts[0] != 0 or starts[n_set] != n_lines:
-        raise ValueError(f"starts must run from 0 to {n_lines}")
-    for s in range(n_set):
-        if starts[s + 1] < starts[s]:
-            raise ValueError(f"starts decrease at settlement {s}")
-
+    if results.n_lines != lines.n_lines or results.n_settlements != lines.n_settlements:
+        raise ValueError(
+            f"results are for {results.n_lines} lines and {results.n_settlements} settlements, "
+            f"the batch has {lines.n_lines} and {lines.n_settlements}")
     cdef Py_ssize_t bad_row = -1, broken = -1
     with nogil:
-        bad_row, broken = _split(starts, outpatient, row, pric_micro, cnt, amt_fen,
-                                 cat_lv, cat_selfpay_bp, cat_cap_micro, cat_lmt,
-                                 memo, fulamt, overlmt, presel, inscp,
-                                 tot_fulamt, tot_overlmt, tot_presel, tot_inscp, tot_amt,
-                                 err, err_line)
+        bad_row, broken = _split(
+            lines._starts, lines._outpatient, lines._row, lines._pric_micro, lines._cnt,
+            lines._amt_fen, catalogue._lv, catalogue._selfpay_bp, catalogue._cap_micro,
+            catalogue._lmt, results._memo, results._ful, results._ovr, results._pre, results._ins,
+            results._t_ful, results._t_ovr, results._t_pre, results._t_ins, results._t_amt,
+            results._err, results._err_line)
     if bad_row >= 0:
-        r = row[bad_row]
+        r = lines.row[bad_row]
         raise ValueError(
             f"line {bad_row}: catalogue row {r} is not a valid entry "
-            f"(of {n_cat} rows: lv, selfpay_bp or cap out of range)")
+            f"(of {catalogue.n} rows: lv, selfpay_bp or cap out of range)")
     if broken >= 0:
         raise AssertionError(f"line {broken}: the four parts do not add up to its amount, "
                              "or one is negative")

@@ -70,12 +70,12 @@ def _assert_persons_equal_reference(store_engine: Engine, world, bodies: list[by
     psn_no = world.psn_no.to_pylist()
     for i, no in enumerate(psn_no):
         p = ref.persons[no]
-        got = (int(st.balc[i]), int(st.acc_year[i]), int(st.hifp_ip[i]), int(st.hifp_op[i]), int(st.ded_op[i]),
-               int(st.burden2[i]), int(st.second_paid[i]))
+        got = (int(st.balc_fen[i]), int(st.acc_year[i]), int(st.hifp_ip_fen[i]), int(st.hifp_op_fen[i]), int(st.ded_op_fen[i]),
+               int(st.burden2_fen[i]), int(st.second_paid_fen[i]))
         assert got == (p.balc, p.acc_year, p.hifp_ip, p.hifp_op, p.ded_op, p.burden2, p.second_paid), no
         for dise, (val, year) in p.chronic.items():
             slot = store_engine.cd_slots[(i, dise)]
-            mine = int(st.cd_val[slot]) if int(st.cd_year[slot]) == int(st.acc_year[i]) else 0
+            mine = int(st.cd_val_fen[slot]) if int(st.cd_year[slot]) == int(st.acc_year[i]) else 0
             theirs = val if year == p.acc_year else 0
             assert mine == theirs, (no, dise)
 

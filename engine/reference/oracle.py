@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from engine.contract import money
 from engine.contract.money import clamp_bp, ext, mulr
 from engine.contract.protocol import (
-    CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, CNT_MAX, COMMIT_INFNOS, E_ALREADY_REVERSED,
+    CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, CNT_MAX_TEN_THOUSANDTHS, COMMIT_INFNOS, E_ALREADY_REVERSED,
     E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
     E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
     E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, FILING_CLASS_OF_TYPE,
@@ -99,7 +99,7 @@ def split_line(a: int, p: int, c: int, entry: Entry | None, outpatient: bool) ->
 
 def check_line_limits(a: int, p: int, c: int) -> None:
     """Section 1 limits on one line, then section 3 step 1."""
-    if not (0 <= p <= PRIC_MAX_MICRO and 0 < c <= CNT_MAX and 0 <= a <= LINE_AMT_MAX_FEN):
+    if not (0 <= p <= PRIC_MAX_MICRO and 0 < c <= CNT_MAX_TEN_THOUSANDTHS and 0 <= a <= LINE_AMT_MAX_FEN):
         raise Refused(E_LIMIT, "line outside the limits of price, count or amount")
     if abs(ext(p, c) - a) > 1:
         raise Refused(E_AMOUNT_MISMATCH, "line amount is not price times count")

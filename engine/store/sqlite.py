@@ -575,8 +575,8 @@ def pack_result_rows(rr: ResultRows, cache: dict) -> bytes:
         # Only settled rounds are packed, whose lines passed the section 1 limits
         # (pack_lines raises ValueError on an amount outside int32).
         cat, sp = r.cat, r.split
-        packed = (r, pack_lines(r.row, cat.lv, cat.selfpay_bp, cat.cap_micro, sp.memo, sp.fulamt, sp.overlmt,
-                                sp.presel, sp.inscp))  # keeps r alive so that id(r) stays its own
+        packed = (r, pack_lines(r.row, cat.lv, cat.selfpay_bp, cat.cap_micro, sp.memo, sp.fulamt_fen, sp.overlmt_fen,
+                                sp.presel_fen, sp.inscp_fen))  # keeps r alive so that id(r) stays its own
         cache[id(r)] = packed
     size = LINE_DTYPE.itemsize
     return packed[1][rr.lo * size : rr.hi * size]
@@ -1587,12 +1587,12 @@ class SqliteStore:
         st = self.engine.state
         idx = np.fromiter(psns, dtype=np.int64, count=len(psns))
         persons = list(zip(
-            [last] * len(idx), idx.tolist(), st.balc[idx].tolist(), st.acc_year[idx].tolist(),
-            st.hifp_ip[idx].tolist(), st.hifp_op[idx].tolist(), st.ded_op[idx].tolist(),
-            st.burden2[idx].tolist(), st.second_paid[idx].tolist(),
+            [last] * len(idx), idx.tolist(), st.balc_fen[idx].tolist(), st.acc_year[idx].tolist(),
+            st.hifp_ip_fen[idx].tolist(), st.hifp_op_fen[idx].tolist(), st.ded_op_fen[idx].tolist(),
+            st.burden2_fen[idx].tolist(), st.second_paid_fen[idx].tolist(),
         ))
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
-        chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val[sidx].tolist(), st.cd_year[sidx].tolist()))
+        chronic = list(zip([last] * len(sidx), sidx.tolist(), st.cd_val_fen[sidx].tolist(), st.cd_year[sidx].tolist()))
         self._next_seq = last + 1
         return Prepared(changes, journal, compression, persons, chronic, tail, last)
 
