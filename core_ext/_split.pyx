@@ -38,14 +38,24 @@ CNT_MAX_TEN_THOUSANDTHS = CNT_MAX_TEN_THOUSANDTHS_C
 AMT_FEN_MAX = AMT_FEN_MAX_C
 
 # memo, per line
-MEMO_NONE = 0
-MEMO_NOT_IN_CATALOGUE = 1
-MEMO_CLASS_C = 2
-MEMO_LIMITED_USE = 3
+cdef enum:
+    MEMO_NONE_C = 0
+    MEMO_NOT_IN_CATALOGUE_C = 1
+    MEMO_CLASS_C_C = 2
+    MEMO_LIMITED_USE_C = 3
 # err, per settlement
-ERR_OK = 0
-ERR_LIMIT = 1
-ERR_AMOUNT_MISMATCH = 2
+cdef enum:
+    ERR_OK_C = 0
+    ERR_LIMIT_C = 1
+    ERR_AMOUNT_MISMATCH_C = 2
+
+MEMO_NONE = MEMO_NONE_C
+MEMO_NOT_IN_CATALOGUE = MEMO_NOT_IN_CATALOGUE_C
+MEMO_CLASS_C = MEMO_CLASS_C_C
+MEMO_LIMITED_USE = MEMO_LIMITED_USE_C
+ERR_OK = ERR_OK_C
+ERR_LIMIT = ERR_LIMIT_C
+ERR_AMOUNT_MISMATCH = ERR_AMOUNT_MISMATCH_C
 
 
 def ext(int64_t pric_micro, int64_t cnt) -> int:
@@ -228,6 +238,78 @@ def split_batch(LineBatch lines not None, CatalogueArrays catalogue not None,
                              "or one is negative")
 
 
+# Raw views of the catalogue columns for split_line (rows checked there).
+cdef struct Entries:
+    const int8_t *lv
+    const int32_t *selfpay_bp
+    const int64_t *cap_micro
+    const int8_t *lmt
+    Py_ssize_t n
+
+# One line's split: memo and the four parts (fen).
+cdef struct Parts:
+    int8_t memo
+    int64_t ful_fen
+    int64_t ovr_fen
+    int64_t pre_fen
+    int64_t ins_fen
+
+# What split_line found wrong with a line, as bits.
+cdef enum:
+    LINE_LIMIT = 1      # outside the limits of section 1: E_LIMIT
+    LINE_MISMATCH = 2   # |ext(p, c) - A| > 1: E_AMOUNT_MISMATCH
+    LINE_BAD_ROW = 4    # a catalogue row that is no valid entry: the caller's bug
+    LINE_NEGATIVE = 8   # a negative in-scope part: a bug here
+
+
+cdef inline int split_line(int64_t a, int64_t p, int64_t c, int32_t r, bint is_op,
+                           const Entries *E, Parts *out) noexcept nogil:
+    """Section 3 for one line of amount a (fen), price p (micro), count c
+    (ten-thousandths) against catalogue row r (-1: none). Returns LINE_* bits."""
+    cdef int flags = 0
+    cdef int64_t e, cap, base
+    cdef int32_t sp
+    cdef int8_t lv
+    out.memo = MEMO_NONE_C
+    out.ful_fen = out.ovr_fen = out.pre_fen = out.ins_fen = 0
+    if not within_limits(p, c, a):
+        out.ful_fen = a  # not split: the line is refused with its settlement
+        return LINE_LIMIT
+    e = yidi_ext(p, c)
+    if e - a > 1 or a - e > 1:
+        flags |= LINE_MISMATCH
+    if r < 0 or r >= E.n:
+        if r != -1:
+            flags |= LINE_BAD_ROW
+        out.memo = MEMO_NOT_IN_CATALOGUE_C
+        out.ful_fen = a
+        return flags
+    lv = E.lv[r]
+    sp = E.selfpay_bp[r]
+    cap = E.cap_micro[r]
+    if lv < LV_A or lv > LV_C or sp < 0 or sp > 10_000 or cap < -1:
+        flags |= LINE_BAD_ROW
+    if lv == LV_C:
+        out.memo = MEMO_CLASS_C_C
+        out.ful_fen = a
+    elif E.lmt[r] == 1 and is_op:
+        out.memo = MEMO_LIMITED_USE_C
+        out.ful_fen = a
+    else:
+        # cap <= p <= 1e12 and c <= 1e9 here: ext fits int64.
+        if cap >= 0 and p > cap:
+            out.ovr_fen = yidi_ext(p - cap, c)
+            if out.ovr_fen > a:
+                out.ovr_fen = a
+        base = a - out.ovr_fen
+        if lv == LV_B:
+            out.pre_fen = yidi_mulr(base, sp)
+        out.ins_fen = base - out.pre_fen
+        if out.ins_fen < 0:
+            flags |= LINE_NEGATIVE
+    return flags
+
+
 cdef (Py_ssize_t, Py_ssize_t) _split(
     const int64_t[::1] starts,
     const uint8_t[::1] outpatient,
@@ -255,16 +337,22 @@ cdef (Py_ssize_t, Py_ssize_t) _split(
     """The loop of split_batch. Returns (first line with an invalid catalogue
     row, first line whose parts do not add up), each -1 when none."""
     cdef Py_ssize_t n_set = starts.shape[0] - 1
-    cdef Py_ssize_t n_cat = cat_lv.shape[0]
+    cdef Py_ssize_t n_lines = row.shape[0]
     cdef Py_ssize_t s, i, i0
     cdef Py_ssize_t bad_row = -1, broken = -1
-    cdef int64_t a, p, c, e, cap, ful, ovr, pre, ins, base
-    cdef int64_t t_ful, t_ovr, t_pre, t_ins, t_amt
-    cdef Py_ssize_t n_lines = row.shape[0]
-    cdef int32_t r, sp, r_ahead
-    cdef int8_t lv, m, e_code
+    cdef int64_t a, t_ful, t_ovr, t_pre, t_ins, t_amt
+    cdef int32_t r_ahead
+    cdef int8_t e_code
     cdef int32_t e_line
+    cdef int flags
     cdef bint is_op
+    cdef Parts parts
+    cdef Entries E
+    E.n = cat_lv.shape[0]
+    E.lv = &cat_lv[0] if E.n > 0 else NULL
+    E.selfpay_bp = &cat_selfpay_bp[0] if E.n > 0 else NULL
+    E.cap_micro = &cat_cap_micro[0] if E.n > 0 else NULL
+    E.lmt = &cat_lmt[0] if E.n > 0 else NULL
     for s in range(n_set):
         i0 = starts[s]
         is_op = outpatient[s] != 0
@@ -274,74 +362,32 @@ cdef (Py_ssize_t, Py_ssize_t) _split(
         for i in range(i0, starts[s + 1]):
             if i + AHEAD < n_lines:
                 r_ahead = row[i + AHEAD]
-                if 0 <= r_ahead < n_cat:
-                    prefetch(&cat_lv[r_ahead])
-                    prefetch(&cat_selfpay_bp[r_ahead])
-                    prefetch(&cat_cap_micro[r_ahead])
-                    prefetch(&cat_lmt[r_ahead])
+                if 0 <= r_ahead < E.n:
+                    prefetch(&E.lv[r_ahead])
+                    prefetch(&E.selfpay_bp[r_ahead])
+                    prefetch(&E.cap_micro[r_ahead])
+                    prefetch(&E.lmt[r_ahead])
             a = amt_fen[i]
-            p = pric_micro[i]
-            c = cnt[i]
-            ful = ovr = pre = ins = 0
-            m = 0
-            if not within_limits(p, c, a):
-                if e_code == 0:
-                    e_code = 1
-                    e_line = <int32_t>(i - i0)
-                ful = a
-            else:
-                e = yidi_ext(p, c)
-                if e_code == 0 and (e - a > 1 or a - e > 1):
-                    e_code = 2
-                    e_line = <int32_t>(i - i0)
-                r = row[i]
-                if r < 0:
-                    if r != -1 and bad_row < 0:
-                        bad_row = i
-                    m = 1
-                    ful = a
-                elif r >= n_cat:
-                    if bad_row < 0:
-                        bad_row = i
-                    m = 1
-                    ful = a
-                else:
-                    lv = cat_lv[r]
-                    sp = cat_selfpay_bp[r]
-                    cap = cat_cap_micro[r]
-                    if lv < LV_A or lv > LV_C or sp < 0 or sp > 10_000 or cap < -1:
-                        if bad_row < 0:
-                            bad_row = i
-                    if lv == LV_C:
-                        m = 2
-                        ful = a
-                    elif cat_lmt[r] == 1 and is_op:
-                        m = 3
-                        ful = a
-                    else:
-                        # cap <= p <= 1e12 and c <= 1e9 here: ext fits int64.
-                        if cap >= 0 and p > cap:
-                            ovr = yidi_ext(p - cap, c)
-                            if ovr > a:
-                                ovr = a
-                        base = a - ovr
-                        if lv == LV_B:
-                            pre = yidi_mulr(base, sp)
-                        ins = base - pre
-                        if ins < 0 and broken < 0:
-                            broken = i
-            # The paired check of section 3: the four parts add up to A.
-            if ful + ovr + pre + ins != a and broken < 0:
+            flags = split_line(a, pric_micro[i], cnt[i], row[i], is_op, &E, &parts)
+            # The first line outside the limits or mismatched decides the settlement's error.
+            if e_code == 0 and flags & (LINE_LIMIT | LINE_MISMATCH):
+                e_code = ERR_LIMIT_C if flags & LINE_LIMIT else ERR_AMOUNT_MISMATCH_C
+                e_line = <int32_t>(i - i0)
+            if flags & LINE_BAD_ROW and bad_row < 0:
+                bad_row = i
+            # The paired check of section 3: the four parts add up to A, none negative.
+            if broken < 0 and (flags & LINE_NEGATIVE or
+                               parts.ful_fen + parts.ovr_fen + parts.pre_fen + parts.ins_fen != a):
                 broken = i
-            memo[i] = m
-            fulamt[i] = ful
-            overlmt[i] = ovr
-            presel[i] = pre
-            inscp[i] = ins
-            t_ful = yidi_sat_add(t_ful, ful)
-            t_ovr = yidi_sat_add(t_ovr, ovr)
-            t_pre = yidi_sat_add(t_pre, pre)
-            t_ins = yidi_sat_add(t_ins, ins)
+            memo[i] = parts.memo
+            fulamt[i] = parts.ful_fen
+            overlmt[i] = parts.ovr_fen
+            presel[i] = parts.pre_fen
+            inscp[i] = parts.ins_fen
+            t_ful = yidi_sat_add(t_ful, parts.ful_fen)
+            t_ovr = yidi_sat_add(t_ovr, parts.ovr_fen)
+            t_pre = yidi_sat_add(t_pre, parts.pre_fen)
+            t_ins = yidi_sat_add(t_ins, parts.ins_fen)
             t_amt = yidi_sat_add(t_amt, a)
         tot_fulamt[s] = t_ful
         tot_overlmt[s] = t_ovr
