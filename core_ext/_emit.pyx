@@ -13,6 +13,8 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+
+from core_ext._split cimport CatalogueArrays, LineBatch, SplitResults
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
@@ -156,10 +158,11 @@ cdef inline void key(Buf *b, const char *k, Py_ssize_t n, bint mp, bint first) n
 cdef class RowEmitter:
     """A round's `result` rows, rendered a settlement at a time (emit).
 
-    Holds the round's columns as typed views, taken once per round rather than
-    once per settlement: sns[i] is the feedetl_sn of row i (a str or an int);
-    row[i] its catalogue entry (-1 for none), read in cat_lv, cat_selfpay_bp and
-    cat_cap_micro; the rest are per-row.
+    Reads the round's split (SplitResults: the parts and memo of each line,
+    and through .lines its amount, count, price and catalogue row) and the
+    catalogue it was split against (lv, selfpay_bp, cap_micro of each row's
+    entry, -1 for none); sns[i] is the feedetl_sn of line i (a str or an int).
+    The typed views are taken once per round rather than once per settlement.
     """
 
     cdef list sns
@@ -176,26 +179,24 @@ cdef class RowEmitter:
     cdef const int64_t[::1] presel
     cdef const int64_t[::1] inscp
 
-    def __init__(self, list sns not None, const int64_t[::1] amt_fen, const int64_t[::1] cnt,
-                 const int64_t[::1] pric_micro, const int32_t[::1] row, const int8_t[::1] cat_lv,
-                 const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
-                 const int8_t[::1] memo, const int64_t[::1] fulamt, const int64_t[::1] overlmt,
-                 const int64_t[::1] presel, const int64_t[::1] inscp):
-        cdef Py_ssize_t n = row.shape[0]
-        if (PyList_GET_SIZE(sns) < n or amt_fen.shape[0] < n or cnt.shape[0] < n or pric_micro.shape[0] < n
-                or memo.shape[0] < n or fulamt.shape[0] < n or overlmt.shape[0] < n or presel.shape[0] < n
-                or inscp.shape[0] < n):
-            raise ValueError("every per-row array must hold the rows of `row`")
-        if cat_selfpay_bp.shape[0] != cat_lv.shape[0] or cat_cap_micro.shape[0] != cat_lv.shape[0]:
-            raise ValueError("the catalogue columns differ in length")
+    def __init__(self, list sns not None, SplitResults split not None,
+                 CatalogueArrays catalogue not None):
+        cdef LineBatch lines = split.lines
+        cdef Py_ssize_t n = lines.n_lines, i
+        if PyList_GET_SIZE(sns) < n:
+            raise ValueError("sns must hold a feedetl_sn per line")
+        self.sns = sns
+        self.amt_fen, self.cnt, self.pric_micro, self.row = (
+            lines._amt_fen, lines._cnt, lines._pric_micro, lines._row)
+        self.cat_lv, self.cat_selfpay_bp, self.cat_cap_micro = (
+            catalogue._lv, catalogue._selfpay_bp, catalogue._cap_micro)
+        self.memo, self.fulamt, self.overlmt, self.presel, self.inscp = (
+            split._memo, split._ful, split._ovr, split._pre, split._ins)
         for i in range(n):
-            if not (-1 <= row[i] < cat_lv.shape[0]):
-                raise ValueError(f"row {i} names catalogue entry {row[i]}, outside the catalogue")
-            if not (0 <= memo[i] < 4):
-                raise ValueError(f"row {i} has memo {memo[i]}")
-        self.sns, self.amt_fen, self.cnt, self.pric_micro, self.row = sns, amt_fen, cnt, pric_micro, row
-        self.cat_lv, self.cat_selfpay_bp, self.cat_cap_micro = cat_lv, cat_selfpay_bp, cat_cap_micro
-        self.memo, self.fulamt, self.overlmt, self.presel, self.inscp = memo, fulamt, overlmt, presel, inscp
+            if not (-1 <= self.row[i] < catalogue.n):
+                raise ValueError(f"row {i} names catalogue entry {self.row[i]}, outside the catalogue")
+            if not (0 <= self.memo[i] < 4):
+                raise ValueError(f"row {i} has memo {self.memo[i]}")
 
     def emit(self, Py_ssize_t lo, Py_ssize_t hi, int fmt):
         """Rows lo..hi-1 as a `result` list: fmt 0 JSON with money as strings,

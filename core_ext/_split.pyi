@@ -52,6 +52,7 @@ class LineBatch:
     ) -> None: ...
 
 class SplitResults:
+    lines: LineBatch
     memo: npt.NDArray[np.int8]  # per line
     fulamt_fen: npt.NDArray[np.int64]
     overlmt_fen: npt.NDArray[np.int64]
@@ -66,6 +67,6 @@ class SplitResults:
     err_line: npt.NDArray[np.int32]
     n_lines: int
     n_settlements: int
-    def __init__(self, n_lines: int, n_settlements: int) -> None: ...
+    def __init__(self, lines: LineBatch) -> None: ...
 
 def split_batch(lines: LineBatch, catalogue: CatalogueArrays, results: SplitResults) -> None: ...

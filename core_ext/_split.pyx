@@ -108,13 +108,6 @@ cdef class CatalogueArrays:
     lv (chrgitm_lv: 1 A, 2 B, 3 C), selfpay_bp, cap_micro (-1: no cap), lmt
     (1: limited to inpatient use).
     """
-    cdef readonly object lv, selfpay_bp, cap_micro, lmt
-    cdef readonly Py_ssize_t n
-    cdef const int8_t[::1] _lv
-    cdef const int32_t[::1] _selfpay_bp
-    cdef const int64_t[::1] _cap_micro
-    cdef const int8_t[::1] _lmt
-
     def __init__(self, *, lv, selfpay_bp, cap_micro, lmt):
         self.lv = _array(lv, np.int8, "lv")
         self.selfpay_bp = _array(selfpay_bp, np.int32, "selfpay_bp")
@@ -136,15 +129,6 @@ cdef class LineBatch:
     row (catalogue row, -1 not in the catalogue), pric_micro,
     cnt_ten_thousandths, amt_fen.
     """
-    cdef readonly object starts, outpatient, row, pric_micro, cnt_ten_thousandths, amt_fen
-    cdef readonly Py_ssize_t n_settlements, n_lines
-    cdef const int64_t[::1] _starts
-    cdef const uint8_t[::1] _outpatient
-    cdef const int32_t[::1] _row
-    cdef const int64_t[::1] _pric_micro
-    cdef const int64_t[::1] _cnt
-    cdef const int64_t[::1] _amt_fen
-
     def __init__(self, *, starts, outpatient, row, pric_micro, cnt_ten_thousandths, amt_fen):
         cdef Py_ssize_t s
         self.starts = _array(starts, np.int64, "starts")
@@ -171,23 +155,17 @@ cdef class LineBatch:
 
 
 cdef class SplitResults:
-    """The split's outputs, allocated here (SETTLEMENT.md section 3).
+    """The split's outputs for the LineBatch `lines`, allocated here (SETTLEMENT.md section 3).
 
     Per line: memo, and the four parts in fen (fulamt_fen, overlmt_fen,
     presel_fen, inscp_fen). Per settlement: their totals and tot_amt_fen
     (saturating), err (0 ok, 1 E_LIMIT, 2 E_AMOUNT_MISMATCH) and err_line.
+    The results keep their lines: what renders or stores the rows (RowEmitter,
+    pack_lines) reads both from this one object.
     """
-    cdef readonly object memo, fulamt_fen, overlmt_fen, presel_fen, inscp_fen
-    cdef readonly object tot_fulamt_fen, tot_overlmt_fen, tot_presel_fen, tot_inscp_fen
-    cdef readonly object tot_amt_fen, err, err_line
-    cdef readonly Py_ssize_t n_settlements, n_lines
-    cdef int8_t[::1] _memo, _err
-    cdef int64_t[::1] _ful, _ovr, _pre, _ins, _t_ful, _t_ovr, _t_pre, _t_ins, _t_amt
-    cdef int32_t[::1] _err_line
-
-    def __init__(self, Py_ssize_t n_lines, Py_ssize_t n_settlements):
-        if n_lines < 0 or n_settlements < 0:
-            raise ValueError("counts must be >= 0")
+    def __init__(self, LineBatch lines not None):
+        cdef Py_ssize_t n_lines = lines.n_lines, n_settlements = lines.n_settlements
+        self.lines = lines
         self.n_lines, self.n_settlements = n_lines, n_settlements
         I64 = np.int64
         self.memo = np.empty(n_lines, np.int8)
@@ -216,10 +194,8 @@ def split_batch(LineBatch lines not None, CatalogueArrays catalogue not None,
     its amount goes whole to fulamt_fen, memo 0. The totals of a settlement
     with err != 0 mean nothing (they saturate rather than overflow).
     """
-    if results.n_lines != lines.n_lines or results.n_settlements != lines.n_settlements:
-        raise ValueError(
-            f"results are for {results.n_lines} lines and {results.n_settlements} settlements, "
-            f"the batch has {lines.n_lines} and {lines.n_settlements}")
+    if results.lines is not lines:
+        raise ValueError("results were made for another LineBatch")
     cdef Py_ssize_t bad_row = -1, broken = -1
     with nogil:
         bad_row, broken = _split(

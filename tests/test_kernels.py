@@ -577,13 +577,14 @@ def run_split(settlements: list[tuple[bool, list[LineIn]]], entries: list[Entry]
     starts[1:] = np.cumsum([len(ls) for _, ls in settlements])
     col = lambda f, t: np.array([getattr(x, f) for x in lines], t)  # noqa: E731
     ecol = lambda f, t: np.array([getattr(x, f) for x in entries], t)  # noqa: E731
-    res = _split.SplitResults(n, m)
+    batch = _split.LineBatch(
+        starts=starts, outpatient=np.array([o for o, _ in settlements], U8), row=col("row", I32),
+        pric_micro=col("pric_micro", I64), cnt_ten_thousandths=col("cnt", I64), amt_fen=col("amt_fen", I64))
+    res = _split.SplitResults(batch)
     for arr in (res.memo, res.err, res.err_line):
         arr.fill(9)  # every output is written by the kernel
     _split.split_batch(
-        _split.LineBatch(starts=starts, outpatient=np.array([o for o, _ in settlements], U8),
-                         row=col("row", I32), pric_micro=col("pric_micro", I64),
-                         cnt_ten_thousandths=col("cnt", I64), amt_fen=col("amt_fen", I64)),
+        batch,
         _split.CatalogueArrays(lv=ecol("lv", I8), selfpay_bp=ecol("selfpay_bp", I32),
                                cap_micro=ecol("cap_micro", I64), lmt=ecol("lmt", I8)),
         res)
@@ -678,9 +679,10 @@ def test_split_refuses_bad_rows_and_shapes() -> None:
     lines = _split.LineBatch(**{**line_fields, "starts": np.array([0, 1], I64)})
     cat = _split.CatalogueArrays(lv=np.ones(1, I8), selfpay_bp=z32, cap_micro=z64, lmt=np.zeros(1, I8))
     with pytest.raises(TypeError):
-        _split.split_batch(cat, lines, _split.SplitResults(1, 1))
-    with pytest.raises(ValueError, match="results are for 2 lines"):
-        _split.split_batch(lines, cat, _split.SplitResults(2, 1))
+        _split.split_batch(cat, lines, _split.SplitResults(lines))
+    other = _split.LineBatch(**{**line_fields, "starts": np.array([0, 1], I64)})
+    with pytest.raises(ValueError, match="another LineBatch"):
+        _split.split_batch(lines, cat, _split.SplitResults(other))
     with pytest.raises(ValueError, match="lmt has 2 entries"):
         _split.CatalogueArrays(lv=np.ones(1, I8), selfpay_bp=z32, cap_micro=z64, lmt=np.zeros(2, I8))
 

@@ -661,6 +661,7 @@ def test_pack_lines_equals_numpy_records():
     import numpy as np
 
     from core_ext._pack import pack_lines
+    from core_ext._split import CatalogueArrays, LineBatch, SplitResults
     from engine.store.sqlite import LINE_DTYPE
 
     rng = np.random.default_rng(9)
@@ -680,15 +681,22 @@ def test_pack_lines_equals_numpy_records():
     want["memo"] = memo
     for name, col in zip(("fulamt_fen", "overlmt_fen", "preselfpay_fen", "inscp_fen"), amounts):
         want[name] = col
-    assert pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts) == want.tobytes()
+    z = np.zeros(n, np.int64)
+    split = SplitResults(LineBatch(starts=np.array([0, n], np.int64), outpatient=np.zeros(1, np.uint8), row=row,
+                                   pric_micro=z, cnt_ten_thousandths=z, amt_fen=z))
+    split.memo[:] = memo
+    for part, col in zip((split.fulamt_fen, split.overlmt_fen, split.presel_fen, split.inscp_fen), amounts):
+        part[:] = col
+    cat = CatalogueArrays(lv=cat_lv, selfpay_bp=cat_sp, cap_micro=cat_cap, lmt=np.zeros(m, np.int8))
+    assert pack_lines(split, cat) == want.tobytes()
     for bad in (-1, 2**31):
-        amounts[2][7] = bad
+        split.presel_fen[7] = bad
         with pytest.raises(ValueError, match="line 7"):
-            pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts)
-    amounts[2][7] = 0
+            pack_lines(split, cat)
+    split.presel_fen[7] = 0
     row[3] = m
     with pytest.raises(ValueError, match="line 3"):
-        pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts)
+        pack_lines(split, cat)
 
 
 # ---------------------------------------------------------------- lookup filters

@@ -138,9 +138,25 @@ def split_lines(
         starts=starts, outpatient=outpatient, row=row, pric_micro=lines.pric_micro,
         cnt_ten_thousandths=lines.cnt_ten_thousandths, amt_fen=lines.amt_fen,
     )
-    results = SplitResults(batch.n_lines, batch.n_settlements)
+    results = SplitResults(batch)
     split_batch(batch, cat, results)
     return results
+
+
+def stored_split(lines: Lines, row: np.ndarray, *, memo: np.ndarray, fulamt_fen: np.ndarray,
+                 overlmt_fen: np.ndarray, presel_fen: np.ndarray, inscp_fen: np.ndarray) -> SplitResults:
+    """The split of one settlement's lines as a store kept it (its parts as computed then), to render again."""
+    n = len(row)
+    batch = LineBatch(
+        starts=np.array([0, n], I64), outpatient=np.zeros(1, U8), row=row, pric_micro=lines.pric_micro,
+        cnt_ten_thousandths=lines.cnt_ten_thousandths, amt_fen=lines.amt_fen,
+    )
+    split = SplitResults(batch)
+    split.memo[:] = memo
+    for part, stored in ((split.fulamt_fen, fulamt_fen), (split.overlmt_fen, overlmt_fen),
+                         (split.presel_fen, presel_fen), (split.inscp_fen, inscp_fen)):
+        part[:] = stored
+    return split
 
 
 class PolicyTables(PolicyArrays):
