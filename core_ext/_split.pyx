@@ -58,10 +58,10 @@ ERR_LIMIT = ERR_LIMIT_C
 ERR_AMOUNT_MISMATCH = ERR_AMOUNT_MISMATCH_C
 
 
-def ext(int64_t pric_micro, int64_t cnt) -> int:
+def ext(int64_t pric_micro, int64_t cnt_ten_thousandths) -> int:
     """ext(p, c) of section 1 for any int64 p, c; OverflowError when the result passes int64."""
     cdef int ok = 0
-    cdef int64_t v = yidi_ext_checked(pric_micro, cnt, &ok)
+    cdef int64_t v = yidi_ext_checked(pric_micro, cnt_ten_thousandths, &ok)
     if not ok:
         raise OverflowError("ext does not fit int64")
     return v
