@@ -5,6 +5,7 @@ Each function allocates its outputs and calls one kernel over a whole batch:
   gather_lines decoded fee lines -> exact integer arrays        SETTLEMENT.md 1
   FeeBuffer    a round's fee lines, raw from the wire or decoded SETTLEMENT.md 1
   split_lines  line split and per-settlement totals             SETTLEMENT.md 3
+  stored_split a split as the store kept it, to render again     SETTLEMENT.md 3
   pay_funds    fund payment with each person's accumulators     SETTLEMENT.md 6
 
 The kernels take their buffers in typed groups built by keyword (Catalogue,
