@@ -30,13 +30,18 @@ if trace:
     macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
 cflags = ["-O0", "-g"] if debug else ["-O3"]
 
+# C that is real C lives in real files beside the kernel that links it, declared
+# to Cython in a .pxd (core_ext/lines_parse.pxd for lines_parse.h).
+C_SOURCES = {"core_ext/_lines.pyx": ["core_ext/lines_parse.c"]}
+C_HEADERS = sorted(glob.glob("core_ext/*.h"))
 extensions = [
     Extension(
         "core_ext." + os.path.splitext(os.path.basename(p))[0],
-        [p],
+        [p, *C_SOURCES.get(p, [])],
         include_dirs=[np.get_include(), "core_ext"],
         define_macros=macros,
         extra_compile_args=cflags,
+        depends=C_HEADERS,
     )
     for p in sorted(glob.glob("core_ext/*.pyx"))
 ]

@@ -82,7 +82,7 @@ def test_duckdb(benchmark, data):  # noqa: F811
     s = compiled(data)
     fulamt, over, presel = (np.asarray(out[k], dtype=np.int64) for k in ("fulamt", "over", "presel"))
     inscp = data["amt"] - fulamt - over - presel
-    assert over.tolist() == s.overlmt.tolist()
-    assert presel.tolist() == s.presel.tolist()
-    assert inscp.tolist() == s.inscp.tolist()
+    assert over.tolist() == s.overlmt_fen.tolist()
+    assert presel.tolist() == s.presel_fen.tolist()
+    assert inscp.tolist() == s.inscp_fen.tolist()
     benchmark.extra_info["lines"] = N_LINES

@@ -138,6 +138,19 @@ cdef inline int32_t version_on(const Slot *s, int32_t d, const int32_t[::1] begn
     return -1
 
 
+cdef (Py_ssize_t, int64_t) _count_groups(const int16_t[::1] prov, const int64_t[::1] offsets,
+                                         const uint8_t[::1] data) noexcept nogil:
+    """(groups, bytes of their keys): a group is a run of rows of one (prov, code)."""
+    cdef Py_ssize_t i, n_groups = 0
+    cdef int64_t key_bytes = 0
+    for i in range(prov.shape[0]):
+        if i == 0 or prov[i] != prov[i - 1] or not same_bytes(
+                data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
+            n_groups += 1
+            key_bytes += offsets[i + 1] - offsets[i]
+    return n_groups, key_bytes
+
+
 cdef class CatalogueIndex:
     """Hash index of a sorted catalogue (SETTLEMENT.md sections 2 and 3).
 
@@ -188,14 +201,28 @@ cdef class CatalogueIndex:
         # without the GIL, so a large catalogue can be indexed on a thread while
         # the rest of the world loads.
         with nogil:
-            for i in range(n):
-                if i == 0 or prov[i] != prov[i - 1] or not same_bytes(
-                        data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
-                    n_groups += 1
-                    key_bytes += offsets[i + 1] - offsets[i]
+            n_groups, key_bytes = _count_groups(prov, offsets, data)
         if key_bytes > KEY_BYTES_MAX:
             raise ValueError(f"catalogue codes too long in total: {key_bytes} bytes")
+        self._allocate(n, n_groups, key_bytes, hash_bits)
+        # Pass 2: insert each group.
+        cdef Py_ssize_t dup_row = -1, dup_first = -1
+        cdef int64_t k0, k1
+        with nogil:
+            dup_row, dup_first = self._insert_groups(prov, offsets, data)
+        if dup_row >= 0:
+            # A key met twice means the input was not sorted by (prov, code): its
+            # versions would be split across groups.
+            k0 = offsets[dup_row]
+            k1 = offsets[dup_row + 1]
+            code = bytes(data[k0:k1]).decode("ascii", "backslashreplace")
+            raise ValueError(
+                f"catalogue not sorted by (prov, code): {prov[dup_row]} {code!r} "
+                f"appears at rows {dup_first} and {dup_row} apart")
 
+    cdef int _allocate(self, Py_ssize_t n, Py_ssize_t n_groups, int64_t key_bytes,
+                       int hash_bits) except -1:
+        """The slot table (a power of two, at most half full) and the key bytes."""
         cdef uint64_t capacity = <uint64_t>CAPACITY_MIN
         while capacity < 2 * <uint64_t>n_groups:
             capacity *= 2
@@ -211,59 +238,50 @@ cdef class CatalogueIndex:
         self.n_rows_ = n
         self.n_groups_ = n_groups
         self.max_probe_ = 0
+        return 0
 
-        # Pass 2: insert each group. A key met twice means the input was not
-        # sorted by (prov, code): its versions would be split across groups.
-        cdef Py_ssize_t g0 = 0, key_off = 0, probe
-        cdef Py_ssize_t dup_row = -1, dup_first = -1
+    cdef (Py_ssize_t, Py_ssize_t) _insert_groups(
+            self, const int16_t[::1] prov, const int64_t[::1] offsets,
+            const uint8_t[::1] data) noexcept nogil:
+        """Insert each group of rows (one (prov, code), its versions together).
+        Returns (a row whose key was met before, that key's first row), or (-1, -1)."""
+        cdef Py_ssize_t n = prov.shape[0]
+        cdef Py_ssize_t i, g0 = 0, key_off = 0, probe
         cdef int64_t k0, k1
         cdef uint64_t h, j
         cdef Slot *s
-        with nogil:
-            for i in range(1, n + 1):
-                if i < n and prov[i] == prov[i - 1] and same_bytes(
-                        data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
-                    continue
-                # rows g0 .. i-1 form one group
-                k0 = offsets[g0]
-                k1 = offsets[g0 + 1]
-                if k1 > k0:
-                    memcpy(&self.keys[key_off], &data[k0], <size_t>(k1 - k0))
-                h = self._hash(prov[g0], &self.keys[key_off], <Py_ssize_t>(k1 - k0))
-                j = h & self.slot_mask
-                probe = 0
-                while self.slots[j].hash != 0:
-                    s = &self.slots[j]
-                    if (s.hash == h and s.prov == prov[g0] and s.key_len == <uint32_t>(k1 - k0)
-                            and memcmp(&self.keys[s.key_off], &self.keys[key_off],
-                                       <size_t>(k1 - k0)) == 0):
-                        dup_row = g0
-                        dup_first = s.first
-                        break
-                    j = (j + 1) & self.slot_mask
-                    probe += 1
-                if dup_row >= 0:
-                    break
+        for i in range(1, n + 1):
+            if i < n and prov[i] == prov[i - 1] and same_bytes(
+                    data, offsets[i], offsets[i + 1], offsets[i - 1], offsets[i]):
+                continue
+            # rows g0 .. i-1 form one group
+            k0 = offsets[g0]
+            k1 = offsets[g0 + 1]
+            if k1 > k0:
+                memcpy(&self.keys[key_off], &data[k0], <size_t>(k1 - k0))
+            h = self._hash(prov[g0], &self.keys[key_off], <Py_ssize_t>(k1 - k0))
+            j = h & self.slot_mask
+            probe = 0
+            while self.slots[j].hash != 0:
                 s = &self.slots[j]
-                s.hash = h
-                s.key_off = <uint32_t>key_off
-                s.key_len = <uint32_t>(k1 - k0)
-                s.first = <int32_t>g0
-                s.count = <int32_t>(i - g0)
-                s.prov = prov[g0]
-                key_off += k1 - k0
-                if probe > self.max_probe_:
-                    self.max_probe_ = probe
-                g0 = i
-        if dup_row >= 0:
-            # A key met twice means the input was not sorted by (prov, code): its
-            # versions would be split across groups.
-            k0 = offsets[dup_row]
-            k1 = offsets[dup_row + 1]
-            code = bytes(data[k0:k1]).decode("ascii", "backslashreplace")
-            raise ValueError(
-                f"catalogue not sorted by (prov, code): {prov[dup_row]} {code!r} "
-                f"appears at rows {dup_first} and {dup_row} apart")
+                if (s.hash == h and s.prov == prov[g0] and s.key_len == <uint32_t>(k1 - k0)
+                        and memcmp(&self.keys[s.key_off], &self.keys[key_off],
+                                   <size_t>(k1 - k0)) == 0):
+                    return g0, s.first
+                j = (j + 1) & self.slot_mask
+                probe += 1
+            s = &self.slots[j]
+            s.hash = h
+            s.key_off = <uint32_t>key_off
+            s.key_len = <uint32_t>(k1 - k0)
+            s.first = <int32_t>g0
+            s.count = <int32_t>(i - g0)
+            s.prov = prov[g0]
+            key_off += k1 - k0
+            if probe > self.max_probe_:
+                self.max_probe_ = probe
+            g0 = i
+        return -1, -1
 
     cdef inline uint64_t _hash(self, int16_t prov, const unsigned char *p,
                                Py_ssize_t n) noexcept nogil:

@@ -16,6 +16,10 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+cimport cython
+
+from core_ext._split cimport CatalogueArrays, LineBatch, SplitResults
+
 cdef extern from "Python.h":
     bint PyUnicode_Check(object o)
     bint PyLong_Check(object o)
@@ -153,13 +157,73 @@ cdef inline void key(Buf *b, const char *k, Py_ssize_t n, bint mp, bint first) n
 
 
 
+cdef inline void scaled(Buf *b, int64_t v, int places, bint mp, bint quoted) noexcept nogil:
+    """A scaled number: a MessagePack str, or JSON (a string when `quoted`)."""
+    if mp:
+        mp_scaled(b, v, places)
+    else:
+        json_scaled(b, v, places, quoted)
+
+
+cdef inline void text(Buf *b, const char *s, Py_ssize_t n, bint mp) noexcept nogil:
+    if mp:
+        mp_str(b, s, n)
+    else:
+        json_str(b, s, n)
+
+
+cdef inline void nil(Buf *b, bint mp) noexcept nogil:
+    if mp:
+        put_c(b, <char>0xc0)
+    else:
+        put(b, b"null", 4)
+
+
+cdef inline void list_start(Buf *b, Py_ssize_t m, bint mp) noexcept nogil:
+    """The header of a list of m rows."""
+    cdef int j
+    if not mp:
+        put_c(b, b'[')
+    elif m < 16:
+        put_c(b, <char>(0x90 | m))
+    elif m < 65536:
+        put_c(b, <char>0xdc)
+        put_c(b, <char>(m >> 8))
+        put_c(b, <char>(m & 0xff))
+    else:
+        put_c(b, <char>0xdd)
+        for j in range(3, -1, -1):
+            put_c(b, <char>((m >> (8 * j)) & 0xff))
+
+
+cdef int put_sn(Buf *b, object sn, bint mp) except -1:
+    """feedetl_sn as it came: a str, or an int (a JSON number either way of quoting)."""
+    cdef const char *sn_p
+    cdef Py_ssize_t sn_n
+    cdef long long sn_int
+    if PyUnicode_Check(sn):
+        sn_p = PyUnicode_AsUTF8AndSize(sn, &sn_n)
+        text(b, sn_p, sn_n, mp)
+    elif PyLong_Check(sn) and not PyBool_Check(sn):
+        sn_int = sn
+        if mp:
+            mp_int(b, sn_int)
+        else:
+            b.n += fmt_scaled(b.p + b.n, sn_int, 0)
+    else:
+        raise TypeError("feedetl_sn must be a str or an int")
+    return 0
+
+
+@cython.final
 cdef class RowEmitter:
     """A round's `result` rows, rendered a settlement at a time (emit).
 
-    Holds the round's columns as typed views, taken once per round rather than
-    once per settlement: sns[i] is the feedetl_sn of row i (a str or an int);
-    row[i] its catalogue entry (-1 for none), read in cat_lv, cat_selfpay_bp and
-    cat_cap_micro; the rest are per-row.
+    Reads the round's split (SplitResults: the parts and memo of each line,
+    and through .lines its amount, count, price and catalogue row) and the
+    catalogue it was split against (lv, selfpay_bp, cap_micro of each row's
+    entry, -1 for none); sns[i] is the feedetl_sn of line i (a str or an int).
+    The typed views are taken once per round rather than once per settlement.
     """
 
     cdef list sns
@@ -176,26 +240,24 @@ cdef class RowEmitter:
     cdef const int64_t[::1] presel
     cdef const int64_t[::1] inscp
 
-    def __init__(self, list sns not None, const int64_t[::1] amt_fen, const int64_t[::1] cnt,
-                 const int64_t[::1] pric_micro, const int32_t[::1] row, const int8_t[::1] cat_lv,
-                 const int32_t[::1] cat_selfpay_bp, const int64_t[::1] cat_cap_micro,
-                 const int8_t[::1] memo, const int64_t[::1] fulamt, const int64_t[::1] overlmt,
-                 const int64_t[::1] presel, const int64_t[::1] inscp):
-        cdef Py_ssize_t n = row.shape[0]
-        if (PyList_GET_SIZE(sns) < n or amt_fen.shape[0] < n or cnt.shape[0] < n or pric_micro.shape[0] < n
-                or memo.shape[0] < n or fulamt.shape[0] < n or overlmt.shape[0] < n or presel.shape[0] < n
-                or inscp.shape[0] < n):
-            raise ValueError("every per-row array must hold the rows of `row`")
-        if cat_selfpay_bp.shape[0] != cat_lv.shape[0] or cat_cap_micro.shape[0] != cat_lv.shape[0]:
-            raise ValueError("the catalogue columns differ in length")
+    def __init__(self, list sns not None, SplitResults split not None,
+                 CatalogueArrays catalogue not None):
+        cdef LineBatch lines = split.lines
+        cdef Py_ssize_t n = lines.n_lines, i
+        if PyList_GET_SIZE(sns) < n:
+            raise ValueError("sns must hold a feedetl_sn per line")
+        self.sns = sns
+        self.amt_fen, self.cnt, self.pric_micro, self.row = (
+            lines._amt_fen, lines._cnt, lines._pric_micro, lines._row)
+        self.cat_lv, self.cat_selfpay_bp, self.cat_cap_micro = (
+            catalogue._lv, catalogue._selfpay_bp, catalogue._cap_micro)
+        self.memo, self.fulamt, self.overlmt, self.presel, self.inscp = (
+            split._memo, split._ful, split._ovr, split._pre, split._ins)
         for i in range(n):
-            if not (-1 <= row[i] < cat_lv.shape[0]):
-                raise ValueError(f"row {i} names catalogue entry {row[i]}, outside the catalogue")
-            if not (0 <= memo[i] < 4):
-                raise ValueError(f"row {i} has memo {memo[i]}")
-        self.sns, self.amt_fen, self.cnt, self.pric_micro, self.row = sns, amt_fen, cnt, pric_micro, row
-        self.cat_lv, self.cat_selfpay_bp, self.cat_cap_micro = cat_lv, cat_selfpay_bp, cat_cap_micro
-        self.memo, self.fulamt, self.overlmt, self.presel, self.inscp = memo, fulamt, overlmt, presel, inscp
+            if not (-1 <= self.row[i] < catalogue.n):
+                raise ValueError(f"row {i} names catalogue entry {self.row[i]}, outside the catalogue")
+            if not (0 <= self.memo[i] < 4):
+                raise ValueError(f"row {i} has memo {self.memo[i]}")
 
     def emit(self, Py_ssize_t lo, Py_ssize_t hi, int fmt):
         """Rows lo..hi-1 as a `result` list: fmt 0 JSON with money as strings,
@@ -203,18 +265,9 @@ cdef class RowEmitter:
         cdef Py_ssize_t m = hi - lo, i, j, sn_n, total = 16
         cdef bint mp = fmt == 2, q = fmt != 1
         cdef Buf b
-        cdef const char *sn_p
         cdef object sn
-        cdef int32_t r
-        cdef long long sn_int
-        cdef char lvtxt[2]
         cdef list sns = self.sns
-        cdef const int64_t[::1] amt_fen = self.amt_fen, cnt = self.cnt, pric_micro = self.pric_micro
-        cdef const int64_t[::1] cat_cap_micro = self.cat_cap_micro, fulamt = self.fulamt, overlmt = self.overlmt
-        cdef const int64_t[::1] presel = self.presel, inscp = self.inscp
-        cdef const int32_t[::1] row = self.row, cat_selfpay_bp = self.cat_selfpay_bp
-        cdef const int8_t[::1] cat_lv = self.cat_lv, memo = self.memo
-        if lo < 0 or hi < lo or row.shape[0] < hi:
+        if lo < 0 or hi < lo or self.row.shape[0] < hi:
             raise ValueError("rows lo..hi-1 are not all in the round")
         # Size the buffer once: the fixed part of each row plus its serial number.
         for j in range(m):
@@ -230,23 +283,9 @@ cdef class RowEmitter:
         b.n = 0
         b.cap = total
         try:
-            if mp:
-                if m < 16:
-                    put_c(&b, <char>(0x90 | m))
-                elif m < 65536:
-                    put_c(&b, <char>0xdc)
-                    put_c(&b, <char>(m >> 8))
-                    put_c(&b, <char>(m & 0xff))
-                else:
-                    put_c(&b, <char>0xdd)
-                    for j in range(3, -1, -1):
-                        put_c(&b, <char>((m >> (8 * j)) & 0xff))
-            else:
-                put_c(&b, b'[')
+            list_start(&b, m, mp)
             for j in range(m):
                 i = lo + j
-                r = row[i]
-                sn = <object>PyList_GET_ITEM(sns, i)
                 if mp:
                     put_c(&b, <char>0x8c)  # a map of 12
                 else:
@@ -254,70 +293,8 @@ cdef class RowEmitter:
                         put_c(&b, b',')
                     put_c(&b, b'{')
                 key(&b, b"feedetl_sn", 10, mp, True)
-                if PyUnicode_Check(sn):
-                    sn_p = PyUnicode_AsUTF8AndSize(sn, &sn_n)
-                    if mp:
-                        mp_str(&b, sn_p, sn_n)
-                    else:
-                        json_str(&b, sn_p, sn_n)
-                elif PyLong_Check(sn) and not PyBool_Check(sn):
-                    sn_int = sn
-                    if mp:
-                        mp_int(&b, sn_int)
-                    else:
-                        b.n += fmt_scaled(b.p + b.n, sn_int, 0)
-                else:
-                    raise TypeError("feedetl_sn must be a str or an int")
-                key(&b, b"det_item_fee_sumamt", 19, mp, False)
-                if mp: mp_scaled(&b, amt_fen[i], 2)
-                else: json_scaled(&b, amt_fen[i], 2, q)
-                key(&b, b"cnt", 3, mp, False)
-                if mp: mp_scaled(&b, cnt[i], 4)
-                else: json_scaled(&b, cnt[i], 4, q)
-                key(&b, b"pric", 4, mp, False)
-                if mp: mp_scaled(&b, pric_micro[i], 6)
-                else: json_scaled(&b, pric_micro[i], 6, q)
-                key(&b, b"pric_uplmt_amt", 14, mp, False)
-                if r >= 0 and cat_cap_micro[r] >= 0:
-                    if mp: mp_scaled(&b, cat_cap_micro[r], 6)
-                    else: json_scaled(&b, cat_cap_micro[r], 6, q)
-                elif mp:
-                    put_c(&b, <char>0xc0)
-                else:
-                    put(&b, b"null", 4)
-                key(&b, b"selfpay_prop", 12, mp, False)
-                if r >= 0:
-                    if mp: mp_scaled(&b, cat_selfpay_bp[r], 4)
-                    else: json_scaled(&b, cat_selfpay_bp[r], 4, q)
-                elif mp:
-                    put_c(&b, <char>0xc0)
-                else:
-                    put(&b, b"null", 4)
-                key(&b, b"chrgitm_lv", 10, mp, False)
-                if r >= 0:
-                    lvtxt[0] = b'0'
-                    lvtxt[1] = <char>(48 + cat_lv[r])
-                    if mp: mp_str(&b, lvtxt, 2)
-                    else: json_str(&b, lvtxt, 2)
-                elif mp:
-                    put_c(&b, <char>0xa0)
-                else:
-                    put(&b, b'""', 2)
-                key(&b, b"fulamt_ownpay_amt", 17, mp, False)
-                if mp: mp_scaled(&b, fulamt[i], 2)
-                else: json_scaled(&b, fulamt[i], 2, q)
-                key(&b, b"overlmt_amt", 11, mp, False)
-                if mp: mp_scaled(&b, overlmt[i], 2)
-                else: json_scaled(&b, overlmt[i], 2, q)
-                key(&b, b"preselfpay_amt", 14, mp, False)
-                if mp: mp_scaled(&b, presel[i], 2)
-                else: json_scaled(&b, presel[i], 2, q)
-                key(&b, b"inscp_scp_amt", 13, mp, False)
-                if mp: mp_scaled(&b, inscp[i], 2)
-                else: json_scaled(&b, inscp[i], 2, q)
-                key(&b, b"memo", 4, mp, False)
-                if mp: mp_str(&b, MEMO_TEXT[memo[i]], MEMO_LEN[memo[i]])
-                else: json_str(&b, MEMO_TEXT[memo[i]], MEMO_LEN[memo[i]])
+                put_sn(&b, <object>PyList_GET_ITEM(sns, i), mp)
+                self._fields(&b, i, mp, q)
                 if not mp:
                     put_c(&b, b'}')
             if not mp:
@@ -326,6 +303,44 @@ cdef class RowEmitter:
             return PyBytes_FromStringAndSize(b.p, b.n)
         finally:
             free(b.p)
+
+    cdef inline void _fields(self, Buf *b, Py_ssize_t i, bint mp, bint q) noexcept nogil:
+        """The eleven fields of row i after feedetl_sn, in the order of section 7."""
+        cdef int32_t r = self.row[i]
+        cdef char lvtxt[2]
+        key(b, b"det_item_fee_sumamt", 19, mp, False)
+        scaled(b, self.amt_fen[i], 2, mp, q)
+        key(b, b"cnt", 3, mp, False)
+        scaled(b, self.cnt[i], 4, mp, q)
+        key(b, b"pric", 4, mp, False)
+        scaled(b, self.pric_micro[i], 6, mp, q)
+        key(b, b"pric_uplmt_amt", 14, mp, False)
+        if r >= 0 and self.cat_cap_micro[r] >= 0:
+            scaled(b, self.cat_cap_micro[r], 6, mp, q)
+        else:
+            nil(b, mp)
+        key(b, b"selfpay_prop", 12, mp, False)
+        if r >= 0:
+            scaled(b, self.cat_selfpay_bp[r], 4, mp, q)
+        else:
+            nil(b, mp)
+        key(b, b"chrgitm_lv", 10, mp, False)
+        if r >= 0:
+            lvtxt[0] = b'0'
+            lvtxt[1] = <char>(48 + self.cat_lv[r])
+            text(b, lvtxt, 2, mp)
+        else:
+            text(b, b"", 0, mp)
+        key(b, b"fulamt_ownpay_amt", 17, mp, False)
+        scaled(b, self.fulamt[i], 2, mp, q)
+        key(b, b"overlmt_amt", 11, mp, False)
+        scaled(b, self.overlmt[i], 2, mp, q)
+        key(b, b"preselfpay_amt", 14, mp, False)
+        scaled(b, self.presel[i], 2, mp, q)
+        key(b, b"inscp_scp_amt", 13, mp, False)
+        scaled(b, self.inscp[i], 2, mp, q)
+        key(b, b"memo", 4, mp, False)
+        text(b, MEMO_TEXT[self.memo[i]], MEMO_LEN[self.memo[i]], mp)
 
 
 def format_scaled(long long v, int places):

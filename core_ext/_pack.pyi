@@ -4,6 +4,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from core_ext._split import CatalogueArrays, SplitResults
+
 BODY_BYTES_MAX: int
 
 class Compression:
@@ -22,8 +24,4 @@ def crc32(data: bytes) -> int: ...
 
 LINE_RECORD_BYTES: int
 
-def pack_lines(
-    row: npt.NDArray[np.int32], cat_lv: npt.NDArray[np.int8], cat_selfpay_bp: npt.NDArray[np.int32],
-    cat_cap_micro: npt.NDArray[np.int64], memo: npt.NDArray[np.int8], fulamt: npt.NDArray[np.int64],
-    overlmt: npt.NDArray[np.int64], presel: npt.NDArray[np.int64], inscp: npt.NDArray[np.int64],
-) -> bytes: ...
+def pack_lines(split: SplitResults, catalogue: CatalogueArrays) -> bytes: ...

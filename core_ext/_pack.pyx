@@ -19,6 +19,8 @@ import sys
 assert sys.byteorder == "little", "LINE_DTYPE records are little-endian"
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t
+
+from core_ext._split cimport CatalogueArrays, SplitResults
 from libc.stdlib cimport free, malloc
 
 cdef extern from "lz4/yidi_lz4.h" nogil:
@@ -225,23 +227,26 @@ cdef packed struct LineRecord:  # engine.store.LINE_DTYPE, little-endian
 LINE_RECORD_BYTES = sizeof(LineRecord)
 
 
-def pack_lines(const int32_t[::1] row, const int8_t[::1] cat_lv, const int32_t[::1] cat_selfpay_bp,
-               const int64_t[::1] cat_cap_micro, const int8_t[::1] memo, const int64_t[::1] fulamt,
-               const int64_t[::1] overlmt, const int64_t[::1] presel, const int64_t[::1] inscp):
-    """The `result` rows of a round's lines as LINE_DTYPE records, in one pass.
+def pack_lines(SplitResults split not None, CatalogueArrays catalogue not None):
+    """The `result` rows of a round's split lines as LINE_DTYPE records, in one pass.
 
+    Reads each line's catalogue row (split.lines.row), its memo and four parts
+    (split) and its entry in `catalogue`, the one the lines were split against.
     A line that matched no catalogue entry (row -1) has lv 0, selfpay_bp 0 and
     cap_micro -1. Every amount must be within [0, 2**31 - 1] fen (a settled
     line is, by section 1), else ValueError.
     """
-    cdef Py_ssize_t n = row.shape[0], i
+    cdef Py_ssize_t n = split.n_lines, i
     cdef int32_t r
     cdef int bad = -1
     cdef int64_t v
-    if not (memo.shape[0] == fulamt.shape[0] == overlmt.shape[0] == presel.shape[0] == inscp.shape[0] == n):
-        raise ValueError("per-line arrays of different lengths")
-    if not (cat_lv.shape[0] == cat_selfpay_bp.shape[0] == cat_cap_micro.shape[0]):
-        raise ValueError("catalogue arrays of different lengths")
+    cdef const int32_t[::1] row = split.lines._row
+    cdef const int8_t[::1] cat_lv = catalogue._lv
+    cdef const int32_t[::1] cat_selfpay_bp = catalogue._selfpay_bp
+    cdef const int64_t[::1] cat_cap_micro = catalogue._cap_micro
+    cdef const int8_t[::1] memo = split._memo
+    cdef const int64_t[::1] fulamt = split._ful, overlmt = split._ovr
+    cdef const int64_t[::1] presel = split._pre, inscp = split._ins
     out = PyBytes_FromStringAndSize(NULL, n * sizeof(LineRecord))
     cdef LineRecord* rec = <LineRecord*> PyBytes_AS_STRING(out)
     with nogil:

@@ -191,11 +191,11 @@ def run_crashes(tmp_path, world_dir: str, n: int, seed: int, external_kills: int
     persons, chronic = _person_state(data)
     st = eng.state
     for p in range(world.n_persons):
-        want = (int(st.balc[p]), int(st.acc_year[p]), int(st.hifp_ip[p]), int(st.hifp_op[p]), int(st.ded_op[p]),
-                int(st.burden2[p]), int(st.second_paid[p]))
+        want = (int(st.balc_fen[p]), int(st.acc_year[p]), int(st.hifp_ip_fen[p]), int(st.hifp_op_fen[p]), int(st.ded_op_fen[p]),
+                int(st.burden2_fen[p]), int(st.second_paid_fen[p]))
         assert tuple(persons[p]) == want, f"person {p}"
     for k, (v, y) in chronic.items():
-        assert (v, y) == (int(st.cd_val[k]), int(st.cd_year[k])), f"chronic slot {k}"
+        assert (v, y) == (int(st.cd_val_fen[k]), int(st.cd_year[k])), f"chronic slot {k}"
     ref = ReferenceEngine(world)
     for b in bodies:
         env = orjson.loads(b)

@@ -577,17 +577,21 @@ def run_split(settlements: list[tuple[bool, list[LineIn]]], entries: list[Entry]
     starts[1:] = np.cumsum([len(ls) for _, ls in settlements])
     col = lambda f, t: np.array([getattr(x, f) for x in lines], t)  # noqa: E731
     ecol = lambda f, t: np.array([getattr(x, f) for x in entries], t)  # noqa: E731
-    memo = np.full(n, 9, I8)
-    parts = [np.full(n, -9, I64) for _ in range(4)]
-    tots = [np.full(m, -9, I64) for _ in range(5)]
-    err, err_line = np.full(m, 9, I8), np.full(m, 9, I32)
+    batch = _split.LineBatch(
+        starts=starts, outpatient=np.array([o for o, _ in settlements], U8), row=col("row", I32),
+        pric_micro=col("pric_micro", I64), cnt_ten_thousandths=col("cnt", I64), amt_fen=col("amt_fen", I64))
+    res = _split.SplitResults(batch)
+    for arr in (res.memo, res.err, res.err_line):
+        arr.fill(9)  # every output is written by the kernel
     _split.split_batch(
-        starts, np.array([o for o, _ in settlements], U8), col("row", I32),
-        col("pric_micro", I64), col("cnt", I64), col("amt_fen", I64),
-        ecol("lv", I8), ecol("selfpay_bp", I32), ecol("cap_micro", I64), ecol("lmt", I8),
-        memo, *parts, *tots, err, err_line)
-    lines_out = [(int(memo[i]), *(int(p[i]) for p in parts)) for i in range(n)]
-    sets_out = [(*(int(t[s]) for t in tots), int(err[s]), int(err_line[s])) for s in range(m)]
+        batch,
+        _split.CatalogueArrays(lv=ecol("lv", I8), selfpay_bp=ecol("selfpay_bp", I32),
+                               cap_micro=ecol("cap_micro", I64), lmt=ecol("lmt", I8)),
+        res)
+    parts = (res.fulamt_fen, res.overlmt_fen, res.presel_fen, res.inscp_fen)
+    tots = (res.tot_fulamt_fen, res.tot_overlmt_fen, res.tot_presel_fen, res.tot_inscp_fen, res.tot_amt_fen)
+    lines_out = [(int(res.memo[i]), *(int(p[i]) for p in parts)) for i in range(n)]
+    sets_out = [(*(int(t[s]) for t in tots), int(res.err[s]), int(res.err_line[s])) for s in range(m)]
     return lines_out, sets_out
 
 
@@ -663,12 +667,24 @@ def test_split_refuses_bad_rows_and_shapes() -> None:
         run_split([(False, [LineIn(len(ENTRIES), 1, 1, 0)])], ENTRIES)
     with pytest.raises(ValueError, match="catalogue row"):
         run_split([(False, [LineIn(0, 1, 1, 0)])], [Entry(4)])
-    z64, z8, z32 = np.zeros(1, I64), np.zeros(1, I8), np.zeros(1, I32)
+    z64, z32 = np.zeros(1, I64), np.zeros(1, I32)
+    line_fields = dict(starts=np.array([0, 2], I64), outpatient=np.zeros(1, U8), row=z32,
+                       pric_micro=z64, cnt_ten_thousandths=z64, amt_fen=z64)
     with pytest.raises(ValueError, match="starts"):
-        _split.split_batch(np.array([0, 2], I64), np.zeros(1, U8), z32, z64, z64, z64,
-                           z8, z32, z64, z8, z8.copy(), z64.copy(), z64.copy(), z64.copy(),
-                           z64.copy(), z64.copy(), z64.copy(), z64.copy(), z64.copy(), z64.copy(),
-                           z8.copy(), z32.copy())
+        _split.LineBatch(**line_fields)
+    with pytest.raises(TypeError, match="cnt_ten_thousandths must be int64"):
+        _split.LineBatch(**{**line_fields, "cnt_ten_thousandths": z32})
+    with pytest.raises(TypeError):
+        _split.LineBatch(*line_fields.values())  # every field is named
+    lines = _split.LineBatch(**{**line_fields, "starts": np.array([0, 1], I64)})
+    cat = _split.CatalogueArrays(lv=np.ones(1, I8), selfpay_bp=z32, cap_micro=z64, lmt=np.zeros(1, I8))
+    with pytest.raises(TypeError):
+        _split.split_batch(cat, lines, _split.SplitResults(lines))
+    other = _split.LineBatch(**{**line_fields, "starts": np.array([0, 1], I64)})
+    with pytest.raises(ValueError, match="another LineBatch"):
+        _split.split_batch(lines, cat, _split.SplitResults(other))
+    with pytest.raises(ValueError, match="lmt has 2 entries"):
+        _split.CatalogueArrays(lv=np.ones(1, I8), selfpay_bp=z32, cap_micro=z64, lmt=np.zeros(2, I8))
 
 
 entries_st = st.lists(st.builds(Entry, st.integers(1, 3), st.integers(0, 10_000),
@@ -765,6 +781,8 @@ class Setl:
 OUT_FIELDS = ("status", "act_pay_dedc", "hifp_pay", "second_pay", "fund_pay_sumamt",
               "psn_part_amt", "acct_pay", "psn_cash_pay", "balc_after", "burden", "pool_prop_bp")
 ACC_FIELDS = ("hifp_ip", "hifp_op", "ded_op", "burden2", "second_paid")
+# FundResults' attribute of each model output where the two names differ (units).
+RESULT_ATTR = {"second_pay": "second_pay_fen", "balc_after": "balc_after_fen", "burden": "burden_fen"}
 
 
 def model_segments(lo: int, hi: int, tiers, adj: int) -> int:
@@ -861,50 +879,48 @@ def run_fund(setls: list[Setl], pols: list[Pol], psns: list[Psn], slots: list[Sl
         return start, len(tiers)
 
     P = len(pols)
-    a = {k: np.zeros(P, I64) for k in ("annual_cap", "op_ded", "op_cap", "sl_threshold", "sl_cap")}
-    a.update({k: np.zeros(P, I32) for k in ("ip_bonus", "op_bonus", "sl_tier_start",
+    a = {k: np.zeros(P, I64) for k in ("annual_cap_fen", "op_ded_fen", "op_cap_fen",
+                                        "sl_threshold_fen", "sl_cap_fen")}
+    a.update({k: np.zeros(P, I32) for k in ("ip_bonus_bp", "op_bonus_bp", "sl_tier_start",
                                              "sl_tier_len")})
-    ip_ded, ip_ts, ip_tl = np.zeros((P, 3), I64), np.zeros((P, 3), I32), np.zeros((P, 3), I32)
-    op_ratio = np.zeros((P, 3), I32)
+    a.update({k: np.zeros((P, 3), I64 if k == "ip_ded_fen" else I32)
+              for k in ("ip_ded_fen", "ip_tier_start", "ip_tier_len", "op_ratio_bp")})
     for i, p in enumerate(pols):
-        a["annual_cap"][i], a["op_ded"][i], a["op_cap"][i] = p.annual_cap, p.op_ded, p.op_cap
-        a["sl_threshold"][i], a["sl_cap"][i] = p.sl_threshold, p.sl_cap
-        a["ip_bonus"][i], a["op_bonus"][i] = p.ip_bonus, p.op_bonus
+        a["annual_cap_fen"][i], a["op_ded_fen"][i], a["op_cap_fen"][i] = p.annual_cap, p.op_ded, p.op_cap
+        a["sl_threshold_fen"][i], a["sl_cap_fen"][i] = p.sl_threshold, p.sl_cap
+        a["ip_bonus_bp"][i], a["op_bonus_bp"][i] = p.ip_bonus, p.op_bonus
         for lv in range(3):
-            ip_ded[i, lv] = p.ip_ded[lv]
-            ip_ts[i, lv], ip_tl[i, lv] = add(p.ip_tiers[lv])
-            op_ratio[i, lv] = p.op_ratio[lv]
+            a["ip_ded_fen"][i, lv] = p.ip_ded[lv]
+            a["ip_tier_start"][i, lv], a["ip_tier_len"][i, lv] = add(p.ip_tiers[lv])
+            a["op_ratio_bp"][i, lv] = p.op_ratio[lv]
         a["sl_tier_start"][i], a["sl_tier_len"][i] = add(p.sl_tiers)
         for d, (r, cap) in enumerate(p.chronic):
             dise_index[(i, d)] = len(cd_ratio)
             cd_ratio.append(r)
             cd_cap.append(cap)
-    st_arr = {k: np.array([getattr(p, k) for p in psns], I64) for k in (*ACC_FIELDS, "balc")}
-    acc_year = np.array([p.acc_year for p in psns], I32)
-    cd_val = np.array([s.val for s in slots], I64)
-    cd_year = np.array([s.year for s in slots], I32)
+    policies = _fund.PolicyArrays(
+        **a, tier_upper_fen=np.array(uppers, I64), tier_ratio_bp=np.array(ratios, I32),
+        cd_ratio_bp=np.array(cd_ratio, I32), cd_cap_fen=np.array(cd_cap, I64))
+    persons = _fund.PersonArrays(
+        acc_year=np.array([p.acc_year for p in psns], I32),
+        **{k + "_fen": np.array([getattr(p, k) for p in psns], I64) for k in (*ACC_FIELDS, "balc")},
+        cd_val_fen=np.array([s.val for s in slots], I64), cd_year=np.array([s.year for s in slots], I32))
     n = len(setls)
     c = lambda f, t: np.array([getattr(s, f) for s in setls], t)  # noqa: E731
-    cd_pol = np.array([dise_index.get((s.pol, s.cd_dise), -1) for s in setls], I32)
-    out = {f: np.full(n, -7, I64) for f in OUT_FIELDS}
-    out["status"] = np.full(n, -7, I8)
-    out["pool_prop_bp"] = np.full(n, -7, I32)
-    _fund.fund_batch(
-        c("kind", I8), c("pol", I32), c("lv", I8), c("psn", I32), c("year", I32),
-        c("inscp", I64), c("medfee", I64), c("reduction_bp", I32), c("retired310", U8),
-        c("acct_ok", U8), c("cd_slot", I32), cd_pol, c("pre_status", I8), c("commit", U8),
-        a["annual_cap"], ip_ded, ip_ts, ip_tl, a["ip_bonus"], a["op_ded"], op_ratio,
-        a["op_cap"], a["op_bonus"], a["sl_threshold"], a["sl_tier_start"], a["sl_tier_len"],
-        a["sl_cap"], np.array(uppers, I64), np.array(ratios, I32), np.array(cd_ratio, I32),
-        np.array(cd_cap, I64),
-        acc_year, st_arr["hifp_ip"], st_arr["hifp_op"], st_arr["ded_op"], st_arr["burden2"],
-        st_arr["second_paid"], st_arr["balc"], cd_val, cd_year,
-        *(out[f] for f in OUT_FIELDS),
-    )
+    batch = _fund.SettlementBatch(
+        kind=c("kind", I8), pol=c("pol", I32), lv=c("lv", I8), psn=c("psn", I32), year=c("year", I32),
+        inscp_fen=c("inscp", I64), medfee_fen=c("medfee", I64), reduction_bp=c("reduction_bp", I32),
+        retired310=c("retired310", U8), acct_ok=c("acct_ok", U8), cd_slot=c("cd_slot", I32),
+        cd_pol=np.array([dise_index.get((s.pol, s.cd_dise), -1) for s in setls], I32),
+        pre_status=c("pre_status", I8), commit=c("commit", U8))
+    res = _fund.FundResults(n)
+    _fund.fund_batch(batch, policies, persons, res)
+    out = {f: getattr(res, RESULT_ATTR.get(f, f)) for f in OUT_FIELDS}
     outs = [{f: int(out[f][i]) for f in OUT_FIELDS} for i in range(n)]
-    psns_after = [Psn(int(acc_year[i]), *(int(st_arr[k][i]) for k in (*ACC_FIELDS, "balc")))
+    psns_after = [Psn(int(persons.acc_year[i]),
+                      *(int(getattr(persons, k + "_fen")[i]) for k in (*ACC_FIELDS, "balc")))
                   for i in range(len(psns))]
-    slots_after = [Slot(s.psn, s.pol, s.dise, int(cd_val[i]), int(cd_year[i]))
+    slots_after = [Slot(s.psn, s.pol, s.dise, int(persons.cd_val_fen[i]), int(persons.cd_year[i]))
                    for i, s in enumerate(slots)]
     return outs, psns_after, slots_after
 
@@ -994,44 +1010,99 @@ def test_fund_refuses_bad_indices_before_changing_state() -> None:
         with pytest.raises((ValueError, IndexError)):
             run_fund([good, bad], pols, psns, [])
     # run_fund copies the state in; check the kernel's own arrays directly.
-    balc = np.array([100], I64)
-    args = _minimal_fund_args(balc)
-    args["psn"] = np.array([0, 3], I32)
+    groups = _minimal_fund_groups()
+    groups["batch"] = _fund.SettlementBatch(**{**_batch_fields(), "psn": np.array([0, 3], I32)})
     with pytest.raises(ValueError, match="psn"):
-        _fund.fund_batch(**args)
-    assert balc[0] == 100
+        _fund.fund_batch(**groups)
+    assert groups["persons"].balc_fen[0] == 100
 
 
-def _minimal_fund_args(balc: np.ndarray) -> dict:
-    n = 2
-    z = lambda t, k=n: np.zeros(k, t)  # noqa: E731
+def _batch_fields(n: int = 2) -> dict:
+    z = lambda t: np.zeros(n, t)  # noqa: E731
     return dict(
         kind=np.ones(n, I8), pol=z(I32), lv=np.ones(n, I8), psn=z(I32),
-        year=np.full(n, 2026, I32), inscp=np.full(n, 50, I64), medfee=np.full(n, 50, I64),
+        year=np.full(n, 2026, I32), inscp_fen=np.full(n, 50, I64), medfee_fen=np.full(n, 50, I64),
         reduction_bp=z(I32), retired310=z(U8), acct_ok=np.ones(n, U8),
         cd_slot=np.full(n, -1, I32), cd_pol=np.full(n, -1, I32), pre_status=z(I8),
-        commit=np.ones(n, U8), annual_cap=z(I64, 1), ip_ded=np.zeros((1, 3), I64),
+        commit=np.ones(n, U8))
+
+
+def _policy_fields() -> dict:
+    z = lambda t: np.zeros(1, t)  # noqa: E731
+    return dict(
+        annual_cap_fen=z(I64), ip_ded_fen=np.zeros((1, 3), I64),
         ip_tier_start=np.zeros((1, 3), I32), ip_tier_len=np.ones((1, 3), I32),
-        ip_bonus=z(I32, 1), op_ded=z(I64, 1), op_ratio=np.zeros((1, 3), I32),
-        op_cap=z(I64, 1), op_bonus=z(I32, 1), sl_threshold=z(I64, 1),
-        sl_tier_start=z(I32, 1), sl_tier_len=np.ones(1, I32), sl_cap=z(I64, 1),
-        tier_upper=np.full(1, -1, I64), tier_ratio=z(I32, 1), cd_ratio=z(I32, 1),
-        cd_cap=z(I64, 1), acc_year=np.full(1, 2026, I32), hifp_ip=z(I64, 1),
-        hifp_op=z(I64, 1), ded_op=z(I64, 1), burden2=z(I64, 1), second_paid=z(I64, 1),
-        balc=balc, cd_val=z(I64, 1), cd_year=z(I32, 1), status=z(I8), act_pay_dedc=z(I64),
-        hifp_pay=z(I64), second_pay=z(I64), fund_pay_sumamt=z(I64), psn_part_amt=z(I64),
-        acct_pay=z(I64), psn_cash_pay=z(I64), balc_after=z(I64), burden=z(I64),
-        pool_prop_bp=z(I32),
-    )
+        ip_bonus_bp=z(I32), op_ded_fen=z(I64), op_ratio_bp=np.zeros((1, 3), I32),
+        op_cap_fen=z(I64), op_bonus_bp=z(I32), sl_threshold_fen=z(I64),
+        sl_tier_start=z(I32), sl_tier_len=np.ones(1, I32), sl_cap_fen=z(I64),
+        tier_upper_fen=np.full(1, -1, I64), tier_ratio_bp=z(I32), cd_ratio_bp=z(I32),
+        cd_cap_fen=z(I64))
+
+
+def _person_fields(balc_fen: int = 100) -> dict:
+    z = lambda t: np.zeros(1, t)  # noqa: E731
+    return dict(
+        acc_year=np.full(1, 2026, I32), hifp_ip_fen=z(I64), hifp_op_fen=z(I64), ded_op_fen=z(I64),
+        burden2_fen=z(I64), second_paid_fen=z(I64), balc_fen=np.array([balc_fen], I64),
+        cd_val_fen=z(I64), cd_year=z(I32))
+
+
+def _minimal_fund_groups(balc_fen: int = 100) -> dict:
+    return dict(batch=_fund.SettlementBatch(**_batch_fields()),
+                policies=_fund.PolicyArrays(**_policy_fields()),
+                persons=_fund.PersonArrays(**_person_fields(balc_fen)),
+                results=_fund.FundResults(2))
 
 
 def test_fund_keywords_and_readonly_inputs() -> None:
-    balc = np.array([80], I64)
-    args = _minimal_fund_args(balc)
-    for k in ("kind", "pol", "tier_upper", "ip_ded"):
-        args[k].setflags(write=False)
-    _fund.fund_batch(**args)
-    assert args["acct_pay"].tolist() == [50, 30] and balc[0] == 0
+    fields, pol = _batch_fields(), _policy_fields()
+    for k in ("kind", "pol"):
+        fields[k].setflags(write=False)
+    for k in ("tier_upper_fen", "ip_ded_fen"):
+        pol[k].setflags(write=False)
+    persons = _fund.PersonArrays(**_person_fields(80))
+    res = _fund.FundResults(2)
+    _fund.fund_batch(_fund.SettlementBatch(**fields), _fund.PolicyArrays(**pol), persons, res)
+    assert res.acct_pay.tolist() == [50, 30] and persons.balc_fen[0] == 0
+
+
+def test_fund_groups_refuse_swaps_and_wrong_types() -> None:
+    g = _minimal_fund_groups()
+    # The groups in the wrong places: a TypeError, never a wrong payment.
+    with pytest.raises(TypeError):
+        _fund.fund_batch(g["batch"], g["persons"], g["policies"], g["results"])
+    with pytest.raises(TypeError):
+        _fund.fund_batch(g["policies"], g["batch"], g["persons"], g["results"])
+    # Positional fields are refused: every field is named.
+    with pytest.raises(TypeError):
+        _fund.SettlementBatch(*_batch_fields().values())
+    # Two money arrays of another dtype, or a ratio array where money goes.
+    fields = _batch_fields()
+    with pytest.raises(TypeError, match="inscp_fen must be int64"):
+        _fund.SettlementBatch(**{**fields, "inscp_fen": fields["reduction_bp"]})
+    with pytest.raises(TypeError, match="must be a numpy array"):
+        _fund.SettlementBatch(**{**fields, "kind": [1, 1]})
+    with pytest.raises(ValueError, match="medfee_fen has 1 rows, expected 2"):
+        _fund.SettlementBatch(**{**fields, "medfee_fen": np.zeros(1, I64)})
+    pol = _policy_fields()
+    with pytest.raises(ValueError, match="op_ratio_bp must have 3 columns"):
+        _fund.PolicyArrays(**{**pol, "op_ratio_bp": np.zeros((1, 2), I32)})
+    with pytest.raises(ValueError, match="tier_upper_fen and tier_ratio_bp differ"):
+        _fund.PolicyArrays(**{**pol, "tier_ratio_bp": np.zeros(2, I32)})
+    with pytest.raises(ValueError, match="contiguous"):
+        _fund.SettlementBatch(**{**fields, "medfee_fen": np.zeros(4, I64)[::2]})
+    psn = _person_fields()
+    with pytest.raises(ValueError, match="balc_fen has 2 rows"):
+        _fund.PersonArrays(**{**psn, "balc_fen": np.zeros(2, I64)})
+    ro = psn["balc_fen"].copy()
+    ro.setflags(write=False)
+    with pytest.raises(ValueError):
+        _fund.PersonArrays(**{**psn, "balc_fen": ro})  # the kernel writes the state
+    with pytest.raises(ValueError, match="results has 3 rows"):
+        _fund.fund_batch(g["batch"], g["policies"], g["persons"], _fund.FundResults(3))
+    # The attributes cannot be rebound: the kernel and the engine see one array.
+    with pytest.raises(AttributeError):
+        g["persons"].balc_fen = np.zeros(1, I64)
 
 
 @st.composite

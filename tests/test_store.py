@@ -72,12 +72,12 @@ def _assert_persons_equal_reference(store_engine: Engine, world, bodies: list[by
     psn_no = world.psn_no.to_pylist()
     for i, no in enumerate(psn_no):
         p = ref.persons[no]
-        got = (int(st.balc[i]), int(st.acc_year[i]), int(st.hifp_ip[i]), int(st.hifp_op[i]), int(st.ded_op[i]),
-               int(st.burden2[i]), int(st.second_paid[i]))
+        got = (int(st.balc_fen[i]), int(st.acc_year[i]), int(st.hifp_ip_fen[i]), int(st.hifp_op_fen[i]), int(st.ded_op_fen[i]),
+               int(st.burden2_fen[i]), int(st.second_paid_fen[i]))
         assert got == (p.balc, p.acc_year, p.hifp_ip, p.hifp_op, p.ded_op, p.burden2, p.second_paid), no
         for dise, (val, year) in p.chronic.items():
             slot = store_engine.cd_slots[(i, dise)]
-            mine = int(st.cd_val[slot]) if int(st.cd_year[slot]) == int(st.acc_year[i]) else 0
+            mine = int(st.cd_val_fen[slot]) if int(st.cd_year[slot]) == int(st.acc_year[i]) else 0
             theirs = val if year == p.acc_year else 0
             assert mine == theirs, (no, dise)
 
@@ -677,6 +677,7 @@ def test_pack_lines_equals_numpy_records():
     import numpy as np
 
     from core_ext._pack import pack_lines
+    from core_ext._split import CatalogueArrays, LineBatch, SplitResults
     from engine.store.codec import LINE_DTYPE
 
     rng = np.random.default_rng(9)
@@ -696,15 +697,22 @@ def test_pack_lines_equals_numpy_records():
     want["memo"] = memo
     for name, col in zip(("fulamt_fen", "overlmt_fen", "preselfpay_fen", "inscp_fen"), amounts):
         want[name] = col
-    assert pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts) == want.tobytes()
+    z = np.zeros(n, np.int64)
+    split = SplitResults(LineBatch(starts=np.array([0, n], np.int64), outpatient=np.zeros(1, np.uint8), row=row,
+                                   pric_micro=z, cnt_ten_thousandths=z, amt_fen=z))
+    split.memo[:] = memo
+    for part, col in zip((split.fulamt_fen, split.overlmt_fen, split.presel_fen, split.inscp_fen), amounts):
+        part[:] = col
+    cat = CatalogueArrays(lv=cat_lv, selfpay_bp=cat_sp, cap_micro=cat_cap, lmt=np.zeros(m, np.int8))
+    assert pack_lines(split, cat) == want.tobytes()
     for bad in (-1, 2**31):
-        amounts[2][7] = bad
+        split.presel_fen[7] = bad
         with pytest.raises(ValueError, match="line 7"):
-            pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts)
-    amounts[2][7] = 0
+            pack_lines(split, cat)
+    split.presel_fen[7] = 0
     row[3] = m
     with pytest.raises(ValueError, match="line 3"):
-        pack_lines(row, cat_lv, cat_sp, cat_cap, memo, *amounts)
+        pack_lines(split, cat)
 
 
 # ---------------------------------------------------------------- lookup filters

@@ -51,18 +51,22 @@ def parse_scaled(value: object, places: int) -> int:
 
 
 def parse_fen(value: object) -> int:
+    """An amount of yuan in fen: '123.45' -> 12345."""
     return parse_scaled(value, FEN_PLACES)
 
 
 def parse_micro(value: object) -> int:
+    """A price in micro-yuan: '572.160071' -> 572160071."""
     return parse_scaled(value, MICRO_PLACES)
 
 
 def parse_cnt(value: object) -> int:
+    """A count in ten-thousandths of a unit: '2.5' -> 25000."""
     return parse_scaled(value, CNT_PLACES)
 
 
 def parse_bp(value: object) -> int:
+    """A ratio in basis points: '0.85' -> 8500."""
     return parse_scaled(value, BP_PLACES)
 
 
@@ -73,22 +77,24 @@ def format_scaled(n: int, places: int) -> str:
     return f"{sign}{q}.{r:0{places}d}"
 
 
-def format_fen(n: int) -> str:
+def format_fen(amount_fen: int) -> str:
     """Fen as yuan with two decimals: 12345 -> '123.45'."""
-    return format_scaled(n, FEN_PLACES)
+    return format_scaled(amount_fen, FEN_PLACES)
 
 
-def format_bp(n: int) -> str:
+def format_bp(ratio_bp: int) -> str:
     """Basis points as a ratio with four decimals: 8500 -> '0.8500'."""
-    return format_scaled(n, BP_PLACES)
+    return format_scaled(ratio_bp, BP_PLACES)
 
 
-def format_micro(n: int) -> str:
-    return format_scaled(n, MICRO_PLACES)
+def format_micro(pric_micro: int) -> str:
+    """Micro-yuan as yuan with six decimals: 572160071 -> '572.160071'."""
+    return format_scaled(pric_micro, MICRO_PLACES)
 
 
-def format_cnt(n: int) -> str:
-    return format_scaled(n, CNT_PLACES)
+def format_cnt(cnt_ten_thousandths: int) -> str:
+    """A count in ten-thousandths with four decimals: 25000 -> '2.5000'."""
+    return format_scaled(cnt_ten_thousandths, CNT_PLACES)
 
 
 def mulr(amount_fen: int, ratio_bp: int) -> int:
@@ -97,9 +103,13 @@ def mulr(amount_fen: int, ratio_bp: int) -> int:
     return (amount_fen * ratio_bp + 5_000) // BP_ONE
 
 
-def ext(pric_micro: int, cnt: int) -> int:
-    """Price times count, rounded half up to the fen; exact at any size (section 1)."""
-    return (pric_micro * cnt + 50_000_000) // 100_000_000
+def ext(pric_micro: int, cnt_ten_thousandths: int) -> int:
+    """Price times count, rounded half up to the fen; exact at any size (section 1).
+
+    micro-yuan (10**-6) times ten-thousandths (10**-4) is 10**-10 yuan, and a fen
+    is 10**8 of those.
+    """
+    return (pric_micro * cnt_ten_thousandths + 50_000_000) // 100_000_000
 
 
 def clamp_bp(r: int) -> int:

@@ -28,7 +28,7 @@ CLR_TYPE_OUTPATIENT, CLR_TYPE_INPATIENT = "11", "21"
 # Limits (section 1); a request outside them gets E_LIMIT.
 LINES_MAX = 10_000
 PRIC_MAX_MICRO = 1_000_000 * 10**6
-CNT_MAX = 100_000 * 10**4
+CNT_MAX_TEN_THOUSANDTHS = 100_000 * 10**4  # cnt is counted in 1/10,000 of a unit
 LINE_AMT_MAX_FEN = 10_000_000 * 100
 FRAME_BYTES_MAX = 16 * 1024 * 1024
 FRAME_HEADER_BYTES = 4  # the framed TCP transport's big-endian body length (section 7)

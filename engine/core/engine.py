@@ -119,7 +119,7 @@ class Engine:
         # Chronic qualifications: (person, disease) -> slot of the state arrays.
         self.cd_slots = {(int(p), d): k for k, (p, d) in enumerate(zip(world.chr_psn, world.chr_dise))}
         self.state = kernels.PersonState(world, len(self.cd_slots))
-        self.state.cd_val[: len(self.cd_slots)] = world.chr_hifp_cd
+        self.state.cd_val_fen[: len(self.cd_slots)] = world.chr_hifp_cd
         self.state.cd_year[: len(self.cd_slots)] = self.state.acc_year[world.chr_psn]
         if chronic_years is not None:
             assert len(chronic_years) == len(self.cd_slots)
@@ -147,14 +147,14 @@ class Engine:
     def person_accumulators(self, psns: np.ndarray) -> list[list[int]]:
         """Of persons `psns`, now: balc, acc_year, hifp_ip, hifp_op, ded_op, burden2, second_paid (fen, year)."""
         st = self.state
-        return [st.balc[psns].tolist(), st.acc_year[psns].tolist(), st.hifp_ip[psns].tolist(),
-                st.hifp_op[psns].tolist(), st.ded_op[psns].tolist(), st.burden2[psns].tolist(),
-                st.second_paid[psns].tolist()]
+        return [st.balc_fen[psns].tolist(), st.acc_year[psns].tolist(), st.hifp_ip_fen[psns].tolist(),
+                st.hifp_op_fen[psns].tolist(), st.ded_op_fen[psns].tolist(), st.burden2_fen[psns].tolist(),
+                st.second_paid_fen[psns].tolist()]
 
     def chronic_accumulators(self, slots: np.ndarray) -> tuple[list[int], list[int]]:
         """Of chronic slots `slots`, now: hifp_cd (fen) and the year it counts in."""
         st = self.state
-        return st.cd_val[slots].tolist(), st.cd_year[slots].tolist()
+        return st.cd_val_fen[slots].tolist(), st.cd_year[slots].tolist()
 
     # ------------------------------------------------------------ batch entry
 
@@ -423,7 +423,7 @@ class Engine:
         ok: list[Pending] = []
         ok_k: list[int] = []
         for k, p, n_bad, split_err, tot_amt in zip(
-            range(n), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt.tolist()
+            range(n), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt_fen.tolist()
         ):
             err = None
             if n_bad:
@@ -450,7 +450,7 @@ class Engine:
         s = {
             "kind": col("kind", I8), "pol": col("pol", I32), "lv": col("lv", I8),
             "psn": col("psn", I32), "year": col("year", I32),
-            "inscp": np.ascontiguousarray(split.tot_inscp[sel]), "medfee": col("medfee", I64),
+            "inscp_fen": np.ascontiguousarray(split.tot_inscp_fen[sel]), "medfee_fen": col("medfee", I64),
             "reduction_bp": col("reduction_bp", I32), "retired310": col("retired310", U8),
             "acct_ok": col("acct_ok", U8), "cd_slot": col("cd_slot", I32), "cd_pol": col("cd_pol", I32),
             "pre_status": col("pre_status", I8), "commit": col("commit", U8),
@@ -458,21 +458,21 @@ class Engine:
         pay = kernels.pay_funds(self.pol, self.state, s)
         # setlinfo's money, formatted for the whole round in one call: the columns
         # of SETLINFO_FEN (hifmi_pay and hifob_pay: the second layer by insurance type).
-        second = pay.second_pay
+        second = pay.second_pay_fen
         insutype_of = self.psn_insutype
         insutypes = [insutype_of[p.psn] for p in ok]
         is390 = np.fromiter((t == "390" for t in insutypes), dtype=np.bool_, count=m)
         is310 = np.fromiter((t == "310" for t in insutypes), dtype=np.bool_, count=m)
         fen = np.stack([
-            s["medfee"], split.tot_fulamt[sel], split.tot_overlmt[sel], split.tot_presel[sel], s["inscp"],
+            s["medfee_fen"], split.tot_fulamt_fen[sel], split.tot_overlmt_fen[sel], split.tot_presel_fen[sel], s["inscp_fen"],
             pay.act_pay_dedc, pay.hifp_pay, np.where(is390, second, 0), np.where(is310, second, 0),
-            pay.fund_pay_sumamt, pay.psn_part_amt, pay.acct_pay, pay.psn_cash_pay, pay.balc_after,
+            pay.fund_pay_sumamt, pay.psn_part_amt, pay.acct_pay, pay.psn_cash_pay, pay.balc_after_fen,
         ], axis=1).astype(I64, copy=False)
         texts = kernels.format_fen_rows(np.ascontiguousarray(fen))
         # Per settlement, the kernels' outputs as one tuple of Python ints (a row
         # of .tolist() columns: no numpy scalar is made per field).
         outs = zip(
-            pay.status.tolist(), fen.tolist(), second.tolist(), pay.burden.tolist(), pay.pool_prop_bp.tolist(),
+            pay.status.tolist(), fen.tolist(), second.tolist(), pay.burden_fen.tolist(), pay.pool_prop_bp.tolist(),
             starts[sel].tolist(), texts,
         )
         for p, out in zip(ok, outs):
@@ -583,21 +583,21 @@ class Engine:
         if (infno in OUTPATIENT_INFNOS) != rec.outpatient or rec.mdtrt_id != d.mdtrt_id or rec.psn_no != d.psn_no:
             raise Refused(E_MISMATCH, "infno, mdtrt_id or psn_no differ from the settlement")
         st, i, a = self.state, rec.psn, rec.amounts
-        st.balc[i] += a["acct_pay"]
+        st.balc_fen[i] += a["acct_pay"]
         if int(st.acc_year[i]) == rec.year:
             if rec.kind == ACC_INPATIENT:
-                st.hifp_ip[i] -= a["hifp_pay"]
-                st.burden2[i] -= rec.burden
-                st.second_paid[i] -= rec.second
+                st.hifp_ip_fen[i] -= a["hifp_pay"]
+                st.burden2_fen[i] -= rec.burden
+                st.second_paid_fen[i] -= rec.second
             elif rec.kind == ACC_OUTPATIENT:
-                st.ded_op[i] -= a["act_pay_dedc"]
-                st.hifp_op[i] -= a["hifp_pay"]
+                st.ded_op_fen[i] -= a["act_pay_dedc"]
+                st.hifp_op_fen[i] -= a["hifp_pay"]
             else:
-                st.cd_val[rec.cd_slot] -= a["hifp_pay"]
+                st.cd_val_fen[rec.cd_slot] -= a["hifp_pay"]
         rec.reversed = True
         self.open_visits.discard((rec.fixmedins_code, rec.mdtrt_id))
         setlinfo = {k: _fmt(-v) for k, v in a.items()}
-        setlinfo["balc"] = _fmt(int(st.balc[i]))
+        setlinfo["balc"] = _fmt(int(st.balc_fen[i]))
         for z in _ZERO_FUNDS:
             setlinfo[z] = "0.00"
         setlinfo.update(rec.info)
@@ -640,7 +640,7 @@ class Engine:
             "baseinfo": {"psn_no": self.psn_no[i], "certno": self.psn_certno[i], "psn_name": self.psn_name[i]},
             "insuinfo": [{
                 "insutype": self.psn_insutype[i], "psn_type": self.psn_type[i],
-                "balc": _fmt(int(self.state.balc[i])), "insuplc_admdvs": self.psn_insuplc[i],
+                "balc": _fmt(int(self.state.balc_fen[i])), "insuplc_admdvs": self.psn_insuplc[i],
             }],
             "filinginfo": [{
                 "filing_type": w.fil_type[f], "dest_admdvs": w.fil_dest[f],

@@ -5,7 +5,13 @@ Each function allocates its outputs and calls one kernel over a whole batch:
   gather_lines decoded fee lines -> exact integer arrays        SETTLEMENT.md 1
   FeeBuffer    a round's fee lines, raw from the wire or decoded SETTLEMENT.md 1
   split_lines  line split and per-settlement totals             SETTLEMENT.md 3
+  stored_split a split as the store kept it, to render again     SETTLEMENT.md 3
   pay_funds    fund payment with each person's accumulators     SETTLEMENT.md 6
+
+The kernels take their buffers in typed groups built by keyword (Catalogue,
+LineBatch, SplitResults; PolicyTables, PersonState, SettlementBatch,
+FundResults): a group checks dtypes and lengths once when it is made, and a
+kernel refuses a group of the wrong type, so no two arrays can trade places.
 """
 from __future__ import annotations
 
@@ -17,12 +23,12 @@ from pyarrow.compute import unique as pc_unique
 
 from core_ext._catalogue import CatalogueIndex
 from core_ext._emit import RowEmitter, format_fen, format_fen_rows, format_scaled
-from core_ext._fund import fund_batch
+from core_ext._fund import FundResults, PersonArrays, PolicyArrays, SettlementBatch, fund_batch
 from core_ext._lines import FeeBuffer  # noqa: F401  (engine.pipeline)
 from core_ext._lines import gather_lines as _gather
 from core_ext._lines import parse_scaled as _parse_scaled
 from core_ext._lines import parse_time_day as _parse_time_day
-from core_ext._split import split_batch
+from core_ext._split import CatalogueArrays, LineBatch, SplitResults, split_batch
 
 from engine.world.loader import Policy, World
 
@@ -38,14 +44,19 @@ def string_buffers(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, raw
 
 
-class Catalogue:
-    """The catalogue arrays of a world plus their compiled (province, code) index."""
+class Catalogue(CatalogueArrays):
+    """The catalogue arrays of a world (lv, selfpay_bp, cap_micro, lmt, begn, end) plus their
+    compiled (province, code) index."""
+
+    __slots__ = ("begn", "end", "index")
 
     def __init__(self, w: World):
-        self.lv = np.ascontiguousarray(w.cat_lv, dtype=I8)
-        self.selfpay_bp = np.ascontiguousarray(w.cat_selfpay_bp, dtype=I32)
-        self.cap_micro = np.ascontiguousarray(w.cat_cap_micro, dtype=I64)
-        self.lmt = np.ascontiguousarray(w.cat_lmt, dtype=I8)
+        super().__init__(
+            lv=np.ascontiguousarray(w.cat_lv, dtype=I8),
+            selfpay_bp=np.ascontiguousarray(w.cat_selfpay_bp, dtype=I32),
+            cap_micro=np.ascontiguousarray(w.cat_cap_micro, dtype=I64),
+            lmt=np.ascontiguousarray(w.cat_lmt, dtype=I8),
+        )
         self.begn = np.ascontiguousarray(w.cat_begn, dtype=I32)
         self.end = np.ascontiguousarray(w.cat_end, dtype=I32)
         offsets, data = string_buffers(w.cat_code)
@@ -99,7 +110,7 @@ class Lines:
     codes: list  # med_list_codg of each line (None when missing)
     sns: list  # feedetl_sn of each line (None when missing)
     amt_fen: np.ndarray
-    cnt: np.ndarray
+    cnt_ten_thousandths: np.ndarray
     pric_micro: np.ndarray
     day: np.ndarray
     bad: np.ndarray
@@ -110,145 +121,125 @@ def gather_lines(lines: list) -> Lines:
     n = len(lines)
     codes: list = []
     sns: list = []
-    amt, cnt, pric = np.empty(n, I64), np.empty(n, I64), np.empty(n, I64)
+    amt_fen, cnt, pric_micro = np.empty(n, I64), np.empty(n, I64), np.empty(n, I64)
     day, bad = np.empty(n, I32), np.empty(n, U8)
-    n_bad = _gather(lines, codes, sns, amt, cnt, pric, day, bad)
-    return Lines(codes, sns, amt, cnt, pric, day, bad, n_bad)
+    n_bad = _gather(lines, codes, sns, amt_fen, cnt, pric_micro, day, bad)
+    return Lines(codes, sns, amt_fen, cnt, pric_micro, day, bad, n_bad)
 
 
-@dataclass
-class Split:
-    memo: np.ndarray
-    fulamt: np.ndarray
-    overlmt: np.ndarray
-    presel: np.ndarray
-    inscp: np.ndarray
-    tot_fulamt: np.ndarray
-    tot_overlmt: np.ndarray
-    tot_presel: np.ndarray
-    tot_inscp: np.ndarray
-    tot_amt: np.ndarray
-    err: np.ndarray  # 0 ok, 1 E_LIMIT, 2 E_AMOUNT_MISMATCH
-    err_line: np.ndarray
+# The split's outputs: memo and the four parts per line, their totals, err and err_line per settlement.
+Split = SplitResults
 
 
 def split_lines(
     cat: Catalogue, starts: np.ndarray, outpatient: np.ndarray, row: np.ndarray, lines: Lines
-) -> Split:
-    n_lines, n = len(row), len(starts) - 1
-    memo = np.empty(n_lines, I8)
-    per_line = [np.empty(n_lines, I64) for _ in range(4)]
-    per_set = [np.empty(n, I64) for _ in range(5)]
-    err, err_line = np.empty(n, I8), np.empty(n, I32)
-    split_batch(
-        starts, outpatient, row, lines.pric_micro, lines.cnt, lines.amt_fen,
-        cat.lv, cat.selfpay_bp, cat.cap_micro, cat.lmt,
-        memo, *per_line, *per_set, err, err_line,
+) -> SplitResults:
+    """Split the round's lines (settlement s owns lines starts[s] .. starts[s+1]-1) against `cat`."""
+    batch = LineBatch(
+        starts=starts, outpatient=outpatient, row=row, pric_micro=lines.pric_micro,
+        cnt_ten_thousandths=lines.cnt_ten_thousandths, amt_fen=lines.amt_fen,
     )
-    return Split(memo, *per_line, *per_set, err, err_line)
+    results = SplitResults(batch)
+    split_batch(batch, cat, results)
+    return results
 
 
-class PolicyTables:
-    """Policies flattened into arrays for the fund kernel (section 5)."""
+def stored_split(lines: Lines, row: np.ndarray, *, memo: np.ndarray, fulamt_fen: np.ndarray,
+                 overlmt_fen: np.ndarray, presel_fen: np.ndarray, inscp_fen: np.ndarray) -> SplitResults:
+    """The split of one settlement's lines as a store kept it (its parts as computed then), to render again."""
+    n = len(row)
+    batch = LineBatch(
+        starts=np.array([0, n], I64), outpatient=np.zeros(1, U8), row=row, pric_micro=lines.pric_micro,
+        cnt_ten_thousandths=lines.cnt_ten_thousandths, amt_fen=lines.amt_fen,
+    )
+    split = SplitResults(batch)
+    split.memo[:] = memo
+    for part, stored in ((split.fulamt_fen, fulamt_fen), (split.overlmt_fen, overlmt_fen),
+                         (split.presel_fen, presel_fen), (split.inscp_fen, inscp_fen)):
+        part[:] = stored
+    return split
+
+
+class PolicyTables(PolicyArrays):
+    """Policies flattened into the fund kernel's arrays (section 5), with the rows of their keys.
+
+    ids: (insuplc_admdvs, insutype) -> policy row; chronic: (policy row,
+    disease code) -> chronic disease row (a settlement's cd_pol).
+    """
+
+    __slots__ = ("ids", "chronic")
 
     def __init__(self, policies: list[Policy]):
         P = max(1, len(policies))
         self.ids = {(p.insuplc_admdvs, p.insutype): i for i, p in enumerate(policies)}
-        self.annual_cap = np.zeros(P, I64)
-        self.ip_ded = np.zeros((P, 3), I64)
-        self.ip_tier_start = np.zeros((P, 3), I32)
-        self.ip_tier_len = np.zeros((P, 3), I32)
-        self.ip_bonus = np.zeros(P, I32)
-        self.op_ded = np.zeros(P, I64)
-        self.op_ratio = np.zeros((P, 3), I32)
-        self.op_cap = np.zeros(P, I64)
-        self.op_bonus = np.zeros(P, I32)
-        self.sl_threshold = np.zeros(P, I64)
-        self.sl_tier_start = np.zeros(P, I32)
-        self.sl_tier_len = np.zeros(P, I32)
-        self.sl_cap = np.zeros(P, I64)
-        uppers: list[int] = []
-        ratios: list[int] = []
         self.chronic: dict[tuple[int, str], int] = {}
-        cd_ratio: list[int] = []
-        cd_cap: list[int] = []
+        a = {k: np.zeros(P, I64) for k in ("annual_cap_fen", "op_ded_fen", "op_cap_fen",
+                                            "sl_threshold_fen", "sl_cap_fen")}
+        a.update({k: np.zeros(P, I32) for k in ("ip_bonus_bp", "op_bonus_bp", "sl_tier_start",
+                                                 "sl_tier_len")})
+        a.update(ip_ded_fen=np.zeros((P, 3), I64), ip_tier_start=np.zeros((P, 3), I32),
+                 ip_tier_len=np.zeros((P, 3), I32), op_ratio_bp=np.zeros((P, 3), I32))
+        uppers_fen: list[int] = []
+        ratios_bp: list[int] = []
+        cd_ratio_bp: list[int] = []
+        cd_cap_fen: list[int] = []
 
         def add_tiers(tiers) -> tuple[int, int]:
-            start = len(uppers)
+            start = len(uppers_fen)
             for t in tiers:
-                uppers.append(-1 if t.upper_fen is None else t.upper_fen)
-                ratios.append(t.ratio_bp)
+                uppers_fen.append(-1 if t.upper_fen is None else t.upper_fen)
+                ratios_bp.append(t.ratio_bp)
             return start, len(tiers)
 
         for i, p in enumerate(policies):
-            self.annual_cap[i] = p.annual_cap_fen
+            a["annual_cap_fen"][i] = p.annual_cap_fen
             for lv in (1, 2, 3):
-                self.ip_ded[i, lv - 1] = p.ip_deductible_fen[lv]
-                self.ip_tier_start[i, lv - 1], self.ip_tier_len[i, lv - 1] = add_tiers(p.ip_tiers[lv])
-                self.op_ratio[i, lv - 1] = p.op_ratio_bp[lv]
-            self.ip_bonus[i] = p.ip_retiree_bonus_bp
-            self.op_ded[i] = p.op_annual_deductible_fen
-            self.op_cap[i] = p.op_annual_cap_fen
-            self.op_bonus[i] = p.op_retiree_bonus_bp
-            self.sl_threshold[i] = p.sl_threshold_fen
-            self.sl_tier_start[i], self.sl_tier_len[i] = add_tiers(p.sl_tiers)
-            self.sl_cap[i] = p.sl_annual_cap_fen
-            for dise, (r, cap) in p.chronic.items():
-                self.chronic[(i, dise)] = len(cd_ratio)
-                cd_ratio.append(r)
-                cd_cap.append(cap)
-        self.tier_upper = np.array(uppers or [0], I64)
-        self.tier_ratio = np.array(ratios or [0], I32)
-        self.cd_ratio = np.array(cd_ratio or [0], I32)
-        self.cd_cap = np.array(cd_cap or [0], I64)
+                a["ip_ded_fen"][i, lv - 1] = p.ip_deductible_fen[lv]
+                a["ip_tier_start"][i, lv - 1], a["ip_tier_len"][i, lv - 1] = add_tiers(p.ip_tiers[lv])
+                a["op_ratio_bp"][i, lv - 1] = p.op_ratio_bp[lv]
+            a["ip_bonus_bp"][i] = p.ip_retiree_bonus_bp
+            a["op_ded_fen"][i] = p.op_annual_deductible_fen
+            a["op_cap_fen"][i] = p.op_annual_cap_fen
+            a["op_bonus_bp"][i] = p.op_retiree_bonus_bp
+            a["sl_threshold_fen"][i] = p.sl_threshold_fen
+            a["sl_tier_start"][i], a["sl_tier_len"][i] = add_tiers(p.sl_tiers)
+            a["sl_cap_fen"][i] = p.sl_annual_cap_fen
+            for dise, (ratio_bp, cap_fen) in p.chronic.items():
+                self.chronic[(i, dise)] = len(cd_ratio_bp)
+                cd_ratio_bp.append(ratio_bp)
+                cd_cap_fen.append(cap_fen)
+        super().__init__(
+            **a, tier_upper_fen=np.array(uppers_fen or [0], I64),
+            tier_ratio_bp=np.array(ratios_bp or [0], I32),
+            cd_ratio_bp=np.array(cd_ratio_bp or [0], I32), cd_cap_fen=np.array(cd_cap_fen or [0], I64),
+        )
 
 
-class PersonState:
-    """The dynamic state of every person (section 6), as arrays the fund kernel mutates."""
+class PersonState(PersonArrays):
+    """The dynamic state of every person (section 6), as arrays the fund kernel mutates in place.
+
+    Copies of the world's columns; one chronic slot per (person, disease) row
+    of the world's chronic table (at least one, so the arrays are never empty).
+    """
+
+    __slots__ = ()
 
     def __init__(self, w: World, chronic_slots: int):
-        self.acc_year = np.ascontiguousarray(w.psn_acc_year, dtype=I32).copy()
-        self.hifp_ip = np.ascontiguousarray(w.psn_hifp_ip, dtype=I64).copy()
-        self.hifp_op = np.ascontiguousarray(w.psn_hifp_op, dtype=I64).copy()
-        self.ded_op = np.ascontiguousarray(w.psn_ded_op, dtype=I64).copy()
-        self.burden2 = np.ascontiguousarray(w.psn_burden2, dtype=I64).copy()
-        self.second_paid = np.ascontiguousarray(w.psn_second_paid, dtype=I64).copy()
-        self.balc = np.ascontiguousarray(w.psn_balc, dtype=I64).copy()
-        self.cd_val = np.zeros(max(1, chronic_slots), I64)
-        self.cd_year = np.zeros(max(1, chronic_slots), I32)
+        def own(column, dtype) -> np.ndarray:
+            return np.array(column, dtype=dtype, order="C", copy=True)
+
+        super().__init__(
+            acc_year=own(w.psn_acc_year, I32), hifp_ip_fen=own(w.psn_hifp_ip, I64),
+            hifp_op_fen=own(w.psn_hifp_op, I64), ded_op_fen=own(w.psn_ded_op, I64),
+            burden2_fen=own(w.psn_burden2, I64), second_paid_fen=own(w.psn_second_paid, I64),
+            balc_fen=own(w.psn_balc, I64),
+            cd_val_fen=np.zeros(max(1, chronic_slots), I64), cd_year=np.zeros(max(1, chronic_slots), I32),
+        )
 
 
-@dataclass
-class Pay:
-    status: np.ndarray  # 0 ok, 1 E_FILING_REQUIRED, 2 E_NO_QUALIFICATION, 3 E_DATE
-    act_pay_dedc: np.ndarray
-    hifp_pay: np.ndarray
-    second_pay: np.ndarray
-    fund_pay_sumamt: np.ndarray
-    psn_part_amt: np.ndarray
-    acct_pay: np.ndarray
-    psn_cash_pay: np.ndarray
-    balc_after: np.ndarray
-    burden: np.ndarray
-    pool_prop_bp: np.ndarray
-
-
-def pay_funds(pol: PolicyTables, st: PersonState, s: dict[str, np.ndarray]) -> Pay:
-    """Run the fund kernel over settlements `s` (arrays by name, see core_ext/_fund.pyi)."""
-    n = len(s["kind"])
-    status = np.empty(n, I8)
-    money = [np.empty(n, I64) for _ in range(9)]
-    pool = np.empty(n, I32)
-    fund_batch(
-        s["kind"], s["pol"], s["lv"], s["psn"], s["year"], s["inscp"], s["medfee"],
-        s["reduction_bp"], s["retired310"], s["acct_ok"], s["cd_slot"], s["cd_pol"],
-        s["pre_status"], s["commit"],
-        pol.annual_cap, pol.ip_ded, pol.ip_tier_start, pol.ip_tier_len, pol.ip_bonus,
-        pol.op_ded, pol.op_ratio, pol.op_cap, pol.op_bonus,
-        pol.sl_threshold, pol.sl_tier_start, pol.sl_tier_len, pol.sl_cap,
-        pol.tier_upper, pol.tier_ratio, pol.cd_ratio, pol.cd_cap,
-        st.acc_year, st.hifp_ip, st.hifp_op, st.ded_op, st.burden2, st.second_paid, st.balc,
-        st.cd_val, st.cd_year,
-        status, *money, pool,
-    )
-    return Pay(status, *money, pool)
+def pay_funds(pol: PolicyTables, st: PersonState, s: dict[str, np.ndarray]) -> FundResults:
+    """Run the fund kernel over settlements `s` (the SettlementBatch fields by name, see core_ext/_fund.pyi)."""
+    batch = SettlementBatch(**s)
+    results = FundResults(batch.n)
+    fund_batch(batch, pol, st, results)
+    return results

@@ -198,11 +198,7 @@ class ResultRows:
         r = self.r
         em = getattr(r, "emitter", None)
         if em is None:  # the round's first reply to be encoded
-            em = r.emitter = kernels.RowEmitter(
-                r.lines.sns, r.lines.amt_fen, r.lines.cnt, r.lines.pric_micro, r.row,
-                r.cat.lv, r.cat.selfpay_bp, r.cat.cap_micro,
-                r.split.memo, r.split.fulamt, r.split.overlmt, r.split.presel, r.split.inscp,
-            )
+            em = r.emitter = kernels.RowEmitter(r.lines.sns, r.split, r.cat)
         return msgspec.Raw(em.emit(self.lo, self.hi, fmt))
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from engine.contract import money
 from engine.contract.money import clamp_bp, ext, mulr
 from engine.contract.protocol import (
-    CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, CNT_MAX, COMMIT_INFNOS, E_ALREADY_REVERSED,
-    E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
+    CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, CNT_MAX_TEN_THOUSANDTHS, COMMIT_INFNOS,
+    E_ALREADY_REVERSED, E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
     E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
     E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, FILING_CLASS_OF_TYPE,
     FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINE_AMT_MAX_FEN, LINES_MAX,
@@ -99,7 +99,7 @@ def split_line(a: int, p: int, c: int, entry: Entry | None, outpatient: bool) ->
 
 def check_line_limits(a: int, p: int, c: int) -> None:
     """Section 1 limits on one line, then section 3 step 1."""
-    if not (0 <= p <= PRIC_MAX_MICRO and 0 < c <= CNT_MAX and 0 <= a <= LINE_AMT_MAX_FEN):
+    if not (0 <= p <= PRIC_MAX_MICRO and 0 < c <= CNT_MAX_TEN_THOUSANDTHS and 0 <= a <= LINE_AMT_MAX_FEN):
         raise Refused(E_LIMIT, "line outside the limits of price, count or amount")
     if abs(ext(p, c) - a) > 1:
         raise Refused(E_AMOUNT_MISMATCH, "line amount is not price times count")
@@ -263,6 +263,155 @@ def fmt_money(d: dict) -> dict:
     return {k: (money.format_fen(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in d.items()}
 
 
+# ---------------------------------------------------------------- section 7: settlement steps
+
+
+@dataclass
+class SettleRequest:
+    """A settlement request that passed E_SCHEMA and the line count; money in fen."""
+
+    infno: str
+    outpatient: bool
+    commit: bool
+    psn_no: str
+    mdtrt_id: str
+    med_type: str
+    insutype: str
+    medfee: int
+    acct_flag: str
+    day: int  # begntime's day (outpatient) or endtime's (inpatient)
+    dise: str | None  # dise_codg of a chronic visit
+    lines: list[tuple]  # (feedetl_sn, med_list_codg, amount fen, cnt, pric micro, day)
+
+
+def _settle_request(env: dict) -> SettleRequest:
+    """The request's fields, typed and parsed (E_SCHEMA), at most LINES_MAX lines (E_LIMIT)."""
+    infno = env["infno"]
+    outpatient = infno in OUTPATIENT_INFNOS
+    inp = env.get("input")
+    if not isinstance(inp, dict) or not isinstance(inp.get("data"), dict):
+        raise Refused(E_SCHEMA, "input.data")
+    data = inp["data"]
+    for k in ("msgid", "mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code"):
+        _str(env, k)
+    psn_no = _str(data, "psn_no")
+    mdtrt_id = _str(data, "mdtrt_id")
+    med_type = _str(data, "med_type")
+    if med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT):
+        raise Refused(E_SCHEMA, f"med_type {med_type} is not taken by {infno}")
+    insutype = _str(data, "insutype")
+    medfee = _money(data, "medfee_sumamt")
+    acct_flag = data.get("acct_used_flag", "0")
+    if acct_flag not in ("0", "1"):
+        raise Refused(E_SCHEMA, "acct_used_flag must be 0 or 1")
+    begn_day = _time_day(data, "begntime")
+    day = begn_day if outpatient else _time_day(data, "endtime")
+    dise = _str(data, "dise_codg") if med_type == MED_TYPE_CHRONIC else None
+    lines = _fee_lines(inp.get("feedetail"))
+    if len(lines) > LINES_MAX:
+        raise Refused(E_LIMIT, f"more than {LINES_MAX} fee lines")
+    return SettleRequest(infno, outpatient, infno in COMMIT_INFNOS, psn_no, mdtrt_id, med_type, insutype,
+                         medfee, acct_flag, day, dise, lines)
+
+
+def _fee_lines(lines_in: object) -> list[tuple]:
+    """feedetail as (feedetl_sn, med_list_codg, amount fen, cnt, pric micro, day) tuples (E_SCHEMA)."""
+    if not isinstance(lines_in, list) or not lines_in:
+        raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
+    lines = []
+    for ln in lines_in:
+        if not isinstance(ln, dict):
+            raise Refused(E_SCHEMA, "feedetail line must be an object")
+        sn = ln.get("feedetl_sn")
+        if not (isinstance(sn, str) and sn) and not (
+            isinstance(sn, int) and not isinstance(sn, bool) and -(2**63) <= sn < 2**63
+        ):
+            raise Refused(E_SCHEMA, "feedetl_sn must be a non-empty string or a 64-bit integer")
+        lines.append((
+            sn, _str(ln, "med_list_codg"), _money(ln, "det_item_fee_sumamt"),
+            _money(ln, "cnt", money.parse_cnt), _money(ln, "pric", money.parse_micro),
+            _time_day(ln, "fee_ocur_time"),
+        ))
+    return lines
+
+
+def _qualify(req: SettleRequest, person: Person, policy: Policy, t: str) -> tuple[str, int]:
+    """The year (E_DATE), the filing class and its reduction (E_FILING_REQUIRED), the chronic
+    qualification (E_NO_QUALIFICATION): (filing class, reduction_bp)."""
+    year = money.day_year(req.day)
+    if year < person.acc_year:
+        raise Refused(E_DATE, f"year {year} before the accounting year {person.acc_year}")
+    cls = filing_class(person, t, req.day, req.med_type, policy)
+    red = reduction_of(policy, cls)
+    if red is None:
+        raise Refused(E_FILING_REQUIRED, "unfiled visit")
+    if req.dise is not None and (req.dise not in person.chronic or req.dise not in policy.chronic):
+        raise Refused(E_NO_QUALIFICATION, f"disease {req.dise}")
+    return cls, red
+
+
+def _pay_fund(p: Person, person: Person, policy: Policy, req: SettleRequest, lv: int, inscp: int,
+              red: int) -> dict:
+    """Section 6 on `p` (the person, or a copy for a pre-settlement), rolled to the visit's year:
+    the setting's payment, then the account; `pay` gains fund, psn_part and acct (fen)."""
+    retired = person.insutype == "310" and is_retired(person.psn_type)
+    if req.med_type in MED_TYPES_INPATIENT:
+        pay = pay_inpatient(p, policy, lv, inscp, policy.ip_retiree_bonus_bp if retired else 0, red)
+    elif req.med_type == MED_TYPE_CHRONIC:
+        pay = pay_chronic(p, policy, req.dise, inscp, red)
+    else:
+        pay = pay_outpatient(p, policy, lv, inscp, policy.op_retiree_bonus_bp if retired else 0, red)
+    pay["fund"] = pay["hifp_pay"] + pay["second"]
+    pay["psn_part"] = req.medfee - pay["fund"]
+    use_account = person.insutype == "310" and req.acct_flag == "1"
+    pay["acct"] = max(0, min(p.balc, pay["psn_part"])) if use_account else 0
+    apply_took(p, pay["took"], req.dise, +1)
+    p.balc -= pay["acct"]
+    return pay
+
+
+def _setlinfo(req: SettleRequest, person: Person, p: Person, totals: dict, pay: dict, cls: str,
+              now: str) -> dict:
+    """setlinfo of section 7, money in fen (fmt_money formats it)."""
+    second = pay["second"]
+    return {
+        "medfee_sumamt": req.medfee,
+        "fulamt_ownpay_amt": totals["fulamt_ownpay_amt"],
+        "overlmt_selfpay": totals["overlmt_amt"],
+        "preselfpay_amt": totals["preselfpay_amt"],
+        "inscp_scp_amt": totals["inscp_scp_amt"],
+        "act_pay_dedc": pay["act_pay_dedc"],
+        "hifp_pay": pay["hifp_pay"],
+        "hifmi_pay": second if person.insutype == "390" else 0,
+        "hifob_pay": second if person.insutype == "310" else 0,
+        "fund_pay_sumamt": pay["fund"],
+        "psn_part_amt": pay["psn_part"],
+        "acct_pay": pay["acct"],
+        "psn_cash_pay": pay["psn_part"] - pay["acct"],
+        "balc": p.balc,
+        "cvlserv_pay": 0, "hifes_pay": 0, "maf_pay": 0, "oth_pay": 0, "hosp_part_amt": 0,
+        "pool_prop_selfpay": money.format_bp(pay["pool_bp"]),
+        "filing_class": cls,
+        "mdtrt_id": req.mdtrt_id, "psn_no": req.psn_no, "insutype": req.insutype, "med_type": req.med_type,
+        "setl_time": now,
+        "clr_type": CLR_TYPE_OUTPATIENT if req.outpatient else CLR_TYPE_INPATIENT,
+    }
+
+
+def _fund_detail(insutype: str, pay: dict) -> list[dict]:
+    """setldetail: one row per fund that paid something, basic, second layer, account."""
+    detail = []
+    for fund_type, amt in (
+        (FUND_BASIC[insutype], pay["hifp_pay"]),
+        (FUND_SECOND[insutype], pay["second"]),
+        (FUND_ACCOUNT, pay["acct"]),
+    ):
+        if amt:
+            detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
+                           "fund_payamt": money.format_fen(amt)})
+    return detail
+
+
 class ReferenceEngine:
     """Handles envelopes one at a time, in order, in memory (sections 3-7)."""
 
@@ -401,75 +550,59 @@ class ReferenceEngine:
     # -- 2206/2207, 2303/2304
 
     def settle(self, env: dict, now: str) -> dict:
-        infno = env["infno"]
-        outpatient = infno in OUTPATIENT_INFNOS
-        commit = infno in COMMIT_INFNOS
-        # E_SCHEMA
-        inp = env.get("input")
-        if not isinstance(inp, dict) or not isinstance(inp.get("data"), dict):
-            raise Refused(E_SCHEMA, "input.data")
-        data = inp["data"]
-        for k in ("msgid", "mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code"):
-            _str(env, k)
-        psn_no = _str(data, "psn_no")
-        mdtrt_id = _str(data, "mdtrt_id")
-        med_type = _str(data, "med_type")
-        if med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT):
-            raise Refused(E_SCHEMA, f"med_type {med_type} is not taken by {infno}")
-        insutype = _str(data, "insutype")
-        medfee = _money(data, "medfee_sumamt")
-        acct_flag = data.get("acct_used_flag", "0")
-        if acct_flag not in ("0", "1"):
-            raise Refused(E_SCHEMA, "acct_used_flag must be 0 or 1")
-        begn_day = _time_day(data, "begntime")
-        day = begn_day if outpatient else _time_day(data, "endtime")
-        dise = _str(data, "dise_codg") if med_type == MED_TYPE_CHRONIC else None
-        lines_in = inp.get("feedetail")
-        if not isinstance(lines_in, list) or not lines_in:
-            raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
-        lines = []
-        for ln in lines_in:
-            if not isinstance(ln, dict):
-                raise Refused(E_SCHEMA, "feedetail line must be an object")
-            sn = ln.get("feedetl_sn")
-            if not (isinstance(sn, str) and sn) and not (
-                isinstance(sn, int) and not isinstance(sn, bool) and -(2**63) <= sn < 2**63
-            ):
-                raise Refused(E_SCHEMA, "feedetl_sn must be a non-empty string or a 64-bit integer")
-            lines.append((
-                sn, _str(ln, "med_list_codg"), _money(ln, "det_item_fee_sumamt"),
-                _money(ln, "cnt", money.parse_cnt), _money(ln, "pric", money.parse_micro),
-                _time_day(ln, "fee_ocur_time"),
-            ))
-        # E_LIMIT on the line count
-        if len(lines) > LINES_MAX:
-            raise Refused(E_LIMIT, f"more than {LINES_MAX} fee lines")
+        """2206/2207/2304/2303: the steps of section 7 in their order; each refuses with its code."""
+        req = _settle_request(env)
+        inst, person, policy = self._settle_parties(env, req)
+        results, totals = self._split_lines(env, req)
+        cls, red = _qualify(req, person, policy, env["mdtrtarea_admvs"])
+        p = person if req.commit else _copy_person(person)  # a pre-settlement changes nothing
+        roll_year(p, money.day_year(req.day))
+        pay = _pay_fund(p, person, policy, req, inst[2], totals["inscp_scp_amt"], red)
+        setlinfo = _setlinfo(req, person, p, totals, pay, cls, now)
+        setl_id = "S" + env["msgid"]
+        if req.commit:
+            setlinfo["setl_id"] = setl_id
+            self._record(env, req, person, p, setl_id, setlinfo, pay)
+        return {
+            "setlinfo": fmt_money(setlinfo), "setldetail": _fund_detail(person.insutype, pay),
+            "result": [{k: (money.format_fen(v) if k in _ROW_MONEY else v) for k, v in r.items()} for r in results],
+        }
+
+    def _settle_parties(self, env: dict, req: SettleRequest) -> tuple[tuple, Person, Policy]:
+        """The institution, the person and the policy (E_UNKNOWN_INSTITUTION, E_FORBIDDEN,
+        E_UNKNOWN_PERSON, E_MISMATCH, E_NO_POLICY), and no open visit of the same mdtrt_id
+        (E_DUPLICATE_VISIT)."""
         inst = self.institutions.get(env["fixmedins_code"])
         if inst is None:
             raise Refused(E_UNKNOWN_INSTITUTION)
         if inst[1] != env["mdtrtarea_admvs"]:
             raise Refused(E_FORBIDDEN, "the institution is not in mdtrtarea_admvs")
-        person = self.persons.get(psn_no)
+        person = self.persons.get(req.psn_no)
         if person is None:
             raise Refused(E_UNKNOWN_PERSON)
-        if env["insuplc_admdvs"] != person.insuplc_admdvs or insutype != person.insutype:
+        if env["insuplc_admdvs"] != person.insuplc_admdvs or req.insutype != person.insutype:
             raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
         policy = self.policies.get((person.insuplc_admdvs, person.insutype))
         if policy is None:
             raise Refused(E_NO_POLICY)
-        if (env["fixmedins_code"], mdtrt_id) in self.open_visits:
+        if (env["fixmedins_code"], req.mdtrt_id) in self.open_visits:
             raise Refused(E_DUPLICATE_VISIT)
-        # Lines: limits and amounts, then the split
+        return inst, person, policy
+
+    def _split_lines(self, env: dict, req: SettleRequest) -> tuple[list[dict], dict[str, int]]:
+        """Section 3 line by line: the limits (E_LIMIT), the catalogue entry in force on the
+        line's day, the split; then the lines must add up to medfee_sumamt (E_AMOUNT_MISMATCH).
+        Returns the result rows and the four totals (fen)."""
         prov2 = env["mdtrtarea_admvs"][:2]
         results = []
         totals = dict.fromkeys(("fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt", "inscp_scp_amt"), 0)
         line_sum = 0
-        for sn, code, a, c, p, d in lines:
+        for sn, code, a, c, p, d in req.lines:
             check_line_limits(a, p, c)
             entry = next(
                 (e for e in self.catalogue.get((prov2, code), ()) if e.begn <= d <= e.end), None
             )
-            r = split_line(a, p, c, entry, outpatient)
+            r = split_line(a, p, c, entry, req.outpatient)
             for k in totals:
                 totals[k] += r[k]
             line_sum += a
@@ -483,82 +616,21 @@ class ReferenceEngine:
                 "chrgitm_lv": f"0{entry.lv}" if entry else "",
                 **{k: r[k] for k in totals}, "memo": r["memo"],
             })
-        if line_sum != medfee:
+        if line_sum != req.medfee:
             raise Refused(E_AMOUNT_MISMATCH, "medfee_sumamt is not the sum of the lines")
-        year = money.day_year(day)
-        if year < person.acc_year:
-            raise Refused(E_DATE, f"year {year} before the accounting year {person.acc_year}")
-        cls = filing_class(person, env["mdtrtarea_admvs"], day, med_type, policy)
-        red = reduction_of(policy, cls)
-        if red is None:
-            raise Refused(E_FILING_REQUIRED, "unfiled visit")
-        if dise is not None and (dise not in person.chronic or dise not in policy.chronic):
-            raise Refused(E_NO_QUALIFICATION, f"disease {dise}")
-        # Fund payment, on a copy for a pre-settlement.
-        p = person if commit else _copy_person(person)
-        roll_year(p, year)
-        retired = person.insutype == "310" and is_retired(person.psn_type)
-        inscp = totals["inscp_scp_amt"]
-        lv = inst[2]
-        if med_type in MED_TYPES_INPATIENT:
-            pay = pay_inpatient(p, policy, lv, inscp, policy.ip_retiree_bonus_bp if retired else 0, red)
-        elif med_type == MED_TYPE_CHRONIC:
-            pay = pay_chronic(p, policy, dise, inscp, red)
-        else:
-            pay = pay_outpatient(p, policy, lv, inscp, policy.op_retiree_bonus_bp if retired else 0, red)
-        second = pay["second"]
-        fund = pay["hifp_pay"] + second
-        psn_part = medfee - fund
-        acct = max(0, min(p.balc, psn_part)) if (person.insutype == "310" and acct_flag == "1") else 0
-        apply_took(p, pay["took"], dise, +1)
-        p.balc -= acct
-        setl_id = "S" + env["msgid"]
-        setlinfo = {
-            "medfee_sumamt": medfee,
-            "fulamt_ownpay_amt": totals["fulamt_ownpay_amt"],
-            "overlmt_selfpay": totals["overlmt_amt"],
-            "preselfpay_amt": totals["preselfpay_amt"],
-            "inscp_scp_amt": inscp,
-            "act_pay_dedc": pay["act_pay_dedc"],
-            "hifp_pay": pay["hifp_pay"],
-            "hifmi_pay": second if person.insutype == "390" else 0,
-            "hifob_pay": second if person.insutype == "310" else 0,
-            "fund_pay_sumamt": fund,
-            "psn_part_amt": psn_part,
-            "acct_pay": acct,
-            "psn_cash_pay": psn_part - acct,
-            "balc": p.balc,
-            "cvlserv_pay": 0, "hifes_pay": 0, "maf_pay": 0, "oth_pay": 0, "hosp_part_amt": 0,
-            "pool_prop_selfpay": money.format_bp(pay["pool_bp"]),
-            "filing_class": cls,
-            "mdtrt_id": mdtrt_id, "psn_no": psn_no, "insutype": insutype, "med_type": med_type,
-            "setl_time": now,
-            "clr_type": CLR_TYPE_OUTPATIENT if outpatient else CLR_TYPE_INPATIENT,
-        }
-        if commit:
-            setlinfo["setl_id"] = setl_id
-        detail = []
-        for fund_type, amt in (
-            (FUND_BASIC[person.insutype], pay["hifp_pay"]),
-            (FUND_SECOND[person.insutype], second),
-            (FUND_ACCOUNT, acct),
-        ):
-            if amt:
-                detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
-                               "fund_payamt": money.format_fen(amt)})
-        if commit:
-            took = dict(pay["took"], balc=-acct)
-            self.settlements[setl_id] = SettlementRecord(
-                setl_id=setl_id, infno=infno, fixmedins_code=env["fixmedins_code"], mdtrt_id=mdtrt_id,
-                psn_no=psn_no, insuplc_admdvs=person.insuplc_admdvs, mdtrtarea_admvs=env["mdtrtarea_admvs"],
-                year=p.acc_year, setlinfo=setlinfo, took=took, dise_codg=dise,
-            )
-            self.open_visits[(env["fixmedins_code"], mdtrt_id)] = setl_id
-            self.committed.append(_committed_row(env["fixmedins_code"], person.insuplc_admdvs, setl_id, None, setlinfo, +1))
-        return {
-            "setlinfo": fmt_money(setlinfo), "setldetail": detail,
-            "result": [{k: (money.format_fen(v) if k in _ROW_MONEY else v) for k, v in r.items()} for r in results],
-        }
+        return results, totals
+
+    def _record(self, env: dict, req: SettleRequest, person: Person, p: Person, setl_id: str,
+                setlinfo: dict, pay: dict) -> None:
+        """Keep a committed settlement: what it took (for its reversal), the open visit, the row."""
+        took = dict(pay["took"], balc=-pay["acct"])
+        self.settlements[setl_id] = SettlementRecord(
+            setl_id=setl_id, infno=req.infno, fixmedins_code=env["fixmedins_code"], mdtrt_id=req.mdtrt_id,
+            psn_no=req.psn_no, insuplc_admdvs=person.insuplc_admdvs, mdtrtarea_admvs=env["mdtrtarea_admvs"],
+            year=p.acc_year, setlinfo=setlinfo, took=took, dise_codg=req.dise,
+        )
+        self.open_visits[(env["fixmedins_code"], req.mdtrt_id)] = setl_id
+        self.committed.append(_committed_row(env["fixmedins_code"], person.insuplc_admdvs, setl_id, None, setlinfo, +1))
 
     # -- 2208/2305
 

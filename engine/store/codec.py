@@ -46,9 +46,7 @@ def pack_result_rows(rr: ResultRows, cache: dict) -> bytes:
     if packed is None:
         # Only settled rounds are packed, whose lines passed the section 1 limits
         # (pack_lines raises ValueError on an amount outside int32).
-        cat, sp = r.cat, r.split
-        packed = (r, pack_lines(r.row, cat.lv, cat.selfpay_bp, cat.cap_micro, sp.memo, sp.fulamt, sp.overlmt,
-                                sp.presel, sp.inscp))  # keeps r alive so that id(r) stays its own
+        packed = (r, pack_lines(r.split, r.cat))  # keeps r alive so that id(r) stays its own
         cache[id(r)] = packed
     size = LINE_DTYPE.itemsize
     return packed[1][rr.lo * size : rr.hi * size]
@@ -68,15 +66,17 @@ class StoredRows:
         m = len(a)
         assert len(lines) == m
         ns = types.SimpleNamespace
+        gathered = kernels.gather_lines(lines)
+        row = np.where(a["lv"] > 0, np.arange(m, dtype=np.int32), np.int32(-1)).astype(np.int32)
         arrays = ns(
-            lines=kernels.gather_lines(lines),
-            row=np.where(a["lv"] > 0, np.arange(m, dtype=np.int32), np.int32(-1)).astype(np.int32),
-            cat=ns(lv=np.ascontiguousarray(a["lv"], np.int8),
-                   selfpay_bp=np.ascontiguousarray(a["selfpay_bp"], np.int32),
-                   cap_micro=np.ascontiguousarray(a["cap_micro"], np.int64)),
-            split=ns(memo=np.ascontiguousarray(a["memo"], np.int8),
-                     fulamt=a["fulamt_fen"].astype(np.int64), overlmt=a["overlmt_fen"].astype(np.int64),
-                     presel=a["preselfpay_fen"].astype(np.int64), inscp=a["inscp_fen"].astype(np.int64)),
+            lines=gathered, row=row,
+            cat=kernels.CatalogueArrays(lv=np.ascontiguousarray(a["lv"], np.int8),
+                                        selfpay_bp=np.ascontiguousarray(a["selfpay_bp"], np.int32),
+                                        cap_micro=np.ascontiguousarray(a["cap_micro"], np.int64),
+                                        lmt=np.zeros(m, np.int8)),
+            split=kernels.stored_split(gathered, row, memo=a["memo"], fulamt_fen=a["fulamt_fen"],
+                                       overlmt_fen=a["overlmt_fen"], presel_fen=a["preselfpay_fen"],
+                                       inscp_fen=a["inscp_fen"]),
         )
         return ResultRows(0, m, arrays).to_raw(fmt)
 

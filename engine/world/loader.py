@@ -115,158 +115,181 @@ def _parse_policies(path: str) -> list[Policy]:
     out: list[Policy] = []
     seen: set[tuple[str, str]] = set()
     for i, obj in enumerate(raw):
-        where = f"policy[{i}]"
+        out.append(_PolicyReader(fname, i, obj).policy(seen))
+    return out
 
-        def fail(fld: str, what: str) -> WorldError:
-            return WorldError(fname, None, f"{where}.{fld}", what)
 
-        def get(d: object, *keys: str) -> object:
-            cur = d
-            for k in keys:
-                if not isinstance(cur, dict) or k not in cur:
-                    raise fail(".".join(keys), "missing")
-                cur = cur[k]
-            return cur
+class _PolicyReader:
+    """One object of policies.json read into a Policy; every failure names the file and the field."""
 
-        def amount(*keys: str) -> int:
-            v = get(obj, *keys)
-            try:
-                n = money.parse_fen(v)
-            except money.NumberError as e:
-                raise fail(".".join(keys), str(e)) from None
-            if n < 0 or n >= 10**MONEY_DIGITS_MAX * 100:
-                raise fail(".".join(keys), f"out of range: {v!r}")
-            return n
+    def __init__(self, fname: str, i: int, obj: object):
+        self.fname, self.obj = fname, obj
+        self.where = f"policy[{i}]"
 
-        def ratio(v: object, fld: str) -> int:
-            try:
-                n = money.parse_bp(v)
-            except money.NumberError as e:
-                raise fail(fld, str(e)) from None
-            if not 0 <= n <= money.BP_ONE:
-                raise fail(fld, f"ratio outside [0, 1]: {v!r}")
-            return n
+    def fail(self, fld: str, what: str) -> WorldError:
+        return WorldError(self.fname, None, f"{self.where}.{fld}", what)
 
-        def tiers(v: object, fld: str) -> tuple[Tier, ...]:
-            if not isinstance(v, list) or not 1 <= len(v) <= TIERS_MAX:
-                raise fail(fld, f"must be a list of 1 to {TIERS_MAX} [upper, ratio] pairs")
-            res: list[Tier] = []
-            prev = -1
-            for j, t in enumerate(v):
-                if not isinstance(t, list) or len(t) != 2:
-                    raise fail(f"{fld}[{j}]", "must be an [upper, ratio] pair")
-                up, r = t
-                last = j == len(v) - 1
-                if up is None:
-                    if not last:
-                        raise fail(f"{fld}[{j}]", "only the last tier may have no upper bound")
-                    upper = None
-                else:
-                    if last:
-                        raise fail(f"{fld}[{j}]", "the last tier's upper must be null")
-                    try:
-                        upper = money.parse_fen(up)
-                    except money.NumberError as e:
-                        raise fail(f"{fld}[{j}]", str(e)) from None
-                    if upper <= prev or upper >= 10**MONEY_DIGITS_MAX * 100:
-                        raise fail(f"{fld}[{j}]", "uppers must rise strictly")
-                    prev = upper
-                res.append(Tier(upper, ratio(r, f"{fld}[{j}]")))
-            return tuple(res)
+    def get(self, d: object, *keys: str) -> object:
+        cur = d
+        for k in keys:
+            if not isinstance(cur, dict) or k not in cur:
+                raise self.fail(".".join(keys), "missing")
+            cur = cur[k]
+        return cur
 
-        def by_level(d: object, fld: str) -> dict[int, object]:
-            if not isinstance(d, dict) or set(d) != {"1", "2", "3"}:
-                raise fail(fld, "must have exactly the hospital levels '1', '2', '3'")
-            return {int(k): v for k, v in d.items()}
+    def amount_fen(self, *keys: str) -> int:
+        v = self.get(self.obj, *keys)
+        try:
+            n = money.parse_fen(v)
+        except money.NumberError as e:
+            raise self.fail(".".join(keys), str(e)) from None
+        if n < 0 or n >= 10**MONEY_DIGITS_MAX * 100:
+            raise self.fail(".".join(keys), f"out of range: {v!r}")
+        return n
 
-        if not isinstance(obj, dict):
-            raise WorldError(fname, None, where, "must be an object")
-        insuplc = get(obj, "insuplc_admdvs")
+    def ratio_bp(self, v: object, fld: str) -> int:
+        try:
+            n = money.parse_bp(v)
+        except money.NumberError as e:
+            raise self.fail(fld, str(e)) from None
+        if not 0 <= n <= money.BP_ONE:
+            raise self.fail(fld, f"ratio outside [0, 1]: {v!r}")
+        return n
+
+    def tiers(self, v: object, fld: str) -> tuple[Tier, ...]:
+        if not isinstance(v, list) or not 1 <= len(v) <= TIERS_MAX:
+            raise self.fail(fld, f"must be a list of 1 to {TIERS_MAX} [upper, ratio] pairs")
+        res: list[Tier] = []
+        prev_fen = -1
+        for j, t in enumerate(v):
+            if not isinstance(t, list) or len(t) != 2:
+                raise self.fail(f"{fld}[{j}]", "must be an [upper, ratio] pair")
+            up, r = t
+            last = j == len(v) - 1
+            if up is None:
+                if not last:
+                    raise self.fail(f"{fld}[{j}]", "only the last tier may have no upper bound")
+                upper_fen = None
+            else:
+                if last:
+                    raise self.fail(f"{fld}[{j}]", "the last tier's upper must be null")
+                try:
+                    upper_fen = money.parse_fen(up)
+                except money.NumberError as e:
+                    raise self.fail(f"{fld}[{j}]", str(e)) from None
+                if upper_fen <= prev_fen or upper_fen >= 10**MONEY_DIGITS_MAX * 100:
+                    raise self.fail(f"{fld}[{j}]", "uppers must rise strictly")
+                prev_fen = upper_fen
+            res.append(Tier(upper_fen, self.ratio_bp(r, f"{fld}[{j}]")))
+        return tuple(res)
+
+    def by_level(self, d: object, fld: str) -> dict[int, object]:
+        if not isinstance(d, dict) or set(d) != {"1", "2", "3"}:
+            raise self.fail(fld, "must have exactly the hospital levels '1', '2', '3'")
+        return {int(k): v for k, v in d.items()}
+
+    def key(self, seen: set[tuple[str, str]]) -> tuple[str, str]:
+        """(insuplc_admdvs, insutype), valid and not seen before."""
+        if not isinstance(self.obj, dict):
+            raise WorldError(self.fname, None, self.where, "must be an object")
+        insuplc = self.get(self.obj, "insuplc_admdvs")
         if not (isinstance(insuplc, str) and len(insuplc) == 6 and insuplc.isdigit()):
-            raise fail("insuplc_admdvs", f"not a region code: {insuplc!r}")
+            raise self.fail("insuplc_admdvs", f"not a region code: {insuplc!r}")
         if insuplc[:2] not in PROVINCES:
-            raise fail("insuplc_admdvs", f"unknown province: {insuplc!r}")
-        insutype = get(obj, "insutype")
+            raise self.fail("insuplc_admdvs", f"unknown province: {insuplc!r}")
+        insutype = self.get(self.obj, "insutype")
         if insutype not in INSUTYPES:
-            raise fail("insutype", f"must be 310 or 390: {insutype!r}")
+            raise self.fail("insutype", f"must be 310 or 390: {insutype!r}")
         if (insuplc, insutype) in seen:
-            raise fail("insuplc_admdvs", f"duplicate policy for {insuplc}/{insutype}")
+            raise self.fail("insuplc_admdvs", f"duplicate policy for {insuplc}/{insutype}")
         seen.add((insuplc, insutype))
-        where = f"policy[{i}] {insuplc}/{insutype}"
+        return insuplc, insutype
 
-        ded = by_level(get(obj, "inpatient", "deductible"), "inpatient.deductible")
-        ip_ded = {}
+    def ip_deductible_fen(self) -> dict[int, int]:
+        ded = self.by_level(self.get(self.obj, "inpatient", "deductible"), "inpatient.deductible")
+        out = {}
         for lv, v in ded.items():
             try:
                 n = money.parse_fen(v)
             except money.NumberError as e:
-                raise fail(f"inpatient.deductible.{lv}", str(e)) from None
+                raise self.fail(f"inpatient.deductible.{lv}", str(e)) from None
             if n < 0:
-                raise fail(f"inpatient.deductible.{lv}", "negative")
-            ip_ded[lv] = n
-        ip_tiers = {
-            lv: tiers(v, f"inpatient.tiers.{lv}")
-            for lv, v in by_level(get(obj, "inpatient", "tiers"), "inpatient.tiers").items()
-        }
-        op_ratio = {
-            lv: ratio(v, f"outpatient.ratio.{lv}")
-            for lv, v in by_level(get(obj, "outpatient", "ratio"), "outpatient.ratio").items()
-        }
-        rf = get(obj, "outpatient", "requires_filing")
-        if not isinstance(rf, bool):
-            raise fail("outpatient.requires_filing", "must be true or false")
-        chronic_raw = get(obj, "chronic")
+                raise self.fail(f"inpatient.deductible.{lv}", "negative")
+            out[lv] = n
+        return out
+
+    def chronic(self) -> dict[str, tuple[int, int]]:
+        """disease -> (ratio_bp, annual_cap_fen)."""
+        chronic_raw = self.get(self.obj, "chronic")
         if not isinstance(chronic_raw, dict):
-            raise fail("chronic", "must be an object of diseases")
+            raise self.fail("chronic", "must be an object of diseases")
         chronic = {}
         for dise, c in chronic_raw.items():
             if not isinstance(dise, str) or not dise:
-                raise fail("chronic", f"bad disease code {dise!r}")
+                raise self.fail("chronic", f"bad disease code {dise!r}")
             chronic[dise] = (
-                ratio(get(c, "ratio"), f"chronic.{dise}.ratio"),
-                amount("chronic", dise, "annual_cap"),
+                self.ratio_bp(self.get(c, "ratio"), f"chronic.{dise}.ratio"),
+                self.amount_fen("chronic", dise, "annual_cap"),
             )
-        red_raw = get(obj, "reduction")
+        return chronic
+
+    def reduction_bp(self) -> dict[str, int | None]:
+        """Each filing class's reduction, within the national limits (unfiled: None, refused)."""
+        red_raw = self.get(self.obj, "reduction")
         if not isinstance(red_raw, dict):
-            raise fail("reduction", "must be an object")
+            raise self.fail("reduction", "must be an object")
         reduction: dict[str, int | None] = {}
         for k in REDUCTION_KEYS:
-            v = get(red_raw, k)
+            v = self.get(red_raw, k)
             if v is None and k == "unfiled":
                 reduction[k] = None
                 continue
-            n = ratio(v, f"reduction.{k}")
+            n = self.ratio_bp(v, f"reduction.{k}")
             if k in REDUCTION_MAX_BP and n > REDUCTION_MAX_BP[k]:
-                raise fail(
+                raise self.fail(
                     f"reduction.{k}",
                     f"{v} exceeds the national limit {money.format_bp(REDUCTION_MAX_BP[k])}",
                 )
             reduction[k] = n
-        out.append(
-            Policy(
-                insuplc_admdvs=insuplc,
-                insutype=insutype,
-                annual_cap_fen=amount("annual_cap"),
-                ip_deductible_fen=ip_ded,
-                ip_tiers=ip_tiers,
-                ip_retiree_bonus_bp=ratio(
-                    get(obj, "inpatient", "retiree_bonus"), "inpatient.retiree_bonus"
-                ),
-                op_annual_deductible_fen=amount("outpatient", "annual_deductible"),
-                op_ratio_bp=op_ratio,
-                op_annual_cap_fen=amount("outpatient", "annual_cap"),
-                op_retiree_bonus_bp=ratio(
-                    get(obj, "outpatient", "retiree_bonus"), "outpatient.retiree_bonus"
-                ),
-                op_requires_filing=rf,
-                chronic=chronic,
-                sl_threshold_fen=amount("second_layer", "threshold"),
-                sl_tiers=tiers(get(obj, "second_layer", "tiers"), "second_layer.tiers"),
-                sl_annual_cap_fen=amount("second_layer", "annual_cap"),
-                reduction_bp=reduction,
-            )
+        return reduction
+
+    def policy(self, seen: set[tuple[str, str]]) -> Policy:
+        """The whole policy, its parts checked in the file's order."""
+        insuplc, insutype = self.key(seen)
+        self.where = f"{self.where} {insuplc}/{insutype}"
+        obj, get, ratio_bp = self.obj, self.get, self.ratio_bp
+        ip_ded = self.ip_deductible_fen()
+        ip_tiers = {
+            lv: self.tiers(v, f"inpatient.tiers.{lv}")
+            for lv, v in self.by_level(get(obj, "inpatient", "tiers"), "inpatient.tiers").items()
+        }
+        op_ratio = {
+            lv: ratio_bp(v, f"outpatient.ratio.{lv}")
+            for lv, v in self.by_level(get(obj, "outpatient", "ratio"), "outpatient.ratio").items()
+        }
+        rf = get(obj, "outpatient", "requires_filing")
+        if not isinstance(rf, bool):
+            raise self.fail("outpatient.requires_filing", "must be true or false")
+        chronic = self.chronic()
+        reduction = self.reduction_bp()
+        return Policy(
+            insuplc_admdvs=insuplc,
+            insutype=insutype,
+            annual_cap_fen=self.amount_fen("annual_cap"),
+            ip_deductible_fen=ip_ded,
+            ip_tiers=ip_tiers,
+            ip_retiree_bonus_bp=ratio_bp(get(obj, "inpatient", "retiree_bonus"), "inpatient.retiree_bonus"),
+            op_annual_deductible_fen=self.amount_fen("outpatient", "annual_deductible"),
+            op_ratio_bp=op_ratio,
+            op_annual_cap_fen=self.amount_fen("outpatient", "annual_cap"),
+            op_retiree_bonus_bp=ratio_bp(get(obj, "outpatient", "retiree_bonus"), "outpatient.retiree_bonus"),
+            op_requires_filing=rf,
+            chronic=chronic,
+            sl_threshold_fen=self.amount_fen("second_layer", "threshold"),
+            sl_tiers=self.tiers(get(obj, "second_layer", "tiers"), "second_layer.tiers"),
+            sl_annual_cap_fen=self.amount_fen("second_layer", "annual_cap"),
+            reduction_bp=reduction,
         )
-    return out
 
 
 # ---------------------------------------------------------------- CSV columns
@@ -494,8 +517,24 @@ def load_world(folder: str) -> World:
     t0 = time.perf_counter()
     if not os.path.isdir(folder):
         raise WorldError(folder, None, None, "not a folder")
+    inst = _load_institutions(folder)
+    cat = _load_catalogue(folder)
+    psn = _load_persons(folder)
+    psn_no = psn["psn_no"]
+    chronic = _load_chronic(folder, psn_no)
+    filings = _load_filings(folder, psn_no)
+    prepay = _load_prepay(folder)
+    policies = _parse_policies(os.path.join(folder, "policies.json"))
+    w = World(
+        folder=folder, **inst, **cat, **psn, **chronic, **filings, prepay_fen=prepay,
+        policies=policies,
+    )
+    w.load_s = time.perf_counter() - t0
+    return w
 
-    # institutions.csv
+
+def _load_institutions(folder: str) -> dict:
+    """institutions.csv as World's inst_* columns."""
     f = _Csv(folder, "institutions.csv")
     f.token("fixmedins_code", 64, "not an institution code")
     f.unique(["fixmedins_code"], "duplicate institution")
@@ -508,8 +547,12 @@ def load_world(folder: str) -> World:
         inst_admdvs=inst_adm.to_pylist(),
         inst_lv=pc.cast(lv, pa.int8()).to_numpy().astype(np.int8),
     )
+    return inst
 
-    # catalogue.csv
+
+def _load_catalogue(folder: str) -> dict:
+    """catalogue.csv as World's cat_* columns, sorted by (province, code, begndate) when it was not,
+    each code's date ranges disjoint."""
     f = _Csv(folder, "catalogue.csv")
     prov = f.province("prov_admdvs")
     code = f.token("med_list_codg", 50, "not a catalogue code")
@@ -557,8 +600,11 @@ def load_world(folder: str) -> World:
         cat_selfpay_bp=nums["selfpay"], cat_cap_micro=nums["cap"], cat_lmt=nums["lmt"],
         cat_begn=nums["begn"], cat_end=nums["end"],
     )
+    return cat
 
-    # persons.csv
+
+def _load_persons(folder: str) -> dict:
+    """persons.csv as World's psn_* columns (money in fen)."""
     f = _Csv(folder, "persons.csv")
     psn_no = f.token("psn_no", 64, "not a person number")
     f.unique(["psn_no"], "duplicate person")
@@ -583,25 +629,33 @@ def load_world(folder: str) -> World:
         psn_burden2=f.scaled("burden2", 2),
         psn_second_paid=f.scaled("second_paid", 2),
     )
+    return psn
 
-    def person_rows(f: _Csv) -> np.ndarray:
-        idx = pc.index_in(f.required("psn_no"), value_set=psn_no)
-        rows = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int32)
-        f.fail_at(rows < 0, "psn_no", "unknown person")
-        return rows
 
-    # chronic.csv
+def _person_rows(f: _Csv, psn_no: pa.Array) -> np.ndarray:
+    """The person row of each row of `f` (by its psn_no); an unknown person fails."""
+    idx = pc.index_in(f.required("psn_no"), value_set=psn_no)
+    rows = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    f.fail_at(rows < 0, "psn_no", "unknown person")
+    return rows
+
+
+def _load_chronic(folder: str, psn_no: pa.Array) -> dict:
+    """chronic.csv as World's chr_* columns."""
     f = _Csv(folder, "chronic.csv")
-    chr_psn = person_rows(f)
+    chr_psn = _person_rows(f, psn_no)
     f.token("dise_codg", 32, "not a disease code")
     f.unique(["psn_no", "dise_codg"], "duplicate qualification")
     chronic = dict(
         chr_psn=chr_psn, chr_dise=f.col("dise_codg").to_pylist(), chr_hifp_cd=f.scaled("hifp_cd", 2)
     )
+    return chronic
 
-    # filings.csv
+
+def _load_filings(folder: str, psn_no: pa.Array) -> dict:
+    """filings.csv as World's fil_* columns."""
     f = _Csv(folder, "filings.csv")
-    fil_psn = person_rows(f)
+    fil_psn = _person_rows(f, psn_no)
     ftype = f.choice("filing_type", FILING_TYPES)
     dest = f.region("dest_admdvs")
     fb = f.day("begndate")
@@ -616,19 +670,14 @@ def load_world(folder: str) -> World:
         fil_end=fe,
         fil_status=status.to_pylist(),
     )
+    return filings
 
-    # prepay.csv
+
+def _load_prepay(folder: str) -> dict[str, int]:
+    """prepay.csv: province -> pre-payment amount (fen)."""
     f = _Csv(folder, "prepay.csv")
     pprov = f.province("prov_admdvs")
     f.unique(["prov_admdvs"], "duplicate province")
     amt = f.scaled("amount", 2)
     prepay = dict(zip(pprov.to_pylist(), (int(x) for x in amt)))
-
-    policies = _parse_policies(os.path.join(folder, "policies.json"))
-
-    w = World(
-        folder=folder, **inst, **cat, **psn, **chronic, **filings, prepay_fen=prepay,
-        policies=policies,
-    )
-    w.load_s = time.perf_counter() - t0
-    return w
+    return prepay
