@@ -36,6 +36,7 @@ if "--compiled" not in sys.argv:
 
 import atheris  # noqa: E402
 import msgspec  # noqa: E402
+import numpy as np  # noqa: E402
 
 from core_ext import _lines  # noqa: E402
 from engine.contract.wire import JSON, MSGPACK, FeeLine  # noqa: E402
@@ -60,8 +61,9 @@ def _seeds(folder: str) -> None:
 
 def _state_digest(engine: Engine) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    for name, v in sorted(vars(engine.state).items()):
-        if hasattr(v, "tobytes"):
+    for name in sorted(dir(engine.state)):
+        v = getattr(engine.state, name)
+        if isinstance(v, np.ndarray):
             h.update(name.encode())
             h.update(v.tobytes())
     return h.digest()
