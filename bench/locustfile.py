@@ -1,4 +1,4 @@
-"""Locust load for the framed TCP protocol (SETTLEMENT.md section 7).
+"""Locust load for the framed TCP protocol (docs/contract.md section 7).
 
 Locust's gevent cannot drive asyncio clients, so each User holds one plain
 (gevent-patched) socket and pipelines on it: a sender keeps up to `--in-flight`

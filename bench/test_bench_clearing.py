@@ -1,4 +1,4 @@
-"""Clearing benchmark: `yidi clear` of a synthetic national day kept in a store (SETTLEMENT.md section 8).
+"""Clearing benchmark: `yidi clear` of a synthetic national day kept in a store (docs/contract.md section 8).
 
 At YIDI_BENCH_SCALE=1, 130,000 requests of one day (engine.synth) on 31
 provinces are replayed into a kept store (`yidi replay --data`, not timed),

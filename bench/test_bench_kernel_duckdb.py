@@ -2,7 +2,7 @@
 
 The lines (codes as the decoder's str objects, exact integers) go into DuckDB
 through Arrow, are joined to the catalogue on the code and the day, and the four
-per-line amounts of SETTLEMENT.md section 3 are computed in integer SQL
+per-line amounts of docs/contract.md section 3 are computed in integer SQL
 arithmetic. The result is checked against the compiled kernel's, line by line.
 Same group as the other peers, so pytest-benchmark prints them side by side.
 

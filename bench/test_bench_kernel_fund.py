@@ -1,4 +1,4 @@
-"""Kernel benchmark: fund payment (SETTLEMENT.md section 6) of a batch of settlements.
+"""Kernel benchmark: fund payment (docs/contract.md section 6) of a batch of settlements.
 
 1,000,000 settlements (at YIDI_BENCH_SCALE=1) of 100,000 persons under 8
 policies: inpatient, general outpatient and chronic mixed 2:6:2, a tenth of

@@ -1,6 +1,6 @@
 """Catalogue index: (province, code) to the date versions of one entry.
 
-SETTLEMENT.md sections 2 (catalogue.csv) and 3 (step 2: the entry valid on the
+docs/contract.md sections 2 (catalogue.csv) and 3 (step 2: the entry valid on the
 line's day). Private: use engine.kernels.
 
 The catalogue arrives sorted by (prov, code, begndate); the consecutive rows of
@@ -152,7 +152,7 @@ cdef (Py_ssize_t, int64_t) _count_groups(const int16_t[::1] prov, const int64_t[
 
 
 cdef class CatalogueIndex:
-    """Hash index of a sorted catalogue (SETTLEMENT.md sections 2 and 3).
+    """Hash index of a sorted catalogue (docs/contract.md sections 2 and 3).
 
     CatalogueIndex(prov, offsets, data, *, hash_bits=64): row i is the code
     data[offsets[i]:offsets[i+1]] of province prov[i] (the first two digits).
@@ -344,7 +344,7 @@ cdef class CatalogueIndex:
     def match(self, list codes not None, const int16_t[::1] line_prov not None,
               const int32_t[::1] line_day not None, const int32_t[::1] begn not None,
               const int32_t[::1] end not None, int32_t[::1] out_row not None) -> None:
-        """Catalogue row valid on each line's day, or -1 (SETTLEMENT.md section 3, step 2).
+        """Catalogue row valid on each line's day, or -1 (docs/contract.md section 3, step 2).
 
         codes[i] is line i's med_list_codg (normally a str; anything else, or a
         str with a non-ASCII character, finds nothing). begn and end are the

@@ -1,4 +1,4 @@
-"""World columns validated and converted in one pass (SETTLEMENT.md section 2). Private: use engine.world."""
+"""World columns validated and converted in one pass (docs/contract.md section 2). Private: use engine.world."""
 import numpy as np
 import numpy.typing as npt
 

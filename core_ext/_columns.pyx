@@ -1,4 +1,4 @@
-"""Validating and converting world columns in one pass each (SETTLEMENT.md section 2).
+"""Validating and converting world columns in one pass each (docs/contract.md section 2).
 
 Arrow reads the CSV files (multi-threaded); these kernels then turn a string
 column, given as Arrow buffers, into exact integers, reporting the first row

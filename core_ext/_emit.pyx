@@ -1,6 +1,6 @@
 """Rendering the per-line `result` of a settlement straight to JSON or MessagePack bytes.
 
-SETTLEMENT.md section 7 (the `result` rows). A settlement of 60 lines has 720
+docs/contract.md section 7 (the `result` rows). A settlement of 60 lines has 720
 fields to format; building them as Python dicts costs more than everything
 else the engine does for that settlement, so the rows are written here, into
 one buffer, and spliced into the reply as msgspec.Raw. Private: use

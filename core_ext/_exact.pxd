@@ -1,4 +1,4 @@
-# Exact integer arithmetic shared by the kernels (SETTLEMENT.md section 1).
+# Exact integer arithmetic shared by the kernels (docs/contract.md section 1).
 #
 # Everything here is C, inlined into each kernel that cimports it. Money is
 # int64 fen; products that can pass 64 bits go through __int128 (gcc, clang).

@@ -1,6 +1,6 @@
 """Fund payment of a batch of settlements, in order, against the persons' state.
 
-SETTLEMENT.md section 6 (with eff of section 5). Private: use engine.kernels.
+docs/contract.md section 6 (with eff of section 5). Private: use engine.kernels.
 
 The kernel's buffers come in four typed groups, each built by keyword and
 checked once (dtype, shape, lengths that must agree) when it is made:
@@ -188,7 +188,7 @@ cdef inline const void *_ptr(object arr, bint writable) except? NULL:
 
 
 cdef class PolicyArrays:
-    """The policies flattened for the kernel (SETTLEMENT.md section 5), read only.
+    """The policies flattened for the kernel (docs/contract.md section 5), read only.
 
     Per policy (P rows): annual_cap_fen, ip_bonus_bp, op_ded_fen, op_cap_fen,
     op_bonus_bp, sl_threshold_fen, sl_tier_start, sl_tier_len, sl_cap_fen;
@@ -265,7 +265,7 @@ cdef class PolicyArrays:
 
 
 cdef class PersonArrays:
-    """The dynamic state of every person (SETTLEMENT.md section 6), changed in place by fund_batch.
+    """The dynamic state of every person (docs/contract.md section 6), changed in place by fund_batch.
 
     Per person (N rows): acc_year, hifp_ip_fen, hifp_op_fen, ded_op_fen,
     burden2_fen, second_paid_fen, balc_fen; per chronic slot (S rows):
@@ -312,7 +312,7 @@ cdef class PersonArrays:
 
 
 cdef class SettlementBatch:
-    """One round's settlements for the kernel, n rows each (SETTLEMENT.md sections 5, 6).
+    """One round's settlements for the kernel, n rows each (docs/contract.md sections 5, 6).
 
     kind (0 inpatient, 1 outpatient, 2 chronic), pol (policy row), lv
     (hospital level 1..3), psn (person row), year, inscp_fen, medfee_fen,
@@ -367,7 +367,7 @@ cdef class SettlementBatch:
 
 
 cdef class FundResults:
-    """The kernel's outputs for n settlements, allocated here (SETTLEMENT.md section 6).
+    """The kernel's outputs for n settlements, allocated here (docs/contract.md section 6).
 
     status (0 ok, 1 E_FILING_REQUIRED, 2 E_NO_QUALIFICATION, 3 E_DATE), and in
     fen: act_pay_dedc, hifp_pay, fund_pay_sumamt, psn_part_amt, acct_pay,
@@ -413,7 +413,7 @@ cdef class FundResults:
 
 def fund_batch(SettlementBatch batch not None, PolicyArrays policies not None,
                PersonArrays persons not None, FundResults results not None) -> None:
-    """Compute the fund payment of each settlement and commit it to the state (SETTLEMENT.md section 6).
+    """Compute the fund payment of each settlement and commit it to the state (docs/contract.md section 6).
 
     status: 0 ok; 3 E_DATE when year < the person's acc_year at that point;
     else pre_status (1 E_FILING_REQUIRED, 2 E_NO_QUALIFICATION) when nonzero.

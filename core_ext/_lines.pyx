@@ -1,6 +1,6 @@
 """Fee lines from decoded objects to arrays: numbers and days, exactly.
 
-SETTLEMENT.md section 1 (numbers) and section 3 (the line's day). Private: use
+docs/contract.md section 1 (numbers) and section 3 (the line's day). Private: use
 engine.kernels. Parsing agrees with engine.money.parse_scaled and
 engine.money.parse_time_day bit for bit, except that a scaled value outside
 int64 saturates instead of growing: the line limits refuse it later.
@@ -97,7 +97,7 @@ cdef Py_ssize_t _gather(list lines, list out_codes, list out_sns, int64_t *amt_f
 def gather_lines(list lines not None, list out_codes not None, list out_sns not None, int64_t[::1] amt_fen not None,
                  int64_t[::1] cnt not None, int64_t[::1] pric_micro not None,
                  int32_t[::1] day not None, uint8_t[::1] bad not None) -> int:
-    """Parse the fee lines into arrays; return how many are malformed (SETTLEMENT.md section 1).
+    """Parse the fee lines into arrays; return how many are malformed (docs/contract.md section 1).
 
     Appends each line's med_list_codg object (None when missing) to out_codes
     and its feedetl_sn object (None when missing) to out_sns.

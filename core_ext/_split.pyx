@@ -1,6 +1,6 @@
 """Line limits and the split of each fee line against its catalogue entry.
 
-SETTLEMENT.md section 1 (line limits, mulr, ext) and section 3 (the split).
+docs/contract.md section 1 (line limits, mulr, ext) and section 3 (the split).
 Private: use engine.kernels.
 """
 import numpy as np
@@ -103,7 +103,7 @@ cdef _rows(dict arrays, Py_ssize_t want, str group):
 
 
 cdef class CatalogueArrays:
-    """The catalogue entries the split reads (SETTLEMENT.md section 3), one row per entry.
+    """The catalogue entries the split reads (docs/contract.md section 3), one row per entry.
 
     lv (chrgitm_lv: 1 A, 2 B, 3 C), selfpay_bp, cap_micro (-1: no cap), lmt
     (1: limited to inpatient use).
@@ -121,7 +121,7 @@ cdef class CatalogueArrays:
 
 
 cdef class LineBatch:
-    """A round's fee lines for the split (SETTLEMENT.md sections 1, 3).
+    """A round's fee lines for the split (docs/contract.md sections 1, 3).
 
     Per settlement (n_settlements): outpatient (1: the limited-use rule
     applies); starts (n_settlements + 1): settlement s owns lines starts[s] ..
@@ -155,7 +155,7 @@ cdef class LineBatch:
 
 
 cdef class SplitResults:
-    """The split's outputs for the LineBatch `lines`, allocated here (SETTLEMENT.md section 3).
+    """The split's outputs for the LineBatch `lines`, allocated here (docs/contract.md section 3).
 
     Per line: memo, and the four parts in fen (fulamt_fen, overlmt_fen,
     presel_fen, inscp_fen). Per settlement: their totals and tot_amt_fen
@@ -187,7 +187,7 @@ def split_batch(LineBatch lines not None, CatalogueArrays catalogue not None,
                 SplitResults results not None) -> None:
     """Check the line limits and amounts, split every line, total each settlement.
 
-    SETTLEMENT.md section 1 (limits) and section 3. In line order, the first
+    docs/contract.md section 1 (limits) and section 3. In line order, the first
     line of a settlement outside the limits (err 1, E_LIMIT) or with
     |ext(p, c) - A| > 1 (err 2, E_AMOUNT_MISMATCH) decides err and err_line
     (its index within the settlement). A line outside the limits is not split:

@@ -1,7 +1,7 @@
 /* Fee lines to exact integers: decimal strings, times, and the fast path
  * that parses a raw `feedetail` (JSON or MessagePack) without Python objects.
  *
- * SETTLEMENT.md section 1 (numbers) and section 3 (the line's day). Compiled
+ * docs/contract.md section 1 (numbers) and section 3 (the line's day). Compiled
  * from lines_parse.c into core_ext._lines only, which declares these in
  * _lines_parse.pxd. Parsing agrees with engine.money.parse_scaled and
  * engine.money.parse_time_day bit for bit, except that a scaled value outside

@@ -116,7 +116,7 @@ def _add_serve(sub) -> None:
 
     from engine.hub.limits import Limits
 
-    s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (SETTLEMENT.md section 7)")
+    s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (docs/contract.md section 7)")
     s.add_argument("--world", required=True, help="world folder")
     s.add_argument("--data", required=True, help="data folder of the durable store")
     s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="yidi", description="Cross-region medical insurance settlement engine")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("replay", help="replay a request stream (SETTLEMENT.md section 9)")
+    r = sub.add_parser("replay", help="replay a request stream (docs/contract.md section 9)")
     r.add_argument("--world", required=True, help="world folder")
     r.add_argument("--in", dest="inp", required=True, help="requests, one JSON envelope per line")
     r.add_argument("--out", required=True, help="replies, one JSON line each")

@@ -1,4 +1,4 @@
-"""Monthly clearing and pre-payment (SETTLEMENT.md section 8) through `yidi replay --data` and `yidi clear`."""
+"""Monthly clearing and pre-payment (docs/contract.md section 8) through `yidi replay --data` and `yidi clear`."""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,4 @@
-"""The public conformance vectors (shared/spec/vectors), through the CLI, for both paths."""
+"""The public conformance vectors (tests/vectors), through the CLI, for both paths."""
 import json
 import os
 import subprocess

@@ -121,7 +121,7 @@ def test_summary_totals_equal_the_sum_of_the_replies(day):
 
 
 def test_the_store_holds_what_the_replies_said(day):
-    """The durable ledger (SETTLEMENT.md section 8) debited the funds and accounts the replies name."""
+    """The durable ledger (docs/contract.md section 8) debited the funds and accounts the replies name."""
     d, _, s = day
     p = _yidi("check", "--data", str(d / "data"))
     assert p.returncode == 0, p.stdout + p.stderr

@@ -1,6 +1,6 @@
 """Differential tests: the compiled pipeline against the plain-Python reference.
 
-SETTLEMENT.md sections 2-8. Hypothesis draws a small world (institutions,
+docs/contract.md sections 2-8. Hypothesis draws a small world (institutions,
 catalogue, policies, persons, chronic qualifications, filings) and a stream of
 envelopes over it; the same stream goes through `engine.reference` one request
 at a time and through `engine.pipeline` in batches of random sizes. Every field

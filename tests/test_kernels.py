@@ -1,7 +1,7 @@
 """The compiled kernels of core_ext against plain-Python models built on engine.money.
 
 Each kernel is checked twice: on small hand-made cases whose results were
-worked out from SETTLEMENT.md by hand, and by hypothesis against a model that
+worked out from docs/contract.md by hand, and by hypothesis against a model that
 follows the spec's wording line by line (sections 1, 3 and 6).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Daily reconciliation, 3201 and 3202 (SETTLEMENT.md section 8): compiled engine, store, reference, transports."""
+"""Daily reconciliation, 3201 and 3202 (docs/contract.md section 8): compiled engine, store, reference, transports."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-"""The hub server on real loopback sockets (SETTLEMENT.md section 7, "Transports").
+"""The hub server on real loopback sockets (docs/contract.md section 7, "Transports").
 
 Every TCP test runs on uvloop and on the plain asyncio loop. In-process servers
 run on a thread of their own; the tests talk to them through engine.hub.client as

@@ -1,4 +1,4 @@
-"""Monthly clearing (清算) and pre-payment (预付金) usage (SETTLEMENT.md section 8).
+"""Monthly clearing (清算) and pre-payment (预付金) usage (docs/contract.md section 8).
 
 `yidi clear --data DIR --period YYYY-MM --out DIR` closes a period and writes
 
@@ -604,7 +604,7 @@ def _report_head(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict
         f"this period ({len(rows)} ordered pairs of provinces)"
         + (f", {facts['late_rows']} of them committed after their own month was closed" if facts["late_rows"] else "")
         + ". Amounts in yuan. clear_amt = fund_pay_sumamt + acct_pay, owed by the insured province "
-        "to the treatment province (SETTLEMENT.md section 8).</p>",
+        "to the treatment province (docs/contract.md section 8).</p>",
         "<table><tr><th class=l>what</th><th>yuan</th></tr>",
         f"<tr><td class=l>clear_amt, all pairs</td><td>{_yuan(total)}</td></tr>",
         f"<tr><td class=l>netted flows (轧差) to transfer</td><td>{_yuan(net_total)}</td></tr>",

@@ -1,6 +1,6 @@
 """Exact numbers: money in fen, prices in micro-yuan, counts in 1/10000, ratios in bp.
 
-SETTLEMENT.md section 1. Nothing here ever holds a binary float: a float that
+docs/contract.md section 1. Nothing here ever holds a binary float: a float that
 reaches these parsers is refused, because its value is already inexact.
 """
 from __future__ import annotations

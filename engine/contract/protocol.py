@@ -1,4 +1,4 @@
-"""What every implementation of the contract shares: codes, names, limits (SETTLEMENT.md 1, 7)."""
+"""What every implementation of the contract shares: codes, names, limits (docs/contract.md 1, 7)."""
 from __future__ import annotations
 
 import json

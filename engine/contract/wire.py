@@ -1,6 +1,6 @@
 """The wire model: msgspec Structs for envelopes and replies, JSON and MessagePack.
 
-SETTLEMENT.md section 7. Decoding is lenient on types (fields are `Any`) so that
+docs/contract.md section 7. Decoding is lenient on types (fields are `Any`) so that
 the engine, not the decoder, decides which error code a bad field earns, in the
 order section 7 gives. JSON numbers reach us as their literal text (a
 `float_hook` of `str`), so money never passes through a binary float.

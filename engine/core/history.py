@@ -1,7 +1,7 @@
 """The history an Engine is built over: what it looks up of earlier requests, and where its changes go.
 
 The engine answers a request from the world, its own state and what earlier
-requests committed (SETTLEMENT.md section 7): the first reply of a msgid
+requests committed (docs/contract.md section 7): the first reply of a msgid
 (idempotency), the settlement a reversal names, whether a visit has a
 settlement in force (E_DUPLICATE_VISIT), and the rows 3201/3202 reconcile
 (section 8). It reaches them only through the History it is built with,

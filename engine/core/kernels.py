@@ -1,12 +1,12 @@
 """The typed Python face of the compiled kernels in core_ext (the only module that imports them).
 
 Each function allocates its outputs and calls one kernel over a whole batch:
-  match_lines  catalogue lookup by (province, code, day)      SETTLEMENT.md 2, 3
-  gather_lines decoded fee lines -> exact integer arrays        SETTLEMENT.md 1
-  FeeBuffer    a round's fee lines, raw from the wire or decoded SETTLEMENT.md 1
-  split_lines  line split and per-settlement totals             SETTLEMENT.md 3
-  stored_split a split as the store kept it, to render again     SETTLEMENT.md 3
-  pay_funds    fund payment with each person's accumulators     SETTLEMENT.md 6
+  match_lines  catalogue lookup by (province, code, day)      docs/contract.md 2, 3
+  gather_lines decoded fee lines -> exact integer arrays        docs/contract.md 1
+  FeeBuffer    a round's fee lines, raw from the wire or decoded docs/contract.md 1
+  split_lines  line split and per-settlement totals             docs/contract.md 3
+  stored_split a split as the store kept it, to render again     docs/contract.md 3
+  pay_funds    fund payment with each person's accumulators     docs/contract.md 6
 
 The kernels take their buffers in typed groups built by keyword (Catalogue,
 LineBatch, SplitResults; PolicyTables, PersonState, SettlementBatch,

@@ -1,4 +1,4 @@
-"""Double-entry postings of settlements and reversals (SETTLEMENT.md section 8).
+"""Double-entry postings of settlements and reversals (docs/contract.md section 8).
 
 A posting is `(account, amount_fen)`: a positive amount is a debit, a negative
 one a credit, so the postings of one transfer sum to zero and so do all the

@@ -1,4 +1,4 @@
-"""Daily reconciliation (对账): 3201 totals and 3202 listing (SETTLEMENT.md section 8).
+"""Daily reconciliation (对账): 3201 totals and 3202 listing (docs/contract.md section 8).
 
 An institution checks its books against the hub's. With 3201 it sends its
 totals for a day range by `insutype` and `clr_type` (`stmt_begndate`,

@@ -1,4 +1,4 @@
-"""The records the settlement core hands to whatever keeps its history (SETTLEMENT.md section 7).
+"""The records the settlement core hands to whatever keeps its history (docs/contract.md section 7).
 
 A Request goes into Engine.handle_batch; a Settled is what a reversal needs of
 its settlement; a Change is one committed settlement or reversal, what a durable

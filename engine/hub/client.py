@@ -1,4 +1,4 @@
-"""A small client for the framed TCP protocol (SETTLEMENT.md section 7, "Transports").
+"""A small client for the framed TCP protocol (docs/contract.md section 7, "Transports").
 
 Each message is a 4-byte big-endian length followed by a MessagePack envelope; the
 server answers in request order on each connection, so a client may pipeline:

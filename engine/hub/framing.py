@@ -1,4 +1,4 @@
-"""The framed TCP wire (SETTLEMENT.md section 7): a 4-byte big-endian body length, then the body.
+"""The framed TCP wire (docs/contract.md section 7): a 4-byte big-endian body length, then the body.
 
 Shared by the server (engine.hub.tcp) and the clients (engine.hub.client), so both
 frame the same way.

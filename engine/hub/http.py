@@ -1,4 +1,4 @@
-"""The hub's HTTP gateway (SETTLEMENT.md section 7, "Transports"): POST HTTP_PATH, and nothing else.
+"""The hub's HTTP gateway (docs/contract.md section 7, "Transports"): POST HTTP_PATH, and nothing else.
 
 A JSON body is admitted to the hub like a TCP frame; its reply goes back as JSON with
 money as JSON numbers (section 7), rendered here from the reply's decimal strings,

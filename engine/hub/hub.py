@@ -1,6 +1,6 @@
 """The hub: admission, micro-batching and durable commit order around one engine and its store.
 
-SETTLEMENT.md section 7, "Transports". Data flows one way:
+docs/contract.md section 7, "Transports". Data flows one way:
 
     frames / HTTP bodies -> admission queue (bounded) -> batch (bounded count,
     short window) -> Engine.handle_batch -> store.prepare, store.write (one

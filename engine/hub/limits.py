@@ -1,6 +1,6 @@
 """Every bound of the hub, by name, checked when the limits are made (STYLE.md: put a limit on everything).
 
-SETTLEMENT.md section 7, "Transports"; what each bound does under load is told in engine.hub.hub.
+docs/contract.md section 7, "Transports"; what each bound does under load is told in engine.hub.hub.
 """
 from __future__ import annotations
 

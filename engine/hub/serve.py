@@ -1,4 +1,4 @@
-"""The hub behind its listeners, and `yidi serve` (SETTLEMENT.md section 7; docs/server.md).
+"""The hub behind its listeners, and `yidi serve` (docs/contract.md section 7; docs/server.md).
 
 `Server` starts the framed TCP listener (engine.hub.tcp), the HTTP gateway
 (engine.hub.http) and the admin listener (engine.hub.admin) around one Hub, serves until asked to stop, then drains: admitted

@@ -1,4 +1,4 @@
-"""The framed TCP transport of the hub (SETTLEMENT.md section 7, "Transports").
+"""The framed TCP transport of the hub (docs/contract.md section 7, "Transports").
 
 One `FramedConnection` per client: frames are cut from the byte stream, admitted to
 the hub one by one, and their replies written back in request order once the hub

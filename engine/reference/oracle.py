@@ -1,4 +1,4 @@
-"""The plain-Python reference of SETTLEMENT.md sections 3-7: the oracle for tests.
+"""The plain-Python reference of docs/contract.md sections 3-7: the oracle for tests.
 
 Readable first: one function per step of the spec, dicts and ints, one request
 at a time, state in memory. The compiled pipeline (engine.pipeline) must give

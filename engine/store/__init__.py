@@ -1,4 +1,4 @@
-"""The durable store (SETTLEMENT.md sections 7-9): open_store returns a SqliteStore or raises a StoreError.
+"""The durable store (docs/contract.md sections 7-9): open_store returns a SqliteStore or raises a StoreError.
 
 engine.store.store describes the store and names its modules.
 """

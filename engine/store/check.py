@@ -1,4 +1,4 @@
-"""`yidi check --data DIR`: verify a store against its own journal (SETTLEMENT.md section 8).
+"""`yidi check --data DIR`: verify a store against its own journal (docs/contract.md section 8).
 
 Reads one consistent snapshot (a read transaction; the server may keep writing)
 and checks, printing each check and its result:

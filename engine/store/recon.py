@@ -1,4 +1,4 @@
-"""The store's reconciliation index for 3201/3202 (SETTLEMENT.md section 8; engine.core.reconcile).
+"""The store's reconciliation index for 3201/3202 (docs/contract.md section 8; engine.core.reconcile).
 
 Rows up to the keyed file's folded_seq are read from `medins_time` joined to the
 journal; RAM keeps only the rows numbered after it, which no fold has indexed

@@ -2,7 +2,7 @@
 
 The main file (DB_NAME) holds the journal, its blobs and the accumulator logs a
 commit appends (SCHEMA); the keyed file (KEYS_NAME, attached as `keys`) holds the
-tables a fold brings up to date (KEYS_SCHEMA). SETTLEMENT.md sections 7-9;
+tables a fold brings up to date (KEYS_SCHEMA). docs/contract.md sections 7-9;
 engine.store.store describes how they are used.
 """
 from __future__ import annotations

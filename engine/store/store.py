@@ -1,4 +1,4 @@
-"""The durable store: SQLite in WAL mode with synchronous=FULL (SETTLEMENT.md sections 7-9).
+"""The durable store: SQLite in WAL mode with synchronous=FULL (docs/contract.md sections 7-9).
 
     store = open_store(data_dir, world_dir, clock="wall")
     replies = store.engine.handle_batch(requests)

@@ -221,7 +221,7 @@ def gen_frames(world_dir: str, n: int, seed: int, day: str, out_dir: str, jsonl:
     """Draw the day's n envelopes and write them ready to send (runs in a child process).
 
     frames.bin: one wire frame after another (4-byte length, MessagePack body, money as
-    decimal strings: SETTLEMENT.md section 7); meta.msgpack: per request the fields the
+    decimal strings: docs/contract.md section 7); meta.msgpack: per request the fields the
     summary needs (META_FIELDS); requests.jsonl too when `jsonl`.
     """
     from engine.tools.synth import gen_requests, write_requests_jsonl
@@ -449,7 +449,7 @@ def decode_replies(bodies: list[bytes]) -> list[_Reply]:
 
 
 def fund_amounts(insutype: str, amounts: dict[str, int]) -> dict[str, int]:
-    """Fund code -> fen, as in setldetail (SETTLEMENT.md section 6), also for a reversal,
+    """Fund code -> fen, as in setldetail (docs/contract.md section 6), also for a reversal,
     whose reply has the negated setlinfo and no setldetail."""
     second = amounts["hifmi_pay"] if insutype == "390" else amounts["hifob_pay"]
     out = {FUND_BASIC[insutype]: amounts["hifp_pay"], FUND_SECOND[insutype]: second}
@@ -562,7 +562,7 @@ def _fen(text: str) -> int:
 
 
 def prepay_from_store(data_dir: str, prepay_fen: dict[str, int], from_replies: dict[str, dict]) -> dict[str, dict]:
-    """Pre-payment usage as the clearing module reads it from the store (SETTLEMENT.md section 8),
+    """Pre-payment usage as the clearing module reads it from the store (docs/contract.md section 8),
     after checking that it equals what the replies add up to: the hospitals and the ledger agree."""
     rows = prepay_usage(data_dir, prepay_fen=prepay_fen, warn_bp=PREPAY_WARN_BP_DEFAULT)
     store_used = {u.prov: u.used_fen for u in rows if u.used_fen}

@@ -259,7 +259,7 @@ page holds the same numbers.</p>
 {_table(["err_code", "requests"], errors)}
 <h2>Pre-payment usage by insured province</h2>
 <p>Cross-province <code>fund_pay_sumamt + acct_pay</code> charged to each insured province over its
-<code>prepay.csv</code> amount (SETTLEMENT.md section 8; warning at {PREPAY_WARN_BP_DEFAULT / 100:g} %).</p>
+<code>prepay.csv</code> amount (docs/contract.md section 8; warning at {PREPAY_WARN_BP_DEFAULT / 100:g} %).</p>
 {_table(["insured province", "used (yuan)", "prepay (yuan)", "usage", ""], prepay)}
 <h2>Charts</h2>
 {charts}

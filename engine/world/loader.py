@@ -1,4 +1,4 @@
-"""Loading and validating a world folder (SETTLEMENT.md section 2).
+"""Loading and validating a world folder (docs/contract.md section 2).
 
 Files are read by Arrow's multi-threaded CSV reader with every column as a
 string, then validated column by column with vectorised expressions; the first

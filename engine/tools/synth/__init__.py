@@ -1,4 +1,4 @@
-"""Deterministic synthetic worlds and request streams (SETTLEMENT.md sections 2, 5 and 7).
+"""Deterministic synthetic worlds and request streams (docs/contract.md sections 2, 5 and 7).
 
 `gen_world` writes a world folder that `engine.world.load_world` accepts;
 `gen_requests` draws a stream of envelopes against such a world, in the shape of

@@ -1,4 +1,4 @@
-"""Request streams (SETTLEMENT.md section 7): `gen_requests` turns drawn visits into
+"""Request streams (docs/contract.md section 7): `gen_requests` turns drawn visits into
 the envelopes a replay feeds, with pre-settlements, queries, reversals, retries and
 requests wrong on purpose, in inf_time order. The stream builds one dict per
 envelope and per fee line (that is its output), but every number in them was drawn
@@ -80,7 +80,7 @@ def gen_requests(
     late_share: float = 0.003,
     not_in_catalogue_share: float = 0.01,
 ) -> list[dict]:
-    """n envelopes (SETTLEMENT.md section 7) against a world, in the order a replay feeds them.
+    """n envelopes (docs/contract.md section 7) against a world, in the order a replay feeds them.
 
     world: a folder, an engine.world.World, or a WorldView (reuse one for many streams).
     The stream holds settlements (2207 outpatient, 2304 inpatient), pre-settlements

@@ -1,4 +1,4 @@
-"""Visits: who is treated where and when, and the fee lines of each (SETTLEMENT.md
+"""Visits: who is treated where and when, and the fee lines of each (docs/contract.md
 sections 3 and 7), drawn column-wise for a whole request stream at once.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The synthetic world folder (SETTLEMENT.md section 2): `gen_world` writes every file
+"""The synthetic world folder (docs/contract.md section 2): `gen_world` writes every file
 that `engine.world.loader.load_world` reads, each from its own generator.
 
 Everything big is drawn as NumPy columns and formatted with Arrow compute
@@ -275,7 +275,7 @@ def _chronic_terms(rng: np.random.Generator) -> dict:
 
 
 def _catalogue(rng: np.random.Generator, provs: list[str], per_province: int) -> pa.Table:
-    """SETTLEMENT.md section 2 catalogue: a shared national code pool, one subset per province."""
+    """docs/contract.md section 2 catalogue: a shared national code pool, one subset per province."""
     n_two = int(round(per_province * 0.03 / 1.03))  # codes with two date versions: ~3 % of codes
     k = per_province - n_two  # distinct codes per province
     pool = _Pool(rng, max(k, int(per_province * 1.3)) + 8)
@@ -675,7 +675,7 @@ def gen_world(
     year: int = 2026,
     missing_policies: int | None = None,
 ) -> dict:
-    """Write a world folder (SETTLEMENT.md section 2) and return a summary of it.
+    """Write a world folder (docs/contract.md section 2) and return a summary of it.
 
     provinces: how many of the 31 (taken in PROVINCE_PICK_ORDER) or which two-digit codes.
     regions_per_province: None for the real-looking map (343 regions over 31
