@@ -143,3 +143,31 @@ def test_replay_reference_reads_a_body_json_cannot_follow(tmp_path):
     assert replay_reference(world, str(src), str(out)) == 2
     replies = [json.loads(x) for x in out.read_text().splitlines()]
     assert codes(replies) == ["E_SCHEMA", None]
+
+
+class _Exploding:
+    """A person index that fails for one psn_no, as a bug met in one request's checks would."""
+
+    def __init__(self, inner, bad: str):
+        self.inner, self.bad = inner, bad
+
+    def get(self, key):
+        if key == self.bad:
+            raise RuntimeError("a bug")
+        return self.inner.get(key)
+
+
+def test_a_bug_in_one_requests_checks_answers_it_and_spares_the_others(caplog):
+    engine = Engine(load_world_data(MINI_WORLD), clock="inf_time")
+    engine.psn_index = _Exploding(engine.psn_index, "P1")
+    boom = _op("m1", "v1", "2026-03-02")
+    fine = _op("m2", "v2", "2026-03-02")
+    fine["input"]["data"]["psn_no"] = "P2"  # unknown: answered by the checks as usual
+    replies = engine.handle_batch([Request(msgspec.json.encode(e)) for e in (boom, fine)])
+    assert [r.err_code for r in replies] == ["E_SCHEMA", "E_UNKNOWN_PERSON"]
+    assert replies[0].inf_refmsgid == "m1" and "logged" in replies[0].err_msg
+    assert engine.take_changes() == []
+    assert any("failed in its checks" in r.message for r in caplog.records)
+    # The engine goes on: the same request, once the bug is gone, settles.
+    engine.psn_index = engine.psn_index.inner
+    assert engine.handle_batch([Request(msgspec.json.encode(boom))])[0].err_code is None

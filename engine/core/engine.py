@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import datetime as _dt
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -52,6 +53,9 @@ _ZERO_FUNDS = ("cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt"
 # The settlement fields that must be non-empty strings, in the order they are checked.
 _SETTLE_STR_FIELDS = ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code", "msgid", "psn_no", "mdtrt_id", "med_type",
                       "insutype")
+
+
+log = logging.getLogger("yidi.engine")
 
 
 def now_text() -> str:
@@ -194,6 +198,14 @@ class Engine:
                     assert attempt == 0 and rnd.pending
                     self._run_round(rnd, replies)
                     rnd = _Round()
+                except Exception as e:  # noqa: BLE001  (section 7, v2: no request stops the engine)
+                    # A bug met while checking one request: it is answered, logged, and the
+                    # others go on. The checks change nothing before a request joins the
+                    # round or commits, so refusing it here leaves nothing half done.
+                    log.exception("request %d (infno %r, msgid %r) failed in its checks", idx, env.infno, env.msgid)
+                    replies[idx] = self._refusal(env.msgid, now, Refused(
+                        E_SCHEMA, f"the hub could not check this request ({type(e).__name__}); it was logged"))
+                    break
         if rnd.pending:
             self._run_round(rnd, replies)
         assert all(r is not None for r in replies)
