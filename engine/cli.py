@@ -59,6 +59,43 @@ def _cmd_clear(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(a: argparse.Namespace) -> int:
+    from engine.hub.auth import KeysError, add_key, describe, read_keys, revoke_key
+
+    try:
+        if a.action == "add":
+            if bool(a.fixmedins_code) == bool(a.admdvs):
+                print("yidi: keys add needs exactly one of --fixmedins-code (a hospital system) and --admdvs "
+                      "(a platform)", file=sys.stderr)
+                return 2
+            token = add_key(a.file, a.paasid, fixmedins_code=a.fixmedins_code or "", admdvs=a.admdvs or "")
+            print(f"yidi: added {a.paasid} to {a.file}; its token, shown this once:", file=sys.stderr)
+            print(token)
+        elif a.action == "revoke":
+            revoke_key(a.file, a.paasid)
+            print(f"yidi: revoked {a.paasid} in {a.file}", file=sys.stderr)
+        else:
+            kf = read_keys(a.file)
+            for w in kf.warnings:
+                print(f"yidi: warning: {w}", file=sys.stderr)
+            for c in kf.credentials:
+                print(describe(c))
+    except KeysError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_keys(sub) -> None:
+    k = sub.add_parser("keys", help="manage the hub's credentials file (docs/contract.md section 10)")
+    k.add_argument("action", choices=("add", "list", "revoke"))
+    k.add_argument("--file", required=True, help="the keys file (paasid,token,fixmedins_code,admdvs)")
+    k.add_argument("--paasid", help="the credential's paasid (add, revoke)")
+    k.add_argument("--fixmedins-code", help="add: a hospital system's credential, for this institution only")
+    k.add_argument("--admdvs", help="add: a platform's credential, for the institutions of this region")
+    k.set_defaults(fn=_cmd_keys)
+
+
 def _add_clear(sub) -> None:
     k = sub.add_parser("clear", help="close a monthly clearing period: statement, netting, report (section 8)")
     k.add_argument("--data", required=True, help="data folder of the store")
@@ -207,7 +244,7 @@ def _add_demo(sub) -> None:
     q.set_defaults(fn=_cmd_gen_requests)
 
 
-_LIGHT_COMMANDS = ("replay", "check", "check-world", "clear")
+_LIGHT_COMMANDS = ("replay", "check", "check-world", "clear", "keys")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=_cmd_check_world)
 
     _add_clear(sub)
+    _add_keys(sub)
     # serve, demo, gen-world and gen-requests read their defaults from modules that
     # import asyncio, uvloop and the rest of the server (about 0.3 s): their
     # parsers are built only when one of them (or the command list) is asked for.
@@ -241,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         _add_demo(sub)
 
     a = p.parse_args(argv)
+    if getattr(a, "action", None) in ("add", "revoke") and not a.paasid:
+        p.error(f"keys {a.action} needs --paasid")
     return a.fn(a)
 
 

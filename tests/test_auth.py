@@ -4,8 +4,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT
 
 from engine.hub.auth import (
     CLOCK_SKEW_S_MAX, NONCE_TTL_S, AuthRefused, Credential, Keyring, KeysError, NonceCache, add_key, describe,
@@ -177,3 +180,38 @@ def test_unreadable_keys_file_is_one_line(tmp_path, content, why):
     with pytest.raises(KeysError, match=why) as e:
         read_keys(str(path))
     assert "\n" not in str(e.value)
+
+
+def _yidi(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def test_yidi_keys_add_list_revoke(tmp_path):
+    path = str(tmp_path / "keys.csv")
+    r = _yidi("keys", "add", "--file", path, "--paasid", "hosp-a", "--fixmedins-code", "H43010000001")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert len(token) == 64 and "shown this once" in r.stderr
+    assert _yidi("keys", "add", "--file", path, "--paasid", "plat-hn", "--admdvs", "430000").returncode == 0
+    listed = _yidi("keys", "list", "--file", path)
+    assert listed.returncode == 0 and token not in listed.stdout
+    assert [ln.split("\t")[:2] for ln in listed.stdout.splitlines()] == [
+        ["hosp-a", "institution H43010000001"], ["plat-hn", "region 430000"]]
+    assert read_keys(path).credentials[0].token == token
+    assert _yidi("keys", "revoke", "--file", path, "--paasid", "hosp-a").returncode == 0
+    assert [c.paasid for c in read_keys(path).credentials] == ["plat-hn"]
+
+
+@pytest.mark.parametrize("args,why", [
+    (("add", "--paasid", "x"), "exactly one of"),
+    (("add", "--paasid", "x", "--fixmedins-code", "H1", "--admdvs", "430000"), "exactly one of"),
+    (("add", "--paasid", "x", "--admdvs", "43"), "admdvs"),
+    (("revoke", "--paasid", "nobody"), "no credential"),
+    (("add",), "needs --paasid"),
+])
+def test_yidi_keys_mistakes_are_one_line(tmp_path, args, why):
+    path = str(tmp_path / "keys.csv")
+    assert _yidi("keys", "add", "--file", path, "--paasid", "p", "--admdvs", "430000").returncode == 0
+    r = _yidi("keys", args[0], "--file", path, *args[1:])
+    assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -40,7 +40,8 @@ from engine.contract import money
 from engine.contract.money import ext
 from engine.core.engine import Engine, Request
 from engine.contract.protocol import LINES_MAX, SETLINFO_MONEY
-from engine.reference.oracle import ReferenceEngine
+from engine.contract.protocol import ENVELOPE_DEPTH_MAX
+from engine.reference.oracle import ReferenceEngine, nesting_depth
 from engine.contract.wire import JSON
 from engine.world.loader import load_world
 
@@ -609,7 +610,14 @@ def malformed(draw, env: dict) -> dict:
                                                           "fixmedins_code", "infno")]
     paths = [p for p in paths if p != ("input",)]
     how = draw(st.sampled_from(("delete", "null", "int", "bad_decimal", "three_places", "float_three", "huge",
-                                "med_type", "infno", "extra", "bad_time", "empty_lines")))
+                                "med_type", "infno", "extra", "bad_time", "empty_lines", "deep")))
+    if how == "deep":  # section 7 (v2): nesting past 32 levels anywhere, an ignored field included
+        levels = draw(st.integers(26, 40))
+        v: Any = "x"
+        for i in range(levels):
+            v = [v] if i % 2 else {"k": v}
+        (env["input"] if isinstance(env.get("input"), dict) else env)["cainfo"] = v
+        return env
     if how == "infno":
         env["infno"] = draw(st.sampled_from(("9999", "2206", "2303", "2208", "1101", "")))
         return env
@@ -646,7 +654,8 @@ def malformed(draw, env: dict) -> dict:
                                       "-" + "9" * 23))),
         "bad_time": draw(st.sampled_from(("2026-02-30 08:00:00", "2026-01-01", "2026-01-01T08:00:00",
                                           "2026-01-01 24:00:00", "2026-1-01 08:00:00", "0000-01-01 08:00:00",
-                                          "2028-02-29 08:00:00"))),
+                                          "2028-02-29 08:00:00", "1999-12-31 23:59:59", "2100-01-01 00:00:00",
+                                          "9999-12-31 00:00:00"))),
         "med_type": None, "empty_lines": None,
     }[how]
     if how == "delete":
@@ -696,6 +705,8 @@ def streams(draw) -> Case:
             kind = "settle"  # nothing to reverse yet: mostly settle first
         if kind == "settle" or (kind in ("retry", "reuse") and not s.settlements()):
             env: Any = draw(settlement(s))
+            if not draw(st.integers(0, 11)):
+                env["inf_time"] = draw(st.sampled_from(SETTLE_DAYS)).isoformat() + " 00:00:00"  # maybe before its day
         elif kind == "reverse":
             env = draw(reversal(s))
         elif kind == "retry":
@@ -704,6 +715,10 @@ def streams(draw) -> Case:
             env = copy.deepcopy(draw(st.sampled_from(pool)))
             if draw(st.booleans()):
                 env["inf_time"] = "2027-03-01 00:00:00"
+            if not draw(st.integers(0, 4)):
+                # The same msgid from another institution (section 7, v2): never its reply.
+                inst = draw(st.sampled_from(w["institutions"]))
+                env["fixmedins_code"], env["mdtrtarea_admvs"] = inst["fixmedins_code"], inst["admdvs"]
         elif kind == "reuse":
             # The msgid of an earlier settlement on a different input: E_MSGID_REUSED once it committed.
             env = draw(settlement(s))
@@ -748,7 +763,7 @@ def _decode_like_replay(body: bytes) -> Any:
     Infinity refused (test_replay_paths_agree_on_bodies_that_are_not_json)."""
     try:
         return json.loads(body, parse_float=str, parse_constant=_not_json)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -783,7 +798,9 @@ def comparable(reply: dict, body: bytes) -> dict:
     """A reply without what may rightly differ: err_msg, and the wall-clock times of a body without inf_time."""
     r = copy.deepcopy(reply)
     r.pop("err_msg", None)
-    if _inf_time(_decode_like_replay(body)) is None:
+    env = _decode_like_replay(body)
+    # A body without inf_time, or nested too deeply to be read at all, is answered on the wall clock.
+    if _inf_time(env) is None or nesting_depth(env) > ENVELOPE_DEPTH_MAX:
         for k in ("refmsg_time", "respond_time"):
             r.pop(k, None)
         setl = (r.get("output") or {}).get("setlinfo")

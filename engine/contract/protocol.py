@@ -1,6 +1,7 @@
 """What every implementation of the contract shares: codes, names, limits (docs/contract.md 1, 7)."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 
 # Transactions (section 7).
@@ -27,6 +28,13 @@ CLR_TYPE_OUTPATIENT, CLR_TYPE_INPATIENT = "11", "21"
 
 # Limits (section 1); a request outside them gets E_LIMIT.
 LINES_MAX = 10_000
+# Section 7 (v2): an envelope nested deeper than this anywhere (ignored fields
+# included), or a date of a request outside these years, is E_SCHEMA.
+ENVELOPE_DEPTH_MAX = 32
+REQUEST_YEAR_MIN, REQUEST_YEAR_MAX = 2000, 2099
+# The same bounds as day numbers (days since 1970-01-01, as engine.contract.money counts them).
+REQUEST_DAY_MIN = (_dt.date(REQUEST_YEAR_MIN, 1, 1) - _dt.date(1970, 1, 1)).days
+REQUEST_DAY_MAX = (_dt.date(REQUEST_YEAR_MAX, 12, 31) - _dt.date(1970, 1, 1)).days
 PRIC_MAX_MICRO = 1_000_000 * 10**6
 CNT_MAX_TEN_THOUSANDTHS = 100_000 * 10**4  # cnt is counted in 1/10,000 of a unit
 LINE_AMT_MAX_FEN = 10_000_000 * 100

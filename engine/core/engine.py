@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import datetime as _dt
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -28,11 +29,11 @@ from engine.contract.protocol import (
     CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, COMMIT_INFNOS, E_ALREADY_REVERSED,
     E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
     E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
-    E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, ERR_MESSAGES,
+    E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, ENVELOPE_DEPTH_MAX, ERR_MESSAGES,
     FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINES_MAX,
     LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, MEMOS,
-    OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS, TEMP_FILING_TYPES,
-    UNFILED, WAIVED, Refused,
+    OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN,
+    REVERSE_INFNOS, SETTLE_INFNOS, TEMP_FILING_TYPES, UNFILED, WAIVED, Refused,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
@@ -52,6 +53,9 @@ _ZERO_FUNDS = ("cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt"
 # The settlement fields that must be non-empty strings, in the order they are checked.
 _SETTLE_STR_FIELDS = ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code", "msgid", "psn_no", "mdtrt_id", "med_type",
                       "insutype")
+
+
+log = logging.getLogger("yidi.engine")
 
 
 def now_text() -> str:
@@ -136,6 +140,7 @@ class Engine:
         self.recon = h.recon  # 3201/3202 (engine.core.reconcile): every committed change
         self.on_change = h.on_change  # called with each Change as it is made
         self.changes: list[Change] = []
+        self._clock_text, self._clock_value = "", 0  # _clock_day's last answer
 
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
@@ -162,6 +167,12 @@ class Engine:
         replies: list[Reply | None] = [None] * len(reqs)
         rnd = _Round()
         for idx, req in enumerate(reqs):
+            # Section 7 (v2): the depth is read from the raw bytes before any decoder
+            # recurses into them, ignored fields included.
+            if kernels.nesting_depth(req.body, req.codec.is_json, ENVELOPE_DEPTH_MAX) > ENVELOPE_DEPTH_MAX:
+                replies[idx] = self._refusal(None, req.clock or now_text(), Refused(
+                    E_SCHEMA, f"envelope nested deeper than {ENVELOPE_DEPTH_MAX} levels"))
+                continue
             try:
                 env = req.codec.envelope.decode(req.body)
             except DecodeError as e:
@@ -187,6 +198,14 @@ class Engine:
                     assert attempt == 0 and rnd.pending
                     self._run_round(rnd, replies)
                     rnd = _Round()
+                except Exception as e:  # noqa: BLE001  (section 7, v2: no request stops the engine)
+                    # A bug met while checking one request: it is answered, logged, and the
+                    # others go on. The checks change nothing before a request joins the
+                    # round or commits, so refusing it here leaves nothing half done.
+                    log.exception("request %d (infno %r, msgid %r) failed in its checks", idx, env.infno, env.msgid)
+                    replies[idx] = self._refusal(env.msgid, now, Refused(
+                        E_SCHEMA, f"the hub could not check this request ({type(e).__name__}); it was logged"))
+                    break
         if rnd.pending:
             self._run_round(rnd, replies)
         assert all(r is not None for r in replies)
@@ -236,8 +255,9 @@ class Engine:
             raise Refused(E_SCHEMA, "msgid")
         hit = self.journal.get(msgid)
         if hit is not None:
-            h_infno, h_codec, h_raw, h_reply = hit
-            if h_infno == infno:
+            h_infno, h_codec, h_raw, h_reply, h_code = hit
+            # Section 7 (v2): another institution's msgid is never answered with its reply.
+            if h_infno == infno and h_code == env.fixmedins_code:
                 if h_codec.fmt == codec.fmt and h_raw == bytes(env.input):
                     raise _Journaled(h_reply)  # the same bytes: the same input (the usual retry)
                 mine = codec.canonical_input(env.input)
@@ -304,8 +324,12 @@ class Engine:
             raise Refused(E_SCHEMA, "acct_used_flag must be 0 or 1")
         try:
             day = kernels.parse_time_day(d.begntime)
+            if not REQUEST_DAY_MIN <= day <= REQUEST_DAY_MAX:
+                raise ValueError(f"{d.begntime} is outside {REQUEST_YEAR_MIN}-{REQUEST_YEAR_MAX}")
             if not outpatient:
                 day = kernels.parse_time_day(d.endtime)
+                if not REQUEST_DAY_MIN <= day <= REQUEST_DAY_MAX:
+                    raise ValueError(f"{d.endtime} is outside {REQUEST_YEAR_MIN}-{REQUEST_YEAR_MAX}")
         except ValueError as e:
             raise Refused(E_SCHEMA, f"begntime/endtime: {e}") from None
         chronic = med_type == MED_TYPE_CHRONIC
@@ -319,6 +343,7 @@ class Engine:
 
         p = Pending(idx, env, d, n_lines, commit, outpatient, now, journal_input=inp_c)
         p.medfee = medfee
+        p.future = day > self._clock_day(now)
         # From here on a failing check is remembered, not raised: an E_SCHEMA in
         # the lines (found by the kernel later) still ranks before it.
         try:
@@ -368,6 +393,20 @@ class Engine:
             rnd.msgids.add(msgid)
         return p
 
+    def _clock_day(self, now: str) -> int:
+        """The day of the hub's clock (replay: the request's inf_time) for the future-date rule.
+
+        A clock that is not a time (a replay's malformed inf_time) bars no day.
+        The last answer is kept: a batch's requests mostly share their clock text.
+        """
+        if now != self._clock_text:
+            try:
+                self._clock_value = kernels.parse_time_day(now)
+            except ValueError:
+                self._clock_value = REQUEST_DAY_MAX
+            self._clock_text = now
+        return self._clock_value
+
     def _filing_class(self, psn: int, insuplc: str, t: str, day: int, med_type: str, policy) -> str:
         """Section 4: the candidate class with the smallest reduction."""
         if t == insuplc:
@@ -416,7 +455,10 @@ class Engine:
         lines.codes = None  # the replies keep the round's arrays, not its strings
         outpatient = np.fromiter((p.outpatient for p in pend), dtype=U8, count=n)
         split = kernels.split_lines(self.cat, starts, outpatient, row, lines)
-        bad_lines = np.add.reduceat(lines.bad.astype(I64), starts[:-1]) if lines.n_bad else np.zeros(n, I64)
+        # A line dated outside the years a request may name is malformed (section 7, v2).
+        bad = lines.bad.astype(I64)
+        bad |= (lines.day < REQUEST_DAY_MIN) | (lines.day > REQUEST_DAY_MAX)
+        bad_lines = np.add.reduceat(bad, starts[:-1])
         arrays = _RoundArrays(self.cat, starts, lines, row, split)
 
         # Errors that rank before the fund payment, in the order of section 7.
@@ -434,6 +476,8 @@ class Engine:
                 err = _SPLIT_ERR[split_err]
             elif tot_amt != p.medfee:
                 err = E_AMOUNT_MISMATCH
+            elif p.future:
+                err = E_DATE  # section 7 (v2): a bill dated after the hub's clock day
             if err is not None:
                 replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(err))
             else:
@@ -543,7 +587,7 @@ class Engine:
             self.settled[setl_id] = rec
             self.open_visits.add((env.fixmedins_code, mdtrt_id))
             codec, raw = p.journal_input
-            self.journal[msgid] = (env.infno, codec, raw, reply)
+            self.journal[msgid] = (env.infno, codec, raw, reply, env.fixmedins_code)
             change = Change(CHANGE_SETTLE, msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, setl_id,
                             p.now, codec, raw, reply, rec)
             self.changes.append(change)
@@ -604,7 +648,7 @@ class Engine:
         setlinfo["setl_time"] = now
         setlinfo["setl_id"] = "S" + env.msgid
         reply = self._ok(env.msgid, now, {"setlinfo": setlinfo})
-        self.journal[env.msgid] = (infno, *inp_c, reply)
+        self.journal[env.msgid] = (infno, *inp_c, reply, env.fixmedins_code)
         self.changes.append(Change(
             CHANGE_REVERSE, env.msgid, infno, env.fixmedins_code, env.mdtrtarea_admvs if isinstance(env.mdtrtarea_admvs, str) else "",
             self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec,

@@ -26,11 +26,11 @@ from engine.core.records import Change, Settled
 
 
 class JournalLookup(Protocol):
-    """msgid -> (infno, codec, raw input, first reply) of every committed request."""
+    """msgid -> (infno, codec, raw input, first reply, fixmedins_code) of every committed request."""
 
-    def get(self, msgid: str, default=None) -> tuple[str, Codec, bytes, Reply] | None: ...
+    def get(self, msgid: str, default=None) -> tuple[str, Codec, bytes, Reply, str] | None: ...
 
-    def __setitem__(self, msgid: str, entry: tuple[str, Codec, bytes, Reply]) -> None: ...
+    def __setitem__(self, msgid: str, entry: tuple[str, Codec, bytes, Reply, str]) -> None: ...
 
 
 class SettledLookup(Protocol):
@@ -93,7 +93,7 @@ class MemoryHistory:
     """Every lookup in RAM and no change sink: the history of an engine without a store."""
 
     def __init__(self):
-        self.journal: dict[str, tuple[str, Codec, bytes, Reply]] = {}
+        self.journal: dict[str, tuple[str, Codec, bytes, Reply, str]] = {}
         self.settled: dict[str, Settled] = {}
         self.open_visits: set[tuple[str, str]] = set()
         self.recon = reconcile.ReconIndex()

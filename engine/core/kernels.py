@@ -22,6 +22,7 @@ import pyarrow as pa
 from pyarrow.compute import unique as pc_unique
 
 from core_ext._catalogue import CatalogueIndex
+from core_ext._depth import json_depth, msgpack_depth
 from core_ext._emit import RowEmitter, format_fen, format_fen_rows, format_scaled
 from core_ext._fund import FundResults, PersonArrays, PolicyArrays, SettlementBatch, fund_batch
 from core_ext._lines import FeeBuffer  # noqa: F401  (engine.pipeline)
@@ -78,6 +79,11 @@ def parse_time_day(value: object) -> int:
     if not isinstance(value, str):
         raise ValueError(f"not a time YYYY-MM-DD HH:MM:SS: {value!r}")
     return _parse_time_day(value)
+
+
+def nesting_depth(body: bytes, is_json: bool, limit: int) -> int:
+    """How deeply a raw body nests, at most limit + 1 (MessagePack cut short: -1). docs/contract.md section 7."""
+    return json_depth(body, limit) if is_json else msgpack_depth(body, limit)
 
 
 class KeyIndex:

@@ -29,7 +29,10 @@ import re
 from dataclasses import dataclass
 
 from engine.contract import money
-from engine.contract.protocol import E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, INFNO_LISTING, INFNO_RECONCILE, Refused
+from engine.contract.protocol import (
+    E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, INFNO_LISTING, INFNO_RECONCILE, REQUEST_DAY_MAX,
+    REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, Refused,
+)
 from engine.contract.wire import DecodeError
 from engine.core.records import CHANGE_SETTLE
 
@@ -222,8 +225,16 @@ def _int(d: dict, k: str, default: int | None = None) -> int:
     return v
 
 
+def _request_day(value: object) -> int:
+    """A date of a request: a date, within the years section 7 (v2) allows."""
+    day = money.parse_day(value)
+    if not REQUEST_DAY_MIN <= day <= REQUEST_DAY_MAX:
+        raise money.NumberError(f"{value} is outside {REQUEST_YEAR_MIN}-{REQUEST_YEAR_MAX}")
+    return day
+
+
 def _range(d: dict) -> tuple[int, int]:
-    b, e = _parsed(d, "stmt_begndate", money.parse_day), _parsed(d, "stmt_enddate", money.parse_day)
+    b, e = _parsed(d, "stmt_begndate", _request_day), _parsed(d, "stmt_enddate", _request_day)
     if e < b:
         raise Refused(E_SCHEMA, "stmt_enddate is before stmt_begndate")
     return b, e

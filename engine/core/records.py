@@ -147,6 +147,7 @@ class Pending:
     lv: int
     year: int
     medfee: int
+    future: bool  # its settlement day is after the hub's clock day (E_DATE, section 7 v2)
     reduction_bp: int
     pre_status: int
     cls: str
@@ -171,6 +172,7 @@ class Pending:
         self.lv = 0
         self.year = 0
         self.medfee = 0
+        self.future = False
         self.reduction_bp = 0
         self.pre_status = 0
         self.cls = ""

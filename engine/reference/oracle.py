@@ -15,10 +15,11 @@ from engine.contract.protocol import (
     CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, CNT_MAX_TEN_THOUSANDTHS, COMMIT_INFNOS,
     E_ALREADY_REVERSED, E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
     E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
-    E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, FILING_CLASS_OF_TYPE,
+    E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, ENVELOPE_DEPTH_MAX, FILING_CLASS_OF_TYPE,
     FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINE_AMT_MAX_FEN, LINES_MAX,
     LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT,
-    OUTPATIENT_INFNOS, PRIC_MAX_MICRO, REDUCTION_KEY_OF_CLASS, REVERSE_INFNOS, SETTLE_INFNOS,
+    OUTPATIENT_INFNOS, PRIC_MAX_MICRO, REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REVERSE_INFNOS,
+    SETTLE_INFNOS,
     TEMP_FILING_TYPES, UNFILED, WAIVED, Refused, canonical, is_retired, province,
 )
 from engine.core.reconcile import RECONCILE_INFNOS, parse_request
@@ -247,10 +248,28 @@ def _money(d: dict, k: str, parse=money.parse_fen) -> int:
 
 
 def _time_day(d: dict, k: str) -> int:
+    """A time of the request as its day; malformed, or outside 2000-2099 (section 7, v2): E_SCHEMA."""
     try:
-        return money.parse_time_day(d.get(k))
+        day = money.parse_time_day(d.get(k))
     except money.NumberError as e:
         raise Refused(E_SCHEMA, f"{k}: {e}") from None
+    if not REQUEST_DAY_MIN <= day <= REQUEST_DAY_MAX:
+        raise Refused(E_SCHEMA, f"{k}: outside the years a request may name")
+    return day
+
+
+def nesting_depth(value: object) -> int:
+    """How many arrays and objects enclose the deepest value (the envelope itself counts one)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((x, depth) for x in v)
+    return deepest
 
 
 # The money fields of a `result` row; feedetl_sn, which may be an integer, is echoed as sent.
@@ -335,9 +354,16 @@ def _fee_lines(lines_in: object) -> list[tuple]:
     return lines
 
 
-def _qualify(req: SettleRequest, person: Person, policy: Policy, t: str) -> tuple[str, int]:
-    """The year (E_DATE), the filing class and its reduction (E_FILING_REQUIRED), the chronic
-    qualification (E_NO_QUALIFICATION): (filing class, reduction_bp)."""
+def _qualify(req: SettleRequest, person: Person, policy: Policy, t: str, now: str) -> tuple[str, int]:
+    """The day (E_DATE: after the hub's clock day, or in a year before the person's), the filing
+    class and its reduction (E_FILING_REQUIRED), the chronic qualification (E_NO_QUALIFICATION):
+    (filing class, reduction_bp)."""
+    try:
+        today = money.parse_time_day(now)
+    except money.NumberError:
+        today = REQUEST_DAY_MAX  # a clock that is not a time (a replay's malformed inf_time) bars no day
+    if req.day > today:
+        raise Refused(E_DATE, "the settlement day is after the hub's clock day")
     year = money.day_year(req.day)
     if year < person.acc_year:
         raise Refused(E_DATE, f"year {year} before the accounting year {person.acc_year}")
@@ -455,7 +481,7 @@ class ReferenceEngine:
                 "status": world.fil_status[i],
             })
         self.policies = world.policy_map()
-        self.journal: dict[str, tuple[str, bytes, dict]] = {}  # msgid -> (infno, input, reply)
+        self.journal: dict[str, tuple[str, bytes, dict, str]] = {}  # msgid -> (infno, input, reply, fixmedins_code)
         self.settlements: dict[str, SettlementRecord] = {}
         self.open_visits: dict[tuple[str, str], str] = {}
         # Committed settlements and reversals in order, money signed: what 3201/3202 read (section 8).
@@ -466,6 +492,10 @@ class ReferenceEngine:
     def handle(self, env: object, clock: str | None = None) -> dict:
         """One envelope in, one reply out. `clock` is the time of the reply (replay: inf_time)."""
         now = clock or _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        if nesting_depth(env) > ENVELOPE_DEPTH_MAX:
+            # Section 7 (v2): not read at all, so neither its msgid nor its inf_time answers.
+            wall = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+            return self.reply(None, wall, None, Refused(E_SCHEMA, f"nested deeper than {ENVELOPE_DEPTH_MAX} levels"))
         msgid = env.get("msgid") if isinstance(env, dict) else None
         try:
             if not isinstance(env, dict) or not isinstance(env.get("infno"), str):
@@ -485,7 +515,8 @@ class ReferenceEngine:
                     inp = canonical(env.get("input"))
                     hit = self.journal.get(msgid)
                     if hit is not None:
-                        if hit[0] == infno and hit[1] == inp:
+                        # Another institution's msgid is never answered with its reply (section 7, v2).
+                        if hit[0] == infno and hit[1] == inp and hit[3] == env.get("fixmedins_code"):
                             return hit[2]
                         raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
                 if infno in REVERSE_INFNOS:
@@ -494,7 +525,7 @@ class ReferenceEngine:
                     output = self.settle(env, now)
                 reply = self.reply(msgid, now, output)
                 if committing:
-                    self.journal[msgid] = (infno, inp, reply)
+                    self.journal[msgid] = (infno, inp, reply, env.get("fixmedins_code"))
                 return reply
         except Refused as r:
             return self.reply(msgid, now, None, r)
@@ -554,7 +585,7 @@ class ReferenceEngine:
         req = _settle_request(env)
         inst, person, policy = self._settle_parties(env, req)
         results, totals = self._split_lines(env, req)
-        cls, red = _qualify(req, person, policy, env["mdtrtarea_admvs"])
+        cls, red = _qualify(req, person, policy, env["mdtrtarea_admvs"], now)
         p = person if req.commit else _copy_person(person)  # a pre-settlement changes nothing
         roll_year(p, money.day_year(req.day))
         pay = _pay_fund(p, person, policy, req, inst[2], totals["inscp_scp_amt"], red)

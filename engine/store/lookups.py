@@ -96,16 +96,16 @@ class Reader:
         if seq is None:
             return None
         row = self._one(
-            "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32"
+            "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32, j.fixmedins_code"
             " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,),
         )
         assert row is not None and row[0] == msgid, f"msgid index points to a missing row: {msgid}"
-        _, infno, codec_name, body, crc = row
+        _, infno, codec_name, body, crc, fixmedins_code = row
         if zlib.crc32(body) != crc:
             raise StoreFailed(f"journal row {seq} (msgid {msgid!r}) is damaged: crc32 mismatch")
         codec = CODECS[codec_name]
         inp, reply = unpack_body(body, codec)
-        return (infno, codec, inp, reply)
+        return (infno, codec, inp, reply, fixmedins_code)
 
     def settled(self, setl_id: str) -> Settled | None:
         if not setl_id.startswith("S"):
@@ -156,7 +156,7 @@ _SETTLED_COLS = (
 
 
 class JournalMap:
-    """The history's journal lookup backed by the store: msgid -> (infno, codec, raw input, reply).
+    """The history's journal lookup backed by the store: msgid -> (infno, codec, raw input, reply, fixmedins_code).
 
     RAM holds the entries not yet committed; the rest is read from the store on a miss.
     """

@@ -86,7 +86,7 @@ def replay_reference(world: World, in_path: str, out_path: str) -> int:
         for line in _lines(in_path):
             try:
                 env = json.loads(line, parse_float=str, parse_constant=_not_json)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past what json.loads follows
                 env = None
             clock = env.get("inf_time") if isinstance(env, dict) else None
             reply = eng.handle(env, clock=clock if isinstance(clock, str) else None)
