@@ -63,10 +63,10 @@ class Server:
             self.tcp_address = self._tcp_server.sockets[0].getsockname()[:2]
         if self.http is not None:
             self.http_address = await self._site(Gateway(self.hub).app(), self.http,
-                                                 tls and tls.context)
+                                                 None if tls is None else tls.context)
         if self.admin is not None:
             self.admin_address = await self._site(Admin(self.hub).app(), self.admin,
-                                                  tls and tls.admin_context)
+                                                  None if tls is None else tls.admin_context)
 
     async def _site(self, app: web.Application, address: tuple[str, int],
                     ssl_context: ssl.SSLContext | None) -> tuple[str, int]:

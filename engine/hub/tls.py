@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import re
 import ssl
 
@@ -99,7 +100,7 @@ def load_server_tls(cert_file: str | None, key_file: str | None,
     admin_context = _server_context()
     for ctx in (context, admin_context):
         try:
-            ctx.load_cert_chain(cert_file, key_file, password=_no_password)
+            ctx.load_cert_chain(cert_file, key_file, password=functools.partial(_no_password, key_file))
         except ssl.SSLError as e:
             if "KEY_VALUES_MISMATCH" in str(e):
                 raise TLSConfigError(f"--tls-key {key_file}: does not match the certificate in --tls-cert "
@@ -141,9 +142,10 @@ def _server_context() -> ssl.SSLContext:
     return ctx
 
 
-def _no_password() -> bytes:
-    # Never reached for a key that passed _private_key; it keeps OpenSSL from prompting on a terminal.
-    raise TLSConfigError("an encrypted private key: yidi reads unencrypted keys only")
+def _no_password(key_file: str) -> bytes:
+    # Reached only for an encrypted key that _private_key did not recognise; without a
+    # password callback OpenSSL would prompt for one on the terminal.
+    raise TLSConfigError(f"--tls-key {key_file}: an encrypted private key: yidi reads unencrypted keys only")
 
 
 def _read(option: str, path: str) -> bytes:
