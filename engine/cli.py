@@ -92,9 +92,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from engine.hub.limits import Limits
-    from engine.hub.serve import serve
     from engine.hub.tls import TLSConfigError, load_server_tls
-    from engine.world.loader import WorldError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not a.tcp and not a.http:
@@ -112,6 +110,9 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         return 2
     for warning in tls.warnings() if tls else ():
         print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
+    from engine.hub.serve import serve  # the server's imports, once the options are known good
+    from engine.world.loader import WorldError
+
     try:
         return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls)
     except WorldError as e:

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 
 import orjson
 import pytest
@@ -167,12 +168,14 @@ def old_client_context(ca_file: str) -> ssl.SSLContext:
     """A client that offers TLS 1.1 at most (and, where this OpenSSL lets it, TLS 1.0 and 1.1 for real)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(ca_file)
-    try:
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-    except (ssl.SSLError, ValueError):
-        pass
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with warnings.catch_warnings():  # the old versions are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+        except (ssl.SSLError, ValueError):
+            pass
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     return ctx
 
 
