@@ -7,7 +7,7 @@ requires a client certificate when a client CA is given, and one for the
 admin listener, which never asks for one (docs/server.md says why). Every
 refusal is a `TLSConfigError` whose text is one line naming the option, the
 file and the problem. `client_context` builds the matching client side for
-the tests, the demo and the load tools.
+engine.hub.client's framed clients, the tests and scripts.
 
 Both sides speak TLS 1.2 or later, with the ciphers and options Python's
 defaults give (no compression, no SSLv2/3, the server's cipher preference).
