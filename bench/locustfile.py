@@ -18,7 +18,9 @@ length-prefixed MessagePack envelope after another, each person's requests on
 one User so that their order holds (pre-settlement, settlement, reversal).
 
 Events are named by infno, and by infno and err_code for refusals ("2207
-E_DUPLICATE_VISIT"); only E_BUSY and transport errors count as failures. At the
+E_DUPLICATE_VISIT"); only E_BUSY and transport errors count as failures. With
+`--tls-ca FILE` each connection speaks the frames inside TLS, trusting that CA
+(a hub on `yidi serve --tls-cert`). At the
 end the run fails (exit code 1) when the p99 latency exceeds `--p99-budget-ms`
 or any request failed; `--summary-json` writes exact percentiles for the driver.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import ssl
 import time
 import zlib
 from collections import deque
@@ -64,6 +67,7 @@ def _options(parser):
     g.add_argument("--rate", type=float, default=0.0, help="requests/s offered by all Users together; 0: closed loop")
     g.add_argument("--p99-budget-ms", type=float, default=0.0, help="fail the run when p99 exceeds it; 0: no budget")
     g.add_argument("--summary-json", default="", help="write exact latency percentiles and counts here")
+    g.add_argument("--tls-ca", default="", help="speak TLS, trusting this CA (PEM); empty: plain TCP")
 
 
 def read_frames(path: str) -> list[tuple[bytes, str, str]]:
@@ -121,6 +125,8 @@ class FramedUser(User):
         h, _, p = addr.rpartition(":")
         self.sock = socket.create_connection((h, int(p)))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if opts.tls_ca:  # the handshake here, before the first request's clock starts
+            self.sock = ssl.create_default_context(cafile=opts.tls_ca).wrap_socket(self.sock, server_hostname=h)
         self.window = Semaphore(opts.in_flight)
         self.sent: deque = deque()  # (t0, infno, frame length) of each unanswered request
         n_users = max(1, opts.num_users)

@@ -3,6 +3,7 @@
     python bench/serve_load.py --campaign all          # saturation + latency, the asked figures
     python bench/serve_load.py --campaign smoke        # seconds; what CI runs (bench/test_bench_serve.py)
     python bench/serve_load.py --campaign sustained    # 60 s and 330 s: each holds one background fold
+    python bench/serve_load.py --campaign all --tls    # the same, with the hub and Locust on TLS
 
 For each campaign: a synthetic world and request stream (engine.synth, cached in
 --cache), a fresh data folder, `yidi serve` pinned to core 0 on the real store,
@@ -10,6 +11,8 @@ and one Locust process pinned to core 1 (bench/locustfile.py) offering the load.
 Before and after, /metrics is read so that the figures come from both sides:
 what Locust saw (replies, latency percentiles from the intended send time) and
 what the server made durable (yidi_committed_total, batch sizes, commit time).
+With `--tls` the hub serves on TLS (`--tls-cert`, a certificate made for the run
+by trustme) and Locust speaks the frames inside TLS.
 
 A campaign fails (exit code 1) when its budget is missed: the saturation one
 under `--settlements-min` durable settlements/s, the latency one over
@@ -23,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -100,9 +104,25 @@ def start_server(world: str, data: str, server_args: list[str], core: int | None
     raise SystemExit(f"yidi serve did not start: {p.stderr.read()}")
 
 
-def scrape(http: str) -> dict[str, float]:
+def tls_files(folder: str) -> tuple[str, str, str]:
+    """A test CA and a certificate for 127.0.0.1 made by it: (ca.pem, server.pem, server.key)."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    paths = tuple(os.path.join(folder, n) for n in ("ca.pem", "server.pem", "server.key"))
+    for blob, path in zip((ca.cert_pem, leaf.cert_chain_pems[0], leaf.private_key_pem), paths):
+        blob.write_to_path(path)
+    return paths
+
+
+def scrape(http: str, ca_file: str | None = None) -> dict[str, float]:
     """The metrics that matter here, summed over their labels where it makes sense."""
-    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=30).read().decode()
+    if ca_file is None:
+        text = urllib.request.urlopen(f"http://{http}/metrics", timeout=30).read().decode()
+    else:
+        ctx = ssl.create_default_context(cafile=ca_file)
+        text = urllib.request.urlopen(f"https://{http}/metrics", timeout=30, context=ctx).read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("#") or not line:
@@ -138,20 +158,26 @@ def histogram_percentiles(d: dict[str, float], name: str, labels: str = "") -> d
 
 def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
     data = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)
-    server, addrs = start_server(world, data, a.server_args, a.server_core)
+    server_args, locust_args, ca_file = list(a.server_args), [], None
+    if a.tls:
+        pki = tempfile.mkdtemp(prefix=f"yidi-{name}-tls-", dir=a.data_root)
+        ca_file, cert, key = tls_files(pki)
+        server_args += ["--tls-cert", cert, "--tls-key", key]
+        locust_args = ["--tls-ca", ca_file]
+    server, addrs = start_server(world, data, server_args, a.server_core)
     try:
-        before = scrape(addrs["admin"])
+        before = scrape(addrs["admin"], ca_file)
         summary_path = os.path.join(data, "locust-summary.json")
         cmd = pinned(a.load_core) + [
             sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "bench", "locustfile.py"), "--headless",
             "-u", str(c["users"]), "-r", str(c["users"]), "-t", f"{c['duration_s']}s", "--stop-timeout", "5",
             "--host", f"tcp://{addrs['tcp']}", "--frames", frames, "--in-flight", str(c["in_flight"]),
             "--rate", str(c["rate"]), "--p99-budget-ms", str(c["p99_budget_ms"]),
-            "--summary-json", summary_path, "--only-summary", "--loglevel", "WARNING",
+            "--summary-json", summary_path, "--only-summary", "--loglevel", "WARNING", *locust_args,
         ]
         log(" ".join(cmd))
         lp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        after = scrape(addrs["admin"])
+        after = scrape(addrs["admin"], ca_file)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -164,13 +190,15 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
     with open(summary_path) as f:
         s = json.load(f)
     shutil.rmtree(data, ignore_errors=True)
+    if a.tls:
+        shutil.rmtree(pki, ignore_errors=True)
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     oc = s["outcomes"]
     settled = oc.get("2207", 0) + oc.get("2304", 0)
     span = s["span_s"] or 1.0
     batches = d.get("yidi_batch_size_count", 0.0)
     result = {
-        "campaign": name, **c,
+        "campaign": name, **c, "tls": a.tls,
         "replies": s["replies"], "replies_per_s": s["replies_per_s"], "failures": s["failures"],
         "settlements_acknowledged": settled, "settlements_per_s": round(settled / span, 1),
         "committed_settle": d.get('yidi_committed_total{kind="settle"}', 0.0),
@@ -209,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="where the fresh data folders go (default: the temp dir)")
     p.add_argument("--server-core", type=int, default=0, help="-1: not pinned")
     p.add_argument("--load-core", type=int, default=1, help="-1: not pinned")
+    p.add_argument("--tls", action="store_true",
+                   help="the hub on TLS (a certificate made for the run by trustme), Locust inside TLS")
     p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to yidi serve (limits)")
     p.add_argument("--json", help="write the results here too")
     a = p.parse_args(argv)

@@ -129,8 +129,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from engine.hub.limits import Limits
-    from engine.hub.serve import serve
-    from engine.world.loader import WorldError
+    from engine.hub.tls import TLSConfigError, load_server_tls
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not a.tcp and not a.http:
@@ -141,8 +140,18 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"yidi: {e}", file=sys.stderr)
         return 2
+    try:  # before the store and the world: a bad file is refused in a moment
+        tls = load_server_tls(a.tls_cert, a.tls_key, a.tls_client_ca)
+    except TLSConfigError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    for warning in tls.warnings() if tls else ():
+        print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
+    from engine.hub.serve import serve  # the server's imports, once the options are known good
+    from engine.world.loader import WorldError
+
     try:
-        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin)
+        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -160,6 +169,11 @@ def _add_serve(sub) -> None:
     s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway (port 0: any; an empty HOST: every address)")
     s.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:9100",
                    help="admin listener: /metrics and /healthz (default 127.0.0.1:9100)")
+    s.add_argument("--tls-cert", metavar="FILE",
+                   help="PEM certificate (and chain) of the hub: every listener on TLS 1.2 or later")
+    s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert, unencrypted")
+    s.add_argument("--tls-client-ca", metavar="FILE",
+                   help="PEM CA certificates: the gateway and --tcp require a client certificate signed by one")
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     for f in fields(Limits):
         s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,

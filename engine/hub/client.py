@@ -3,12 +3,15 @@
 Each message is a 4-byte big-endian length followed by a MessagePack envelope; the
 server answers in request order on each connection, so a client may pipeline:
 send many, then read as many replies. `FramedClient` uses a blocking socket (tests,
-scripts, Locust under gevent); `AsyncFramedClient` uses asyncio streams.
+scripts, Locust under gevent); `AsyncFramedClient` uses asyncio streams. Either
+speaks the frames inside TLS when given an `ssl.SSLContext`
+(engine.hub.tls.client_context makes one for a hub on `--tls-cert`).
 """
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Any, Iterable
 
 import msgspec
@@ -36,12 +39,21 @@ def decode_reply(body: bytes) -> dict:
 
 
 class FramedClient:
-    """A blocking framed-protocol client over one TCP connection."""
+    """A blocking framed-protocol client over one TCP connection, inside TLS with `ssl_context`
+    (the handshake happens here; `server_hostname` defaults to `host`)."""
 
     def __init__(self, host: str, port: int, *, timeout_s: float | None = 30.0,
-                 frame_bytes_max: int = FRAME_BYTES_MAX):
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                 frame_bytes_max: int = FRAME_BYTES_MAX, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None):
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
         self.frame_bytes_max = frame_bytes_max
         self._buf = bytearray()
 
@@ -124,7 +136,7 @@ class FramedClient:
 
 
 class AsyncFramedClient:
-    """An asyncio framed-protocol client over one TCP connection."""
+    """An asyncio framed-protocol client over one TCP connection (inside TLS with `ssl_context`)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  frame_bytes_max: int = FRAME_BYTES_MAX):
@@ -132,8 +144,10 @@ class AsyncFramedClient:
         self.frame_bytes_max = frame_bytes_max
 
     @classmethod
-    async def connect(cls, host: str, port: int, **kw) -> "AsyncFramedClient":
-        reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+    async def connect(cls, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                      server_hostname: str | None = None, **kw) -> "AsyncFramedClient":
+        tls = {} if ssl_context is None else {"ssl": ssl_context, "server_hostname": server_hostname or host}
+        reader, writer = await asyncio.open_connection(host, port, limit=2**20, **tls)
         return cls(reader, writer, **kw)
 
     async def close(self) -> None:

@@ -1,15 +1,18 @@
 """The hub behind its listeners, and `yidi serve` (docs/contract.md section 7; docs/server.md).
 
 `Server` starts the framed TCP listener (engine.hub.tcp), the HTTP gateway
-(engine.hub.http) and the admin listener (engine.hub.admin) around one Hub, serves until asked to stop, then drains: admitted
-requests are answered, new ones get E_BUSY, clients get `drain_timeout_s` to take
-their replies. The exit code tells a clean stop from a fail-stop.
+(engine.hub.http) and the admin listener (engine.hub.admin) around one Hub, each
+on TLS when given a `ServerTLS` (engine.hub.tls), serves until asked to stop,
+then drains: admitted requests are answered, new ones get E_BUSY, clients get
+`drain_timeout_s` to take their replies. The exit code tells a clean stop from a
+fail-stop.
 """
 from __future__ import annotations
 
 import asyncio
 import gc
 import signal
+import ssl
 import sys
 import time
 
@@ -21,6 +24,7 @@ from engine.hub.http import Gateway
 from engine.hub.hub import Hub
 from engine.hub.limits import Limits
 from engine.hub.tcp import FramedConnection
+from engine.hub.tls import HANDSHAKE_TIMEOUT_S, ServerTLS
 
 EXIT_OK, EXIT_FAIL_STOP = 0, 3
 
@@ -29,11 +33,12 @@ class Server:
     """The hub behind its listeners. `await start()`, then `await run()` until `stop()`."""
 
     def __init__(self, hub: Hub, tcp: tuple[str, int] | None = None, http: tuple[str, int] | None = None,
-                 admin: tuple[str, int] | None = None):
+                 admin: tuple[str, int] | None = None, tls: ServerTLS | None = None):
         if tcp is None and http is None:
             raise ValueError("at least one of tcp and http")
         self.hub = hub
         self.tcp, self.http, self.admin = tcp, http, admin
+        self.tls = tls
         self.tcp_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -46,21 +51,30 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.hub.start()
+        tls = self.tls
         if self.tcp is not None:
-            self._tcp_server = await loop.create_server(
-                lambda: FramedConnection(self.hub), self.tcp[0], self.tcp[1], reuse_address=True)
+            if tls is None:
+                self._tcp_server = await loop.create_server(
+                    lambda: FramedConnection(self.hub), self.tcp[0], self.tcp[1], reuse_address=True)
+            else:
+                self._tcp_server = await loop.create_server(
+                    lambda: TLSFramedConnection(self.hub), self.tcp[0], self.tcp[1], reuse_address=True,
+                    ssl=tls.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
             self.tcp_address = self._tcp_server.sockets[0].getsockname()[:2]
         if self.http is not None:
-            self.http_address = await self._site(Gateway(self.hub).app(), self.http)
+            self.http_address = await self._site(Gateway(self.hub).app(), self.http,
+                                                 None if tls is None else tls.context)
         if self.admin is not None:
-            self.admin_address = await self._site(Admin(self.hub).app(), self.admin)
+            self.admin_address = await self._site(Admin(self.hub).app(), self.admin,
+                                                  None if tls is None else tls.admin_context)
 
-    async def _site(self, app: web.Application, address: tuple[str, int]) -> tuple[str, int]:
+    async def _site(self, app: web.Application, address: tuple[str, int],
+                    ssl_context: ssl.SSLContext | None) -> tuple[str, int]:
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=self.hub.limits.drain_timeout_s)
         await runner.setup()
         self._runners.append(runner)
-        await web.TCPSite(runner, address[0], address[1], reuse_address=True).start()
+        await web.TCPSite(runner, address[0], address[1], reuse_address=True, ssl_context=ssl_context).start()
         return runner.addresses[0][:2]
 
     def stop(self) -> None:
@@ -99,6 +113,17 @@ class Server:
                     c.abort()  # a client that would not take its replies in time
 
 
+class TLSFramedConnection(FramedConnection):
+    """A framed connection inside TLS. TLS has no half-close: once the client's side ends,
+    asyncio's and uvloop's TLS transports close the connection whatever eof_received returns
+    (and log a warning if it asks to stay open), so it does not ask. Replies still owed
+    then drop, as for a client that disconnects; what was admitted is still committed."""
+
+    def eof_received(self):
+        super().eof_received()
+        return False
+
+
 def new_event_loop_factory(kind: str):
     if kind == "uvloop":
         import uvloop
@@ -109,15 +134,16 @@ def new_event_loop_factory(kind: str):
     raise ValueError(f"loop {kind!r}: want uvloop or asyncio")
 
 
-def _listening(kind: str, address: tuple[str, int]) -> str:
+def _listening(kind: str, address: tuple[str, int], tls: bool) -> str:
     host, port = address
     every = " (every address of this machine)" if host in ("0.0.0.0", "::", "") else ""
-    return f"yidi: {kind} listening on {host}:{port}{every}"
+    return f"yidi: {kind} listening on {host}:{port}{every}{' (tls)' if tls else ''}"
 
 
 def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
-          loop: str = "uvloop", out=sys.stdout, admin: str | None = None) -> int:
-    """`yidi serve`: open the store, listen, serve until SIGTERM/SIGINT, drain, exit."""
+          loop: str = "uvloop", out=sys.stdout, admin: str | None = None, tls: ServerTLS | None = None) -> int:
+    """`yidi serve`: open the store, listen (on TLS with `tls`: engine.hub.tls.load_server_tls checks
+    the operator's files before this is called), serve until SIGTERM/SIGINT, drain, exit."""
 
     async def main() -> int:
         t0 = time.perf_counter()
@@ -125,7 +151,7 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         gc.disable()  # see Hub.manual_gc
         hub.manual_gc = True
         server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None,
-                        parse_address(admin, "127.0.0.1") if admin else None)
+                        parse_address(admin, "127.0.0.1") if admin else None, tls)
         await server.start()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -133,7 +159,9 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         for kind, address in (("tcp", server.tcp_address), ("http", server.http_address),
                               ("admin", server.admin_address)):
             if address:
-                print(_listening(kind, address), file=out)
+                print(_listening(kind, address, tls is not None), file=out)
+        if tls is not None:
+            print(f"yidi: tls: {tls.describe()}", file=out)
         print(f"yidi: ready in {time.perf_counter() - t0:.2f} s ({type(lp).__module__} loop, {limits})",
               file=out, flush=True)
         code = await server.run()
