@@ -8,11 +8,13 @@ the test. Waits are on conditions with a timeout, never on sleeps.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
+import re
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -21,12 +23,12 @@ import msgspec
 import orjson
 import pytest
 
-from conftest import VECTORS
+from conftest import ROOT, VECTOR_WORLD, VECTORS
 from engine.contract.protocol import FRAME_BYTES_MAX
-from engine.hub.client import FramedClient, encode_frame
+from engine.hub.client import ConnectionClosed, FramedClient, encode_frame
 from engine.hub.http import HTTP_PATH
 from engine.hub.limits import PARTIAL_FREE_BYTES, Limits
-from test_server import WAIT_S, ServerThread, memory_store
+from test_server import WAIT_S, ServerThread, clone_settlements, memory_store
 
 LOOPS = ["uvloop", "asyncio"]
 # A well-behaved client's call beside an attack must come back within this. Generous: a loaded
@@ -335,10 +337,16 @@ def test_overload_answers_e_busy_at_once_in_order(vector_world, vectors, loop_ki
         def busy_latency():
             samples = {(s.name, s.labels.get("le")): s.value
                        for m in srv.hub.metrics.busy_reply_s.collect() for s in m.samples}
-            return samples[("yidi_busy_reply_seconds_count", None)], samples[("yidi_busy_reply_seconds_bucket", "0.005")]
-        count, within_5ms = srv.call_in_loop(busy_latency)
+            median_s = "0.005" if loop_kind == "uvloop" else "0.05"
+            return (samples[("yidi_busy_reply_seconds_count", None)], samples[("yidi_busy_reply_seconds_bucket", median_s)],
+                    samples[("yidi_busy_reply_seconds_bucket", "0.5")])
+        # The median refusal leaves within 5 ms of its read on uvloop (the loop `yidi serve` runs),
+        # within 50 ms on the slower plain asyncio loop; nearly all within half a second. Before,
+        # refusals waited for every queued request of their connection: 400-800 ms.
+        count, within_median, within_500ms = srv.call_in_loop(busy_latency)
         assert count == len(busy)
-        assert within_5ms >= count / 2, (within_5ms, count)  # the median refusal leaves within 5 ms
+        assert within_median >= count / 2, (within_median, count)
+        assert within_500ms >= 0.9 * count, (within_500ms, count)
 
 
 def test_limits_are_checked_and_carry_units():
@@ -348,3 +356,81 @@ def test_limits_are_checked_and_carry_units():
         with pytest.raises(ValueError):
             Limits(**bad)
     Limits(idle_timeout_s=1, frame_deadline_s=0.5)  # an int where seconds are a float is fine
+
+
+# ---------------------------------------------------------------- 5. a full disk, then a restart
+
+def _serve(data_dir: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--data", data_dir,
+         "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _ready(p: subprocess.Popen) -> tuple[str, int] | None:
+    """The TCP address once `yidi serve` is ready; None if it exited first."""
+    tcp = None
+    for line in p.stdout:
+        m = re.match(rb"yidi: tcp listening on (.+):(\d+)", line)
+        if m:
+            tcp = (m.group(1).decode(), int(m.group(2)))
+        if line.startswith(b"yidi: ready"):
+            return tcp
+    return None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MiB tmpfs (root only: mount -t tmpfs)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "engine/store/files.py: open_files turns SQLite's 'database or disk is full' (an OperationalError, "
+    "a DatabaseError) into refuse_sqlite's 'damaged or not a yidi store'; the store is neither"))
+def test_a_full_disk_fail_stops_and_the_restart_says_the_disk_is_full(small_disk, vectors):
+    reqs, exp = vectors
+    data = str(small_disk / "data")
+    p = _serve(data)
+    try:
+        tcp = _ready(p)
+        assert tcp, p.stderr.read().decode()
+        with open(small_disk / "ballast", "wb") as f:  # the rest of the disk
+            try:
+                while True:
+                    f.write(b"\x00" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        envs = clone_settlements(reqs, exp, 200, "Z")
+        with FramedClient(*tcp, timeout_s=WAIT_S) as c:
+            try:
+                for env in envs:
+                    c.call(env)
+            except (ConnectionClosed, ConnectionResetError):
+                pass
+        assert p.wait(WAIT_S) == 3  # fail-stop
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(WAIT_S)
+    p = _serve(data)  # the disk still full
+    try:
+        tcp = _ready(p)
+        err = p.stderr.read().decode() if tcp is None else ""
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(WAIT_S)
+    assert tcp is None and "full" in err, err[-2000:]
+    assert "damaged" not in err, err[-2000:]

@@ -211,6 +211,10 @@ class Hub:
                                partial_bytes=lambda: self.partial_bytes,
                                held_bytes=lambda: sum(getattr(c, "held_bytes", 0) for c in self.connections))
         self._wait_s = limits.queue_wait_ms_max / 1000.0
+        # The hub is behind: the last batch began with a request that had waited more than
+        # queue_wait_ms_max since it was read, or the queue's head has. Set per batch and at
+        # admission; cleared by a batch that began in time, or when the queue is empty.
+        self.behind = False
         self._sweeper: asyncio.Task | None = None
         self._writer = writer or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
         self._wake: asyncio.Event | None = None
@@ -254,8 +258,9 @@ class Hub:
         """Queue a request; False when it must be answered E_BUSY (full, behind by more than
         queue_wait_ms_max, draining or failed). `item.t0` is when it was read."""
         q = self.queue
-        if (len(q) >= self.limits.queue_max or (q and item.t0 - q[0].t0 > self._wait_s) or self.stopping
-                or self.failed is not None):
+        if q and item.t0 - q[0].t0 > self._wait_s:
+            self.behind = True
+        if len(q) >= self.limits.queue_max or self.behind or self.stopping or self.failed is not None:
             self.busy_count += 1
             self.metrics.busy.labels("tcp" if item.conn is not None else "http").inc()
             if self.observer is not None:
@@ -282,11 +287,15 @@ class Hub:
         try:
             while self.failed is None:
                 if not self.queue:
+                    self.behind = False
                     if self.stopping:
                         break
                     await self._gather()
                     continue
                 await self._slots.acquire()  # at most commits_inflight_max batches ahead of the disk
+                # Let the releases whose writes have returned run before the next batch holds the
+                # loop: their replies (and the E_BUSY refusals queued behind them) leave now.
+                await asyncio.sleep(0)
                 if self.failed is not None:
                     break
                 items = []
@@ -322,6 +331,7 @@ class Hub:
         clock = None if self._inf_time else now_text()
         reqs = [Request(it.body, it.codec, clock) for it in items]
         t0 = time.perf_counter()
+        self.behind = t0 - items[0].t0 > self._wait_s
         try:
             replies = self.engine.handle_batch(reqs)
             assert len(replies) == len(items)

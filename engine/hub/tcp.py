@@ -133,7 +133,10 @@ class FramedConnection(asyncio.Protocol):
         pending = self.pending
         t0 = time.perf_counter()
         while not self.closing:
-            if len(pending) >= limits.inflight_per_connection_max:
+            if len(pending) >= limits.inflight_per_connection_max and (
+                    not hub.behind or len(pending) >= 2 * limits.inflight_per_connection_max):
+                # While the hub is behind, read on past the bound (up to twice it) and refuse
+                # what is read at once, rather than leave the client waiting on TCP's backpressure.
                 self._pause_reading("inflight")
                 break
             if self.held_bytes >= limits.reply_bytes_per_connection_max:
