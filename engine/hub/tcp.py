@@ -156,17 +156,18 @@ class FramedConnection(asyncio.Protocol):
             pending.append(item)
             self.held_bytes += n
             if not hub.submit(item):
-                self._shed(queued_too=not hub.stopping)
+                self._shed(queued_too=hub.behind and not hub.stopping)
         if off:
             del buf[:off]
             self.partial_since_s = self.last_read_s  # what is left began in the last read
         self._account()
 
     def _shed(self, queued_too: bool) -> None:
-        """E_BUSY for the request just refused and, when the hub is overloaded (`queued_too`), for
-        this connection's requests still in the queue: replies keep request order, so the refusal
-        leaves once the batch already at work on this connection is released, not after every
-        queued one (engine.hub.hub). At shutdown what was admitted is still answered."""
+        """E_BUSY for the request just refused and, when the hub is behind (`queued_too`), for this
+        connection's requests still in the queue: replies keep request order, so the refusal leaves
+        once the batch already at work on this connection is released, not after every queued one
+        (engine.hub.hub). A refusal because the queue is full but young (a burst), or at shutdown,
+        refuses the new request only: what was admitted then is answered soon, or still answered."""
         hub = self.hub
         encode = MSGPACK.encoder.encode
         first = True
