@@ -20,14 +20,18 @@ thread-safe: every engine call happens on the event-loop thread.
 Backpressure, each with a named bound (engine.hub.limits.Limits):
 - `queue_max`: requests admitted but not yet in a batch. A request that finds the
   queue full is answered `E_BUSY` at once and never reaches the engine.
-- `queue_wait_ms_max`: admission is decided when a request is read. If the oldest
-  queued request has waited longer than this, the hub is behind and the new one
-  gets `E_BUSY`. Replies keep request order on a connection (section 7), so a
-  refusal could only leave after the replies of that connection's earlier
-  requests; the connection therefore refuses its requests still waiting in the
-  queue as well (`FramedConnection._shed`): nothing of them was started, and the
-  refusal leaves as soon as the batch already at work on that connection is
-  released. The batcher skips what was refused.
+- `queue_wait_ms_max`: admission is decided when a request is read. A request
+  that finds the queue's head older than this gets `E_BUSY`. The hub is also
+  `behind` when the oldest request of the last batch released was read longer
+  ago than this (queue, compute and commit): then a TCP connection at its
+  in-flight bound reads on, up to twice it, and refuses what it reads, instead
+  of leaving its client's excess waiting unseen in TCP buffers. Replies keep request
+  order on a connection (section 7), so a refusal could only leave after the
+  replies of that connection's earlier requests; while the hub is behind, the
+  connection therefore refuses its requests still waiting in the queue as well
+  (`FramedConnection._shed`): nothing of them was started, and the refusal leaves
+  as soon as the batch already at work on that connection is released. The
+  batcher skips what was refused.
 - `inflight_per_connection_max`: replies a TCP connection still owes. At the bound
   the server stops reading that socket (TCP flow control pushes back on the
   client); it resumes when replies go out.
@@ -211,10 +215,12 @@ class Hub:
                                partial_bytes=lambda: self.partial_bytes,
                                held_bytes=lambda: sum(getattr(c, "held_bytes", 0) for c in self.connections))
         self._wait_s = limits.queue_wait_ms_max / 1000.0
-        # The hub is behind: the last batch began with a request that had waited more than
-        # queue_wait_ms_max since it was read, or the queue's head has. Set per batch and at
-        # admission; cleared by a batch that began in time, or when the queue is empty.
+        # The hub is behind: the last batch released held a request read more than
+        # queue_wait_ms_max before, or the queue's head has waited that long. Set at each release
+        # and at admission. While behind, a TCP connection at its in-flight bound reads on and
+        # what it reads is refused (engine.hub.tcp); the queue's own age refuses every request.
         self.behind = False
+        self.batches_inflight = 0  # computed, not yet released
         self._sweeper: asyncio.Task | None = None
         self._writer = writer or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
         self._wake: asyncio.Event | None = None
@@ -254,13 +260,16 @@ class Hub:
 
     # ------------------------------------------------------------ admission
 
-    def submit(self, item: Admitted) -> bool:
-        """Queue a request; False when it must be answered E_BUSY (full, behind by more than
-        queue_wait_ms_max, draining or failed). `item.t0` is when it was read."""
+    def submit(self, item: Admitted, over_bound: bool = False) -> bool:
+        """Queue a request; False when it must be answered E_BUSY: the queue full, its head older
+        than queue_wait_ms_max, draining or failed; or, for a request read beyond its connection's
+        in-flight bound (`over_bound`), the hub behind. `item.t0` is when it was read."""
         q = self.queue
         if q and item.t0 - q[0].t0 > self._wait_s:
             self.behind = True
-        if len(q) >= self.limits.queue_max or self.behind or self.stopping or self.failed is not None:
+            over_bound = True
+        if (len(q) >= self.limits.queue_max or (over_bound and self.behind) or self.stopping
+                or self.failed is not None):
             self.busy_count += 1
             self.metrics.busy.labels("tcp" if item.conn is not None else "http").inc()
             if self.observer is not None:
@@ -287,7 +296,6 @@ class Hub:
         try:
             while self.failed is None:
                 if not self.queue:
-                    self.behind = False
                     if self.stopping:
                         break
                     await self._gather()
@@ -331,7 +339,6 @@ class Hub:
         clock = None if self._inf_time else now_text()
         reqs = [Request(it.body, it.codec, clock) for it in items]
         t0 = time.perf_counter()
-        self.behind = t0 - items[0].t0 > self._wait_s
         try:
             replies = self.engine.handle_batch(reqs)
             assert len(replies) == len(items)
@@ -358,6 +365,7 @@ class Hub:
                 c.held_bytes += len(enc) - len(it.body)
                 it.body = b""
                 replies[i] = None
+        self.batches_inflight += 1
         task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
         if self.manual_gc:
             t1 = time.perf_counter()
@@ -381,11 +389,13 @@ class Hub:
                 self._abandon(items)  # an earlier batch failed: this one's state was built on it
                 return
             self.batches += 1
+            self.behind = time.perf_counter() - items[0].t0 > self._wait_s  # the batch's oldest, read to release
             self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
             self._release(items, replies)
             if self.observer is not None:
                 self.observer("batch", len(items))
         finally:
+            self.batches_inflight -= 1
             self._slots.release()
 
     def _write(self, prepared) -> float:

@@ -20,9 +20,11 @@ docs/server.md, "Bounds and what a misbehaving client gets"):
   nothing read for `idle_timeout_s` is closed, and so is one whose unread replies
   make no progress for as long ("stalled").
 - Admission is decided when a frame is read (engine.hub.hub, `queue_wait_ms_max`).
-  A refused request's E_BUSY keeps its place in the order of replies; the
-  connection's requests still waiting in the queue are refused with it (`_shed`),
-  so the refusal waits only for the batch already at work on this connection.
+  A refused request's E_BUSY keeps its place in the order of replies; while the
+  hub is behind, the connection's requests still waiting in the queue are refused
+  with it (`_shed`), so the refusal waits only for the batch already at work on
+  this connection, and a connection at its in-flight bound reads on (up to twice
+  it) to refuse what it reads, rather than leave its client waiting on TCP.
 """
 from __future__ import annotations
 
@@ -133,8 +135,9 @@ class FramedConnection(asyncio.Protocol):
         pending = self.pending
         t0 = time.perf_counter()
         while not self.closing:
-            if len(pending) >= limits.inflight_per_connection_max and (
-                    not hub.behind or len(pending) >= 2 * limits.inflight_per_connection_max):
+            over_bound = len(pending) >= limits.inflight_per_connection_max
+            if over_bound and (not (hub.behind and hub.batches_inflight)
+                               or len(pending) >= 2 * limits.inflight_per_connection_max):
                 # While the hub is behind, read on past the bound (up to twice it) and refuse
                 # what is read at once, rather than leave the client waiting on TCP's backpressure.
                 self._pause_reading("inflight")
@@ -155,7 +158,7 @@ class FramedConnection(asyncio.Protocol):
             off = end
             pending.append(item)
             self.held_bytes += n
-            if not hub.submit(item):
+            if not hub.submit(item, over_bound):
                 self._shed(queued_too=hub.behind and not hub.stopping)
         if off:
             del buf[:off]
