@@ -94,7 +94,7 @@ def counter(srv: ServerThread, metric, *labels) -> float:
 
 
 def flood_until_refused(s: socket.socket, data: bytes) -> int:
-    """Send `data` until the server stops reading (2 s without room); the bytes sent."""
+    """Send `data` until the server stops reading (2 s without room) or closes; the bytes sent."""
     s.setblocking(False)
     sent = 0
     while sent < len(data):
@@ -105,6 +105,8 @@ def flood_until_refused(s: socket.socket, data: bytes) -> int:
             sent += s.send(data[sent:sent + 65536])
         except BlockingIOError:
             pass
+        except (ConnectionResetError, BrokenPipeError):
+            break  # closed by the server meanwhile
     return sent
 
 
@@ -245,6 +247,25 @@ def test_idle_connections_and_one_address_cannot_hold_the_slots(vector_world, lo
             assert c.call(UNSUPPORTED)["err_code"] == "E_UNSUPPORTED"
         for s in idle:
             s.close()
+
+
+def test_a_client_that_stops_taking_its_replies_is_closed(vector_world, vectors, loop_kind):
+    """A client that sends and never reads holds its slot only until idle_timeout_s passes with
+    nothing read from it and nothing of its replies taken ("stalled")."""
+    reqs, exp = vectors
+    pre = next(e for e, x in zip(reqs, exp) if e.get("infno") == "2206" and x.get("infcode") == 0)
+    limits = Limits(idle_timeout_s=1.0, write_buffer_bytes_max=64 * 1024)
+    with ServerThread(memory_store(vector_world), limits, loop_kind=loop_kind, http=False) as srv:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.connect(srv.tcp)
+        one = encode_frame(pre)
+        flood_until_refused(s, one * (16 * 2**20 // len(one)))
+        wait_until(lambda: counter(srv, srv.hub.metrics.closed, "tcp", "stalled") == 1, "the stalled close")
+        wait_until(lambda: srv.call_in_loop(lambda: len(srv.hub.connections)) == 0, "the slot given back")
+        with srv.client() as c:
+            assert c.call(UNSUPPORTED)["err_code"] == "E_UNSUPPORTED"
+        s.close()
 
 
 def test_a_frame_that_never_completes_is_closed(vector_world, vectors, loop_kind):
