@@ -19,6 +19,8 @@ from engine.contract.protocol import E_BUSY, E_LIMIT, SETLINFO_MONEY
 from engine.contract.wire import JSON, Codec, Reply
 from engine.core.reconcile import REPLY_MONEY_KEYS
 from engine.hub.hub import Admitted, FailStop, Hub, server_reply
+from engine.hub.limits import PARTIAL_FREE_BYTES
+
 
 HTTP_PATH = "/fsi/api/rsfComIfsService/callService"
 
@@ -85,47 +87,100 @@ def _json(reply: Reply, status: int, headers: dict | None = None) -> web.Respons
 # ---------------------------------------------------------------- the gateway
 
 class Gateway:
-    """The HTTP face of one hub; `app()` is its aiohttp application."""
+    """The HTTP face of one hub; `app()` is its aiohttp application.
+
+    A body is read first, in chunks, under `http_body_deadline_s` (beyond it: 408, E_LIMIT,
+    and the connection closes) and counted in the hub's `partial_bytes` while it is read
+    (`partial_frame_bytes_total_max`: a request holding more than PARTIAL_FREE_BYTES when the
+    sum passes it gets 503 E_BUSY and its connection closes). Only then does it take one of
+    the `http_requests_max` slots, so slow bodies never keep fast requests out.
+    """
 
     def __init__(self, hub: Hub):
         self.hub = hub
-        self.in_progress = 0  # requests being read or waiting for their reply (bounded: http_requests_max)
+        self.in_progress = 0  # requests whose body is read, waiting for their reply (bounded: http_requests_max)
 
     def app(self) -> web.Application:
-        # aiohttp refuses bodies above client_max_size with HTTPRequestEntityTooLarge on read().
+        # The body is read by _read_body, which enforces http_body_bytes_max itself; aiohttp's
+        # own client_max_size applies to read()/post(), which the gateway does not use.
         app = web.Application(client_max_size=self.hub.limits.http_body_bytes_max)
         app.router.add_post(HTTP_PATH, self.call_service)
         return app
 
     async def call_service(self, request: web.Request) -> web.Response:
         hub = self.hub
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        t0 = time.perf_counter()  # the last byte read (yidi_request_latency_seconds; queue_wait_ms_max)
         if self.in_progress >= hub.limits.http_requests_max:
             hub.metrics.busy.labels("http").inc()
             hub.metrics.requests.labels("http", "unread", E_BUSY).inc()
             return _json(server_reply(E_BUSY, "", "too many HTTP requests in progress"), 503, {"Retry-After": "1"})
         self.in_progress += 1
         try:
-            return await self._call(request)
+            fut = asyncio.get_running_loop().create_future()
+            item = Admitted(body, JSON, None, fut, t0)
+            if not hub.submit(item):
+                return _json(hub.busy_reply(item), 503, {"Retry-After": "1"})
+            try:
+                reply = await asyncio.shield(fut)
+            except FailStop:
+                raise web.HTTPServiceUnavailable(text="fail-stop")
+            return _json(reply, 200)
         finally:
             self.in_progress -= 1
 
-    async def _call(self, request: web.Request) -> web.Response:
-        t0 = time.perf_counter()
+    async def _read_body(self, request: web.Request) -> bytes | web.Response:
+        """The whole body, or the refusal to answer with (413, 408, 503); a refusal closes the connection
+        when the body was not read to its end."""
         hub = self.hub
-        limit = hub.limits.http_body_bytes_max
+        limits = hub.limits
+        limit = limits.http_body_bytes_max
         if request.content_length is not None and request.content_length > limit:
-            return _json(server_reply(E_LIMIT, "", f"body of {request.content_length} bytes, more than {limit}"),
-                         413)
+            return _closing(_json(server_reply(E_LIMIT, "", f"body of {request.content_length} bytes, "
+                                              f"more than {limit}"), 413))
+        chunks: list[bytes] = []
+        n = 0
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _json(server_reply(E_LIMIT, "", f"body of more than {limit} bytes"), 413)
-        fut = asyncio.get_running_loop().create_future()
-        item = Admitted(body, JSON, None, fut, t0)
-        if not hub.submit(item):
-            return _json(hub.busy_reply(item), 503, {"Retry-After": "1"})
-        try:
-            reply = await asyncio.shield(fut)
-        except FailStop:
-            raise web.HTTPServiceUnavailable(text="fail-stop")
-        return _json(reply, 200)
+            async with asyncio.timeout(limits.http_body_deadline_s):
+                content = request.content
+                while True:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    n += len(chunk)
+                    if n > limit:
+                        return _closing(_json(server_reply(E_LIMIT, "", f"body of more than {limit} bytes"), 413))
+                    chunks.append(chunk)
+                    hub.partial_bytes += len(chunk)
+                    if n > PARTIAL_FREE_BYTES and hub.partial_bytes > limits.partial_frame_bytes_total_max:
+                        hub.metrics.busy.labels("http").inc()
+                        hub.metrics.closed.labels("http", "partial_frame_bytes").inc()
+                        return await _close_now(request, _json(server_reply(
+                            E_BUSY, "", "the hub holds too many partial bodies: retry later"), 503, {"Retry-After": "1"}))
+        except TimeoutError:
+            hub.metrics.closed.labels("http", "body_deadline").inc()
+            return await _close_now(request, _json(server_reply(
+                E_LIMIT, "", f"a body not whole within {limits.http_body_deadline_s:g} s"), 408))
+        finally:
+            hub.partial_bytes -= sum(len(c) for c in chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _close_now(request: web.Request, resp: web.Response) -> web.Response:
+    """Answer, then close the connection at once: the client is slow or holds too much, so the
+    rest of its body is not waited for (aiohttp would read it for up to its lingering time)."""
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()  # closes the transport once what was written has been sent
+    return resp
+
+
+def _closing(resp: web.Response) -> web.Response:
+    """A response after which the connection closes. aiohttp first reads and discards what is left of
+    the body for at most its lingering time (10 s), holding nothing of it, so that closing with
+    unread bytes does not reset the connection before the client has read the response."""
+    resp.force_close()
+    return resp

@@ -20,13 +20,33 @@ thread-safe: every engine call happens on the event-loop thread.
 Backpressure, each with a named bound (engine.hub.limits.Limits):
 - `queue_max`: requests admitted but not yet in a batch. A request that finds the
   queue full is answered `E_BUSY` at once and never reaches the engine.
+- `queue_wait_ms_max`: admission is decided when a request is read. A request
+  that finds the queue's head older than this gets `E_BUSY`. The hub is also
+  `behind` when the oldest request of the last batch released was read longer
+  ago than this (queue, compute and commit): then a TCP connection at its
+  in-flight bound reads on, up to twice it, and refuses what it reads, instead
+  of leaving its client's excess waiting unseen in TCP buffers. Replies keep request
+  order on a connection (section 7), so a refusal could only leave after the
+  replies of that connection's earlier requests; while the hub is behind, the
+  connection therefore refuses its requests still waiting in the queue as well
+  (`FramedConnection._shed`): nothing of them was started, and the refusal leaves
+  as soon as the batch already at work on that connection is released. The
+  batcher skips what was refused.
 - `inflight_per_connection_max`: replies a TCP connection still owes. At the bound
   the server stops reading that socket (TCP flow control pushes back on the
   client); it resumes when replies go out.
 - `write_buffer_bytes_max`: a client that does not read its replies fills the
   transport's buffer; above the bound the server stops reading that socket, so a
   slow reader holds at most its in-flight replies in memory.
+- `reply_bytes_per_connection_max`: request bodies read and replies encoded that a
+  TCP connection holds before its socket takes them; at the bound the server stops
+  reading it, until it is below half.
 - `frame_bytes_max`: a larger length gets `E_LIMIT` and the connection closes.
+- `partial_frame_bytes_total_max`: bytes of frames and HTTP bodies not yet whole,
+  over every connection (`Hub.partial_bytes`); see engine.hub.tcp.
+- `idle_timeout_s`, `frame_deadline_s`, `http_body_deadline_s`,
+  `tcp_connections_per_address_max`: what keeps a slot from being held forever;
+  `Hub._sweep` checks the deadlines of every connection a few times a second.
 - `connections_max`: a connection beyond it gets one `E_BUSY` frame and is closed.
 - `http_requests_max`: HTTP requests in progress (their bodies are read before
   admission, so they need a bound of their own); beyond it, `E_BUSY` with 503.
@@ -100,11 +120,16 @@ def _check_store(store: object) -> None:
 class Connection(Protocol):
     """What the hub needs of a transport connection (engine.hub.tcp.FramedConnection is one)."""
 
+    held_bytes: int  # request bodies and encoded replies held for it (reply_bytes_per_connection_max)
+
     def flush(self) -> None:
         """Send the replies released so far, in request order."""
 
     def abort(self) -> None:
         """After a fail-stop: close at once, without the replies owed."""
+
+    def sweep(self, now_s: float) -> None:
+        """A few times a second: close the connection if one of its deadlines has passed."""
 
 
 # ---------------------------------------------------------------- admitted requests and server replies
@@ -181,9 +206,22 @@ class Hub:
         self.failed: BaseException | None = None
         self.busy_count = 0
         self.batches = 0
+        # Bytes read and not yet whole frames or bodies, over every connection (partial_frame_bytes_total_max).
+        self.partial_bytes = 0
+        self.per_address: collections.Counter[str] = collections.Counter()  # open TCP connections by client address
         self.metrics = Metrics(store, queue_depth=lambda: len(self.queue),
                                connections=lambda: len(self.connections),
-                               up=lambda: 0 if (self.failed is not None or self.stopping) else 1)
+                               up=lambda: 0 if (self.failed is not None or self.stopping) else 1,
+                               partial_bytes=lambda: self.partial_bytes,
+                               held_bytes=lambda: sum(getattr(c, "held_bytes", 0) for c in self.connections))
+        self._wait_s = limits.queue_wait_ms_max / 1000.0
+        # The hub is behind: the last batch released held a request read more than
+        # queue_wait_ms_max before, or the queue's head has waited that long. Set at each release
+        # and at admission. While behind, a TCP connection at its in-flight bound reads on and
+        # what it reads is refused (engine.hub.tcp); the queue's own age refuses every request.
+        self.behind = False
+        self.batches_inflight = 0  # computed, not yet released
+        self._sweeper: asyncio.Task | None = None
         self._writer = writer or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="yidi-commit")
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -207,12 +245,31 @@ class Hub:
     def start(self) -> None:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="yidi-batcher")
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="yidi-sweeper")
+
+    async def _sweep(self) -> None:
+        """Check every connection's deadlines (idle, frame) a few times within the shortest of them:
+        per connection and per tick, never per request."""
+        limits = self.limits
+        interval_s = min(1.0, max(0.05, min(limits.idle_timeout_s, limits.frame_deadline_s) / 4))
+        while True:
+            await asyncio.sleep(interval_s)
+            now_s = time.monotonic()
+            for c in list(self.connections):
+                c.sweep(now_s)
 
     # ------------------------------------------------------------ admission
 
-    def submit(self, item: Admitted) -> bool:
-        """Queue a request; False when it must be answered E_BUSY (full, draining or failed)."""
-        if len(self.queue) >= self.limits.queue_max or self.stopping or self.failed is not None:
+    def submit(self, item: Admitted, over_bound: bool = False) -> bool:
+        """Queue a request; False when it must be answered E_BUSY: the queue full, its head older
+        than queue_wait_ms_max, draining or failed; or, for a request read beyond its connection's
+        in-flight bound (`over_bound`), the hub behind. `item.t0` is when it was read."""
+        q = self.queue
+        if q and item.t0 - q[0].t0 > self._wait_s:
+            self.behind = True
+            over_bound = True
+        if (len(q) >= self.limits.queue_max or (over_bound and self.behind) or self.stopping
+                or self.failed is not None):
             self.busy_count += 1
             self.metrics.busy.labels("tcp" if item.conn is not None else "http").inc()
             if self.observer is not None:
@@ -244,10 +301,20 @@ class Hub:
                     await self._gather()
                     continue
                 await self._slots.acquire()  # at most commits_inflight_max batches ahead of the disk
+                # Let the releases whose writes have returned run before the next batch holds the
+                # loop: their replies (and the E_BUSY refusals queued behind them) leave now.
+                await asyncio.sleep(0)
                 if self.failed is not None:
                     break
-                n = min(len(self.queue), limits.batch_max)
-                items = [self.queue.popleft() for _ in range(n)]
+                items = []
+                q = self.queue
+                while q and len(items) < limits.batch_max:
+                    it = q.popleft()
+                    if it.frame is None:  # else refused while it waited (FramedConnection._shed)
+                        items.append(it)
+                if not items:
+                    self._slots.release()
+                    continue
                 prev = self._batch(items, prev)
         finally:
             if prev is not None:
@@ -285,13 +352,20 @@ class Hub:
         write = loop.run_in_executor(self._writer, self._write, prepared)
         # Encode while the writer thread waits on the disk.
         counts: collections.Counter = collections.Counter()
-        for it, rep, req in zip(items, replies, reqs):
+        for i, (it, rep, req) in enumerate(zip(items, replies, reqs)):
             infno = infno_label(req.infno)  # read by the engine: no second decode
-            counts[("tcp" if it.conn is not None else "http", infno, rep.err_code or "")] += 1
-            if it.conn is not None:
+            c = it.conn
+            counts[("tcp" if c is not None else "http", infno, rep.err_code or "")] += 1
+            if c is not None:
                 # Not it.frame yet: another batch's release flushes this connection,
                 # and must not send a reply whose batch is still being written.
-                it.encoded = frame(MSGPACK.encoder.encode(rep))
+                it.encoded = enc = frame(MSGPACK.encoder.encode(rep))
+                # The connection now holds the reply instead of the body
+                # (reply_bytes_per_connection_max); the reply's objects go now, not at release.
+                c.held_bytes += len(enc) - len(it.body)
+                it.body = b""
+                replies[i] = None
+        self.batches_inflight += 1
         task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
         if self.manual_gc:
             t1 = time.perf_counter()
@@ -315,11 +389,13 @@ class Hub:
                 self._abandon(items)  # an earlier batch failed: this one's state was built on it
                 return
             self.batches += 1
+            self.behind = time.perf_counter() - items[0].t0 > self._wait_s  # the batch's oldest, read to release
             self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
             self._release(items, replies)
             if self.observer is not None:
                 self.observer("batch", len(items))
         finally:
+            self.batches_inflight -= 1
             self._slots.release()
 
     def _write(self, prepared) -> float:
@@ -374,6 +450,8 @@ class Hub:
 
     async def close(self) -> None:
         """Close the store on the writer thread, after every commit."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.failed is None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
         self._writer.shutdown(wait=self.failed is None)

@@ -16,7 +16,8 @@ class Metrics:
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
     def __init__(self, store, *, queue_depth: Callable[[], int], connections: Callable[[], int],
-                 up: Callable[[], int]):
+                 up: Callable[[], int], partial_bytes: Callable[[], int] = lambda: 0,
+                 held_bytes: Callable[[], int] = lambda: 0):
         """`store` is the hub's DurableStore (engine.hub.hub); the callables read the hub when scraped."""
         self.registry = r = CollectorRegistry()
         self.requests = Counter("yidi_requests", "Requests answered, by transport, infno and err_code "
@@ -32,6 +33,19 @@ class Metrics:
         self.changes = Counter("yidi_committed", "Settlements and reversals made durable", ["kind"], registry=r)
         self.busy = Counter("yidi_busy", "Requests refused with E_BUSY before reaching the engine",
                             ["transport"], registry=r)
+        self.busy_reply_s = Histogram("yidi_busy_reply_seconds", "From an E_BUSY request's frame read to "
+                                      "its reply handed to the socket (framed TCP)", buckets=self.LATENCY_BUCKETS_S,
+                                      registry=r)
+        self.closed = Counter("yidi_connections_closed", "Connections refused or closed by a bound of the hub "
+                              "(docs/server.md, \"Bounds and what a misbehaving client gets\")",
+                              ["transport", "reason"], registry=r)
+        self.paused = Counter("yidi_reads_paused", "Times a TCP connection stopped being read, by the bound "
+                              "that stopped it", ["reason"], registry=r)
+        Gauge("yidi_partial_frame_bytes", "Bytes read and not yet cut into whole frames or bodies, over every "
+              "connection (bounded: partial_frame_bytes_total_max)", registry=r).set_function(partial_bytes)
+        Gauge("yidi_held_reply_bytes", "Request bodies and encoded replies TCP connections hold before their "
+              "sockets take them (bounded per connection: reply_bytes_per_connection_max)",
+              registry=r).set_function(held_bytes)
         Gauge("yidi_queue_depth", "Requests admitted, waiting for a batch", registry=r).set_function(queue_depth)
         Gauge("yidi_tcp_connections", "Open framed TCP connections", registry=r).set_function(connections)
         Gauge("yidi_up", "1 while the hub answers, 0 after a fail-stop or while draining",
