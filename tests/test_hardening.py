@@ -426,11 +426,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine/store/seed.py, note_world_changes: COMMIT fails with 'database or disk is full', SQLite has "
-    "already rolled the transaction back, and the ROLLBACK of the except clause raises 'cannot rollback - "
-    "no transaction is active', which replaces the cause; the disk being full is only in the chained "
-    "traceback (engine/store, not the hub's to change)"))
 def test_a_full_disk_fail_stops_and_the_restart_says_the_disk_is_full(small_disk, vectors):
     reqs, exp = vectors
     data = str(small_disk / "data")

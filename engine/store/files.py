@@ -100,7 +100,24 @@ def writer_setup(conn: sqlite3.Connection, path: str, new: bool) -> None:
         assert conn.execute(f"PRAGMA {schema}.synchronous").fetchall()[0][0] == 2  # FULL
 
 
+# SQLite errors that say nothing about the file's content: the store is refused
+# by its real cause, not called damaged.
+_NOT_DAMAGE = {
+    sqlite3.SQLITE_FULL: "no space left on the device that holds it; free some and start again (the store "
+                         "itself is not damaged)",
+    sqlite3.SQLITE_IOERR: "the device returned an I/O error",
+    sqlite3.SQLITE_READONLY: "it cannot be written (a read-only file or file system)",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_CANTOPEN: "it cannot be opened (permissions, or a missing folder)",
+}
+
+
 def refuse_sqlite(path: str, e: Exception) -> StoreRefused:
+    """The refusal for an SQLite error met while opening: its cause when the file is not at fault."""
+    code = getattr(e, "sqlite_errorcode", None)
+    cause = _NOT_DAMAGE.get(code & 0xFF) if isinstance(code, int) else None
+    if cause is not None:
+        return StoreRefused(f"{path}: {cause} ({e})")
     return StoreRefused(f"{path}: damaged or not a yidi store ({e}); refusing to open or reset it")
 
 

@@ -28,6 +28,7 @@ from engine.store.schema import (
     KEYS_SCHEMA, PERSON_ACC, READ_CHUNK_ROWS, SCHEMA, SCHEMA_VERSION, STORE_FORMAT, schema_statements,
 )
 from engine.world.loader import DAY_OPEN, World
+from engine.store.files import db_path, refuse_sqlite
 
 log = logging.getLogger("yidi.store")
 
@@ -82,8 +83,12 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
         )
         w.execute("INSERT INTO fold_state VALUES (1, 0, ?)", (store_id,))
         w.execute("COMMIT")
-    except BaseException:
-        w.execute("ROLLBACK")
+    except BaseException as e:
+        # A failed COMMIT (a full disk) may already have rolled back by itself.
+        if w.in_transaction:
+            w.execute("ROLLBACK")
+        if isinstance(e, sqlite3.Error):
+            raise refuse_sqlite(db_path(data_dir), e) from None
         raise
     w.execute("BEGIN IMMEDIATE")
     try:
@@ -103,8 +108,12 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "seeded"))
         w.execute("COMMIT")
-    except BaseException:
-        w.execute("ROLLBACK")
+    except BaseException as e:
+        # A failed COMMIT (a full disk) may already have rolled back by itself.
+        if w.in_transaction:
+            w.execute("ROLLBACK")
+        if isinstance(e, sqlite3.Error):
+            raise refuse_sqlite(db_path(data_dir), e) from None
         raise
     log.info("seeded %d persons, %d chronic qualifications, %d filings",
              n, len(world.chr_dise), len(world.fil_type))
@@ -154,8 +163,12 @@ def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "; ".join(notes) or "unchanged"))
         w.execute("COMMIT")
-    except BaseException:
-        w.execute("ROLLBACK")
+    except BaseException as e:
+        # A failed COMMIT (a full disk) may already have rolled back by itself.
+        if w.in_transaction:
+            w.execute("ROLLBACK")
+        if isinstance(e, sqlite3.Error):
+            raise refuse_sqlite(db_path(data_dir), e) from None
         raise
 
 
