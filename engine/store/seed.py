@@ -10,6 +10,7 @@ every start, and what changed since the last start is logged (logger
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -28,7 +29,7 @@ from engine.store.schema import (
     KEYS_SCHEMA, PERSON_ACC, READ_CHUNK_ROWS, SCHEMA, SCHEMA_VERSION, STORE_FORMAT, schema_statements,
 )
 from engine.world.loader import DAY_OPEN, World
-from engine.store.files import db_path, refuse_sqlite
+from engine.store.files import refuse_sqlite
 
 log = logging.getLogger("yidi.store")
 
@@ -39,6 +40,23 @@ WORLD_FILES = (
 # The files that seed the store once; the others are reloaded at every start.
 SEED_FILES = ("persons.csv", "chronic.csv", "filings.csv")
 
+
+
+@contextlib.contextmanager
+def _transaction(w: sqlite3.Connection):
+    """One write transaction of the seed or of a start; an SQLite error in it is refused by its cause."""
+    w.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        w.execute("COMMIT")
+    except BaseException as e:
+        # A failed COMMIT (a full disk) may already have rolled back by itself.
+        if w.in_transaction:
+            w.execute("ROLLBACK")
+        if isinstance(e, sqlite3.Error):
+            main = next((row[2] for row in w.execute("PRAGMA database_list") if row[1] == "main"), "the store")
+            raise refuse_sqlite(main, e) from None
+        raise
 
 def _sha256(path: str) -> str:
     try:
@@ -65,8 +83,7 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
     store_id = uuid.uuid4().hex
     # The keyed file first, then the main one, each in one transaction: a main file with
     # tables means a whole seed (a keyed file left alone is removed at the next open).
-    w.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(w):
         # Statement by statement: executescript would commit the open transaction.
         for stmt in schema_statements(KEYS_SCHEMA):
             w.execute(stmt.replace("CREATE TABLE ", "CREATE TABLE keys.", 1))
@@ -82,16 +99,7 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
              for k, (p, d) in enumerate(zip(world.chr_psn.tolist(), world.chr_dise))),
         )
         w.execute("INSERT INTO fold_state VALUES (1, 0, ?)", (store_id,))
-        w.execute("COMMIT")
-    except BaseException as e:
-        # A failed COMMIT (a full disk) may already have rolled back by itself.
-        if w.in_transaction:
-            w.execute("ROLLBACK")
-        if isinstance(e, sqlite3.Error):
-            raise refuse_sqlite(db_path(data_dir), e) from None
-        raise
-    w.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(w):
         for stmt in schema_statements(SCHEMA):
             w.execute(stmt)
         begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
@@ -107,14 +115,6 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
         w.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "seeded"))
-        w.execute("COMMIT")
-    except BaseException as e:
-        # A failed COMMIT (a full disk) may already have rolled back by itself.
-        if w.in_transaction:
-            w.execute("ROLLBACK")
-        if isinstance(e, sqlite3.Error):
-            raise refuse_sqlite(db_path(data_dir), e) from None
-        raise
     log.info("seeded %d persons, %d chronic qualifications, %d filings",
              n, len(world.chr_dise), len(world.fil_type))
 
@@ -157,19 +157,10 @@ def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world
     # The seed files keep the fingerprint of the seed: a warning at each start until they match again.
     for f in SEED_FILES:
         new[f"sha256:{f}"] = old.get(f"sha256:{f}", "")
-    w.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(w):
         w.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", new.items())
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "; ".join(notes) or "unchanged"))
-        w.execute("COMMIT")
-    except BaseException as e:
-        # A failed COMMIT (a full disk) may already have rolled back by itself.
-        if w.in_transaction:
-            w.execute("ROLLBACK")
-        if isinstance(e, sqlite3.Error):
-            raise refuse_sqlite(db_path(data_dir), e) from None
-        raise
 
 
 def restore_world(w: sqlite3.Connection, world: World) -> tuple[World, list[int]]:
