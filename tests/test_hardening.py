@@ -470,3 +470,18 @@ def test_a_full_disk_fail_stops_and_the_restart_says_the_disk_is_full(small_disk
     assert restart() == (True, "")  # the store was neither damaged nor foreign: with room, it opens
     last = err.strip().splitlines()[-1]
     assert "full" in last or "No space" in last, err[-3000:]
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_the_hubs_peek_reads_a_deep_body_as_invalid(codec):
+    # The hub peeks at a body's infno and msgid for its metrics and its busy replies;
+    # a body nested past the envelope's bound must not make the decoder recurse.
+    from engine.contract.wire import JSON, MSGPACK
+    from engine.hub.hub import _peek
+
+    levels = 100_000
+    if codec == "json":
+        body, c = b'{"infno":"2207","x":' + b"[" * levels + b"]" * levels + b"}", JSON
+    else:
+        body, c = b"\x82\xa5infno\xa42207\xa1x" + b"\x91" * levels + b"\xc0", MSGPACK
+    assert _peek(body, c) == ("invalid", "")

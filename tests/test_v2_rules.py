@@ -171,3 +171,18 @@ def test_a_bug_in_one_requests_checks_answers_it_and_spares_the_others(caplog):
     # The engine goes on: the same request, once the bug is gone, settles.
     engine.psn_index = engine.psn_index.inner
     assert engine.handle_batch([Request(msgspec.json.encode(boom))])[0].err_code is None
+
+
+def test_a_bug_past_a_reversals_commit_point_stops_the_engine_instead_of_refusing():
+    # A refusal promises nothing changed; a reversal that met a bug after it moved the
+    # balance cannot keep that promise, so the engine raises (the hub fails stop).
+    engine = Engine(load_world_data(MINI_WORLD), clock="inf_time")
+    engine.handle_batch([Request(msgspec.json.encode(_op("m1", "v1", "2026-03-02")))])
+    engine.take_changes()
+
+    def sink(change):
+        raise RuntimeError("a bug in the change sink")
+
+    engine.on_change = sink
+    with pytest.raises(RuntimeError, match="change sink"):
+        engine.handle_batch([Request(msgspec.json.encode(_rev("m2", "Sm1", "v1", "2026-03-02")))])

@@ -141,6 +141,9 @@ class Engine:
         self.on_change = h.on_change  # called with each Change as it is made
         self.changes: list[Change] = []
         self._clock_text, self._clock_value = "", 0  # _clock_day's last answer
+        # Set while a request changes state inside its dispatch (a reversal's commit): a bug
+        # met then cannot be answered as a refusal, since something has changed.
+        self._committing = False
 
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
@@ -201,7 +204,10 @@ class Engine:
                 except Exception as e:  # noqa: BLE001  (section 7, v2: no request stops the engine)
                     # A bug met while checking one request: it is answered, logged, and the
                     # others go on. The checks change nothing before a request joins the
-                    # round or commits, so refusing it here leaves nothing half done.
+                    # round or commits; a bug past a reversal's commit point changed state,
+                    # and cannot be refused: it stops the engine (the hub fails stop).
+                    if self._committing:
+                        raise
                     log.exception("request %d (infno %r, msgid %r) failed in its checks", idx, env.infno, env.msgid)
                     replies[idx] = self._refusal(env.msgid, now, Refused(
                         E_SCHEMA, f"the hub could not check this request ({type(e).__name__}); it was logged"))
@@ -627,6 +633,7 @@ class Engine:
         if (infno in OUTPATIENT_INFNOS) != rec.outpatient or rec.mdtrt_id != d.mdtrt_id or rec.psn_no != d.psn_no:
             raise Refused(E_MISMATCH, "infno, mdtrt_id or psn_no differ from the settlement")
         st, i, a = self.state, rec.psn, rec.amounts
+        self._committing = True  # from here on the reversal changes state
         st.balc_fen[i] += a["acct_pay"]
         if int(st.acc_year[i]) == rec.year:
             if rec.kind == ACC_INPATIENT:
@@ -656,6 +663,7 @@ class Engine:
         self.recon.add(self.changes[-1])
         if self.on_change is not None:
             self.on_change(self.changes[-1])
+        self._committing = False
         return reply
 
     # ------------------------------------------------------------ 1101

@@ -70,9 +70,10 @@ from typing import Any, Callable, Protocol
 
 import msgspec
 
-from engine.contract.protocol import E_BUSY, ERR_MESSAGES, INFNOS
+from engine.contract.protocol import E_BUSY, ENVELOPE_DEPTH_MAX, ERR_MESSAGES, INFNOS
 from engine.contract.wire import MSGPACK, Codec, Reply
 from engine.core.collect import Collector
+from engine.core import kernels
 from engine.core.engine import Engine, Request, now_text
 from engine.hub.framing import frame
 from engine.hub.limits import Limits
@@ -165,9 +166,13 @@ _PEEK = {"msgpack": msgspec.msgpack.Decoder(_Peek), "json": msgspec.json.Decoder
 
 def _peek(body: bytes, codec: Codec) -> tuple[str, str]:
     """(infno label, msgid) of a body, without judging it: the engine does that."""
+    # A body nested past the envelope's bound is not decoded here either: the
+    # decoder would recurse into it (section 7, v2).
+    if kernels.nesting_depth(body, codec.is_json, ENVELOPE_DEPTH_MAX) > ENVELOPE_DEPTH_MAX:
+        return "invalid", ""
     try:
         p = _PEEK[codec.fmt].decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return "invalid", ""
     return infno_label(p.infno if isinstance(p.infno, str) else ""), p.msgid if isinstance(p.msgid, str) else ""
 
