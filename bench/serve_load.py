@@ -5,7 +5,7 @@
     python bench/serve_load.py --campaign sustained    # 60 s and 330 s: each holds one background fold
     python bench/serve_load.py --campaign all --tls    # the same, with the hub and Locust on TLS
 
-For each campaign: a synthetic world and request stream (engine.synth, cached in
+For each campaign: a synthetic world and request stream (engine.tools.synth, cached in
 --cache), a fresh data folder, `yidi serve` pinned to core 0 on the real store,
 and one Locust process pinned to core 1 (bench/locustfile.py) offering the load.
 Before and after, /metrics is read so that the figures come from both sides:

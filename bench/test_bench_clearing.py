@@ -1,6 +1,6 @@
 """Clearing benchmark: `yidi clear` of a synthetic national day kept in a store (docs/contract.md section 8).
 
-At YIDI_BENCH_SCALE=1, 130,000 requests of one day (engine.synth) on 31
+At YIDI_BENCH_SCALE=1, 130,000 requests of one day (engine.tools.synth) on 31
 provinces are replayed into a kept store (`yidi replay --data`, not timed),
 then the period is closed: the first close, then closing again, which must
 write the same bytes. Pre-payment usage is timed as the server's gauges read it

@@ -76,7 +76,7 @@ def compiled(d):
 
 
 def reference(d, n):
-    """The oracle's own code: a dict lookup and engine.reference.split_line per line."""
+    """The oracle's own code: a dict lookup and engine.reference.oracle.split_line per line."""
     w = d["w"]
     catalogue = {}
     for i, code in enumerate(w.cat_code.to_pylist()):

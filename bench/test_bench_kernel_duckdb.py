@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_bench_kernel import N_LINES, compiled, data  # noqa: E402,F401  (data: the shared fixture)
 
 duckdb = pytest.importorskip("duckdb")
-# engine.pipeline freezes the collector's objects after a world load; frozen objects are not
+# engine.core.engine freezes the collector's objects after a world load; frozen objects are not
 # collected at shutdown, and DuckDB's nanobind module then reports its own module-level
 # objects as leaked ("nanobind: leaked 27 instances!"). Unfreeze on the way out.
 atexit.register(gc.unfreeze)

@@ -2,7 +2,7 @@
 
 A mixed stream of 20,000 requests at YIDI_BENCH_SCALE=1 (85 % outpatient with
 1-30 lines, 15 % inpatient with ~60 lines median, retries, reversals, person
-queries, a few malformed) from engine.synth, on a synthetic world of 31
+queries, a few malformed) from engine.tools.synth, on a synthetic world of 31
 provinces. Both run as real `yidi replay` processes, so start-up and world
 loading count; both outputs must agree line for line.
 

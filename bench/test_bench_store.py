@@ -2,7 +2,7 @@
 
 A synthetic world (1,000,000 persons at YIDI_BENCH_SCALE=1) and a synthetic
 request stream go through the engine; the settlements and reversals of each
-batch ("mixed": outpatient, inpatient, chronic, reversals, as engine.synth
+batch ("mixed": outpatient, inpatient, chronic, reversals, as engine.tools.synth
 draws them) are committed by SqliteStore.commit (prepare: rows, LZ4, ledger;
 write: one transaction, WAL fsync with synchronous=FULL). The peer inserts the
 very rows that the store's prepare produced into plain tables of the same
@@ -18,7 +18,7 @@ commit's, counted as prepare.
 The fold (the keyed tables brought up to date, SqliteStore.fold) is measured
 apart, amortised per settlement.
 
-Garbage collection as `yidi serve` and `yidi replay` run it (engine.collect):
+Garbage collection as `yidi serve` and `yidi replay` run it (engine.core.collect):
 the automatic collector off, the young generations collected between batches
 at most once a second. The engine's garbage is collected before the commit, not
 timed; the collections due after commits are timed with them, for both peers.
@@ -62,7 +62,7 @@ def world_dir(tmp_path_factory):
 
 
 class Feed:
-    """Requests from engine.synth, handled by a store's engine until a batch holds `size` changes."""
+    """Requests from engine.tools.synth, handled by a store's engine until a batch holds `size` changes."""
 
     def __init__(self, store, world_dir: str, seed: int):
         self.store, self.world_dir, self.seed = store, world_dir, seed
@@ -184,7 +184,7 @@ def test_commit_throughput(benchmark, tmp_path, world_dir, peer, size):
             store.write(prepared)
         else:
             _raw_insert(raw, arg)
-        collector.after_batch()  # as the server collects between batches (engine.collect)
+        collector.after_batch()  # as the server collects between batches (engine.core.collect)
         timed[1] += time.perf_counter() - t0
         timed[0] += len(arg) if raw is None else len(arg.changes)
 

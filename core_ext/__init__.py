@@ -1,1 +1,1 @@
-"""Compiled kernels of yidi. Private: use engine.kernels."""
+"""Compiled kernels of yidi. Private: use engine.core.kernels."""

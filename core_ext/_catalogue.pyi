@@ -1,4 +1,4 @@
-"""Catalogue index (docs/contract.md sections 2 and 3). Private: use engine.kernels."""
+"""Catalogue index (docs/contract.md sections 2 and 3). Private: use engine.core.kernels."""
 from typing import Any
 
 import numpy as np

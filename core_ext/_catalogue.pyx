@@ -1,7 +1,7 @@
 """Catalogue index: (province, code) to the date versions of one entry.
 
 docs/contract.md sections 2 (catalogue.csv) and 3 (step 2: the entry valid on the
-line's day). Private: use engine.kernels.
+line's day). Private: use engine.core.kernels.
 
 The catalogue arrives sorted by (prov, code, begndate); the consecutive rows of
 one (prov, code) are its date versions, with disjoint date ranges. The index is

@@ -1,4 +1,4 @@
-"""Reply rendering (docs/contract.md section 7). Private: use engine.kernels."""
+"""Reply rendering (docs/contract.md section 7). Private: use engine.core.kernels."""
 import numpy as np
 import numpy.typing as npt
 

@@ -4,7 +4,7 @@ docs/contract.md section 7 (the `result` rows). A settlement of 60 lines has 720
 fields to format; building them as Python dicts costs more than everything
 else the engine does for that settlement, so the rows are written here, into
 one buffer, and spliced into the reply as msgspec.Raw. Private: use
-engine.kernels.
+engine.core.kernels.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -346,7 +346,7 @@ cdef class RowEmitter:
 def format_scaled(long long v, int places):
     """v / 10**places as text with exactly `places` decimals: format_scaled(-5, 2) == '-0.05'.
 
-    The compiled twin of engine.money.format_scaled, for the reply's hot path.
+    The compiled twin of engine.contract.money.format_scaled, for the reply's hot path.
     """
     cdef char tmp[48]
     cdef Py_ssize_t n
@@ -357,7 +357,7 @@ def format_scaled(long long v, int places):
 
 
 def format_fen(long long v):
-    """Fen as yuan with two decimals, as engine.money.format_fen."""
+    """Fen as yuan with two decimals, as engine.contract.money.format_fen."""
     cdef char tmp[48]
     cdef Py_ssize_t n = fmt_scaled(tmp, v, 2)
     return tmp[:n].decode("ascii")

@@ -1,4 +1,4 @@
-"""Fund payment (docs/contract.md section 6). Private: use engine.kernels."""
+"""Fund payment (docs/contract.md section 6). Private: use engine.core.kernels."""
 import numpy as np
 import numpy.typing as npt
 

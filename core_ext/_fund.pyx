@@ -1,6 +1,6 @@
 """Fund payment of a batch of settlements, in order, against the persons' state.
 
-docs/contract.md section 6 (with eff of section 5). Private: use engine.kernels.
+docs/contract.md section 6 (with eff of section 5). Private: use engine.core.kernels.
 
 The kernel's buffers come in four typed groups, each built by keyword and
 checked once (dtype, shape, lengths that must agree) when it is made:

@@ -1,4 +1,4 @@
-"""Fee lines to arrays (docs/contract.md sections 1 and 3). Private: use engine.kernels."""
+"""Fee lines to arrays (docs/contract.md sections 1 and 3). Private: use engine.core.kernels."""
 from typing import Any
 
 import numpy as np

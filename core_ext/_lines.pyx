@@ -1,8 +1,8 @@
 """Fee lines from decoded objects to arrays: numbers and days, exactly.
 
 docs/contract.md section 1 (numbers) and section 3 (the line's day). Private: use
-engine.kernels. Parsing agrees with engine.money.parse_scaled and
-engine.money.parse_time_day bit for bit, except that a scaled value outside
+engine.core.kernels. Parsing agrees with engine.contract.money.parse_scaled and
+engine.contract.money.parse_time_day bit for bit, except that a scaled value outside
 int64 saturates instead of growing: the line limits refuse it later.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -36,7 +36,7 @@ cdef object ATTR_SN = "feedetl_sn"
 
 cdef inline int _key_ok(object code, object sn):
     """med_list_codg a non-empty str; feedetl_sn a non-empty str or an int (not a bool)
-    that fits 64 bits, as engine.reference checks them (E_SCHEMA otherwise)."""
+    that fits 64 bits, as engine.reference.oracle checks them (E_SCHEMA otherwise)."""
     cdef int ovf = 0
     if not (isinstance(code, str) and len(<str>code) > 0):
         return 0
@@ -46,7 +46,7 @@ cdef inline int _key_ok(object code, object sn):
         PyLong_AsLongLongAndOverflow(sn, &ovf)
         return ovf == 0
     return 0
-# engine.money.parse_scaled refuses an int at or beyond 10**24 in magnitude.
+# engine.contract.money.parse_scaled refuses an int at or beyond 10**24 in magnitude.
 cdef object INT_LIMIT_POS = 10**24
 cdef object INT_LIMIT_NEG = -10**24
 
@@ -278,7 +278,7 @@ cdef class FeeBuffer:
 
 
 def parse_scaled(object value, int places) -> int:
-    """As engine.money.parse_scaled, saturated to int64; ValueError when malformed."""
+    """As engine.contract.money.parse_scaled, saturated to int64; ValueError when malformed."""
     cdef int64_t out = 0
     if not 0 <= places <= YIDI_PLACES_MAX:
         raise ValueError(f"places must be in 0..{YIDI_PLACES_MAX}")
@@ -289,7 +289,7 @@ def parse_scaled(object value, int places) -> int:
 
 
 def parse_scaled_str(str s not None, int places) -> int:
-    """As engine.money.parse_scaled for a str, saturated to int64; ValueError when malformed."""
+    """As engine.contract.money.parse_scaled for a str, saturated to int64; ValueError when malformed."""
     return parse_scaled(s, places)
 
 

@@ -1,4 +1,4 @@
-"""Line limits and split (docs/contract.md sections 1 and 3). Private: use engine.kernels."""
+"""Line limits and split (docs/contract.md sections 1 and 3). Private: use engine.core.kernels."""
 import numpy as np
 import numpy.typing as npt
 

@@ -1,7 +1,7 @@
 """Line limits and the split of each fee line against its catalogue entry.
 
 docs/contract.md section 1 (line limits, mulr, ext) and section 3 (the split).
-Private: use engine.kernels.
+Private: use engine.core.kernels.
 """
 import numpy as np
 

@@ -40,7 +40,7 @@ int yidi_parse_decimal(const unsigned char *s, Py_ssize_t n, int places, int64_t
 }
 
 /* A str or an int (not a bool) scaled by 10**places, as
-   engine.money.parse_scaled. 1 valid, 0 invalid, -1 error raised (only
+   engine.contract.money.parse_scaled. 1 valid, 0 invalid, -1 error raised (only
    from an int subclass whose comparison raises). */
 int yidi_parse_scaled_obj(PyObject *o, int places, PyObject *lim_pos,
                                  PyObject *lim_neg, int64_t *out) {
@@ -58,7 +58,7 @@ int yidi_parse_scaled_obj(PyObject *o, int places, PyObject *lim_pos,
             *out = yidi_sat64((__int128)v * yidi_pow10[places]);
             return 1;
         }
-        /* Beyond int64: refused at 10**24 as in engine.money, else saturated. */
+        /* Beyond int64: refused at 10**24 as in engine.contract.money, else saturated. */
         big = ovf > 0 ? PyObject_RichCompareBool(o, lim_pos, Py_GE)
                       : PyObject_RichCompareBool(o, lim_neg, Py_LE);
         if (big < 0) return -1;

@@ -3,8 +3,8 @@
  *
  * docs/contract.md section 1 (numbers) and section 3 (the line's day). Compiled
  * from lines_parse.c into core_ext._lines only, which declares these in
- * _lines_parse.pxd. Parsing agrees with engine.money.parse_scaled and
- * engine.money.parse_time_day bit for bit, except that a scaled value outside
+ * lines_parse.pxd. Parsing agrees with engine.contract.money.parse_scaled and
+ * engine.contract.money.parse_time_day bit for bit, except that a scaled value outside
  * int64 saturates instead of growing: the line limits refuse it later.
  */
 #ifndef YIDI_LINES_PARSE_H
@@ -16,7 +16,7 @@
 /* Hidden: the symbols stay inside the one extension that links them. */
 #define YIDI_LINES_API __attribute__ ((visibility ("hidden")))
 
-/* Bound on the characters of a decimal string, as engine.money.DIGITS_MAX. */
+/* Bound on the characters of a decimal string, as engine.contract.money.DIGITS_MAX. */
 #define YIDI_DIGITS_MAX 24
 /* 24 digits (< 10**24) times 10**12 stays below 2**127. */
 #define YIDI_PLACES_MAX 12
@@ -67,7 +67,7 @@ static inline int yidi_js_eat(yidi_cur *c, unsigned char ch) {
 YIDI_LINES_API int yidi_parse_decimal(const unsigned char *s, Py_ssize_t n, int places, int64_t *out);
 
 /* A str or an int (not a bool) scaled by 10**places, as
-   engine.money.parse_scaled. 1 valid, 0 invalid, -1 error raised (only
+   engine.contract.money.parse_scaled. 1 valid, 0 invalid, -1 error raised (only
    from an int subclass whose comparison raises). */
 YIDI_LINES_API int yidi_parse_scaled_obj(PyObject *o, int places, PyObject *lim_pos,
                                  PyObject *lim_neg, int64_t *out);

@@ -161,14 +161,15 @@ def _add_serve(sub) -> None:
     from dataclasses import fields
 
     from engine.hub.limits import Limits
+    from engine.hub.admin import ADMIN_DEFAULT
 
     s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (docs/contract.md section 7)")
     s.add_argument("--world", required=True, help="world folder")
     s.add_argument("--data", required=True, help="data folder of the durable store")
     s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
     s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway (port 0: any; an empty HOST: every address)")
-    s.add_argument("--admin", metavar="HOST:PORT", default="127.0.0.1:9100",
-                   help="admin listener: /metrics and /healthz (default 127.0.0.1:9100)")
+    s.add_argument("--admin", metavar="HOST:PORT", default=ADMIN_DEFAULT,
+                   help=f"admin listener: /metrics and /healthz (default {ADMIN_DEFAULT})")
     s.add_argument("--tls-cert", metavar="FILE",
                    help="PEM certificate (and chain) of the hub: every listener on TLS 1.2 or later")
     s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert, unencrypted")

@@ -360,7 +360,7 @@ def test_clear_refuses_clearly(tmp_path):
 
 
 def test_clear_on_a_synthetic_day(tmp_path):
-    """engine.synth day, small: the statement agrees with the replies, and netting with the statement."""
+    """engine.tools.synth day, small: the statement agrees with the replies, and netting with the statement."""
     from engine.tools.synth import gen_requests, gen_world, write_requests_jsonl
 
     world = tmp_path / "world"

@@ -1,4 +1,4 @@
-"""engine.collect: the batch loops' garbage collection cadence, on a hand-driven clock."""
+"""engine.core.collect: the batch loops' garbage collection cadence, on a hand-driven clock."""
 from __future__ import annotations
 
 import gc

@@ -69,7 +69,7 @@ def test_demo_prints_a_summary_and_writes_a_report(day):
 
 
 def test_summary_totals_equal_the_sum_of_the_replies(day):
-    """Recomputed here from requests.jsonl and replies.jsonl, independently of engine.demo."""
+    """Recomputed here from requests.jsonl and replies.jsonl, independently of engine.tools.demo."""
     d, _, s = day
     reqs, reps = _jsonl(str(d / "report" / "requests.jsonl")), _jsonl(str(d / "report" / "replies.jsonl"))
     assert len(reqs) == len(reps) == s["requests"]

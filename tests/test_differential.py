@@ -2,8 +2,8 @@
 
 docs/contract.md sections 2-8. Hypothesis draws a small world (institutions,
 catalogue, policies, persons, chronic qualifications, filings) and a stream of
-envelopes over it; the same stream goes through `engine.reference` one request
-at a time and through `engine.pipeline` in batches of random sizes. Every field
+envelopes over it; the same stream goes through `engine.reference.oracle` one request
+at a time and through `engine.core.engine` in batches of random sizes. Every field
 of every reply must agree, except the free-text `err_msg` (STYLE.md: a
 reference model that checks replies is worth more than many examples).
 
@@ -41,7 +41,8 @@ from engine.contract.money import ext
 from engine.core.engine import Engine, Request
 from engine.contract.protocol import LINES_MAX, SETLINFO_MONEY
 from engine.contract.protocol import ENVELOPE_DEPTH_MAX
-from engine.reference.oracle import ReferenceEngine, nesting_depth
+from engine.reference.oracle import ReferenceEngine
+from engine.reference.reading import raw_json_depth, request_time_ok
 from engine.contract.wire import JSON
 from engine.world.loader import load_world
 
@@ -326,7 +327,7 @@ class Stream:
     def append(self, env: Any) -> bytes:
         body = env.encode() if isinstance(env, str) else json.dumps(env, ensure_ascii=False).encode()
         decoded = _decode_like_replay(body)
-        reply = self.observer.handle(decoded, _inf_time(decoded))
+        reply = self.observer.handle_body(body)
         if reply["infcode"] == 0 and isinstance(decoded, dict) and reply["inf_refmsgid"] not in self.committed:
             infno = decoded["infno"]
             if infno in ("2207", "2304"):
@@ -649,7 +650,7 @@ def malformed(draw, env: dict) -> dict:
                                              "1.00\n", "１.00", "--1", "-0.00", "0000000000000000000001.00"))),
         "three_places": draw(st.sampled_from(("1.005", "0.0000001", "1.00000", "100000.00001"))),
         "float_three": draw(st.sampled_from((1.005, 1e-07, 1.5e2, True))),
-        # Around the 64-bit saturation of the compiled parser and the 10**24 bound of engine.money.
+        # Around the 64-bit saturation of the compiled parser and the 10**24 bound of engine.contract.money.
         "huge": draw(st.sampled_from((10**30, 10**24, 10**24 - 1, 10**23, -10**20, 2**63, "9" * 24, "9" * 25,
                                       "-" + "9" * 23))),
         "bad_time": draw(st.sampled_from(("2026-02-30 08:00:00", "2026-01-01", "2026-01-01T08:00:00",
@@ -759,7 +760,7 @@ def _not_json(name: str) -> Any:
 
 
 def _decode_like_replay(body: bytes) -> Any:
-    """The reference's input as engine.replay decodes it: floats as their literal text, NaN and
+    """The reference's input as engine.tools.replay decodes it: floats as their literal text, NaN and
     Infinity refused (test_replay_paths_agree_on_bodies_that_are_not_json)."""
     try:
         return json.loads(body, parse_float=str, parse_constant=_not_json)
@@ -776,9 +777,8 @@ def run_reference(world, bodies: list[bytes]) -> list[dict]:
     eng = ReferenceEngine(world)
     out = []
     for b in bodies:
-        env = _decode_like_replay(b)
         # A JSON round trip: the reference answers dicts, the compiled engine bytes.
-        out.append(json.loads(json.dumps(eng.handle(env, _inf_time(env)))))
+        out.append(json.loads(json.dumps(eng.handle_body(b))))
     return out
 
 
@@ -799,8 +799,10 @@ def comparable(reply: dict, body: bytes) -> dict:
     r = copy.deepcopy(reply)
     r.pop("err_msg", None)
     env = _decode_like_replay(body)
-    # A body without inf_time, or nested too deeply to be read at all, is answered on the wall clock.
-    if _inf_time(env) is None or nesting_depth(env) > ENVELOPE_DEPTH_MAX:
+    # A body without inf_time (or with one that is not a time), or nested too deeply to be
+    # read at all, is answered on the wall clock.
+    t = _inf_time(env)
+    if t is None or not request_time_ok(t) or raw_json_depth(body) > ENVELOPE_DEPTH_MAX:
         for k in ("refmsg_time", "respond_time"):
             r.pop(k, None)
         setl = (r.get("output") or {}).get("setlinfo")

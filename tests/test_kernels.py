@@ -1,4 +1,4 @@
-"""The compiled kernels of core_ext against plain-Python models built on engine.money.
+"""The compiled kernels of core_ext against plain-Python models built on engine.contract.money.
 
 Each kernel is checked twice: on small hand-made cases whose results were
 worked out from docs/contract.md by hand, and by hypothesis against a model that
@@ -34,7 +34,7 @@ def sat64(v: int) -> int:
 
 
 def model_parse(value: object, places: int) -> int | None:
-    """engine.money.parse_scaled saturated to int64, None when malformed."""
+    """engine.contract.money.parse_scaled saturated to int64, None when malformed."""
     try:
         return sat64(money.parse_scaled(value, places))
     except ValueError:
@@ -534,7 +534,7 @@ class LineIn:
 
 
 def model_split(settlements: list[tuple[bool, list[LineIn]]], entries: list[Entry]) -> tuple:
-    """Sections 1 and 3 read literally, with engine.money."""
+    """Sections 1 and 3 read literally, with engine.contract.money."""
     lines_out, sets_out = [], []
     for outpatient, lines in settlements:
         err, err_line = 0, -1

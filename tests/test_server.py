@@ -661,3 +661,11 @@ def test_serve_announces_its_listeners_and_an_every_address_gateway(tmp_path):
     finally:
         p.terminate()
         p.wait(WAIT_S)
+
+
+@pytest.mark.parametrize("tz,warned", [("Asia/Shanghai", False), ("UTC", True)])
+def test_serve_names_its_clock_zone_and_warns_when_it_is_not_chinas(tz, warned):
+    code = "from engine.hub.serve import _clock_line; print(_clock_line())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": ROOT, "TZ": tz}).stdout
+    assert ("warning" in out) == warned and ("UTC+08:00" in out), out

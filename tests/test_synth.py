@@ -1,4 +1,4 @@
-"""engine.synth: deterministic worlds and streams that the loader and the reference accept."""
+"""engine.tools.synth: deterministic worlds and streams that the loader and the reference accept."""
 from __future__ import annotations
 
 import collections

@@ -186,3 +186,27 @@ def test_a_bug_past_a_reversals_commit_point_stops_the_engine_instead_of_refusin
     engine.on_change = sink
     with pytest.raises(RuntimeError, match="change sink"):
         engine.handle_batch([Request(msgspec.json.encode(_rev("m2", "Sm1", "v1", "2026-03-02")))])
+
+
+@pytest.mark.parametrize("inf_time", ["1999-06-01 10:00:00", "2100-01-01 00:00:00", "2026-03-32 10:00:00",
+                                      "2026-03-02"])
+def test_a_replay_clock_outside_2000_2099_or_not_a_time_is_e_schema(inf_time):
+    # In replay the clock is inf_time; it is a time of the request like any other, and
+    # a settlement committed on a clock that is not a time would name no day and no period.
+    env = _op("m1", "v1", "2026-03-02")
+    env["inf_time"] = inf_time
+    replies = agree([env, _op("m2", "v2", "2026-03-02")])
+    assert codes(replies) == ["E_SCHEMA", None] and replies[0]["inf_refmsgid"] == "m1"
+
+
+def test_depth_counts_a_duplicate_key_that_a_decoder_drops():
+    env = _op("m1", "v1", "2026-03-02")
+    del env["inf_time"]
+    deep = json.dumps(_nested(40))
+    body = json.dumps(env)[:-1] + f', "dev_safe_info": {deep}, "dev_safe_info": 1}}'
+    bodies = [body.encode()]
+    from test_differential import run_compiled, run_reference
+    world = load_world_data(MINI_WORLD)
+    ref, got = run_reference(world, bodies), run_compiled(world, bodies, [1])
+    assert_same_replies(bodies, ref, got)
+    assert codes(ref) == ["E_SCHEMA"]

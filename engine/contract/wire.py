@@ -54,7 +54,7 @@ class SettleInput(msgspec.Struct, gc=False):
 
 
 class SettleInputRaw(msgspec.Struct, gc=False):
-    """SettleInput with its fee lines left raw, for FeeBuffer.parse (engine.pipeline)."""
+    """SettleInput with its fee lines left raw, for FeeBuffer.parse (engine.core.engine)."""
 
     data: SettleData
     feedetail: msgspec.Raw = msgspec.Raw(b"")
@@ -91,7 +91,7 @@ class Reply(msgspec.Struct, omit_defaults=True, gc=False):
 
 DecodeError = (msgspec.DecodeError, msgspec.ValidationError)
 
-# Formats of a part of a reply rendered by a kernel (engine.kernels.RowEmitter).
+# Formats of a part of a reply rendered by a kernel (engine.core.kernels.RowEmitter).
 RAW_JSON, RAW_JSON_NUMBERS, RAW_MSGPACK = 0, 1, 2
 
 

@@ -185,6 +185,11 @@ class Engine:
             now = req.clock or (
                 env.inf_time if self.clock_inf_time and isinstance(env.inf_time, str) else now_text()
             )
+            if now is env.inf_time and not self._request_time_ok(now):
+                # The replay clock is the request's inf_time: a time of the request like any other.
+                replies[idx] = self._refusal(env.msgid, now_text(), Refused(
+                    E_SCHEMA, f"inf_time: not a time within {REQUEST_YEAR_MIN}-{REQUEST_YEAR_MAX}"))
+                continue
             for attempt in (0, 1):
                 try:
                     replies[idx] = self._dispatch(idx, env, req.codec, now, rnd)
@@ -399,17 +404,20 @@ class Engine:
             rnd.msgids.add(msgid)
         return p
 
-    def _clock_day(self, now: str) -> int:
-        """The day of the hub's clock (replay: the request's inf_time) for the future-date rule.
+    def _request_time_ok(self, text: str) -> bool:
+        """A time of a request: YYYY-MM-DD HH:MM:SS within the years section 7 (v2) allows."""
+        return REQUEST_DAY_MIN <= self._clock_day(text) <= REQUEST_DAY_MAX
 
-        A clock that is not a time (a replay's malformed inf_time) bars no day.
+    def _clock_day(self, now: str) -> int:
+        """The day of the hub's clock (replay: the request's inf_time) for the future-date rule,
+        REQUEST_DAY_MAX + 1 for a text that is not a time (replay refuses such an inf_time first).
         The last answer is kept: a batch's requests mostly share their clock text.
         """
         if now != self._clock_text:
             try:
                 self._clock_value = kernels.parse_time_day(now)
             except ValueError:
-                self._clock_value = REQUEST_DAY_MAX
+                self._clock_value = REQUEST_DAY_MAX + 1  # not a time: no clock bars a day by it
             self._clock_text = now
         return self._clock_value
 
@@ -745,7 +753,7 @@ def filing_last_days(w: World) -> np.ndarray:
 
 
 def six_months_days(begn: np.ndarray) -> np.ndarray:
-    """engine.money.six_months over an array of day numbers."""
+    """engine.contract.money.six_months over an array of day numbers."""
     d = begn.astype("datetime64[D]")
     month = d.astype("datetime64[M]")
     day_of_month = (d - month).astype(np.int64)  # 0-based

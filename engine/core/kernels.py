@@ -25,7 +25,7 @@ from core_ext._catalogue import CatalogueIndex
 from core_ext._depth import json_depth, msgpack_depth
 from core_ext._emit import RowEmitter, format_fen, format_fen_rows, format_scaled
 from core_ext._fund import FundResults, PersonArrays, PolicyArrays, SettlementBatch, fund_batch
-from core_ext._lines import FeeBuffer  # noqa: F401  (engine.pipeline)
+from core_ext._lines import FeeBuffer  # noqa: F401  (engine.core.engine)
 from core_ext._lines import gather_lines as _gather
 from core_ext._lines import parse_scaled as _parse_scaled
 from core_ext._lines import parse_time_day as _parse_time_day
@@ -70,12 +70,12 @@ class Catalogue(CatalogueArrays):
 
 
 def parse_fen(value: object) -> int:
-    """engine.money.parse_fen, compiled; a magnitude past int64 saturates. ValueError when malformed."""
+    """engine.contract.money.parse_fen, compiled; a magnitude past int64 saturates. ValueError when malformed."""
     return _parse_scaled(value, 2)
 
 
 def parse_time_day(value: object) -> int:
-    """engine.money.parse_time_day, compiled. ValueError when malformed."""
+    """engine.contract.money.parse_time_day, compiled. ValueError when malformed."""
     if not isinstance(value, str):
         raise ValueError(f"not a time YYYY-MM-DD HH:MM:SS: {value!r}")
     return _parse_time_day(value)

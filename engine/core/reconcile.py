@@ -206,7 +206,7 @@ def _text(d: dict, k: str, required: bool = True) -> str | None:
 
 
 def _parsed(d: dict, k: str, parse) -> int:
-    """d[k] through an engine.money parser; a malformed value is E_SCHEMA naming the field."""
+    """d[k] through an engine.contract.money parser; a malformed value is E_SCHEMA naming the field."""
     try:
         return parse(d.get(k))
     except money.NumberError as e:

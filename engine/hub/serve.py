@@ -134,6 +134,22 @@ def new_event_loop_factory(kind: str):
     raise ValueError(f"loop {kind!r}: want uvloop or asyncio")
 
 
+# The national platform's day is China's: a bill of today is "after the hub's clock
+# day" (E_DATE, docs/contract.md section 7) when the hub's clock is behind it.
+CHINA_UTC_OFFSET_S = 8 * 3600
+
+
+def _clock_line() -> str:
+    """The zone of the hub's clock (the machine's local time), and a warning when it is not China's."""
+    offset = time.localtime().tm_gmtoff
+    sign = "+" if offset >= 0 else "-"
+    zone = f"UTC{sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d}"
+    if offset == CHINA_UTC_OFFSET_S:
+        return f"yidi: clock: local time, {zone}"
+    return (f"yidi: warning: the clock is local time, {zone}, not China's UTC+08:00: settlement days, periods "
+            "and the future-date rule follow it (set TZ=Asia/Shanghai)")
+
+
 def _listening(kind: str, address: tuple[str, int], tls: bool) -> str:
     host, port = address
     every = " (every address of this machine)" if host in ("0.0.0.0", "::", "") else ""
@@ -162,6 +178,7 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
                 print(_listening(kind, address, tls is not None), file=out)
         if tls is not None:
             print(f"yidi: tls: {tls.describe()}", file=out)
+        print(_clock_line(), file=out)
         print(f"yidi: ready in {time.perf_counter() - t0:.2f} s ({type(lp).__module__} loop, {limits})",
               file=out, flush=True)
         code = await server.run()

@@ -1,12 +1,13 @@
 """The plain-Python reference of docs/contract.md sections 3-7: the oracle for tests.
 
 Readable first: one function per step of the spec, dicts and ints, one request
-at a time, state in memory. The compiled pipeline (engine.pipeline) must give
+at a time, state in memory. The compiled pipeline (engine.core.engine) must give
 the same reply, field for field, for every stream of requests.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import dataclass, field
 
 from engine.contract import money
@@ -23,6 +24,7 @@ from engine.contract.protocol import (
     TEMP_FILING_TYPES, UNFILED, WAIVED, Refused, canonical, is_retired, province,
 )
 from engine.core.reconcile import RECONCILE_INFNOS, parse_request
+from engine.reference.reading import not_json, nesting_depth, raw_json_depth, request_time_ok
 from engine.world.loader import DAY_OPEN, Policy, Tier, World
 
 # ---------------------------------------------------------------- state
@@ -258,20 +260,6 @@ def _time_day(d: dict, k: str) -> int:
     return day
 
 
-def nesting_depth(value: object) -> int:
-    """How many arrays and objects enclose the deepest value (the envelope itself counts one)."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict):
-            v = list(v.values())
-        if isinstance(v, list):
-            depth += 1
-            deepest = max(deepest, depth)
-            stack.extend((x, depth) for x in v)
-    return deepest
-
-
 # The money fields of a `result` row; feedetl_sn, which may be an integer, is echoed as sent.
 _ROW_MONEY = frozenset(
     ("det_item_fee_sumamt", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt", "inscp_scp_amt")
@@ -489,14 +477,30 @@ class ReferenceEngine:
 
     # -- entry point
 
-    def handle(self, env: object, clock: str | None = None) -> dict:
-        """One envelope in, one reply out. `clock` is the time of the reply (replay: inf_time)."""
-        now = clock or _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        if nesting_depth(env) > ENVELOPE_DEPTH_MAX:
+    def handle_body(self, body: bytes) -> dict:
+        """One JSON body in, as replay reads it: its depth from the raw text, then decoded, the
+        clock its inf_time (when a string)."""
+        if raw_json_depth(body) > ENVELOPE_DEPTH_MAX:
             # Section 7 (v2): not read at all, so neither its msgid nor its inf_time answers.
             wall = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
             return self.reply(None, wall, None, Refused(E_SCHEMA, f"nested deeper than {ENVELOPE_DEPTH_MAX} levels"))
+        try:
+            env = json.loads(body, parse_float=str, parse_constant=not_json)
+        except (ValueError, RecursionError):  # not JSON, or nested past what json.loads follows
+            env = None
+        clock = env.get("inf_time") if isinstance(env, dict) else None
+        return self.handle(env, clock if isinstance(clock, str) else None)
+
+    def handle(self, env: object, clock: str | None = None) -> dict:
+        """One envelope in, one reply out. `clock` is the time of the reply (replay: inf_time)."""
+        wall = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        now = clock or wall
+        if nesting_depth(env) > ENVELOPE_DEPTH_MAX:
+            return self.reply(None, wall, None, Refused(E_SCHEMA, f"nested deeper than {ENVELOPE_DEPTH_MAX} levels"))
         msgid = env.get("msgid") if isinstance(env, dict) else None
+        if clock is not None and not request_time_ok(clock):
+            # The replay clock is the request's inf_time: a time of the request like any other.
+            return self.reply(msgid, wall, None, Refused(E_SCHEMA, "inf_time: not a time within 2000-2099"))
         try:
             if not isinstance(env, dict) or not isinstance(env.get("infno"), str):
                 raise Refused(E_SCHEMA, "not an envelope")
@@ -705,7 +709,7 @@ class ReferenceEngine:
     # -- 3201/3202 (section 8)
 
     def reconciliation(self, env: dict) -> dict:
-        """3201: the institution's totals against the committed rows; 3202: the rows (engine.reconcile)."""
+        """3201: the institution's totals against the committed rows; 3202: the rows (engine.core.reconcile)."""
         infno = env["infno"]
         q = parse_request(infno, env, env.get("input"), {c: (v[1],) for c, v in self.institutions.items()})
         lo, hi = money.format_day(q.begn_day), money.format_day(q.end_day)

@@ -48,7 +48,7 @@ def _replay_batches(engine: Engine, commit, in_path: str, out_path: str, batch_m
     enc = JSON.encoder
     n = 0
     # A batch's objects form trees; the automatic collector would walk the growing
-    # journal again and again (a fifth of a run): engine.collect instead.
+    # journal again and again (a fifth of a run): engine.core.collect instead.
     collector = Collector()
     was = gc.isenabled()
     gc.disable()
@@ -70,26 +70,14 @@ def _replay_batches(engine: Engine, commit, in_path: str, out_path: str, batch_m
     return n
 
 
-def _not_json(name: str) -> object:
-    """NaN, Infinity and -Infinity are not JSON (RFC 8259); Python's json would read them."""
-    raise ValueError(f"{name} is not JSON")
-
-
 def replay_reference(world: World, in_path: str, out_path: str) -> int:
-    import json
-
     from engine.reference.oracle import ReferenceEngine
 
     eng = ReferenceEngine(world)
     n = 0
     with open(out_path, "wb") as out:
         for line in _lines(in_path):
-            try:
-                env = json.loads(line, parse_float=str, parse_constant=_not_json)
-            except (ValueError, RecursionError):  # not JSON, or nested past what json.loads follows
-                env = None
-            clock = env.get("inf_time") if isinstance(env, dict) else None
-            reply = eng.handle(env, clock=clock if isinstance(clock, str) else None)
+            reply = eng.handle_body(line)
             out.write(orjson.dumps(reply) + b"\n")
             n += 1
     return n
