@@ -1,6 +1,7 @@
 import os
 from decimal import Decimal, InvalidOperation
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -51,3 +52,22 @@ def vector_world():
     from engine.world.loader import load_world
 
     return load_world(VECTOR_WORLD)
+
+
+# The event loops the hub's tests run on, one test body each (uvloop's way).
+LOOPS = ["uvloop", "asyncio"]
+
+
+@pytest.fixture(scope="session")
+def vectors():
+    """The conformance requests and their expected replies, as decoded JSON."""
+    with open(os.path.join(VECTORS, "requests.jsonl"), "rb") as f:
+        reqs = [orjson.loads(line) for line in f if line.strip()]
+    with open(os.path.join(VECTORS, "expected.jsonl"), "rb") as f:
+        exp = [orjson.loads(line) for line in f if line.strip()]
+    return reqs, exp
+
+
+@pytest.fixture(params=LOOPS)
+def loop_kind(request):
+    return request.param

@@ -30,26 +30,11 @@ from engine.hub.http import HTTP_PATH
 from engine.hub.limits import PARTIAL_FREE_BYTES, Limits
 from test_server import WAIT_S, ServerThread, clone_settlements, memory_store
 
-LOOPS = ["uvloop", "asyncio"]
 # A well-behaved client's call beside an attack must come back within this. Generous: a loaded
 # 2-core machine runs the attack, the hub and the client; before the bounds, such calls waited
 # for ever (E_BUSY or no answer at all), so the bound only has to tell "served" from "starved".
 SERVED_S = 10.0
 UNSUPPORTED = {"infno": "9999", "msgid": "ok"}
-
-
-@pytest.fixture(scope="module")
-def vectors():
-    with open(os.path.join(VECTORS, "requests.jsonl"), "rb") as f:
-        reqs = [orjson.loads(line) for line in f if line.strip()]
-    with open(os.path.join(VECTORS, "expected.jsonl"), "rb") as f:
-        exp = [orjson.loads(line) for line in f if line.strip()]
-    return reqs, exp
-
-
-@pytest.fixture(params=LOOPS)
-def loop_kind(request):
-    return request.param
 
 
 def wait_until(pred, what: str, timeout_s: float = WAIT_S) -> None:

@@ -36,23 +36,8 @@ from engine.hub.hub import Hub
 from engine.hub.limits import Limits
 from engine.hub.serve import Server, new_event_loop_factory
 
-LOOPS = ["uvloop", "asyncio"]
 TIME_FIELDS = ("refmsg_time", "respond_time", "setl_time")
 WAIT_S = 30.0  # an upper bound on any wait for an event; reaching it is a failure
-
-
-@pytest.fixture(scope="module")
-def vectors():
-    with open(os.path.join(VECTORS, "requests.jsonl"), "rb") as f:
-        reqs = [orjson.loads(line) for line in f if line.strip()]
-    with open(os.path.join(VECTORS, "expected.jsonl"), "rb") as f:
-        exp = [orjson.loads(line) for line in f if line.strip()]
-    return reqs, exp
-
-
-@pytest.fixture(params=LOOPS)
-def loop_kind(request):
-    return request.param
 
 
 class ServerThread:

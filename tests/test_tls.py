@@ -34,14 +34,9 @@ from engine.hub.hub import Hub
 from engine.hub.limits import Limits
 from engine.hub.serve import Server, new_event_loop_factory
 from engine.hub.tls import TLS_VERSION_MIN, client_context, load_server_tls
-from test_server import LOOPS, WAIT_S, memory_store, strip_times, vectors  # noqa: F401 (a fixture)
+from test_server import WAIT_S, memory_store, strip_times
 
 FIRST_REQUESTS = 100  # of the conformance vectors, in order
-
-
-@pytest.fixture(params=LOOPS)
-def loop_kind(request):
-    return request.param
 
 
 @pytest.fixture(scope="module")
