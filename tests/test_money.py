@@ -82,7 +82,7 @@ def test_time_day():
 def test_six_months_vectorised_matches_definition(days):
     import numpy as np
 
-    from engine.core.engine import six_months_days
+    from engine.core.filing import six_months_days
 
     got = six_months_days(np.array(days, dtype=np.int32)).tolist()
     assert got == [money.six_months(d) for d in days]

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from engine.core import kernels
+from engine.core.filing import filing_last_days
 from engine.contract import money
 from engine.core import reconcile
 from engine.contract.protocol import (
@@ -33,7 +34,7 @@ from engine.contract.protocol import (
     FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINES_MAX,
     LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, MEMOS,
     OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN,
-    REVERSE_INFNOS, SETTLE_INFNOS, TEMP_FILING_TYPES, UNFILED, WAIVED, Refused,
+    REVERSE_INFNOS, SETTLE_INFNOS, UNFILED, WAIVED, Refused,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
@@ -294,16 +295,9 @@ class Engine:
             buf.truncate(mark)
             raise
 
-    def _prepare_checks(self, idx: int, env, codec: Codec, now: str, rnd: "_Round", buf) -> Pending:
-        infno = env.infno
-        outpatient = infno in OUTPATIENT_INFNOS
-        commit = infno in COMMIT_INFNOS
-        msgid = env.msgid
-        inp_c = None
-        if commit:
-            if isinstance(msgid, str) and msgid in rnd.msgids:
-                raise _Flush()
-            inp_c = self._journal_check(env, infno, codec)
+    @staticmethod
+    def _read_input(env, codec: Codec, buf) -> tuple:
+        """The settlement's input and its fee line count; the lines go into the round's FeeBuffer."""
         try:
             inp = codec.settle_raw.decode(env.input)
             n_lines = buf.parse(inp.feedetail, codec.is_json)
@@ -319,20 +313,28 @@ class Engine:
             n_lines = len(fee) if fee else 0
             if n_lines:
                 buf.gather(fee)
-        d = inp.data
-        for k, v in zip(_SETTLE_STR_FIELDS, (env.mdtrtarea_admvs, env.insuplc_admdvs, env.fixmedins_code, msgid,
+        return inp, n_lines
+
+    @staticmethod
+    def _schema_fields(env, d, infno: str, outpatient: bool) -> int:
+        """Section 7's E_SCHEMA for the settlement's own fields; medfee_sumamt in fen."""
+        for k, v in zip(_SETTLE_STR_FIELDS, (env.mdtrtarea_admvs, env.insuplc_admdvs, env.fixmedins_code, env.msgid,
                                              d.psn_no, d.mdtrt_id, d.med_type, d.insutype)):
             if not isinstance(v, str) or not v:
                 raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
-        med_type = d.med_type
-        if med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT):
-            raise Refused(E_SCHEMA, f"med_type {med_type} is not taken by {infno}")
+        if d.med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT):
+            raise Refused(E_SCHEMA, f"med_type {d.med_type} is not taken by {infno}")
         try:
             medfee = kernels.parse_fen(d.medfee_sumamt)
         except ValueError as e:
             raise Refused(E_SCHEMA, f"medfee_sumamt: {e}") from None
         if d.acct_used_flag not in ("0", "1"):
             raise Refused(E_SCHEMA, "acct_used_flag must be 0 or 1")
+        return medfee
+
+    @staticmethod
+    def _settlement_day(d, outpatient: bool) -> int:
+        """The settlement day D of section 4 (E_SCHEMA when malformed or outside 2000-2099, section 7 v2)."""
         try:
             day = kernels.parse_time_day(d.begntime)
             if not REQUEST_DAY_MIN <= day <= REQUEST_DAY_MAX:
@@ -343,6 +345,23 @@ class Engine:
                     raise ValueError(f"{d.endtime} is outside {REQUEST_YEAR_MIN}-{REQUEST_YEAR_MAX}")
         except ValueError as e:
             raise Refused(E_SCHEMA, f"begntime/endtime: {e}") from None
+        return day
+
+    def _prepare_checks(self, idx: int, env, codec: Codec, now: str, rnd: "_Round", buf) -> Pending:
+        infno = env.infno
+        outpatient = infno in OUTPATIENT_INFNOS
+        commit = infno in COMMIT_INFNOS
+        msgid = env.msgid
+        inp_c = None
+        if commit:
+            if isinstance(msgid, str) and msgid in rnd.msgids:
+                raise _Flush()
+            inp_c = self._journal_check(env, infno, codec)
+        inp, n_lines = self._read_input(env, codec, buf)
+        d = inp.data
+        medfee = self._schema_fields(env, d, infno, outpatient)
+        day = self._settlement_day(d, outpatient)
+        med_type = d.med_type
         chronic = med_type == MED_TYPE_CHRONIC
         if chronic and (not isinstance(d.dise_codg, str) or not d.dise_codg):
             raise Refused(E_SCHEMA, "dise_codg must be a non-empty string")
@@ -475,28 +494,7 @@ class Engine:
         bad_lines = np.add.reduceat(bad, starts[:-1])
         arrays = _RoundArrays(self.cat, starts, lines, row, split)
 
-        # Errors that rank before the fund payment, in the order of section 7.
-        ok: list[Pending] = []
-        ok_k: list[int] = []
-        for k, p, n_bad, split_err, tot_amt in zip(
-            range(n), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt_fen.tolist()
-        ):
-            err = None
-            if n_bad:
-                err = E_SCHEMA
-            elif p.err is not None:
-                err = p.err
-            elif split_err:
-                err = _SPLIT_ERR[split_err]
-            elif tot_amt != p.medfee:
-                err = E_AMOUNT_MISMATCH
-            elif p.future:
-                err = E_DATE  # section 7 (v2): a bill dated after the hub's clock day
-            if err is not None:
-                replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(err))
-            else:
-                ok.append(p)
-                ok_k.append(k)
+        ok, ok_k = self._refuse_before_funds(pend, bad_lines, split, replies)
         if not ok:
             return
         sel = np.array(ok_k, dtype=I64)
@@ -539,6 +537,32 @@ class Engine:
                 replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(_FUND_ERR[st]))
                 continue
             replies[p.idx] = self._settlement_reply(p, out, arrays)
+
+    def _refuse_before_funds(self, pend: list, bad_lines: np.ndarray, split, replies: list) -> tuple[list, list]:
+        """Answer the errors that rank before the fund payment, in the order of section 7; the
+        settlements that pass them, and their places in the round."""
+        ok: list[Pending] = []
+        ok_k: list[int] = []
+        for k, p, n_bad, split_err, tot_amt in zip(
+            range(len(pend)), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt_fen.tolist()
+        ):
+            err = None
+            if n_bad:
+                err = E_SCHEMA
+            elif p.err is not None:
+                err = p.err
+            elif split_err:
+                err = _SPLIT_ERR[split_err]
+            elif tot_amt != p.medfee:
+                err = E_AMOUNT_MISMATCH
+            elif p.future:
+                err = E_DATE  # section 7 (v2): a bill dated after the hub's clock day
+            if err is not None:
+                replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(err))
+            else:
+                ok.append(p)
+                ok_k.append(k)
+        return ok, ok_k
 
     def _settlement_reply(self, p: Pending, out: tuple, arrays) -> Reply:
         _, a, second, burden, prop_bp, lo, f = out
@@ -735,32 +759,6 @@ def _encoded_list(a) -> list[str]:
     enc = pc.dictionary_encode(a)
     values = np.array(enc.dictionary.to_pylist(), dtype=object)
     return values[enc.indices.to_numpy(zero_copy_only=False)].tolist()
-
-
-def filing_last_days(w: World) -> np.ndarray:
-    """The last day each filing is in force (section 4), for all filings at once.
-
-    Temporary filings end at their enddate or six_months(begndate), whichever is
-    first; status 2 (personal commitment) filings end at six_months(begndate) at
-    the latest; long-term filings otherwise run to their enddate or stay open.
-    """
-    six = six_months_days(w.fil_begn)
-    end = w.fil_end.astype(np.int64)
-    temp = np.isin(np.array(w.fil_type, dtype=object), list(TEMP_FILING_TYPES))
-    committed = np.array(w.fil_status, dtype=object) == "2"
-    cut = temp | committed
-    return np.where(cut, np.minimum(end, six), end)
-
-
-def six_months_days(begn: np.ndarray) -> np.ndarray:
-    """engine.contract.money.six_months over an array of day numbers."""
-    d = begn.astype("datetime64[D]")
-    month = d.astype("datetime64[M]")
-    day_of_month = (d - month).astype(np.int64)  # 0-based
-    target = month + np.timedelta64(6, "M")
-    month_len = ((target + np.timedelta64(1, "M")).astype("datetime64[D]") - target.astype("datetime64[D]")).astype(np.int64)
-    out = target.astype("datetime64[D]") + np.minimum(day_of_month, month_len - 1) - np.timedelta64(1, "D")
-    return out.astype(np.int64)
 
 
 class _Round:
