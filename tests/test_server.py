@@ -44,8 +44,9 @@ class ServerThread:
     """A hub and its listeners on a thread and event loop of their own."""
 
     def __init__(self, store, limits: Limits = Limits(), loop_kind: str = "uvloop", *, http: bool = True,
-                 observer=None):
+                 observer=None, tls=None):
         self.store, self.limits, self.loop_kind, self.http, self.observer = store, limits, loop_kind, http, observer
+        self.tls = tls  # engine.hub.tls.ServerTLS: every listener on TLS
         self.ready = threading.Event()
         self.exit_code: int | None = None
         self.error: BaseException | None = None
@@ -56,7 +57,7 @@ class ServerThread:
             self.loop = asyncio.get_running_loop()
             self.hub = Hub(self.store, self.limits, observer=self.observer)
             self.server = Server(self.hub, ("127.0.0.1", 0), ("127.0.0.1", 0) if self.http else None,
-                                 ("127.0.0.1", 0) if self.http else None)
+                                 ("127.0.0.1", 0) if self.http else None, self.tls)
             await self.server.start()
             self.ready.set()
             return await self.server.run()

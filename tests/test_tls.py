@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import types
 import warnings
@@ -30,11 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from conftest import ROOT, VECTOR_WORLD, differences
 from engine.hub.client import AsyncFramedClient, FramedClient, encode_frame
 from engine.hub.http import HTTP_PATH
-from engine.hub.hub import Hub
-from engine.hub.limits import Limits
-from engine.hub.serve import Server, new_event_loop_factory
 from engine.hub.tls import TLS_VERSION_MIN, client_context, load_server_tls
-from test_server import WAIT_S, memory_store, strip_times
+from test_server import WAIT_S, ServerThread, memory_store, strip_times
 
 FIRST_REQUESTS = 100  # of the conformance vectors, in order
 
@@ -74,45 +70,11 @@ def pki(tmp_path_factory):
     return types.SimpleNamespace(**files)
 
 
-class TLSServerThread:
+class TLSServerThread(ServerThread):
     """A hub and its three listeners, on TLS with `tls`, on a thread and event loop of their own."""
 
     def __init__(self, store, tls, loop_kind: str = "uvloop"):
-        self.store, self.tls, self.loop_kind = store, tls, loop_kind
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        async def main():
-            self.loop = asyncio.get_running_loop()
-            self.hub = Hub(self.store, Limits())
-            local = ("127.0.0.1", 0)
-            self.server = Server(self.hub, local, local, local, self.tls)
-            await self.server.start()
-            self.ready.set()
-            return await self.server.run()
-
-        try:
-            with asyncio.Runner(loop_factory=new_event_loop_factory(self.loop_kind)) as r:
-                r.run(main())
-        except BaseException as e:  # surfaced by __exit__
-            self.error = e
-            self.ready.set()
-
-    def __enter__(self) -> "TLSServerThread":
-        self.thread.start()
-        assert self.ready.wait(WAIT_S)
-        if self.error:
-            raise self.error
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.server.stop)
-        self.thread.join(WAIT_S)
-        assert not self.thread.is_alive()
-        if self.error:
-            raise self.error
+        super().__init__(store, loop_kind=loop_kind, tls=tls)
 
     def wait_for_no_connections(self) -> bool:
         """True once the hub holds no framed connection (within WAIT_S). The hub tells of no
