@@ -10,9 +10,11 @@ import sys
 import pytest
 from conftest import ROOT
 
+from engine.contract.protocol import region_covers
+
 from engine.hub.auth import (
     CLOCK_SKEW_S_MAX, NONCE_TTL_S, AuthRefused, Credential, Keyring, KeysError, NonceCache, add_key, describe,
-    parse_keys, read_keys, region_covers, revoke_key, signature, signed_values,
+    parse_keys, read_keys, revoke_key, signature, signed_values,
 )
 
 NOW_S = 1_764_900_000

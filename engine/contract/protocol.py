@@ -144,6 +144,17 @@ def province(admdvs: str) -> str:
     return admdvs[:2] + "0000"
 
 
+def region_covers(scope: str, admdvs: str) -> bool:
+    """Section 4's "covers": a region covers itself, a code ending in 0000 its province, in 00 its city.
+
+    A filing's destination covers the treatment region by it; so does a platform's
+    credential cover an institution's region (section 10).
+    """
+    return (scope == admdvs
+            or (scope.endswith("0000") and scope[:2] == admdvs[:2])
+            or (scope.endswith("00") and scope[:4] == admdvs[:4]))
+
+
 def is_retired(psn_type: str) -> bool:
     return psn_type.startswith("12") or psn_type == "1300"
 

@@ -34,7 +34,7 @@ from engine.contract.protocol import (
     FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINES_MAX,
     LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, MEMOS,
     OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN,
-    REVERSE_INFNOS, SETTLE_INFNOS, UNFILED, WAIVED, Refused,
+    REVERSE_INFNOS, SETTLE_INFNOS, UNFILED, WAIVED, Refused, region_covers,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
@@ -448,12 +448,7 @@ class Engine:
         fil_row, fil_dest, fil_begn, fil_last = self.fil_row, self.fil_dest, self.fil_begn, self.fil_last
         for k in range(self.fil_start[psn], self.fil_start[psn + 1]):
             f = fil_row[k]
-            dest = fil_dest[f]
-            if fil_begn[f] <= day <= fil_last[f] and (
-                dest == t
-                or (dest.endswith("0000") and dest[:2] == t[:2])
-                or (dest.endswith("00") and dest[:4] == t[:4])
-            ):
+            if fil_begn[f] <= day <= fil_last[f] and region_covers(fil_dest[f], t):
                 cands.add(self.fil_cls[f])
         if med_type in MED_TYPES_EMERGENCY:
             cands.add(EMERGENCY)

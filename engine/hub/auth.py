@@ -26,6 +26,8 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
+from engine.contract.protocol import region_covers
+
 KEYS_HEADER = ("paasid", "token", "fixmedins_code", "admdvs")
 TOKEN_CHARS_MIN, TOKEN_CHARS_MAX = 16, 128
 PAASID_CHARS_MAX = 64
@@ -60,15 +62,6 @@ class AuthRefused(Exception):
 def _printable(text: str) -> bool:
     """Printable ASCII without spaces (0x21-0x7e)."""
     return text.isascii() and text.isprintable() and " " not in text and text != ""
-
-
-def region_covers(scope_admdvs: str, admdvs: str) -> bool:
-    """Section 4's rule: a region covers itself, a code ending in 0000 its province, in 00 its city."""
-    if scope_admdvs == admdvs:
-        return True
-    if scope_admdvs.endswith("0000"):
-        return scope_admdvs[:2] == admdvs[:2]
-    return scope_admdvs.endswith("00") and scope_admdvs[:4] == admdvs[:4]
 
 
 @dataclass(frozen=True, slots=True)
