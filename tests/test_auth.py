@@ -14,7 +14,7 @@ from engine.contract.protocol import region_covers
 
 from engine.hub.auth import (
     CLOCK_SKEW_S_MAX, NONCE_TTL_S, AuthRefused, Credential, Keyring, KeysError, NonceCache, add_key, describe,
-    parse_keys, read_keys, revoke_key, signature, signed_values,
+    parse_keys, read_keys, revoke_key, signature, signed_headers, signed_values,
 )
 
 NOW_S = 1_764_900_000
@@ -33,6 +33,14 @@ def verify(kr: Keyring, values: dict, now_s: float = NOW_S) -> Credential:
 def test_signature_is_the_gateways_text():
     want = hashlib.sha256(b"1700000000" + b"tok" + b"abcd1234" + b"1700000000").hexdigest()
     assert signature("1700000000", "tok", "abcd1234") == want
+
+
+def test_signed_headers_are_the_gateways_names_of_the_signed_values():
+    h = signed_headers(HOSP.paasid, HOSP.token, NOW_S, nonce="abcdefgh12")
+    v = signed_values(HOSP.paasid, HOSP.token, NOW_S, nonce="abcdefgh12")
+    assert h == {"x-tif-paasid": v["paasid"], "x-tif-timestamp": v["timestamp"], "x-tif-nonce": v["nonce"],
+                 "x-tif-signature": v["signature"]}
+    assert ring().verify(*(h[f"x-tif-{k}"] for k in ("paasid", "timestamp", "nonce", "signature")), NOW_S) is HOSP
 
 
 def test_a_signed_request_is_accepted_once():
