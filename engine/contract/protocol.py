@@ -9,10 +9,11 @@ INFNO_PERSON = "1101"
 INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE = "2206", "2207", "2208"
 INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE = "2303", "2304", "2305"
 INFNO_RECONCILE, INFNO_LISTING = "3201", "3202"
+INFNO_SIGN_IN, INFNO_SIGN_OUT = "9001", "9002"  # section 10
 
 INFNOS = frozenset({
     INFNO_PERSON, INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE, INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE,
-    INFNO_RECONCILE, INFNO_LISTING,
+    INFNO_RECONCILE, INFNO_LISTING, INFNO_SIGN_IN, INFNO_SIGN_OUT,
 })
 SETTLE_INFNOS = frozenset({INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_IP_PRE, INFNO_IP_SETTLE})
 COMMIT_INFNOS = frozenset({INFNO_OP_SETTLE, INFNO_IP_SETTLE})
@@ -59,6 +60,8 @@ E_MSGID_REUSED = "E_MSGID_REUSED"
 E_NOT_FOUND = "E_NOT_FOUND"
 E_ALREADY_REVERSED = "E_ALREADY_REVERSED"
 E_BUSY = "E_BUSY"
+E_AUTH = "E_AUTH"  # section 10: not signed by a known credential
+E_SIGN_IN = "E_SIGN_IN"  # section 10: no sign-in in force for this credential and institution
 
 # Filing classes (section 4), in the tie-break order of the candidates.
 LOCAL, LONG_TERM, REFERRAL, EMERGENCY, TEMP_OTHER, WAIVED, UNFILED = (
@@ -121,6 +124,8 @@ ERR_MESSAGES = {
     E_NOT_FOUND: "no such settlement",
     E_ALREADY_REVERSED: "settlement already reversed",
     E_BUSY: "overloaded: nothing was done, retry later",
+    E_AUTH: "not signed by a known credential",
+    E_SIGN_IN: "no sign-in in force: sign in again (9001)",
 }
 
 SETLINFO_MONEY = (

@@ -24,6 +24,10 @@ class Envelope(msgspec.Struct, gc=False):
     fixmedins_code: Any = None
     fixmedins_name: Any = None
     inf_time: Any = None
+    # Section 10: the sign-in a transaction is made under, and who made it (the journal keeps them).
+    sign_no: Any = None
+    opter: Any = None
+    opter_name: Any = None
     input: msgspec.Raw = msgspec.Raw(b"")
 
 

@@ -34,12 +34,16 @@ class Request:
     # envelope's infno when it is a string, "" when it is not, None when the body
     # did not decode. Saves a second decode of every body.
     infno: str | None
+    # The credential the transport verified (section 10: the engine checks its scope and
+    # sign-ins); None: nothing of section 10 is checked (replay, `yidi serve --no-auth`).
+    cred: object
 
-    def __init__(self, body: bytes, codec: Codec = JSON, clock: str | None = None):
+    def __init__(self, body: bytes, codec: Codec = JSON, clock: str | None = None, cred: object = None):
         self.body = body
         self.codec = codec
         self.clock = clock
         self.infno = None
+        self.cred = cred
 
 
 @dataclass(slots=True, init=False)

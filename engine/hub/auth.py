@@ -26,7 +26,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from engine.contract.protocol import region_covers
+from engine.contract.credential import Credential
 
 KEYS_HEADER = ("paasid", "token", "fixmedins_code", "admdvs")
 TOKEN_CHARS_MIN, TOKEN_CHARS_MAX = 16, 128
@@ -62,24 +62,6 @@ class AuthRefused(Exception):
 def _printable(text: str) -> bool:
     """Printable ASCII without spaces (0x21-0x7e)."""
     return text.isascii() and text.isprintable() and " " not in text and text != ""
-
-
-@dataclass(frozen=True, slots=True)
-class Credential:
-    paasid: str
-    token: str
-    fixmedins_code: str  # "" for a platform's credential
-    admdvs: str  # "" for a hospital system's credential
-
-    def allows(self, fixmedins_code: str, inst_admdvs: str | None) -> bool:
-        """Whether this credential may act for the institution (its region `inst_admdvs`, None: unknown)."""
-        if self.fixmedins_code:
-            return fixmedins_code == self.fixmedins_code
-        return inst_admdvs is not None and region_covers(self.admdvs, inst_admdvs)
-
-    @property
-    def scope(self) -> str:
-        return f"institution {self.fixmedins_code}" if self.fixmedins_code else f"region {self.admdvs}"
 
 
 def signature(timestamp: str, token: str, nonce: str) -> str:
