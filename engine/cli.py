@@ -59,6 +59,10 @@ def _cmd_clear(a: argparse.Namespace) -> int:
     return 0
 
 
+_RELOAD_HINT = ("yidi: a hub serving this file takes the change when it reloads: kill -HUP its process, or "
+                "POST /admin/reload on its admin listener")
+
+
 def _cmd_keys(a: argparse.Namespace) -> int:
     from engine.hub.auth import KeysError, add_key, describe, read_keys, revoke_key
 
@@ -71,9 +75,11 @@ def _cmd_keys(a: argparse.Namespace) -> int:
             token = add_key(a.file, a.paasid, fixmedins_code=a.fixmedins_code or "", admdvs=a.admdvs or "")
             print(f"yidi: added {a.paasid} to {a.file}; its token, shown this once:", file=sys.stderr)
             print(token)
+            print(_RELOAD_HINT, file=sys.stderr)
         elif a.action == "revoke":
             revoke_key(a.file, a.paasid)
             print(f"yidi: revoked {a.paasid} in {a.file}", file=sys.stderr)
+            print(_RELOAD_HINT, file=sys.stderr)
         else:
             kf = read_keys(a.file)
             for w in kf.warnings:
@@ -135,6 +141,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     if not a.tcp and not a.http:
         print("yidi: serve needs --tcp HOST:PORT, --http HOST:PORT or both", file=sys.stderr)
         return 2
+    if a.keys and a.no_auth:
+        print("yidi: --keys and --no-auth exclude each other: give one", file=sys.stderr)
+        return 2
+    if not a.keys and not a.no_auth:
+        print("yidi: serve needs --keys FILE (the credentials: yidi keys add --file FILE ...), or --no-auth to "
+              "check no credential at all", file=sys.stderr)
+        return 2
     try:
         limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
     except ValueError as e:
@@ -147,11 +160,29 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         return 2
     for warning in tls.warnings() if tls else ():
         print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
+    keys = None
+    if a.keys:
+        from engine.hub.auth import KeysError, KeysSource
+
+        try:
+            keys, warnings = KeysSource.open(a.keys)
+        except KeysError as e:
+            print(f"yidi: --keys {e}", file=sys.stderr)
+            return 2
+        for warning in warnings:
+            print(f"yidi: warning: --keys {warning}", file=sys.stderr, flush=True)
+        if not len(keys.keyring):
+            print(f"yidi: warning: --keys {a.keys}: no credential: every request will be refused E_AUTH",
+                  file=sys.stderr, flush=True)
+    else:
+        print("yidi: warning: --no-auth: no credential, signature, scope or sign-in is checked: anyone who "
+              "reaches a listener can settle as any institution (yidi_auth_disabled 1 on /metrics)",
+              file=sys.stderr, flush=True)
     from engine.hub.serve import serve  # the server's imports, once the options are known good
     from engine.world.loader import WorldError
 
     try:
-        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls)
+        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -170,6 +201,11 @@ def _add_serve(sub) -> None:
     s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway (port 0: any; an empty HOST: every address)")
     s.add_argument("--admin", metavar="HOST:PORT", default=ADMIN_DEFAULT,
                    help=f"admin listener: /metrics and /healthz (default {ADMIN_DEFAULT})")
+    s.add_argument("--keys", metavar="FILE",
+                   help="the credentials file (paasid,token,fixmedins_code,admdvs; yidi keys): every request is "
+                        "signed and acts within its credential (contract section 10); reloaded on SIGHUP")
+    s.add_argument("--no-auth", action="store_true",
+                   help="check no credential at all (tests, a closed network): said at start and on /metrics")
     s.add_argument("--tls-cert", metavar="FILE",
                    help="PEM certificate (and chain) of the hub: every listener on TLS 1.2 or later")
     s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert, unencrypted")
