@@ -83,6 +83,25 @@ class PersonQueryInput(msgspec.Struct, gc=False):
     data: PersonQueryData
 
 
+class SignInData(msgspec.Struct, gc=False):
+    opter_no: Any = None
+    mac: Any = None
+    ip: Any = None
+
+
+class SignInInput(msgspec.Struct, gc=False):
+    signIn: SignInData
+
+
+class SignOutData(msgspec.Struct, gc=False):
+    sign_no: Any = None
+    opter_no: Any = None
+
+
+class SignOutInput(msgspec.Struct, gc=False):
+    signOut: SignOutData
+
+
 class Reply(msgspec.Struct, omit_defaults=True, gc=False):
     infcode: int
     inf_refmsgid: str
@@ -120,6 +139,8 @@ class Codec:
         self.is_json = fmt == "json"
         self.reverse = mod.Decoder(ReverseInput, **kw)
         self.person = mod.Decoder(PersonQueryInput, **kw)
+        self.sign_in = mod.Decoder(SignInInput, **kw)
+        self.sign_out = mod.Decoder(SignOutInput, **kw)
         self.generic = mod.Decoder(**kw)
         raw_fmt = self.raw_fmt
         self.encoder = mod.Encoder(enc_hook=lambda obj: obj.to_raw(raw_fmt))

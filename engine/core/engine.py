@@ -31,13 +31,15 @@ from engine.contract.protocol import (
     E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
     E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
     E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, ENVELOPE_DEPTH_MAX, ERR_MESSAGES,
-    FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, LINES_MAX,
+    FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, INFNO_SIGN_IN,
+    INFNO_SIGN_OUT, LINES_MAX,
     LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, MEMOS,
     OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN,
     REVERSE_INFNOS, SETTLE_INFNOS, UNFILED, WAIVED, Refused, region_covers,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
+from engine.core.signin import SignIns, journal_auth
 from engine.core.records import (
     ACC_CHRONIC, ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, CHANGE_SETTLE, Change, Pending, Request,
     ResultRows, Settled,
@@ -141,6 +143,8 @@ class Engine:
         self.recon = h.recon  # 3201/3202 (engine.core.reconcile): every committed change
         self.on_change = h.on_change  # called with each Change as it is made
         self.changes: list[Change] = []
+        self.signins = SignIns()  # section 10 (engine.core.signin)
+        self._cred = None  # the credential of the request being dispatched (Request.cred)
         self._clock_text, self._clock_value = "", 0  # _clock_day's last answer
         # Set while a request changes state inside its dispatch (a reversal's commit): a bug
         # met then cannot be answered as a refusal, since something has changed.
@@ -191,6 +195,7 @@ class Engine:
                 replies[idx] = self._refusal(env.msgid, now_text(), Refused(
                     E_SCHEMA, f"inf_time: not a time within {REQUEST_YEAR_MIN}-{REQUEST_YEAR_MAX}"))
                 continue
+            self._cred = req.cred
             for attempt in (0, 1):
                 try:
                     replies[idx] = self._dispatch(idx, env, req.codec, now, rnd)
@@ -228,6 +233,9 @@ class Engine:
         infno = env.infno
         if not isinstance(infno, str):
             raise Refused(E_SCHEMA, "infno")
+        cred = self._cred
+        if cred is not None:  # section 10: scope, then sign-in, before anything of section 7
+            self.signins.gate(cred, env, infno, now, self.inst)
         if infno in SETTLE_INFNOS:
             rnd.add(self._prepare(idx, env, codec, now, rnd))
             return None
@@ -240,6 +248,10 @@ class Engine:
             if rnd.msgids and any(p.commit and p.env.fixmedins_code == env.fixmedins_code for p in rnd.pending):
                 raise _Flush()
             return self._ok(env.msgid, now, reconcile.answer(infno, env, codec, self.inst, self.recon))
+        if infno == INFNO_SIGN_IN:
+            return self._ok(env.msgid, now, self.signins.sign_in(cred, env, codec, now, self.inst))
+        if infno == INFNO_SIGN_OUT:
+            return self._ok(env.msgid, now, self.signins.sign_out(cred, env, codec, now))
         raise Refused(E_UNSUPPORTED, f"infno {infno}")
 
     # ------------------------------------------------------------ replies
@@ -290,7 +302,9 @@ class Engine:
         buf = rnd.lines
         mark = buf.n
         try:
-            return self._prepare_checks(idx, env, codec, now, rnd, buf)
+            p = self._prepare_checks(idx, env, codec, now, rnd, buf)
+            p.auth = journal_auth(self._cred, env)
+            return p
         except BaseException:
             buf.truncate(mark)
             raise
@@ -622,7 +636,7 @@ class Engine:
             codec, raw = p.journal_input
             self.journal[msgid] = (env.infno, codec, raw, reply, env.fixmedins_code)
             change = Change(CHANGE_SETTLE, msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, setl_id,
-                            p.now, codec, raw, reply, rec)
+                            p.now, codec, raw, reply, rec, p.auth)
             self.changes.append(change)
             self.recon.add(change)
             if self.on_change is not None:
@@ -685,7 +699,7 @@ class Engine:
         self.journal[env.msgid] = (infno, *inp_c, reply, env.fixmedins_code)
         self.changes.append(Change(
             CHANGE_REVERSE, env.msgid, infno, env.fixmedins_code, env.mdtrtarea_admvs if isinstance(env.mdtrtarea_admvs, str) else "",
-            self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec,
+            self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec, journal_auth(self._cred, env),
         ))
         self.recon.add(self.changes[-1])
         if self.on_change is not None:

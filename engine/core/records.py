@@ -107,6 +107,7 @@ class Change:
     input_raw: bytes  # the request's raw `input`
     reply: Reply
     settled: Settled  # the settlement (for a reversal: the one it reverses)
+    auth: tuple  # paasid, sign_no, opter, opter_name of the request (section 10; engine.core.signin)
     # Filled by the history's change sink (engine.core.history) as the change is
     # made: a store's journal sequence number, journal row and uncompressed body.
     seq: int
@@ -114,7 +115,7 @@ class Change:
     body: object
 
     def __init__(self, kind, msgid, infno, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, setl_id, setl_time,
-                 codec, input_raw, reply, settled):
+                 codec, input_raw, reply, settled, auth=("", "", "", "")):
         self.kind = kind
         self.msgid = msgid
         self.infno = infno
@@ -127,6 +128,7 @@ class Change:
         self.input_raw = input_raw
         self.reply = reply
         self.settled = settled
+        self.auth = auth
         self.seq = -1
         self.row = None
         self.body = None
@@ -160,6 +162,7 @@ class Pending:
     acct_ok: int
     retired310: int
     journal_input: object  # (codec, raw input bytes) for the journal
+    auth: tuple  # Change.auth
 
     def __init__(self, idx, env, data, n_lines, commit, outpatient, now, journal_input=None):
         self.idx = idx
@@ -185,6 +188,7 @@ class Pending:
         self.acct_ok = 0
         self.retired310 = 0
         self.journal_input = journal_input
+        self.auth = ("", "", "", "")
 
 
 class ResultRows:

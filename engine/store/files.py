@@ -14,7 +14,7 @@ import sqlite3
 
 from engine.store.errors import StoreRefused
 from engine.store.schema import (
-    DB_NAME, KEYS_NAME, LOCK_NAME, PAGE_BYTES, SCHEMA_VERSION, STORE_FORMAT, WRITER_PRAGMAS,
+    DB_NAME, KEYS_NAME, LOCK_NAME, PAGE_BYTES, SCHEMA_VERSION, STORE_FORMAT, UPGRADES, WRITER_PRAGMAS,
 )
 
 log = logging.getLogger("yidi.store")
@@ -170,6 +170,8 @@ def open_files(path: str) -> tuple[sqlite3.Connection, bool, dict]:
         try:
             conn.execute("ATTACH DATABASE ? AS keys", (kpath,))
             writer_setup(conn, path, new=not tables)
+            if tables:
+                upgrade_schema(conn, path, meta)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(kpath, e) from None
     except BaseException:
@@ -184,9 +186,31 @@ def read_meta(conn: sqlite3.Connection, path: str, tables: set) -> dict:
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
     if meta.get("format") != STORE_FORMAT:
         raise StoreRefused(f"{path}: an SQLite file, but not a yidi store; refusing to touch it")
-    if meta.get("schema_version") != str(SCHEMA_VERSION):
-        raise StoreRefused(f"{path}: store schema {meta.get('schema_version')}, this build reads {SCHEMA_VERSION}")
+    version = meta.get("schema_version")
+    if version != str(SCHEMA_VERSION) and not (version and version.isdigit() and int(version) in UPGRADES):
+        raise StoreRefused(f"{path}: store schema {version}, this build reads {SCHEMA_VERSION}")
     return meta
+
+
+def upgrade_schema(conn: sqlite3.Connection, path: str, meta: dict) -> None:
+    """Bring a store of an earlier schema (read_meta let it through) up to SCHEMA_VERSION, in one
+    transaction of the main file, under the folder's lock."""
+    version = int(meta["schema_version"])
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while version < SCHEMA_VERSION:
+            for sql in UPGRADES[version]:
+                conn.execute(sql)
+            version += 1
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.warning("%s: store schema upgraded from %s to %s", path, meta["schema_version"], version)
+    meta["schema_version"] = str(version)
 
 
 def check_opened(conn: sqlite3.Connection, path: str, meta: dict, verify: str) -> None:

@@ -11,7 +11,8 @@ from engine.contract import protocol
 from engine.core.records import CHANGE_REVERSE, CHANGE_SETTLE
 
 STORE_FORMAT = "yidi-store"
-SCHEMA_VERSION = 3  # 2: postings a view of the journal; no account_log. 3: the keyed tables in KEYS_NAME
+SCHEMA_VERSION = 4  # 2: postings a view of the journal; no account_log. 3: the keyed tables in KEYS_NAME.
+# 4: sign-ins, and who made each journal row (UPGRADES[3] brings a store of 3 up to it at open)
 DB_NAME = "yidi.sqlite3"
 KEYS_NAME = "yidi-keys.sqlite3"  # the folded, keyed tables (KEYS_SCHEMA), attached as `keys`
 LOCK_NAME = "yidi.lock"
@@ -38,6 +39,23 @@ def _fund_case(table: str) -> str:
     assert all(k.isdigit() and v.isdigit() for k, v in funds.items())
     return "CASE insutype " + " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in sorted(funds.items())) + " END"
 
+
+# Section 10: who made a journal row ("" for rows made without a credential: replay, --no-auth,
+# or rows written before schema 4), and the sign-ins (one row per 9001; a 9002 sets signed_out).
+_JOURNAL_AUTH = ("paasid", "sign_no", "opter", "opter_name")
+_JOURNAL_AUTH_COLS = ",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _JOURNAL_AUTH)
+_SIGN_IN_TABLE = """-- Sign-ins (section 10): in force while sign_time <= t < ends and signed_out is ''.
+CREATE TABLE sign_in (
+    sign_no TEXT PRIMARY KEY,
+    paasid TEXT NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    opter_no TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    sign_time TEXT NOT NULL,
+    ends TEXT NOT NULL,
+    signed_out TEXT NOT NULL
+) WITHOUT ROWID"""
+SIGN_IN_COLS = ("sign_no", "paasid", "fixmedins_code", "opter_no", "ip", "sign_time", "ends", "signed_out")
 
 SCHEMA = f"""
 CREATE TABLE meta (
@@ -96,8 +114,11 @@ CREATE TABLE journal (
     acct_pay_fen INTEGER NOT NULL,
     psn_cash_pay_fen INTEGER NOT NULL,
     burden_fen INTEGER NOT NULL,
-    second_fen INTEGER NOT NULL
+    second_fen INTEGER NOT NULL,
+    {_JOURNAL_AUTH_COLS}
 );
+
+{_SIGN_IN_TABLE};
 
 -- The request and the reply of a journal row, as one LZ4 block (engine.store.codec.body_of):
 -- the request's raw `input` in its codec ('json' or 'msgpack'), the reply as
@@ -249,13 +270,21 @@ JOURNAL_COLS = (
     "seq", "msgid", "kind", "infno", "setl_id", "reversed_setl_id", "setl_time", "insuplc_admdvs",
     "mdtrtarea_admvs", "fixmedins_code", "mdtrt_id", "psn", "psn_no", "insutype", "med_type", "clr_type",
     "filing_class", "pool_prop_selfpay", "acc_kind", "cd_slot", "acc_year",
-    *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen",
+    *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen", *_JOURNAL_AUTH,
 )
 SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(JOURNAL_COLS)}) VALUES ({', '.join('?' * len(JOURNAL_COLS))})"
 SQL_INSERT_BLOB = "INSERT INTO journal_blob (seq, codec, body_lz4, crc32) VALUES (?, ?, ?, ?)"
 SQL_INSERT_PERSON_LOG = "INSERT INTO person_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 SQL_INSERT_CHRONIC_LOG = "INSERT INTO chronic_log VALUES (?, ?, ?, ?)"
-SQL_INSERTS = (SQL_INSERT_JOURNAL, SQL_INSERT_BLOB, SQL_INSERT_PERSON_LOG, SQL_INSERT_CHRONIC_LOG)
+# A sign-in made, or ended by a 9002 (the same row again, signed_out set).
+SQL_UPSERT_SIGN_IN = (f"INSERT INTO sign_in ({', '.join(SIGN_IN_COLS)}) VALUES ({', '.join('?' * len(SIGN_IN_COLS))})"
+                      " ON CONFLICT (sign_no) DO UPDATE SET signed_out = excluded.signed_out")
+SQL_INSERTS = (SQL_INSERT_JOURNAL, SQL_INSERT_BLOB, SQL_INSERT_PERSON_LOG, SQL_INSERT_CHRONIC_LOG, SQL_UPSERT_SIGN_IN)
+
+# What brings a store of an earlier schema version up to this one, at open, in one transaction.
+UPGRADES = {
+    3: [*(f"ALTER TABLE journal ADD COLUMN {c} TEXT NOT NULL DEFAULT ''" for c in _JOURNAL_AUTH), _SIGN_IN_TABLE],
+}
 
 # Every connection that writes (the store's and the batch writer's; pragmas are per connection).
 WRITER_PRAGMAS = (

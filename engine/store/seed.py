@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.contract import money
+from engine.core.signin import SignIn
 from engine.store.schema import (
-    KEYS_SCHEMA, PERSON_ACC, READ_CHUNK_ROWS, SCHEMA, SCHEMA_VERSION, STORE_FORMAT, schema_statements,
+    KEYS_SCHEMA, PERSON_ACC, READ_CHUNK_ROWS, SCHEMA, SCHEMA_VERSION, SIGN_IN_COLS, STORE_FORMAT, schema_statements,
 )
 from engine.world.loader import DAY_OPEN, World
 from engine.store.files import refuse_sqlite
@@ -233,3 +234,13 @@ def policy_diff(old_text: str, new_text: str) -> str:
         return f"{len(keys)} {what}" + (f" ({shown})" if keys else "")
 
     return ", ".join((part("changed", changed), part("added", added), part("removed", removed)))
+
+
+def restore_sign_ins(w: sqlite3.Connection, clock: str) -> list[SignIn]:
+    """The sign-ins not signed out (section 10), for the engine; on the wall clock only those still in force."""
+    sql = f"SELECT {', '.join(SIGN_IN_COLS)} FROM sign_in WHERE signed_out = ''"
+    args: tuple = ()
+    if clock == "wall":
+        sql += " AND ends > ?"
+        args = (_now_text(),)
+    return [SignIn(*r) for r in w.execute(sql + " ORDER BY sign_time", args).fetchall()]

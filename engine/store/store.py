@@ -81,7 +81,7 @@ from engine.store.lookups import (
 )
 from engine.store.recon import StoredReconIndex
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, SQL_INSERTS, delete_logs
-from engine.store.seed import note_world_changes, restore_world, seed_store
+from engine.store.seed import note_world_changes, restore_sign_ins, restore_world, seed_store
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
 from engine.world.loader import World, load_world
 
@@ -160,6 +160,8 @@ class SqliteStore:
             if not seeded_now:
                 world, cd_years = restore_world(self._w, world)
             self.engine = self._engine(world, clock, cd_years)
+            self.engine.signins.restore(restore_sign_ins(self._w, clock))
+            self.engine.signins.events = []  # this store takes them (prepare)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(self.path, e) from None
         # The world and the engine live as long as the process: keep the collector
@@ -253,14 +255,16 @@ class SqliteStore:
         sidx = np.fromiter(slots, dtype=np.int64, count=len(slots))
         chronic = list(zip([last] * len(sidx), sidx.tolist(), *self.engine.chronic_accumulators(sidx)))
         self._next_seq = last + 1
-        return Prepared(changes, journal, compression, persons, chronic, tail, last)
+        signs = [(s.sign_no, s.paasid, s.fixmedins_code, s.opter_no, s.ip, s.sign_time, s.ends, s.signed_out)
+                 for s in self.engine.signins.take_events()]
+        return Prepared(changes, journal, compression, persons, chronic, tail, last, signs)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
         with self._write_lock:
             if self.failed:
                 raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
-            if not p.changes:
+            if not p.changes and not p.signs:
                 return
             f = self._folder
             if f is not None and f.error is not None:
@@ -283,14 +287,17 @@ class SqliteStore:
     def _write_rows(self, p: Prepared, logs_to: int) -> None:
         """The batch's one transaction on the batch writer, and the logs up to logs_to deleted in it."""
         w = self._bw
-        journal, blob, person, chronic = self._stmts
+        journal, blob, person, chronic, sign_in = self._stmts
         try:
             w.execute("BEGIN IMMEDIATE")
-            w.executemany(journal, p.journal)  # while the compressor works (prepare)
-            w.executemany(blob, p.blob_rows())
-            w.executemany(person, p.persons)
+            if p.changes:
+                w.executemany(journal, p.journal)  # while the compressor works (prepare)
+                w.executemany(blob, p.blob_rows())
+                w.executemany(person, p.persons)
             if p.chronic:
                 w.executemany(chronic, p.chronic)
+            if p.signs:
+                w.executemany(sign_in, p.signs)
             if logs_to > self._logs_deleted:
                 delete_logs(w, logs_to)
             w.execute("COMMIT")

@@ -107,6 +107,7 @@ class Prepared:
     chronic: list
     tail: list  # (msgid, seq, visit, setl_id in force or None, reversed setl_id or None)
     last_seq: int
+    signs: list  # sign_in rows made or ended by the batch (engine.core.signin), in SIGN_IN_COLS order
 
     def blob_rows(self) -> list:
         """The journal_blob rows (seq, codec, LZ4 block, crc32 of the block), in seq order.
