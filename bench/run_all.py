@@ -226,7 +226,7 @@ def demo_row(saved: dict) -> tuple[str, str, dict]:
     w = s["world"]
     what = (f"`yidi demo`: {s['requests']:,} requests ({s['counts']['settlements']:,} settlements) on "
             f"{w['persons']:,} persons x {w['catalogue_rows']:,} catalogue rows, in-process hub on the store, "
-            f"{s['connections']} connections x {s['in_flight']} in flight")
+            f"{s['in_flight']} in flight over {s['connections']} signed-in connections")
     fig = (f"{s['settlements_per_s']:,.0f} settlements/s; p50 {lat['latency_ms_p50']:.0f} ms, p99 "
            f"{lat['latency_ms_p99']:.0f} ms (closed loop); whole command {t['total_s']:.0f} s "
            f"(world {'cached' if s['world_cached'] else 'generated'} {t['world_s']:.0f} s, store open "

@@ -268,9 +268,11 @@ def _add_demo(sub) -> None:
     s.add_argument("--cache", default=d.cache_dir, help=f"where worlds are cached (default {d.cache_dir})")
     s.add_argument("--data", help="keep the store in this new folder (default: a temporary one, removed)")
     s.add_argument("--report", default=d.report_dir, help=f"report folder (default ./{d.report_dir})")
-    s.add_argument("--connections", type=int, default=d.connections, help=f"(default {d.connections})")
+    s.add_argument("--connections", type=int, default=d.connections,
+                   help=f"framed connections per province platform, each signed in (default {d.connections})")
     s.add_argument("--in-flight", type=int, default=d.in_flight,
-                   help=f"requests in flight per connection (default {d.in_flight})")
+                   help=f"requests in flight in all, the day sent in order (default {d.in_flight}; 1: the hub sees "
+                        "the stream's order)")
     s.add_argument("--keep-replies", action="store_true",
                    help="also write requests.jsonl and replies.jsonl to the report folder")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -256,3 +256,19 @@ class AsyncFramedClient:
     async def sign_in(self, paasid: str, token: str, fixmedins_code: str, **kw: Any) -> str:
         """Send a signed 9001 (sign_in_envelope's options) and return its sign_no; SignInRefused else."""
         return sign_no_of(await self.call(sign_in_envelope(paasid, token, fixmedins_code, **kw)))
+
+    async def pipeline(self, envelopes: Iterable[Any], window: int = 64) -> list[dict]:
+        """FramedClient.pipeline on asyncio: at most `window` unanswered; the replies, in order."""
+        out: list[dict] = []
+        sent = 0
+        for env in envelopes:
+            if sent - len(out) >= window:
+                out.append(await self.recv())
+            self.writer.write(encode_frame(env))
+            sent += 1
+            if sent - len(out) >= window:
+                await self.writer.drain()
+        await self.writer.drain()
+        while len(out) < sent:
+            out.append(await self.recv())
+        return out
