@@ -201,8 +201,10 @@ def load_row(saved: dict) -> list[tuple[str, str, dict]]:
     for r in saved["data"]:
         lat = r.get("latency_ms", {})
         offered = f"{r['rate']:,} req/s offered" if r.get("rate") else "closed loop"
-        what = (f"load ({r['campaign']}): `yidi serve` + Locust on the other core, {r['users']} connections x "
-                f"{r['in_flight']} in flight, {offered}, {r['duration_s']} s")
+        over = (f"{r['users']} Locust users x {r['in_flight']} in flight over {r['connections']} connections "
+                f"(one per province platform), {'signed' if r.get('auth', True) else '--no-auth'}"
+                if "connections" in r else f"{r['users']} connections x {r['in_flight']} in flight")
+        what = f"load ({r['campaign']}): `yidi serve` + Locust on the other core, {over}, {offered}, {r['duration_s']} s"
         budget = []
         if r.get("settlements_min"):
             budget.append(f"floor {r['settlements_min']:,}/s")
