@@ -18,7 +18,7 @@ by trustme) and Locust speaks the frames inside TLS.
 
 Campaigns run signed (contract section 10), as hospital systems and platforms
 would: the hub starts with `--keys`, a file made for the run with one platform
-credential per province (engine.tools.demo.platform_credentials); every
+credential per province (engine.tools.platforms); every
 institution is signed in before the load starts, and each frame carries its
 institution's `sign_no`. Locust's connections are lanes, one per province
 platform (a connection acts for one credential), shared out among its Users
@@ -173,23 +173,6 @@ def histogram_percentiles(d: dict[str, float], name: str, labels: str = "") -> d
     return out
 
 
-class _Meta:
-    """The envelope fields the lanes are cut by (engine.tools.demo.META_FIELDS), read from a frame."""
-
-    @staticmethod
-    def decoder():
-        import msgspec
-
-        class Fields(msgspec.Struct):
-            infno: object = None
-            msgid: object = None
-            insuplc_admdvs: object = None
-            mdtrtarea_admvs: object = None
-            fixmedins_code: object = None
-            inf_time: object = None
-        return msgspec.msgpack.Decoder(Fields)
-
-
 def read_bodies(frames: str) -> list[bytes]:
     """The MessagePack bodies of a frames file."""
     with open(frames, "rb") as f:
@@ -211,49 +194,60 @@ def institutions(world: str) -> dict[str, str]:
 
 
 def make_lanes(world: str, bodies: list[bytes], folder: str):
-    """The run's credentials (one platform per province, in a keys file) and the lanes of the frames: the
-    connection of each request's province platform (engine.tools.demo.lanes_for)."""
+    """The run's credentials (one platform per province, in a keys file), the lanes of the frames (the
+    connection of each request's province platform: engine.tools.platforms) and each frame's
+    fixmedins_code."""
+    import msgspec
+
     from engine.contract.protocol import province
     from engine.hub.auth import write_keys
-    from engine.tools.demo import META_FIELDS, lanes_for, platform_credentials
+    from engine.tools.platforms import lanes_for, platform_credentials
+
+    class Fields(msgspec.Struct):
+        mdtrtarea_admvs: object = None
+        fixmedins_code: object = None
 
     inst = institutions(world)
     creds = platform_credentials([province(a) for a in inst.values()])
     keys = os.path.join(folder, "keys.csv")
     write_keys(keys, creds)
-    dec = _Meta.decoder()
-    meta = []
+    dec = msgspec.msgpack.Decoder(Fields)
+    codes, areas = [], []
     for b in bodies:
         m = dec.decode(b)
-        meta.append([getattr(m, k) if isinstance(getattr(m, k), str) else "" for k in META_FIELDS])
-    return keys, lanes_for(meta, inst, creds, 1), meta
+        codes.append(m.fixmedins_code if isinstance(m.fixmedins_code, str) else "")
+        areas.append(m.mdtrtarea_admvs if isinstance(m.mdtrtarea_admvs, str) else "")
+    return keys, lanes_for(codes, areas, inst, creds, 1), codes
 
 
-def sign_in_lanes(tcp: str, lanes, bodies: list[bytes], meta, folder: str, ca_file: str | None) -> tuple[str, dict]:
-    """Sign every lane's institutions in (before the load: their sign_nos go into the frames), write the
-    signed frames, and make each lane's first frame for Locust (a 9001 signed now). The frames file and
-    what the run says of its sign-ins."""
-    from engine.hub.client import FramedClient, sign_in_envelope, sign_no_of, with_sign_no
+def sign_in_lanes(tcp: str, lanes, bodies: list[bytes], codes: list[str], folder: str,
+                  ca_file: str | None) -> tuple[str, dict]:
+    """Sign every lane's institutions in (before the load: their sign_nos go into the frames) and write
+    the signed frames. The frames file and what the run says of its sign-ins."""
+    import asyncio
+
+    from engine.hub.client import with_sign_no
     from engine.hub.framing import frame
     from engine.hub.tls import client_context
-    from engine.tools.demo import META_FIELDS, SIGN_IN_WINDOW
+    from engine.tools.platforms import sign_in_lane
 
     host, port = tcp.rsplit(":", 1)
     ctx = client_context(ca_file) if ca_file else None
+
+    async def sign_in_all() -> dict[str, str]:
+        done = await asyncio.gather(*(sign_in_lane((host, int(port)), lane, ssl_context=ctx, opter_no="load")
+                                      for lane in lanes))
+        for c, _ in done:
+            await c.close()
+        return {code: sn for _, sign_nos in done for code, sn in sign_nos.items()}
+
     t0 = time.perf_counter()
-    sign_no: dict[str, str] = {}
-    for lane in lanes:
-        with FramedClient(host, int(port), ssl_context=ctx) as c:
-            envs = [sign_in_envelope(lane.cred.paasid, lane.cred.token, code, opter_no="load") for code in
-                    lane.institutions]
-            for code, rep in zip(lane.institutions, c.pipeline(envs, SIGN_IN_WINDOW)):
-                sign_no[code] = sign_no_of(rep)
+    sign_no = asyncio.run(sign_in_all())
     sign_in_s = time.perf_counter() - t0
-    k_code = META_FIELDS.index("fixmedins_code")
     path = os.path.join(folder, "frames-signed.bin")
     with open(path, "wb") as f:
-        for b, m in zip(bodies, meta):
-            sn = sign_no.get(m[k_code])
+        for b, code in zip(bodies, codes):
+            sn = sign_no.get(code)
             f.write(frame(with_sign_no(b, sn) if sn is not None else b))
     return path, {"sign_ins": len(sign_no), "sign_in_s": round(sign_in_s, 3)}
 
@@ -285,15 +279,15 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         server_args += ["--tls-cert", cert, "--tls-key", key]
         locust_args = ["--tls-ca", ca_file]
     bodies = read_bodies(frames)
-    keys, lanes, meta = make_lanes(world, bodies, run)
+    keys, lanes, codes = make_lanes(world, bodies, run)
     server_args += ["--keys", keys] if auth else ["--no-auth"]
     server, addrs = start_server(world, data, server_args, a.server_core)
     try:
         signing = {"sign_ins": 0, "sign_in_s": 0.0}
         if auth:
-            frames, signing = sign_in_lanes(addrs["tcp"], lanes, bodies, meta, run, ca_file)
+            frames, signing = sign_in_lanes(addrs["tcp"], lanes, bodies, codes, run, ca_file)
             log(f"{len(lanes)} lanes signed in for {signing['sign_ins']} institutions in {signing['sign_in_s']} s")
-        del bodies, meta
+        del bodies, codes
         lanes_path = os.path.join(run, "lanes.json")
         write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth)
         before = scrape(addrs["admin"], ca_file)

@@ -23,17 +23,17 @@ import urllib.request
 import orjson
 import pytest
 
-from conftest import ROOT, VECTOR_WORLD, differences
+from conftest import ROOT, VECTOR_WORLD
 from engine.contract.credential import Credential
 from engine.hub.admin import RELOAD_PATH
 from engine.hub.auth import (
-    CLOCK_SKEW_S_MAX, KeysSource, read_keys, revoke_key, signature, signed_headers, write_keys,
+    CLOCK_SKEW_S_MAX, KeysSource, revoke_key, signature, signed_headers, write_keys,
 )
 from engine.hub.client import (
-    ConnectionClosed, FramedClient, SignInRefused, encode_frame, sign_in_envelope, sign_out_envelope, with_sign_no,
+    FramedClient, SignInRefused, encode_frame, sign_in_envelope, sign_out_envelope, with_sign_no,
 )
 from engine.hub.http import HTTP_PATH
-from test_server import WAIT_S, ServerThread, clone_settlements, memory_store, strip_times
+from test_server import WAIT_S, ServerThread, clone_settlements, memory_store
 
 # Institutions of the vectors' world: the settlement the tests clone is made at HOSP_CODE (region 530100).
 HOSP_CODE, SIBLING_CODE, FAR_CODE = "H53010020000", "H53010020001", "H11010010000"

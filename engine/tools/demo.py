@@ -40,13 +40,10 @@ import math
 import multiprocessing
 import os
 import re
-import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
-import zlib
 from typing import Any, Iterator
 
 import msgspec
@@ -54,7 +51,6 @@ import numpy as np
 
 from engine.contract import money
 from engine.clearing.clearing import PREPAY_WARN_BP_DEFAULT, prepay_usage
-from engine.contract.credential import Credential
 from engine.contract.protocol import (
     COMMIT_INFNOS, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_NAMES_EN, FUND_SECOND, REVERSE_INFNOS, province,
 )
@@ -79,8 +75,6 @@ IN_FLIGHT = 256  # requests in flight in all: one full batch (Limits.batch_max)
 # A connection holds at most this many unanswered (the hub stops reading it at
 # Limits.inflight_per_connection_max); more in all than the hub's queue would be refused E_BUSY.
 IN_FLIGHT_MAX = 4096
-WRITE_BUFFER_BYTES_MAX = 1 << 20  # client side: drain the socket above this
-SIGN_IN_WINDOW = 64  # 9001s a connection keeps unanswered while it signs in its institutions
 THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.tools.report)
 
 # The stream's mix (gen_requests' defaults, spelled out here so that the number
@@ -305,116 +299,6 @@ class Replayed:
         return f"Replayed({len(self.bodies)} replies, {self.t_end_s - self.t_start_s:.3f} s)"
 
 
-def platform_credentials(provinces: list[str]) -> list[Credential]:
-    """One platform credential per province (contract section 10: `XX0000` covers the province's
-    institutions), each with a new random token, as `yidi keys add --admdvs` makes them."""
-    return [Credential(f"demo-{p}", secrets.token_hex(32), "", p) for p in sorted(set(provinces))]
-
-
-@dataclasses.dataclass
-class Lane:
-    """One framed connection of a province platform: the credential it acts for, the requests it
-    carries (indexes, in stream order) and the institutions it signs in for (first seen first)."""
-
-    cred: Credential
-    idx: list[int] = dataclasses.field(default_factory=list)
-    institutions: list[str] = dataclasses.field(default_factory=list)
-
-
-def lanes_for(meta: list[list], inst_admdvs: dict[str, str], creds: list[Credential],
-              per_platform: int) -> list[Lane]:
-    """Each request on a connection of its institution's province platform; within a province, by
-    institution (crc32 of fixmedins_code), so one hospital's requests keep their order. A request for
-    an institution the world does not know goes by its `mdtrtarea_admvs` (and is refused E_FORBIDDEN:
-    it is in no credential's scope)."""
-    k_code, k_area = META_FIELDS.index("fixmedins_code"), META_FIELDS.index("mdtrtarea_admvs")
-    by_prov = {c.admdvs: c for c in creds}
-    lanes: dict[tuple[str, int], Lane] = {}
-    for i, m in enumerate(meta):
-        code = m[k_code]
-        admdvs = inst_admdvs.get(code)
-        cred = by_prov.get(province(admdvs if admdvs is not None else str(m[k_area]))) or creds[0]
-        key = (cred.admdvs, zlib.crc32(code.encode()) % per_platform)
-        lane = lanes.get(key)
-        if lane is None:
-            lane = lanes[key] = Lane(cred)
-        lane.idx.append(i)
-        if admdvs is not None and code not in lane.institutions:
-            lane.institutions.append(code)
-    first_of_prov = {}
-    for code, admdvs in inst_admdvs.items():
-        first_of_prov.setdefault(province(admdvs), code)
-    for lane in lanes.values():
-        if not lane.institutions:  # only requests for unknown institutions: the first frame still signs in
-            lane.institutions.append(first_of_prov[lane.cred.admdvs])
-    return [lanes[k] for k in sorted(lanes)]
-
-
-async def _sign_in(address: tuple[str, int], lane: Lane, day: str):
-    """Connect and sign in for each institution of the lane, the first 9001 being the connection's
-    signed first frame (section 10); the client and {fixmedins_code: sign_no}."""
-    from engine.hub.client import AsyncFramedClient, sign_in_envelope, sign_no_of
-
-    c = await AsyncFramedClient.connect(*address)
-    sock = c.writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # The hub's clock is the requests' inf_time: a sign-in at the start of the day is in force all day.
-    envs = [sign_in_envelope(lane.cred.paasid, lane.cred.token, code, inf_time=f"{day} 00:00:00",
-                             opter_no="demo", ip="127.0.0.1") for code in lane.institutions]
-    replies = await c.pipeline(envs, SIGN_IN_WINDOW)
-    return c, {code: sign_no_of(rep) for code, rep in zip(lane.institutions, replies)}
-
-
-async def _replay(clients: list, lanes: list[Lane], frames: list[bytes], r: Replayed, window: int,
-                  done: list[int]) -> None:
-    """Send the day in stream order, each request on its lane, with at most `window` unanswered in all;
-    each lane's replies are read in its own order. With a window of 1 the hub sees the stream's order."""
-    n = len(frames)
-    lane_of = np.zeros(n, dtype=np.int32)
-    for k, lane in enumerate(lanes):
-        lane_of[lane.idx] = k
-    slots = asyncio.Semaphore(window)
-    failed: list[BaseException] = []
-    clock = time.perf_counter
-
-    async def receive(c, idx: list[int]) -> None:
-        reader = c.reader
-        try:
-            for i in idx:
-                head = await reader.readexactly(4)
-                body = await reader.readexactly(int.from_bytes(head, "big"))
-                r.t_recv_s[i] = clock()
-                r.bodies[i] = body
-                done[0] += 1
-                slots.release()
-        except BaseException as e:
-            failed.append(e)
-            for _ in range(window):  # a receiver that fails must not leave the sender waiting for a slot
-                slots.release()
-            raise
-
-    loop = asyncio.get_running_loop()
-    rx = [loop.create_task(receive(c, lane.idx)) for c, lane in zip(clients, lanes)]
-    try:
-        writers = [c.writer for c in clients]
-        for i, k in enumerate(lane_of.tolist()):
-            await slots.acquire()
-            if failed:
-                break  # a receiver failed: its exception is raised below
-            w = writers[k]
-            r.t_send_s[i] = clock()
-            w.write(frames[i])
-            if w.transport.get_write_buffer_size() > WRITE_BUFFER_BYTES_MAX:
-                await w.drain()
-        await asyncio.gather(*rx)
-    finally:
-        for t in rx:
-            t.cancel()
-        for c in clients:
-            await c.close()
-
-
 async def _ticker(total: int, done: list[int], enabled: bool | None) -> None:
     """The progress bar, refreshed a few times a second (not once per reply)."""
     from tqdm import tqdm
@@ -442,6 +326,7 @@ async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frame
     from engine.hub.hub import Hub
     from engine.hub.limits import Limits
     from engine.hub.serve import Server
+    from engine.tools.platforms import lanes_for, platform_credentials, replay_lanes, sign_in_lane
 
     loop = asyncio.get_running_loop()
     with log.stage("store_open_s", f"opening a fresh store in {data_dir} (loads the world, seeds the persons)"):
@@ -469,14 +354,17 @@ async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frame
         n = len(frames)
         assert n == len(meta) == gen["requests"]
         r = Replayed([None] * n, np.zeros(n), np.zeros(n), 0.0, 0.0, 0)
-        lanes = lanes_for(meta, inst_admdvs, list(keys.keyring.by_paasid.values()), o.connections)
+        k_code, k_area = META_FIELDS.index("fixmedins_code"), META_FIELDS.index("mdtrtarea_admvs")
+        lanes = lanes_for([m[k_code] for m in meta], [m[k_area] for m in meta], inst_admdvs,
+                          list(keys.keyring.by_paasid.values()), o.connections)
         t0 = time.perf_counter()
-        signed = await asyncio.gather(*(_sign_in(server.tcp_address, lane, o.day) for lane in lanes))
+        # The hub's clock is the requests' inf_time: a sign-in at the start of the day is in force all day.
+        signed = await asyncio.gather(*(sign_in_lane(server.tcp_address, lane, inf_time=f"{o.day} 00:00:00",
+                                                     opter_no="demo") for lane in lanes))
         r.sign_in_s = time.perf_counter() - t0
         r.connections, r.sign_ins = len(lanes), sum(len(s) for _, s in signed)
         log.say(f"{r.connections} connections of {len(keys.keyring)} province platforms signed in for "
                 f"{r.sign_ins:,} institutions in {r.sign_in_s:.2f} s")
-        k_code = META_FIELDS.index("fixmedins_code")
         for lane, (_, sign_nos) in zip(lanes, signed):
             for i in lane.idx:
                 sign_no = sign_nos.get(meta[i][k_code])
@@ -488,7 +376,7 @@ async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frame
         ticker = loop.create_task(_ticker(n, done, o.progress))
         r.t_start_s = time.perf_counter()
         try:
-            await _replay([c for c, _ in signed], lanes, frames, r, o.in_flight, done)
+            await replay_lanes([c for c, _ in signed], lanes, frames, r, o.in_flight, done)
         finally:
             r.t_end_s = time.perf_counter()
             await ticker
