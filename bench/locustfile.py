@@ -113,6 +113,20 @@ class _Shared:
     failures = 0
     t_first: float | None = None
     t_last = 0.0
+    epoch: float | None = None  # the open loop's clock: User k sends at epoch + (k / n + j) * interval
+
+    @classmethod
+    def first_tick(cls, index: int, interval_s: float, n_users: int) -> float:
+        """A User's first send time in the open loop, on a grid shared by the Users: their sends are evenly
+        spaced (one every interval / n), whenever each User started and however long its start took, so
+        that two runs offer the same arrivals. A User that starts late joins at its next tick."""
+        now = time.perf_counter()
+        if cls.epoch is None:
+            cls.epoch = now
+        if not interval_s:
+            return now
+        offset = cls.epoch + (index % n_users) * interval_s / n_users
+        return offset + max(0, -(-(now - offset) // interval_s)) * interval_s
 
     @classmethod
     def load(cls, opts) -> None:
@@ -188,7 +202,7 @@ class FramedUser(User):
     @task
     def send_all(self) -> None:
         """Send this User's requests in order, forever (a stream that runs out starts again)."""
-        sched = time.perf_counter() + (self.index % 97) * self.interval_s / 97  # spread the Users' ticks
+        sched = _Shared.first_tick(self.index, self.interval_s, max(1, self.environment.parsed_options.num_users))
         socks, sent = self.socks, self.sent
         for fr, infno, lane in itertools.cycle(self.mine):
             self.window.acquire()
