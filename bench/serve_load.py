@@ -26,8 +26,10 @@ platform (a connection acts for one credential), shared out among its Users
 checks nothing of section 10 and the frames carry no sign_no, over the same
 lanes. `--campaign auth-ab` runs the saturation and the latency campaigns in
 both modes, alternating (signed first, then unsigned first, `--rounds` times),
-and prints signed / unsigned: durable settlements/s, and the latency
-percentiles; it fails when a ratio is worse than `--ab-tolerance` (5 %).
+and prints signed / unsigned: durable settlements/s, the hub's CPU per reply
+(user and system time of the `yidi serve` process over the run: steadier than a
+rate on a machine shared with other work) and the latency percentiles, each the
+median of the rounds; it fails when a ratio is worse than `--ab-tolerance` (5 %).
 
 A campaign fails (exit code 1) when its budget is missed: the saturation one
 under `--settlements-min` durable settlements/s, the latency one over
@@ -153,6 +155,16 @@ def scrape(http: str, ca_file: str | None = None) -> dict[str, float]:
             key = name_labels
         out[key] = out.get(key, 0.0) + float(value)
     return out
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds a process (every thread of it) has used so far; 0 where /proc is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def histogram_percentiles(d: dict[str, float], name: str, labels: str = "") -> dict[str, str]:
@@ -295,6 +307,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         lanes_path = os.path.join(run, "lanes.json")
         write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth)
         before = scrape(addrs["admin"], ca_file)
+        cpu0 = cpu_s(server.pid)
         summary_path = os.path.join(run, "locust-summary.json")
         cmd = pinned(a.load_core) + [
             sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "bench", "locustfile.py"), "--headless",
@@ -306,6 +319,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         ]
         log(" ".join(cmd))
         lp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        server_cpu_s = cpu_s(server.pid) - cpu0
         after = scrape(addrs["admin"], ca_file)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -331,6 +345,9 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         "auth_refusals": {k: v for k, v in s["outcomes"].items() if k.split(" ")[-1] in ("E_AUTH", "E_SIGN_IN")},
         "replies": s["replies"], "replies_per_s": s["replies_per_s"], "failures": s["failures"],
         "settlements_acknowledged": settled, "settlements_per_s": round(settled / span, 1),
+        # The hub's CPU (every thread) per reply over the run: what a request costs the server, steadier
+        # than a rate on a machine shared with other work.
+        "server_cpu_us_per_reply": round(1e6 * server_cpu_s / s["replies"], 1) if s["replies"] else 0.0,
         "committed_settle": d.get('yidi_committed_total{kind="settle"}', 0.0),
         "committed_reverse": d.get('yidi_committed_total{kind="reverse"}', 0.0),
         "latency_ms": s["latency_ms"],
@@ -373,6 +390,7 @@ def ab_ratios(results: list[dict], tolerance: float) -> dict:
     for name in sorted({r["campaign"] for r in results}):
         by = {mode: [r for r in results if r["campaign"] == name and r["auth"] == mode] for mode in (True, False)}
         med = {mode: {"settlements_per_s": _median([r["settlements_per_s"] for r in rs]),
+                      "server_cpu_us_per_reply": _median([r["server_cpu_us_per_reply"] for r in rs]),
                       **{p: _median([r["latency_ms"].get(p) or 0.0 for r in rs]) for p in ("p50", "p99")}}
                for mode, rs in by.items()}
         ratio = {k: round(med[True][k] / med[False][k], 4) if med[False][k] else None for k in med[True]}
@@ -380,7 +398,7 @@ def ab_ratios(results: list[dict], tolerance: float) -> dict:
         if ratio["settlements_per_s"] is not None and ratio["settlements_per_s"] < 1 - tolerance and \
                 CAMPAIGNS[name]["rate"] == 0:
             worse.append(f"settlements/s x{ratio['settlements_per_s']}")
-        for p in ("p50", "p99"):
+        for p in ("server_cpu_us_per_reply", "p50", "p99"):
             if ratio[p] is not None and ratio[p] > 1 + tolerance:
                 worse.append(f"{p} x{ratio[p]}")
         out[name] = {"signed": med[True], "no_auth": med[False], "signed_over_no_auth": ratio,
@@ -449,9 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in (ab or {}).items():
         s, u, q = v["signed"], v["no_auth"], v["signed_over_no_auth"]
         log(f"auth-ab {name}, medians of {v['rounds']} rounds: signed {s['settlements_per_s']} settlements/s, "
-            f"p50 {s['p50']} ms, p99 {s['p99']} ms; --no-auth {u['settlements_per_s']} settlements/s, "
-            f"p50 {u['p50']} ms, p99 {u['p99']} ms; signed / --no-auth: settlements/s {q['settlements_per_s']}, "
-            f"p50 {q['p50']}, p99 {q['p99']}: {v['verdict']}")
+            f"{s['server_cpu_us_per_reply']} us of hub CPU per reply, p50 {s['p50']} ms, p99 {s['p99']} ms; "
+            f"--no-auth {u['settlements_per_s']} settlements/s, {u['server_cpu_us_per_reply']} us, p50 {u['p50']} ms, "
+            f"p99 {u['p99']} ms; signed / --no-auth: settlements/s {q['settlements_per_s']}, hub CPU per reply "
+            f"{q['server_cpu_us_per_reply']}, p50 {q['p50']}, p99 {q['p99']}: {v['verdict']}")
     return 1 if failed else 0
 
 
