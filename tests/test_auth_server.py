@@ -492,7 +492,7 @@ def test_yidi_serve_with_keys_reloads_on_sighup(tmp_path, keys, settlement):
     os.chmod(keys, 0o644)  # readable by others: warned of, not refused
     s = Serve(str(tmp_path / "data"), "--keys", keys)
     try:
-        assert f"yidi: auth: 3 credentials from {keys} (2 hospital systems, 1 platforms); reload: SIGHUP or POST " \
+        assert f"yidi: auth: 3 credentials from {keys} (hospital systems 2, platforms 1); reload: SIGHUP or POST " \
                f"{RELOAD_PATH} on the admin listener" in s.lines
         assert "can be read or written by other users" in s.stderr_until(r"warning: --keys")
         metrics = s.metrics()

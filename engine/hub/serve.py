@@ -196,8 +196,8 @@ def _auth_line(keys: KeysSource | None) -> str:
         return "yidi: auth: none (--no-auth): no credential, signature, scope or sign-in is checked"
     creds = keys.keyring.by_paasid.values()
     hospitals = sum(1 for c in creds if c.fixmedins_code)
-    return (f"yidi: auth: {len(keys.keyring)} credentials from {keys.path} ({hospitals} hospital systems, "
-            f"{len(keys.keyring) - hospitals} platforms); reload: SIGHUP or POST {RELOAD_PATH} on the admin listener")
+    return (f"yidi: auth: {len(keys.keyring)} credentials from {keys.path} (hospital systems {hospitals}, "
+            f"platforms {len(keys.keyring) - hospitals}); reload: SIGHUP or POST {RELOAD_PATH} on the admin listener")
 
 
 def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
