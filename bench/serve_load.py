@@ -251,7 +251,7 @@ def sign_in_lanes(tcp: str, lanes, bodies: list[bytes], codes: list[str], folder
                                       for lane in lanes))
         for c, _ in done:
             await c.close()
-        return {code: sn for _, sign_nos in done for code, sn in sign_nos.items()}
+        return {code: sn for _, sign_nos in done for (code, _), sn in sign_nos.items()}
 
     t0 = time.perf_counter()
     sign_no = asyncio.run(sign_in_all())
@@ -278,7 +278,7 @@ def write_lanes(path: str, lanes, n: int, signed: bool) -> None:
         for i in lane.idx:
             lane_of[i] = k
     first = [base64.b64encode(encode_frame(sign_in_envelope(lane.cred.paasid, lane.cred.token,
-                                                            lane.institutions[0], opter_no="load"))).decode()
+                                                            lane.sign_ins[0][0], opter_no="load"))).decode()
              if signed else None for lane in lanes]
     with open(path, "w") as f:
         json.dump({"lane_of_frame": base64.b64encode(bytes(lane_of)).decode(), "first_frames": first}, f)

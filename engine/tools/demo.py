@@ -13,8 +13,8 @@ One command that a newcomer runs first:
    region code `XX0000` covers the province's institutions;
 4. each province's platform connects over the framed TCP protocol (one
    connection or more each, `--connections`), the first frame a signed 9001,
-   and signs in once for every institution it serves, at the start of the
-   simulated day; each request is sent with its institution's `sign_no`, on its
+   and signs in once for every institution it serves, at the start of each
+   simulated day it works; each request is sent with its institution's `sign_no`, on its
    province's connection, so a hospital's pre-settlement, settlement, retry and
    reversal stay in order on one connection, as they would in production. One
    sender walks the day in order with a bounded number of requests in flight in
@@ -292,7 +292,7 @@ class Replayed:
     engine_s: float = 0.0  # hub: Engine.handle_batch time, summed over the batches
     commit_s: float = 0.0  # hub: store write time (on the writer thread), summed
     connections: int = 0  # framed connections, one or more per province platform
-    sign_ins: int = 0  # 9001s answered, one per institution served (a connection's first frame among them)
+    sign_ins: int = 0  # 9001s answered, one per institution served and day (a connection's first frame among them)
     sign_in_s: float = 0.0  # from the first connect to the last sign-in answered
 
     def __repr__(self) -> str:
@@ -355,19 +355,20 @@ async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frame
         assert n == len(meta) == gen["requests"]
         r = Replayed([None] * n, np.zeros(n), np.zeros(n), 0.0, 0.0, 0)
         k_code, k_area = META_FIELDS.index("fixmedins_code"), META_FIELDS.index("mdtrtarea_admvs")
+        # The hub's clock is the requests' inf_time: an institution signs in at the start of each day it
+        # works (a retry late at night may fall on the next), and a sign-in is in force all that day.
+        days = [m[META_FIELDS.index("inf_time")][:10] for m in meta]
         lanes = lanes_for([m[k_code] for m in meta], [m[k_area] for m in meta], inst_admdvs,
-                          list(keys.keyring.by_paasid.values()), o.connections)
+                          list(keys.keyring.by_paasid.values()), o.connections, days)
         t0 = time.perf_counter()
-        # The hub's clock is the requests' inf_time: a sign-in at the start of the day is in force all day.
-        signed = await asyncio.gather(*(sign_in_lane(server.tcp_address, lane, inf_time=f"{o.day} 00:00:00",
-                                                     opter_no="demo") for lane in lanes))
+        signed = await asyncio.gather(*(sign_in_lane(server.tcp_address, lane, opter_no="demo") for lane in lanes))
         r.sign_in_s = time.perf_counter() - t0
         r.connections, r.sign_ins = len(lanes), sum(len(s) for _, s in signed)
-        log.say(f"{r.connections} connections of {len(keys.keyring)} province platforms signed in for "
-                f"{r.sign_ins:,} institutions in {r.sign_in_s:.2f} s")
+        log.say(f"{r.connections} connections of {len(keys.keyring)} province platforms made {r.sign_ins:,} "
+                f"sign-ins in {r.sign_in_s:.2f} s")
         for lane, (_, sign_nos) in zip(lanes, signed):
             for i in lane.idx:
-                sign_no = sign_nos.get(meta[i][k_code])
+                sign_no = sign_nos.get((meta[i][k_code], days[i]))
                 if sign_no is not None:
                     frames[i] = frame(with_sign_no(frames[i][4:], sign_no))
         done = [0]
@@ -594,7 +595,7 @@ def render_text(s: dict) -> str:
         f"  day       {s['requests']:,} requests: {c['settlements']:,} settlements and {c['reversals']:,} reversals"
         f" committed, {c['retries_answered']:,} retries answered from the journal, {c['refused']:,} refused",
         f"  sign-in   {s['connections']} connections of the province platforms (each a signed 9001 first), "
-        f"{s['sign_ins']:,} institutions signed in, in {s['sign_in_s']:.2f} s",
+        f"{s['sign_ins']:,} sign-ins (one per institution and day it works), in {s['sign_in_s']:.2f} s",
         f"  replay    {s['in_flight']} in flight over {s['connections']} connections, framed TCP, each request "
         f"under its institution's sign-in, {lat['replay_s']:.1f} s:"
         f" {s['settlements_per_s']:,.0f} settlements/s, {s['requests_per_s']:,.0f} requests/s,"

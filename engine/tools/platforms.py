@@ -35,24 +35,31 @@ def platform_credentials(provinces: list[str]) -> list[Credential]:
     return [Credential(f"plat-{p}", secrets.token_hex(32), "", p) for p in sorted(set(provinces))]
 
 
+# A sign-in a lane makes: the institution, and the day it signs in at the start of (None: now, on
+# the hub's wall clock). A hub on the replay clock keeps a sign-in in force for 24 h of inf_time.
+SignInKey = tuple[str, "str | None"]
+
+
 @dataclasses.dataclass
 class Lane:
     """One framed connection of a province platform: the credential it acts for, the requests it
-    carries (indexes, in stream order) and the institutions it signs in for (first seen first)."""
+    carries (indexes, in stream order) and the sign-ins it makes (first seen first)."""
 
     cred: Credential
     idx: list[int] = dataclasses.field(default_factory=list)
-    institutions: list[str] = dataclasses.field(default_factory=list)
+    sign_ins: list[SignInKey] = dataclasses.field(default_factory=list)
 
 
 def lanes_for(codes: list[str], areas: list[str], inst_admdvs: dict[str, str], creds: list[Credential],
-              per_platform: int) -> list[Lane]:
+              per_platform: int, days: list[str] | None = None) -> list[Lane]:
     """Each request (its `fixmedins_code` and `mdtrtarea_admvs`) on a connection of its institution's
     province platform; within a province, by institution (crc32 of fixmedins_code), so one hospital's
     requests keep their order. A request for an institution the world does not know goes by its
-    `mdtrtarea_admvs` (and is refused E_FORBIDDEN: it is in no credential's scope)."""
+    `mdtrtarea_admvs` (and is refused E_FORBIDDEN: it is in no credential's scope). With `days` (each
+    request's day, for a hub on the replay clock) an institution signs in for each day it works."""
     by_prov = {c.admdvs: c for c in creds}
     lanes: dict[tuple[str, int], Lane] = {}
+    seen: set[tuple[str, int, SignInKey]] = set()
     for i, (code, area) in enumerate(zip(codes, areas)):
         admdvs = inst_admdvs.get(code)
         cred = by_prov.get(province(admdvs if admdvs is not None else area)) or creds[0]
@@ -61,33 +68,34 @@ def lanes_for(codes: list[str], areas: list[str], inst_admdvs: dict[str, str], c
         if lane is None:
             lane = lanes[key] = Lane(cred)
         lane.idx.append(i)
-        if admdvs is not None and code not in lane.institutions:
-            lane.institutions.append(code)
+        sign_in = (code, None if days is None else days[i])
+        if admdvs is not None and (*key, sign_in) not in seen:
+            seen.add((*key, sign_in))
+            lane.sign_ins.append(sign_in)
     first_of_prov: dict[str, str] = {}
     for code, admdvs in inst_admdvs.items():
         first_of_prov.setdefault(province(admdvs), code)
     for lane in lanes.values():
-        if not lane.institutions:  # only requests for unknown institutions: the first frame still signs in
-            lane.institutions.append(first_of_prov[lane.cred.admdvs])
+        if not lane.sign_ins:  # only requests for unknown institutions: the first frame still signs in
+            lane.sign_ins.append((first_of_prov[lane.cred.admdvs], None if days is None else days[lane.idx[0]]))
     return [lanes[k] for k in sorted(lanes)]
 
 
-async def sign_in_lane(address: tuple[str, int], lane: Lane, *, inf_time: str | None = None,
-                       ssl_context: ssl.SSLContext | None = None,
-                       opter_no: str = "platform") -> tuple[AsyncFramedClient, dict[str, str]]:
-    """Connect and sign in for each institution of the lane, the first 9001 being the connection's
-    signed first frame (section 10); the client and {fixmedins_code: sign_no}. `inf_time`: the
-    9001s' (a hub on the replay clock signs in at that time)."""
+async def sign_in_lane(address: tuple[str, int], lane: Lane, *, ssl_context: ssl.SSLContext | None = None,
+                       opter_no: str = "platform") -> tuple[AsyncFramedClient, dict[SignInKey, str]]:
+    """Connect and make the lane's sign-ins, the first 9001 being the connection's signed first frame
+    (section 10); the client and {(fixmedins_code, day): sign_no}. A sign-in for a day is sent with
+    the inf_time of that day's start (a hub on the replay clock signs in at that time)."""
     c = await AsyncFramedClient.connect(*address, ssl_context=ssl_context)
     sock = c.writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    fields = {} if inf_time is None else {"inf_time": inf_time}
-    envs = [sign_in_envelope(lane.cred.paasid, lane.cred.token, code, opter_no=opter_no, ip="127.0.0.1", **fields)
-            for code in lane.institutions]
+    envs = [sign_in_envelope(lane.cred.paasid, lane.cred.token, code, opter_no=opter_no, ip="127.0.0.1",
+                             **({} if day is None else {"inf_time": f"{day} 00:00:00"}))
+            for code, day in lane.sign_ins]
     try:
         replies = await c.pipeline(envs, SIGN_IN_WINDOW)
-        return c, {code: sign_no_of(rep) for code, rep in zip(lane.institutions, replies)}
+        return c, {key: sign_no_of(rep) for key, rep in zip(lane.sign_ins, replies)}
     except BaseException:
         await c.close()
         raise
