@@ -27,16 +27,19 @@ from engine.contract import money
 from engine.core import reconcile
 from engine.contract.protocol import (
     CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY,
-    E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, ENVELOPE_DEPTH_MAX, ERR_MESSAGES,
-    FILING_CLASS_OF_TYPE, INFNO_PERSON, INFNO_SIGN_IN, INFNO_SIGN_OUT, LINES_MAX, LOCAL, MED_TYPE_CHRONIC,
-    MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN,
-    REVERSE_INFNOS, SETTLE_INFNOS, UNFILED, WAIVED, Refused, region_covers,
+    E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, E_VOIDED, EMERGENCY, ENVELOPE_DEPTH_MAX,
+    ERR_MESSAGES, FILING_CLASS_OF_TYPE, INFNO_PERSON, INFNO_SIGN_IN, INFNO_SIGN_OUT, LINES_MAX, LOCAL,
+    MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, OUTPATIENT_INFNOS,
+    REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, REVERSE_INFNOS,
+    SETTLE_INFNOS, STEP_INFNOS, UNFILED, WAIVED, Refused, region_covers,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
 from engine.core.round import Flush, Journaled, Round
 from engine.core.settling import SettlingMixin
 from engine.core.signin import SignIns, journal_auth
+from engine.core.stepwise import StepwiseMixin
+from engine.core.visits import VisitBook
 from engine.core.records import ACC_CHRONIC, ACC_INPATIENT, ACC_OUTPATIENT, Change, Pending, Request
 from engine.world.loader import DAY_OPEN, World
 
@@ -56,7 +59,7 @@ def now_text() -> str:
 
 
 
-class Engine(SettlingMixin):
+class Engine(SettlingMixin, StepwiseMixin):
     """The compiled settlement engine over one world, state in memory (sections 3-7)."""
 
     def __init__(self, world: World, clock: str = "wall", history: History | None = None,
@@ -125,6 +128,11 @@ class Engine(SettlingMixin):
         self.on_change = h.on_change  # called with each Change as it is made
         self.changes: list[Change] = []
         self.signins = SignIns()  # section 10 (engine.core.signin)
+        # Section 11 (engine.core.stepwise): the visits, the replies of step-wise transactions by msgid,
+        # and what they changed, for a store to write (None: no store takes them).
+        self.visits = VisitBook()
+        self.step_journal = h.step_journal
+        self.step_changes: list | None = None
         self._cred = None  # the credential of the request being dispatched (Request.cred)
         self._clock_text, self._clock_value = "", 0  # _clock_day's last answer
         # Set while a request changes state inside its dispatch (a reversal's commit): a bug
@@ -134,6 +142,13 @@ class Engine(SettlingMixin):
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
         out, self.changes = self.changes, []
+        return out
+
+    def take_step_changes(self) -> list:
+        """The step-wise transactions and visit effects since the last call, in order (engine.core.stepwise)."""
+        out = self.step_changes or []
+        if self.step_changes is not None:
+            self.step_changes = []
         return out
 
     # ------------------------------------------------------------ accumulators (history.AccumulatorSource)
@@ -220,6 +235,8 @@ class Engine(SettlingMixin):
         if infno in SETTLE_INFNOS:
             rnd.add(self._prepare(idx, env, codec, now, rnd))
             return None
+        if infno in STEP_INFNOS:
+            return self._step(idx, env, codec, now, rnd)
         if infno in REVERSE_INFNOS:
             return self._reverse(env, codec, now, rnd)
         if infno == INFNO_PERSON:
@@ -259,6 +276,9 @@ class Engine(SettlingMixin):
         if not isinstance(msgid, str) or not msgid:
             raise Refused(E_SCHEMA, "msgid")
         hit = self.journal.get(msgid)
+        if hit is None and (self.step_journal.get(msgid) is not None or msgid in self.visits.voided):
+            # A step-wise transaction's msgid (section 11), or one a 2601 voided before it arrived.
+            raise Refused(E_MSGID_REUSED if msgid not in self.visits.voided else E_VOIDED, f"msgid {msgid}")
         if hit is not None:
             h_infno, h_codec, h_raw, h_reply, h_code = hit
             # Section 7 (v2): another institution's msgid is never answered with its reply.
@@ -354,13 +374,16 @@ class Engine(SettlingMixin):
             inp_c = self._journal_check(env, infno, codec)
         inp, n_lines = self._read_input(env, codec, buf)
         d = inp.data
+        step_err = step = claims = None
+        if inp.feedetail is None:  # section 11: the visit's lines of a batch
+            d, n_lines, step_err, step, claims = self._step_settle_input(env, codec, buf, rnd)
         medfee = self._schema_fields(env, d, infno, outpatient)
         day = self._settlement_day(d, outpatient)
         med_type = d.med_type
         chronic = med_type == MED_TYPE_CHRONIC
         if chronic and (not isinstance(d.dise_codg, str) or not d.dise_codg):
             raise Refused(E_SCHEMA, "dise_codg must be a non-empty string")
-        if not n_lines:
+        if not n_lines and step_err is None and step is None:
             raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
         visit = (env.fixmedins_code, d.mdtrt_id)
         if visit in rnd.visits:
@@ -368,6 +391,8 @@ class Engine(SettlingMixin):
 
         p = Pending(idx, env, d, n_lines, commit, outpatient, now, journal_input=inp_c)
         p.medfee = medfee
+        p.prov = self._province(env.mdtrtarea_admvs)
+        p.step, p.claims = step, claims
         p.future = day > self._clock_day(now)
         # From here on a failing check is remembered, not raised: an E_SCHEMA in
         # the lines (found by the kernel later) still ranks before it.
@@ -388,7 +413,9 @@ class Engine(SettlingMixin):
             pol = self.pol.ids.get((insuplc, insutype))
             if pol is None:
                 raise Refused(E_NO_POLICY)
-            if visit in self.open_visits:
+            if step_err is not None:
+                raise step_err
+            if step is None and visit in self.open_visits:
                 raise Refused(E_DUPLICATE_VISIT)
         except Refused as r:
             p.err = r.code
@@ -414,9 +441,16 @@ class Engine(SettlingMixin):
         p.acct_ok = int(insutype == "310" and d.acct_used_flag == "1")
         rnd.visits.add(visit)
         rnd.persons.add(psn)
+        if step is not None:
+            rnd.step_visits.add(d.mdtrt_id)
         if commit:
             rnd.msgids.add(msgid)
         return p
+
+    @staticmethod
+    def _province(admvs: str) -> int:
+        """The treatment province of a region code, as the catalogue keys it; -1 when it is none."""
+        return int(admvs[:2]) if admvs[:2].isdigit() else -1
 
     def _request_time_ok(self, text: str) -> bool:
         """A time of a request: YYYY-MM-DD HH:MM:SS within the years section 7 (v2) allows."""

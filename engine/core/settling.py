@@ -42,22 +42,25 @@ class SettlingMixin:
         buf = rnd.lines
         assert int(starts[-1]) == buf.n, "every pending settlement's lines, and only theirs, are in the round"
         lines = kernels.Lines(buf.codes, buf.sns, *buf.arrays(), buf.n_bad)
-        prov = np.fromiter(
-            (int(p.env.mdtrtarea_admvs[:2]) if p.env.mdtrtarea_admvs[:2].isdigit() else -1 for p in pend),
-            dtype=I16, count=n,
-        )
+        prov = np.fromiter((p.prov for p in pend), dtype=I16, count=n)
         line_prov = np.repeat(prov, counts)
         row = self.cat.match(lines.codes, line_prov, lines.day)
-        lines.codes = None  # the replies keep the round's arrays, not its strings
+        # An upload keeps its lines' codes (the visit's columns); the replies keep the round's
+        # arrays, not its strings.
+        codes = lines.codes if any(p.upload is not None for p in pend) else None
+        lines.codes = None
         outpatient = np.fromiter((p.outpatient for p in pend), dtype=U8, count=n)
         split = kernels.split_lines(self.cat, starts, outpatient, row, lines)
         # A line dated outside the years a request may name is malformed (section 7, v2).
         bad = lines.bad.astype(I64)
         bad |= (lines.day < REQUEST_DAY_MIN) | (lines.day > REQUEST_DAY_MAX)
-        bad_lines = np.add.reduceat(bad, starts[:-1])
+        # Per request; a step-wise settlement refused before its lines has none (reduceat would misread it).
+        csum = np.zeros(len(bad) + 1, I64)
+        np.cumsum(bad, out=csum[1:])
+        bad_lines = csum[starts[1:]] - csum[starts[:-1]]
         arrays = RoundArrays(self.cat, starts, lines, row, split)
 
-        ok, ok_k = self._refuse_before_funds(pend, bad_lines, split, replies)
+        ok, ok_k = self._refuse_before_funds(pend, bad_lines, split, replies, arrays, codes)
         if not ok:
             return
         sel = np.array(ok_k, dtype=I64)
@@ -101,11 +104,13 @@ class SettlingMixin:
                 continue
             replies[p.idx] = self._settlement_reply(p, out, arrays)
 
-    def _refuse_before_funds(self, pend: list, bad_lines: np.ndarray, split, replies: list) -> tuple[list, list]:
-        """Answer the errors that rank before the fund payment, in the order of section 7; the
-        settlements that pass them, and their places in the round."""
+    def _refuse_before_funds(self, pend: list, bad_lines: np.ndarray, split, replies: list, arrays,
+                             codes: list | None) -> tuple[list, list]:
+        """Answer the errors that rank before the fund payment, in the order of section 7, and the
+        uploads of the round (section 11: all or nothing); the settlements that pass, and their places."""
         ok: list[Pending] = []
         ok_k: list[int] = []
+        starts = arrays.starts.tolist()
         for k, p, n_bad, split_err, tot_amt in zip(
             range(len(pend)), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt_fen.tolist()
         ):
@@ -116,7 +121,11 @@ class SettlingMixin:
                 err = p.err
             elif split_err:
                 err = _SPLIT_ERR[split_err]
-            elif tot_amt != p.medfee:
+            elif p.upload is not None:
+                lo = starts[k]
+                replies[p.idx] = self._finish_upload(p, lo, arrays, codes[lo:lo + p.n_lines])
+                continue
+            elif tot_amt != p.medfee or (p.claims is not None and self._claims_differ(p.claims, split, k)):
                 err = E_AMOUNT_MISMATCH
             elif p.future:
                 err = E_DATE  # section 7 (v2): a bill dated after the hub's clock day
@@ -126,6 +135,13 @@ class SettlingMixin:
                 ok.append(p)
                 ok_k.append(k)
         return ok, ok_k
+
+    @staticmethod
+    def _claims_differ(claims: list, split, k: int) -> bool:
+        """Section 11: a split total the hospital sent that is not the hub's."""
+        hub = (int(split.tot_fulamt_fen[k]), int(split.tot_overlmt_fen[k]), int(split.tot_presel_fen[k]),
+               int(split.tot_inscp_fen[k]))
+        return any(c is not None and c != h for c, h in zip(claims, hub))
 
     def _settlement_reply(self, p: Pending, out: tuple, arrays) -> Reply:
         _, a, second, burden, prop_bp, lo, f = out
@@ -183,10 +199,14 @@ class SettlingMixin:
                 # after this settlement (an earlier year was refused with E_DATE; a
                 # later one rolled the accumulators over). Not state.acc_year, which
                 # a later settlement of the same round may have moved on.
-                p.year, amounts, burden, second, info,
+                p.year, amounts, burden, second, info, batch=None if p.step is None else p.step[1],
             )
             self.settled[setl_id] = rec
-            self.open_visits.add((env.fixmedins_code, mdtrt_id))
+            if p.step is None:
+                self.open_visits.add((env.fixmedins_code, mdtrt_id))
+            else:  # section 11: the batch (the stay) is settled; a visit's other batches still may be
+                v, batch = p.step
+                self._visit_effect(["settle", v.mdtrt_id, batch, setl_id], v.mdtrt_id, env, p.now)
             codec, raw = p.journal_input
             self.journal[msgid] = (env.infno, codec, raw, reply, env.fixmedins_code)
             change = Change(CHANGE_SETTLE, msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, setl_id,
@@ -227,6 +247,11 @@ class SettlingMixin:
             raise Refused(E_ALREADY_REVERSED)
         if (infno in OUTPATIENT_INFNOS) != rec.outpatient or rec.mdtrt_id != d.mdtrt_id or rec.psn_no != d.psn_no:
             raise Refused(E_MISMATCH, "infno, mdtrt_id or psn_no differ from the settlement")
+        return self._reverse_settled(rec, env, infno, inp_c, now)
+
+    def _reverse_settled(self, rec: Settled, env, infno: str, inp_c: tuple, now: str) -> Reply:
+        """Commit the reversal of `rec` made by the request `env` (a 2208/2305, or a 2601 undoing a
+        settlement: `infno` is then the reversal's of that settlement's kind)."""
         st, i, a = self.state, rec.psn, rec.amounts
         self._committing = True  # from here on the reversal changes state
         st.balc_fen[i] += a["acct_pay"]
@@ -241,7 +266,8 @@ class SettlingMixin:
             else:
                 st.cd_val_fen[rec.cd_slot] -= a["hifp_pay"]
         rec.reversed = True
-        self.open_visits.discard((rec.fixmedins_code, rec.mdtrt_id))
+        if rec.batch is None:
+            self.open_visits.discard((rec.fixmedins_code, rec.mdtrt_id))
         setlinfo = {k: _fmt(-v) for k, v in a.items()}
         setlinfo["balc"] = _fmt(int(st.balc_fen[i]))
         for z in _ZERO_FUNDS:
@@ -258,6 +284,9 @@ class SettlingMixin:
         self.recon.add(self.changes[-1])
         if self.on_change is not None:
             self.on_change(self.changes[-1])
+        visit = self.visits.setl_batch.get(rec.setl_id)
+        if visit is not None:  # section 11: its batch (stay) is unsettled again, its lines in force
+            self._visit_effect(["unsettle", rec.setl_id], visit[0], env, now)
         self._committing = False
         return reply
 

@@ -120,6 +120,7 @@ class VisitBook:
         self.stays_open: dict[str, set[str]] = {}  # psn_no -> its stays neither settled nor cancelled
         self.setl_batch: dict[str, tuple[str, str]] = {}  # setl_id in force -> (mdtrt_id, batch)
         self.voided: dict[str, Voided] = {}
+        self.by_msgid: dict[str, str] = {}  # msgid of an upload or a discharge -> its visit (2601)
 
     # ------------------------------------------------------------ the one place visits change
 
@@ -128,6 +129,7 @@ class VisitBook:
         if kind == "upload":
             _, mdtrt_id, batch, msgid, codes, sns, amt, cnt, pric, day = effect
             ls = self.visits[mdtrt_id].lines
+            self.by_msgid[msgid] = mdtrt_id
             base = len(ls.sns)
             for k, sn in enumerate(sns):
                 ls.sn_pos[sn] = base + k
@@ -196,6 +198,7 @@ class VisitBook:
         elif kind == "discharge":
             v = self.visits[effect[1]]
             v.endtime, v.discharged_by = effect[2], effect[3]
+            self.by_msgid[effect[3]] = effect[1]
         elif kind == "undischarge":
             v = self.visits[effect[1]]
             v.endtime, v.discharged_by = None, ""

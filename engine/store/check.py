@@ -246,7 +246,7 @@ class _JournalReplay:
         amount_cols = ", ".join(k + "_fen" for k in AMOUNT_KEYS)
         cur = conn.execute(
             "SELECT seq, msgid, kind, setl_id, reversed_setl_id, insuplc_admdvs, fixmedins_code, mdtrt_id, psn,"
-            f" psn_no, insutype, acc_kind, cd_slot, acc_year, burden_fen, second_fen, {amount_cols}"
+            f" psn_no, insutype, acc_kind, cd_slot, acc_year, burden_fen, second_fen, {amount_cols}, chrg_bchno"
             " FROM journal ORDER BY seq"
         )
         while rows := cur.fetchmany(FETCH_ROWS):
@@ -258,7 +258,9 @@ class _JournalReplay:
         (seq, msgid, kind, setl_id, rev_id, insuplc, medins, mdtrt_id, psn, psn_no, insutype, acc_kind,
          cd_slot, acc_year, burden, second) = r[:16]
         amounts = dict(zip(AMOUNT_KEYS, r[16 : 16 + len(AMOUNT_KEYS)]))
-        visit = (medins, mdtrt_id)
+        batch = r[16 + len(AMOUNT_KEYS)]
+        # A step-wise settlement settles one batch of its visit (section 11): one in force per batch.
+        visit = (medins, mdtrt_id) if batch is None else (medins, mdtrt_id, batch)
         if setl_id != "S" + msgid:
             self.pair_diffs.append(f"seq {seq}: setl_id {setl_id} is not 'S' + msgid {msgid}")
         if kind == CHANGE_SETTLE:
@@ -286,7 +288,7 @@ class _JournalReplay:
         if visit in self.open_all:
             self.pair_diffs.append(f"seq {seq}: visit {visit} settled while {self.open_all[visit]} is in force")
         self.open_all[visit] = setl_id
-        if seq <= self.folded:
+        if seq <= self.folded and len(visit) == 2:  # the open_visit table holds one-shot visits only
             self.open_upto_folded[visit] = setl_id
         # Section 6: bring the year forward, then add what the settlement took.
         year = self.year

@@ -193,7 +193,7 @@ class JournalRows:
             rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info[_I_INSUTYPE],
             info[_I_MED_TYPE], info[_I_CLR_TYPE], info[_I_FILING_CLASS], info[_I_POOL_PROP],
             rec.kind, rec.cd_slot, rec.year, *(a if sign == 1 else [-v for v in a]),
-            sign * rec.burden, sign * rec.second, *c.auth,
+            sign * rec.burden, sign * rec.second, *c.auth, rec.batch,
         )
         c.body = body_of(c.input_raw, c.reply, rows)
 

@@ -82,6 +82,7 @@ from engine.store.lookups import (
 from engine.store.recon import StoredReconIndex
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, SQL_INSERTS, delete_logs
 from engine.store.seed import note_world_changes, restore_sign_ins, restore_world, seed_store
+from engine.store.steps import StepJournalMap, restore_visits, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
 from engine.world.loader import World, load_world
 
@@ -162,6 +163,8 @@ class SqliteStore:
             self.engine = self._engine(world, clock, cd_years)
             self.engine.signins.restore(restore_sign_ins(self._w, clock))
             self.engine.signins.events = []  # this store takes them (prepare)
+            restore_visits(self._w, self.engine.visits)
+            self.engine.step_changes = []  # this store takes them (prepare)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(self.path, e) from None
         # The world and the engine live as long as the process: keep the collector
@@ -174,6 +177,7 @@ class SqliteStore:
         logs deleted <= folded <= journal rows (the two files of the same moment)."""
         w = self._w
         self._written_seq = w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
+        self._next_step_seq = w.execute("SELECT COALESCE(MAX(seq), 0) FROM step").fetchall()[0][0] + 1
         self._next_seq = self._written_seq + 1
         self._folded_seq = w.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0]
         self._logs_deleted = int(w.execute("SELECT value FROM meta WHERE key = 'logs_deleted_to'").fetchall()[0][0])
@@ -193,7 +197,8 @@ class SqliteStore:
         r = self._reader
         self._rows = JournalRows(self._next_seq)
         self._history = StoreHistory(JournalMap(r), SettledMap(r), OpenVisits(r),
-                                     StoredReconIndex(self.path, first_seq=self._next_seq), self._rows.encode)
+                                     StoredReconIndex(self.path, first_seq=self._next_seq), self._rows.encode,
+                                     StepJournalMap(r))
         return Engine(world, clock=clock, history=self._history, chronic_years=cd_years)
 
     # ------------------------------------------------------------ commit
@@ -228,7 +233,8 @@ class SqliteStore:
                     " engine made them, none left out")
             rec = c.settled
             row = c.row
-            visit = (rec.fixmedins_code, rec.mdtrt_id)
+            # A step-wise settlement's batch is a visit of section 11 (engine.core.visits), not an open visit.
+            visit = (rec.fixmedins_code, rec.mdtrt_id) if rec.batch is None else None
             if not checked[c.kind]:
                 check_reply_keys(c.reply)
                 checked[c.kind] = True
@@ -257,14 +263,17 @@ class SqliteStore:
         self._next_seq = last + 1
         signs = [(s.sign_no, s.paasid, s.fixmedins_code, s.opter_no, s.ip, s.sign_time, s.ends, s.signed_out)
                  for s in self.engine.signins.take_events()]
-        return Prepared(changes, journal, compression, persons, chronic, tail, last, signs)
+        steps = self.engine.take_step_changes()
+        rows = step_rows(steps, self._next_step_seq)
+        self._next_step_seq += len(rows)
+        return Prepared(changes, journal, compression, persons, chronic, tail, last, signs, steps, rows)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
         with self._write_lock:
             if self.failed:
                 raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
-            if not p.changes and not p.signs:
+            if not p.changes and not p.signs and not p.steps:
                 return
             f = self._folder
             if f is not None and f.error is not None:
@@ -287,7 +296,7 @@ class SqliteStore:
     def _write_rows(self, p: Prepared, logs_to: int) -> None:
         """The batch's one transaction on the batch writer, and the logs up to logs_to deleted in it."""
         w = self._bw
-        journal, blob, person, chronic, sign_in = self._stmts
+        journal, blob, person, chronic, sign_in, step = self._stmts
         try:
             w.execute("BEGIN IMMEDIATE")
             if p.changes:
@@ -298,6 +307,8 @@ class SqliteStore:
                 w.executemany(chronic, p.chronic)
             if p.signs:
                 w.executemany(sign_in, p.signs)
+            if p.step_rows:
+                w.executemany(step, p.step_rows)
             if logs_to > self._logs_deleted:
                 delete_logs(w, logs_to)
             w.execute("COMMIT")
@@ -312,13 +323,16 @@ class SqliteStore:
         r = self._reader
         msgids = [e[0] for e in p.tail]
         r.msgids.add_all(msgids)
-        r.visits.add_all_pairs([e[2] for e in p.tail if e[3] is not None])
+        r.visits.add_all_pairs([e[2] for e in p.tail if e[3] is not None and e[2] is not None])
         t.msgid.update(zip(msgids, [e[1] for e in p.tail]))
         for _, seq, visit, setl_id, reversed_id in p.tail:
-            t.visits[visit] = setl_id
+            if visit is not None:
+                t.visits[visit] = setl_id
             if reversed_id is not None:
                 t.reversed[reversed_id] = seq
+        r.msgids.add_all([c.msgid for c in p.steps if c.msgid])
         self._history.committed(p.changes)
+        self._history.step_journal.committed(p.steps)
 
     def _after_commit(self) -> None:
         try:
