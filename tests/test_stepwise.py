@@ -89,3 +89,22 @@ def test_visits_and_step_replies_survive_a_restart(tmp_path, cut):
             assert r == first, f"retry of request {k} after a restart"
     lines: list[str] = []
     assert check_store(data, lines.append) == 0, "\n".join(lines)
+
+
+def test_check_finds_a_visit_that_disagrees_with_its_settlement(tmp_path):
+    """Remove an upload that a settlement counted: the settled batch no longer sums to its settlement."""
+    import sqlite3
+
+    data = str(tmp_path / "data")
+    with open_store(data, VECTOR_WORLD, clock="inf_time") as st:
+        st.engine.handle_batch([Request(b) for b in _bodies()])
+        st.commit(st.engine.take_changes())
+    conn = sqlite3.connect(os.path.join(data, "yidi.sqlite3"))
+    # The first upload of the outpatient visit the vectors settle batch by batch (MVSW00001, msgid VSW00003).
+    assert conn.execute("DELETE FROM step WHERE msgid = 'VSW00003'").rowcount == 1
+    conn.commit()
+    conn.close()
+    lines: list[str] = []
+    assert check_store(data, lines.append) == 1
+    text = "\n".join(lines)
+    assert "FAIL  visits" in text and "sum to" in text, text

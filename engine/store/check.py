@@ -15,7 +15,11 @@ and checks, printing each check and its result:
   - the keyed tables (msgid index, reversals, open visits, reconciliation index)
     equal what the folded part of the journal implies;
   - every row made under a credential names a sign-in of that credential and
-    institution in force when it was committed (section 10).
+    institution in force when it was committed (section 10);
+  - the visits of the step-wise flow (section 11): every settled batch's lines
+    in force sum to its settlement, a batch has one settlement in force at most
+    and its lines do not change while settled, every unsettled batch's
+    settlement was reversed, and a voided msgid was never committed.
 Exit status 0 when everything agrees, 1 on any difference, 2 when the store cannot be read.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 from engine.core import ledger
 from engine.core.records import ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, CHANGE_SETTLE
+from engine.store.check_flow import check_sign_ins, check_visits
 from engine.store.codec import CODECS, unpack_body
 from engine.store.files import connect, db_path
 from engine.store.schema import AMOUNT_KEYS, KEYS_NAME, SCHEMA_VERSION, STORE_FORMAT
@@ -121,7 +126,8 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
     _check_accounts(conn, rep, folded)
     _check_persons(conn, rep, journal)
     _check_keyed(conn, rep, folded, journal.open_upto_folded)
-    _check_sign_ins(conn, rep, n_rows)
+    check_sign_ins(conn, rep)
+    check_visits(conn, rep)
 
 
 def _check_format(conn: sqlite3.Connection, rep: _Report) -> tuple[int, int] | None:
@@ -422,26 +428,6 @@ def _check_keyed(conn: sqlite3.Connection, rep: _Report, folded: int, open_upto_
         kd.append(f"reconciliation index: {n_mt_all} entries, {n_mt} match, {n_folded} rows folded")
     rep.result("msgid index, reversal index, open visits and reconciliation index equal the folded journal",
                kd, n_folded)
-
-
-def _check_sign_ins(conn: sqlite3.Connection, rep: _Report, n_rows: int) -> None:
-    """Section 10: every row made under a credential names a sign-in of that credential and institution
-    that was in force when the row was committed (a 9002 in the same second still counts as after it)."""
-    bad = conn.execute(
-        "SELECT j.seq, j.msgid, j.paasid, j.sign_no, j.setl_time, s.sign_time, s.ends, s.signed_out"
-        " FROM journal j LEFT JOIN sign_in s ON s.sign_no = j.sign_no AND s.paasid = j.paasid"
-        " AND s.fixmedins_code = j.fixmedins_code WHERE j.paasid <> '' AND (s.sign_no IS NULL"
-        " OR j.setl_time < s.sign_time OR j.setl_time >= s.ends OR (s.signed_out <> '' AND j.setl_time > s.signed_out))"
-        " ORDER BY j.seq").fetchall()
-    diffs = [f"row {seq} (msgid {msgid}, paasid {paasid}) at {t}: " + (
-        f"sign_no {sign_no!r} is no sign-in of that credential and institution" if begin is None else
-        f"sign_no {sign_no} in force from {begin} to {signed_out or ends}") for
-        seq, msgid, paasid, sign_no, t, begin, ends, signed_out in bad]
-    unsigned = conn.execute("SELECT COUNT(*) FROM journal WHERE paasid = ''").fetchall()[0][0]
-    rep.result("sign-ins: each row made under a credential was made under a sign-in in force (section 10)", diffs,
-               n_rows - unsigned)
-    if unsigned:
-        rep.out(f"      {unsigned} row(s) made without a credential (replay, --no-auth, or before sign-ins were kept)")
 
 
 def main(data_dir: str) -> int:
