@@ -81,7 +81,8 @@ class StepwiseMixin:
             output, effects = self._undo(env, inp, codec, now, rnd, inp_c)
         else:
             output, effects = self._visit_change(env, infno, inp, rnd)
-        return self._step_commit(env, infno, now, inp_c, output, effects)
+        mdtrt_id = effects[0][1] if effects and effects[0][0] != "void" else ""
+        return self._step_commit(env, infno, now, inp_c, output, effects, mdtrt_id)
 
     def _step_journal_check(self, env, infno: str, codec: Codec) -> tuple:
         """Section 11's idempotency (as section 7's): the stored reply, E_MSGID_REUSED or E_VOIDED."""

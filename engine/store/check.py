@@ -175,9 +175,10 @@ def _check_blobs(conn: sqlite3.Connection, rep: _Report, n_rows: int) -> None:
     """Every request and reply blob against its crc32, and unpacked."""
     bad = []
     n_blobs = 0
-    cur = conn.execute("SELECT seq, codec, body_lz4, crc32 FROM journal_blob ORDER BY seq")
+    cur = conn.execute(f"SELECT b.seq, b.codec, b.body_lz4, b.crc32, j.kind = '{CHANGE_SETTLE}' AND j.chrg_bchno IS"
+                       " NOT NULL FROM journal_blob b LEFT JOIN journal j USING (seq) ORDER BY b.seq")
     while rows := cur.fetchmany(FETCH_ROWS):
-        for seq, codec, body, crc in rows:
+        for seq, codec, body, crc, stepwise in rows:
             n_blobs += 1
             if not isinstance(body, bytes):
                 bad.append(f"journal row {seq}: request/reply is not a blob")
@@ -187,7 +188,7 @@ def _check_blobs(conn: sqlite3.Connection, rep: _Report, n_rows: int) -> None:
                 bad.append(f"journal row {seq}: unknown codec {codec!r}")
             else:
                 try:
-                    unpack_body(body, CODECS[codec])
+                    unpack_body(body, CODECS[codec], bool(stepwise))
                 except Exception as e:  # a damaged body, whatever the error
                     bad.append(f"journal row {seq}: request/reply does not unpack ({e!r})")
     if n_blobs != n_rows:

@@ -97,15 +97,16 @@ class Reader:
         if seq is None:
             return None
         row = self._one(
-            "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32, j.fixmedins_code"
+            "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32, j.fixmedins_code,"
+            f" j.kind = '{CHANGE_SETTLE}' AND j.chrg_bchno IS NOT NULL"
             " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,),
         )
         assert row is not None and row[0] == msgid, f"msgid index points to a missing row: {msgid}"
-        _, infno, codec_name, body, crc, fixmedins_code = row
+        _, infno, codec_name, body, crc, fixmedins_code, stepwise = row
         if zlib.crc32(body) != crc:
             raise StoreFailed(f"journal row {seq} (msgid {msgid!r}) is damaged: crc32 mismatch")
         codec = CODECS[codec_name]
-        inp, reply = unpack_body(body, codec)
+        inp, reply = unpack_body(body, codec, bool(stepwise))
         return (infno, codec, inp, reply, fixmedins_code)
 
     def settled(self, setl_id: str) -> Settled | None:
