@@ -69,12 +69,12 @@ class StepwiseMixin:
         if isinstance(env.msgid, str) and env.msgid in rnd.msgids:
             raise Flush()
         inp_c = self._step_journal_check(env, infno, codec)
-        inp = self._step_input(env, codec)
         if not isinstance(env.fixmedins_code, str) or not env.fixmedins_code:
             raise Refused(E_SCHEMA, "fixmedins_code must be a non-empty string")
         if infno == INFNO_OP_UPLOAD or infno == INFNO_IP_UPLOAD:
             rnd.add(self._upload_prepare(idx, env, codec, now, rnd, inp_c))
             return None
+        inp = self._step_input(env, codec)
         if infno == INFNO_OP_REGISTER or infno == INFNO_IP_ADMIT:
             output, effects = self._open_visit(env, inp, infno == INFNO_OP_REGISTER, rnd)
         elif infno == INFNO_UNDO:
@@ -313,14 +313,15 @@ class StepwiseMixin:
         if not lines:
             raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
         first = lines[0]
-        for k in ("mdtrt_id", "psn_no") + (("chrg_bchno",) if outpatient else ()):
-            v0 = getattr(first, k)
-            if not isinstance(v0, str) or not v0:
+        # One pass over the lines: the visit, person and batch each names, and its feedetl_sn.
+        names = {(ln.mdtrt_id, ln.psn_no, ln.chrg_bchno if outpatient else None) for ln in lines}
+        for k, v0 in zip(("mdtrt_id", "psn_no", "chrg_bchno"), (first.mdtrt_id, first.psn_no, first.chrg_bchno)):
+            if (outpatient or k != "chrg_bchno") and (not isinstance(v0, str) or not v0):
                 raise Refused(E_SCHEMA, f"feedetail: {k} must be a non-empty string")
-            if any(getattr(ln, k) != v0 for ln in lines):
-                raise Refused(E_SCHEMA, f"one upload names one visit{' and one batch' if outpatient else ''}: {k}")
+        if len(names) != 1:
+            raise Refused(E_SCHEMA, f"one upload names one visit{', one person and one batch' if outpatient else ''}")
         sns = [ln.feedetl_sn for ln in lines]
-        if not all(isinstance(sn, str) and sn for sn in sns):
+        if len({type(sn) for sn in sns}) != 1 or type(sns[0]) is not str or "" in sns:
             raise Refused(E_SCHEMA, "feedetail: feedetl_sn must be a non-empty string")
         v = self._visit(env, {"mdtrt_id": first.mdtrt_id, "psn_no": first.psn_no}, rnd, outpatient)
         batch = first.chrg_bchno if outpatient else INPATIENT_BATCH
@@ -331,7 +332,8 @@ class StepwiseMixin:
         else:
             self._state(v, "admitted", "discharged")
         seen = v.lines.sn_pos
-        if len(set(sns)) != len(sns) or any(sn in seen for sn in sns):
+        mine = set(sns)
+        if len(mine) != len(sns) or not mine.isdisjoint(seen):
             dup = next(sn for k, sn in enumerate(sns) if sn in seen or sn in sns[:k])
             raise Refused(E_DUPLICATE_LINE, f"feedetl_sn {dup}")
         if v.lines.in_force + len(lines) > VISIT_LINES_IN_FORCE_MAX:
