@@ -39,18 +39,29 @@ def _cmd_check(a: argparse.Namespace) -> int:
 
 
 def _cmd_clear(a: argparse.Namespace) -> int:
-    from engine.clearing.clearing import ClearingError, clear, format_usage, parse_ratio_bp, prepay_usage
+    from engine.clearing.clearing import (
+        ClearingError, clear, format_usage, parse_ratio_bp, prepay_usage, refused,
+    )
 
     try:
         warn_bp = None if a.prepay_warn is None else parse_ratio_bp(a.prepay_warn)
-        r = clear(a.data, a.period, a.out, world_dir=a.world, warn_bp=warn_bp)
+        r = clear(a.data, a.period, a.out, world_dir=a.world, warn_bp=warn_bp, force=a.force, dry_run=a.dry_run)
     except ClearingError as e:
         print(f"yidi: {e}", file=sys.stderr)
         return 2
     c = r.closing
-    how = "closed" if c.new else f"already closed at {c.closed_at}; files written again, unchanged"
-    print(f"period {c.period} {how}: journal rows up to {c.last_seq}, {r.rows_cleared} cross-province "
+    if c.preview:
+        how = "not closed (dry run: nothing written to the store); a close now would take"
+    elif a.dry_run:
+        how = f"already closed at {c.closed_at} (dry run: its files as closed); closed with"
+    elif c.new:
+        how = f"closed with --force, overriding: {c.forced};" if c.forced else "closed:"
+    else:
+        how = f"already closed at {c.closed_at}; files written again, unchanged:"
+    print(f"period {c.period} {how} journal rows up to {c.last_seq}, {r.rows_cleared} cross-province "
           f"settlements and reversals in {r.pairs} pairs, in {r.seconds:.2f} s", file=sys.stderr)
+    if c.preview and r.refusal:
+        print(f"yidi: dry run; without it: {refused(c.period, r.refusal)}", file=sys.stderr)
     for path in r.files:
         print(path)
     if a.usage:
@@ -105,6 +116,10 @@ def _add_clear(sub) -> None:
     k.add_argument("--prepay-warn", metavar="RATIO",
                    help="pre-payment warning threshold, 0.70 or 70%% (default 0.70; fixed at the first close)")
     k.add_argument("--usage", action="store_true", help="also print the pre-payment usage now")
+    k.add_argument("--force", action="store_true",
+                   help="close even a period that has not ended, or one after an earlier period still open")
+    k.add_argument("--dry-run", action="store_true",
+                   help="close nothing: write the files a close now would write, named *.dry-run.*")
     k.set_defaults(fn=_cmd_clear)
 
 
