@@ -70,6 +70,29 @@ def _cmd_clear(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backup(a: argparse.Namespace) -> int:
+    from engine.store.backup import BackupError, backup_store
+
+    try:
+        r = backup_store(a.data, a.out)
+    except BackupError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    print(f"yidi: backed up {a.data} to {r.out_dir}: journal rows up to {r.journal_rows} (keyed tables folded up "
+          f"to {r.folded_seq}), {r.copied_bytes / 1e6:.1f} MB in {r.seconds:.2f} s; check it with "
+          f"`yidi check --data {r.out_dir}`", file=sys.stderr)
+    for path in r.files:
+        print(path)
+    return 0
+
+
+def _add_backup(sub) -> None:
+    k = sub.add_parser("backup", help="copy the store, both files of one moment, while the hub runs (docs/store.md)")
+    k.add_argument("--data", required=True, help="data folder of the store")
+    k.add_argument("--out", required=True, help="a new or empty folder outside --data, in a folder that exists")
+    k.set_defaults(fn=_cmd_backup)
+
+
 def _cmd_keys(a: argparse.Namespace) -> int:
     from engine.hub.auth import KeysError, add_key, describe, read_keys, revoke_key
 
@@ -274,7 +297,7 @@ def _add_demo(sub) -> None:
     q.set_defaults(fn=_cmd_gen_requests)
 
 
-_LIGHT_COMMANDS = ("replay", "check", "check-world", "clear", "keys")
+_LIGHT_COMMANDS = ("replay", "check", "check-world", "clear", "backup", "keys")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=_cmd_check_world)
 
     _add_clear(sub)
+    _add_backup(sub)
     _add_keys(sub)
     # serve, demo, gen-world and gen-requests read their defaults from modules that
     # import asyncio, uvloop and the rest of the server (about 0.3 s): their
