@@ -135,13 +135,18 @@ def open_db(data_dir: str, write: bool = False) -> sqlite3.Connection:
         raise ClearingError(f"{data_dir}: a file, not a store's data folder")
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         raise ClearingError(f"{data_dir}: no store (run `yidi replay --data` or `yidi serve` first)")
+    if write and not os.access(data_dir, os.W_OK):
+        raise ClearingError(f"{data_dir}: the folder cannot be written, and closing a period writes to the store")
     uri = f"file:{path}?mode={'rw' if write else 'ro'}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S,
                                check_same_thread=False)
         fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchall()
     except sqlite3.DatabaseError as e:
-        raise ClearingError(f"{path}: not a readable yidi store ({e})") from None
+        # A reader of a WAL database makes its -shm file beside it: a folder that cannot be written refuses it.
+        hint = "" if os.access(data_dir, os.W_OK) else (
+            "; the folder cannot be written, and SQLite reads a store by making its -shm file there")
+        raise ClearingError(f"{path}: not a readable yidi store ({e}{hint})") from None
     if fmt != [(STORE_FORMAT,)]:
         conn.close()
         raise ClearingError(f"{path}: an SQLite file, but not a yidi store")
@@ -199,12 +204,13 @@ def closing_of(conn: sqlite3.Connection, period: str) -> Closing | None:
 
 
 def close(conn: sqlite3.Connection, period: str, *, world_dir: str | None = None, warn_bp: int | None = None,
-          now: str | None = None, forced: str = "") -> Closing:
+          now: str | None = None, forced: str = "", prepay_fen: dict[str, int] | None = None) -> Closing:
     """Close `period` (one short write transaction), or return how it was closed before.
 
     A period already closed keeps its last_seq, pre-payment snapshot and threshold:
     its files never change. The pre-payment amounts are read from `world_dir`, by
-    default the world folder the store last started with. `forced`: the refusal
+    default the world folder the store last started with (or are `prepay_fen`, read from
+    it already). `forced`: the refusal
     (close_refusal) the operator overrode, kept with the close. No check here:
     `clear` is what an operator runs.
     """
@@ -217,7 +223,7 @@ def close(conn: sqlite3.Connection, period: str, *, world_dir: str | None = None
             conn.execute("COMMIT")
             return done
         wdir = world_dir or _last_world_dir(conn)
-        prepay = load_prepay(wdir)
+        prepay = load_prepay(wdir) if prepay_fen is None else prepay_fen
         bp = PREPAY_WARN_BP_DEFAULT if warn_bp is None else warn_bp
         last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
         closed_at = now or _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -236,13 +242,14 @@ def close(conn: sqlite3.Connection, period: str, *, world_dir: str | None = None
     return Closing(period, closed_at, last_seq, prepay, bp, snap["world_dir"], True, forced)
 
 
-def preview(conn: sqlite3.Connection, period: str, *, world_dir: str | None = None,
-            warn_bp: int | None = None) -> Closing:
+def preview(conn: sqlite3.Connection, period: str, *, world_dir: str | None = None, warn_bp: int | None = None,
+            prepay_fen: dict[str, int] | None = None) -> Closing:
     """What closing the open `period` now would record, without writing it (a dry run)."""
     wdir = world_dir or _last_world_dir(conn)
     last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
     bp = PREPAY_WARN_BP_DEFAULT if warn_bp is None else warn_bp
-    return Closing(period, "", last_seq, load_prepay(wdir), bp, os.path.abspath(wdir), False, preview=True)
+    prepay = load_prepay(wdir) if prepay_fen is None else prepay_fen
+    return Closing(period, "", last_seq, prepay, bp, os.path.abspath(wdir), False, preview=True)
 
 
 def open_activity(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
@@ -452,15 +459,18 @@ def clear(data_dir: str, period: str, out_dir: str, *, world_dir: str | None = N
     try:
         c = closing_of(conn, period)
         refusal = ""
+        prepay = None
         if c is None:
             refusal = close_refusal(conn, period, now or _dt.datetime.now())
             if refusal and not (force or dry_run):
                 raise ClearingRefused(refused(period, refusal))
+            world_dir = world_dir or _last_world_dir(conn)
+            prepay = load_prepay(world_dir)  # a bad prepay.csv is refused before --out is made
         _make_out(out_dir)
         if dry_run:
-            c = c or preview(conn, period, world_dir=world_dir, warn_bp=warn_bp)
+            c = c or preview(conn, period, world_dir=world_dir, warn_bp=warn_bp, prepay_fen=prepay)
         else:
-            c = close(conn, period, world_dir=world_dir, warn_bp=warn_bp, forced=refusal)
+            c = close(conn, period, world_dir=world_dir, warn_bp=warn_bp, forced=refusal, prepay_fen=prepay)
         rows, facts = statement(conn, c)
     finally:
         conn.close()

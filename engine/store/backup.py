@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from engine.store.errors import StoreError
-from engine.store.files import connect, db_path, keys_path
+from engine.store.files import connect, db_path, keys_path, unreadable_hint
 from engine.store.schema import DB_NAME, KEYS_NAME, STORE_FORMAT
 
 SNAPSHOT_ATTEMPTS_MAX = 16  # read transactions tried before giving up on a pair of one moment
@@ -106,6 +106,8 @@ def _open_source(path: str) -> sqlite3.Connection:
         try:
             fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchall()
         except sqlite3.DatabaseError as e:
+            if (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_CANTOPEN:
+                raise BackupError(f"{path}: cannot be opened ({e}){unreadable_hint(path)}") from None
             raise BackupError(f"{path}: not a yidi store ({e})") from None
         if fmt != [(STORE_FORMAT,)]:
             raise BackupError(f"{path}: an SQLite file, but not a yidi store")
@@ -155,7 +157,7 @@ def backup_store(data_dir: str, out_dir: str, *, on_snapshot: Callable[[int, int
             if on_snapshot is not None:
                 on_snapshot(rows, folded)
         except sqlite3.DatabaseError as e:
-            raise BackupError(f"{path}: cannot be read as a store ({e})") from None
+            raise BackupError(f"{path}: cannot be read as a store ({e}){unreadable_hint(path)}") from None
         try:
             if made_out:
                 os.mkdir(out_dir)

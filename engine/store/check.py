@@ -36,7 +36,7 @@ from engine.core import ledger
 from engine.core.records import ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, CHANGE_SETTLE
 from engine.store.check_flow import check_sign_ins, check_visits
 from engine.store.codec import CODECS, unpack_body
-from engine.store.files import connect, db_path
+from engine.store.files import connect, db_path, unreadable_hint
 from engine.store.schema import AMOUNT_KEYS, KEYS_NAME, SCHEMA_VERSION, STORE_FORMAT
 
 DIFFERENCES_SHOWN_MAX = 20
@@ -86,11 +86,18 @@ def _identities(a: dict) -> str:
     return "; ".join(out)
 
 
-def check_store(data_dir: str, out: Callable[[str], None] = print) -> int:
-    """Run every check; returns the exit status (0 ok, 1 differences, 2 unreadable)."""
+def check_store(data_dir: str, out: Callable[[str], None] = print, err: Callable[[str], None] | None = None) -> int:
+    """Run every check; returns the exit status (0 ok, 1 differences, 2 unreadable).
+
+    out: each check's line; err: the one line saying why the store cannot be read (default `out`).
+    """
+    err = out if err is None else err
     path = db_path(data_dir)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        err(f"yidi check: {data_dir}: a file, not a store's data folder")
+        return 2
     if not os.path.exists(path):
-        out(f"yidi check: no store in {data_dir} ({path} does not exist)")
+        err(f"yidi check: no store in {data_dir} ({path} does not exist)")
         return 2
     rep = _Report(out)
     try:
@@ -101,7 +108,7 @@ def check_store(data_dir: str, out: Callable[[str], None] = print) -> int:
         conn.execute("COMMIT")
         conn.close()
     except sqlite3.DatabaseError as e:
-        out(f"yidi check: cannot read {path}: {e}")
+        err(f"yidi check: cannot read {path}: {e}{unreadable_hint(path)}")
         return 2
     if rep.failures:
         out(f"check FAILED: {rep.failures} check(s) found differences")

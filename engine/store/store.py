@@ -14,7 +14,9 @@ threads (fold). This module ties them together.
 
 Start and restart. A new (absent or empty) folder is seeded from the world; an
 existing store is opened as it is, the dynamic state from the store and the
-rest reloaded from the world folder (engine.store.seed). A damaged, truncated,
+rest reloaded from the world folder (engine.store.seed), which must be the
+store's own world: other persons or institutions are refused unless the
+operator accepts the change. A damaged, truncated,
 foreign or busy store is refused with StoreRefused, never reset; open_store
 either returns a durable store or raises a StoreError naming the problem.
 
@@ -74,7 +76,9 @@ from engine.core.engine import Engine
 from engine.core.records import CHANGE_REVERSE, CHANGE_SETTLE, Change
 from engine.store.codec import ROW_CD_SLOT, ROW_PSN, JournalRows, check_reply_keys
 from engine.store.errors import StoreError, StoreFailed, StoreRefused
-from engine.store.files import check_opened, db_path, keys_path, lock_data_dir, open_files, refuse_sqlite
+from engine.store.files import (
+    check_opened, db_path, keys_path, lock_data_dir, open_files, refuse_sqlite, remove_made_folder,
+)
 from engine.store.fold import Checkpointer, Folder, fold_range
 from engine.store.lookups import (
     JournalMap, OpenVisits, Reader, SettledMap, StoreHistory, Tail, build_filters, filters_over_capacity,
@@ -101,7 +105,7 @@ class SqliteStore:
     """The embedded store on SQLite; see the module docstring. Use open_store()."""
 
     def __init__(self, data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick",
-                 fold_rows: int = FOLD_ROWS_DEFAULT):
+                 fold_rows: int = FOLD_ROWS_DEFAULT, accept_world_change: bool = False):
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}")
         if not 1 <= fold_rows <= FOLD_ROWS_MAX:
@@ -127,23 +131,29 @@ class SqliteStore:
         # A second core compresses journal bodies while the writer inserts the rest.
         self._compressor = Compressor() if len(os.sched_getaffinity(0)) > 1 else None
         try:
-            self._open(world_dir, clock, verify)
+            self._open(world_dir, clock, verify, accept_world_change)
         except BaseException:
             self._release()
             raise
 
     # ------------------------------------------------------------ open
 
-    def _open(self, world_dir: str, clock: str, verify: str) -> None:
+    def _open(self, world_dir: str, clock: str, verify: str, accept_world_change: bool) -> None:
+        made = not os.path.isdir(self.data_dir)
         self._lock_fd = lock_data_dir(self.data_dir)
+        try:
+            world = load_world(world_dir)  # before the files: a bad world leaves no half-made store behind
+        except BaseException:
+            if made:
+                remove_made_folder(self.data_dir)
+            raise
         self._w, seeded_now, meta = open_files(self.path)
-        world = load_world(world_dir)
         if seeded_now:
             log.info("seeding a new store in %s from the world %s", self.data_dir, world_dir)
             seed_store(self._w, world, world_dir)
         else:
             check_opened(self._w, self.path, meta, verify)
-            note_world_changes(self._w, self.data_dir, world, world_dir)
+            note_world_changes(self._w, self.data_dir, world, world_dir, accept=accept_world_change)
         self._reader = Reader(self.path, self._tail)
         self._checkpointer = Checkpointer(self.path)
         try:
@@ -464,19 +474,24 @@ class SqliteStore:
 
 
 def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick",
-               fold_rows: int = FOLD_ROWS_DEFAULT) -> SqliteStore:
+               fold_rows: int = FOLD_ROWS_DEFAULT, accept_world_change: bool = False) -> SqliteStore:
     """Open the store in `data_dir`, seeding it from `world_dir` when the folder holds none.
 
     verify: "quick" runs SQLite's quick_check at open (reads the whole file);
     "header" checks only the file header and the ledger's balance (very large stores).
     fold_rows: unfolded journal rows that trigger a fold (bounds the RAM tail index).
+    accept_world_change: open an existing store with a world of other persons or
+    institutions than its own (engine.store.seed.world_differences), which is otherwise
+    refused; that world is the store's from then on.
     Returns a durable store or raises: StoreError when no data folder is given,
-    StoreRefused for a damaged, truncated, foreign or busy store or a folder that
-    cannot be created or locked, and engine.world.WorldError for a bad world folder.
+    StoreRefused for a damaged, truncated, foreign or busy store, a folder that
+    cannot be created or locked, or another world's folder, and
+    engine.world.WorldError for a bad world folder.
     """
     if not isinstance(data_dir, (str, os.PathLike)) or not os.fspath(data_dir):
         raise StoreError(f"no data folder given for the store ({data_dir!r}); nothing would be durable")
-    return SqliteStore(os.fspath(data_dir), world_dir, clock=clock, verify=verify, fold_rows=fold_rows)
+    return SqliteStore(os.fspath(data_dir), world_dir, clock=clock, verify=verify, fold_rows=fold_rows,
+                       accept_world_change=accept_world_change)
 
 
 from engine._compiled import check_fresh  # noqa: E402
