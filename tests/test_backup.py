@@ -1,6 +1,7 @@
 """`yidi backup`: a copy of both files of one moment, made while a store commits batches and folds."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -74,6 +75,22 @@ class Writer(threading.Thread):
             assert ok and pred(), f"the writer stopped (error {self.error!r}) before {what}"
 
 
+@contextlib.contextmanager
+def writing(data: str, world: str, bodies: list[bytes], first_batches: int):
+    """A store in `data` with a Writer committing to it, once `first_batches` are committed; stopped, joined
+    and closed on the way out."""
+    with open_store(data, world, clock="inf_time", fold_rows=FOLD_ROWS) as store:
+        w = Writer(store, bodies)
+        w.start()
+        try:
+            w.wait_until(lambda: len(w.batches) >= first_batches, f"{first_batches} batches")
+            yield w
+        finally:
+            w.stop.set()
+            w.join(WAIT_S)
+        assert w.error is None, w.error
+
+
 def folded_on_disk(data: str) -> int:
     conn = sqlite3.connect(f"file:{os.path.join(data, KEYS_NAME)}?mode=ro", uri=True)
     try:
@@ -111,24 +128,15 @@ def assert_copy_continues_like_the_original(copy: str, world: str, w: Writer, ro
 def test_backup_while_batches_commit_and_fold(tmp_path, synth):
     world, bodies = synth
     data, out = str(tmp_path / "data"), str(tmp_path / "backup")
-    with open_store(data, world, clock="inf_time", fold_rows=FOLD_ROWS) as store:
-        w = Writer(store, bodies)
-        w.start()
-        try:
-            w.wait_until(lambda: len(w.batches) >= 10, "10 batches")
-            seen: dict = {}
+    seen: dict = {}
+    with writing(data, world, bodies, 10) as w:
+        def during_copy(rows: int, folded: int) -> None:
+            # The snapshot is taken: more batches commit, and a fold past it, before the pages are copied.
+            seen.update(rows=rows, folded=folded, batches=len(w.batches))
+            w.wait_until(lambda: len(w.batches) >= seen["batches"] + 10 and folded_on_disk(data) > rows,
+                         "10 more batches and a fold past the snapshot")
 
-            def during_copy(rows: int, folded: int) -> None:
-                # The snapshot is taken: more batches commit, and a fold past it, before the pages are copied.
-                seen.update(rows=rows, folded=folded, batches=len(w.batches))
-                w.wait_until(lambda: len(w.batches) >= seen["batches"] + 10 and folded_on_disk(data) > rows,
-                             "10 more batches and a fold past the snapshot")
-
-            r = backup_store(data, out, on_snapshot=during_copy)
-        finally:
-            w.stop.set()
-            w.join(WAIT_S)
-        assert w.error is None, w.error
+        r = backup_store(data, out, on_snapshot=during_copy)
     assert r.journal_rows == seen["rows"] and r.folded_seq == seen["folded"] <= r.journal_rows
     assert w.seq > r.journal_rows and folded_on_disk(data) > r.journal_rows  # the original went on past it
     assert sorted(os.listdir(out)) == sorted([DB_NAME, KEYS_NAME])
@@ -153,16 +161,8 @@ def test_a_fold_between_the_two_reads_takes_the_snapshot_again(tmp_path, synth, 
         return real(conn)
 
     monkeypatch.setattr(backup_mod, "_keyed_state", keyed_state_after_a_fold)
-    with open_store(data, world, clock="inf_time", fold_rows=FOLD_ROWS) as store:
-        w = Writer(store, bodies)
-        w.start()
-        try:
-            w.wait_until(lambda: len(w.batches) >= 5, "5 batches")
-            r = backup_store(data, out)
-        finally:
-            w.stop.set()
-            w.join(WAIT_S)
-        assert w.error is None, w.error
+    with writing(data, world, bodies, 5) as w:
+        r = backup_store(data, out)
     check_ok(out)
     assert_copy_continues_like_the_original(out, world, w, r.journal_rows)
     assert r.snapshot_attempts == 2 and len(calls) == 2
@@ -176,17 +176,9 @@ def test_yidi_backup_beside_a_writer_then_check(tmp_path, synth):
     """The command an operator runs, in its own process, while this one commits."""
     world, bodies = synth
     data, out = str(tmp_path / "data"), str(tmp_path / "backup")
-    with open_store(data, world, clock="inf_time", fold_rows=FOLD_ROWS) as store:
-        w = Writer(store, bodies)
-        w.start()
-        try:
-            w.wait_until(lambda: len(w.batches) >= 5, "5 batches")
-            r = yidi("backup", "--data", data, "--out", out)
-            after = len(w.batches)
-        finally:
-            w.stop.set()
-            w.join(WAIT_S)
-        assert w.error is None, w.error
+    with writing(data, world, bodies, 5) as w:
+        r = yidi("backup", "--data", data, "--out", out)
+        after = len(w.batches)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [os.path.join(out, DB_NAME), os.path.join(out, KEYS_NAME)]
     assert f"yidi: backed up {data} to {out}: journal rows up to" in r.stderr

@@ -236,11 +236,17 @@ def test_another_worlds_folder_is_refused_unless_accepted(tmp_path, vector_store
     assert yidi("check", "--data", data).returncode == 0
 
 
-def test_institutions_are_the_stores_their_names_and_the_catalogue_may_change(tmp_path, caplog):
+def _own_world_store(tmp_path) -> tuple:
+    """A copy of the vector world, and a store seeded from it."""
     world = tmp_path / "world"
     shutil.copytree(VECTOR_WORLD, world)
     data = str(tmp_path / "data")
     open_store(data, str(world), clock="inf_time").close()
+    return world, data
+
+
+def test_institutions_are_the_stores_their_names_and_the_catalogue_may_change(tmp_path, caplog):
+    world, data = _own_world_store(tmp_path)
     inst = (world / "institutions.csv").read_text().splitlines()
     code, name, rest = inst[1].split(",", 2)
     (world / "institutions.csv").write_text("\n".join([inst[0], f"{code},{name} renamed,{rest}"] + inst[2:]) + "\n")
@@ -261,10 +267,7 @@ def test_institutions_are_the_stores_their_names_and_the_catalogue_may_change(tm
 
 
 def test_new_values_for_the_same_persons_are_not_another_world(tmp_path, caplog):
-    world = tmp_path / "world"
-    shutil.copytree(VECTOR_WORLD, world)
-    data = str(tmp_path / "data")
-    open_store(data, str(world), clock="inf_time").close()
+    world, data = _own_world_store(tmp_path)
     persons = (world / "persons.csv").read_text().splitlines()
     (world / "persons.csv").write_text("\n".join([persons[0]] + list(reversed(persons[1:]))) + "\n")
     with caplog.at_level(logging.INFO, logger="yidi.store"):
