@@ -211,7 +211,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         print(f"yidi: store: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a listener that could not be opened after all (taken since _listen_refusal)
-        print(f"yidi: cannot start: {e}", file=sys.stderr)
+        print(f"yidi: {e}", file=sys.stderr)
         return 2
 
 

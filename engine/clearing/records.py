@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Closing:
-    """A closed period: what its files are computed from."""
+    """A closed period (or, for a dry run, one as a close now would record it): what its files are computed from."""
 
     period: str
     closed_at: str

@@ -137,8 +137,9 @@ def _report_prepay(c: Closing, owes: dict[str, int], facts: dict) -> list[str]:
     drawn = {p: v for p, v in owes.items() if v}
     after = {p: v for p, v in facts["open_after_fen"].items() if v}
     out = ["<h2>Pre-payment (预付金) of the insured provinces</h2>"]
+    read = "as read for this dry run" if c.preview else "as read when the period was closed"
     out.append(f'<p class="note">Warning at {c.warn_bp / 100:g} % of the deposit (prepay.csv of {e(c.world_dir)}, '
-               "as read when the period was closed). <i>Drawn in the period</i> is what this clearing "
+               f"{read}). <i>Drawn in the period</i> is what this clearing "
                "settles; <i>drawn after it</i> is what later periods had already charged when it was "
                "closed: the usage since the last closed period.</p>")
     out.append("<table><tr><th class=l>insured province</th><th>deposit</th><th>drawn in the period</th>"

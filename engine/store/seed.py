@@ -6,7 +6,9 @@ their seed values (the seed_ columns `yidi check` starts from). An existing
 store restores them from its own tables (restore_world); the catalogue,
 policies, institutions and pre-payments are reloaded from the world folder at
 every start, and what changed since the last start is logged (logger
-`yidi.store`) and kept in the `world_load` table.
+`yidi.store`) and kept in the `world_load` table. A world folder naming other
+persons or institutions than the store's is another world's: refused unless the
+operator accepts it (world_differences, note_world_changes).
 """
 from __future__ import annotations
 
@@ -173,6 +175,7 @@ def world_differences(w: sqlite3.Connection, world: World, old: dict, new: dict)
     else:
         notes.append("institution codes kept from now on: a world with other institutions will be refused")
     return diffs, notes
+
 
 def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world_dir: str, *,
                        accept: bool = False) -> None:
