@@ -450,9 +450,10 @@ class StepwiseMixin:
                 raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
         if outpatient and (not isinstance(d.chrg_bchno, str) or not d.chrg_bchno):
             raise Refused(E_SCHEMA, "chrg_bchno must be a non-empty string")
-        if d.med_type is not None and d.med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT):
+        if d.med_type is not None and (not isinstance(d.med_type, str)
+                                       or d.med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT)):
             raise Refused(E_SCHEMA, f"med_type {d.med_type} is not taken by {env.infno}")
-        if not outpatient and d.mid_setl_flag not in (None, "", "0"):
+        if not outpatient and not (d.mid_setl_flag is None or d.mid_setl_flag == "" or d.mid_setl_flag == "0"):
             if d.mid_setl_flag == "1":
                 raise Refused(E_UNSUPPORTED, "interim settlement (mid_setl_flag 1) is not supported")
             raise Refused(E_SCHEMA, "mid_setl_flag must be 0 or 1")

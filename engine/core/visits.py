@@ -213,3 +213,8 @@ class VisitBook:
             open_.discard(v.mdtrt_id)
             if not open_:
                 del self.stays_open[v.psn_no]
+
+
+from engine._compiled import check_fresh  # noqa: E402
+
+check_fresh(__file__)
