@@ -421,3 +421,24 @@ def _inputs(v: WorldView, rng: np.random.Generator, who: _Who, trt: np.ndarray, 
         data.append(d)
         feedetail.append(rows[lstart_l[i]:lstart_l[i] + nl_l[i]])
     return data, feedetail
+
+
+def concat_visits(a: Visits, b: Visits) -> Visits:
+    """The visits of a, then those of b (a second draw into one stream: b drawn with id_base = len(a.t))."""
+    fa, fb = a.facts, b.facts
+    assert fa is not None and fb is not None
+    la, lb = fa.lines, fb.lines
+    n_lines_a = len(la.rows)
+    lines = _Lines(
+        nl=np.concatenate([la.nl, lb.nl]), lstart=np.concatenate([la.lstart, lb.lstart + n_lines_a]),
+        medfee=np.concatenate([la.medfee, lb.medfee]), rows=la.rows + lb.rows,
+        amt_fen=np.concatenate([la.amt_fen, lb.amt_fen]), cnt=np.concatenate([la.cnt, lb.cnt]),
+        pric_micro=np.concatenate([la.pric_micro, lb.pric_micro]), fee_t=np.concatenate([la.fee_t, lb.fee_t]),
+        code=la.code + lb.code,
+    )
+    facts = VisitFacts(mt=np.concatenate([fa.mt, fb.mt]), trt=np.concatenate([fa.trt, fb.trt]),
+                       begn_t=np.concatenate([fa.begn_t, fb.begn_t]), end_t=np.concatenate([fa.end_t, fb.end_t]),
+                       late=np.concatenate([fa.late, fb.late]), lines=lines)
+    return Visits(t=np.concatenate([a.t, b.t]), inst=np.concatenate([a.inst, b.inst]),
+                  psn=np.concatenate([a.psn, b.psn]), ip=np.concatenate([a.ip, b.ip]), insuplc=a.insuplc + b.insuplc,
+                  data=a.data + b.data, feedetail=a.feedetail + b.feedetail, facts=facts)
