@@ -305,8 +305,12 @@ def _cmd_gen_world(a: argparse.Namespace) -> int:
 def _cmd_gen_requests(a: argparse.Namespace) -> int:
     from engine.tools.synth import gen_requests, write_requests_jsonl
 
-    n = write_requests_jsonl(a.out, gen_requests(a.world, a.n, seed=a.seed, start=a.start, days=a.days))
-    print(f"wrote {n} requests to {a.out}", file=sys.stderr)
+    if a.stepwise_share is not None and a.flow != "mixed":
+        print("yidi: --stepwise-share is for --flow mixed", file=sys.stderr)
+        return 2
+    n = write_requests_jsonl(a.out, gen_requests(a.world, a.n, seed=a.seed, start=a.start, days=a.days, flow=a.flow,
+                                                 stepwise_share=a.stepwise_share))
+    print(f"wrote {n} requests ({a.flow}) to {a.out}", file=sys.stderr)
     return 0
 
 
@@ -350,6 +354,13 @@ def _add_demo(sub) -> None:
     q.add_argument("--seed", type=int, default=d.seed)
     q.add_argument("--start", default=d.day, help=f"first day (default {d.day})")
     q.add_argument("--days", type=int, default=1)
+    q.add_argument("--flow", choices=("oneshot", "stepwise", "mixed"), default="oneshot",
+                   help="how visits are sent: oneshot, a settlement with its fee lines inline (section 7; the "
+                        "default, for compatibility: the same stream as before for the same seed); stepwise, as "
+                        "hospital systems send them (section 11: register, upload, discharge, settle); mixed, a "
+                        "share of visits each way")
+    q.add_argument("--stepwise-share", type=float, default=None,
+                   help="with --flow mixed: the share of visits sent step-wise (default 0.5)")
     q.set_defaults(fn=_cmd_gen_requests)
 
 
