@@ -99,6 +99,7 @@ STEP_ANOMALIES = {
 }
 _FALLBACK = "unknown_infno "  # the anomaly placed when no visit of the stream settles: an unknown infno
 _REVERSALS = ("reverse", "undo_settle", "os_reverse")
+_SETTLES = ("settle", "os_settle")
 _STEP_OP_ONLY = frozenset({"upload_two_batches", "settle_empty_batch"})
 _STEP_IP_ONLY = frozenset({"settle_before_discharge", "mid_setl"})
 # What the one-shot ANOMALIES (engine.tools.synth.stream) get, in either flow.
@@ -169,8 +170,8 @@ class _Visit:
 
 def plan_rates(n: int, *, query_share: float, presettle_share: float, reversal_share: float,
                retry_share: float, malformed_share: float) -> dict:
-    """Per-visit rates that give a step-wise or mixed stream the one-shot stream's mix per settlement."""
-    n_query, n_pre, n_rev = round(n * query_share), round(n * presettle_share), round(n * reversal_share)
+    """Per-visit rates that give a step-wise or mixed stream the one-shot stream's mix per settlement, and
+    the counts of retries and of requests wrong on purpose (shares of all requests, as in the one-shot stream)."""
     n_retry, n_bad = round(n * retry_share), round(n * malformed_share)
     settle_frac = max(1 - query_share - presettle_share - reversal_share * (1 + RESETTLE_SHARE) - retry_share
                       - malformed_share, 0.05)
@@ -178,7 +179,7 @@ def plan_rates(n: int, *, query_share: float, presettle_share: float, reversal_s
         n_retry=n_retry, n_bad=n_bad, query=query_share / settle_frac,
         alone=presettle_share * PRESETTLE_ALONE_SHARE / settle_frac,
         pre=presettle_share * (1 - PRESETTLE_ALONE_SHARE) / settle_frac,
-        rev=reversal_share / settle_frac, _counts=(n_query, n_pre, n_rev),
+        rev=reversal_share / settle_frac,
     )
 
 
@@ -233,8 +234,8 @@ class Flow:
             if remaining == 0:
                 break
         self.fill = remaining  # queries that complete the count (fewer than the smallest visit)
-        if not self.order:
-            raise ValueError("n is too small for a visit")
+        if not self.order:  # n smaller than any visit: queries only, by the first visit's patient
+            self.order, self.plans[0] = [0], []
         self._prepare_columns()
 
     def _plan_visit(self, i: int) -> list[list] | None:
@@ -435,7 +436,7 @@ class Flow:
     def place_anomalies(self, n_bad: int, kinds_oneshot: tuple) -> None:
         """n_bad requests wrong on purpose, each a step of a visit that settles with success."""
         rng = self.rng
-        targets = [i for i in self.order if self.fc[i] is None and not self.alone[i]]
+        targets = [i for i in self.order if self.fc[i] is None and any(s[0] in _SETTLES for s in self.plans[i])]
         sw_op = [i for i in targets if self.stepwise[i] and not self.vis.ip[i]]
         sw_ip = [i for i in targets if self.stepwise[i] and self.vis.ip[i]]
         reversed_ = [i for i in targets if any(s[0] in _REVERSALS for s in self.plans[i])]
@@ -461,7 +462,7 @@ class Flow:
         def index(*what: str) -> int:
             return next((k for k, s in enumerate(names) if s in what), -1)
 
-        settle = index("settle", "os_settle")
+        settle = index(*_SETTLES)
         if kind == _FALLBACK:
             at = len(plan)
         elif kind in _BEFORE_SETTLE or (kind == "total_amount" and self.stepwise[i]):
@@ -474,8 +475,8 @@ class Flow:
             at = index(*_REVERSALS) + 1
         else:
             at = settle + 1
-        assert at > 0, (kind, names)
-        t = int(plan[at - 1][1]) + 1
+        assert at > 0 or not plan, (kind, names)
+        t = int(plan[at - 1][1]) + 1 if at else int(self.vis.t[i])
         plan.insert(at, ["bad", t, kind])
 
     # ------------------------------------------------------------ envelopes
@@ -499,7 +500,8 @@ class Flow:
         rng = self.rng
         for _ in range(self.fill):  # queries that complete the count
             i = self.order[int(rng.integers(0, len(self.order)))]
-            self.plans[i].insert(0, ["query", int(self.plans[i][0][1]) - self._ui(60, 900), None])
+            t0 = int(self.plans[i][0][1]) if self.plans[i] else int(self.vis.t[i])
+            self.plans[i].insert(0, ["query", t0 - self._ui(60, 900), None])
         s = self.stream_cls(self.v, rng, self.vis, self.start_day)
         b = _Builder(self, s)
         for i in self.order:
