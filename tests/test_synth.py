@@ -8,15 +8,13 @@ import re
 
 import orjson
 import pytest
+from conftest import SYNTH_SMALL as SMALL
 
 from engine.contract import money
 from engine.contract.protocol import FILING_CLASS_OF_TYPE, MEMOS
 from engine.reference.oracle import ReferenceEngine
 from engine.tools.synth import ANOMALIES, gen_requests, gen_world, world_view, write_requests_jsonl
-from engine.world.loader import load_world
 
-SMALL = dict(provinces=6, regions_per_province=3, catalogue_per_province=3000, persons=6000,
-             missing_policies=2)
 FILES = ("institutions.csv", "catalogue.csv", "policies.json", "persons.csv", "chronic.csv",
          "filings.csv", "prepay.csv")
 ENVELOPE_KEYS = ["infno", "msgid", "mdtrtarea_admvs", "insuplc_admdvs", "recer_sys_code", "infver",
@@ -33,15 +31,13 @@ def digests(folder: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world_dir(tmp_path_factory) -> str:
-    d = str(tmp_path_factory.mktemp("synth") / "world")
-    gen_world(d, seed=7, **SMALL)
-    return d
+def world_dir(synth_world_dir) -> str:
+    return synth_world_dir
 
 
 @pytest.fixture(scope="module")
-def world(world_dir):
-    return load_world(world_dir)
+def world(synth_world):
+    return synth_world
 
 
 @pytest.fixture(scope="module")

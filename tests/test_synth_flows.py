@@ -12,27 +12,22 @@ import pytest
 from engine.contract import money
 from engine.contract.wire import JSON
 from engine.core.engine import Engine, Request
-from engine.tools.synth import STEP_ANOMALIES, gen_requests, gen_stream, gen_world, world_view
+from engine.tools.synth import STEP_ANOMALIES, gen_requests, gen_stream, world_view
 from engine.tools.synth.flows import REFUSED, UNCERTAIN
-from engine.world.loader import load_world
 
-SMALL = dict(provinces=6, regions_per_province=3, catalogue_per_province=3000, persons=6000,
-             missing_policies=2)
 N = 8000
 SPLIT_KEYS = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
 STEP_ONLY_INFNOS = {"2201", "2202", "2203", "2204", "2205", "2301", "2302", "2401", "2402", "2403", "2404", "2405"}
 
 
 @pytest.fixture(scope="module")
-def world_dir(tmp_path_factory) -> str:
-    d = str(tmp_path_factory.mktemp("flows") / "world")
-    gen_world(d, seed=7, **SMALL)
-    return d
+def world_dir(synth_world_dir) -> str:
+    return synth_world_dir
 
 
 @pytest.fixture(scope="module")
-def world(world_dir):
-    return load_world(world_dir)
+def world(synth_world):
+    return synth_world
 
 
 def replay(world, envs: list[dict]) -> list[dict]:

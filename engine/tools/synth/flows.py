@@ -253,7 +253,8 @@ class Flow:
             return self._plan_op(i, alone)
         plan = self._plan_ip(i, alone)
         first, last = int(plan[0][1]), int(plan[-1][1])
-        if any(a - MARGIN_STAY_S <= last and first <= b + MARGIN_STAY_S for a, b in self.stays.get(int(vis.psn[i]), ())):
+        stays = self.stays.get(int(vis.psn[i]), ())
+        if any(a - MARGIN_STAY_S <= last and first <= b + MARGIN_STAY_S for a, b in stays):
             if self.stepwise_share >= 1.0:
                 return None
             self.stepwise[i] = False
@@ -265,11 +266,21 @@ class Flow:
         f = self.vis.facts
         t = int(self.vis.t[i])
         r = t - self._ui(900, 1800) if f.late[i] else int(f.begn_t[i]) + (self._ui(0, 600) if self.vis.ip[i] else 0)
+        return self._opening(i, False, r, r)[0]
+
+    def _opening(self, i: int, alone: bool, r: int, card_t: int) -> tuple[list[list], str | None, int]:
+        """A visit's first steps: the card read before `card_t` (on some visits), the registration (2201,
+        2401) at `r`, registered twice when the first is undone by a 2601. (steps, the visit's 2601
+        scenario, when it is registered)."""
         steps: list[list] = []
         if self.u[i][U_QUERY] < self.rates["query"]:
-            steps.append(["query", r - self._ui(60, 900), None])
+            steps.append(["query", card_t - self._ui(60, 900), None])
+        scenario = self._scenario(i, alone, bool(self.vis.ip[i]))
+        if scenario == "undo_register":
+            steps += [["register", r, None], ["undo_register", r + self._ui(5, 60), None]]
+            r += 60
         steps.append(["register", r, None])
-        return steps
+        return steps, scenario, r
 
     def _ui(self, lo: int, hi: int) -> int:
         return int(self.rng.integers(lo, hi))
@@ -286,6 +297,7 @@ class Flow:
         return scen[k] if k < len(scen) else None
 
     def _plan_oneshot(self, i: int, alone: bool) -> list[list]:
+        """A one-shot visit, as in the one-shot stream: query, pre-settlement, settlement, reversal, correction."""
         u, t = self.u[i], int(self.vis.t[i])
         day_start_s = self.start_day * EPOCH_DAY_SECONDS
         steps: list[list] = []
@@ -339,18 +351,12 @@ class Flow:
         steps.append(["cancel", t, None])
 
     def _plan_op(self, i: int, alone: bool) -> list[list]:
+        """An outpatient visit step-wise: 2201, 2203, its batch in one to three 2204 (or two batches), 2207."""
         vis, u, fc = self.vis, self.u[i], self.fc[i]
         f = vis.facts
         t, late = int(vis.t[i]), bool(f.late[i])
         r = t - self._ui(900, 1800) if late else int(f.begn_t[i])
-        steps: list[list] = []
-        if u[U_QUERY] < self.rates["query"]:
-            steps.append(["query", r - self._ui(60, 900), None])
-        scenario = self._scenario(i, alone, False)
-        if scenario == "undo_register":
-            steps += [["register", r, None], ["undo_register", r + self._ui(5, 60), None]]
-            r += 60
-        steps.append(["register", r, None])
+        steps, scenario, r = self._opening(i, alone, r, r)
         steps.append(["info", r + self._ui(30, 300), None])
         lo_l = int(f.lines.lstart[i])
         nl = int(f.lines.nl[i])
@@ -391,18 +397,11 @@ class Flow:
             steps += [["undo_upload", tu + self._ui(5, 60), None], ["reupload", tu + self._ui(70, 180), None]]
 
     def _plan_ip(self, i: int, alone: bool) -> list[list]:
-        vis, u, fc = self.vis, self.u[i], self.fc[i]
+        """A stay step-wise: 2401, a 2301 each day with fees, 2402, 2304."""
+        vis, u = self.vis, self.u[i]
         f = vis.facts
         t, b, e = int(vis.t[i]), int(f.begn_t[i]), int(f.end_t[i])
-        steps: list[list] = []
-        r = b + self._ui(0, 600)
-        if u[U_QUERY] < self.rates["query"]:
-            steps.append(["query", b - self._ui(60, 900), None])
-        scenario = self._scenario(i, alone, True)
-        if scenario == "undo_register":
-            steps += [["register", r, None], ["undo_register", r + self._ui(5, 60), None]]
-            r += 60
-        steps.append(["register", r, None])
+        steps, scenario, r = self._opening(i, alone, b + self._ui(0, 600), b)
         if u[U_CHANGE] < STAY_CHANGE_SHARE:
             steps.append(["change", r + self._ui(600, 3600), None])
         lo_l = int(f.lines.lstart[i])
@@ -775,7 +774,8 @@ class _Builder:
     def _revoke_last_line(self, st: _Visit, t: int, _arg) -> None:
         ln = [x for x in st.lines if x.in_force][-1]
         d = self.vis.data[st.i]
-        env = self._env(st, "2302", t, {"data": [{"feedetl_sn": ln.sn, "mdtrt_id": st.mdtrt_id, "psn_no": d["psn_no"]}]})
+        row = {"feedetl_sn": ln.sn, "mdtrt_id": st.mdtrt_id, "psn_no": d["psn_no"]}
+        env = self._env(st, "2302", t, {"data": [row]})
         ln.in_force = False
         self.add(t, env, self._note(st, "revoke", None))
 
@@ -802,9 +802,10 @@ class _Builder:
         lines = self._in_force(st, batch)
         base = int(vis.facts.lines.lstart[i])
         amt = vis.facts.lines.amt_fen
+        medfee_fen = sum(int(amt[base + ln.pos]) for ln in lines)
         data = {"psn_no": d["psn_no"], "mdtrt_cert_type": d["mdtrt_cert_type"], "mdtrt_cert_no": d["mdtrt_cert_no"],
-                "med_type": d["med_type"], "medfee_sumamt": money.format_fen(sum(int(amt[base + ln.pos]) for ln in lines)),
-                "psn_setlway": "01", "mdtrt_id": st.mdtrt_id}
+                "med_type": d["med_type"], "medfee_sumamt": money.format_fen(medfee_fen), "psn_setlway": "01",
+                "mdtrt_id": st.mdtrt_id}
         if not vis.ip[i]:
             data["chrg_bchno"] = batch
         data.update({"acct_used_flag": d["acct_used_flag"], "insutype": d["insutype"], "invono": ""})
