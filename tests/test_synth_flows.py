@@ -17,17 +17,6 @@ from engine.tools.synth.flows import REFUSED, UNCERTAIN
 
 N = 8000
 SPLIT_KEYS = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
-STEP_ONLY_INFNOS = {"2201", "2202", "2203", "2204", "2205", "2301", "2302", "2401", "2402", "2403", "2404", "2405"}
-
-
-@pytest.fixture(scope="module")
-def world_dir(synth_world_dir) -> str:
-    return synth_world_dir
-
-
-@pytest.fixture(scope="module")
-def world(synth_world):
-    return synth_world
 
 
 def replay(world, envs: list[dict]) -> list[dict]:
@@ -41,12 +30,12 @@ def replay(world, envs: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module", params=["stepwise", "mixed"])
-def replayed(request, world):
+def replayed(request, synth_world):
     """A stream with many requests wrong on purpose, replayed; and its one-shot twin, replayed on a second engine."""
-    st = gen_stream(world, N, seed=5, flow=request.param, malformed_share=0.03)
-    replies = replay(world, st.envelopes)
+    st = gen_stream(synth_world, N, seed=5, flow=request.param, malformed_share=0.03)
+    replies = replay(synth_world, st.envelopes)
     idx, twins = st.twin_stream()
-    return request.param, st, replies, idx, replay(world, twins)
+    return request.param, st, replies, idx, replay(synth_world, twins)
 
 
 def _fen(x) -> int:
@@ -183,10 +172,10 @@ def test_stream_shape(replayed):
             assert "feedetail" in e["input"]
 
 
-def test_requests_per_settlement_and_shares(world):
+def test_requests_per_settlement_and_shares(synth_world):
     """Hospitals: usually one batch a settlement in one to three uploads, a stay uploaded day by day; in a
     mixed stream half the visits step-wise."""
-    v = world_view(world)
+    v = world_view(synth_world)
     per = {}
     for flow in ("stepwise", "mixed"):
         st = gen_stream(v, 20000, seed=2, flow=flow)
@@ -205,21 +194,21 @@ def test_requests_per_settlement_and_shares(world):
 
 
 @pytest.mark.parametrize("flow", ["stepwise", "mixed"])
-def test_count_and_determinism(world, world_dir, flow):
-    v = world_view(world)
+def test_count_and_determinism(synth_world, synth_world_dir, flow):
+    v = world_view(synth_world)
     for n in (1, 2, 5, 13, 100, 777):
         for bad in (0.002, 0.5):
             st = gen_stream(v, n, seed=n, flow=flow, malformed_share=bad, retry_share=0.05)
             assert len(st.envelopes) == len(st.notes) == n
-    a = gen_requests(world, 1500, seed=5, flow=flow)
-    b = gen_requests(world_dir, 1500, seed=5, flow=flow)
+    a = gen_requests(synth_world, 1500, seed=5, flow=flow)
+    b = gen_requests(synth_world_dir, 1500, seed=5, flow=flow)
     c = gen_requests(v, 1500, seed=6, flow=flow)
     assert orjson.dumps(a) == orjson.dumps(b) != orjson.dumps(c)
-    assert orjson.dumps(a) != orjson.dumps(gen_requests(world, 1500, seed=5))  # not the one-shot stream
+    assert orjson.dumps(a) != orjson.dumps(gen_requests(synth_world, 1500, seed=5))  # not the one-shot stream
 
 
-def test_bad_arguments(world):
-    v = world_view(world)
+def test_bad_arguments(synth_world):
+    v = world_view(synth_world)
     with pytest.raises(ValueError):
         gen_stream(v, 10, flow="batch")
     with pytest.raises(ValueError):
@@ -229,19 +218,20 @@ def test_bad_arguments(world):
     assert gen_stream(v, 10).notes is None
 
 
-def test_cli_gen_requests_flow(world_dir, tmp_path):
+def test_cli_gen_requests_flow(synth_world_dir, tmp_path):
     from engine.cli import main
 
     out = str(tmp_path / "sw.jsonl")
-    assert main(["gen-requests", "--world", world_dir, "--n", "300", "--out", out, "--flow", "stepwise",
+    assert main(["gen-requests", "--world", synth_world_dir, "--n", "300", "--out", out, "--flow", "stepwise",
                  "--seed", "4"]) == 0
     with open(out, "rb") as f:
         got = [orjson.loads(line) for line in f]
-    assert got == gen_requests(world_dir, 300, seed=4, flow="stepwise")
+    assert got == gen_requests(synth_world_dir, 300, seed=4, flow="stepwise")
     assert {"2201", "2204", "2207"} <= {e["infno"] for e in got}
     out2 = str(tmp_path / "os.jsonl")
-    assert main(["gen-requests", "--world", world_dir, "--n", "300", "--out", out2, "--seed", "4"]) == 0
+    assert main(["gen-requests", "--world", synth_world_dir, "--n", "300", "--out", out2, "--seed", "4"]) == 0
     with open(out2, "rb") as f:
-        assert [orjson.loads(line) for line in f] == gen_requests(world_dir, 300, seed=4)
-    assert main(["gen-requests", "--world", world_dir, "--n", "30", "--out", out2, "--stepwise-share", "0.2"]) == 2
+        assert [orjson.loads(line) for line in f] == gen_requests(synth_world_dir, 300, seed=4)
+    assert main(["gen-requests", "--world", synth_world_dir, "--n", "30", "--out", out2,
+                 "--stepwise-share", "0.2"]) == 2
     assert os.path.getsize(out2) > 0
