@@ -20,6 +20,7 @@ import orjson
 from engine.contract import money
 from engine.tools.synth.draws import EPOCH_DAY_SECONDS, day_of, rng_for, time_strs
 from engine.tools.synth.flows import FLOW_MIXED, FLOW_ONESHOT, FLOW_STEPWISE, FLOWS, MIXED_STEPWISE_SHARE, Flow, Note
+from engine.tools.synth import steps
 from engine.tools.synth.flows import plan_rates
 from engine.tools.synth.view import WorldView, world_view
 from engine.tools.synth.visits import Visits, visits
@@ -164,10 +165,11 @@ def gen_stream(
                            reversal_share=reversal_share, retry_share=retry_share, malformed_share=malformed_share)
         draw = dict(inpatient_share=inpatient_share, cross_share=cross_province_share, local_share=local_share,
                     late_share=late_share, nic_share=not_in_catalogue_share, zipf_a=zipf_a)
-        f = Flow(_Stream, v, rng_for(seed, "requests-" + flow), n, start=start, days=days, stepwise_share=share,
-                 draw=draw, rates=rates)
+        f = Flow(v, rng_for(seed, "requests-" + flow), n, start=start, days=days, stepwise_share=share, draw=draw,
+                 rates=rates)
         f.plan()
-        pairs = f.build(rates["n_bad"], rates["n_retry"], ANOMALIES)
+        f.finish(rates["n_bad"], ANOMALIES)
+        pairs = steps.envelopes(f, _Stream(v, f.rng, f.vis, f.start_day), rates["n_retry"])
         return Stream([e for e, _ in pairs], [nt for _, nt in pairs])
 
 
