@@ -202,10 +202,11 @@ def _auth_line(keys: KeysSource | None) -> str:
 
 def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
           loop: str = "uvloop", out=sys.stdout, admin: str | None = None, tls: ServerTLS | None = None, *,
-          keys: KeysSource | None) -> int:
+          keys: KeysSource | None, warnings: Sequence[str] = ()) -> int:
     """`yidi serve`: open the store, listen (on TLS with `tls`: engine.hub.tls.load_server_tls checks
     the operator's files before this is called), serve until SIGTERM/SIGINT, drain, exit. `keys` is
-    the keys file read at start (engine.hub.auth.KeysSource.open), reloaded on SIGHUP; None: --no-auth."""
+    the keys file read at start (engine.hub.auth.KeysSource.open), reloaded on SIGHUP; None: --no-auth.
+    `warnings` are said on stderr once the hub listens (a start refused later is one line)."""
 
     async def main() -> int:
         t0 = time.perf_counter()
@@ -233,6 +234,8 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         if tls is not None:
             print(f"yidi: tls: {tls.describe()}", file=out)
         print(_auth_line(keys), file=out)
+        for warning in warnings:
+            print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
         print(_clock_line(), file=out)
         print(f"yidi: ready in {time.perf_counter() - t0:.2f} s ({type(lp).__module__} loop, {limits})",
               file=out, flush=True)
