@@ -204,6 +204,8 @@ class FramedUser(User):
         """Send this User's requests in order, forever (a stream that runs out starts again)."""
         sched = _Shared.first_tick(self.index, self.interval_s, max(1, self.environment.parsed_options.num_users))
         socks, sent = self.socks, self.sent
+        while not self.mine:  # more Users than lanes: this one has nothing to send (a task that returned
+            gevent.sleep(1.0)  # at once would be run again and again, spinning on the load core)
         for fr, infno, lane in itertools.cycle(self.mine):
             self.window.acquire()
             if self.interval_s:

@@ -383,6 +383,10 @@ def _median(xs: list[float]) -> float:
     return xs[k] if len(xs) % 2 else (xs[k - 1] + xs[k]) / 2
 
 
+def _of(r: dict, key: str) -> float:
+    return r["latency_ms"].get(key) or 0.0 if key in ("p50", "p99") else r[key]
+
+
 def ab_ratios(results: list[dict], tolerance: float) -> dict:
     """Signed / --no-auth per campaign, from the medians of the rounds: durable settlements/s (higher is
     better) and Locust's latency percentiles (lower is better); a verdict against `tolerance`."""
@@ -394,6 +398,9 @@ def ab_ratios(results: list[dict], tolerance: float) -> dict:
                       **{p: _median([r["latency_ms"].get(p) or 0.0 for r in rs]) for p in ("p50", "p99")}}
                for mode, rs in by.items()}
         ratio = {k: round(med[True][k] / med[False][k], 4) if med[False][k] else None for k in med[True]}
+        # Paired: each round's signed run over its unsigned one (they ran back to back), the median of those.
+        pairs = list(zip(by[True], by[False]))
+        paired = {k: round(_median([_of(a, k) / _of(b, k) for a, b in pairs if _of(b, k)]), 4) for k in med[True]}
         worse = []
         if ratio["settlements_per_s"] is not None and ratio["settlements_per_s"] < 1 - tolerance and \
                 CAMPAIGNS[name]["rate"] == 0:
@@ -401,7 +408,7 @@ def ab_ratios(results: list[dict], tolerance: float) -> dict:
         for p in ("server_cpu_us_per_reply", "p50", "p99"):
             if ratio[p] is not None and ratio[p] > 1 + tolerance:
                 worse.append(f"{p} x{ratio[p]}")
-        out[name] = {"signed": med[True], "no_auth": med[False], "signed_over_no_auth": ratio,
+        out[name] = {"signed": med[True], "no_auth": med[False], "signed_over_no_auth": ratio, "paired": paired,
                      "rounds": len(by[True]), "verdict": "; ".join(worse) or "ok"}
     return out
 
@@ -470,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['server_cpu_us_per_reply']} us of hub CPU per reply, p50 {s['p50']} ms, p99 {s['p99']} ms; "
             f"--no-auth {u['settlements_per_s']} settlements/s, {u['server_cpu_us_per_reply']} us, p50 {u['p50']} ms, "
             f"p99 {u['p99']} ms; signed / --no-auth: settlements/s {q['settlements_per_s']}, hub CPU per reply "
-            f"{q['server_cpu_us_per_reply']}, p50 {q['p50']}, p99 {q['p99']}: {v['verdict']}")
+            f"{q['server_cpu_us_per_reply']}, p50 {q['p50']}, p99 {q['p99']} (paired, the median of the rounds' "
+            f"ratios: {v['paired']}): {v['verdict']}")
     return 1 if failed else 0
 
 
