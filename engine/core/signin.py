@@ -98,8 +98,13 @@ class SignIns:
     def gate(self, cred, env, infno: str, now: str, inst: dict) -> None:
         """E_FORBIDDEN (scope), then E_SIGN_IN; `inst`: fixmedins_code -> (admdvs, level)."""
         code = env.fixmedins_code
-        row = inst.get(code) if isinstance(code, str) else None
-        if not cred.allows(code, row[0] if row is not None else None):
+        own = cred.fixmedins_code
+        if own:  # a hospital system's credential: its institution only (the common case, inline)
+            allowed = code == own
+        else:
+            row = inst.get(code) if isinstance(code, str) else None
+            allowed = cred.allows(code, row[0] if row is not None else None)
+        if not allowed:
             raise Refused(E_FORBIDDEN, f"fixmedins_code {_text(code)!r} is outside this credential's scope"
                                        f" ({cred.scope})")
         if infno != INFNO_SIGN_IN and infno != INFNO_SIGN_OUT:  # 9002: the sign_no it names (sign_out)
@@ -162,3 +167,8 @@ class SignIns:
         """Drop this credential's sign-ins no longer in force (their rows stay in the store)."""
         for s in [s for s in self.by_no.values() if s.paasid == paasid and s.ends <= now]:
             self._drop(s)
+
+
+from engine._compiled import check_fresh  # noqa: E402
+
+check_fresh(__file__)
