@@ -62,6 +62,9 @@ E_ALREADY_REVERSED = "E_ALREADY_REVERSED"
 E_BUSY = "E_BUSY"
 E_AUTH = "E_AUTH"  # section 10: not signed by a known credential
 E_SIGN_IN = "E_SIGN_IN"  # section 10: no sign-in in force for this credential and institution
+E_STATE = "E_STATE"  # section 11: the visit's state does not allow the transaction
+E_DUPLICATE_LINE = "E_DUPLICATE_LINE"  # section 11: a feedetl_sn already used in the visit
+E_VOIDED = "E_VOIDED"  # section 11: the message was voided by a 2601
 
 # Filing classes (section 4), in the tie-break order of the candidates.
 LOCAL, LONG_TERM, REFERRAL, EMERGENCY, TEMP_OTHER, WAIVED, UNFILED = (
@@ -126,6 +129,9 @@ ERR_MESSAGES = {
     E_BUSY: "overloaded: nothing was done, retry later",
     E_AUTH: "not signed by a known credential",
     E_SIGN_IN: "no sign-in in force: sign in again (9001)",
+    E_STATE: "the visit's state does not allow this transaction",
+    E_DUPLICATE_LINE: "feedetl_sn already used in this visit",
+    E_VOIDED: "the message was voided by a 2601",
 }
 
 SETLINFO_MONEY = (

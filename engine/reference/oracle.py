@@ -5,9 +5,10 @@ at a time, state in memory. The compiled pipeline (engine.core.engine) must give
 the same reply, field for field, for every stream of requests.
 
 The reference is layered like the contract: engine.reference.rules (sections
-3-6), engine.reference.settle (section 7), engine.reference.recon (3201/3202
-of section 8). ReferenceEngine reads an
-envelope, answers 1101, keeps idempotency by msgid and dispatches the rest.
+3-6), engine.reference.settle (section 7), engine.reference.stepwise (section
+11), engine.reference.recon (3201/3202 of section 8). ReferenceEngine
+reads an envelope, answers 1101, keeps idempotency by msgid (and the msgids
+a 2601 voided) and dispatches the rest.
 """
 from __future__ import annotations
 
@@ -16,20 +17,21 @@ import json
 
 from engine.contract import money
 from engine.contract.protocol import (
-    COMMIT_INFNOS, E_MSGID_REUSED, E_SCHEMA, E_UNKNOWN_PERSON, E_UNSUPPORTED, ENVELOPE_DEPTH_MAX, INFNO_PERSON,
+    E_MSGID_REUSED, E_SCHEMA, E_UNKNOWN_PERSON, E_UNSUPPORTED, E_VOIDED, ENVELOPE_DEPTH_MAX, INFNO_PERSON,
     REVERSE_INFNOS, SETTLE_INFNOS, Refused, canonical,
 )
 from engine.reference import recon
 from engine.reference.reading import not_json, nesting_depth, raw_json_depth, request_time_ok
 from engine.reference.recon import RECONCILE_INFNOS
-from engine.reference.settle import SettlementBook, field_str
+from engine.reference.settle import field_str
+from engine.reference.stepwise import COMMITTING_INFNOS, STEPWISE_INFNOS, StepwiseBook, is_stepwise
 from engine.world.loader import DAY_OPEN
 
-KNOWN_INFNOS = SETTLE_INFNOS | REVERSE_INFNOS | RECONCILE_INFNOS | {INFNO_PERSON}
+KNOWN_INFNOS = SETTLE_INFNOS | REVERSE_INFNOS | RECONCILE_INFNOS | STEPWISE_INFNOS | {INFNO_PERSON}
 
 
-class ReferenceEngine(SettlementBook):
-    """Handles envelopes one at a time, in order, in memory (sections 3-9)."""
+class ReferenceEngine(StepwiseBook):
+    """Handles envelopes one at a time, in order, in memory (sections 3-9 and 11)."""
 
     # -- entry point
 
@@ -68,7 +70,7 @@ class ReferenceEngine(SettlementBook):
             elif infno in RECONCILE_INFNOS:
                 output = recon.answer(env, self.institutions, self.committed)
             else:
-                committing = infno in COMMIT_INFNOS or infno in REVERSE_INFNOS
+                committing = infno in COMMITTING_INFNOS or infno in REVERSE_INFNOS
                 if committing:
                     field_str(env, "msgid")
                     inp = canonical(env.get("input"))
@@ -78,7 +80,14 @@ class ReferenceEngine(SettlementBook):
                         if hit[0] == infno and hit[1] == inp and hit[3] == env.get("fixmedins_code"):
                             return hit[2]
                         raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
-                if infno in REVERSE_INFNOS:
+                    if msgid in self.voided:
+                        # Section 11: a message voided by a 2601 never takes effect when it arrives later.
+                        if self.voided[msgid] == (infno, env.get("fixmedins_code")):
+                            raise Refused(E_VOIDED, f"msgid {msgid} was voided by a 2601")
+                        raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
+                if is_stepwise(env):
+                    output = self.stepwise(env, now)
+                elif infno in REVERSE_INFNOS:
                     output = self.reverse(env, now)
                 else:
                     output = self.settle(env, now)
