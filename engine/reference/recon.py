@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 
 from engine.contract import money
-from engine.contract.protocol import (
-    E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, REQUEST_DAY_MAX, REQUEST_DAY_MIN, Refused,
-)
-from engine.reference.settle import field_money, field_str
+from engine.contract.protocol import E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, Refused
+from engine.reference.settle import field_day, field_money, field_str
 
 RECONCILE_INFNOS = frozenset({"3201", "3202"})
 STMT_DAYS_MAX = 366  # days in one 3201
@@ -39,19 +37,9 @@ def _whole(d: dict, k: str, default: int | None = None) -> int:
     return v
 
 
-def _date(d: dict, k: str) -> int:
-    """A date YYYY-MM-DD within the years a request may name (section 7, v2)."""
-    try:
-        day = money.parse_day(d.get(k))
-    except money.NumberError as e:
-        raise Refused(E_SCHEMA, f"{k}: {e}") from None
-    if not REQUEST_DAY_MIN <= day <= REQUEST_DAY_MAX:
-        raise Refused(E_SCHEMA, f"{k}: outside the years a request may name")
-    return day
-
-
 def _days(d: dict) -> tuple[int, int]:
-    begn, end = _date(d, "stmt_begndate"), _date(d, "stmt_enddate")
+    """stmt_begndate and stmt_enddate: dates YYYY-MM-DD within 2000-2099, in order (E_SCHEMA)."""
+    begn, end = field_day(d, "stmt_begndate", money.parse_day), field_day(d, "stmt_enddate", money.parse_day)
     if end < begn:
         raise Refused(E_SCHEMA, "stmt_enddate is before stmt_begndate")
     return begn, end

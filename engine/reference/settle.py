@@ -45,10 +45,11 @@ def field_money(d: dict, k: str, parse=money.parse_fen) -> int:
         raise Refused(E_SCHEMA, f"{k}: {e}") from None
 
 
-def field_day(d: dict, k: str) -> int:
-    """A time of the request as its day; malformed, or outside 2000-2099 (section 7, v2): E_SCHEMA."""
+def field_day(d: dict, k: str, parse=money.parse_time_day) -> int:
+    """A time (or with parse=money.parse_day a date) of the request as its day; malformed, or outside
+    2000-2099 (section 7, v2): E_SCHEMA."""
     try:
-        day = money.parse_time_day(d.get(k))
+        day = parse(d.get(k))
     except money.NumberError as e:
         raise Refused(E_SCHEMA, f"{k}: {e}") from None
     if not REQUEST_DAY_MIN <= day <= REQUEST_DAY_MAX:
