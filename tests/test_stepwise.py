@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 
 from engine.contract import money
-from engine.contract.protocol import REVERSE_INFNOS, SETTLE_INFNOS
+from engine.contract.protocol import LINES_MAX, REVERSE_INFNOS, SETTLE_INFNOS
 from engine.reference import stepwise
 from engine.reference.oracle import ReferenceEngine
 from stepwise_streams import stepwise_streams
@@ -388,6 +388,31 @@ def test_lines_in_force_are_bounded(world, monkeypatch):
     assert len(hub.eng.visits[m].in_force()) == 3
 
 
+def test_the_bound_is_ten_thousand_lines_in_force(world):
+    assert stepwise.VISIT_LINES_MAX == LINES_MAX == 10_000
+    hub = Hub(world)
+    m = outpatient_visit(hub)
+    many = [line(str(i), "1.00") for i in range(10_001)]
+    assert hub.codes(upload("U1", m, many)) == ["E_LIMIT"]  # more lines than one request may carry
+    assert hub.codes(upload("U2", m, many[:9_999]), upload("U3", m, many[9_999:], batch="2"),
+                     upload("U4", m, many[10_000:], batch="2")) == [None, "E_LIMIT", None]
+
+
+def test_upload_order_of_checks(world, monkeypatch):
+    hub = Hub(world)
+    m = outpatient_visit(hub)
+    hub(upload("U1", m, [line("1")]), settle("S1", m, "100.00"), upload("U2", m, [line("2")], batch="2"))
+    bad = dict(line("9"), det_item_fee_sumamt="100.02")
+    # The visit (E_NOT_FOUND, E_FORBIDDEN, E_MISMATCH), E_STATE, E_DUPLICATE_LINE, lines in force, then each line.
+    monkeypatch.setattr(stepwise, "VISIT_LINES_MAX", 3)
+    assert hub.codes(upload("U3", "MNONE", [line("1"), bad]), upload("U4", m, [line("1"), bad], code="H4302"),
+                     upload("U5", m, [line("1"), bad], psn="P2"), upload("U6", m, [line("1"), bad]),
+                     upload("U7", m, [line("2"), bad, line("8")], batch="2"),
+                     upload("U8", m, [line("7"), line("8"), bad], batch="2"),
+                     upload("U9", m, [bad], batch="2")) == [
+        "E_NOT_FOUND", "E_FORBIDDEN", "E_MISMATCH", "E_STATE", "E_DUPLICATE_LINE", "E_LIMIT", "E_AMOUNT_MISMATCH"]
+
+
 def test_an_upload_is_all_or_nothing(world):
     hub = Hub(world)
     m = outpatient_visit(hub)
@@ -597,9 +622,19 @@ def _check_books(eng: ReferenceEngine) -> None:
             assert eng.visits[rec.mdtrt_id].settled.get(rec.batch) == rec.setl_id
 
 
-@settings(max_examples=EXAMPLES, **SETTINGS)
-@given(stepwise_streams())
-def test_stepwise_streams_keep_the_references_invariants(case):
+# What the drawn streams must reach (a guard against a generator that silently narrows): STREAM_CORNERS
+# in any run, STREAM_CORNERS_ALL once the run is long enough.
+STREAM_CORNERS = {"OK", "E_STATE", "E_NOT_FOUND", "VOIDED", "STEPWISE_2304"}
+STREAM_CORNERS_ALL = STREAM_CORNERS | {
+    "E_DUPLICATE_LINE", "E_DUPLICATE_VISIT", "E_VOIDED", "E_ALREADY_REVERSED", "E_LIMIT", "E_AMOUNT_MISMATCH",
+    "E_FORBIDDEN", "E_MISMATCH", "E_MSGID_REUSED", "E_DATE", "E_UNSUPPORTED", "UNDONE", "RETRY", "STEPWISE_2206",
+    "STEPWISE_2207", "STEPWISE_2303",
+}
+STREAM_CORNERS_ALL_MIN_EXAMPLES = 500
+
+
+def check_stream(case, seen: set[str]) -> None:
+    """Replay one drawn stream through a fresh reference, checking each reply and the books after it."""
     eng = ReferenceEngine(case.world)
     balc_start = {p: x.balc for p, x in eng.persons.items()}
     voided: dict[str, tuple] = {}
@@ -611,6 +646,7 @@ def test_stepwise_streams_keep_the_references_invariants(case):
         twin = copy.deepcopy(eng) if settling else None
         reply = json.loads(json.dumps(eng.handle_body(body)))
         where = body[:600]
+        seen.add(reply.get("err_code") or "OK")
         if not isinstance(e, dict) or not isinstance(e.get("msgid"), str):
             assert reply["infcode"] != 0 and state(eng) == before, where
             continue
@@ -624,11 +660,13 @@ def test_stepwise_streams_keep_the_references_invariants(case):
         stored = before["journal"].get(e["msgid"])
         if stored is not None and e["infno"] in stepwise.COMMITTING_INFNOS | REVERSE_INFNOS:
             # A retry: the first reply, and nothing changes.
+            seen.add("RETRY")
             assert reply == json.loads(json.dumps(stored[2])) and state(eng) == before, where
             continue
         infno, out = e["infno"], reply["output"]
         if infno == "2601":
             d = out["data"]
+            seen.add(d["status"])
             if d["status"] == "VOIDED":
                 voided[d["omsgid"]] = (d["oinfno"], e["fixmedins_code"])
             elif d["oinfno"] in ("2207", "2304"):
@@ -636,6 +674,7 @@ def test_stepwise_streams_keep_the_references_invariants(case):
         elif infno in ("2206", "2207", "2303", "2304"):
             check_settlement_invariants(reply, body)
             if settling:
+                seen.add("STEPWISE_" + infno)
                 same = json.loads(json.dumps(twin.handle_body(json.dumps(_one_shot_of(twin, e)).encode())))
                 assert same["infcode"] == 0, (where, same)
                 assert same["output"]["setlinfo"].pop("mdtrt_id") == "ONE-SHOT " + e["input"]["data"]["mdtrt_id"]
@@ -660,6 +699,22 @@ def test_stepwise_streams_keep_the_references_invariants(case):
         taken[row["psn_no"]] = taken.get(row["psn_no"], 0) + row["acct_pay"]
     for psn_no, p in eng.persons.items():
         assert balc_start[psn_no] - p.balc == taken.get(psn_no, 0), psn_no
+
+
+
+def test_stepwise_streams_keep_the_references_invariants():
+    seen: set[str] = set()
+    runs = []
+
+    @settings(max_examples=EXAMPLES, **SETTINGS)
+    @given(stepwise_streams())
+    def invariants(case):
+        check_stream(case, seen)
+        runs.append(1)
+
+    invariants()
+    want = STREAM_CORNERS_ALL if len(runs) >= STREAM_CORNERS_ALL_MIN_EXAMPLES else STREAM_CORNERS
+    assert want <= seen, f"the streams never reached {sorted(want - seen)} in {len(runs)} examples"
 
 
 @pytest.mark.xfail(strict=True, reason="section 11 is not in the compiled engine yet (it answers E_UNSUPPORTED)")
