@@ -51,7 +51,8 @@ extensions = [
 # when no build is present. engine/_compiled.py refuses a compiled module whose
 # source changed since the build (rebuild: python setup.py build_ext --inplace).
 COMPILED_PY = [
-    "engine/core/engine.py", "engine/core/records.py", "engine/core/reconcile.py", "engine/core/ledger.py",
+    "engine/core/engine.py", "engine/core/settling.py", "engine/core/stepwise.py", "engine/core/visits.py",
+    "engine/core/round.py", "engine/core/records.py", "engine/core/reconcile.py", "engine/core/ledger.py",
     "engine/store/codec.py", "engine/store/lookups.py", "engine/store/recon.py", "engine/store/writer.py",
     "engine/store/fold.py", "engine/store/store.py",
 ]

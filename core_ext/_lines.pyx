@@ -11,7 +11,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -245,6 +245,26 @@ cdef class FeeBuffer:
         self.n += m
         self.n_bad += bad
         return bad
+
+    def extend(self, list codes not None, list sns not None, const int64_t[::1] amt, const int64_t[::1] cnt,
+               const int64_t[::1] pric, const int32_t[::1] day) -> None:
+        """Append lines parsed and checked before (the lines in force of a visit, engine.core.visits):
+        the columns gather() and parse() would have made of them."""
+        cdef Py_ssize_t m = PyList_GET_SIZE(codes), n0 = self.n
+        if not (PyList_GET_SIZE(sns) == m and amt.shape[0] == m and cnt.shape[0] == m and pric.shape[0] == m
+                and day.shape[0] == m):
+            raise ValueError("extend: columns of different lengths")
+        if m == 0:
+            return
+        self._reserve(n0 + m)
+        memcpy(self.amt + n0, &amt[0], m * sizeof(int64_t))
+        memcpy(self.cnt + n0, &cnt[0], m * sizeof(int64_t))
+        memcpy(self.pric + n0, &pric[0], m * sizeof(int64_t))
+        memcpy(self.day + n0, &day[0], m * sizeof(int32_t))
+        memset(self.bad + n0, 0, m * sizeof(uint8_t))
+        self.codes.extend(codes)
+        self.sns.extend(sns)
+        self.n = n0 + m
 
     def truncate(self, Py_ssize_t n) -> None:
         """Forget the lines from the n-th on (those of settlements that left the round)."""

@@ -6,16 +6,20 @@ import sys
 
 
 def _cmd_replay(a: argparse.Namespace) -> int:
-    from engine.tools.replay import replay
+    from engine.tools.replay import ReplayError, replay
     from engine.world.loader import WorldError
 
     if a.reference and a.data:
         print("yidi: --reference keeps no store: drop --data", file=sys.stderr)
         return 2
     try:
-        stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=a.data)
+        stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=a.data,
+                       accept_world_change=a.accept_world_change)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
+        return 2
+    except ReplayError as e:
+        print(f"yidi: {e}", file=sys.stderr)
         return 2
     except Exception as e:
         from engine.store import StoreError
@@ -35,28 +39,63 @@ def _cmd_replay(a: argparse.Namespace) -> int:
 def _cmd_check(a: argparse.Namespace) -> int:
     from engine.store.check import check_store
 
-    return check_store(a.data, out=lambda line: print(line, flush=True))
+    return check_store(a.data, out=lambda line: print(line, flush=True),
+                       err=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _cmd_clear(a: argparse.Namespace) -> int:
-    from engine.clearing.clearing import ClearingError, clear, format_usage, parse_ratio_bp, prepay_usage
+    from engine.clearing.clearing import (
+        ClearingError, clear, format_usage, parse_ratio_bp, prepay_usage, refused,
+    )
 
     try:
         warn_bp = None if a.prepay_warn is None else parse_ratio_bp(a.prepay_warn)
-        r = clear(a.data, a.period, a.out, world_dir=a.world, warn_bp=warn_bp)
+        r = clear(a.data, a.period, a.out, world_dir=a.world, warn_bp=warn_bp, force=a.force, dry_run=a.dry_run)
     except ClearingError as e:
         print(f"yidi: {e}", file=sys.stderr)
         return 2
     c = r.closing
-    how = "closed" if c.new else f"already closed at {c.closed_at}; files written again, unchanged"
-    print(f"period {c.period} {how}: journal rows up to {c.last_seq}, {r.rows_cleared} cross-province "
+    if c.preview:
+        how = "not closed (dry run: nothing written to the store); a close now would take"
+    elif a.dry_run:
+        how = f"already closed at {c.closed_at} (dry run: its files as closed); closed with"
+    elif c.new:
+        how = f"closed with --force, overriding: {c.forced};" if c.forced else "closed:"
+    else:
+        how = f"already closed at {c.closed_at}; files written again, unchanged:"
+    print(f"period {c.period} {how} journal rows up to {c.last_seq}, {r.rows_cleared} cross-province "
           f"settlements and reversals in {r.pairs} pairs, in {r.seconds:.2f} s", file=sys.stderr)
+    if c.preview and r.refusal:
+        print(f"yidi: dry run; without it: {refused(c.period, r.refusal)}", file=sys.stderr)
     for path in r.files:
         print(path)
     if a.usage:
         for line in format_usage(prepay_usage(a.data, prepay_fen=c.prepay_fen, warn_bp=c.warn_bp), c.warn_bp):
             print("pre-payment: " + line, file=sys.stderr)
     return 0
+
+
+def _cmd_backup(a: argparse.Namespace) -> int:
+    from engine.store.backup import BackupError, backup_store
+
+    try:
+        r = backup_store(a.data, a.out)
+    except BackupError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    print(f"yidi: backed up {a.data} to {r.out_dir}: journal rows up to {r.journal_rows} (keyed tables folded up "
+          f"to {r.folded_seq}), {r.copied_bytes / 1e6:.1f} MB in {r.seconds:.2f} s; check it with "
+          f"`yidi check --data {r.out_dir}`", file=sys.stderr)
+    for path in r.files:
+        print(path)
+    return 0
+
+
+def _add_backup(sub) -> None:
+    k = sub.add_parser("backup", help="copy the store, both files of one moment, while the hub runs (docs/store.md)")
+    k.add_argument("--data", required=True, help="data folder of the store")
+    k.add_argument("--out", required=True, help="a new or empty folder outside --data, in a folder that exists")
+    k.set_defaults(fn=_cmd_backup)
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
@@ -105,6 +144,10 @@ def _add_clear(sub) -> None:
     k.add_argument("--prepay-warn", metavar="RATIO",
                    help="pre-payment warning threshold, 0.70 or 70%% (default 0.70; fixed at the first close)")
     k.add_argument("--usage", action="store_true", help="also print the pre-payment usage now")
+    k.add_argument("--force", action="store_true",
+                   help="close even a period that has not ended, or one after an earlier period still open")
+    k.add_argument("--dry-run", action="store_true",
+                   help="close nothing: write the files a close now would write, named *.dry-run.*")
     k.set_defaults(fn=_cmd_clear)
 
 
@@ -147,14 +190,63 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         return 2
     for warning in tls.warnings() if tls else ():
         print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
+    refusal = _listen_refusal(a)
+    if refusal:
+        print(f"yidi: {refusal}", file=sys.stderr)
+        return 2
     from engine.hub.serve import serve  # the server's imports, once the options are known good
+    from engine.store import StoreError
     from engine.world.loader import WorldError
 
     try:
+        if a.accept_world_change:  # recorded by one open of the store; serve's own open then finds it so
+            from engine.store import open_store
+
+            open_store(a.data, a.world, accept_world_change=True).close()
         return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
+    except StoreError as e:
+        print(f"yidi: store: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a listener that could not be opened after all (taken since _listen_refusal)
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+
+
+def _listen_refusal(a: argparse.Namespace) -> str:
+    """Why a listener of `serve` cannot be opened (a bad address, a port taken, one port asked twice),
+    found before the store and the world are opened; "" when none."""
+    import socket
+
+    from engine.hub.address import parse_address
+
+    seen: dict[tuple[str, int], str] = {}
+    for flag, text, default_host in (("--tcp", a.tcp, "0.0.0.0"), ("--http", a.http, "0.0.0.0"),
+                                     ("--admin", a.admin, "127.0.0.1")):
+        if not text:
+            continue
+        try:
+            host, port = parse_address(text, default_host)
+        except ValueError as e:
+            return f"{flag}: {e}"
+        if port == 0:
+            continue
+        if (host, port) in seen:
+            return f"{flag} {text}: the same address as {seen[(host, port)]}"
+        seen[(host, port)] = flag
+        try:  # bound as the listeners bind (SO_REUSEADDR), then released at once
+            for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                       flags=socket.AI_PASSIVE):
+                with socket.socket(family, kind, proto) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.bind(sockaddr)
+        except OSError as e:
+            return f"{flag} {text}: cannot listen there ({e.strerror or e})"
+    return ""
 
 
 def _add_serve(sub) -> None:
@@ -176,6 +268,8 @@ def _add_serve(sub) -> None:
     s.add_argument("--tls-client-ca", metavar="FILE",
                    help="PEM CA certificates: the gateway and --tcp require a client certificate signed by one")
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    s.add_argument("--accept-world-change", action="store_true",
+                   help="start a store with a world of other persons or institutions than its own")
     for f in fields(Limits):
         s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
                        metavar=f.name.upper(), help=f"(default {f.default})")
@@ -259,7 +353,7 @@ def _add_demo(sub) -> None:
     q.set_defaults(fn=_cmd_gen_requests)
 
 
-_LIGHT_COMMANDS = ("replay", "check", "check-world", "clear", "keys")
+_LIGHT_COMMANDS = ("replay", "check", "check-world", "clear", "backup", "keys")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="replies, one JSON line each")
     r.add_argument("--reference", action="store_true", help="use the plain-Python reference (slow; the oracle)")
     r.add_argument("--data", help="keep the durable store in this folder (seeded when new, continued otherwise)")
+    r.add_argument("--accept-world-change", action="store_true",
+                   help="continue a store with a world of other persons or institutions than its own")
     r.set_defaults(fn=_cmd_replay)
 
     k = sub.add_parser("check", help="verify a store: ledger, accounts, persons against the journal")
@@ -283,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=_cmd_check_world)
 
     _add_clear(sub)
+    _add_backup(sub)
     _add_keys(sub)
     # serve, demo, gen-world and gen-requests read their defaults from modules that
     # import asyncio, uvloop and the rest of the server (about 0.3 s): their

@@ -1,6 +1,7 @@
 """Monthly clearing and pre-payment (docs/contract.md section 8) through `yidi replay --data` and `yidi clear`."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from conftest import ROOT, VECTOR_WORLD, VECTORS
 from engine.clearing import clearing
 from engine.clearing.clearing import PairRow
+from engine.clearing.report import prov_label
 
 CLEARING = os.path.join(VECTORS, "clearing")
 PERIODS = sorted({f.split("-", 1)[1][:-4] for f in os.listdir(CLEARING) if f.endswith(".csv")})
@@ -179,7 +181,8 @@ def test_a_reversal_after_its_period_closed_counts_where_it_is_made(vector_store
                        and v[1]["output"]["setlinfo"]["setl_time"].startswith("2026-03")
                        and v[0]["insuplc_admdvs"][:2] != v[0]["mdtrtarea_admvs"][:2]
                        and v[1]["output"]["setlinfo"]["fund_pay_sumamt"] not in (0, "0.00"))
-    yidi("clear", "--data", data, "--period", "2026-03", "--out", str(tmp_path / "a"))
+    for p in ("2025-12", "2026-03"):  # in order: an earlier period still open would refuse 2026-03
+        yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "a"))
     write_jsonl(tmp_path / "more.jsonl", [_reversal_of(q, r, "LATE-REV-1", "2026-12-05 10:00:00")])
     rev = replay(data, tmp_path / "more.jsonl", tmp_path / "more-replies.jsonl")[0]
     assert rev["infcode"] == 0, rev
@@ -187,7 +190,8 @@ def test_a_reversal_after_its_period_closed_counts_where_it_is_made(vector_store
     yidi("clear", "--data", data, "--period", "2026-03", "--out", str(tmp_path / "b"))
     for kind in ("statement", "netting"):
         assert read(tmp_path / "b" / f"{kind}-2026-03.csv") == read(os.path.join(CLEARING, f"{kind}-2026-03.csv"))
-    yidi("clear", "--data", data, "--period", "2026-12", "--out", str(tmp_path / "c"))
+    # 2026-06 to 2026-11 are still open, and 2026-12 may not have ended on this machine's clock.
+    yidi("clear", "--data", data, "--period", "2026-12", "--out", str(tmp_path / "c"), "--force")
     ins, trt = q["insuplc_admdvs"][:2] + "0000", q["mdtrtarea_admvs"][:2] + "0000"
     s = r["output"]["setlinfo"]
     fund, acct = clearing.money.parse_fen(s["fund_pay_sumamt"]), clearing.money.parse_fen(s["acct_pay"])
@@ -211,8 +215,8 @@ def test_a_settlement_late_for_its_closed_month_counts_in_the_next_open_one(vect
     sid, (q, r) = next((k, v) for k, v in settled.items() if k not in already
                        and v[1]["output"]["setlinfo"]["setl_time"].startswith("2026-03")
                        and v[0]["insuplc_admdvs"][:2] != v[0]["mdtrtarea_admvs"][:2])
-    yidi("clear", "--data", data, "--period", "2026-03", "--out", str(tmp_path / "a"))
-    yidi("clear", "--data", data, "--period", "2026-04", "--out", str(tmp_path / "a"))
+    for p in ("2025-12", "2026-03", "2026-04"):
+        yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "a"))
     assert read(tmp_path / "a" / "statement-2026-04.csv").decode() == clearing.STATEMENT_HEADER + "\n"
     # Reverse it, then settle the same visit again with a new msgid, both "in March".
     again = dict(q, msgid=q["msgid"] + "-again", inf_time="2026-03-31 23:00:00")
@@ -331,12 +335,13 @@ def test_prepay_gauges_in_metrics(vector_store, tmp_path):
 
 def test_report_shows_matrix_flows_and_prepay_warnings(vector_store, tmp_path):
     data = copy_store(vector_store[0], tmp_path / "data")
-    yidi("clear", "--data", data, "--period", "2026-06", "--out", str(tmp_path / "o"), "--prepay-warn", "0.02")
+    yidi("clear", "--data", data, "--period", "2026-06", "--out", str(tmp_path / "o"), "--prepay-warn", "0.02",
+         "--force")  # 2025-12 and 2026-03 are still open
     page = read(tmp_path / "o" / "report-2026-06.html").decode()
     for r in statement_rows(os.path.join(CLEARING, "statement-2026-06.csv")):
         assert f">{clearing.money.format_fen(r.clear_fen)}</td>" in page
     for a, b, amt in netting_rows(os.path.join(CLEARING, "netting-2026-06.csv")):
-        assert f"<td class=l>{clearing._prov_label(a)}</td><td class=l>{clearing._prov_label(b)}</td>" \
+        assert f"<td class=l>{prov_label(a)}</td><td class=l>{prov_label(b)}</td>" \
                f"<td>{clearing.money.format_fen(amt)}</td>" in page
     assert "Warning at 2 %" in page and 'class="warn"' in page and "pre-payment warning(s)." in page
     # The threshold belongs to the close: asking again with another changes nothing.
@@ -359,6 +364,126 @@ def test_clear_refuses_clearly(tmp_path):
         clearing.parse_ratio_bp("1.5")
 
 
+# ---------------------------------------------------------------- closing safely
+
+
+def yidi_refused(*args: str) -> str:
+    """Run `yidi` expecting a refusal: exit 2 and one line on stderr, no traceback; that line."""
+    r = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1 and not r.stdout, r.stderr
+    return r.stderr.strip()
+
+
+def _month(now: datetime.datetime, ahead: int) -> str:
+    m = now.year * 12 + now.month - 1 + ahead
+    return f"{m // 12:04d}-{m % 12 + 1:02d}"
+
+
+def test_a_period_not_ended_on_the_clock_is_refused_unless_forced(vector_store, tmp_path):
+    data = copy_store(vector_store[0], tmp_path / "data")
+    for p in PERIODS:  # every period with rows closed, in order: only the clock can refuse now
+        yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "o"))
+    before = store_state(data)
+    now = datetime.datetime.now()
+    for p in (_month(now, 0), _month(now, 1)):
+        line = yidi_refused("clear", "--data", data, "--period", p, "--out", str(tmp_path / p))
+        assert line.startswith(f"yidi: period {p} not closed: it has not ended on this machine's clock"), line
+        assert "the journal's latest setl_time is 2026-11-20 12:00:00" in line and "--force" in line, line
+        assert store_state(data) == before and not os.path.exists(tmp_path / p)
+    # Forced: closed, and the close keeps what it overrode (its report says so, again and again).
+    p = _month(now, 0)
+    r = yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "f1"), "--force")
+    assert f"period {p} closed with --force, overriding: it has not ended" in r.stderr
+    page = read(tmp_path / "f1" / f"report-{p}.html")
+    assert b"Closed with --force, overriding: it has not ended" in page
+    r = yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "f2"))  # closed: never refused
+    assert "already closed" in r.stderr and read(tmp_path / "f2" / f"report-{p}.html") == page
+
+
+def test_the_clock_rule_at_a_month_boundary_and_a_journal_ahead_of_the_clock(vector_store, tmp_path):
+    data = copy_store(vector_store[0], tmp_path / "data")
+    out = str(tmp_path / "o")
+    for p in PERIODS[:-1]:
+        clearing.clear(data, p, out, now=datetime.datetime(2026, 12, 1))
+    before = store_state(data)
+    with pytest.raises(clearing.ClearingRefused, match=r"2026-11 not closed: it has not ended .*now 2026-11-30 23:59:59"):
+        clearing.clear(data, "2026-11", out, now=datetime.datetime(2026, 11, 30, 23, 59, 59))
+    # A clock behind the journal (a replay of times ahead of it, or a clock set back) is named.
+    with pytest.raises(clearing.ClearingRefused, match="latest setl_time is 2026-11-20 12:00:00, ahead of this clock"):
+        clearing.clear(data, "2026-11", out, now=datetime.datetime(2026, 10, 2))
+    assert store_state(data) == before
+    r = clearing.clear(data, "2026-11", out, now=datetime.datetime(2026, 12, 1))
+    assert r.closing.new and not r.closing.forced and not r.refusal
+
+
+def test_a_period_after_an_open_one_is_refused_and_names_it(vector_store, tmp_path):
+    data = copy_store(vector_store[0], tmp_path / "data")
+    before = store_state(data)
+    line = yidi_refused("clear", "--data", data, "--period", "2026-06", "--out", str(tmp_path / "o"))
+    assert line == ("yidi: period 2026-06 not closed: earlier periods still hold cross-province rows not cleared: "
+                    "2025-12 (1 row), 2026-03 (30 rows); a row stays in its own period until that is closed, so "
+                    "closing 2026-06 first clears none of them: close 2025-12 first; --force closes it anyway")
+    assert store_state(data) == before
+    # A late row (its month closed before it was committed) is activity of the period it counts in.
+    for p in ("2025-12", "2026-03", "2026-04"):
+        yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "o"))
+    reqs = [orjson.loads(x) for x in open(REQUESTS, "rb")]
+    settled = _settled(reqs, vector_store[1])
+    sid, (q, r) = next((k, v) for k, v in settled.items()
+                       if v[1]["output"]["setlinfo"]["setl_time"].startswith("2026-03")
+                       and v[0]["insuplc_admdvs"][:2] != v[0]["mdtrtarea_admvs"][:2])
+    env = dict(q, msgid="LATE-1", inf_time="2026-03-30 09:00:00")
+    env["input"] = json.loads(json.dumps(q["input"]))
+    env["input"]["data"]["mdtrt_id"] = "LATE-VISIT-1"
+    write_jsonl(tmp_path / "more.jsonl", [env])
+    assert replay(data, tmp_path / "more.jsonl", tmp_path / "more-replies.jsonl")[0]["infcode"] == 0
+    line = yidi_refused("clear", "--data", data, "--period", "2026-06", "--out", str(tmp_path / "o"))
+    assert "not cleared: 2026-05 (1 row); " in line and "close 2026-05 first" in line, line
+    yidi("clear", "--data", data, "--period", "2026-05", "--out", str(tmp_path / "o"))
+    r = yidi("clear", "--data", data, "--period", "2026-06", "--out", str(tmp_path / "o"))
+    assert "period 2026-06 closed:" in r.stderr
+    assert read(tmp_path / "o" / "statement-2026-06.csv") == read(os.path.join(CLEARING, "statement-2026-06.csv"))
+
+
+def test_a_dry_run_writes_nothing_to_the_store(vector_store, tmp_path):
+    data = copy_store(vector_store[0], tmp_path / "data")
+    before = store_state(data)
+    r = yidi("clear", "--data", data, "--period", "2026-06", "--out", str(tmp_path / "d"), "--dry-run")
+    assert store_state(data) == before
+    assert "period 2026-06 not closed (dry run: nothing written to the store)" in r.stderr
+    # It says what a close without it would say.
+    assert "yidi: dry run; without it: period 2026-06 not closed: earlier periods" in r.stderr
+    assert sorted(os.listdir(tmp_path / "d")) == [
+        "netting-2026-06.dry-run.csv", "report-2026-06.dry-run.html", "statement-2026-06.dry-run.csv"]
+    assert r.stdout.split() == [str(tmp_path / "d" / f) for f in (
+        "statement-2026-06.dry-run.csv", "netting-2026-06.dry-run.csv", "report-2026-06.dry-run.html")]
+    assert b"DRY RUN" in read(tmp_path / "d" / "report-2026-06.dry-run.html")
+    for kind in ("statement", "netting"):  # what the close then writes
+        assert read(tmp_path / "d" / f"{kind}-2026-06.dry-run.csv") == read(os.path.join(CLEARING,
+                                                                                          f"{kind}-2026-06.csv"))
+    # A dry run of a closed period: its files as closed, byte for byte, and still nothing written.
+    for p in PERIODS[:3]:
+        yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "c"))
+    closed = store_state(data)
+    r = yidi("clear", "--data", data, "--period", "2026-06", "--out", str(tmp_path / "d2"), "--dry-run")
+    assert "already closed" in r.stderr and store_state(data) == closed
+    for kind, ext in (("statement", "csv"), ("netting", "csv"), ("report", "html")):
+        assert read(tmp_path / "d2" / f"{kind}-2026-06.dry-run.{ext}") == read(tmp_path / "c" / f"{kind}-2026-06.{ext}")
+
+
+def test_clear_refuses_a_bad_out_before_closing(vector_store, tmp_path):
+    data = copy_store(vector_store[0], tmp_path / "data")
+    before = store_state(data)
+    (tmp_path / "a-file").write_bytes(b"")
+    for out, what in ((tmp_path / "no" / "such" / "o", "its parent folder"), (tmp_path / "a-file", "not a folder")):
+        line = yidi_refused("clear", "--data", data, "--period", "2025-12", "--out", str(out))
+        assert what in line, line
+    assert not os.path.exists(tmp_path / "no") and store_state(data) == before
+    line = yidi_refused("clear", "--data", str(tmp_path / "a-file"), "--period", "2025-12", "--out", str(tmp_path / "o"))
+    assert "a file, not a store's data folder" in line
+
+
 def test_clear_on_a_synthetic_day(tmp_path):
     """engine.tools.synth day, small: the statement agrees with the replies, and netting with the statement."""
     from engine.tools.synth import gen_requests, gen_world, write_requests_jsonl
@@ -373,7 +498,9 @@ def test_clear_on_a_synthetic_day(tmp_path):
     replies = [orjson.loads(x) for x in open(tmp_path / "rep.jsonl", "rb")]
     f = clearing.money.parse_fen
     for p in ("2026-11", "2026-12"):
-        yidi("clear", "--data", str(tmp_path / "data"), "--period", p, "--out", str(tmp_path / "o"))
+        # --force: 2026-12 may not have ended on this machine's clock.
+        yidi("clear", "--data", str(tmp_path / "data"), "--period", p, "--out", str(tmp_path / "o"),
+             *(["--force"] if p == "2026-12" else []))
         want: dict = {}
         for q, r, orig in _committed(reqs, replies):
             s = r["output"]["setlinfo"]

@@ -32,7 +32,7 @@ import pytest
 
 from engine.store.check import check_store
 from engine.core.engine import Engine, Request
-from engine.contract.protocol import COMMIT_INFNOS, REVERSE_INFNOS
+from engine.contract.protocol import COMMIT_INFNOS, REVERSE_INFNOS, STEP_INFNOS
 from engine.reference.oracle import ReferenceEngine
 from engine.store.files import connect, db_path
 from engine.contract.wire import JSON
@@ -111,6 +111,14 @@ class Child:
         return t
 
 
+def _step_msgids(data: str) -> dict[str, int]:
+    conn = connect(db_path(data), read_only=True)
+    try:
+        return dict(conn.execute("SELECT msgid, COUNT(*) FROM step WHERE msgid IS NOT NULL GROUP BY msgid").fetchall())
+    finally:
+        conn.close()
+
+
 def _journal_msgids(data: str) -> dict[str, int]:
     conn = connect(db_path(data), read_only=True)
     try:
@@ -133,10 +141,19 @@ def _person_state(data: str):
         conn.close()
 
 
-def run_crashes(tmp_path, world_dir: str, n: int, seed: int, external_kills: int, hook_kills: int) -> int:
+def run_crashes(tmp_path, world_dir: str, n: int, seed: int, external_kills: int, hook_kills: int,
+                given: tuple | None = None) -> int:
+    """`given`: (world, bodies, oracle replies) of a stream to use instead of a generated one (the step-wise
+    vectors, deterministic on the replay clock)."""
     rng = random.Random(seed)
-    world, bodies, oracle = stream(world_dir, n, seed)
+    world, bodies, oracle = given or stream(world_dir, n, seed)
     infnos = [orjson.loads(b)["infno"] for b in bodies]
+    # What a resent request must answer as the oracle did: a settlement or reversal, and for a given stream
+    # (the step-wise vectors) every committing transaction the oracle accepted. A resent query or refusal may
+    # rightly see later commits of the same batch (a pre-settlement before its stay's cancellation).
+    committing = JOURNALED | STEP_INFNOS
+    compared = [i in JOURNALED if not given else (i in committing and orjson.loads(r)["infcode"] == 0)
+                for i, r in zip(infnos, oracle)]
     data = str(tmp_path / "data")
     plan = ["ext"] * external_kills + [rng.choice(HOOKS) for _ in range(hook_kills)]
     rng.shuffle(plan)
@@ -160,7 +177,7 @@ def run_crashes(tmp_path, world_dir: str, n: int, seed: int, external_kills: int
             if not line:
                 break  # the child killed itself
             msgid, reply = line.rstrip(b"\n").split(b"\t", 1)
-            if infnos[acked] in JOURNALED:
+            if compared[acked]:
                 assert reply == oracle[acked], f"request {acked} ({infnos[acked]}): {reply[:200]!r}"
             acked += 1
             got += 1
@@ -179,12 +196,20 @@ def run_crashes(tmp_path, world_dir: str, n: int, seed: int, external_kills: int
         assert check_store(data, out=lines.append) == 0, "\n".join(lines)
         counts = _journal_msgids(data)
         assert all(c == 1 for c in counts.values()), "a msgid was journaled twice"
+        steps = _step_msgids(data)
+        assert all(c == 1 for c in steps.values()), "a step-wise msgid was committed twice"
         for j in range(acked):
-            if infnos[j] in JOURNALED:
-                assert counts.get(orjson.loads(bodies[j])["msgid"]) == 1
+            if given and orjson.loads(oracle[j])["infcode"] != 0:
+                continue  # refused: nothing committed
+            msgid = orjson.loads(bodies[j])["msgid"]
+            if infnos[j] in STEP_INFNOS:
+                assert steps.get(msgid) == 1, f"step-wise request {j} ({infnos[j]}) acknowledged, not in the store"
+            elif infnos[j] in JOURNALED:
+                assert counts.get(msgid) == 1
     # Every journaled request exactly once; the persons equal the oracle's and the reference's.
-    want_msgids = {orjson.loads(bodies[j])["msgid"] for j in range(len(bodies)) if infnos[j] in JOURNALED}
-    assert set(_journal_msgids(data)) == want_msgids
+    if not given:
+        want_msgids = {orjson.loads(bodies[j])["msgid"] for j in range(len(bodies)) if infnos[j] in JOURNALED}
+        assert set(_journal_msgids(data)) == want_msgids
     eng = Engine(world, clock="inf_time")
     for i in range(0, len(bodies), BATCH_MAX):
         eng.handle_batch([Request(b) for b in bodies[i:i + BATCH_MAX]])
@@ -196,6 +221,8 @@ def run_crashes(tmp_path, world_dir: str, n: int, seed: int, external_kills: int
         assert tuple(persons[p]) == want, f"person {p}"
     for k, (v, y) in chronic.items():
         assert (v, y) == (int(st.cd_val_fen[k]), int(st.cd_year[k])), f"chronic slot {k}"
+    if given:
+        return kills  # the step-wise stream: the oracle is the in-memory engine, checked above
     ref = ReferenceEngine(world)
     for b in bodies:
         env = orjson.loads(b)
@@ -222,3 +249,16 @@ def test_crash_kills_long(tmp_path, world_dir):
     """The long variant: at least 20 kills over a longer stream."""
     kills = run_crashes(tmp_path, world_dir, n=2500, seed=9, external_kills=18, hook_kills=8)
     assert kills >= 20
+
+
+def test_crash_kills_stepwise(tmp_path):
+    """The public step-wise vectors (visits, uploads, settlements by batch, 2601) under kills of every kind:
+    every acknowledged reply is the in-memory engine's, and nothing committed twice or lost."""
+    from conftest import VECTOR_WORLD, VECTORS
+
+    world = load_world(VECTOR_WORLD)
+    with open(os.path.join(VECTORS, "stepwise", "requests.jsonl"), "rb") as f:
+        bodies = [line.rstrip(b"\n") for line in f]
+    kills = run_crashes(tmp_path, VECTOR_WORLD, n=len(bodies), seed=13, external_kills=3, hook_kills=3,
+                        given=(world, bodies, _oracle(world, bodies)))
+    assert kills >= 5

@@ -265,11 +265,12 @@ def test_a_store_of_schema_3_is_upgraded_at_open(tmp_path, world_dir):
     data = str(tmp_path / "data")
     with open_store(data, world_dir, clock="inf_time") as st:
         commit(st, [(_op("m1", "v1", DAY), None)])
-    # Make it a store of schema 3: no sign_in table, no journal columns of section 10.
+    # Make it a store of schema 3: no sign_in or step table, no journal columns of sections 10 and 11.
     conn = sqlite3.connect(os.path.join(data, "yidi.sqlite3"))
-    for c in ("paasid", "sign_no", "opter", "opter_name"):
+    for c in ("paasid", "sign_no", "opter", "opter_name", "chrg_bchno"):
         conn.execute(f"ALTER TABLE journal DROP COLUMN {c}")
     conn.execute("DROP TABLE sign_in")
+    conn.execute("DROP TABLE step")
     conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()

@@ -582,15 +582,25 @@ def test_changed_world_files_are_logged(tmp_path, caplog):
     cat = (world / "catalogue.csv").read_text().splitlines()
     (world / "catalogue.csv").write_text("\n".join(cat[:-1]) + "\n")
     persons = (world / "persons.csv").read_text()
-    (world / "persons.csv").write_text(persons + persons.splitlines()[1].replace("P", "Q", 1) + "\n")
+    added = persons.splitlines()[1].replace("P", "Q", 1)
+    (world / "persons.csv").write_text(persons + added + "\n")
+    # A person the store does not hold: the world is no longer the store's, unless the operator says so.
+    with pytest.raises(StoreRefused, match=f"persons.csv names 1 persons this store does not hold \\({added.split(',')[0]}\\)"
+                                           " and lacks 0 of its"):
+        open_store(data, str(world), clock="inf_time")
     with caplog.at_level(logging.INFO, logger="yidi.store"):
-        with open_store(data, str(world), clock="inf_time") as store:
+        with open_store(data, str(world), clock="inf_time", accept_world_change=True) as store:
             assert store.engine.policies[0].op_annual_deductible_fen == 12300
             assert store.engine.world.n_persons == len(persons.splitlines()) - 1  # the store's persons
     text = caplog.text
+    assert "world change accepted (--accept-world-change): persons.csv names 1 persons" in text
     assert f"policies.json changed: 1 changed ({changed})" in text
     assert f"catalogue.csv changed: {len(cat) - 1} -> {len(cat) - 2} rows" in text
     assert "persons.csv differs from the one this store was seeded from; not applied" in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="yidi.store"):  # accepted once: it is the store's world now
+        open_store(data, str(world), clock="inf_time").close()
+    assert "not applied" in caplog.text and "accepted" not in caplog.text
     _check_ok(data)
 
 

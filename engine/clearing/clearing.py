@@ -23,6 +23,18 @@ goes back, a server clock set back): such a late row counts in the first
 period, from its month on, that was not yet closed when the row was committed.
 That is fixed at commit time, so it never moves between two closings.
 
+Closing safely (`clear`; `close` is the bare write). An operator closes the
+month that has ended, after the months before it. `clear` refuses, with one
+line and nothing written, to close a period that has not ended on this
+machine's clock (rows of it may still come, and would then count in a later
+period), or one while an earlier period still holds cross-province rows not
+cleared: those rows stay in their own period until it is closed, so closing a
+later one first clears none of them. `force` closes anyway, and the close
+keeps what was overridden (the report shows it). A dry run computes the files
+as a close now would, writes them under `.dry-run` names, and writes nothing to
+the store. A period already closed is never refused: its files are written
+again, unchanged.
+
 Pre-payment. An insured province's usage is what its cross-province rows
 charged (clear_amt, reversals subtracted) in periods not yet closed, over its
 `prepay.csv` amount. At the threshold (default 70 %) it is a warning: in
@@ -33,7 +45,6 @@ period drew and what later periods had drawn already.
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import os
 import re
@@ -44,6 +55,8 @@ from dataclasses import dataclass
 
 from engine.contract import money
 from engine.contract.protocol import PROVINCE_NAMES_ZH
+from engine.clearing.records import Closing, NetRow, PairRow
+from engine.clearing.report import report_html
 
 PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")
 PREPAY_WARN_BP_DEFAULT = 7_000  # 70 %
@@ -53,6 +66,8 @@ STORE_FORMAT = "yidi-store"
 META_CLOSE_PREFIX = "clearing:"  # meta key of a closed period's pre-payment snapshot
 BUSY_TIMEOUT_S = 30.0  # waiting for the server's commit to release the write lock
 MONTHS_AHEAD_MAX = 1_200  # a late row's period is searched at most this many months on
+OPEN_PERIODS_NAMED_MAX = 6  # earlier open periods a refusal names
+DRY_RUN_INFIX = ".dry-run"  # statement-2026-11.dry-run.csv: a dry run's files, never the official names
 METRICS_REFRESH_S_MIN = 1.0  # /metrics reads the journal at most once a second
 
 STATEMENT_HEADER = "insured_prov,treatment_prov,setl_cnt,medfee_sumamt,fund_pay_sumamt,acct_pay,clear_amt"
@@ -67,7 +82,11 @@ _CNT = "CASE kind WHEN 'settle' THEN 1 ELSE -1 END"
 
 
 class ClearingError(Exception):
-    """The clearing cannot be done (no store, a bad period, an unreadable prepay.csv)."""
+    """The clearing cannot be done (no store, a bad period, an unreadable prepay.csv, a bad --out)."""
+
+
+class ClearingRefused(ClearingError):
+    """Closing the period now is what an operator would not mean (close_refusal); `force` overrides."""
 
 
 def next_month(period: str) -> str:
@@ -112,15 +131,22 @@ def load_prepay(world_dir: str) -> dict[str, int]:
 def open_db(data_dir: str, write: bool = False) -> sqlite3.Connection:
     """A connection to the store of `data_dir` (read-only unless `write`), refused when it is not one."""
     path = os.path.join(data_dir, DB_NAME)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ClearingError(f"{data_dir}: a file, not a store's data folder")
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         raise ClearingError(f"{data_dir}: no store (run `yidi replay --data` or `yidi serve` first)")
+    if write and not os.access(data_dir, os.W_OK):
+        raise ClearingError(f"{data_dir}: the folder cannot be written, and closing a period writes to the store")
     uri = f"file:{path}?mode={'rw' if write else 'ro'}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S,
                                check_same_thread=False)
         fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchall()
     except sqlite3.DatabaseError as e:
-        raise ClearingError(f"{path}: not a readable yidi store ({e})") from None
+        # A reader of a WAL database makes its -shm file beside it: a folder that cannot be written refuses it.
+        hint = "" if os.access(data_dir, os.W_OK) else (
+            "; the folder cannot be written, and SQLite reads a store by making its -shm file there")
+        raise ClearingError(f"{path}: not a readable yidi store ({e}{hint})") from None
     if fmt != [(STORE_FORMAT,)]:
         conn.close()
         raise ClearingError(f"{path}: an SQLite file, but not a yidi store")
@@ -159,48 +185,6 @@ def _late_rows(conn: sqlite3.Connection, last_seq: int, cols: str) -> list[tuple
 # ---------------------------------------------------------------- closing
 
 
-@dataclass(slots=True)
-class Closing:
-    """A closed period: what its files are computed from."""
-
-    period: str
-    closed_at: str
-    last_seq: int
-    prepay_fen: dict[str, int]  # as read at the first close
-    warn_bp: int
-    world_dir: str
-    new: bool  # closed by this call (False: it was closed before and nothing changed)
-
-
-@dataclass(slots=True)
-class PairRow:
-    """One statement row: what `insured` owes `treatment` for the period (fen, reversals subtracted)."""
-
-    insured: str
-    treatment: str
-    setl_cnt: int = 0
-    medfee_fen: int = 0
-    fund_fen: int = 0
-    acct_fen: int = 0
-
-    @property
-    def clear_fen(self) -> int:
-        return self.fund_fen + self.acct_fen
-
-    def add(self, cnt: int, medfee: int, fund: int, acct: int) -> None:
-        self.setl_cnt += cnt
-        self.medfee_fen += medfee
-        self.fund_fen += fund
-        self.acct_fen += acct
-
-
-@dataclass(slots=True, frozen=True)
-class NetRow:
-    payer: str
-    payee: str
-    net_fen: int
-
-
 def _last_world_dir(conn: sqlite3.Connection) -> str:
     row = conn.execute("SELECT world_dir FROM world_load ORDER BY id DESC LIMIT 1").fetchall()
     if not row:
@@ -208,42 +192,120 @@ def _last_world_dir(conn: sqlite3.Connection) -> str:
     return row[0][0]
 
 
+def closing_of(conn: sqlite3.Connection, period: str) -> Closing | None:
+    """How `period` was closed, or None when it is open."""
+    row = conn.execute("SELECT closed_at, last_seq FROM closed_period WHERE period = ?", (period,)).fetchall()
+    if not row:
+        return None
+    snap = conn.execute("SELECT value FROM meta WHERE key = ?", (META_CLOSE_PREFIX + period,)).fetchall()
+    s = json.loads(snap[0][0]) if snap else {"prepay_fen": {}, "warn_bp": PREPAY_WARN_BP_DEFAULT, "world_dir": ""}
+    return Closing(period, row[0][0], row[0][1], {k: int(v) for k, v in s["prepay_fen"].items()},
+                   int(s["warn_bp"]), s["world_dir"], False, s.get("forced", ""))
+
+
 def close(conn: sqlite3.Connection, period: str, *, world_dir: str | None = None, warn_bp: int | None = None,
-          now: str | None = None) -> Closing:
+          now: str | None = None, forced: str = "", prepay_fen: dict[str, int] | None = None) -> Closing:
     """Close `period` (one short write transaction), or return how it was closed before.
 
     A period already closed keeps its last_seq, pre-payment snapshot and threshold:
     its files never change. The pre-payment amounts are read from `world_dir`, by
-    default the world folder the store last started with.
+    default the world folder the store last started with (or are `prepay_fen`, read from
+    it already). `forced`: the refusal
+    (close_refusal) the operator overrode, kept with the close. No check here:
+    `clear` is what an operator runs.
     """
     if not PERIOD_RE.match(period or ""):
         raise ClearingError(f"period {period!r} must be YYYY-MM")
-    key = META_CLOSE_PREFIX + period
     conn.execute("BEGIN IMMEDIATE")
     try:
-        row = conn.execute("SELECT closed_at, last_seq FROM closed_period WHERE period = ?", (period,)).fetchall()
-        if row:
+        done = closing_of(conn, period)
+        if done is not None:
             conn.execute("COMMIT")
-            snap = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
-            s = json.loads(snap[0][0]) if snap else {"prepay_fen": {}, "warn_bp": PREPAY_WARN_BP_DEFAULT,
-                                                     "world_dir": ""}
-            return Closing(period, row[0][0], row[0][1], {k: int(v) for k, v in s["prepay_fen"].items()},
-                           int(s["warn_bp"]), s["world_dir"], False)
+            return done
         wdir = world_dir or _last_world_dir(conn)
-        prepay = load_prepay(wdir)
+        prepay = load_prepay(wdir) if prepay_fen is None else prepay_fen
         bp = PREPAY_WARN_BP_DEFAULT if warn_bp is None else warn_bp
         last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
         closed_at = now or _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         conn.execute("INSERT INTO closed_period (period, closed_at, last_seq) VALUES (?, ?, ?)",
                      (period, closed_at, last_seq))
         snap = {"prepay_fen": prepay, "warn_bp": bp, "world_dir": os.path.abspath(wdir)}
-        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(snap, sort_keys=True)))
+        if forced:  # absent otherwise: a close as before keeps the same snapshot bytes
+            snap["forced"] = forced
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
+                     (META_CLOSE_PREFIX + period, json.dumps(snap, sort_keys=True)))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return Closing(period, closed_at, last_seq, prepay, bp, snap["world_dir"], True)
+    return Closing(period, closed_at, last_seq, prepay, bp, snap["world_dir"], True, forced)
+
+
+def preview(conn: sqlite3.Connection, period: str, *, world_dir: str | None = None, warn_bp: int | None = None,
+            prepay_fen: dict[str, int] | None = None) -> Closing:
+    """What closing the open `period` now would record, without writing it (a dry run)."""
+    wdir = world_dir or _last_world_dir(conn)
+    last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
+    bp = PREPAY_WARN_BP_DEFAULT if warn_bp is None else warn_bp
+    prepay = load_prepay(wdir) if prepay_fen is None else prepay_fen
+    return Closing(period, "", last_seq, prepay, bp, os.path.abspath(wdir), False, preview=True)
+
+
+def open_activity(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
+    """The cross-province rows that count in each open period (module docstring: late rows move on),
+    and the journal's latest setl_time (None when it is empty). One snapshot, one pass over the journal."""
+    conn.execute("BEGIN")
+    try:
+        closed = closed_periods(conn)
+        count: dict[str, int] = {}
+        latest = None
+        for month, n, t in conn.execute(
+            f"SELECT {_MONTH}, SUM({_CROSS}), MAX(setl_time) FROM journal GROUP BY 1"
+        ):
+            count[month] = n
+            latest = t if latest is None or t > latest else latest
+        for month, seq, _ in _late_rows(conn, 2**62, "1"):
+            count[month] -= 1
+            p = assigned_period(month, seq, closed)
+            count[p] = count.get(p, 0) + 1
+    finally:
+        conn.execute("COMMIT")
+    return {p: n for p, n in count.items() if n and p not in closed}, latest
+
+
+def close_refusal(conn: sqlite3.Connection, period: str, now: _dt.datetime) -> str:
+    """Why closing the open `period` now would be a mistake, in one line; "" when it would not.
+
+    Two mistakes (module docstring): the period has not ended on this machine's
+    clock, or an earlier period still holds cross-province rows not cleared. The
+    journal's latest setl_time is named: a replay of past data is the common
+    legitimate close, and a journal ahead of the clock says the clock or the data
+    is wrong.
+    """
+    open_rows, latest = open_activity(conn)
+    this_month = now.strftime("%Y-%m")
+    why = []
+    if period >= this_month:
+        seen = "the journal is empty" if latest is None else f"the journal's latest setl_time is {latest}"
+        if latest is not None and latest[:7] > this_month:
+            seen += ", ahead of this clock: a replay of future times, or a clock set back?"
+        why.append(f"it has not ended on this machine's clock (now {now:%Y-%m-%d %H:%M:%S}; {seen}): its "
+                   "settlements may still come, and would then count in a later period")
+    before = sorted(p for p in open_rows if p < period)
+    if before:
+        named = ", ".join(f"{p} ({open_rows[p]} row{'s' if open_rows[p] != 1 else ''})"
+                          for p in before[:OPEN_PERIODS_NAMED_MAX])
+        more = f" and {len(before) - OPEN_PERIODS_NAMED_MAX} more" if len(before) > OPEN_PERIODS_NAMED_MAX else ""
+        why.append(f"earlier periods still hold cross-province rows not cleared: {named}{more}; a row stays in its "
+                   f"own period until that is closed, so closing {period} first clears none of them: close "
+                   f"{before[0]} first")
+    return "; and ".join(why)
+
+
+def refused(period: str, refusal: str) -> str:
+    """The line `yidi clear` refuses with."""
+    return f"period {period} not closed: {refusal}; --force closes it anyway"
 
 
 def statement(conn: sqlite3.Connection, c: Closing) -> tuple[list[PairRow], dict]:
@@ -332,11 +394,42 @@ def netting_csv(rows: list[NetRow]) -> bytes:
 
 def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ClearingError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _check_out(out_dir: str) -> None:
+    """--out is a folder, or can be made in a folder that exists: a missing parent (a typo, a share not
+    mounted) is refused rather than made."""
+    if os.path.isdir(out_dir):
+        return
+    if os.path.exists(out_dir):
+        raise ClearingError(f"--out {out_dir}: exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
+        raise ClearingError(f"--out {out_dir}: its parent folder {parent} does not exist (not created: a typo, "
+                            "or a share not mounted?)")
+
+
+def _make_out(out_dir: str) -> None:
+    """Create --out when absent and prove it writable, before anything is closed."""
+    probe = os.path.join(out_dir, f".yidi-probe-{os.getpid()}")
+    try:
+        if not os.path.isdir(out_dir):
+            os.mkdir(out_dir)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ClearingError(f"--out {out_dir}: cannot write in it ({e.strerror or e})") from None
 
 
 @dataclass(slots=True)
@@ -346,32 +439,54 @@ class ClearResult:
     pairs: int
     rows_cleared: int  # settlements and reversals counted in the period
     seconds: float
+    refusal: str = ""  # why a close without force is refused now ("" when it is not); see close_refusal
 
 
-def clear(data_dir: str, period: str, out_dir: str, *, world_dir: str | None = None,
-          warn_bp: int | None = None) -> ClearResult:
-    """`yidi clear`: close the period (or find it closed) and write its three files."""
+def clear(data_dir: str, period: str, out_dir: str, *, world_dir: str | None = None, warn_bp: int | None = None,
+          force: bool = False, dry_run: bool = False, now: _dt.datetime | None = None) -> ClearResult:
+    """`yidi clear`: close the period (or find it closed) and write its three files (module docstring).
+
+    An open period is refused (ClearingRefused, nothing written) when close_refusal
+    says why, unless `force`. `dry_run`: nothing is written to the store; the files
+    a close now would write (the closed ones, for a closed period) go to `out_dir`
+    under DRY_RUN_INFIX names. `now`: this machine's clock unless given (tests).
+    """
     t0 = time.perf_counter()
     if not PERIOD_RE.match(period or ""):
         raise ClearingError(f"period {period!r} must be YYYY-MM")
-    conn = open_db(data_dir, write=True)
+    _check_out(out_dir)
+    conn = open_db(data_dir, write=not dry_run)
     try:
-        c = close(conn, period, world_dir=world_dir, warn_bp=warn_bp)
+        c = closing_of(conn, period)
+        refusal = ""
+        prepay = None
+        if c is None:
+            refusal = close_refusal(conn, period, now or _dt.datetime.now())
+            if refusal and not (force or dry_run):
+                raise ClearingRefused(refused(period, refusal))
+            world_dir = world_dir or _last_world_dir(conn)
+            prepay = load_prepay(world_dir)  # a bad prepay.csv is refused before --out is made
+        _make_out(out_dir)
+        if dry_run:
+            c = c or preview(conn, period, world_dir=world_dir, warn_bp=warn_bp, prepay_fen=prepay)
+        else:
+            c = close(conn, period, world_dir=world_dir, warn_bp=warn_bp, forced=refusal, prepay_fen=prepay)
         rows, facts = statement(conn, c)
     finally:
         conn.close()
     net = netting(rows)
-    os.makedirs(out_dir, exist_ok=True)
+    infix = DRY_RUN_INFIX if dry_run else ""
     files = []
     for name, data in (
-        (f"statement-{period}.csv", statement_csv(rows)),
-        (f"netting-{period}.csv", netting_csv(net)),
-        (f"report-{period}.html", report_html(c, rows, net, facts).encode()),
+        (f"statement-{period}{infix}.csv", statement_csv(rows)),
+        (f"netting-{period}{infix}.csv", netting_csv(net)),
+        (f"report-{period}{infix}.html", report_html(c, rows, net, facts).encode()),
     ):
         path = os.path.join(out_dir, name)
         _write_atomic(path, data)
         files.append(path)
-    return ClearResult(c, files, len(rows), facts["settlements"] + facts["reversals"], time.perf_counter() - t0)
+    return ClearResult(c, files, len(rows), facts["settlements"] + facts["reversals"], time.perf_counter() - t0,
+                       refusal)
 
 
 # ---------------------------------------------------------------- pre-payment
@@ -550,153 +665,9 @@ def prepay_collector(data_dir: str, prepay_fen: dict[str, int], warn_bp: int | N
     return PrepayCollector(PrepayMonitor(data_dir, prepay_fen, bp))
 
 
-# ---------------------------------------------------------------- the report
-
-
-_CSS = """
-body{font-family:system-ui,"Noto Sans CJK SC",sans-serif;margin:2em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em}
-table{border-collapse:collapse;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;white-space:nowrap}
-th{background:#f3f3f3}td.l,th.l{text-align:left}
-td.z{color:#bbb}td.neg{color:#a00}tr.tot td{font-weight:bold;background:#fafafa}
-.warn{background:#fde2e1;font-weight:bold}.ok{color:#2a7}
-.note{color:#555;font-size:.85em;max-width:60em}
-.bar{display:inline-block;height:.7em;background:#4a7bd0;vertical-align:middle}
-"""
-
-
-def _yuan(fen: int) -> str:
-    return money.format_fen(fen)
-
-
-def _prov_label(p: str) -> str:
-    name = PROVINCE_NAMES_ZH.get(p)
-    return f"{p} {name}" if name else p
-
-
-def report_html(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict) -> str:
-    """A self-contained HTML page of a closed period (deterministic: closing twice writes the same)."""
-    provs = sorted({r.insured for r in rows} | {r.treatment for r in rows})
-    owes = {p: sum(r.clear_fen for r in rows if r.insured == p) for p in provs}
-    owed = {p: sum(r.clear_fen for r in rows if r.treatment == p) for p in provs}
-    out = _report_head(c, rows, net, facts)
-    out += _report_matrix(rows, provs, owes, owed)
-    out += _report_netting(net)
-    out += _report_prepay(c, owes, facts)
-    out.append("</body></html>\n")
-    return "\n".join(out)
-
-
-def _report_head(c: Closing, rows: list[PairRow], net: list[NetRow], facts: dict) -> list[str]:
-    """Title, what the period covers, and the totals before and after netting."""
-    e = html.escape
-    total = sum(r.clear_fen for r in rows)
-    gross_abs = sum(abs(r.clear_fen) for r in rows)
-    net_total = sum(n.net_fen for n in net)
-    return [
-        "<!doctype html>", '<html lang="zh-CN"><head><meta charset="utf-8">',
-        f"<title>yidi clearing {e(c.period)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Cross-province clearing (清算), period {e(c.period)}</h1>",
-        '<p class="note">',
-        f"Closed {e(c.closed_at)}, covering the journal up to row {c.last_seq}. "
-        f"{facts['settlements']} cross-province settlements and {facts['reversals']} reversals count in "
-        f"this period ({len(rows)} ordered pairs of provinces)"
-        + (f", {facts['late_rows']} of them committed after their own month was closed" if facts["late_rows"] else "")
-        + ". Amounts in yuan. clear_amt = fund_pay_sumamt + acct_pay, owed by the insured province "
-        "to the treatment province (docs/contract.md section 8).</p>",
-        "<table><tr><th class=l>what</th><th>yuan</th></tr>",
-        f"<tr><td class=l>clear_amt, all pairs</td><td>{_yuan(total)}</td></tr>",
-        f"<tr><td class=l>netted flows (轧差) to transfer</td><td>{_yuan(net_total)}</td></tr>",
-        f"<tr><td class=l>saved by netting</td><td>{_yuan(gross_abs - net_total)}</td></tr></table>",
-    ]
-
-
-def _report_matrix(rows: list[PairRow], provs: list[str], owes: dict[str, int], owed: dict[str, int]) -> list[str]:
-    """What each insured province owes each treatment province, with the totals and net positions."""
-    e = html.escape
-    out = ["<h2>What each insured province owes each treatment province (clear_amt)</h2>"]
-    if not rows:
-        return out + ["<p>No cross-province settlement or reversal counts in this period.</p>"]
-    cell = {(r.insured, r.treatment): r for r in rows}
-    total = sum(r.clear_fen for r in rows)
-    out.append('<table><tr><th class=l>insured \\ treatment</th>'
-               + "".join(f"<th>{e(_prov_label(p))}</th>" for p in provs) + "<th>owes</th></tr>")
-    for a in provs:
-        tds = []
-        for b in provs:
-            r = cell.get((a, b))
-            if r is None:
-                tds.append('<td class="z">·</td>')
-            else:
-                cls = ' class="neg"' if r.clear_fen < 0 else ""
-                tip = (f"{r.setl_cnt} settlements net, medfee_sumamt {_yuan(r.medfee_fen)}, "
-                       f"fund_pay_sumamt {_yuan(r.fund_fen)}, acct_pay {_yuan(r.acct_fen)}")
-                tds.append(f'<td{cls} title="{e(tip)}">{_yuan(r.clear_fen)}</td>')
-        out.append(f"<tr><th class=l>{e(_prov_label(a))}</th>{''.join(tds)}<td>{_yuan(owes[a])}</td></tr>")
-    out.append('<tr class="tot"><td class=l>is owed</td>'
-               + "".join(f"<td>{_yuan(owed[p])}</td>" for p in provs) + f"<td>{_yuan(total)}</td></tr>")
-    out.append('<tr class="tot"><td class=l>net position</td>'
-               + "".join(f'<td{" class=neg" if owed[p] - owes[p] < 0 else ""}>{_yuan(owed[p] - owes[p])}</td>'
-                         for p in provs) + "<td></td></tr></table>")
-    out.append('<p class="note">Net position = is owed - owes: positive, the province receives; '
-               "negative, it pays. Netting keeps every position.</p>")
-    return out
-
-
-def _report_netting(net: list[NetRow]) -> list[str]:
-    """The netted flows, one transfer per pair of provinces, with a bar each."""
-    e = html.escape
-    out = ["<h2>Netted flows (轧差): one transfer per pair of provinces</h2>"]
-    if not net:
-        return out + ["<p>Nothing to transfer.</p>"]
-    top = max(n.net_fen for n in net)
-    out.append("<table><tr><th class=l>payer</th><th class=l>payee</th><th>net_amt</th><th></th></tr>")
-    for n in net:
-        w = max(1, (n.net_fen * 200) // top)
-        out.append(f"<tr><td class=l>{e(_prov_label(n.payer))}</td><td class=l>{e(_prov_label(n.payee))}</td>"
-                   f'<td>{_yuan(n.net_fen)}</td><td class=l><span class="bar" style="width:{w}px"></span></td></tr>')
-    net_total = sum(n.net_fen for n in net)
-    out.append(f'<tr class="tot"><td class=l colspan=2>total</td><td>{_yuan(net_total)}</td><td></td></tr></table>')
-    return out
-
-
-def _report_prepay(c: Closing, owes: dict[str, int], facts: dict) -> list[str]:
-    """Each insured province's deposit, what the period drew on it and what later periods had."""
-    e = html.escape
-    drawn = {p: v for p, v in owes.items() if v}
-    after = {p: v for p, v in facts["open_after_fen"].items() if v}
-    out = ["<h2>Pre-payment (预付金) of the insured provinces</h2>"]
-    out.append(f'<p class="note">Warning at {c.warn_bp / 100:g} % of the deposit (prepay.csv of {e(c.world_dir)}, '
-               "as read when the period was closed). <i>Drawn in the period</i> is what this clearing "
-               "settles; <i>drawn after it</i> is what later periods had already charged when it was "
-               "closed: the usage since the last closed period.</p>")
-    out.append("<table><tr><th class=l>insured province</th><th>deposit</th><th>drawn in the period</th>"
-               "<th>%</th><th>drawn after it</th><th>%</th></tr>")
-    n_warn = 0
-    for p in sorted(set(drawn) | set(after) | set(c.prepay_fen)):
-        d = c.prepay_fen.get(p, 0)
-        tds = []
-        for v in (drawn.get(p, 0), after.get(p, 0)):
-            if d > 0:
-                bp = (v * money.BP_ONE) // d
-                warn = bp >= c.warn_bp
-                pct = f"{bp / 100:.1f}"
-            else:
-                warn, pct = v > 0, ("no deposit" if v > 0 else "")
-            n_warn += warn
-            cls = ' class="warn"' if warn else ""
-            tds.append(f"<td{cls}>{_yuan(v)}</td><td{cls}>{pct}</td>")
-        out.append(f"<tr><td class=l>{e(_prov_label(p))}</td><td>{_yuan(d)}</td>{''.join(tds)}</tr>")
-    out.append("</table>")
-    out.append(f'<p class="{"warn" if n_warn else "ok"}">'
-               + (f"{n_warn} pre-payment warning(s)." if n_warn else "No pre-payment warning.") + "</p>")
-    return out
-
-
 __all__ = [
-    "ClearingError", "Closing", "PairRow", "NetRow", "PrepayUsage", "PrepayMonitor", "PrepayCollector",
+    "ClearingError", "ClearingRefused", "Closing", "PairRow", "NetRow", "PrepayUsage", "PrepayMonitor", "PrepayCollector",
     "clear", "close", "statement", "netting", "statement_csv", "netting_csv", "report_html", "prepay_usage",
     "format_usage", "prepay_collector", "load_prepay", "parse_ratio_bp", "warn_bp_from_env",
-    "assigned_period", "positions",
+    "assigned_period", "positions", "close_refusal", "closing_of", "open_activity", "preview",
 ]

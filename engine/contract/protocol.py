@@ -10,10 +10,24 @@ INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE = "2206", "2207", "2208"
 INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE = "2303", "2304", "2305"
 INFNO_RECONCILE, INFNO_LISTING = "3201", "3202"
 INFNO_SIGN_IN, INFNO_SIGN_OUT = "9001", "9002"  # section 10
+# Section 11, the step-wise flow: outpatient visits, inpatient stays, 2601.
+INFNO_OP_REGISTER, INFNO_OP_CANCEL, INFNO_OP_INFO, INFNO_OP_UPLOAD, INFNO_OP_REVOKE = (
+    "2201", "2202", "2203", "2204", "2205")
+INFNO_IP_ADMIT, INFNO_IP_DISCHARGE, INFNO_IP_CHANGE, INFNO_IP_CANCEL, INFNO_IP_UNDISCHARGE = (
+    "2401", "2402", "2403", "2404", "2405")
+INFNO_IP_UPLOAD, INFNO_IP_REVOKE = "2301", "2302"
+INFNO_UNDO = "2601"
+STEP_INFNOS = frozenset({
+    INFNO_OP_REGISTER, INFNO_OP_CANCEL, INFNO_OP_INFO, INFNO_OP_UPLOAD, INFNO_OP_REVOKE, INFNO_IP_ADMIT,
+    INFNO_IP_DISCHARGE, INFNO_IP_CHANGE, INFNO_IP_CANCEL, INFNO_IP_UNDISCHARGE, INFNO_IP_UPLOAD, INFNO_IP_REVOKE,
+    INFNO_UNDO,
+})
+# What 2601 may undo (section 11).
+UNDOABLE_INFNOS = frozenset({"2201", "2204", "2207", "2301", "2304", "2401", "2402"})
 
 INFNOS = frozenset({
     INFNO_PERSON, INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE, INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE,
-    INFNO_RECONCILE, INFNO_LISTING, INFNO_SIGN_IN, INFNO_SIGN_OUT,
+    INFNO_RECONCILE, INFNO_LISTING, INFNO_SIGN_IN, INFNO_SIGN_OUT, *STEP_INFNOS,
 })
 SETTLE_INFNOS = frozenset({INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_IP_PRE, INFNO_IP_SETTLE})
 COMMIT_INFNOS = frozenset({INFNO_OP_SETTLE, INFNO_IP_SETTLE})
@@ -63,8 +77,8 @@ E_BUSY = "E_BUSY"
 E_AUTH = "E_AUTH"  # section 10: not signed by a known credential
 E_SIGN_IN = "E_SIGN_IN"  # section 10: no sign-in in force for this credential and institution
 E_STATE = "E_STATE"  # section 11: the visit's state does not allow the transaction
-E_DUPLICATE_LINE = "E_DUPLICATE_LINE"  # section 11: a feedetl_sn already used in the visit
-E_VOIDED = "E_VOIDED"  # section 11: the message was voided by a 2601
+E_DUPLICATE_LINE = "E_DUPLICATE_LINE"  # section 11: a feedetl_sn the visit already has
+E_VOIDED = "E_VOIDED"  # section 11: the msgid was voided by a 2601 before it arrived
 
 # Filing classes (section 4), in the tie-break order of the candidates.
 LOCAL, LONG_TERM, REFERRAL, EMERGENCY, TEMP_OTHER, WAIVED, UNFILED = (
@@ -129,9 +143,9 @@ ERR_MESSAGES = {
     E_BUSY: "overloaded: nothing was done, retry later",
     E_AUTH: "not signed by a known credential",
     E_SIGN_IN: "no sign-in in force: sign in again (9001)",
-    E_STATE: "the visit's state does not allow this transaction",
-    E_DUPLICATE_LINE: "feedetl_sn already used in this visit",
-    E_VOIDED: "the message was voided by a 2601",
+    E_STATE: "the visit's state does not allow this",
+    E_DUPLICATE_LINE: "a fee line with this feedetl_sn was already uploaded for the visit",
+    E_VOIDED: "this msgid was voided by a 2601 (冲正): nothing was done",
 }
 
 SETLINFO_MONEY = (

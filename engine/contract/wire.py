@@ -64,6 +64,45 @@ class SettleInputRaw(msgspec.Struct, gc=False):
     feedetail: msgspec.Raw = msgspec.Raw(b"")
 
 
+class StepSettleData(msgspec.Struct, gc=False):
+    """A step-wise settlement's data (section 11): the visit's lines of one batch, no feedetail."""
+
+    psn_no: Any = None
+    mdtrt_id: Any = None
+    med_type: Any = None
+    insutype: Any = None
+    medfee_sumamt: Any = None
+    acct_used_flag: Any = "0"
+    chrg_bchno: Any = None
+    mid_setl_flag: Any = None
+    fulamt_ownpay_amt: Any = None
+    overlmt_selfpay: Any = None
+    preselfpay_amt: Any = None
+    inscp_scp_amt: Any = None
+
+
+class StepSettleInput(msgspec.Struct, gc=False):
+    data: StepSettleData
+
+
+class UploadLine(msgspec.Struct, gc=False):
+    """A fee line of a step-wise upload (2204, 2301): a FeeLine naming its visit and batch."""
+
+    feedetl_sn: Any = None
+    med_list_codg: Any = None
+    det_item_fee_sumamt: Any = None
+    cnt: Any = None
+    pric: Any = None
+    fee_ocur_time: Any = None
+    mdtrt_id: Any = None
+    psn_no: Any = None
+    chrg_bchno: Any = None
+
+
+class UploadInput(msgspec.Struct, gc=False):
+    feedetail: list[UploadLine]
+
+
 class ReverseData(msgspec.Struct, gc=False):
     setl_id: Any = None
     mdtrt_id: Any = None
@@ -140,6 +179,8 @@ class Codec:
         self.reverse = mod.Decoder(ReverseInput, **kw)
         self.person = mod.Decoder(PersonQueryInput, **kw)
         self.sign_in = mod.Decoder(SignInInput, **kw)
+        self.step_settle = mod.Decoder(StepSettleInput, **kw)
+        self.upload = mod.Decoder(UploadInput, **kw)
         self.sign_out = mod.Decoder(SignOutInput, **kw)
         self.generic = mod.Decoder(**kw)
         raw_fmt = self.raw_fmt

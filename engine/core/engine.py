@@ -16,7 +16,6 @@ import array
 import datetime as _dt
 import logging
 import threading
-from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -27,32 +26,26 @@ from engine.core.filing import filing_last_days
 from engine.contract import money
 from engine.core import reconcile
 from engine.contract.protocol import (
-    CANDIDATE_ORDER, CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, COMMIT_INFNOS, E_ALREADY_REVERSED,
-    E_AMOUNT_MISMATCH, E_DATE, E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT,
-    E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA,
-    E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, EMERGENCY, ENVELOPE_DEPTH_MAX, ERR_MESSAGES,
-    FILING_CLASS_OF_TYPE, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_SECOND, INFNO_PERSON, INFNO_SIGN_IN,
-    INFNO_SIGN_OUT, LINES_MAX,
-    LOCAL, MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, MEMOS,
-    OUTPATIENT_INFNOS, REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN,
-    REVERSE_INFNOS, SETTLE_INFNOS, UNFILED, WAIVED, Refused, region_covers,
+    CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY,
+    E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, E_VOIDED, EMERGENCY, ENVELOPE_DEPTH_MAX,
+    ERR_MESSAGES, FILING_CLASS_OF_TYPE, INFNO_PERSON, INFNO_SIGN_IN, INFNO_SIGN_OUT, LINES_MAX, LOCAL,
+    MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, OUTPATIENT_INFNOS,
+    REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, REVERSE_INFNOS,
+    SETTLE_INFNOS, STEP_INFNOS, UNFILED, WAIVED, Refused, region_covers,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
+from engine.core.round import Flush, Journaled, Round
+from engine.core.settling import SettlingMixin
 from engine.core.signin import SignIns, journal_auth
-from engine.core.records import (
-    ACC_CHRONIC, ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, CHANGE_SETTLE, Change, Pending, Request,
-    ResultRows, Settled,
-)
+from engine.core.stepwise import StepwiseMixin
+from engine.core.visits import VisitBook
+from engine.core.records import ACC_CHRONIC, ACC_INPATIENT, ACC_OUTPATIENT, Change, Pending, Request
 from engine.world.loader import DAY_OPEN, World
 
 I8, I16, I32, I64, U8 = np.int8, np.int16, np.int32, np.int64, np.uint8
 _fmt = kernels.format_fen
 
-ROUND_LINES_START = 4096  # a round's FeeBuffer starts with room for this many lines, and doubles
-_SPLIT_ERR = {1: E_LIMIT, 2: E_AMOUNT_MISMATCH}
-_FUND_ERR = {1: E_FILING_REQUIRED, 2: E_NO_QUALIFICATION, 3: E_DATE}
-_ZERO_FUNDS = ("cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt")
 # The settlement fields that must be non-empty strings, in the order they are checked.
 _SETTLE_STR_FIELDS = ("mdtrtarea_admvs", "insuplc_admdvs", "fixmedins_code", "msgid", "psn_no", "mdtrt_id", "med_type",
                       "insutype")
@@ -65,17 +58,8 @@ def now_text() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
-@dataclass(slots=True)
-class _RoundArrays:
-    cat: kernels.Catalogue
-    starts: np.ndarray
-    lines: kernels.Lines
-    row: np.ndarray
-    split: kernels.Split
-    emitter: object = None  # kernels.RowEmitter over the round's columns, made when first needed
 
-
-class Engine:
+class Engine(SettlingMixin, StepwiseMixin):
     """The compiled settlement engine over one world, state in memory (sections 3-7)."""
 
     def __init__(self, world: World, clock: str = "wall", history: History | None = None,
@@ -144,6 +128,11 @@ class Engine:
         self.on_change = h.on_change  # called with each Change as it is made
         self.changes: list[Change] = []
         self.signins = SignIns()  # section 10 (engine.core.signin)
+        # Section 11 (engine.core.stepwise): the visits, the replies of step-wise transactions by msgid,
+        # and what they changed, for a store to write (None: no store takes them).
+        self.visits = VisitBook()
+        self.step_journal = h.step_journal
+        self.step_changes: list | None = None
         self._cred = None  # the credential of the request being dispatched (Request.cred)
         self._clock_text, self._clock_value = "", 0  # _clock_day's last answer
         # Set while a request changes state inside its dispatch (a reversal's commit): a bug
@@ -153,6 +142,13 @@ class Engine:
     def take_changes(self) -> list[Change]:
         """What the batches since the last call committed, in order; a store writes them durably."""
         out, self.changes = self.changes, []
+        return out
+
+    def take_step_changes(self) -> list:
+        """The step-wise transactions and visit effects since the last call, in order (engine.core.stepwise)."""
+        out = self.step_changes or []
+        if self.step_changes is not None:
+            self.step_changes = []
         return out
 
     # ------------------------------------------------------------ accumulators (history.AccumulatorSource)
@@ -173,7 +169,7 @@ class Engine:
 
     def handle_batch(self, reqs: list[Request]) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(reqs)
-        rnd = _Round()
+        rnd = Round()
         for idx, req in enumerate(reqs):
             # Section 7 (v2): the depth is read from the raw bytes before any decoder
             # recurses into them, ignored fields included.
@@ -203,15 +199,15 @@ class Engine:
                 except Refused as r:
                     replies[idx] = self._refusal(env.msgid, now, r)
                     break
-                except _Journaled as j:
+                except Journaled as j:
                     replies[idx] = j.reply
                     break
-                except _Flush:
+                except Flush:
                     # The request depends on the open round: compute the round, then
                     # retry on an empty one, where it cannot conflict again.
                     assert attempt == 0 and rnd.pending
                     self._run_round(rnd, replies)
-                    rnd = _Round()
+                    rnd = Round()
                 except Exception as e:  # noqa: BLE001  (section 7, v2: no request stops the engine)
                     # A bug met while checking one request: it is answered, logged, and the
                     # others go on. The checks change nothing before a request joins the
@@ -228,7 +224,7 @@ class Engine:
         assert all(r is not None for r in replies)
         return replies  # type: ignore[return-value]
 
-    def _dispatch(self, idx: int, env, codec: Codec, now: str, rnd: "_Round") -> Reply | None:
+    def _dispatch(self, idx: int, env, codec: Codec, now: str, rnd: "Round") -> Reply | None:
         """Answer now (a reply), or join the round (None: the round answers later)."""
         infno = env.infno
         if not isinstance(infno, str):
@@ -239,6 +235,8 @@ class Engine:
         if infno in SETTLE_INFNOS:
             rnd.add(self._prepare(idx, env, codec, now, rnd))
             return None
+        if infno in STEP_INFNOS:
+            return self._step(idx, env, codec, now, rnd)
         if infno in REVERSE_INFNOS:
             return self._reverse(env, codec, now, rnd)
         if infno == INFNO_PERSON:
@@ -246,7 +244,7 @@ class Engine:
         if infno in reconcile.RECONCILE_INFNOS:
             # It must see every settlement before it: one of its institution's in the open round closes it.
             if rnd.msgids and any(p.commit and p.env.fixmedins_code == env.fixmedins_code for p in rnd.pending):
-                raise _Flush()
+                raise Flush()
             return self._ok(env.msgid, now, reconcile.answer(infno, env, codec, self.inst, self.recon))
         if infno == INFNO_SIGN_IN:
             return self._ok(env.msgid, now, self.signins.sign_in(cred, env, codec, now, self.inst))
@@ -278,21 +276,24 @@ class Engine:
         if not isinstance(msgid, str) or not msgid:
             raise Refused(E_SCHEMA, "msgid")
         hit = self.journal.get(msgid)
+        if hit is None and (self.step_journal.get(msgid) is not None or msgid in self.visits.voided):
+            # A step-wise transaction's msgid (section 11), or one a 2601 voided before it arrived.
+            raise Refused(E_MSGID_REUSED if msgid not in self.visits.voided else E_VOIDED, f"msgid {msgid}")
         if hit is not None:
             h_infno, h_codec, h_raw, h_reply, h_code = hit
             # Section 7 (v2): another institution's msgid is never answered with its reply.
             if h_infno == infno and h_code == env.fixmedins_code:
                 if h_codec.fmt == codec.fmt and h_raw == bytes(env.input):
-                    raise _Journaled(h_reply)  # the same bytes: the same input (the usual retry)
+                    raise Journaled(h_reply)  # the same bytes: the same input (the usual retry)
                 mine = codec.canonical_input(env.input)
                 if mine is not None and mine == h_codec.canonical_input(msgspec.Raw(h_raw)):
-                    raise _Journaled(h_reply)
+                    raise Journaled(h_reply)
             raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
         return codec, bytes(env.input)
 
     # ------------------------------------------------------------ settlements
 
-    def _prepare(self, idx: int, env, codec: Codec, now: str, rnd: "_Round") -> Pending:
+    def _prepare(self, idx: int, env, codec: Codec, now: str, rnd: "Round") -> Pending:
         """Checks of section 7 up to the lines; the result joins the round.
 
         The fee lines are read into the round's FeeBuffer first (straight from the
@@ -361,7 +362,7 @@ class Engine:
             raise Refused(E_SCHEMA, f"begntime/endtime: {e}") from None
         return day
 
-    def _prepare_checks(self, idx: int, env, codec: Codec, now: str, rnd: "_Round", buf) -> Pending:
+    def _prepare_checks(self, idx: int, env, codec: Codec, now: str, rnd: "Round", buf) -> Pending:
         infno = env.infno
         outpatient = infno in OUTPATIENT_INFNOS
         commit = infno in COMMIT_INFNOS
@@ -369,24 +370,29 @@ class Engine:
         inp_c = None
         if commit:
             if isinstance(msgid, str) and msgid in rnd.msgids:
-                raise _Flush()
+                raise Flush()
             inp_c = self._journal_check(env, infno, codec)
         inp, n_lines = self._read_input(env, codec, buf)
         d = inp.data
+        step_err = step = claims = None
+        if inp.feedetail is None:  # section 11: the visit's lines of a batch
+            d, n_lines, step_err, step, claims = self._step_settle_input(env, codec, buf, rnd)
         medfee = self._schema_fields(env, d, infno, outpatient)
         day = self._settlement_day(d, outpatient)
         med_type = d.med_type
         chronic = med_type == MED_TYPE_CHRONIC
         if chronic and (not isinstance(d.dise_codg, str) or not d.dise_codg):
             raise Refused(E_SCHEMA, "dise_codg must be a non-empty string")
-        if not n_lines:
+        if not n_lines and step_err is None and step is None:
             raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
         visit = (env.fixmedins_code, d.mdtrt_id)
         if visit in rnd.visits:
-            raise _Flush()
+            raise Flush()
 
         p = Pending(idx, env, d, n_lines, commit, outpatient, now, journal_input=inp_c)
         p.medfee = medfee
+        p.prov = self._province(env.mdtrtarea_admvs)
+        p.step, p.claims = step, claims
         p.future = day > self._clock_day(now)
         # From here on a failing check is remembered, not raised: an E_SCHEMA in
         # the lines (found by the kernel later) still ranks before it.
@@ -407,7 +413,9 @@ class Engine:
             pol = self.pol.ids.get((insuplc, insutype))
             if pol is None:
                 raise Refused(E_NO_POLICY)
-            if visit in self.open_visits:
+            if step_err is not None:
+                raise step_err
+            if step is None and visit in self.open_visits:
                 raise Refused(E_DUPLICATE_VISIT)
         except Refused as r:
             p.err = r.code
@@ -433,9 +441,16 @@ class Engine:
         p.acct_ok = int(insutype == "310" and d.acct_used_flag == "1")
         rnd.visits.add(visit)
         rnd.persons.add(psn)
+        if step is not None:
+            rnd.step_visits.add(d.mdtrt_id)
         if commit:
             rnd.msgids.add(msgid)
         return p
+
+    @staticmethod
+    def _province(admvs: str) -> int:
+        """The treatment province of a region code, as the catalogue keys it; -1 when it is none."""
+        return int(admvs[:2]) if admvs[:2].isdigit() else -1
 
     def _request_time_ok(self, text: str) -> bool:
         """A time of a request: YYYY-MM-DD HH:MM:SS within the years section 7 (v2) allows."""
@@ -478,238 +493,9 @@ class Engine:
                     best, best_red = c, r
         return best
 
-    def _run_round(self, rnd: "_Round", replies: list) -> None:
-        """Compute every pending settlement of a round through the kernels, in order."""
-        pend = rnd.pending
-        n = len(pend)
-        counts = np.fromiter((p.n_lines for p in pend), dtype=I64, count=n)
-        starts = np.zeros(n + 1, I64)
-        np.cumsum(counts, out=starts[1:])
-        buf = rnd.lines
-        assert int(starts[-1]) == buf.n, "every pending settlement's lines, and only theirs, are in the round"
-        lines = kernels.Lines(buf.codes, buf.sns, *buf.arrays(), buf.n_bad)
-        prov = np.fromiter(
-            (int(p.env.mdtrtarea_admvs[:2]) if p.env.mdtrtarea_admvs[:2].isdigit() else -1 for p in pend),
-            dtype=I16, count=n,
-        )
-        line_prov = np.repeat(prov, counts)
-        row = self.cat.match(lines.codes, line_prov, lines.day)
-        lines.codes = None  # the replies keep the round's arrays, not its strings
-        outpatient = np.fromiter((p.outpatient for p in pend), dtype=U8, count=n)
-        split = kernels.split_lines(self.cat, starts, outpatient, row, lines)
-        # A line dated outside the years a request may name is malformed (section 7, v2).
-        bad = lines.bad.astype(I64)
-        bad |= (lines.day < REQUEST_DAY_MIN) | (lines.day > REQUEST_DAY_MAX)
-        bad_lines = np.add.reduceat(bad, starts[:-1])
-        arrays = _RoundArrays(self.cat, starts, lines, row, split)
-
-        ok, ok_k = self._refuse_before_funds(pend, bad_lines, split, replies)
-        if not ok:
-            return
-        sel = np.array(ok_k, dtype=I64)
-        m = len(ok)
-
-        def col(attr: str, dtype) -> np.ndarray:
-            return np.fromiter((getattr(p, attr) for p in ok), dtype=dtype, count=m)
-
-        s = {
-            "kind": col("kind", I8), "pol": col("pol", I32), "lv": col("lv", I8),
-            "psn": col("psn", I32), "year": col("year", I32),
-            "inscp_fen": np.ascontiguousarray(split.tot_inscp_fen[sel]), "medfee_fen": col("medfee", I64),
-            "reduction_bp": col("reduction_bp", I32), "retired310": col("retired310", U8),
-            "acct_ok": col("acct_ok", U8), "cd_slot": col("cd_slot", I32), "cd_pol": col("cd_pol", I32),
-            "pre_status": col("pre_status", I8), "commit": col("commit", U8),
-        }
-        pay = kernels.pay_funds(self.pol, self.state, s)
-        # setlinfo's money, formatted for the whole round in one call: the columns
-        # of SETLINFO_FEN (hifmi_pay and hifob_pay: the second layer by insurance type).
-        second = pay.second_pay_fen
-        insutype_of = self.psn_insutype
-        insutypes = [insutype_of[p.psn] for p in ok]
-        is390 = np.fromiter((t == "390" for t in insutypes), dtype=np.bool_, count=m)
-        is310 = np.fromiter((t == "310" for t in insutypes), dtype=np.bool_, count=m)
-        fen = np.stack([
-            s["medfee_fen"], split.tot_fulamt_fen[sel], split.tot_overlmt_fen[sel], split.tot_presel_fen[sel], s["inscp_fen"],
-            pay.act_pay_dedc, pay.hifp_pay, np.where(is390, second, 0), np.where(is310, second, 0),
-            pay.fund_pay_sumamt, pay.psn_part_amt, pay.acct_pay, pay.psn_cash_pay, pay.balc_after_fen,
-        ], axis=1).astype(I64, copy=False)
-        texts = kernels.format_fen_rows(np.ascontiguousarray(fen))
-        # Per settlement, the kernels' outputs as one tuple of Python ints (a row
-        # of .tolist() columns: no numpy scalar is made per field).
-        outs = zip(
-            pay.status.tolist(), fen.tolist(), second.tolist(), pay.burden_fen.tolist(), pay.pool_prop_bp.tolist(),
-            starts[sel].tolist(), texts,
-        )
-        for p, out in zip(ok, outs):
-            st = out[0]
-            if st:
-                replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(_FUND_ERR[st]))
-                continue
-            replies[p.idx] = self._settlement_reply(p, out, arrays)
-
-    def _refuse_before_funds(self, pend: list, bad_lines: np.ndarray, split, replies: list) -> tuple[list, list]:
-        """Answer the errors that rank before the fund payment, in the order of section 7; the
-        settlements that pass them, and their places in the round."""
-        ok: list[Pending] = []
-        ok_k: list[int] = []
-        for k, p, n_bad, split_err, tot_amt in zip(
-            range(len(pend)), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt_fen.tolist()
-        ):
-            err = None
-            if n_bad:
-                err = E_SCHEMA
-            elif p.err is not None:
-                err = p.err
-            elif split_err:
-                err = _SPLIT_ERR[split_err]
-            elif tot_amt != p.medfee:
-                err = E_AMOUNT_MISMATCH
-            elif p.future:
-                err = E_DATE  # section 7 (v2): a bill dated after the hub's clock day
-            if err is not None:
-                replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(err))
-            else:
-                ok.append(p)
-                ok_k.append(k)
-        return ok, ok_k
-
-    def _settlement_reply(self, p: Pending, out: tuple, arrays) -> Reply:
-        _, a, second, burden, prop_bp, lo, f = out
-        # a and f: the 13 amounts of AMOUNT_KEYS then balc, as int fen and as text.
-        insutype = self.psn_insutype[p.psn]
-        d = p.data
-        mdtrt_id, psn_no, med_type = d.mdtrt_id, d.psn_no, d.med_type
-        pool_prop = kernels.format_scaled(prop_bp, 4)
-        clr_type = CLR_TYPE_OUTPATIENT if p.outpatient else CLR_TYPE_INPATIENT
-        # The key order is SETLINFO_KEYS (engine.store.codec journals setlinfo as values).
-        setlinfo = {
-            "medfee_sumamt": f[0], "fulamt_ownpay_amt": f[1], "overlmt_selfpay": f[2], "preselfpay_amt": f[3],
-            "inscp_scp_amt": f[4], "act_pay_dedc": f[5], "hifp_pay": f[6], "hifmi_pay": f[7], "hifob_pay": f[8],
-            "fund_pay_sumamt": f[9], "psn_part_amt": f[10], "acct_pay": f[11], "psn_cash_pay": f[12],
-            "balc": f[13], "cvlserv_pay": "0.00", "hifes_pay": "0.00", "maf_pay": "0.00", "oth_pay": "0.00",
-            "hosp_part_amt": "0.00",
-            "pool_prop_selfpay": pool_prop, "filing_class": p.cls, "mdtrt_id": mdtrt_id, "psn_no": psn_no,
-            "insutype": insutype, "med_type": med_type, "clr_type": clr_type,
-            "setl_time": p.now,
-        }
-        hifp, acct = a[6], a[11]
-        detail = []
-        if hifp:
-            fund_type = FUND_BASIC[insutype]
-            detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
-                           "fund_payamt": f[6]})
-        if second:
-            fund_type = FUND_SECOND[insutype]
-            detail.append({"fund_pay_type": fund_type, "fund_pay_type_name": FUND_NAMES[fund_type],
-                           "fund_payamt": _fmt(second)})
-        if acct:
-            detail.append({"fund_pay_type": FUND_ACCOUNT, "fund_pay_type_name": FUND_NAMES[FUND_ACCOUNT],
-                           "fund_payamt": f[11]})
-        output = {"setlinfo": setlinfo, "setldetail": detail, "result": ResultRows(lo, lo + p.n_lines, arrays)}
-        reply = self._ok(p.env.msgid, p.now, output)
-        if p.commit:
-            env = p.env
-            msgid = env.msgid
-            setl_id = "S" + msgid
-            setlinfo["setl_id"] = setl_id
-            amounts = {
-                "medfee_sumamt": a[0], "fulamt_ownpay_amt": a[1], "overlmt_selfpay": a[2], "preselfpay_amt": a[3],
-                "inscp_scp_amt": a[4], "act_pay_dedc": a[5], "hifp_pay": hifp, "hifmi_pay": a[7], "hifob_pay": a[8],
-                "fund_pay_sumamt": a[9], "psn_part_amt": a[10], "acct_pay": acct, "psn_cash_pay": a[12],
-            }
-            info = {
-                "pool_prop_selfpay": pool_prop, "filing_class": p.cls, "mdtrt_id": mdtrt_id, "psn_no": psn_no,
-                "insutype": insutype, "med_type": med_type, "clr_type": clr_type,
-            }
-            insuplc = self.psn_insuplc[p.psn]
-            rec = Settled(
-                setl_id, p.outpatient, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, mdtrt_id, p.psn, psn_no,
-                p.kind, p.cd_slot,
-                # The year of the settlement day: the person's accounting year right
-                # after this settlement (an earlier year was refused with E_DATE; a
-                # later one rolled the accumulators over). Not state.acc_year, which
-                # a later settlement of the same round may have moved on.
-                p.year, amounts, burden, second, info,
-            )
-            self.settled[setl_id] = rec
-            self.open_visits.add((env.fixmedins_code, mdtrt_id))
-            codec, raw = p.journal_input
-            self.journal[msgid] = (env.infno, codec, raw, reply, env.fixmedins_code)
-            change = Change(CHANGE_SETTLE, msgid, env.infno, env.fixmedins_code, env.mdtrtarea_admvs, insuplc, setl_id,
-                            p.now, codec, raw, reply, rec, p.auth)
-            self.changes.append(change)
-            self.recon.add(change)
-            if self.on_change is not None:
-                self.on_change(change)
-        return reply
-
-    # ------------------------------------------------------------ reversal
-
-    def _reverse(self, env, codec: Codec, now: str, rnd: "_Round") -> Reply:
-        infno = env.infno
-        if isinstance(env.msgid, str) and env.msgid in rnd.msgids:
-            raise _Flush()
-        inp_c = self._journal_check(env, infno, codec)
-        try:
-            d = codec.reverse.decode(env.input).data
-        except DecodeError as e:
-            raise Refused(E_SCHEMA, f"input: {e}") from None
-        if not isinstance(env.fixmedins_code, str) or not env.fixmedins_code:
-            raise Refused(E_SCHEMA, "fixmedins_code must be a non-empty string")
-        for k in ("setl_id", "mdtrt_id", "psn_no"):
-            v = getattr(d, k)
-            if not isinstance(v, str) or not v:
-                raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
-        if d.setl_id[1:] in rnd.msgids:
-            raise _Flush()  # it reverses a settlement of the open round
-        rec = self.settled.get(d.setl_id)
-        if rec is None:
-            raise Refused(E_NOT_FOUND, f"settlement {d.setl_id}")
-        if rec.psn in rnd.persons:
-            raise _Flush()  # the open round settles for the same person
-        if rec.fixmedins_code != env.fixmedins_code:
-            raise Refused(E_FORBIDDEN, "only the institution that settled may reverse")
-        if rec.reversed:
-            raise Refused(E_ALREADY_REVERSED)
-        if (infno in OUTPATIENT_INFNOS) != rec.outpatient or rec.mdtrt_id != d.mdtrt_id or rec.psn_no != d.psn_no:
-            raise Refused(E_MISMATCH, "infno, mdtrt_id or psn_no differ from the settlement")
-        st, i, a = self.state, rec.psn, rec.amounts
-        self._committing = True  # from here on the reversal changes state
-        st.balc_fen[i] += a["acct_pay"]
-        if int(st.acc_year[i]) == rec.year:
-            if rec.kind == ACC_INPATIENT:
-                st.hifp_ip_fen[i] -= a["hifp_pay"]
-                st.burden2_fen[i] -= rec.burden
-                st.second_paid_fen[i] -= rec.second
-            elif rec.kind == ACC_OUTPATIENT:
-                st.ded_op_fen[i] -= a["act_pay_dedc"]
-                st.hifp_op_fen[i] -= a["hifp_pay"]
-            else:
-                st.cd_val_fen[rec.cd_slot] -= a["hifp_pay"]
-        rec.reversed = True
-        self.open_visits.discard((rec.fixmedins_code, rec.mdtrt_id))
-        setlinfo = {k: _fmt(-v) for k, v in a.items()}
-        setlinfo["balc"] = _fmt(int(st.balc_fen[i]))
-        for z in _ZERO_FUNDS:
-            setlinfo[z] = "0.00"
-        setlinfo.update(rec.info)
-        setlinfo["setl_time"] = now
-        setlinfo["setl_id"] = "S" + env.msgid
-        reply = self._ok(env.msgid, now, {"setlinfo": setlinfo})
-        self.journal[env.msgid] = (infno, *inp_c, reply, env.fixmedins_code)
-        self.changes.append(Change(
-            CHANGE_REVERSE, env.msgid, infno, env.fixmedins_code, env.mdtrtarea_admvs if isinstance(env.mdtrtarea_admvs, str) else "",
-            self.psn_insuplc[rec.psn], setlinfo["setl_id"], now, *inp_c, reply, rec, journal_auth(self._cred, env),
-        ))
-        self.recon.add(self.changes[-1])
-        if self.on_change is not None:
-            self.on_change(self.changes[-1])
-        self._committing = False
-        return reply
-
     # ------------------------------------------------------------ 1101
 
-    def _person_info(self, env, codec: Codec, rnd: "_Round") -> dict:
+    def _person_info(self, env, codec: Codec, rnd: "Round") -> dict:
         try:
             d = codec.person.decode(env.input).data
         except DecodeError as e:
@@ -727,7 +513,7 @@ class Engine:
         if i is None:
             raise Refused(E_UNKNOWN_PERSON)
         if i in rnd.persons:
-            raise _Flush()  # its balance may change in the open round
+            raise Flush()  # its balance may change in the open round
         w = self.world
         return {
             "baseinfo": {"psn_no": self.psn_no[i], "certno": self.psn_certno[i], "psn_name": self.psn_name[i]},
@@ -770,29 +556,6 @@ def _encoded_list(a) -> list[str]:
     return values[enc.indices.to_numpy(zero_copy_only=False)].tolist()
 
 
-class _Round:
-    __slots__ = ("pending", "lines", "msgids", "visits", "persons")
-
-    def __init__(self):
-        self.pending: list[Pending] = []
-        self.lines = kernels.FeeBuffer(ROUND_LINES_START)  # the pending settlements' fee lines, in order
-        self.msgids: set[str] = set()  # of the round's settlements (not pre-settlements)
-        self.visits: set[tuple] = set()  # (fixmedins_code, mdtrt_id)
-        self.persons: set[int] = set()  # whose state the round may change
-
-    def add(self, p: Pending) -> None:
-        self.pending.append(p)
-
-
-class _Flush(Exception):
-    """The request conflicts with the open round: compute the round first."""
-
-
-class _Journaled(Exception):
-    """The msgid was committed before with the same input: answer the stored reply."""
-
-    def __init__(self, reply: Reply):
-        self.reply = reply
 
 
 from engine._compiled import check_fresh  # noqa: E402

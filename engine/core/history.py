@@ -71,6 +71,7 @@ class History(Protocol):
     """What an Engine is built with (module docstring). The engine reads each member once, at construction."""
 
     journal: JournalLookup
+    step_journal: JournalLookup  # the same, of section 11's step-wise transactions (engine.core.stepwise)
     settled: SettledLookup
     open_visits: OpenVisitSet
     recon: ReconRows
@@ -94,6 +95,7 @@ class MemoryHistory:
 
     def __init__(self):
         self.journal: dict[str, tuple[str, Codec, bytes, Reply, str]] = {}
+        self.step_journal: dict[str, tuple[str, Codec, bytes, Reply, str]] = {}
         self.settled: dict[str, Settled] = {}
         self.open_visits: set[tuple[str, str]] = set()
         self.recon = reconcile.ReconIndex()

@@ -66,9 +66,10 @@ class Settled:
     second: int
     info: dict  # the non-money setlinfo fields
     reversed: bool
+    batch: str | None  # section 11: the batch (chrg_bchno; "" a stay) a step-wise settlement settled; None one-shot
 
     def __init__(self, setl_id, outpatient, fixmedins_code, mdtrtarea_admvs, insuplc_admdvs, mdtrt_id, psn,
-                 psn_no, kind, cd_slot, year, amounts, burden, second, info, reversed=False):
+                 psn_no, kind, cd_slot, year, amounts, burden, second, info, reversed=False, batch=None):
         self.setl_id = setl_id
         self.outpatient = outpatient
         self.fixmedins_code = fixmedins_code
@@ -85,6 +86,7 @@ class Settled:
         self.second = second
         self.info = info
         self.reversed = reversed
+        self.batch = batch
 
 
 @dataclass(slots=True, init=False)
@@ -135,6 +137,39 @@ class Change:
 
 
 @dataclass(slots=True, init=False)
+class StepChange:
+    """One committed transaction of section 11, or a visit effect of a settlement or reversal: what a
+    durable store must write so that the visits come back as they were (engine.core.visits).
+
+    msgid "" and reply None: an effect with no reply of its own (a step-wise settlement's
+    "settle", a reversal's "unsettle"; the settlement journal holds those transactions).
+    """
+
+    msgid: str
+    infno: str
+    fixmedins_code: str
+    mdtrt_id: str
+    time: str
+    codec: Codec | None
+    input_raw: bytes
+    reply: Reply | None
+    effects: list
+    auth: tuple
+
+    def __init__(self, msgid, infno, fixmedins_code, mdtrt_id, time, codec, input_raw, reply, effects, auth):
+        self.msgid = msgid
+        self.infno = infno
+        self.fixmedins_code = fixmedins_code
+        self.mdtrt_id = mdtrt_id
+        self.time = time
+        self.codec = codec
+        self.input_raw = input_raw
+        self.reply = reply
+        self.effects = effects
+        self.auth = auth
+
+
+@dataclass(slots=True, init=False)
 class Pending:
     """A settlement or pre-settlement that passed the checks done before its lines."""
 
@@ -163,6 +198,12 @@ class Pending:
     retired310: int
     journal_input: object  # (codec, raw input bytes) for the journal
     auth: tuple  # Change.auth
+    prov: int  # the treatment province (the first two digits of its region), for the catalogue
+    # Section 11: an upload (2204, 2301) is (visit, batch); a step-wise settlement has step (visit, batch)
+    # and claims, the hospital's split totals in fen (None: not sent).
+    upload: object
+    step: object
+    claims: object
 
     def __init__(self, idx, env, data, n_lines, commit, outpatient, now, journal_input=None):
         self.idx = idx
@@ -189,6 +230,10 @@ class Pending:
         self.retired310 = 0
         self.journal_input = journal_input
         self.auth = ("", "", "", "")
+        self.prov = -1
+        self.upload = None
+        self.step = None
+        self.claims = None
 
 
 class ResultRows:

@@ -15,7 +15,11 @@ and checks, printing each check and its result:
   - the keyed tables (msgid index, reversals, open visits, reconciliation index)
     equal what the folded part of the journal implies;
   - every row made under a credential names a sign-in of that credential and
-    institution in force when it was committed (section 10).
+    institution in force when it was committed (section 10);
+  - the visits of the step-wise flow (section 11): every settled batch's lines
+    in force sum to its settlement, a batch has one settlement in force at most
+    and its lines do not change while settled, every unsettled batch's
+    settlement was reversed, and a voided msgid was never committed.
 Exit status 0 when everything agrees, 1 on any difference, 2 when the store cannot be read.
 """
 from __future__ import annotations
@@ -30,8 +34,9 @@ import numpy as np
 
 from engine.core import ledger
 from engine.core.records import ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, CHANGE_SETTLE
+from engine.store.check_flow import check_sign_ins, check_visits
 from engine.store.codec import CODECS, unpack_body
-from engine.store.files import connect, db_path
+from engine.store.files import connect, db_path, unreadable_hint
 from engine.store.schema import AMOUNT_KEYS, KEYS_NAME, SCHEMA_VERSION, STORE_FORMAT
 
 DIFFERENCES_SHOWN_MAX = 20
@@ -81,11 +86,18 @@ def _identities(a: dict) -> str:
     return "; ".join(out)
 
 
-def check_store(data_dir: str, out: Callable[[str], None] = print) -> int:
-    """Run every check; returns the exit status (0 ok, 1 differences, 2 unreadable)."""
+def check_store(data_dir: str, out: Callable[[str], None] = print, err: Callable[[str], None] | None = None) -> int:
+    """Run every check; returns the exit status (0 ok, 1 differences, 2 unreadable).
+
+    out: each check's line; err: the one line saying why the store cannot be read (default `out`).
+    """
+    err = out if err is None else err
     path = db_path(data_dir)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        err(f"yidi check: {data_dir}: a file, not a store's data folder")
+        return 2
     if not os.path.exists(path):
-        out(f"yidi check: no store in {data_dir} ({path} does not exist)")
+        err(f"yidi check: no store in {data_dir} ({path} does not exist)")
         return 2
     rep = _Report(out)
     try:
@@ -96,7 +108,7 @@ def check_store(data_dir: str, out: Callable[[str], None] = print) -> int:
         conn.execute("COMMIT")
         conn.close()
     except sqlite3.DatabaseError as e:
-        out(f"yidi check: cannot read {path}: {e}")
+        err(f"yidi check: cannot read {path}: {e}{unreadable_hint(path)}")
         return 2
     if rep.failures:
         out(f"check FAILED: {rep.failures} check(s) found differences")
@@ -121,7 +133,8 @@ def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
     _check_accounts(conn, rep, folded)
     _check_persons(conn, rep, journal)
     _check_keyed(conn, rep, folded, journal.open_upto_folded)
-    _check_sign_ins(conn, rep, n_rows)
+    check_sign_ins(conn, rep)
+    check_visits(conn, rep)
 
 
 def _check_format(conn: sqlite3.Connection, rep: _Report) -> tuple[int, int] | None:
@@ -169,9 +182,10 @@ def _check_blobs(conn: sqlite3.Connection, rep: _Report, n_rows: int) -> None:
     """Every request and reply blob against its crc32, and unpacked."""
     bad = []
     n_blobs = 0
-    cur = conn.execute("SELECT seq, codec, body_lz4, crc32 FROM journal_blob ORDER BY seq")
+    cur = conn.execute(f"SELECT b.seq, b.codec, b.body_lz4, b.crc32, j.kind = '{CHANGE_SETTLE}' AND j.chrg_bchno IS"
+                       " NOT NULL FROM journal_blob b LEFT JOIN journal j USING (seq) ORDER BY b.seq")
     while rows := cur.fetchmany(FETCH_ROWS):
-        for seq, codec, body, crc in rows:
+        for seq, codec, body, crc, stepwise in rows:
             n_blobs += 1
             if not isinstance(body, bytes):
                 bad.append(f"journal row {seq}: request/reply is not a blob")
@@ -181,7 +195,7 @@ def _check_blobs(conn: sqlite3.Connection, rep: _Report, n_rows: int) -> None:
                 bad.append(f"journal row {seq}: unknown codec {codec!r}")
             else:
                 try:
-                    unpack_body(body, CODECS[codec])
+                    unpack_body(body, CODECS[codec], bool(stepwise))
                 except Exception as e:  # a damaged body, whatever the error
                     bad.append(f"journal row {seq}: request/reply does not unpack ({e!r})")
     if n_blobs != n_rows:
@@ -246,7 +260,7 @@ class _JournalReplay:
         amount_cols = ", ".join(k + "_fen" for k in AMOUNT_KEYS)
         cur = conn.execute(
             "SELECT seq, msgid, kind, setl_id, reversed_setl_id, insuplc_admdvs, fixmedins_code, mdtrt_id, psn,"
-            f" psn_no, insutype, acc_kind, cd_slot, acc_year, burden_fen, second_fen, {amount_cols}"
+            f" psn_no, insutype, acc_kind, cd_slot, acc_year, burden_fen, second_fen, {amount_cols}, chrg_bchno"
             " FROM journal ORDER BY seq"
         )
         while rows := cur.fetchmany(FETCH_ROWS):
@@ -258,7 +272,9 @@ class _JournalReplay:
         (seq, msgid, kind, setl_id, rev_id, insuplc, medins, mdtrt_id, psn, psn_no, insutype, acc_kind,
          cd_slot, acc_year, burden, second) = r[:16]
         amounts = dict(zip(AMOUNT_KEYS, r[16 : 16 + len(AMOUNT_KEYS)]))
-        visit = (medins, mdtrt_id)
+        batch = r[16 + len(AMOUNT_KEYS)]
+        # A step-wise settlement settles one batch of its visit (section 11): one in force per batch.
+        visit = (medins, mdtrt_id) if batch is None else (medins, mdtrt_id, batch)
         if setl_id != "S" + msgid:
             self.pair_diffs.append(f"seq {seq}: setl_id {setl_id} is not 'S' + msgid {msgid}")
         if kind == CHANGE_SETTLE:
@@ -286,7 +302,7 @@ class _JournalReplay:
         if visit in self.open_all:
             self.pair_diffs.append(f"seq {seq}: visit {visit} settled while {self.open_all[visit]} is in force")
         self.open_all[visit] = setl_id
-        if seq <= self.folded:
+        if seq <= self.folded and len(visit) == 2:  # the open_visit table holds one-shot visits only
             self.open_upto_folded[visit] = setl_id
         # Section 6: bring the year forward, then add what the settlement took.
         year = self.year
@@ -420,26 +436,6 @@ def _check_keyed(conn: sqlite3.Connection, rep: _Report, folded: int, open_upto_
         kd.append(f"reconciliation index: {n_mt_all} entries, {n_mt} match, {n_folded} rows folded")
     rep.result("msgid index, reversal index, open visits and reconciliation index equal the folded journal",
                kd, n_folded)
-
-
-def _check_sign_ins(conn: sqlite3.Connection, rep: _Report, n_rows: int) -> None:
-    """Section 10: every row made under a credential names a sign-in of that credential and institution
-    that was in force when the row was committed (a 9002 in the same second still counts as after it)."""
-    bad = conn.execute(
-        "SELECT j.seq, j.msgid, j.paasid, j.sign_no, j.setl_time, s.sign_time, s.ends, s.signed_out"
-        " FROM journal j LEFT JOIN sign_in s ON s.sign_no = j.sign_no AND s.paasid = j.paasid"
-        " AND s.fixmedins_code = j.fixmedins_code WHERE j.paasid <> '' AND (s.sign_no IS NULL"
-        " OR j.setl_time < s.sign_time OR j.setl_time >= s.ends OR (s.signed_out <> '' AND j.setl_time > s.signed_out))"
-        " ORDER BY j.seq").fetchall()
-    diffs = [f"row {seq} (msgid {msgid}, paasid {paasid}) at {t}: " + (
-        f"sign_no {sign_no!r} is no sign-in of that credential and institution" if begin is None else
-        f"sign_no {sign_no} in force from {begin} to {signed_out or ends}") for
-        seq, msgid, paasid, sign_no, t, begin, ends, signed_out in bad]
-    unsigned = conn.execute("SELECT COUNT(*) FROM journal WHERE paasid = ''").fetchall()[0][0]
-    rep.result("sign-ins: each row made under a credential was made under a sign-in in force (section 10)", diffs,
-               n_rows - unsigned)
-    if unsigned:
-        rep.out(f"      {unsigned} row(s) made without a credential (replay, --no-auth, or before sign-ins were kept)")
 
 
 def main(data_dir: str) -> int:

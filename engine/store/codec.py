@@ -53,20 +53,28 @@ def pack_result_rows(rr: ResultRows, cache: dict) -> bytes:
 
 
 class StoredRows:
-    """The `result` of a reply read back from the journal; renders exactly like ResultRows."""
+    """The `result` of a reply read back from the journal; renders exactly like ResultRows.
 
-    __slots__ = ("codec", "input_raw", "packed")
+    The lines are read again from the stored request's `feedetail`, or, for a step-wise
+    settlement (whose request names a visit, not lines), from the columns stored with it.
+    """
 
-    def __init__(self, codec, input_raw: bytes, packed: bytes):
-        self.codec, self.input_raw, self.packed = codec, input_raw, packed
+    __slots__ = ("codec", "input_raw", "packed", "lines")
+
+    def __init__(self, codec, input_raw: bytes, packed: bytes, lines=None):
+        self.codec, self.input_raw, self.packed, self.lines = codec, input_raw, packed, lines
 
     def to_raw(self, fmt: int) -> msgspec.Raw:
-        lines = self.codec.settle.decode(self.input_raw).feedetail
         a = np.frombuffer(self.packed, LINE_DTYPE)
         m = len(a)
-        assert len(lines) == m
         ns = types.SimpleNamespace
-        gathered = kernels.gather_lines(lines)
+        if self.lines is None:
+            lines = self.codec.settle.decode(self.input_raw).feedetail
+            assert len(lines) == m
+            gathered = kernels.gather_lines(lines)
+        else:
+            gathered = self.lines
+            assert len(gathered.sns) == m
         row = np.where(a["lv"] > 0, np.arange(m, dtype=np.int32), np.int32(-1)).astype(np.int32)
         arrays = ns(
             lines=gathered, row=row,
@@ -120,12 +128,33 @@ def check_reply_keys(reply: Reply) -> None:
         assert tuple(d) == SETLDETAIL_KEYS, "setldetail keys differ from SETLDETAIL_KEYS"
 
 
-def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
-    """The raw input and the reply (its `result` rendered again on demand) of a journal row."""
+def step_input(input_raw: bytes, rr: ResultRows) -> bytes:
+    """The stored input of a step-wise settlement: its request's input with the columns of the lines it settled
+    (unpack_body(stepwise=True) reads both back)."""
+    ln, lo, hi = rr.r.lines, rr.lo, rr.hi
+    return _msgpack_encode((input_raw, ln.sns[lo:hi], ln.amt_fen[lo:hi].tobytes(),
+                            ln.cnt_ten_thousandths[lo:hi].tobytes(), ln.pric_micro[lo:hi].tobytes(),
+                            ln.day[lo:hi].tobytes()))
+
+
+def _step_lines(stored: bytes) -> tuple[bytes, kernels.Lines]:
+    input_raw, sns, amt, cnt, pric, day = _msgpack_decode(stored)
+    n = len(sns)
+    return input_raw, kernels.Lines(None, sns, np.frombuffer(amt, np.int64), np.frombuffer(cnt, np.int64),
+                                    np.frombuffer(pric, np.int64), np.frombuffer(day, np.int32),
+                                    np.zeros(n, np.uint8), 0)
+
+
+def unpack_body(body_lz4: bytes, codec, stepwise: bool = False) -> tuple[bytes, Reply]:
+    """The raw input and the reply (its `result` rendered again on demand) of a journal row; `stepwise`: a
+    step-wise settlement's (its input holds the lines' columns too: step_input)."""
     body = lz4.block.decompress(body_lz4)
     n_in, n_reply = _BODY_HEAD.unpack_from(body)
     at = _BODY_HEAD.size
     input_raw = body[at : at + n_in]
+    lines = None
+    if stepwise:
+        input_raw, lines = _step_lines(input_raw)
     at += n_in
     infcode, refmsgid, refmsg_time, respond_time, err_msg, err_code, setlinfo, detail = _msgpack_decode(
         body[at : at + n_reply])
@@ -137,7 +166,7 @@ def unpack_body(body_lz4: bytes, codec) -> tuple[bytes, Reply]:
         if any(len(d) != len(SETLDETAIL_KEYS) for d in detail):
             raise ValueError("a setldetail entry of the wrong length")
         output["setldetail"] = [dict(zip(SETLDETAIL_KEYS, d)) for d in detail]
-        output["result"] = StoredRows(codec, input_raw, body[at:])
+        output["result"] = StoredRows(codec, input_raw, body[at:], lines)
     else:
         assert at == len(body)
     return input_raw, Reply(infcode, refmsgid, refmsg_time, respond_time, err_msg, err_code, output)
@@ -193,9 +222,10 @@ class JournalRows:
             rec.mdtrtarea_admvs, rec.fixmedins_code, rec.mdtrt_id, rec.psn, rec.psn_no, info[_I_INSUTYPE],
             info[_I_MED_TYPE], info[_I_CLR_TYPE], info[_I_FILING_CLASS], info[_I_POOL_PROP],
             rec.kind, rec.cd_slot, rec.year, *(a if sign == 1 else [-v for v in a]),
-            sign * rec.burden, sign * rec.second, *c.auth,
+            sign * rec.burden, sign * rec.second, *c.auth, rec.batch,
         )
-        c.body = body_of(c.input_raw, c.reply, rows)
+        c.body = body_of(c.input_raw if rec.batch is None or sign == -1 else step_input(c.input_raw, rr), c.reply,
+                         rows)
 
 
 from engine._compiled import check_fresh  # noqa: E402

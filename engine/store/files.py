@@ -121,6 +121,15 @@ def refuse_sqlite(path: str, e: Exception) -> StoreRefused:
     return StoreRefused(f"{path}: damaged or not a yidi store ({e}); refusing to open or reset it")
 
 
+def unreadable_hint(path: str) -> str:
+    """Why SQLite may not open the store file `path` read-only though it is there: a reader of a WAL
+    database makes its -shm file beside it, which a folder that cannot be written refuses."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.access(folder, os.W_OK):
+        return ""
+    return f" (the folder {folder} cannot be written, and SQLite reads a store by making its -shm file there)"
+
+
 def lock_data_dir(data_dir: str) -> int:
     """Create data_dir if absent and take its advisory lock; the descriptor holds it until closed."""
     try:
@@ -134,6 +143,16 @@ def lock_data_dir(data_dir: str) -> int:
         os.close(fd)
         raise StoreRefused(f"{data_dir}: the store is in use by another process") from None
     return fd
+
+
+def remove_made_folder(data_dir: str) -> None:
+    """Remove the folder lock_data_dir made for a store that was then not opened (its lock held: nothing else
+    is in it)."""
+    try:
+        os.remove(os.path.join(data_dir, LOCK_NAME))
+        os.rmdir(data_dir)
+    except OSError as e:
+        log.warning("could not remove %s, made for a store that did not open: %s", data_dir, e)
 
 
 def open_files(path: str) -> tuple[sqlite3.Connection, bool, dict]:

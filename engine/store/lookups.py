@@ -26,6 +26,7 @@ from engine.store.codec import CODECS, unpack_body
 from engine.store.errors import StoreFailed
 from engine.store.files import connect
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, READ_CHUNK_ROWS
+from engine.store.steps import step_msgids
 
 log = logging.getLogger("yidi.store")
 
@@ -96,15 +97,16 @@ class Reader:
         if seq is None:
             return None
         row = self._one(
-            "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32, j.fixmedins_code"
+            "SELECT j.msgid, j.infno, b.codec, b.body_lz4, b.crc32, j.fixmedins_code,"
+            f" j.kind = '{CHANGE_SETTLE}' AND j.chrg_bchno IS NOT NULL"
             " FROM journal j JOIN journal_blob b USING (seq) WHERE seq = ?", (seq,),
         )
         assert row is not None and row[0] == msgid, f"msgid index points to a missing row: {msgid}"
-        _, infno, codec_name, body, crc, fixmedins_code = row
+        _, infno, codec_name, body, crc, fixmedins_code, stepwise = row
         if zlib.crc32(body) != crc:
             raise StoreFailed(f"journal row {seq} (msgid {msgid!r}) is damaged: crc32 mismatch")
         codec = CODECS[codec_name]
-        inp, reply = unpack_body(body, codec)
+        inp, reply = unpack_body(body, codec, bool(stepwise))
         return (infno, codec, inp, reply, fixmedins_code)
 
     def settled(self, setl_id: str) -> Settled | None:
@@ -129,7 +131,7 @@ class Reader:
             mdtrtarea_admvs=r["mdtrtarea_admvs"], insuplc_admdvs=r["insuplc_admdvs"], mdtrt_id=r["mdtrt_id"],
             psn=r["psn"], psn_no=r["psn_no"], kind=r["acc_kind"], cd_slot=r["cd_slot"], year=r["acc_year"],
             amounts={k: r[k + "_fen"] for k in AMOUNT_KEYS}, burden=r["burden_fen"], second=r["second_fen"],
-            info={k: r[k] for k in INFO_KEYS}, reversed=rev is not None,
+            info={k: r[k] for k in INFO_KEYS}, reversed=rev is not None, batch=r["chrg_bchno"],
         )
 
     def visit_open(self, visit: tuple[str, str]) -> bool:
@@ -151,7 +153,7 @@ class Reader:
 _SETTLED_COLS = (
     "kind", "setl_id", "infno", "fixmedins_code", "mdtrtarea_admvs", "insuplc_admdvs", "mdtrt_id", "psn",
     "psn_no", "acc_kind", "cd_slot", "acc_year", "burden_fen", "second_fen", *(k + "_fen" for k in AMOUNT_KEYS),
-    *(k for k in INFO_KEYS if k not in ("mdtrt_id", "psn_no")),
+    *(k for k in INFO_KEYS if k not in ("mdtrt_id", "psn_no")), "chrg_bchno",
 )
 
 
@@ -295,6 +297,8 @@ class OpenVisits:
     def committed(self, changes: list[Change]) -> None:
         with self._lock:
             for c in changes:
+                if c.settled.batch is not None:
+                    continue  # a step-wise settlement: never an open visit
                 visit = (c.settled.fixmedins_code, c.settled.mdtrt_id)
                 hit = self._pending[visit]
                 hit[1] -= 1
@@ -307,8 +311,9 @@ class StoreHistory:
     """The history (engine.core.history.History) a store builds its engine with."""
 
     def __init__(self, journal: JournalMap, settled: SettledMap, open_visits: OpenVisits, recon: ReconIndex,
-                 on_change):
+                 on_change, step_journal):
         self.journal = journal
+        self.step_journal = step_journal  # engine.store.steps.StepJournalMap
         self.settled = settled
         self.open_visits = open_visits
         self.recon = recon
@@ -327,6 +332,7 @@ def build_filters(conn: sqlite3.Connection, tail: Tail, reader: Reader) -> None:
     t0 = time.perf_counter()
     gens = [g for g in (tail, tail.sealed) if g is not None]
     n_msg = conn.execute("SELECT COUNT(*) FROM msgid_index").fetchall()[0][0] + sum(len(g.msgid) for g in gens)
+    n_msg += conn.execute("SELECT COUNT(*) FROM step WHERE msgid IS NOT NULL").fetchall()[0][0]
     n_vis = conn.execute("SELECT COUNT(*) FROM open_visit").fetchall()[0][0] + sum(len(g.visits) for g in gens)
     msgids, visits = Bloom(max(FILTER_KEYS_MIN, 2 * n_msg)), Bloom(max(FILTER_KEYS_MIN, 2 * n_vis))
     cur = conn.execute("SELECT msgid FROM msgid_index")
@@ -335,6 +341,8 @@ def build_filters(conn: sqlite3.Connection, tail: Tail, reader: Reader) -> None:
     cur = conn.execute("SELECT fixmedins_code, mdtrt_id FROM open_visit")
     while rows := cur.fetchmany(READ_CHUNK_ROWS):
         visits.add_all_pairs(rows)
+    for chunk in step_msgids(conn):  # section 11's transactions share the msgid space
+        msgids.add_all(chunk)
     for g in gens:
         msgids.add_all(list(g.msgid))
         visits.add_all_pairs(list(g.visits))

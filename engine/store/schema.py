@@ -12,7 +12,7 @@ from engine.core.records import CHANGE_REVERSE, CHANGE_SETTLE
 
 STORE_FORMAT = "yidi-store"
 SCHEMA_VERSION = 4  # 2: postings a view of the journal; no account_log. 3: the keyed tables in KEYS_NAME.
-# 4: sign-ins, and who made each journal row (UPGRADES[3] brings a store of 3 up to it at open)
+# 4: sign-ins, who made each journal row, the step-wise flow (UPGRADES[3] brings a store of 3 up to it at open)
 DB_NAME = "yidi.sqlite3"
 KEYS_NAME = "yidi-keys.sqlite3"  # the folded, keyed tables (KEYS_SCHEMA), attached as `keys`
 LOCK_NAME = "yidi.lock"
@@ -56,6 +56,28 @@ CREATE TABLE sign_in (
     signed_out TEXT NOT NULL
 ) WITHOUT ROWID"""
 SIGN_IN_COLS = ("sign_no", "paasid", "fixmedins_code", "opter_no", "ip", "sign_time", "ends", "signed_out")
+# Section 11 (engine.store.steps): every committed step-wise transaction and every visit effect of a
+# settlement or reversal (msgid NULL: its transaction is in the journal), in commit order. body_lz4: the
+# request's raw input and the reply; effects: engine.core.visits effects, MessagePack.
+_STEP_TABLE = """-- The step-wise flow (section 11): transactions and visit effects in commit order.
+CREATE TABLE step (
+    seq INTEGER PRIMARY KEY,
+    msgid TEXT,
+    infno TEXT NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    mdtrt_id TEXT NOT NULL,
+    time TEXT NOT NULL,
+    paasid TEXT NOT NULL,
+    sign_no TEXT NOT NULL,
+    opter TEXT NOT NULL,
+    opter_name TEXT NOT NULL,
+    codec TEXT,
+    body_lz4 BLOB,
+    effects BLOB NOT NULL
+);
+CREATE UNIQUE INDEX step_msgid ON step (msgid) WHERE msgid IS NOT NULL"""
+STEP_COLS = ("seq", "msgid", "infno", "fixmedins_code", "mdtrt_id", "time", "paasid", "sign_no", "opter",
+             "opter_name", "codec", "body_lz4", "effects")
 
 SCHEMA = f"""
 CREATE TABLE meta (
@@ -115,10 +137,13 @@ CREATE TABLE journal (
     psn_cash_pay_fen INTEGER NOT NULL,
     burden_fen INTEGER NOT NULL,
     second_fen INTEGER NOT NULL,
-    {_JOURNAL_AUTH_COLS}
+    {_JOURNAL_AUTH_COLS},
+    chrg_bchno TEXT
 );
 
 {_SIGN_IN_TABLE};
+
+{_STEP_TABLE};
 
 -- The request and the reply of a journal row, as one LZ4 block (engine.store.codec.body_of):
 -- the request's raw `input` in its codec ('json' or 'msgpack'), the reply as
@@ -270,7 +295,7 @@ JOURNAL_COLS = (
     "seq", "msgid", "kind", "infno", "setl_id", "reversed_setl_id", "setl_time", "insuplc_admdvs",
     "mdtrtarea_admvs", "fixmedins_code", "mdtrt_id", "psn", "psn_no", "insutype", "med_type", "clr_type",
     "filing_class", "pool_prop_selfpay", "acc_kind", "cd_slot", "acc_year",
-    *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen", *_JOURNAL_AUTH,
+    *(k + "_fen" for k in AMOUNT_KEYS), "burden_fen", "second_fen", *_JOURNAL_AUTH, "chrg_bchno",
 )
 SQL_INSERT_JOURNAL = f"INSERT INTO journal ({', '.join(JOURNAL_COLS)}) VALUES ({', '.join('?' * len(JOURNAL_COLS))})"
 SQL_INSERT_BLOB = "INSERT INTO journal_blob (seq, codec, body_lz4, crc32) VALUES (?, ?, ?, ?)"
@@ -279,11 +304,15 @@ SQL_INSERT_CHRONIC_LOG = "INSERT INTO chronic_log VALUES (?, ?, ?, ?)"
 # A sign-in made, or ended by a 9002 (the same row again, signed_out set).
 SQL_UPSERT_SIGN_IN = (f"INSERT INTO sign_in ({', '.join(SIGN_IN_COLS)}) VALUES ({', '.join('?' * len(SIGN_IN_COLS))})"
                       " ON CONFLICT (sign_no) DO UPDATE SET signed_out = excluded.signed_out")
-SQL_INSERTS = (SQL_INSERT_JOURNAL, SQL_INSERT_BLOB, SQL_INSERT_PERSON_LOG, SQL_INSERT_CHRONIC_LOG, SQL_UPSERT_SIGN_IN)
+SQL_INSERT_STEP = f"INSERT INTO step ({', '.join(STEP_COLS)}) VALUES ({', '.join('?' * len(STEP_COLS))})"
+SQL_INSERTS = (SQL_INSERT_JOURNAL, SQL_INSERT_BLOB, SQL_INSERT_PERSON_LOG, SQL_INSERT_CHRONIC_LOG, SQL_UPSERT_SIGN_IN,
+               SQL_INSERT_STEP)
 
 # What brings a store of an earlier schema version up to this one, at open, in one transaction.
 UPGRADES = {
-    3: [*(f"ALTER TABLE journal ADD COLUMN {c} TEXT NOT NULL DEFAULT ''" for c in _JOURNAL_AUTH), _SIGN_IN_TABLE],
+    3: [*(f"ALTER TABLE journal ADD COLUMN {c} TEXT NOT NULL DEFAULT ''" for c in _JOURNAL_AUTH),
+        "ALTER TABLE journal ADD COLUMN chrg_bchno TEXT", _SIGN_IN_TABLE,
+        *_STEP_TABLE.split(";\n")],
 }
 
 # Every connection that writes (the store's and the batch writer's; pragmas are per connection).
@@ -310,7 +339,7 @@ SQL_FOLD = (
     f"DELETE FROM open_visit WHERE (fixmedins_code, mdtrt_id, setl_id) IN (SELECT fixmedins_code, mdtrt_id,"
     f" reversed_setl_id FROM journal WHERE {_TAIL} AND kind = '{CHANGE_REVERSE}')",
     f"INSERT INTO open_visit (fixmedins_code, mdtrt_id, setl_id) SELECT fixmedins_code, mdtrt_id, setl_id"
-    f" FROM journal WHERE {_TAIL} AND kind = '{CHANGE_SETTLE}' AND setl_id NOT IN (SELECT reversed_setl_id"
+    f" FROM journal WHERE {_TAIL} AND kind = '{CHANGE_SETTLE}' AND chrg_bchno IS NULL AND setl_id NOT IN (SELECT reversed_setl_id"
     f" FROM journal WHERE {_TAIL} AND kind = '{CHANGE_REVERSE}') ORDER BY fixmedins_code, mdtrt_id",
     f"INSERT INTO medins_time (fixmedins_code, setl_time, seq) SELECT fixmedins_code, setl_time, seq"
     f" FROM journal WHERE {_TAIL} ORDER BY fixmedins_code, setl_time, seq",

@@ -6,7 +6,9 @@ their seed values (the seed_ columns `yidi check` starts from). An existing
 store restores them from its own tables (restore_world); the catalogue,
 policies, institutions and pre-payments are reloaded from the world folder at
 every start, and what changed since the last start is logged (logger
-`yidi.store`) and kept in the `world_load` table.
+`yidi.store`) and kept in the `world_load` table. A world folder naming other
+persons or institutions than the store's is another world's: refused unless the
+operator accepts it (world_differences, note_world_changes).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from engine.store.schema import (
     KEYS_SCHEMA, PERSON_ACC, READ_CHUNK_ROWS, SCHEMA, SCHEMA_VERSION, SIGN_IN_COLS, STORE_FORMAT, schema_statements,
 )
 from engine.world.loader import DAY_OPEN, World
+from engine.store.errors import StoreRefused
 from engine.store.files import refuse_sqlite
 
 log = logging.getLogger("yidi.store")
@@ -40,6 +43,11 @@ WORLD_FILES = (
 )
 # The files that seed the store once; the others are reloaded at every start.
 SEED_FILES = ("persons.csv", "chronic.csv", "filings.csv")
+# meta: the fingerprint of the last persons.csv found to name this store's persons, or accepted by the operator
+# (the seed's until then), and the sorted fixmedins_codes of the world the store last started with.
+META_PERSONS_ACCEPTED = "accepted_sha256:persons.csv"
+META_INSTITUTION_CODES = "institution_codes"
+CODES_NAMED_MAX = 3  # codes a refusal names for each difference
 
 
 
@@ -125,14 +133,71 @@ def world_meta(world: World, world_dir: str) -> dict:
         meta["policies_json"] = f.read().decode("utf-8")
     meta["catalogue_rows"] = str(len(world.cat_code))
     meta["institutions_rows"] = str(len(world.inst_code))
+    meta[META_INSTITUTION_CODES] = json.dumps(sorted(set(world.inst_code)))
     return meta
 
-def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world_dir: str) -> None:
+
+def _some(codes: set) -> str:
+    shown = sorted(codes)[:CODES_NAMED_MAX]
+    return ", ".join(shown) + (", ..." if len(codes) > CODES_NAMED_MAX else "")
+
+
+def world_differences(w: sqlite3.Connection, world: World, old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """What makes `world` another world than the store's: other persons, or other institutions.
+
+    Returns (differences, notes). Persons: the world's psn_no set against the store's
+    person table, read only when persons.csv is neither the seed's nor one found or
+    accepted before (new values for the same persons are no other world: they are
+    not applied, as any change of persons.csv). Institutions: the set of
+    fixmedins_code against that of the last start; a store that never kept it keeps
+    it from now on. Names, levels, the catalogue, policies and pre-payments may change
+    at any start: those are a world's daily updates.
+    """
+    diffs: list[str] = []
+    notes: list[str] = []
+    sha = new["sha256:persons.csv"]
+    if sha not in (old.get("sha256:persons.csv"), old.get(META_PERSONS_ACCEPTED)):
+        held = {r[0] for r in w.execute("SELECT psn_no FROM person")}
+        named = set(world.psn_no.to_pylist())
+        if held != named:
+            extra, missing = named - held, held - named
+            diffs.append(f"persons.csv names {len(extra):,} persons this store does not hold"
+                         + (f" ({_some(extra)})" if extra else "")
+                         + f" and lacks {len(missing):,} of its {len(held):,}"
+                         + (f" ({_some(missing)})" if missing else ""))
+    if META_INSTITUTION_CODES in old:
+        before = set(json.loads(old[META_INSTITUTION_CODES]))
+        now = set(json.loads(new[META_INSTITUTION_CODES]))
+        if before != now:
+            added, dropped = now - before, before - now
+            diffs.append(f"institutions.csv adds {len(added):,} institutions" + (f" ({_some(added)})" if added else "")
+                         + f" and drops {len(dropped):,}" + (f" ({_some(dropped)})" if dropped else ""))
+    else:
+        notes.append("institution codes kept from now on: a world with other institutions will be refused")
+    return diffs, notes
+
+
+def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world_dir: str, *,
+                       accept: bool = False) -> None:
     """Log what changed in the world since the last start, and keep it in world_load; the reloaded files
-    are in force."""
+    are in force.
+
+    A world with other persons or institutions than the store's (world_differences) is
+    another world: refused with StoreRefused, nothing written, unless `accept` (the
+    operator's --accept-world-change), which keeps it as the store's world from now on.
+    """
     old = dict(w.execute("SELECT key, value FROM meta").fetchall())
     new = world_meta(world, world_dir)
-    notes: list[str] = []
+    diffs, notes = world_differences(w, world, old, new)
+    if diffs and not accept:
+        raise StoreRefused(
+            f"{data_dir}: the world {world_dir} is not this store's (seeded from {old.get('seeded_from', '?')}): "
+            f"{'; '.join(diffs)}; start with this store's world folder, or pass --accept-world-change to go on "
+            "with this one (persons, chronic qualifications and filings stay the store's)")
+    if diffs:
+        notes.append("world change accepted (--accept-world-change): " + "; ".join(diffs))
+    # This persons.csv names the store's persons, or the operator accepted it: not compared again.
+    new[META_PERSONS_ACCEPTED] = new["sha256:persons.csv"]
     for f in WORLD_FILES:
         if old.get(f"sha256:{f}") == new[f"sha256:{f}"]:
             continue
@@ -152,7 +217,7 @@ def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world
             notes.append(f"{f} differs from the one this store was seeded from; not applied: persons, "
                          "chronic qualifications and filings come from the store")
     for note in notes:
-        (log.warning if "not applied" in note else log.info)("%s: %s", data_dir, note)
+        (log.warning if "not applied" in note or "accepted" in note else log.info)("%s: %s", data_dir, note)
     if not notes:
         log.info("%s: the world %s is unchanged since the last start", data_dir, world_dir)
     # The seed files keep the fingerprint of the seed: a warning at each start until they match again.

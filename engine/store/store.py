@@ -14,7 +14,9 @@ threads (fold). This module ties them together.
 
 Start and restart. A new (absent or empty) folder is seeded from the world; an
 existing store is opened as it is, the dynamic state from the store and the
-rest reloaded from the world folder (engine.store.seed). A damaged, truncated,
+rest reloaded from the world folder (engine.store.seed), which must be the
+store's own world: other persons or institutions are refused unless the
+operator accepts the change. A damaged, truncated,
 foreign or busy store is refused with StoreRefused, never reset; open_store
 either returns a durable store or raises a StoreError naming the problem.
 
@@ -74,7 +76,9 @@ from engine.core.engine import Engine
 from engine.core.records import CHANGE_REVERSE, CHANGE_SETTLE, Change
 from engine.store.codec import ROW_CD_SLOT, ROW_PSN, JournalRows, check_reply_keys
 from engine.store.errors import StoreError, StoreFailed, StoreRefused
-from engine.store.files import check_opened, db_path, keys_path, lock_data_dir, open_files, refuse_sqlite
+from engine.store.files import (
+    check_opened, db_path, keys_path, lock_data_dir, open_files, refuse_sqlite, remove_made_folder,
+)
 from engine.store.fold import Checkpointer, Folder, fold_range
 from engine.store.lookups import (
     JournalMap, OpenVisits, Reader, SettledMap, StoreHistory, Tail, build_filters, filters_over_capacity,
@@ -82,6 +86,7 @@ from engine.store.lookups import (
 from engine.store.recon import StoredReconIndex
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, SQL_INSERTS, delete_logs
 from engine.store.seed import note_world_changes, restore_sign_ins, restore_world, seed_store
+from engine.store.steps import StepJournalMap, restore_visits, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
 from engine.world.loader import World, load_world
 
@@ -100,7 +105,7 @@ class SqliteStore:
     """The embedded store on SQLite; see the module docstring. Use open_store()."""
 
     def __init__(self, data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick",
-                 fold_rows: int = FOLD_ROWS_DEFAULT):
+                 fold_rows: int = FOLD_ROWS_DEFAULT, accept_world_change: bool = False):
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}")
         if not 1 <= fold_rows <= FOLD_ROWS_MAX:
@@ -126,23 +131,29 @@ class SqliteStore:
         # A second core compresses journal bodies while the writer inserts the rest.
         self._compressor = Compressor() if len(os.sched_getaffinity(0)) > 1 else None
         try:
-            self._open(world_dir, clock, verify)
+            self._open(world_dir, clock, verify, accept_world_change)
         except BaseException:
             self._release()
             raise
 
     # ------------------------------------------------------------ open
 
-    def _open(self, world_dir: str, clock: str, verify: str) -> None:
+    def _open(self, world_dir: str, clock: str, verify: str, accept_world_change: bool) -> None:
+        made = not os.path.isdir(self.data_dir)
         self._lock_fd = lock_data_dir(self.data_dir)
+        try:
+            world = load_world(world_dir)  # before the files: a bad world leaves no half-made store behind
+        except BaseException:
+            if made:
+                remove_made_folder(self.data_dir)
+            raise
         self._w, seeded_now, meta = open_files(self.path)
-        world = load_world(world_dir)
         if seeded_now:
             log.info("seeding a new store in %s from the world %s", self.data_dir, world_dir)
             seed_store(self._w, world, world_dir)
         else:
             check_opened(self._w, self.path, meta, verify)
-            note_world_changes(self._w, self.data_dir, world, world_dir)
+            note_world_changes(self._w, self.data_dir, world, world_dir, accept=accept_world_change)
         self._reader = Reader(self.path, self._tail)
         self._checkpointer = Checkpointer(self.path)
         try:
@@ -162,6 +173,8 @@ class SqliteStore:
             self.engine = self._engine(world, clock, cd_years)
             self.engine.signins.restore(restore_sign_ins(self._w, clock))
             self.engine.signins.events = []  # this store takes them (prepare)
+            restore_visits(self._w, self.engine.visits)
+            self.engine.step_changes = []  # this store takes them (prepare)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(self.path, e) from None
         # The world and the engine live as long as the process: keep the collector
@@ -174,6 +187,7 @@ class SqliteStore:
         logs deleted <= folded <= journal rows (the two files of the same moment)."""
         w = self._w
         self._written_seq = w.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
+        self._next_step_seq = w.execute("SELECT COALESCE(MAX(seq), 0) FROM step").fetchall()[0][0] + 1
         self._next_seq = self._written_seq + 1
         self._folded_seq = w.execute("SELECT folded_seq FROM fold_state").fetchall()[0][0]
         self._logs_deleted = int(w.execute("SELECT value FROM meta WHERE key = 'logs_deleted_to'").fetchall()[0][0])
@@ -193,7 +207,8 @@ class SqliteStore:
         r = self._reader
         self._rows = JournalRows(self._next_seq)
         self._history = StoreHistory(JournalMap(r), SettledMap(r), OpenVisits(r),
-                                     StoredReconIndex(self.path, first_seq=self._next_seq), self._rows.encode)
+                                     StoredReconIndex(self.path, first_seq=self._next_seq), self._rows.encode,
+                                     StepJournalMap(r))
         return Engine(world, clock=clock, history=self._history, chronic_years=cd_years)
 
     # ------------------------------------------------------------ commit
@@ -228,7 +243,8 @@ class SqliteStore:
                     " engine made them, none left out")
             rec = c.settled
             row = c.row
-            visit = (rec.fixmedins_code, rec.mdtrt_id)
+            # A step-wise settlement's batch is a visit of section 11 (engine.core.visits), not an open visit.
+            visit = (rec.fixmedins_code, rec.mdtrt_id) if rec.batch is None else None
             if not checked[c.kind]:
                 check_reply_keys(c.reply)
                 checked[c.kind] = True
@@ -257,14 +273,17 @@ class SqliteStore:
         self._next_seq = last + 1
         signs = [(s.sign_no, s.paasid, s.fixmedins_code, s.opter_no, s.ip, s.sign_time, s.ends, s.signed_out)
                  for s in self.engine.signins.take_events()]
-        return Prepared(changes, journal, compression, persons, chronic, tail, last, signs)
+        steps = self.engine.take_step_changes()
+        rows = step_rows(steps, self._next_step_seq)
+        self._next_step_seq += len(rows)
+        return Prepared(changes, journal, compression, persons, chronic, tail, last, signs, steps, rows)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""
         with self._write_lock:
             if self.failed:
                 raise StoreFailed("an earlier commit failed: the store refuses further commits; restart")
-            if not p.changes and not p.signs:
+            if not p.changes and not p.signs and not p.steps:
                 return
             f = self._folder
             if f is not None and f.error is not None:
@@ -287,7 +306,7 @@ class SqliteStore:
     def _write_rows(self, p: Prepared, logs_to: int) -> None:
         """The batch's one transaction on the batch writer, and the logs up to logs_to deleted in it."""
         w = self._bw
-        journal, blob, person, chronic, sign_in = self._stmts
+        journal, blob, person, chronic, sign_in, step = self._stmts
         try:
             w.execute("BEGIN IMMEDIATE")
             if p.changes:
@@ -298,6 +317,8 @@ class SqliteStore:
                 w.executemany(chronic, p.chronic)
             if p.signs:
                 w.executemany(sign_in, p.signs)
+            if p.step_rows:
+                w.executemany(step, p.step_rows)
             if logs_to > self._logs_deleted:
                 delete_logs(w, logs_to)
             w.execute("COMMIT")
@@ -312,13 +333,16 @@ class SqliteStore:
         r = self._reader
         msgids = [e[0] for e in p.tail]
         r.msgids.add_all(msgids)
-        r.visits.add_all_pairs([e[2] for e in p.tail if e[3] is not None])
+        r.visits.add_all_pairs([e[2] for e in p.tail if e[3] is not None and e[2] is not None])
         t.msgid.update(zip(msgids, [e[1] for e in p.tail]))
         for _, seq, visit, setl_id, reversed_id in p.tail:
-            t.visits[visit] = setl_id
+            if visit is not None:
+                t.visits[visit] = setl_id
             if reversed_id is not None:
                 t.reversed[reversed_id] = seq
+        r.msgids.add_all([c.msgid for c in p.steps if c.msgid])
         self._history.committed(p.changes)
+        self._history.step_journal.committed(p.steps)
 
     def _after_commit(self) -> None:
         try:
@@ -450,19 +474,24 @@ class SqliteStore:
 
 
 def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: str = "quick",
-               fold_rows: int = FOLD_ROWS_DEFAULT) -> SqliteStore:
+               fold_rows: int = FOLD_ROWS_DEFAULT, accept_world_change: bool = False) -> SqliteStore:
     """Open the store in `data_dir`, seeding it from `world_dir` when the folder holds none.
 
     verify: "quick" runs SQLite's quick_check at open (reads the whole file);
     "header" checks only the file header and the ledger's balance (very large stores).
     fold_rows: unfolded journal rows that trigger a fold (bounds the RAM tail index).
+    accept_world_change: open an existing store with a world of other persons or
+    institutions than its own (engine.store.seed.world_differences), which is otherwise
+    refused; that world is the store's from then on.
     Returns a durable store or raises: StoreError when no data folder is given,
-    StoreRefused for a damaged, truncated, foreign or busy store or a folder that
-    cannot be created or locked, and engine.world.WorldError for a bad world folder.
+    StoreRefused for a damaged, truncated, foreign or busy store, a folder that
+    cannot be created or locked, or another world's folder, and
+    engine.world.WorldError for a bad world folder.
     """
     if not isinstance(data_dir, (str, os.PathLike)) or not os.fspath(data_dir):
         raise StoreError(f"no data folder given for the store ({data_dir!r}); nothing would be durable")
-    return SqliteStore(os.fspath(data_dir), world_dir, clock=clock, verify=verify, fold_rows=fold_rows)
+    return SqliteStore(os.fspath(data_dir), world_dir, clock=clock, verify=verify, fold_rows=fold_rows,
+                       accept_world_change=accept_world_change)
 
 
 from engine._compiled import check_fresh  # noqa: E402

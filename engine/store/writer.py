@@ -108,6 +108,8 @@ class Prepared:
     tail: list  # (msgid, seq, visit, setl_id in force or None, reversed setl_id or None)
     last_seq: int
     signs: list  # sign_in rows made or ended by the batch (engine.core.signin), in SIGN_IN_COLS order
+    steps: list  # the batch's StepChanges (engine.core.records) and their `step` rows (engine.store.steps)
+    step_rows: list
 
     def blob_rows(self) -> list:
         """The journal_blob rows (seq, codec, LZ4 block, crc32 of the block), in seq order.

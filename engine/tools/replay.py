@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from typing import Iterable, Iterator
 
@@ -88,14 +89,41 @@ def replay_store(store, in_path: str, out_path: str, batch_max: int = BATCH_MAX)
     return _replay_batches(store.engine, store.commit, in_path, out_path, batch_max)
 
 
-def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False, data_dir: str | None = None) -> dict:
-    """Section 9. With `data_dir`, the store is kept there (seeded when new, continued when it exists)."""
+class ReplayError(Exception):
+    """--in cannot be read or --out cannot be written: found before the world or the store is opened."""
+
+
+def check_paths(in_path: str, out_path: str) -> None:
+    """Refuse, in one line, an --in that cannot be read and an --out that cannot be written (its folder
+    missing, a folder, no permission), before a store is seeded or a world loaded for nothing."""
+    try:
+        with open(in_path, "rb"):
+            pass
+    except OSError as e:
+        raise ReplayError(f"--in {in_path}: cannot be read ({e.strerror or e})") from None
+    parent = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(parent):
+        raise ReplayError(f"--out {out_path}: its folder {parent} does not exist")
+    if os.path.isdir(out_path):
+        raise ReplayError(f"--out {out_path}: a folder, not a file")
+    try:
+        with open(out_path, "ab"):  # made if absent; written from the start by the replay
+            pass
+    except OSError as e:
+        raise ReplayError(f"--out {out_path}: cannot be written ({e.strerror or e})") from None
+
+
+def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False, data_dir: str | None = None,
+           accept_world_change: bool = False) -> dict:
+    """Section 9. With `data_dir`, the store is kept there (seeded when new, continued when it exists;
+    `accept_world_change`: see engine.store.open_store)."""
     t0 = time.perf_counter()
+    check_paths(in_path, out_path)
     if data_dir is not None:
         from engine.store import open_store
 
         assert not reference, "the reference engine has no store"
-        store = open_store(data_dir, world_dir, clock="inf_time")
+        store = open_store(data_dir, world_dir, clock="inf_time", accept_world_change=accept_world_change)
         try:
             t1 = time.perf_counter()
             n = replay_store(store, in_path, out_path)
