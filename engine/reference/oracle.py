@@ -81,10 +81,8 @@ class ReferenceEngine(StepwiseBook):
                             return hit[2]
                         raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
                     if msgid in self.voided:
-                        # Section 11: a message voided by a 2601 never takes effect when it arrives later.
-                        if self.voided[msgid] == (infno, env.get("fixmedins_code")):
-                            raise Refused(E_VOIDED, f"msgid {msgid} was voided by a 2601")
-                        raise Refused(E_MSGID_REUSED, f"msgid {msgid}")
+                        # Section 11: a msgid voided by a 2601 never takes effect, whatever arrives with it.
+                        raise Refused(E_VOIDED, f"msgid {msgid} was voided by a 2601")
                 if is_stepwise(env):
                     output = self.stepwise(env, now)
                 elif infno in REVERSE_INFNOS:

@@ -331,17 +331,12 @@ class SettlementBook:
         """The steps of section 7 in their order; each refuses with its code."""
         req = settle_request(env)
         inst, person, policy = self.parties(env, req.psn_no, req.insutype)
-        if (env["fixmedins_code"], req.mdtrt_id) in self.open_visits or self.visit_settled(
-                env["fixmedins_code"], req.mdtrt_id):
+        if (env["fixmedins_code"], req.mdtrt_id) in self.open_visits:
             raise Refused(E_DUPLICATE_VISIT)
         results, totals, line_sum = self.split_lines(env["mdtrtarea_admvs"][:2], req.lines, req.outpatient)
         if line_sum != req.medfee:
             raise Refused(E_AMOUNT_MISMATCH, "medfee_sumamt is not the sum of the lines")
         return self.compute(env, req, inst, person, policy, results, totals, now)
-
-    def visit_settled(self, fixmedins_code: str, mdtrt_id: str) -> bool:
-        """Whether a step-wise visit of that institution has a settlement in force (none here)."""
-        return False
 
     def parties(self, env: dict, psn_no: str, insutype: str) -> tuple[tuple, Person, Policy]:
         """The institution, the person and the policy, in section 7's order (E_UNKNOWN_INSTITUTION,

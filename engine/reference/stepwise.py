@@ -60,12 +60,13 @@ UNDONE, VOIDED = "UNDONE", "VOIDED"
 
 
 def is_stepwise(env: dict) -> bool:
-    """A section 11 transaction: its own infnos, and a (pre-)settlement whose input has no feedetail."""
+    """A section 11 transaction: its own infnos, and a (pre-)settlement whose input has no feedetail
+    (absent, or null as many hospital systems write an empty field)."""
     infno = env["infno"]
     if infno in STEPWISE_INFNOS:
         return True
     inp = env.get("input")
-    return infno in SETTLE_INFNOS and isinstance(inp, dict) and "feedetail" not in inp
+    return infno in SETTLE_INFNOS and isinstance(inp, dict) and inp.get("feedetail") is None
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Visit:
     begntime: str
     med_type: str
     dise_codg: str | None
-    ipt_otp_no: str | None = None  # an outpatient visit's
+    ipt_otp_no: str = ""  # an outpatient visit's ("": none sent, no E_DUPLICATE_VISIT by it)
     endtime: str | None = None
     discharged_by: str | None = None  # the msgid of the 2402 in force
     cancelled: bool = False
@@ -140,6 +141,14 @@ def _med_type(d: dict, allowed: frozenset, required: bool) -> str | None:
     return med_type
 
 
+def _dise(d: dict) -> str | None:
+    """dise_codg when sent: a string (E_SCHEMA otherwise), "" naming none."""
+    dise = d.get("dise_codg")
+    if dise is not None and not isinstance(dise, str):
+        raise Refused(E_SCHEMA, "dise_codg must be a string")
+    return dise or None
+
+
 def _sn(d: dict) -> object:
     sn = d.get("feedetl_sn")
     if not (isinstance(sn, str) and sn) and not (isinstance(sn, int) and not isinstance(sn, bool)):
@@ -154,7 +163,7 @@ class StepwiseBook(SettlementBook):
         super().__init__(world)
         self.visits: dict[str, Visit] = {}
         self.visit_of_msg: dict[str, str] = {}  # msgid of a 2201/2401/2204/2301/2402 -> mdtrt_id
-        self.voided: dict[str, tuple[str, str]] = {}  # msgid -> (oinfno, fixmedins_code) of its 2601
+        self.voided: dict[str, tuple[str, str]] = {}  # msgid -> (oinfno, fixmedins_code) of the 2601 voiding it
 
     def stepwise(self, env: dict, now: str) -> dict:
         """One section 11 transaction; the output, or Refused."""
@@ -190,10 +199,6 @@ class StepwiseBook(SettlementBook):
         if v.state() not in allowed:
             raise Refused(E_STATE, f"visit {v.mdtrt_id} is {v.state()}")
 
-    def visit_settled(self, fixmedins_code: str, mdtrt_id: str) -> bool:
-        v = self.visits.get(mdtrt_id)
-        return v is not None and v.fixmedins_code == fixmedins_code and bool(v.settled)
-
     def unsettle(self, rec: SettlementRecord) -> None:
         if rec.batch is None:
             super().unsettle(rec)
@@ -222,13 +227,16 @@ class StepwiseBook(SettlementBook):
         self.visit_of_msg[env["msgid"]] = v.mdtrt_id
 
     def register(self, env: dict, now: str) -> dict:
-        """2201: an outpatient visit; E_DUPLICATE_VISIT for an ipt_otp_no of the institution's not cancelled."""
+        """2201: an outpatient visit; E_DUPLICATE_VISIT for an ipt_otp_no (when sent) of the institution's
+        visits not cancelled."""
         data = _part(env, "data")
-        ipt_otp_no = field_str(data, "ipt_otp_no")
+        ipt_otp_no = data.get("ipt_otp_no") or ""
+        if not isinstance(ipt_otp_no, str):
+            raise Refused(E_SCHEMA, "ipt_otp_no must be a string")
         v = self._open(env, data, False, OUTPATIENT_DEFAULT_MED_TYPE, None)
         v.ipt_otp_no = ipt_otp_no
-        if any(not w.inpatient and not w.cancelled and w.fixmedins_code == v.fixmedins_code
-               and w.ipt_otp_no == ipt_otp_no for w in self.visits.values()):
+        if ipt_otp_no and any(not w.inpatient and not w.cancelled and w.fixmedins_code == v.fixmedins_code
+                              and w.ipt_otp_no == ipt_otp_no for w in self.visits.values()):
             raise Refused(E_DUPLICATE_VISIT, f"ipt_otp_no {ipt_otp_no} has a visit not cancelled")
         self._keep(env, v)
         return {"data": {"mdtrt_id": v.mdtrt_id, "psn_no": v.psn_no, "ipt_otp_no": ipt_otp_no}}
@@ -237,6 +245,7 @@ class StepwiseBook(SettlementBook):
         """2401: a stay; E_DUPLICATE_VISIT while the person has one neither settled nor cancelled, anywhere."""
         info = _part(env, "mdtrtinfo")
         med_type = _med_type(info, MED_TYPES_INPATIENT, True)
+        _dise(info)  # read, not kept: no inpatient rule uses it
         v = self._open(env, info, True, med_type, None)
         if any(w.inpatient and w.psn_no == v.psn_no and w.state() in (ADMITTED, DISCHARGED)
                for w in self.visits.values()):
@@ -262,12 +271,14 @@ class StepwiseBook(SettlementBook):
         """2203: med_type and dise_codg (begntime when sent), until a batch of the visit is settled."""
         info = _part(env, "mdtrtinfo")
         med_type = _med_type(info, MED_TYPES_OUTPATIENT, True)
-        dise = field_str(info, "dise_codg") if med_type == MED_TYPE_CHRONIC else None
+        dise = _dise(info)
+        if med_type == MED_TYPE_CHRONIC and not dise:
+            raise Refused(E_SCHEMA, "a chronic visit (med_type 14) names its dise_codg")
         begntime = _time(info, "begntime", False)
         _, v = self._named(env, "mdtrtinfo", False)
         self.require(v, REGISTERED)
         v.refuse_settled()
-        v.med_type, v.dise_codg = med_type, dise
+        v.med_type, v.dise_codg = med_type, dise if med_type == MED_TYPE_CHRONIC else None
         if begntime is not None:
             v.begntime = begntime
         return {}
@@ -288,6 +299,7 @@ class StepwiseBook(SettlementBook):
         """2403: med_type and begntime of a stay not yet settled, each when sent."""
         info = _part(env, "adminfo")
         med_type = _med_type(info, MED_TYPES_INPATIENT, False)
+        _dise(info)
         begntime = _time(info, "begntime", False)
         _, v = self._named(env, "adminfo", True)
         self.require(v, ADMITTED, DISCHARGED)
@@ -352,13 +364,13 @@ class StepwiseBook(SettlementBook):
 
     def revoke_batch(self, env: dict, now: str) -> dict:
         """2205: the lines in force of a batch not settled; "0000": every line in force not settled."""
-        data, v = self._named(env, "data", False)
-        batch = field_str(data, "chrg_bchno")
+        batch = field_str(_part(env, "data"), "chrg_bchno")
+        _, v = self._named(env, "data", False)
         self.require(v, REGISTERED)
         if batch != ALL_LINES and batch in v.settled:
             raise Refused(E_STATE, f"batch {batch!r} of visit {v.mdtrt_id} is {SETTLED}")
         gone = [ln for ln in v.in_force(None if batch == ALL_LINES else batch) if ln.batch not in v.settled]
-        if not gone:
+        if not gone and batch != ALL_LINES:  # "0000" with nothing left to revoke is done already
             raise Refused(E_NOT_FOUND, f"no line in force in batch {batch!r} of visit {v.mdtrt_id}")
         for ln in gone:
             ln.revoked = True
@@ -378,7 +390,7 @@ class StepwiseBook(SettlementBook):
         self.require(v, ADMITTED, DISCHARGED)
         in_force = v.in_force()
         gone = in_force if ALL_LINES in keys else [ln for ln in in_force if ln.key in keys]
-        if not gone or (ALL_LINES not in keys and len(gone) < len(keys)):
+        if ALL_LINES not in keys and len(gone) < len(keys):
             raise Refused(E_NOT_FOUND, f"a feedetl_sn not in force on visit {v.mdtrt_id}")
         for ln in gone:
             ln.revoked = True
@@ -395,18 +407,17 @@ class StepwiseBook(SettlementBook):
         data = _part(env, "data")
         for k in ("msgid", "mdtrtarea_admvs", "insuplc_admdvs"):
             field_str(env, k)
-        if not outpatient:
-            flag = data.get("mid_setl_flag")
-            if flag == "1":
-                raise Refused(E_UNSUPPORTED, "interim settlement (mid_setl_flag 1)")
-            if flag not in (None, "0"):
-                raise Refused(E_SCHEMA, "mid_setl_flag must be 0 or 1")
         psn_no, mdtrt_id, insutype = field_str(data, "psn_no"), field_str(data, "mdtrt_id"), field_str(data, "insutype")
         medfee = field_money(data, "medfee_sumamt")
         acct_flag = acct_flag_of(data)
         med_type = _med_type(data, MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT, False)
         batch = field_str(data, "chrg_bchno") if outpatient else STAY_BATCH
         sent = {hub: field_money(data, k) for k, hub in SENT_SPLITS if data.get(k) is not None}
+        flag = None if outpatient else data.get("mid_setl_flag")
+        if flag not in (None, "", "0", "1"):
+            raise Refused(E_SCHEMA, "mid_setl_flag must be 0 or 1 (or empty: 0)")
+        if flag == "1":  # a well-formed request the hub does not do: after every E_SCHEMA
+            raise Refused(E_UNSUPPORTED, "interim settlement (mid_setl_flag 1)")
         inst, person, policy = self.parties(env, psn_no, insutype)
         v = self.visit_for(env, mdtrt_id, [psn_no], not outpatient)
         if med_type is not None and med_type != v.med_type:
@@ -420,8 +431,6 @@ class StepwiseBook(SettlementBook):
         lines = v.in_force(batch)
         if not lines:
             raise Refused(E_NOT_FOUND, f"no line in force in batch {batch!r} of visit {v.mdtrt_id}")
-        if (env["fixmedins_code"], mdtrt_id) in self.open_visits:
-            raise Refused(E_DUPLICATE_VISIT, "a one-shot settlement of this mdtrt_id is in force")
         fees = [ln.fee for ln in lines]
         results, totals, line_sum = self.split_lines(v.mdtrtarea_admvs[:2], fees, outpatient)
         if line_sum != medfee:
@@ -452,19 +461,14 @@ class StepwiseBook(SettlementBook):
         code = env["fixmedins_code"]
         hit = self.journal.get(omsgid)
         if hit is None:
-            void = self.voided.get(omsgid)
-            if void is None:
-                self.voided[omsgid] = (oinfno, code)
-                return {"data": {"omsgid": omsgid, "oinfno": oinfno, "status": VOIDED}}
-            done_infno, done_code = void
-        else:
-            done_infno, done_code = hit[0], hit[3]
-        if done_code != code:
+            if omsgid in self.voided:  # whoever voided it, and as whatever: nothing can arrive under it
+                raise Refused(E_ALREADY_REVERSED, f"msgid {omsgid} was voided already")
+            self.voided[omsgid] = (oinfno, code)
+            return {"data": {"omsgid": omsgid, "oinfno": oinfno, "status": VOIDED}}
+        if hit[3] != code:
             raise Refused(E_FORBIDDEN, f"msgid {omsgid} is another institution's")
-        if done_infno != oinfno:
-            raise Refused(E_MISMATCH, f"msgid {omsgid} is a {done_infno}")
-        if hit is None:
-            raise Refused(E_ALREADY_REVERSED, f"msgid {omsgid} was voided already")
+        if hit[0] != oinfno:
+            raise Refused(E_MISMATCH, f"msgid {omsgid} is a {hit[0]}")
         if oinfno in ("2207", "2304"):
             rec = self.settlements["S" + omsgid]
             self._undo_check(psn_no, rec.psn_no, rec.reversed)
