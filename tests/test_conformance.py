@@ -1,9 +1,5 @@
-"""The public conformance vectors (tests/vectors), through the CLI, for both paths.
-
-The step-wise vectors (tests/vectors/stepwise, section 11) pass through the
-reference; the compiled engine does not implement section 11 yet, so its run
-of them is a strict xfail until it does.
-"""
+"""The public conformance vectors (tests/vectors), through the CLI, for both paths: the one-shot
+stream and the step-wise one (tests/vectors/stepwise, section 11)."""
 import json
 import os
 import subprocess
@@ -42,10 +38,7 @@ def test_public_vectors(tmp_path, path):
     _assert_agree(expected, got)
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param("compiled", marks=pytest.mark.xfail(strict=True, reason="section 11 is not in the compiled engine yet")),
-    "reference",
-])
+@pytest.mark.parametrize("path", ["compiled", "reference"])
 def test_stepwise_vectors(tmp_path, path):
     """Section 11: the public stream sent step-wise, then cases of the visit states and of 2601."""
     got = _replay(tmp_path, *(["--reference"] if path == "reference" else []), folder=STEPWISE)

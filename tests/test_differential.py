@@ -660,10 +660,6 @@ def malformed(draw, env: dict) -> dict:
         "med_type": None, "empty_lines": None,
     }[how]
     if how == "delete":
-        if path == ("input", "feedetail") and env.get("infno") in ("2206", "2207", "2303", "2304"):
-            # Without feedetail a (pre-)settlement is section 11's step-wise form, which the compiled
-            # engine does not implement yet (test_a_settlement_without_feedetail_is_the_step_wise_form).
-            return env
         del parent[key]
     else:
         parent[key] = value
@@ -1090,7 +1086,6 @@ def test_reversal_after_a_later_year_settlement_in_the_same_batch():
     assert_same_replies(bodies, ref, got)
 
 
-@pytest.mark.xfail(strict=True, reason="section 11 is not in the compiled engine yet: E_SCHEMA there")
 def test_a_settlement_without_feedetail_is_the_step_wise_form():
     # Section 11: a 2303 without feedetail settles a stay registered by 2401; none is, so E_NOT_FOUND.
     env = _op("m1", "v1", "2026-03-02", infno="2303")
