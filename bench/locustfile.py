@@ -17,6 +17,14 @@ The requests come from a frames file written by bench/serve_load.py: one
 length-prefixed MessagePack envelope after another, each person's requests on
 one User so that their order holds (pre-settlement, settlement, reversal).
 
+With `--lanes FILE` (also written by bench/serve_load.py) each frame belongs to a
+lane: the connection of one province platform (contract section 10: a
+connection acts for one credential). The lanes are shared out among the Users,
+balanced by their frames; each User opens one connection per lane it holds, sends
+the lane's first frame (a signed 9001, when the hub runs with --keys) and reads its
+reply before any request's clock starts, then sends its frames in stream order,
+each on its lane, with `--in-flight` unanswered in all.
+
 Events are named by infno, and by infno and err_code for refusals ("2207
 E_DUPLICATE_VISIT"); only E_BUSY and transport errors count as failures. With
 `--tls-ca FILE` each connection speaks the frames inside TLS, trusting that CA
@@ -29,6 +37,7 @@ or any request failed; `--summary-json` writes exact percentiles for the driver.
 """
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import socket
@@ -68,10 +77,12 @@ def _options(parser):
     g.add_argument("--p99-budget-ms", type=float, default=0.0, help="fail the run when p99 exceeds it; 0: no budget")
     g.add_argument("--summary-json", default="", help="write exact latency percentiles and counts here")
     g.add_argument("--tls-ca", default="", help="speak TLS, trusting this CA (PEM); empty: plain TCP")
+    g.add_argument("--lanes", default="", help="the lanes file of bench/serve_load.py: a connection per lane")
 
 
 def read_frames(path: str) -> list[tuple[bytes, str, str]]:
     """(frame, infno, person key) of each request in a frames file."""
+
     with open(path, "rb") as f:
         data = f.read()
     out = []
@@ -93,13 +104,29 @@ class _Shared:
     """What the Users of one process share: the partitioned frames and the exact latencies."""
 
     frames: list | None = None
-    parts: list[list] = []
+    parts: list[list] = []  # per User: (frame, infno, lane) in stream order
+    lanes_of_user: list[list[int]] = []
+    first_frames: list[bytes | None] = []  # per lane: what its connection sends first
     next_user = itertools.count()
     latencies_s: list[float] = []
     outcomes: dict[str, int] = {}
     failures = 0
     t_first: float | None = None
     t_last = 0.0
+    epoch: float | None = None  # the open loop's clock: User k sends at epoch + (k / n + j) * interval
+
+    @classmethod
+    def first_tick(cls, index: int, interval_s: float, n_users: int) -> float:
+        """A User's first send time in the open loop, on a grid shared by the Users: their sends are evenly
+        spaced (one every interval / n), whenever each User started and however long its start took, so
+        that two runs offer the same arrivals. A User that starts late joins at its next tick."""
+        now = time.perf_counter()
+        if cls.epoch is None:
+            cls.epoch = now
+        if not interval_s:
+            return now
+        offset = cls.epoch + (index % n_users) * interval_s / n_users
+        return offset + max(0, -(-(now - offset) // interval_s)) * interval_s
 
     @classmethod
     def load(cls, opts) -> None:
@@ -108,12 +135,34 @@ class _Shared:
         cls.frames = read_frames(opts.frames)
         n = max(1, opts.num_users)
         cls.parts = [[] for _ in range(n)]
-        for fr in cls.frames:  # one person, one User: that person's requests keep their order
-            cls.parts[zlib.crc32(fr[2].encode()) % n].append(fr)
+        if not opts.lanes:
+            cls.lanes_of_user = [[0] for _ in range(n)]
+            cls.first_frames = [None]
+            for fr, infno, key in cls.frames:  # one person, one User: that person's requests keep their order
+                cls.parts[zlib.crc32(key.encode()) % n].append((fr, infno, 0))
+            return
+        with open(opts.lanes) as f:
+            spec = json.load(f)
+        lane_of = base64.b64decode(spec["lane_of_frame"])
+        assert len(lane_of) == len(cls.frames), "the lanes file is not this frames file's"
+        cls.first_frames = [base64.b64decode(x) if x else None for x in spec["first_frames"]]
+        # Lanes to Users, the busiest lane first to the least loaded User: the Users' shares come out
+        # about equal, so they run out of frames (and start again) at about the same time.
+        counts = [0] * len(cls.first_frames)
+        for k in lane_of:
+            counts[k] += 1
+        load, user_of = [0] * n, [0] * len(counts)
+        cls.lanes_of_user = [[] for _ in range(n)]
+        for k in sorted(range(len(counts)), key=lambda k: -counts[k]):
+            u = min(range(n), key=lambda u: load[u])
+            user_of[k], load[u] = u, load[u] + counts[k]
+            cls.lanes_of_user[u].append(k)
+        for (fr, infno, _), k in zip(cls.frames, lane_of):
+            cls.parts[user_of[k]].append((fr, infno, k))
 
 
 class FramedUser(User):
-    """One connection, pipelined: a sender and a receiver greenlet."""
+    """Its lanes' connections, pipelined: one sender, a receiver greenlet per connection."""
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
@@ -123,25 +172,41 @@ class FramedUser(User):
         host = self.environment.host or "tcp://127.0.0.1:7000"
         addr = host.split("://", 1)[-1]
         h, _, p = addr.rpartition(":")
-        self.sock = socket.create_connection((h, int(p)))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if opts.tls_ca:  # the handshake here, before the first request's clock starts
-            self.sock = ssl.create_default_context(cafile=opts.tls_ca).wrap_socket(self.sock, server_hostname=h)
+        self.socks: dict[int, socket.socket] = {}
+        self.sent: dict[int, deque] = {}  # per lane: (t0, infno, frame length) of each unanswered request
+        for k in _Shared.lanes_of_user[self.index % len(_Shared.parts)]:
+            sock = socket.create_connection((h, int(p)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if opts.tls_ca:  # the handshake here, before the first request's clock starts
+                sock = ssl.create_default_context(cafile=opts.tls_ca).wrap_socket(sock, server_hostname=h)
+            first = _Shared.first_frames[k]
+            if first is not None:  # the sign-in, answered before the load starts
+                sock.sendall(first)
+                buf = bytearray()
+                n = _whole_frame(sock, buf)
+                r = _peek.decode(memoryview(buf)[FRAME_HEADER_BYTES:]) if n is not None else None
+                if r is None or r.infcode != 0 or len(buf) != FRAME_HEADER_BYTES + n:
+                    raise RuntimeError(f"lane {k}: the first frame was refused: {r and r.err_code}")
+            self.socks[k], self.sent[k] = sock, deque()
         self.window = Semaphore(opts.in_flight)
-        self.sent: deque = deque()  # (t0, infno, frame length) of each unanswered request
         n_users = max(1, opts.num_users)
         self.interval_s = n_users / opts.rate if opts.rate > 0 else 0.0
-        self.receiver = gevent.spawn(self._receive)
+        self.receivers = [gevent.spawn(self._receive, k) for k in self.socks]
 
     def on_stop(self) -> None:
-        self.receiver.kill(block=False)
-        self.sock.close()
+        for g in self.receivers:
+            g.kill(block=False)
+        for sock in self.socks.values():
+            sock.close()
 
     @task
     def send_all(self) -> None:
         """Send this User's requests in order, forever (a stream that runs out starts again)."""
-        sched = time.perf_counter() + (self.index % 97) * self.interval_s / 97  # spread the Users' ticks
-        for fr, infno, _ in itertools.cycle(self.mine):
+        sched = _Shared.first_tick(self.index, self.interval_s, max(1, self.environment.parsed_options.num_users))
+        socks, sent = self.socks, self.sent
+        while not self.mine:  # more Users than lanes: this one has nothing to send (a task that returned
+            gevent.sleep(1.0)  # at once would be run again and again, spinning on the load core)
+        for fr, infno, lane in itertools.cycle(self.mine):
             self.window.acquire()
             if self.interval_s:
                 now = time.perf_counter()
@@ -151,31 +216,24 @@ class FramedUser(User):
                 sched += self.interval_s
             else:
                 t0 = time.perf_counter()
-            self.sent.append((t0, infno, len(fr)))
-            self.sock.sendall(fr)
+            sent[lane].append((t0, infno, len(fr)))
+            socks[lane].sendall(fr)
 
-    def _receive(self) -> None:
+    def _receive(self, lane: int) -> None:
         buf = bytearray()
         fire = self.environment.events.request.fire
-        sock = self.sock
+        sock, sent = self.socks[lane], self.sent[lane]
         while True:
-            while len(buf) < FRAME_HEADER_BYTES:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    return self._lost("closed by the server")
-                buf += chunk
-            n = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big")
-            if n > REPLY_BYTES_MAX:
-                return self._lost(f"reply of {n} bytes")
-            while len(buf) < FRAME_HEADER_BYTES + n:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    return self._lost("closed by the server")
-                buf += chunk
+            try:
+                n = _whole_frame(sock, buf)
+            except ValueError as e:
+                return self._lost(str(e))
+            if n is None:
+                return self._lost("closed by the server")
             t1 = time.perf_counter()
             r = _peek.decode(memoryview(buf)[FRAME_HEADER_BYTES:FRAME_HEADER_BYTES + n])
             del buf[:FRAME_HEADER_BYTES + n]
-            t0, infno, size = self.sent.popleft()
+            t0, infno, size = sent.popleft()
             self.window.release()
             latency_s = t1 - t0
             name = infno if r.infcode == 0 else f"{infno} {r.err_code}"
@@ -194,6 +252,24 @@ class FramedUser(User):
         _Shared.failures += 1
         self.environment.events.request.fire(request_type="framed", name="connection", response_time=0.0,
                                              response_length=0, exception=ConnectionError(why), context={})
+
+
+def _whole_frame(sock: socket.socket, buf: bytearray) -> int | None:
+    """Read from `sock` until `buf` starts with a whole frame; its body's length, None when the server closed."""
+    while len(buf) < FRAME_HEADER_BYTES:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return None
+        buf += chunk
+    n = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big")
+    if n > REPLY_BYTES_MAX:
+        raise ValueError(f"reply of {n} bytes")
+    while len(buf) < FRAME_HEADER_BYTES + n:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return None
+        buf += chunk
+    return n
 
 
 def summary() -> dict:

@@ -201,8 +201,10 @@ def load_row(saved: dict) -> list[tuple[str, str, dict]]:
     for r in saved["data"]:
         lat = r.get("latency_ms", {})
         offered = f"{r['rate']:,} req/s offered" if r.get("rate") else "closed loop"
-        what = (f"load ({r['campaign']}): `yidi serve` + Locust on the other core, {r['users']} connections x "
-                f"{r['in_flight']} in flight, {offered}, {r['duration_s']} s")
+        over = (f"{r['users']} Locust users x {r['in_flight']} in flight over {r['connections']} connections "
+                f"(one per province platform), {'signed' if r.get('auth', True) else '--no-auth'}"
+                if "connections" in r else f"{r['users']} connections x {r['in_flight']} in flight")
+        what = f"load ({r['campaign']}): `yidi serve` + Locust on the other core, {over}, {offered}, {r['duration_s']} s"
         budget = []
         if r.get("settlements_min"):
             budget.append(f"floor {r['settlements_min']:,}/s")
@@ -226,7 +228,7 @@ def demo_row(saved: dict) -> tuple[str, str, dict]:
     w = s["world"]
     what = (f"`yidi demo`: {s['requests']:,} requests ({s['counts']['settlements']:,} settlements) on "
             f"{w['persons']:,} persons x {w['catalogue_rows']:,} catalogue rows, in-process hub on the store, "
-            f"{s['connections']} connections x {s['in_flight']} in flight")
+            f"{s['in_flight']} in flight over {s['connections']} signed-in connections")
     fig = (f"{s['settlements_per_s']:,.0f} settlements/s; p50 {lat['latency_ms_p50']:.0f} ms, p99 "
            f"{lat['latency_ms_p99']:.0f} ms (closed loop); whole command {t['total_s']:.0f} s "
            f"(world {'cached' if s['world_cached'] else 'generated'} {t['world_s']:.0f} s, store open "

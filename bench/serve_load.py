@@ -4,6 +4,8 @@
     python bench/serve_load.py --campaign smoke        # seconds; what CI runs (bench/test_bench_serve.py)
     python bench/serve_load.py --campaign sustained    # 60 s and 330 s: each holds one background fold
     python bench/serve_load.py --campaign all --tls    # the same, with the hub and Locust on TLS
+    python bench/serve_load.py --campaign all --no-auth   # the same, the hub checking no credential
+    python bench/serve_load.py --campaign auth-ab      # signed and --no-auth side by side, alternating
 
 For each campaign: a synthetic world and request stream (engine.tools.synth, cached in
 --cache), a fresh data folder, `yidi serve` pinned to core 0 on the real store,
@@ -14,6 +16,21 @@ what the server made durable (yidi_committed_total, batch sizes, commit time).
 With `--tls` the hub serves on TLS (`--tls-cert`, a certificate made for the run
 by trustme) and Locust speaks the frames inside TLS.
 
+Campaigns run signed (contract section 10), as hospital systems and platforms
+would: the hub starts with `--keys`, a file made for the run with one platform
+credential per province (engine.tools.platforms); every
+institution is signed in before the load starts, and each frame carries its
+institution's `sign_no`. Locust's connections are lanes, one per province
+platform (a connection acts for one credential), shared out among its Users
+(bench/locustfile.py); each opens with a signed 9001. With `--no-auth` the hub
+checks nothing of section 10 and the frames carry no sign_no, over the same
+lanes. `--campaign auth-ab` runs the saturation and the latency campaigns in
+both modes, alternating (signed first, then unsigned first, `--rounds` times),
+and prints signed / unsigned: durable settlements/s, the hub's CPU per reply
+(user and system time of the `yidi serve` process over the run: steadier than a
+rate on a machine shared with other work) and the latency percentiles, each the
+median of the rounds; it fails when a ratio is worse than `--ab-tolerance` (5 %).
+
 A campaign fails (exit code 1) when its budget is missed: the saturation one
 under `--settlements-min` durable settlements/s, the latency one over
 `--p99-budget-ms`, either with any E_BUSY or transport failure.
@@ -21,6 +38,7 @@ under `--settlements-min` durable settlements/s, the latency one over
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -57,7 +75,8 @@ def log(msg: str) -> None:
 
 
 def world_and_frames(cache: str, size: str, n_requests: int, seed: int) -> tuple[str, str]:
-    """A cached world folder and frames file (length-prefixed MessagePack envelopes)."""
+    """A cached world folder and frames file (length-prefixed MessagePack envelopes, without the drawn
+    sign_no: a signed run adds the hub's own to each frame)."""
     import msgspec
 
     from engine.tools.synth import gen_requests, gen_world
@@ -68,14 +87,14 @@ def world_and_frames(cache: str, size: str, n_requests: int, seed: int) -> tuple
     if not os.path.exists(os.path.join(world, "prepay.csv")):
         log(f"generating world {world} {w}")
         gen_world(world, seed=seed, **w)
-    frames = os.path.join(cache, f"frames-{size}-s{seed}-n{n_requests}.bin")
+    frames = os.path.join(cache, f"frames-{size}-s{seed}-n{n_requests}-unsigned.bin")
     if not os.path.exists(frames):
         log(f"generating {n_requests} requests into {frames}")
         enc = msgspec.msgpack.Encoder()
         tmp = frames + ".tmp"
         with open(tmp, "wb") as f:
             for env in gen_requests(world, n_requests, seed=seed + 1, days=max(1, n_requests // 200_000)):
-                body = enc.encode(env)
+                body = enc.encode({k: v for k, v in env.items() if k != "sign_no"})
                 f.write(len(body).to_bytes(4, "big") + body)
         os.replace(tmp, frames)
     return world, frames
@@ -138,6 +157,16 @@ def scrape(http: str, ca_file: str | None = None) -> dict[str, float]:
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds a process (every thread of it) has used so far; 0 where /proc is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def histogram_percentiles(d: dict[str, float], name: str, labels: str = "") -> dict[str, str]:
     """Percentiles of a server histogram over the campaign, as the bucket bound that holds them."""
     buckets = []
@@ -156,27 +185,141 @@ def histogram_percentiles(d: dict[str, float], name: str, labels: str = "") -> d
     return out
 
 
-def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
-    data = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)
+def read_bodies(frames: str) -> list[bytes]:
+    """The MessagePack bodies of a frames file."""
+    with open(frames, "rb") as f:
+        data = f.read()
+    out, off = [], 0
+    while off < len(data):
+        n = int.from_bytes(data[off:off + 4], "big")
+        out.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    return out
+
+
+def institutions(world: str) -> dict[str, str]:
+    """fixmedins_code -> admdvs of the world's institutions.csv."""
+    import csv
+
+    with open(os.path.join(world, "institutions.csv"), encoding="utf-8", newline="") as f:
+        return {r["fixmedins_code"]: r["admdvs"] for r in csv.DictReader(f)}
+
+
+def make_lanes(world: str, bodies: list[bytes], folder: str):
+    """The run's credentials (one platform per province, in a keys file), the lanes of the frames (the
+    connection of each request's province platform: engine.tools.platforms) and each frame's
+    fixmedins_code."""
+    import msgspec
+
+    from engine.contract.protocol import province
+    from engine.hub.auth import write_keys
+    from engine.tools.platforms import lanes_for, platform_credentials
+
+    class Fields(msgspec.Struct):
+        mdtrtarea_admvs: object = None
+        fixmedins_code: object = None
+
+    inst = institutions(world)
+    creds = platform_credentials([province(a) for a in inst.values()])
+    keys = os.path.join(folder, "keys.csv")
+    write_keys(keys, creds)
+    dec = msgspec.msgpack.Decoder(Fields)
+    codes, areas = [], []
+    for b in bodies:
+        m = dec.decode(b)
+        codes.append(m.fixmedins_code if isinstance(m.fixmedins_code, str) else "")
+        areas.append(m.mdtrtarea_admvs if isinstance(m.mdtrtarea_admvs, str) else "")
+    return keys, lanes_for(codes, areas, inst, creds, 1), codes
+
+
+def sign_in_lanes(tcp: str, lanes, bodies: list[bytes], codes: list[str], folder: str,
+                  ca_file: str | None) -> tuple[str, dict]:
+    """Sign every lane's institutions in (before the load: their sign_nos go into the frames) and write
+    the signed frames. The frames file and what the run says of its sign-ins."""
+    import asyncio
+
+    from engine.hub.client import with_sign_no
+    from engine.hub.framing import frame
+    from engine.hub.tls import client_context
+    from engine.tools.platforms import sign_in_lane
+
+    host, port = tcp.rsplit(":", 1)
+    ctx = client_context(ca_file) if ca_file else None
+
+    async def sign_in_all() -> dict[str, str]:
+        done = await asyncio.gather(*(sign_in_lane((host, int(port)), lane, ssl_context=ctx, opter_no="load")
+                                      for lane in lanes))
+        for c, _ in done:
+            await c.close()
+        return {code: sn for _, sign_nos in done for (code, _), sn in sign_nos.items()}
+
+    t0 = time.perf_counter()
+    sign_no = asyncio.run(sign_in_all())
+    sign_in_s = time.perf_counter() - t0
+    path = os.path.join(folder, "frames-signed.bin")
+    with open(path, "wb") as f:
+        for b, code in zip(bodies, codes):
+            sn = sign_no.get(code)
+            f.write(frame(with_sign_no(b, sn) if sn is not None else b))
+        # On the disk before the load starts: left to the kernel, the writeback of these 1.5 GB would
+        # share the disk with the hub's fsyncs during the run, and only the signed runs would pay for it.
+        f.flush()
+        os.fsync(f.fileno())
+    return path, {"sign_ins": len(sign_no), "sign_in_s": round(sign_in_s, 3)}
+
+
+def write_lanes(path: str, lanes, n: int, signed: bool) -> None:
+    """bench/locustfile.py's --lanes: each frame's lane, and each lane's first frame (a 9001 signed now)."""
+    from engine.hub.client import encode_frame, sign_in_envelope
+
+    lane_of = bytearray(n)
+    assert len(lanes) < 256
+    for k, lane in enumerate(lanes):
+        for i in lane.idx:
+            lane_of[i] = k
+    first = [base64.b64encode(encode_frame(sign_in_envelope(lane.cred.paasid, lane.cred.token,
+                                                            lane.sign_ins[0][0], opter_no="load"))).decode()
+             if signed else None for lane in lanes]
+    with open(path, "w") as f:
+        json.dump({"lane_of_frame": base64.b64encode(bytes(lane_of)).decode(), "first_frames": first}, f)
+
+
+def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = True) -> dict:
+    """One campaign against a fresh hub: signed (`auth`) or --no-auth, over the same lanes."""
+    run = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)  # the run's files; the store in run/data
+    data = os.path.join(run, "data")
     server_args, locust_args, ca_file = list(a.server_args), [], None
     if a.tls:
         pki = tempfile.mkdtemp(prefix=f"yidi-{name}-tls-", dir=a.data_root)
         ca_file, cert, key = tls_files(pki)
         server_args += ["--tls-cert", cert, "--tls-key", key]
         locust_args = ["--tls-ca", ca_file]
+    bodies = read_bodies(frames)
+    keys, lanes, codes = make_lanes(world, bodies, run)
+    server_args += ["--keys", keys] if auth else ["--no-auth"]
     server, addrs = start_server(world, data, server_args, a.server_core)
     try:
+        signing = {"sign_ins": 0, "sign_in_s": 0.0}
+        if auth:
+            frames, signing = sign_in_lanes(addrs["tcp"], lanes, bodies, codes, run, ca_file)
+            log(f"{len(lanes)} lanes signed in for {signing['sign_ins']} institutions in {signing['sign_in_s']} s")
+        del bodies, codes
+        lanes_path = os.path.join(run, "lanes.json")
+        write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth)
         before = scrape(addrs["admin"], ca_file)
-        summary_path = os.path.join(data, "locust-summary.json")
+        cpu0 = cpu_s(server.pid)
+        summary_path = os.path.join(run, "locust-summary.json")
         cmd = pinned(a.load_core) + [
             sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "bench", "locustfile.py"), "--headless",
             "-u", str(c["users"]), "-r", str(c["users"]), "-t", f"{c['duration_s']}s", "--stop-timeout", "5",
-            "--host", f"tcp://{addrs['tcp']}", "--frames", frames, "--in-flight", str(c["in_flight"]),
+            "--host", f"tcp://{addrs['tcp']}", "--frames", frames, "--lanes", lanes_path,
+            "--in-flight", str(c["in_flight"]),
             "--rate", str(c["rate"]), "--p99-budget-ms", str(c["p99_budget_ms"]),
             "--summary-json", summary_path, "--only-summary", "--loglevel", "WARNING", *locust_args,
         ]
         log(" ".join(cmd))
         lp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        server_cpu_s = cpu_s(server.pid) - cpu0
         after = scrape(addrs["admin"], ca_file)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -189,7 +332,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
         raise SystemExit(f"locust wrote no summary:\n{lp.stdout}\n{lp.stderr}")
     with open(summary_path) as f:
         s = json.load(f)
-    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
     if a.tls:
         shutil.rmtree(pki, ignore_errors=True)
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
@@ -198,9 +341,13 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
     span = s["span_s"] or 1.0
     batches = d.get("yidi_batch_size_count", 0.0)
     result = {
-        "campaign": name, **c, "tls": a.tls,
+        "campaign": name, **c, "tls": a.tls, "auth": auth, "connections": len(lanes), **signing,
+        "auth_refusals": {k: v for k, v in s["outcomes"].items() if k.split(" ")[-1] in ("E_AUTH", "E_SIGN_IN")},
         "replies": s["replies"], "replies_per_s": s["replies_per_s"], "failures": s["failures"],
         "settlements_acknowledged": settled, "settlements_per_s": round(settled / span, 1),
+        # The hub's CPU (every thread) per reply over the run: what a request costs the server, steadier
+        # than a rate on a machine shared with other work.
+        "server_cpu_us_per_reply": round(1e6 * server_cpu_s / s["replies"], 1) if s["replies"] else 0.0,
         "committed_settle": d.get('yidi_committed_total{kind="settle"}', 0.0),
         "committed_reverse": d.get('yidi_committed_total{kind="reverse"}', 0.0),
         "latency_ms": s["latency_ms"],
@@ -227,9 +374,48 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a) -> dict:
     return result
 
 
+AB_CAMPAIGNS = ("saturation", "latency")
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    k = len(xs) // 2
+    return xs[k] if len(xs) % 2 else (xs[k - 1] + xs[k]) / 2
+
+
+def _of(r: dict, key: str) -> float:
+    return r["latency_ms"].get(key) or 0.0 if key in ("p50", "p99") else r[key]
+
+
+def ab_ratios(results: list[dict], tolerance: float) -> dict:
+    """Signed / --no-auth per campaign, from the medians of the rounds: durable settlements/s (higher is
+    better) and Locust's latency percentiles (lower is better); a verdict against `tolerance`."""
+    out = {}
+    for name in sorted({r["campaign"] for r in results}):
+        by = {mode: [r for r in results if r["campaign"] == name and r["auth"] == mode] for mode in (True, False)}
+        med = {mode: {"settlements_per_s": _median([r["settlements_per_s"] for r in rs]),
+                      "server_cpu_us_per_reply": _median([r["server_cpu_us_per_reply"] for r in rs]),
+                      **{p: _median([r["latency_ms"].get(p) or 0.0 for r in rs]) for p in ("p50", "p99")}}
+               for mode, rs in by.items()}
+        ratio = {k: round(med[True][k] / med[False][k], 4) if med[False][k] else None for k in med[True]}
+        # Paired: each round's signed run over its unsigned one (they ran back to back), the median of those.
+        pairs = list(zip(by[True], by[False]))
+        paired = {k: round(_median([_of(a, k) / _of(b, k) for a, b in pairs if _of(b, k)]), 4) for k in med[True]}
+        worse = []
+        if ratio["settlements_per_s"] is not None and ratio["settlements_per_s"] < 1 - tolerance and \
+                CAMPAIGNS[name]["rate"] == 0:
+            worse.append(f"settlements/s x{ratio['settlements_per_s']}")
+        for p in ("server_cpu_us_per_reply", "p50", "p99"):
+            if ratio[p] is not None and ratio[p] > 1 + tolerance:
+                worse.append(f"{p} x{ratio[p]}")
+        out[name] = {"signed": med[True], "no_auth": med[False], "signed_over_no_auth": ratio, "paired": paired,
+                     "rounds": len(by[True]), "verdict": "; ".join(worse) or "ok"}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained"], default="all")
+    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained", "auth-ab"], default="all")
     p.add_argument("--duration-s", type=int, help="override every campaign's duration")
     p.add_argument("--requests", type=int, help="requests in the stream (default: enough for the campaign)")
     p.add_argument("--seed", type=int, default=7)
@@ -239,32 +425,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-core", type=int, default=1, help="-1: not pinned")
     p.add_argument("--tls", action="store_true",
                    help="the hub on TLS (a certificate made for the run by trustme), Locust inside TLS")
+    p.add_argument("--no-auth", action="store_true",
+                   help="the hub with --no-auth and frames without sign_no (default: signed, with --keys)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="auth-ab: rounds of each campaign in each mode, alternating which goes first (default 2)")
+    p.add_argument("--ab-tolerance", type=float, default=0.05,
+                   help="auth-ab: how much worse signed may be than --no-auth (default 0.05: 5 %%)")
+    p.add_argument("--world-size", choices=sorted(WORLDS), help="override the world of every campaign")
     p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to yidi serve (limits)")
     p.add_argument("--json", help="write the results here too")
     a = p.parse_args(argv)
-    names = {"all": ["saturation", "latency"], "sustained": ["saturation-fold", "latency-fold"]}.get(
-        a.campaign, [a.campaign])
+    if a.campaign == "auth-ab" and a.no_auth:
+        p.error("--campaign auth-ab runs both modes: drop --no-auth")
+    if not 1 <= a.rounds <= 20:
+        p.error("--rounds must be within 1..20")
+    if a.campaign == "auth-ab":
+        # Signed and unsigned, one after the other; the order flips every round so that a machine
+        # getting faster or slower over the run weighs on both modes alike.
+        plan = [(name, mode) for k in range(a.rounds) for name in AB_CAMPAIGNS
+                for mode in ((True, False) if k % 2 == 0 else (False, True))]
+    else:
+        names = {"all": ["saturation", "latency"], "sustained": ["saturation-fold", "latency-fold"]}.get(
+            a.campaign, [a.campaign])
+        plan = [(name, not a.no_auth) for name in names]
     results = []
-    for name in names:
+    for name, auth in plan:
         c = dict(CAMPAIGNS[name])
         if a.duration_s:
             c["duration_s"] = a.duration_s
-        size = "small" if name == "smoke" else "full"
+        size = a.world_size or ("small" if name == "smoke" else "full")
         want = a.requests or int(max(c["rate"] or 9000, 1000) * c["duration_s"] * 1.3)
         world, frames = world_and_frames(a.cache, size, want, a.seed)
-        r = run_campaign(name, c, world, frames, a)
+        r = run_campaign(name, c, world, frames, a, auth)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
+    ab = ab_ratios(results, a.ab_tolerance) if a.campaign == "auth-ab" else None
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
-    failed = [r for r in results if r["verdict"] != "ok"]
+            json.dump(results if ab is None else {"runs": results, "auth_ab": ab}, f, indent=1)
+    failed = [r for r in results if r["verdict"] != "ok"] + [v for v in (ab or {}).values() if v["verdict"] != "ok"]
     for r in results:
-        log(f"{r['campaign']}: {r['replies_per_s']} replies/s, {r['settlements_per_s']} durable settlements/s, "
+        log(f"{r['campaign']} ({'signed' if r['auth'] else '--no-auth'}): "
+            f"{r['replies_per_s']} replies/s, {r['settlements_per_s']} durable settlements/s, "
             f"p50 {r['latency_ms'].get('p50')} ms, p99 {r['latency_ms'].get('p99')} ms "
             f"(server side: {r['server_latency']}), "
             f"batch {r['batch_size_mean']}, engine {r['engine_ms_per_batch']} ms/batch, "
             f"commit {r['commit_ms_per_batch']} ms/batch: {r['verdict']}")
+    for name, v in (ab or {}).items():
+        s, u, q = v["signed"], v["no_auth"], v["signed_over_no_auth"]
+        log(f"auth-ab {name}, medians of {v['rounds']} rounds: signed {s['settlements_per_s']} settlements/s, "
+            f"{s['server_cpu_us_per_reply']} us of hub CPU per reply, p50 {s['p50']} ms, p99 {s['p99']} ms; "
+            f"--no-auth {u['settlements_per_s']} settlements/s, {u['server_cpu_us_per_reply']} us, p50 {u['p50']} ms, "
+            f"p99 {u['p99']} ms; signed / --no-auth: settlements/s {q['settlements_per_s']}, hub CPU per reply "
+            f"{q['server_cpu_us_per_reply']}, p50 {q['p50']}, p99 {q['p99']} (paired, the median of the rounds' "
+            f"ratios: {v['paired']}): {v['verdict']}")
     return 1 if failed else 0
 
 

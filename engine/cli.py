@@ -75,6 +75,10 @@ def _cmd_clear(a: argparse.Namespace) -> int:
     return 0
 
 
+_RELOAD_HINT = ("yidi: a hub serving this file takes the change when it reloads: kill -HUP its process, or "
+                "POST /admin/reload on its admin listener")
+
+
 def _cmd_backup(a: argparse.Namespace) -> int:
     from engine.store.backup import BackupError, backup_store
 
@@ -110,9 +114,11 @@ def _cmd_keys(a: argparse.Namespace) -> int:
             token = add_key(a.file, a.paasid, fixmedins_code=a.fixmedins_code or "", admdvs=a.admdvs or "")
             print(f"yidi: added {a.paasid} to {a.file}; its token, shown this once:", file=sys.stderr)
             print(token)
+            print(_RELOAD_HINT, file=sys.stderr)
         elif a.action == "revoke":
             revoke_key(a.file, a.paasid)
             print(f"yidi: revoked {a.paasid} in {a.file}", file=sys.stderr)
+            print(_RELOAD_HINT, file=sys.stderr)
         else:
             kf = read_keys(a.file)
             for w in kf.warnings:
@@ -178,6 +184,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     if not a.tcp and not a.http:
         print("yidi: serve needs --tcp HOST:PORT, --http HOST:PORT or both", file=sys.stderr)
         return 2
+    if a.keys and a.no_auth:
+        print("yidi: --keys and --no-auth exclude each other: give one", file=sys.stderr)
+        return 2
+    if not a.keys and not a.no_auth:
+        print("yidi: serve needs --keys FILE (the credentials: yidi keys add --file FILE ...), or --no-auth to "
+              "check no credential at all", file=sys.stderr)
+        return 2
     try:
         limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
     except ValueError as e:
@@ -190,6 +203,21 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         return 2
     for warning in tls.warnings() if tls else ():
         print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
+    keys, warnings = None, []
+    if a.keys:
+        from engine.hub.auth import KeysError, KeysSource
+
+        try:
+            keys, warnings = KeysSource.open(a.keys)
+        except KeysError as e:
+            print(f"yidi: --keys {e}", file=sys.stderr)
+            return 2
+        warnings = [f"--keys {w}" for w in warnings]
+        if not len(keys.keyring):
+            warnings.append(f"--keys {a.keys}: no credential: every request will be refused E_AUTH")
+    else:
+        warnings.append("--no-auth: no credential, signature, scope or sign-in is checked: anyone who reaches a "
+                        "listener can settle as any institution (yidi_auth_disabled 1 on /metrics)")
     refusal = _listen_refusal(a)
     if refusal:
         print(f"yidi: {refusal}", file=sys.stderr)
@@ -203,7 +231,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
             from engine.store import open_store
 
             open_store(a.data, a.world, accept_world_change=True).close()
-        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls)
+        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
+                     warnings=warnings)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -262,6 +291,11 @@ def _add_serve(sub) -> None:
     s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway (port 0: any; an empty HOST: every address)")
     s.add_argument("--admin", metavar="HOST:PORT", default=ADMIN_DEFAULT,
                    help=f"admin listener: /metrics and /healthz (default {ADMIN_DEFAULT})")
+    s.add_argument("--keys", metavar="FILE",
+                   help="the credentials file (paasid,token,fixmedins_code,admdvs; yidi keys): every request is "
+                        "signed and acts within its credential (contract section 10); reloaded on SIGHUP")
+    s.add_argument("--no-auth", action="store_true",
+                   help="check no credential at all (tests, a closed network): said at start and on /metrics")
     s.add_argument("--tls-cert", metavar="FILE",
                    help="PEM certificate (and chain) of the hub: every listener on TLS 1.2 or later")
     s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert, unencrypted")
@@ -305,8 +339,12 @@ def _cmd_gen_world(a: argparse.Namespace) -> int:
 def _cmd_gen_requests(a: argparse.Namespace) -> int:
     from engine.tools.synth import gen_requests, write_requests_jsonl
 
-    n = write_requests_jsonl(a.out, gen_requests(a.world, a.n, seed=a.seed, start=a.start, days=a.days))
-    print(f"wrote {n} requests to {a.out}", file=sys.stderr)
+    if a.stepwise_share is not None and a.flow != "mixed":
+        print("yidi: --stepwise-share is for --flow mixed", file=sys.stderr)
+        return 2
+    n = write_requests_jsonl(a.out, gen_requests(a.world, a.n, seed=a.seed, start=a.start, days=a.days, flow=a.flow,
+                                                 stepwise_share=a.stepwise_share))
+    print(f"wrote {n} requests ({a.flow}) to {a.out}", file=sys.stderr)
     return 0
 
 
@@ -326,9 +364,11 @@ def _add_demo(sub) -> None:
     s.add_argument("--cache", default=d.cache_dir, help=f"where worlds are cached (default {d.cache_dir})")
     s.add_argument("--data", help="keep the store in this new folder (default: a temporary one, removed)")
     s.add_argument("--report", default=d.report_dir, help=f"report folder (default ./{d.report_dir})")
-    s.add_argument("--connections", type=int, default=d.connections, help=f"(default {d.connections})")
+    s.add_argument("--connections", type=int, default=d.connections,
+                   help=f"framed connections per province platform, each signed in (default {d.connections})")
     s.add_argument("--in-flight", type=int, default=d.in_flight,
-                   help=f"requests in flight per connection (default {d.in_flight})")
+                   help=f"requests in flight in all, the day sent in order (default {d.in_flight}; 1: the hub sees "
+                        "the stream's order)")
     s.add_argument("--keep-replies", action="store_true",
                    help="also write requests.jsonl and replies.jsonl to the report folder")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -350,6 +390,13 @@ def _add_demo(sub) -> None:
     q.add_argument("--seed", type=int, default=d.seed)
     q.add_argument("--start", default=d.day, help=f"first day (default {d.day})")
     q.add_argument("--days", type=int, default=1)
+    q.add_argument("--flow", choices=("oneshot", "stepwise", "mixed"), default="oneshot",
+                   help="how visits are sent: oneshot, a settlement with its fee lines inline (section 7; the "
+                        "default, for compatibility: the same stream as before for the same seed); stepwise, as "
+                        "hospital systems send them (section 11: register, upload, discharge, settle); mixed, a "
+                        "share of visits each way")
+    q.add_argument("--stepwise-share", type=float, default=None,
+                   help="with --flow mixed: the share of visits sent step-wise (default 0.5)")
     q.set_defaults(fn=_cmd_gen_requests)
 
 

@@ -47,6 +47,27 @@ def differences(expected, got, path=""):
     return out
 
 
+# The synthetic world that the synth tests draw their streams from (engine.tools.synth).
+SYNTH_SMALL = dict(provinces=6, regions_per_province=3, catalogue_per_province=3000, persons=6000,
+                   missing_policies=2)
+
+
+@pytest.fixture(scope="session")
+def synth_world_dir(tmp_path_factory) -> str:
+    from engine.tools.synth import gen_world
+
+    d = str(tmp_path_factory.mktemp("synth") / "world")
+    gen_world(d, seed=7, **SYNTH_SMALL)
+    return d
+
+
+@pytest.fixture(scope="session")
+def synth_world(synth_world_dir):
+    from engine.world.loader import load_world
+
+    return load_world(synth_world_dir)
+
+
 @pytest.fixture(scope="session")
 def vector_world():
     from engine.world.loader import load_world

@@ -144,14 +144,16 @@ def test_the_store_holds_what_the_replies_said(day):
     assert {k: abs(v) for k, v in by_fund.items() if v} == {k: v for k, v in s["by_fund_fen"].items() if v}
 
 
-def test_one_connection_gives_the_replies_of_yidi_replay(day, tmp_path):
-    """With one connection the hub sees the day in stream order, so its replies over framed
-    TCP (money as strings) equal `yidi replay`'s (money as JSON numbers); the world comes
-    from the cache the first run filled."""
+def test_one_request_in_flight_gives_the_replies_of_yidi_replay(day, tmp_path):
+    """With one request in flight the hub sees the day in stream order, over whichever province's
+    connection, so its replies over framed TCP (money as strings) equal `yidi replay`'s (money as
+    JSON numbers), but where section 10 answers first: a request for an institution the world does not
+    know is in no credential's scope (E_FORBIDDEN), where replay, which checks nothing of section 10,
+    says E_UNKNOWN_INSTITUTION. The world comes from the cache the first run filled."""
     d, _, _ = day
     report = tmp_path / "report"
     p = _yidi("demo", "--scale", "0.01", *WORLD_ARGS, "--cache", str(d / "cache"), "--report", str(report),
-              "--connections", "1", "--keep-replies", "--no-progress")
+              "--in-flight", "1", "--keep-replies", "--no-progress")
     assert p.returncode == 0, p.stderr[-4000:]
     with open(report / "summary.json") as f:
         s = json.load(f)
@@ -163,9 +165,14 @@ def test_one_connection_gives_the_replies_of_yidi_replay(day, tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     want, got = _jsonl(str(out)), _jsonl(str(report / "replies.jsonl"))
     assert len(want) == len(got)
+    scoped = 0
     for i, (w, g) in enumerate(zip(want, got)):
         w.pop("err_msg", None), g.pop("err_msg", None)
+        if w.get("err_code") == "E_UNKNOWN_INSTITUTION" and g.get("err_code") == "E_FORBIDDEN":
+            scoped += 1
+            w["err_code"] = "E_FORBIDDEN"
         assert differences(w, g) == [] and set(w) == set(g), (i, differences(w, g))
+    assert s["sign_ins"] > 0 and s["errors"].get("E_SIGN_IN", 0) == 0 and "E_AUTH" not in s["errors"]
 
 
 def test_world_cache_key_and_reuse(tmp_path):

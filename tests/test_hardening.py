@@ -379,7 +379,7 @@ def test_limits_are_checked_and_carry_units():
 def _serve(data_dir: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--data", data_dir,
-         "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+         "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--no-auth"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -41,12 +41,18 @@ WAIT_S = 30.0  # an upper bound on any wait for an event; reaching it is a failu
 
 
 class ServerThread:
-    """A hub and its listeners on a thread and event loop of their own."""
+    """A hub and its listeners on a thread and event loop of their own.
+
+    `keyring` (engine.hub.auth.Keyring) makes the transports verify every request
+    (contract section 10); the tests of other features leave it None, which is the
+    hub of `yidi serve --no-auth`. `reloadable` are the parts Server.reload reads again.
+    """
 
     def __init__(self, store, limits: Limits = Limits(), loop_kind: str = "uvloop", *, http: bool = True,
-                 observer=None, tls=None):
+                 observer=None, tls=None, keyring=None, reloadable=()):
         self.store, self.limits, self.loop_kind, self.http, self.observer = store, limits, loop_kind, http, observer
         self.tls = tls  # engine.hub.tls.ServerTLS: every listener on TLS
+        self.keyring, self.reloadable = keyring, reloadable
         self.ready = threading.Event()
         self.exit_code: int | None = None
         self.error: BaseException | None = None
@@ -57,7 +63,8 @@ class ServerThread:
             self.loop = asyncio.get_running_loop()
             self.hub = Hub(self.store, self.limits, observer=self.observer)
             self.server = Server(self.hub, ("127.0.0.1", 0), ("127.0.0.1", 0) if self.http else None,
-                                 ("127.0.0.1", 0) if self.http else None, self.tls)
+                                 ("127.0.0.1", 0) if self.http else None, self.tls, keyring=self.keyring,
+                                 reloadable=self.reloadable)
             await self.server.start()
             self.ready.set()
             return await self.server.run()
@@ -100,10 +107,10 @@ class ServerThread:
             return fn()
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(WAIT_S)
 
-    def http_call(self, body: bytes, path: str = HTTP_PATH) -> tuple[int, bytes]:
+    def http_call(self, body: bytes, path: str = HTTP_PATH, headers: dict | None = None) -> tuple[int, bytes]:
         c = http.client.HTTPConnection(*self.server.http_address, timeout=WAIT_S)
         try:
-            c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            c.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
             r = c.getresponse()
             return r.status, r.read()
         finally:
@@ -536,6 +543,8 @@ def test_http_limits_errors_health_and_metrics(vector_world, vectors):
 # ---------------------------------------------------------------- the process: yidi serve
 
 def start_serve(data_dir: str, loop: str, *extra: str) -> tuple[subprocess.Popen, dict]:
+    """`yidi serve` on the vectors' world; `extra` options (the tests of section 10 give --keys,
+    the others --no-auth)."""
     p = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--data", data_dir,
          "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--loop", loop, *extra],
@@ -553,7 +562,7 @@ def start_serve(data_dir: str, loop: str, *extra: str) -> tuple[subprocess.Popen
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path, vectors, loop_kind):
     reqs, exp = vectors
-    p, addrs = start_serve(str(tmp_path / "data"), loop_kind)
+    p, addrs = start_serve(str(tmp_path / "data"), loop_kind, "--no-auth")
     try:
         with FramedClient(*addrs["tcp"], timeout_s=WAIT_S) as c:
             batch = reqs[:150]
@@ -589,7 +598,7 @@ def test_restart_after_sigkill_answers_retries_from_the_store(tmp_path, vector_w
     data = str(tmp_path / "data")
     commits = [i for i, e in enumerate(reqs) if e.get("infno") in ("2207", "2304", "2208", "2305")]
     clones = clone_settlements(reqs, exp, 40, "K")
-    p, addrs = start_serve(data, loop_kind)
+    p, addrs = start_serve(data, loop_kind, "--no-auth")
     try:
         with FramedClient(*addrs["tcp"], timeout_s=WAIT_S) as c:
             first = c.pipeline(reqs)
@@ -597,7 +606,7 @@ def test_restart_after_sigkill_answers_retries_from_the_store(tmp_path, vector_w
             acked = [c.recv() for _ in range(10)]
             p.send_signal(signal.SIGKILL)
             p.wait(WAIT_S)
-        p, addrs = start_serve(data, loop_kind)
+        p, addrs = start_serve(data, loop_kind, "--no-auth")
         with FramedClient(*addrs["tcp"], timeout_s=WAIT_S) as c:
             again = c.pipeline([reqs[i] for i in commits])
             retried = c.pipeline(clones)
@@ -630,7 +639,7 @@ def test_restart_after_sigkill_answers_retries_from_the_store(tmp_path, vector_w
 def test_serve_announces_its_listeners_and_an_every_address_gateway(tmp_path):
     p = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--data", str(tmp_path / "data"),
-         "--tcp", "127.0.0.1:0", "--http", ":0", "--admin", "127.0.0.1:0"],
+         "--tcp", "127.0.0.1:0", "--http", ":0", "--admin", "127.0.0.1:0", "--no-auth"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     try:

@@ -95,7 +95,9 @@ def unwritable(tmp_path, vector_store):
 
 
 def serve_args(data: str, world: str = VECTOR_WORLD, *more: str) -> list[str]:
-    return ["serve", "--world", world, "--data", data, "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0", *more]
+    """`yidi serve` as these tests start it: about the store and the listeners, so with --no-auth."""
+    return ["serve", "--world", world, "--data", data, "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--no-auth",
+            *more]
 
 
 def replay_args(data: str, world: str = VECTOR_WORLD, *more: str, out: str | None = None) -> list[str]:
@@ -297,7 +299,7 @@ def test_a_port_in_use(tmp_path, flag):
         s.listen()
         taken = f"127.0.0.1:{s.getsockname()[1]}"
         listeners = {"--tcp": "127.0.0.1:0", "--admin": "127.0.0.1:0", flag: taken}
-        args = ["serve", "--world", VECTOR_WORLD, "--data", str(tmp_path / "data"),
+        args = ["serve", "--world", VECTOR_WORLD, "--data", str(tmp_path / "data"), "--no-auth",
                 *(x for pair in listeners.items() for x in pair)]
         line = refused(*args)
     assert line == f"yidi: {flag} {taken}: cannot listen there (Address already in use)", line
@@ -305,8 +307,8 @@ def test_a_port_in_use(tmp_path, flag):
 
 
 def test_one_port_asked_twice(tmp_path):
-    line = refused("serve", "--world", VECTOR_WORLD, "--data", str(tmp_path / "data"), "--tcp", "127.0.0.1:47999",
-                   "--http", "127.0.0.1:47999", "--admin", "127.0.0.1:0")
+    line = refused("serve", "--world", VECTOR_WORLD, "--data", str(tmp_path / "data"), "--no-auth",
+                   "--tcp", "127.0.0.1:47999", "--http", "127.0.0.1:47999", "--admin", "127.0.0.1:0")
     assert line == "yidi: --http 127.0.0.1:47999: the same address as --tcp"
 
 

@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 
 from engine.contract.credential import Credential
+from engine.hub.reload import ReloadRefused
 
 KEYS_HEADER = ("paasid", "token", "fixmedins_code", "admdvs")
 TOKEN_CHARS_MIN, TOKEN_CHARS_MAX = 16, 128
@@ -55,8 +56,28 @@ class KeysError(Exception):
     """A keys file that cannot be used; the message is one line naming file, line and field."""
 
 
+# Why a request was refused E_AUTH: the label of yidi_auth_refused_total, a small fixed set.
+REFUSED_MISSING = "missing"  # a header or field absent or empty
+REFUSED_UNKNOWN = "unknown_paasid"
+REFUSED_TIMESTAMP = "timestamp"  # not Unix seconds, or too far from the hub's clock
+REFUSED_NONCE = "nonce"  # not 8-64 characters of [A-Za-z0-9]
+REFUSED_SIGNATURE = "signature"
+REFUSED_REPLAY = "replay"  # a nonce already used within NONCE_TTL_S
+REFUSED_NONCE_BUDGET = "nonce_budget"  # NONCES_PER_CREDENTIAL_MAX used within NONCE_TTL_S
+REFUSED_FIRST_FRAME = "first_frame"  # TCP: the first frame is not a 9001
+REFUSED_REVOKED = "revoked"  # TCP: the connection's credential was revoked or changed by a reload
+REFUSED_REASONS = (REFUSED_MISSING, REFUSED_UNKNOWN, REFUSED_TIMESTAMP, REFUSED_NONCE, REFUSED_SIGNATURE,
+                   REFUSED_REPLAY, REFUSED_NONCE_BUDGET, REFUSED_FIRST_FRAME, REFUSED_REVOKED)
+
+
 class AuthRefused(Exception):
-    """E_AUTH: the request is not signed by a known credential (the message says what failed)."""
+    """E_AUTH: the request is not signed by a known credential (the message says what failed, never
+    the token; `reason` is one of REFUSED_REASONS)."""
+
+    def __init__(self, message: str, reason: str):
+        assert reason in REFUSED_REASONS, reason
+        super().__init__(message)
+        self.reason = reason
 
 
 def _printable(text: str) -> bool:
@@ -110,9 +131,10 @@ class NonceCache:
         """Remember the nonce, or raise AuthRefused when it was used within the window."""
         seen = self._window(paasid, now_s)
         if nonce in seen:
-            raise AuthRefused("nonce already used (a replayed request)")
+            raise AuthRefused("nonce already used (a replayed request)", REFUSED_REPLAY)
         if len(seen) >= self.per_credential_max:
-            raise AuthRefused(f"more than {self.per_credential_max} requests in {self.ttl_s} s for this paasid")
+            raise AuthRefused(f"more than {self.per_credential_max} requests in {self.ttl_s} s for this paasid",
+                              REFUSED_NONCE_BUDGET)
         seen[nonce] = now_s + self.ttl_s
 
     def forget(self, paasids: set[str]) -> None:
@@ -133,9 +155,18 @@ class Keyring:
         self.nonces = nonces if nonces is not None else NonceCache()
 
     def replace(self, credentials: list[Credential]) -> None:
-        """Put a reloaded file in force; the nonces of the credentials kept are kept."""
-        self.by_paasid = {c.paasid: c for c in credentials}
+        """Put a reloaded file in force; the nonces of the credentials kept are kept.
+
+        A credential whose row did not change keeps its very object, so a TCP connection
+        acting for it (engine.hub.tcp checks `by_paasid.get(paasid) is cred`) carries on;
+        one revoked, or changed in token or scope, is refused at its next frame.
+        """
+        old = self.by_paasid
+        self.by_paasid = {c.paasid: (old[c.paasid] if old.get(c.paasid) == c else c) for c in credentials}
         self.nonces.forget(set(self.by_paasid))
+
+    def __len__(self) -> int:
+        return len(self.by_paasid)
 
     def verify(self, paasid: object, timestamp: object, nonce: object, sig: object, now_s: float) -> Credential:
         """The credential that signed these values, or AuthRefused saying what failed.
@@ -145,22 +176,22 @@ class Keyring:
         """
         for name, v in zip(SIGNED_FIELDS, (paasid, timestamp, nonce, sig)):
             if not isinstance(v, str) or not v:
-                raise AuthRefused(f"{name} missing")
+                raise AuthRefused(f"{name} missing", REFUSED_MISSING)
         cred = self.by_paasid.get(paasid)
         if cred is None:
-            raise AuthRefused("unknown paasid")
+            raise AuthRefused("unknown paasid", REFUSED_UNKNOWN)
         if not _TIMESTAMP.fullmatch(timestamp):
-            raise AuthRefused("timestamp is not Unix seconds")
+            raise AuthRefused("timestamp is not Unix seconds", REFUSED_TIMESTAMP)
         if abs(int(timestamp) - now_s) > CLOCK_SKEW_S_MAX:
-            raise AuthRefused(f"timestamp more than {CLOCK_SKEW_S_MAX} s from the hub's clock")
+            raise AuthRefused(f"timestamp more than {CLOCK_SKEW_S_MAX} s from the hub's clock", REFUSED_TIMESTAMP)
         if not _NONCE.fullmatch(nonce):
-            raise AuthRefused("nonce must be 8-64 characters of A-Z, a-z, 0-9")
+            raise AuthRefused("nonce must be 8-64 characters of A-Z, a-z, 0-9", REFUSED_NONCE)
         want = signature(timestamp, cred.token, nonce)
         # Compared as bytes in constant time; a value of another shape is compared
         # too, against itself, so the time taken never depends on the token.
         given = sig.encode("utf-8", "surrogatepass") if _SIGNATURE.fullmatch(sig) else want.encode()[::-1]
         if not hmac.compare_digest(want.encode(), given):
-            raise AuthRefused("wrong signature")
+            raise AuthRefused("wrong signature", REFUSED_SIGNATURE)
         self.nonces.use(paasid, nonce, now_s)
         return cred
 
@@ -230,7 +261,8 @@ def read_keys(path: str) -> KeysFile:
     return KeysFile(parse_keys(text, path), warnings)
 
 
-def _write_keys(path: str, credentials: list[Credential]) -> None:
+def write_keys(path: str, credentials: list[Credential]) -> None:
+    """Write a whole keys file (mode 0600, renamed into place); refuses what the hub would refuse."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(KEYS_HEADER)
@@ -250,6 +282,37 @@ def _write_keys(path: str, credentials: list[Credential]) -> None:
         raise
 
 
+class KeysSource:
+    """The keys file behind the hub's Keyring, reloaded on SIGHUP or POST /admin/reload
+    (engine.hub.reload.Reloadable): a good file replaces the credentials in force, a bad one
+    is refused and the credentials in force are kept."""
+
+    name = "keys"
+
+    def __init__(self, path: str, keyring: Keyring):
+        self.path = path
+        self.keyring = keyring
+
+    @classmethod
+    def open(cls, path: str) -> tuple["KeysSource", list[str]]:
+        """The source of a keys file read now, and the file's warnings; KeysError when it cannot be used."""
+        kf = read_keys(path)
+        return cls(path, Keyring(kf.credentials)), kf.warnings
+
+    def load(self) -> KeysFile:
+        try:
+            return read_keys(self.path)
+        except KeysError as e:
+            raise ReloadRefused(str(e)) from None
+
+    def apply(self, loaded: KeysFile) -> dict:
+        self.keyring.replace(loaded.credentials)
+        out: dict = {"credentials": len(self.keyring), "file": self.path}
+        if loaded.warnings:
+            out["warnings"] = list(loaded.warnings)
+        return out
+
+
 def _existing(path: str) -> list[Credential]:
     return read_keys(path).credentials if os.path.exists(path) else []
 
@@ -260,7 +323,7 @@ def add_key(path: str, paasid: str, *, fixmedins_code: str = "", admdvs: str = "
     if any(c.paasid == paasid for c in creds):
         raise KeysError(f"{path}: paasid {paasid} already exists (revoke it first)")
     token = secrets.token_hex(TOKEN_NEW_BYTES)
-    _write_keys(path, [*creds, Credential(paasid, token, fixmedins_code, admdvs)])
+    write_keys(path, [*creds, Credential(paasid, token, fixmedins_code, admdvs)])
     return token
 
 
@@ -269,7 +332,7 @@ def revoke_key(path: str, paasid: str) -> None:
     kept = [c for c in creds if c.paasid != paasid]
     if len(kept) == len(creds):
         raise KeysError(f"{path}: no credential with paasid {paasid}")
-    _write_keys(path, kept)
+    write_keys(path, kept)
 
 
 def describe(c: Credential) -> str:

@@ -6,18 +6,27 @@ send many, then read as many replies. `FramedClient` uses a blocking socket (tes
 scripts, Locust under gevent); `AsyncFramedClient` uses asyncio streams. Either
 speaks the frames inside TLS when given an `ssl.SSLContext`
 (engine.hub.tls.client_context makes one for a hub on `--tls-cert`).
+
+Signing in (contract section 10): on a hub with `--keys`, a connection's first frame
+is a signed 9001 (`sign_in_envelope`; either client's `sign_in` sends it and returns
+the `sign_no`), and every later envelope names that sign-in in its `sign_no`:
+`with_sign_no` adds it to an envelope already encoded. Over HTTP each request
+carries engine.hub.auth.signed_headers instead.
 """
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import ssl
+import time
 from typing import Any, Iterable
 
 import msgspec
 
-from engine.contract.protocol import FRAME_BYTES_MAX, FRAME_HEADER_BYTES
+from engine.contract.protocol import FRAME_BYTES_MAX, FRAME_HEADER_BYTES, INFNO_SIGN_IN, INFNO_SIGN_OUT
 from engine.hub.address import parse_address
+from engine.hub.auth import signed_values
 from engine.hub.framing import frame
 
 _enc = msgspec.msgpack.Encoder()
@@ -36,6 +45,68 @@ def encode_frame(envelope: Any) -> bytes:
 
 def decode_reply(body: bytes) -> dict:
     return _dec.decode(body)
+
+
+# ---------------------------------------------------------------- signing in (section 10)
+
+class SignInRefused(Exception):
+    """The hub answered a 9001 or 9002 with an error; `reply` is its reply."""
+
+    def __init__(self, reply: dict):
+        super().__init__(f"{reply.get('err_code')}: {reply.get('err_msg')}")
+        self.reply = reply
+
+
+def sign_in_envelope(paasid: str, token: str, fixmedins_code: str, *, opter_no: str = "0001",
+                     ip: str = "127.0.0.1", mac: str = "", now_s: float | None = None, **fields: Any) -> dict:
+    """A 9001 envelope signed now (the first frame of a connection on a hub with --keys; a later 9001 may
+    carry the values too). `fields` are more envelope fields (msgid, inf_time, mdtrtarea_admvs, ...)."""
+    env = {"infno": INFNO_SIGN_IN, "msgid": "SI" + secrets.token_hex(14), "fixmedins_code": fixmedins_code,
+           "opter": opter_no, "input": {"signIn": {"opter_no": opter_no, "mac": mac, "ip": ip}},
+           **signed_values(paasid, token, time.time() if now_s is None else now_s)}
+    env.update(fields)
+    return env
+
+
+def sign_out_envelope(sign_no: str, fixmedins_code: str, *, opter_no: str = "0001", **fields: Any) -> dict:
+    """A 9002 envelope: the sign-in `sign_no` ends."""
+    env = {"infno": INFNO_SIGN_OUT, "msgid": "SO" + secrets.token_hex(14), "fixmedins_code": fixmedins_code,
+           "opter": opter_no, "sign_no": sign_no, "input": {"signOut": {"sign_no": sign_no, "opter_no": opter_no}}}
+    env.update(fields)
+    return env
+
+
+def sign_no_of(reply: dict) -> str:
+    """The sign_no a 9001 reply gives; SignInRefused when the hub refused it."""
+    out = reply.get("output")
+    sign = out.get("signinoutb") if isinstance(out, dict) else None
+    if reply.get("infcode") != 0 or not isinstance(sign, dict) or not isinstance(sign.get("sign_no"), str):
+        raise SignInRefused(reply)
+    return sign["sign_no"]
+
+
+_SIGN_NO_KEY = _enc.encode("sign_no")
+_FIXMAP, _FIXMAP_LAST, _MAP16 = 0x80, 0x8F, 0xDE
+
+
+def with_sign_no(body: bytes, sign_no: str) -> bytes:
+    """An encoded MessagePack envelope with `sign_no` set, cheaply enough for every frame of a load run:
+    the pair is appended to the map and the map's count raised by one. A body that may name sign_no
+    already, or a map too big for a 16-bit count, is decoded and encoded again instead."""
+    pair = _SIGN_NO_KEY + _enc.encode(sign_no)
+    head = body[0] if body else 0
+    if _SIGN_NO_KEY not in body:
+        if _FIXMAP <= head < _FIXMAP_LAST:
+            return bytes((head + 1,)) + body[1:] + pair
+        if head == _FIXMAP_LAST:  # 15 pairs: the 16th needs a map 16
+            return bytes((_MAP16,)) + (16).to_bytes(2, "big") + body[1:] + pair
+        if head == _MAP16 and body[1:3] != b"\xff\xff":
+            return bytes((_MAP16,)) + (int.from_bytes(body[1:3], "big") + 1).to_bytes(2, "big") + body[3:] + pair
+    env = _dec.decode(body)
+    if not isinstance(env, dict):
+        raise ValueError("not an envelope: the body is not a MessagePack map")
+    env["sign_no"] = sign_no
+    return _enc.encode(env)
 
 
 class FramedClient:
@@ -117,6 +188,10 @@ class FramedClient:
         self.send(envelope)
         return self.recv()
 
+    def sign_in(self, paasid: str, token: str, fixmedins_code: str, **kw: Any) -> str:
+        """Send a signed 9001 (sign_in_envelope's options) and return its sign_no; SignInRefused else."""
+        return sign_no_of(self.call(sign_in_envelope(paasid, token, fixmedins_code, **kw)))
+
     def pipeline(self, envelopes: Iterable[Any], window: int = 64) -> list[dict]:
         """Send every envelope with up to `window` unanswered; the replies, in order.
 
@@ -177,3 +252,23 @@ class AsyncFramedClient:
     async def call(self, envelope: Any) -> dict:
         await self.send(envelope)
         return await self.recv()
+
+    async def sign_in(self, paasid: str, token: str, fixmedins_code: str, **kw: Any) -> str:
+        """Send a signed 9001 (sign_in_envelope's options) and return its sign_no; SignInRefused else."""
+        return sign_no_of(await self.call(sign_in_envelope(paasid, token, fixmedins_code, **kw)))
+
+    async def pipeline(self, envelopes: Iterable[Any], window: int = 64) -> list[dict]:
+        """FramedClient.pipeline on asyncio: at most `window` unanswered; the replies, in order."""
+        out: list[dict] = []
+        sent = 0
+        for env in envelopes:
+            if sent - len(out) >= window:
+                out.append(await self.recv())
+            self.writer.write(encode_frame(env))
+            sent += 1
+            if sent - len(out) >= window:
+                await self.writer.drain()
+        await self.writer.drain()
+        while len(out) < sent:
+            out.append(await self.recv())
+        return out

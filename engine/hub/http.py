@@ -1,9 +1,12 @@
 """The hub's HTTP gateway (docs/contract.md section 7, "Transports"): POST HTTP_PATH, and nothing else.
 
-A JSON body is admitted to the hub like a TCP frame; its reply goes back as JSON with
-money as JSON numbers (section 7), rendered here from the reply's decimal strings,
-never through a float. `/metrics` and `/healthz` are the admin listener's
-(engine.hub.admin), not the gateway's.
+With a keyring (`yidi serve --keys`), every request's signature headers are
+verified first (section 10): a refusal is HTTP 401 with an E_AUTH reply, made
+before the body is read, and changes nothing. A JSON body is then admitted to the
+hub like a TCP frame, with the credential that signed it; its reply goes back as
+JSON with money as JSON numbers (section 7), rendered here from the reply's
+decimal strings, never through a float. `/metrics` and `/healthz` are the admin
+listener's (engine.hub.admin), not the gateway's.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from engine.contract.protocol import E_BUSY, E_LIMIT, SETLINFO_MONEY
+from engine.contract.protocol import E_AUTH, E_BUSY, E_LIMIT, ERR_MESSAGES, SETLINFO_MONEY
 from engine.contract.wire import JSON, Codec, Reply
 from engine.core.reconcile import REPLY_MONEY_KEYS
+from engine.hub.auth import HEADER_NONCE, HEADER_PAASID, HEADER_SIGNATURE, HEADER_TIMESTAMP, AuthRefused, Keyring
 from engine.hub.hub import Admitted, FailStop, Hub, server_reply
 from engine.hub.limits import PARTIAL_FREE_BYTES
 
@@ -96,8 +100,10 @@ class Gateway:
     the `http_requests_max` slots, so slow bodies never keep fast requests out.
     """
 
-    def __init__(self, hub: Hub):
+    def __init__(self, hub: Hub, keyring: Keyring | None):
+        """`keyring`: the credentials requests are verified against; None: none (--no-auth)."""
         self.hub = hub
+        self.keyring = keyring
         self.in_progress = 0  # requests whose body is read, waiting for their reply (bounded: http_requests_max)
 
     def app(self) -> web.Application:
@@ -109,6 +115,18 @@ class Gateway:
 
     async def call_service(self, request: web.Request) -> web.Response:
         hub = self.hub
+        cred = None
+        if self.keyring is not None:
+            h = request.headers
+            try:  # section 10: before anything else of the request is looked at
+                cred = self.keyring.verify(h.get(HEADER_PAASID), h.get(HEADER_TIMESTAMP), h.get(HEADER_NONCE),
+                                           h.get(HEADER_SIGNATURE), time.time())
+            except AuthRefused as e:
+                hub.metrics.auth_refused.labels("http", e.reason).inc()
+                hub.metrics.requests.labels("http", "unread", E_AUTH).inc()
+                # The body is not read: the connection closes after the reply (_closing).
+                return _closing(_json(server_reply(E_AUTH, "", f"{ERR_MESSAGES[E_AUTH]}: {e}"), 401,
+                                      {"WWW-Authenticate": 'x-tif-signature realm="yidi"'}))
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -120,7 +138,7 @@ class Gateway:
         self.in_progress += 1
         try:
             fut = asyncio.get_running_loop().create_future()
-            item = Admitted(body, JSON, None, fut, t0)
+            item = Admitted(body, JSON, None, fut, t0, cred)
             if not hub.submit(item):
                 return _json(hub.busy_reply(item), 503, {"Retry-After": "1"})
             try:

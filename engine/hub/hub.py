@@ -138,10 +138,13 @@ class Connection(Protocol):
 class Admitted:
     """One admitted request: its body, where its reply goes, and the reply once released."""
 
-    __slots__ = ("body", "codec", "conn", "fut", "t0", "frame", "encoded", "infno")
+    __slots__ = ("body", "codec", "conn", "fut", "t0", "cred", "frame", "encoded", "infno")
 
-    def __init__(self, body: bytes, codec: Codec, conn: Connection | None, fut, t0: float):
+    def __init__(self, body: bytes, codec: Codec, conn: Connection | None, fut, t0: float, cred=None):
         self.body, self.codec, self.conn, self.fut, self.t0 = body, codec, conn, fut, t0
+        # The credential the transport verified (engine.contract.credential.Credential), handed
+        # to the engine with the request; None: nothing of section 10 is checked (--no-auth).
+        self.cred = cred
         # The encoded reply of a TCP connection: `encoded` as soon as the engine has
         # answered (encoding overlaps the batch's write), `frame` only once the reply
         # may go out (its batch is durable). A connection sends the frames at its head.
@@ -161,18 +164,32 @@ class _Peek(msgspec.Struct):
     msgid: Any = None
 
 
-_PEEK = {"msgpack": msgspec.msgpack.Decoder(_Peek), "json": msgspec.json.Decoder(_Peek, float_hook=str)}
+def peek_decoders(struct: type) -> dict[str, Any]:
+    """The decoders peek_fields takes, by codec format, for a Struct of envelope fields."""
+    return {"msgpack": msgspec.msgpack.Decoder(struct), "json": msgspec.json.Decoder(struct, float_hook=str)}
+
+
+def peek_fields(body: bytes, codec: Codec, decoders: dict[str, Any]) -> Any:
+    """The fields of a body that a transport reads itself, or None when it does not decode.
+
+    A body nested past the envelope's bound is not decoded here either: the decoder
+    would recurse into it (section 7, v2).
+    """
+    if kernels.nesting_depth(body, codec.is_json, ENVELOPE_DEPTH_MAX) > ENVELOPE_DEPTH_MAX:
+        return None
+    try:
+        return decoders[codec.fmt].decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+
+
+_PEEK = peek_decoders(_Peek)
 
 
 def _peek(body: bytes, codec: Codec) -> tuple[str, str]:
     """(infno label, msgid) of a body, without judging it: the engine does that."""
-    # A body nested past the envelope's bound is not decoded here either: the
-    # decoder would recurse into it (section 7, v2).
-    if kernels.nesting_depth(body, codec.is_json, ENVELOPE_DEPTH_MAX) > ENVELOPE_DEPTH_MAX:
-        return "invalid", ""
-    try:
-        p = _PEEK[codec.fmt].decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    p = peek_fields(body, codec, _PEEK)
+    if p is None:
         return "invalid", ""
     return infno_label(p.infno if isinstance(p.infno, str) else ""), p.msgid if isinstance(p.msgid, str) else ""
 
@@ -342,7 +359,7 @@ class Hub:
         """Compute one batch on this (the engine's) thread and start its write; returns its release task."""
         loop = asyncio.get_running_loop()
         clock = None if self._inf_time else now_text()
-        reqs = [Request(it.body, it.codec, clock) for it in items]
+        reqs = [Request(it.body, it.codec, clock, it.cred) for it in items]
         t0 = time.perf_counter()
         try:
             replies = self.engine.handle_batch(reqs)

@@ -1,4 +1,4 @@
-"""The hub's Prometheus metrics (served at GET /metrics by engine.hub.http; docs/server.md)."""
+"""The hub's Prometheus metrics (served at GET /metrics by engine.hub.admin; docs/server.md)."""
 from __future__ import annotations
 
 import collections
@@ -41,6 +41,14 @@ class Metrics:
                               ["transport", "reason"], registry=r)
         self.paused = Counter("yidi_reads_paused", "Times a TCP connection stopped being read, by the bound "
                               "that stopped it", ["reason"], registry=r)
+        self.auth_refused = Counter("yidi_auth_refused", "Requests refused E_AUTH by a transport before anything "
+                                    "else was read (contract section 10), by reason "
+                                    "(engine.hub.auth.REFUSED_REASONS)", ["transport", "reason"], registry=r)
+        self.reloads = Counter("yidi_reloads", "Reloads (SIGHUP, POST /admin/reload) by part and outcome "
+                               "(ok, refused: the state in force kept)", ["part", "outcome"], registry=r)
+        self._auth_disabled = Gauge("yidi_auth_disabled", "1 when the hub runs with --no-auth: no credential, "
+                                    "signature, scope or sign-in is checked", registry=r)
+        self._credentials = Gauge("yidi_auth_credentials", "Credentials in force (the keys file)", registry=r)
         Gauge("yidi_partial_frame_bytes", "Bytes read and not yet cut into whole frames or bodies, over every "
               "connection (bounded: partial_frame_bytes_total_max)", registry=r).set_function(partial_bytes)
         Gauge("yidi_held_reply_bytes", "Request bodies and encoded replies TCP connections hold before their "
@@ -51,6 +59,12 @@ class Metrics:
         Gauge("yidi_up", "1 while the hub answers, 0 after a fail-stop or while draining",
               registry=r).set_function(up)
         self._store_gauges(store)
+
+    def auth(self, keyring) -> None:
+        """Say whether credentials are checked: `keyring` is the hub's engine.hub.auth.Keyring, None
+        under --no-auth (yidi_auth_disabled 1)."""
+        self._auth_disabled.set(1 if keyring is None else 0)
+        self._credentials.set_function(lambda: 0 if keyring is None else len(keyring))
 
     def _store_gauges(self, store) -> None:
         """The gauges read from the store when scraped."""

@@ -2,29 +2,37 @@
 
 `Server` starts the framed TCP listener (engine.hub.tcp), the HTTP gateway
 (engine.hub.http) and the admin listener (engine.hub.admin) around one Hub, each
-on TLS when given a `ServerTLS` (engine.hub.tls), serves until asked to stop,
-then drains: admitted requests are answered, new ones get E_BUSY, clients get
-`drain_timeout_s` to take their replies. The exit code tells a clean stop from a
-fail-stop.
+on TLS when given a `ServerTLS` (engine.hub.tls), with the keyring the transports
+verify requests against (engine.hub.auth; None: `--no-auth`), serves until asked
+to stop, then drains: admitted requests are answered, new ones get E_BUSY, clients
+get `drain_timeout_s` to take their replies. The exit code tells a clean stop from
+a fail-stop. `Server.reload()` (SIGHUP, `POST /admin/reload`) reloads what the hub
+reads from files (engine.hub.reload).
 """
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 import ssl
 import sys
 import time
+from typing import Sequence
 
 from aiohttp import web
 
 from engine.hub.address import parse_address
-from engine.hub.admin import Admin
+from engine.hub.admin import RELOAD_PATH, Admin
+from engine.hub.auth import Keyring, KeysSource
 from engine.hub.http import Gateway
 from engine.hub.hub import Hub
 from engine.hub.limits import Limits
+from engine.hub.reload import PartReport, Reloadable, ReloadRefused, ReloadReport
 from engine.hub.tcp import FramedConnection
 from engine.hub.tls import HANDSHAKE_TIMEOUT_S, ServerTLS
+
+log = logging.getLogger("yidi.server")
 
 EXIT_OK, EXIT_FAIL_STOP = 0, 3
 
@@ -33,12 +41,20 @@ class Server:
     """The hub behind its listeners. `await start()`, then `await run()` until `stop()`."""
 
     def __init__(self, hub: Hub, tcp: tuple[str, int] | None = None, http: tuple[str, int] | None = None,
-                 admin: tuple[str, int] | None = None, tls: ServerTLS | None = None):
+                 admin: tuple[str, int] | None = None, tls: ServerTLS | None = None, *,
+                 keyring: Keyring | None, reloadable: Sequence[Reloadable] = ()):
+        """`keyring` is required: the credentials the transports verify (contract section 10), or
+        None for a hub that checks none (`--no-auth`), said out loud by the caller. `reloadable`:
+        the parts `reload()` reads again (the keys file's engine.hub.auth.KeysSource)."""
         if tcp is None and http is None:
             raise ValueError("at least one of tcp and http")
         self.hub = hub
         self.tcp, self.http, self.admin = tcp, http, admin
         self.tls = tls
+        self.keyring = keyring
+        self.reloadable = tuple(reloadable)
+        self._reloading = asyncio.Lock()  # one reload at a time (two SIGHUPs in a row: one after the other)
+        hub.metrics.auth(keyring)
         self.tcp_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -55,17 +71,17 @@ class Server:
         if self.tcp is not None:
             if tls is None:
                 self._tcp_server = await loop.create_server(
-                    lambda: FramedConnection(self.hub), self.tcp[0], self.tcp[1], reuse_address=True)
+                    lambda: FramedConnection(self.hub, self.keyring), self.tcp[0], self.tcp[1], reuse_address=True)
             else:
                 self._tcp_server = await loop.create_server(
-                    lambda: TLSFramedConnection(self.hub), self.tcp[0], self.tcp[1], reuse_address=True,
-                    ssl=tls.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+                    lambda: TLSFramedConnection(self.hub, self.keyring), self.tcp[0], self.tcp[1],
+                    reuse_address=True, ssl=tls.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
             self.tcp_address = self._tcp_server.sockets[0].getsockname()[:2]
         if self.http is not None:
-            self.http_address = await self._site(Gateway(self.hub).app(), self.http,
+            self.http_address = await self._site(Gateway(self.hub, self.keyring).app(), self.http,
                                                  None if tls is None else tls.context)
         if self.admin is not None:
-            self.admin_address = await self._site(Admin(self.hub).app(), self.admin,
+            self.admin_address = await self._site(Admin(self.hub, self.reload).app(), self.admin,
                                                   None if tls is None else tls.admin_context)
 
     async def _site(self, app: web.Application, address: tuple[str, int],
@@ -76,6 +92,25 @@ class Server:
         self._runners.append(runner)
         await web.TCPSite(runner, address[0], address[1], reuse_address=True, ssl_context=ssl_context).start()
         return runner.addresses[0][:2]
+
+    async def reload(self, trigger: str = "reload") -> ReloadReport:
+        """Read every reloadable part again (engine.hub.reload): each part's file is read and checked on a
+        worker thread and put in force on this loop in one step; a part whose file is refused keeps what
+        was in force. Logged and counted (yidi_reloads_total); `trigger` says who asked."""
+        loop = asyncio.get_running_loop()
+        parts = []
+        async with self._reloading:
+            for part in self.reloadable:
+                try:
+                    loaded = await loop.run_in_executor(None, part.load)
+                except ReloadRefused as e:
+                    parts.append(PartReport(part.name, False, error=str(e)))
+                else:
+                    parts.append(PartReport(part.name, True, in_force=part.apply(loaded)))
+                self.hub.metrics.reloads.labels(part.name, "ok" if parts[-1].ok else "refused").inc()
+        report = ReloadReport(tuple(parts))
+        (log.info if report.ok else log.warning)("reload (%s): %s", trigger, report.line())
+        return report
 
     def stop(self) -> None:
         """Ask for a graceful stop (from the loop thread: a signal handler or a test)."""
@@ -156,10 +191,22 @@ def _listening(kind: str, address: tuple[str, int], tls: bool) -> str:
     return f"yidi: {kind} listening on {host}:{port}{every}{' (tls)' if tls else ''}"
 
 
+def _auth_line(keys: KeysSource | None) -> str:
+    if keys is None:
+        return "yidi: auth: none (--no-auth): no credential, signature, scope or sign-in is checked"
+    creds = keys.keyring.by_paasid.values()
+    hospitals = sum(1 for c in creds if c.fixmedins_code)
+    return (f"yidi: auth: {len(keys.keyring)} credentials from {keys.path} (hospital systems {hospitals}, "
+            f"platforms {len(keys.keyring) - hospitals}); reload: SIGHUP or POST {RELOAD_PATH} on the admin listener")
+
+
 def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
-          loop: str = "uvloop", out=sys.stdout, admin: str | None = None, tls: ServerTLS | None = None) -> int:
+          loop: str = "uvloop", out=sys.stdout, admin: str | None = None, tls: ServerTLS | None = None, *,
+          keys: KeysSource | None, warnings: Sequence[str] = ()) -> int:
     """`yidi serve`: open the store, listen (on TLS with `tls`: engine.hub.tls.load_server_tls checks
-    the operator's files before this is called), serve until SIGTERM/SIGINT, drain, exit."""
+    the operator's files before this is called), serve until SIGTERM/SIGINT, drain, exit. `keys` is
+    the keys file read at start (engine.hub.auth.KeysSource.open), reloaded on SIGHUP; None: --no-auth.
+    `warnings` are said on stderr once the hub listens (a start refused later is one line)."""
 
     async def main() -> int:
         t0 = time.perf_counter()
@@ -167,17 +214,28 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         gc.disable()  # see Hub.manual_gc
         hub.manual_gc = True
         server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None,
-                        parse_address(admin, "127.0.0.1") if admin else None, tls)
+                        parse_address(admin, "127.0.0.1") if admin else None, tls,
+                        keyring=None if keys is None else keys.keyring, reloadable=() if keys is None else (keys,))
         await server.start()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             lp.add_signal_handler(sig, server.stop)
+        reloads: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
+
+        def on_sighup() -> None:
+            task = lp.create_task(server.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        lp.add_signal_handler(signal.SIGHUP, on_sighup)
         for kind, address in (("tcp", server.tcp_address), ("http", server.http_address),
                               ("admin", server.admin_address)):
             if address:
                 print(_listening(kind, address, tls is not None), file=out)
         if tls is not None:
             print(f"yidi: tls: {tls.describe()}", file=out)
+        print(_auth_line(keys), file=out)
+        for warning in warnings:
+            print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
         print(_clock_line(), file=out)
         print(f"yidi: ready in {time.perf_counter() - t0:.2f} s ({type(lp).__module__} loop, {limits})",
               file=out, flush=True)

@@ -25,26 +25,59 @@ docs/server.md, "Bounds and what a misbehaving client gets"):
   with it (`_shed`), so the refusal waits only for the batch already at work on
   this connection, and a connection at its in-flight bound reads on (up to twice
   it) to refuse what it reads, rather than leave its client waiting on TCP.
+
+With a keyring (`yidi serve --keys`, contract section 10), the first frame of a
+connection must be a 9001 envelope carrying the signed values as fields `paasid`,
+`timestamp`, `nonce` and `signature` (engine.hub.auth). They are read with a small
+Struct, before the engine sees anything; a frame that is not such an envelope, or
+whose values do not verify, gets one E_AUTH frame and the connection is closed. A
+good one makes the connection act for that credential: the 9001 itself and every
+frame after it (pipelined behind it too) go to the hub with the credential, and
+the engine checks scope and sign-in. Each frame checks, by identity, that the
+credential is still the one in force; after a reload that revoked or changed it,
+the next frame gets E_AUTH and the connection is closed once the replies it is
+owed are out.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import time
+from typing import Any
 
-from engine.contract.protocol import E_BUSY, E_LIMIT, FRAME_HEADER_BYTES
+import msgspec
+
+from engine.contract.credential import Credential
+from engine.contract.protocol import E_AUTH, E_BUSY, E_LIMIT, ERR_MESSAGES, FRAME_HEADER_BYTES, INFNO_SIGN_IN
 from engine.contract.wire import MSGPACK
+from engine.hub.auth import REFUSED_FIRST_FRAME, REFUSED_REVOKED, AuthRefused, Keyring
 from engine.hub.framing import frame
-from engine.hub.hub import Admitted, Hub, server_reply
+from engine.hub.hub import Admitted, Hub, infno_label, peek_decoders, peek_fields, server_reply
 from engine.hub.limits import PARTIAL_FREE_BYTES
 
+
+class _SignedFrame(msgspec.Struct):
+    """What the transport reads of a connection's first frame (section 10): the rest is the engine's."""
+
+    infno: Any = None
+    msgid: Any = None
+    paasid: Any = None
+    timestamp: Any = None
+    nonce: Any = None
+    signature: Any = None
+
+
+_SIGNED = peek_decoders(_SignedFrame)
 
 
 class FramedConnection(asyncio.Protocol):
     """One framed TCP connection: 4-byte big-endian length + MessagePack envelope (section 7)."""
 
-    def __init__(self, hub: Hub):
+    def __init__(self, hub: Hub, keyring: Keyring | None):
+        """`keyring`: the credentials a first frame is verified against; None: none (--no-auth)."""
         self.hub = hub
+        self.keyring = keyring
+        self.cred: Credential | None = None  # the credential the connection acts for, once its first frame verified
         self.limits = hub.limits
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -154,7 +187,20 @@ class FramedConnection(asyncio.Protocol):
             end = off + FRAME_HEADER_BYTES + n
             if end > size_buf:
                 break  # a partial frame: the buffer holds at most frame_bytes_max + 4 of it
-            item = Admitted(bytes(buf[off + FRAME_HEADER_BYTES:end]), MSGPACK, self, None, t0)
+            body = bytes(buf[off + FRAME_HEADER_BYTES:end])
+            cred = None
+            if self.keyring is not None:
+                cred = self.cred
+                try:
+                    if cred is None:
+                        cred = self.cred = self._authenticate(body)
+                    elif self.keyring.by_paasid.get(cred.paasid) is not cred:
+                        raise AuthRefused(f"the credential {cred.paasid} was revoked or changed by a reload of the "
+                                          "keys: connect and sign in again", REFUSED_REVOKED)
+                except AuthRefused as e:
+                    self._auth_refused(body, e)
+                    return
+            item = Admitted(body, MSGPACK, self, None, t0, cred)
             off = end
             pending.append(item)
             self.held_bytes += n
@@ -164,6 +210,27 @@ class FramedConnection(asyncio.Protocol):
             del buf[:off]
             self.partial_since_s = self.last_read_s  # what is left began in the last read
         self._account()
+
+    def _authenticate(self, body: bytes) -> Credential:
+        """The credential that signed a connection's first frame; AuthRefused when it is not a signed 9001."""
+        p = peek_fields(body, MSGPACK, _SIGNED)
+        if p is None or p.infno != INFNO_SIGN_IN:
+            raise AuthRefused("the first frame of a connection must be a 9001 sign-in carrying paasid, timestamp, "
+                              "nonce and signature", REFUSED_FIRST_FRAME)
+        timestamp = p.timestamp
+        if type(timestamp) is int:  # MessagePack has integers: Unix seconds as one are the same text
+            timestamp = str(timestamp)
+        return self.keyring.verify(p.paasid, timestamp, p.nonce, p.signature, time.time())
+
+    def _auth_refused(self, body: bytes, e: AuthRefused) -> None:
+        """E_AUTH after the replies owed, then close (section 10); the frame is not admitted."""
+        p = peek_fields(body, MSGPACK, _SIGNED)
+        metrics = self.hub.metrics
+        metrics.auth_refused.labels("tcp", e.reason).inc()
+        infno = None if p is None else (p.infno if isinstance(p.infno, str) else "")
+        metrics.requests.labels("tcp", infno_label(infno), E_AUTH).inc()
+        msgid = p.msgid if p is not None and isinstance(p.msgid, str) else ""
+        self._refuse(E_AUTH, f"{ERR_MESSAGES[E_AUTH]}: {e}", "auth", msgid)
 
     def _shed(self, queued_too: bool) -> None:
         """E_BUSY for the request just refused and, when the hub is behind (`queued_too`), for this
@@ -205,14 +272,14 @@ class FramedConnection(asyncio.Protocol):
         self.buf.clear()
         self._account()
 
-    def _refuse(self, code: str, detail: str, reason: str) -> None:
-        """Answer `code` after the replies owed, then close (section 7: oversize length)."""
+    def _refuse(self, code: str, detail: str, reason: str, msgid: str = "") -> None:
+        """Answer `code` after the replies owed, then close (section 7: oversize length; section 10: E_AUTH)."""
         self.hub.metrics.closed.labels("tcp", reason).inc()
         self.closing = True
         self._drop_buf()
         self._pause_reading()
         it = Admitted(b"", MSGPACK, self, None, time.perf_counter())
-        it.frame = frame(MSGPACK.encoder.encode(server_reply(code, "", detail)))
+        it.frame = frame(MSGPACK.encoder.encode(server_reply(code, msgid, detail)))
         it.encoded = b""  # made here, not by the hub: not an E_BUSY of admission (flush)
         self.held_bytes += len(it.frame)
         self.pending.append(it)

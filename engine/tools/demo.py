@@ -8,11 +8,17 @@ One command that a newcomer runs first:
    seeded: the two are the slow start-up steps and each wants a core);
 3. the hub (engine.hub) starts in this process on a fresh embedded store,
    with the clock on each request's `inf_time`, so settlement times and the
-   clearing period are those of the simulated day;
-4. the day is replayed over the framed TCP protocol: several connections, each
-   keeping a bounded number of requests in flight, requests sharded by
-   institution so that a hospital's pre-settlement, settlement, retry and
-   reversal stay in order on one connection, as they would in production;
+   clearing period are those of the simulated day, and with a keys file of its
+   own (contract section 10): one platform credential per province, whose
+   region code `XX0000` covers the province's institutions;
+4. each province's platform connects over the framed TCP protocol (one
+   connection or more each, `--connections`), the first frame a signed 9001,
+   and signs in once for every institution it serves, at the start of each
+   simulated day it works; each request is sent with its institution's `sign_no`, on its
+   province's connection, so a hospital's pre-settlement, settlement, retry and
+   reversal stay in order on one connection, as they would in production. One
+   sender walks the day in order with a bounded number of requests in flight in
+   all (`--in-flight`), so every connection keeps its share of the traffic;
 5. the replies are summed into a summary (printed, and written as JSON) and a
    report folder (engine.tools.report: an HTML page and PNG charts).
 
@@ -35,11 +41,9 @@ import multiprocessing
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
-import zlib
 from typing import Any, Iterator
 
 import msgspec
@@ -63,11 +67,14 @@ WORLD_DEFAULTS = dict(provinces=31, catalogue_per_province=200_000, persons=1_00
 PERSONS_MAX = 10_000_000  # what engine.tools.synth is sized for
 CATALOGUE_PER_PROVINCE_MAX = 1_000_000
 SCALE_MAX = 100.0
-CONNECTIONS = 8
-IN_FLIGHT_PER_CONNECTION = 32  # 8 x 32 = 256 in flight: one full batch (Limits.batch_max)
-CONNECTIONS_MAX = 256
-IN_FLIGHT_PER_CONNECTION_MAX = 256  # the server stops reading a connection at Limits.inflight_per_connection_max
-WRITE_BUFFER_BYTES_MAX = 1 << 20  # client side: drain the socket above this
+CONNECTIONS_PER_PLATFORM = 1
+# 8 per platform x 31 provinces = 248 connections from one address, under the hub's
+# tcp_connections_per_address_max (256).
+CONNECTIONS_PER_PLATFORM_MAX = 8
+IN_FLIGHT = 256  # requests in flight in all: one full batch (Limits.batch_max)
+# A connection holds at most this many unanswered (the hub stops reading it at
+# Limits.inflight_per_connection_max); more in all than the hub's queue would be refused E_BUSY.
+IN_FLIGHT_MAX = 4096
 THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.tools.report)
 
 # The stream's mix (gen_requests' defaults, spelled out here so that the number
@@ -96,8 +103,8 @@ class DemoOptions:
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     data_dir: str | None = None  # None: a temporary folder, removed at the end
     report_dir: str = "yidi-report"
-    connections: int = CONNECTIONS
-    in_flight: int = IN_FLIGHT_PER_CONNECTION
+    connections: int = CONNECTIONS_PER_PLATFORM  # per province platform
+    in_flight: int = IN_FLIGHT  # in all
     keep_replies: bool = False  # requests.jsonl and replies.jsonl in the report folder
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     loop: str = "uvloop"
@@ -112,10 +119,10 @@ class DemoOptions:
             raise ValueError(f"--persons must be within 1..{PERSONS_MAX:,}")
         if not 1 <= self.catalogue_per_province <= CATALOGUE_PER_PROVINCE_MAX:
             raise ValueError(f"--catalogue must be within 1..{CATALOGUE_PER_PROVINCE_MAX:,}")
-        if not 1 <= self.connections <= CONNECTIONS_MAX:
-            raise ValueError(f"--connections must be within 1..{CONNECTIONS_MAX}")
-        if not 1 <= self.in_flight <= IN_FLIGHT_PER_CONNECTION_MAX:
-            raise ValueError(f"--in-flight must be within 1..{IN_FLIGHT_PER_CONNECTION_MAX}")
+        if not 1 <= self.connections <= CONNECTIONS_PER_PLATFORM_MAX:
+            raise ValueError(f"--connections (per province platform) must be within 1..{CONNECTIONS_PER_PLATFORM_MAX}")
+        if not 1 <= self.in_flight <= IN_FLIGHT_MAX:
+            raise ValueError(f"--in-flight must be within 1..{IN_FLIGHT_MAX}")
         money.parse_day(self.day)
         if self.data_dir is not None and os.path.isdir(self.data_dir) and os.listdir(self.data_dir):
             raise ValueError(f"--data {self.data_dir}: not empty; the demo wants a fresh store")
@@ -234,7 +241,9 @@ def gen_frames(world_dir: str, n: int, seed: int, day: str, out_dir: str, jsonl:
     with open(os.path.join(out_dir, "frames.bin"), "wb") as f:
         buf = bytearray()
         for env in envs:
-            body = enc.encode(env)
+            # Without the drawn sign_no: the hub's own is added to each frame once the
+            # institution has signed in (engine.hub.client.with_sign_no).
+            body = enc.encode({k: v for k, v in env.items() if k != "sign_no"})
             buf += len(body).to_bytes(4, "big")
             buf += body
             if len(buf) >= 1 << 22:
@@ -282,60 +291,12 @@ class Replayed:
     batches: int  # engine batches (and store commits) the hub made
     engine_s: float = 0.0  # hub: Engine.handle_batch time, summed over the batches
     commit_s: float = 0.0  # hub: store write time (on the writer thread), summed
+    connections: int = 0  # framed connections, one or more per province platform
+    sign_ins: int = 0  # 9001s answered, one per institution served and day (a connection's first frame among them)
+    sign_in_s: float = 0.0  # from the first connect to the last sign-in answered
 
     def __repr__(self) -> str:
         return f"Replayed({len(self.bodies)} replies, {self.t_end_s - self.t_start_s:.3f} s)"
-
-
-def shard(meta: list[list], connections: int) -> list[list[int]]:
-    """Request indexes per connection, by institution (crc32 of fixmedins_code): one
-    hospital's requests go in order on one connection, as its HIS would send them."""
-    k = META_FIELDS.index("fixmedins_code")
-    out: list[list[int]] = [[] for _ in range(connections)]
-    for i, m in enumerate(meta):
-        out[zlib.crc32(m[k].encode()) % connections].append(i)
-    return out
-
-
-async def _connection(address: tuple[str, int], idx: list[int], frames: list[bytes], r: Replayed,
-                      window: int, done: list[int]) -> None:
-    """Send this connection's requests with at most `window` unanswered; read replies in order."""
-    reader, writer = await asyncio.open_connection(*address, limit=1 << 22)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    slots = asyncio.Semaphore(window)
-    clock = time.perf_counter
-
-    async def receive() -> None:
-        try:
-            for i in idx:
-                head = await reader.readexactly(4)
-                body = await reader.readexactly(int.from_bytes(head, "big"))
-                r.t_recv_s[i] = clock()
-                r.bodies[i] = body
-                done[0] += 1
-                slots.release()
-        finally:
-            for _ in range(window):  # a receiver that fails must not leave the sender waiting for a slot
-                slots.release()
-
-    rx = asyncio.get_running_loop().create_task(receive())
-    try:
-        for i in idx:
-            await slots.acquire()
-            if rx.done():
-                break  # the receiver failed: its exception is raised below
-            r.t_send_s[i] = clock()
-            writer.write(frames[i])
-            if writer.transport.get_write_buffer_size() > WRITE_BUFFER_BYTES_MAX:
-                await writer.drain()
-        await rx
-    finally:
-        rx.cancel()
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 async def _ticker(total: int, done: list[int], enabled: bool | None) -> None:
@@ -357,19 +318,30 @@ async def _ticker(total: int, done: list[int], enabled: bool | None) -> None:
 
 async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frames_future, work_dir: str,
                             log: Log) -> tuple[Replayed, list[list], dict, dict[str, int]]:
-    """Open the store, start the hub, replay the day, stop; the replies and what the world says."""
+    """Open the store, start the hub with the demo's keys, sign in, replay the day, stop; the replies
+    and what the world says."""
+    from engine.hub.auth import KeysSource, write_keys
+    from engine.hub.client import with_sign_no
+    from engine.hub.framing import frame
     from engine.hub.hub import Hub
     from engine.hub.limits import Limits
     from engine.hub.serve import Server
+    from engine.tools.platforms import lanes_for, platform_credentials, replay_lanes, sign_in_lane
 
     loop = asyncio.get_running_loop()
     with log.stage("store_open_s", f"opening a fresh store in {data_dir} (loads the world, seeds the persons)"):
         hub = await Hub.open(data_dir, world_dir, Limits(), clock="inf_time")
-    prepay_fen = dict(hub.engine.world.prepay_fen)
-    server = Server(hub, tcp=("127.0.0.1", 0))
+    world = hub.engine.world
+    prepay_fen = dict(world.prepay_fen)
+    inst_admdvs = dict(zip(world.inst_code, world.inst_admdvs))
+    keys_path = os.path.join(work_dir, "keys.csv")
+    write_keys(keys_path, platform_credentials([province(a) for a in world.inst_admdvs]))
+    keys, _ = KeysSource.open(keys_path)  # what `yidi serve --keys` reads
+    server = Server(hub, tcp=("127.0.0.1", 0), keyring=keys.keyring, reloadable=(keys,))
     await server.start()
     running = loop.create_task(server.run())
-    log.say(f"hub listening on {server.tcp_address[0]}:{server.tcp_address[1]} (framed TCP)")
+    log.say(f"hub listening on {server.tcp_address[0]}:{server.tcp_address[1]} (framed TCP), "
+            f"{len(keys.keyring)} platform credentials in {keys_path}")
     try:
         if not frames_future.done():
             log.say("waiting for the request stream")
@@ -382,15 +354,30 @@ async def _serve_and_replay(o: DemoOptions, world_dir: str, data_dir: str, frame
         n = len(frames)
         assert n == len(meta) == gen["requests"]
         r = Replayed([None] * n, np.zeros(n), np.zeros(n), 0.0, 0.0, 0)
-        shards = [s for s in shard(meta, o.connections) if s]
+        k_code, k_area = META_FIELDS.index("fixmedins_code"), META_FIELDS.index("mdtrtarea_admvs")
+        # The hub's clock is the requests' inf_time: an institution signs in at the start of each day it
+        # works (a retry late at night may fall on the next), and a sign-in is in force all that day.
+        days = [m[META_FIELDS.index("inf_time")][:10] for m in meta]
+        lanes = lanes_for([m[k_code] for m in meta], [m[k_area] for m in meta], inst_admdvs,
+                          list(keys.keyring.by_paasid.values()), o.connections, days)
+        t0 = time.perf_counter()
+        signed = await asyncio.gather(*(sign_in_lane(server.tcp_address, lane, opter_no="demo") for lane in lanes))
+        r.sign_in_s = time.perf_counter() - t0
+        r.connections, r.sign_ins = len(lanes), sum(len(s) for _, s in signed)
+        log.say(f"{r.connections} connections of {len(keys.keyring)} province platforms made {r.sign_ins:,} "
+                f"sign-ins in {r.sign_in_s:.2f} s")
+        for lane, (_, sign_nos) in zip(lanes, signed):
+            for i in lane.idx:
+                sign_no = sign_nos.get((meta[i][k_code], days[i]))
+                if sign_no is not None:
+                    frames[i] = frame(with_sign_no(frames[i][4:], sign_no))
         done = [0]
-        log.say(f"replaying {n:,} requests over {len(shards)} connections, {o.in_flight} in flight each")
+        log.say(f"replaying {n:,} requests over {r.connections} connections, {o.in_flight} in flight in all")
         batches0 = hub.batches
         ticker = loop.create_task(_ticker(n, done, o.progress))
         r.t_start_s = time.perf_counter()
         try:
-            await asyncio.gather(*(_connection(server.tcp_address, s, frames, r, o.in_flight, done)
-                                   for s in shards))
+            await replay_lanes([c for c, _ in signed], lanes, frames, r, o.in_flight, done)
         finally:
             r.t_end_s = time.perf_counter()
             await ticker
@@ -607,7 +594,10 @@ def render_text(s: dict) -> str:
         f" ({'cached' if s['world_cached'] else 'generated'}: {w['out_dir']})",
         f"  day       {s['requests']:,} requests: {c['settlements']:,} settlements and {c['reversals']:,} reversals"
         f" committed, {c['retries_answered']:,} retries answered from the journal, {c['refused']:,} refused",
-        f"  replay    {s['connections']} connections x {s['in_flight']} in flight, framed TCP, {lat['replay_s']:.1f} s:"
+        f"  sign-in   {s['connections']} connections of the province platforms (each a signed 9001 first), "
+        f"{s['sign_ins']:,} sign-ins (one per institution and day it works), in {s['sign_in_s']:.2f} s",
+        f"  replay    {s['in_flight']} in flight over {s['connections']} connections, framed TCP, each request "
+        f"under its institution's sign-in, {lat['replay_s']:.1f} s:"
         f" {s['settlements_per_s']:,.0f} settlements/s, {s['requests_per_s']:,.0f} requests/s,"
         f" {s['batches']:,} batches (mean {s['requests'] / max(s['batches'], 1):.0f} requests)",
         f"  latency   p50 {lat['latency_ms_p50']:.1f} ms, p99 {lat['latency_ms_p99']:.1f} ms,"
@@ -683,7 +673,8 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
             lat = latency_stats(r)
             s.update(
                 day=o.day, seed=o.seed, scale=o.scale, world=world, world_cached=cached,
-                connections=o.connections, in_flight=o.in_flight, batches=r.batches, latency=lat,
+                connections=r.connections, connections_per_platform=o.connections, in_flight=o.in_flight,
+                sign_ins=r.sign_ins, sign_in_s=round(r.sign_in_s, 3), batches=r.batches, latency=lat,
                 server_s={"engine_s": round(r.engine_s, 3), "commit_s": round(r.commit_s, 3)},
                 settlements_per_s=round(s["counts"]["settlements"] / lat["replay_s"], 1),
                 requests_per_s=round(s["requests"] / lat["replay_s"], 1),

@@ -212,7 +212,9 @@ def render_html(s: dict) -> str:
          + ")"],
         ["committed", f"{c['settlements']:,} settlements, {c['reversals']:,} reversals; "
                       f"{c['retries_answered']:,} retries answered from the journal; {c['refused']:,} refused"],
-        ["replay", f"{s['connections']} connections x {s['in_flight']} in flight over framed TCP, "
+        ["sign-in", f"{s['connections']} connections of the province platforms, {s['sign_ins']:,} sign-ins "
+                    f"(one per institution and day it works), in {s['sign_in_s']:.2f} s"],
+        ["replay", f"{s['in_flight']} in flight over {s['connections']} connections, framed TCP, "
                    f"{lat['replay_s']:.1f} s, {s['batches']:,} batches"],
         ["throughput", f"{s['settlements_per_s']:,.0f} settlements/s, {s['requests_per_s']:,.0f} requests/s"],
         ["latency", f"p50 {lat['latency_ms_p50']:.2f} ms, p99 {lat['latency_ms_p99']:.2f} ms, "

@@ -19,8 +19,10 @@ micro-yuan, and from there on only integers are formatted.
 """
 from __future__ import annotations
 
-from engine.tools.synth.stream import ANOMALIES, gen_requests, write_requests_jsonl
+from engine.tools.synth.flows import FLOWS, MIXED_STEPWISE_SHARE, STEP_ANOMALIES, Note
+from engine.tools.synth.stream import ANOMALIES, Stream, gen_requests, gen_stream, write_requests_jsonl
 from engine.tools.synth.view import WorldView, world_view
 from engine.tools.synth.world import gen_world
 
-__all__ = ["gen_world", "gen_requests", "world_view", "write_requests_jsonl", "WorldView", "ANOMALIES"]
+__all__ = ["gen_world", "gen_requests", "gen_stream", "world_view", "write_requests_jsonl", "WorldView", "Stream",
+           "Note", "ANOMALIES", "STEP_ANOMALIES", "FLOWS", "MIXED_STEPWISE_SHARE"]

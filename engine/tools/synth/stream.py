@@ -1,19 +1,27 @@
-"""Request streams (docs/contract.md section 7): `gen_requests` turns drawn visits into
-the envelopes a replay feeds, with pre-settlements, queries, reversals, retries and
+"""Request streams (docs/contract.md sections 7 and 11): `gen_requests` turns drawn visits
+into the envelopes a replay feeds, with pre-settlements, queries, reversals, retries and
 requests wrong on purpose, in inf_time order. The stream builds one dict per
 envelope and per fee line (that is its output), but every number in them was drawn
 and formatted column-wise first (engine.tools.synth.visits).
+
+`flow` says how visits are sent: "oneshot" (each a settlement with its lines inline,
+section 7), "stepwise" (as hospital systems send them, section 11:
+engine.tools.synth.flows) or "mixed" (a share of visits each way).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+from dataclasses import dataclass
 from typing import Iterable
 
 import orjson
 
 from engine.contract import money
 from engine.tools.synth.draws import EPOCH_DAY_SECONDS, day_of, rng_for, time_strs
+from engine.tools.synth.flows import FLOW_MIXED, FLOW_ONESHOT, FLOW_STEPWISE, FLOWS, MIXED_STEPWISE_SHARE, Flow, Note
+from engine.tools.synth import steps
+from engine.tools.synth.flows import plan_rates
 from engine.tools.synth.view import WorldView, world_view
 from engine.tools.synth.visits import Visits, visits
 
@@ -61,7 +69,38 @@ def _fmt_time(abs_s: int) -> str:
     return f"{money.format_day(day)} {sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
 
 
-def gen_requests(
+@dataclass
+class Stream:
+    """A generated stream: its envelopes and, for the step-wise and mixed flows, a Note on each."""
+
+    envelopes: list[dict]
+    notes: list[Note] | None  # None for the one-shot flow
+
+    def twin_stream(self) -> tuple[list[int], list[dict]]:
+        """The one-shot twin of the stream: (position in `envelopes`, envelope) of each request it holds.
+
+        Requests of one-shot form are there unchanged; each step-wise settlement and
+        pre-settlement is replaced by the one-shot request of the same lines (same
+        msgid, envelope and data), its reversals follow it; the steps of visits and
+        step-wise requests wrong on purpose are left out. Replayed on a second engine,
+        each twin's reply equals the step-wise request's (section 11: "computed exactly
+        as the section-7 request"), the twin's mdtrt_id aside for a visit's second batch.
+        """
+        if self.notes is None:
+            return list(range(len(self.envelopes))), list(self.envelopes)
+        keep = [k for k, nt in enumerate(self.notes) if nt.twin is not None]
+        return keep, [self.notes[k].twin for k in keep]
+
+
+def gen_requests(world: object, n: int, **kw) -> list[dict]:
+    """n envelopes (docs/contract.md sections 7 and 11) against a world, in the order a replay feeds them.
+
+    See gen_stream for the arguments; `flow` is "oneshot" unless given.
+    """
+    return gen_stream(world, n, **kw).envelopes
+
+
+def gen_stream(
     world: object,
     n: int,
     *,
@@ -79,8 +118,10 @@ def gen_requests(
     local_share: float = 0.20,
     late_share: float = 0.003,
     not_in_catalogue_share: float = 0.01,
-) -> list[dict]:
-    """n envelopes (docs/contract.md section 7) against a world, in the order a replay feeds them.
+    flow: str = FLOW_ONESHOT,
+    stepwise_share: float | None = None,
+) -> Stream:
+    """n envelopes (docs/contract.md sections 7 and 11) against a world, in the order a replay feeds them.
 
     world: a folder, an engine.world.World, or a WorldView (reuse one for many streams).
     The stream holds settlements (2207 outpatient, 2304 inpatient), pre-settlements
@@ -91,6 +132,15 @@ def gen_requests(
     retry, which repeats the original's inf_time with the rest of the envelope.
     cross_province_share and local_share split the visits; the rest are in another
     region of the insured province. Everything else is section 7 as written.
+
+    flow: "oneshot" (the default: the stream above, the same bytes for the same
+    seed as before flows existed), "stepwise" (every visit as hospital systems send
+    it, section 11: engine.tools.synth.flows) or "mixed" (`stepwise_share` of the
+    visits step-wise, default MIXED_STEPWISE_SHARE, the rest one-shot). In the
+    step-wise and mixed flows the shares of queries, pre-settlements and reversals
+    are kept per settlement (as in a one-shot stream of n requests), those of retries
+    and requests wrong on purpose per request; `n` is the number of requests in every
+    flow.
     """
     if n < 1:
         raise ValueError("n must be positive")
@@ -98,13 +148,29 @@ def gen_requests(
         raise ValueError("days must be positive")
     if zipf_a <= 0:
         raise ValueError("zipf_a must be positive")
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {', '.join(FLOWS)}: {flow!r}")
+    if stepwise_share is not None and (flow != FLOW_MIXED or not 0.0 <= stepwise_share <= 1.0):
+        raise ValueError("stepwise_share is a share in [0, 1], for the mixed flow")
     v = world if isinstance(world, WorldView) else world_view(world)
     with _gc_paused():
-        return _stream(v, n, seed=seed, start=start, days=days, inpatient_share=inpatient_share,
-                       retry_share=retry_share, reversal_share=reversal_share, malformed_share=malformed_share,
-                       zipf_a=zipf_a, presettle_share=presettle_share, query_share=query_share,
-                       cross_province_share=cross_province_share, local_share=local_share,
-                       late_share=late_share, not_in_catalogue_share=not_in_catalogue_share)
+        if flow == FLOW_ONESHOT:
+            return Stream(_stream(
+                v, n, seed=seed, start=start, days=days, inpatient_share=inpatient_share, retry_share=retry_share,
+                reversal_share=reversal_share, malformed_share=malformed_share, zipf_a=zipf_a,
+                presettle_share=presettle_share, query_share=query_share, cross_province_share=cross_province_share,
+                local_share=local_share, late_share=late_share, not_in_catalogue_share=not_in_catalogue_share), None)
+        share = 1.0 if flow == FLOW_STEPWISE else (MIXED_STEPWISE_SHARE if stepwise_share is None else stepwise_share)
+        rates = plan_rates(n, query_share=query_share, presettle_share=presettle_share,
+                           reversal_share=reversal_share, retry_share=retry_share, malformed_share=malformed_share)
+        draw = dict(inpatient_share=inpatient_share, cross_share=cross_province_share, local_share=local_share,
+                    late_share=late_share, nic_share=not_in_catalogue_share, zipf_a=zipf_a)
+        f = Flow(v, rng_for(seed, "requests-" + flow), n, start=start, days=days, stepwise_share=share, draw=draw,
+                 rates=rates)
+        f.plan()
+        f.finish(rates["n_bad"], ANOMALIES)
+        pairs = steps.envelopes(f, _Stream(v, f.rng, f.vis, f.start_day), rates["n_retry"])
+        return Stream([e for e, _ in pairs], [nt for _, nt in pairs])
 
 
 def _stream(v: WorldView, n: int, *, seed: int, start: str, days: int, inpatient_share: float,
@@ -298,6 +364,10 @@ class _Stream:
 
     def _bad_settlement(self, kind: str, kind_i: int, si: int, t: int) -> dict:
         i, _, senv = self.settles[si]
+        return self.bad_settlement_of(kind, kind_i, i, senv, t)
+
+    def bad_settlement_of(self, kind: str, kind_i: int, i: int, senv: dict, t: int) -> dict:
+        """A copy of visit i's one-shot settlement `senv`, wrong in the way `kind` names (ANOMALIES)."""
         inp = _copy_input(senv["input"])
         d = inp["data"]
         d["mdtrt_id"] = d["mdtrt_id"] + f"B{kind_i:02d}{len(self.events):06d}"

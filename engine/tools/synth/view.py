@@ -3,8 +3,9 @@ read from a world folder or from a loaded engine.world World (the same view eith
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +43,35 @@ class WorldView:
     cat_cap_micro: np.ndarray  # int64 price cap of that code in that province, -1 none
     codes: pa.Array  # distinct codes of every province, sorted
     code_kind: np.ndarray  # int8 KIND_* of each distinct code
+    # Every catalogue entry (each version of a code), for splitting lines as the hub
+    # does (section 3; engine.tools.synth.split), sorted by ver_key.
+    ver_key: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # version_key(prov, code id, begn)
+    ver_end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # last day, DAY_OPEN when open
+    ver_lv: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 1 A, 2 B, 3 C
+    ver_selfpay_bp: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ver_cap_micro: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # -1 none
+    ver_lmt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 1 inpatient use only
+    # What section 5 says about refusals, per (insuplc_admdvs, insutype) with a policy.
+    policies: dict = field(default_factory=dict)
+
+
+# version_key: (province, code id) over 44 bits, then the day a version begins over 20.
+VERSION_CODE_BITS, VERSION_DAY_BITS = 24, 20
+
+
+def version_key(prov: np.ndarray, code_id: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """The sort key of a catalogue version, and the search key of a line on its day."""
+    prov, code_id, day = (np.asarray(a, dtype=np.int64) for a in (prov, code_id, day))
+    return ((prov << VERSION_CODE_BITS) | code_id) << VERSION_DAY_BITS | day
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """The parts of a policy (section 5) that decide whether a settlement is refused."""
+
+    unfiled_refused: bool  # reduction.unfiled is null: E_FILING_REQUIRED for an UNFILED visit
+    op_requires_filing: bool  # outpatient.requires_filing (no WAIVED class when true)
+    chronic: frozenset  # the diseases it lists (E_NO_QUALIFICATION for others)
 
 
 def _read_strings(folder: str, name: str, cols: list[str]) -> dict[str, pa.Array]:
@@ -103,11 +133,12 @@ def world_view(world: object) -> WorldView:
     psn_region = pc.index_in(c.insuplc, value_set=region_pa).to_numpy(zero_copy_only=False).astype(np.int64)
     inst_region = pc.index_in(pa.array(c.inst_adm), value_set=region_pa).to_numpy().astype(np.int64)
     cat = _catalogue_view(c.cat_prov, c.cat_code, c.cat_cap)
+    cat.update(_versions_view(c, cat["codes"]))
     return WorldView(
         regions=regions, inst_code=c.inst_code, inst_name=c.inst_name, inst_region=inst_region,
         inst_lv=np.asarray(c.inst_lv, dtype=np.int64), psn_no=c.psn_no, psn_certno=c.certno,
         psn_insutype=c.insutype, psn_region=psn_region, chr_psn=chr_psn, chr_dise=chr_dise,
-        fil_psn=fil_psn, fil_dest=fil_dest, fil_begn=fil_begn, fil_last=fil_last, **cat,
+        fil_psn=fil_psn, fil_dest=fil_dest, fil_begn=fil_begn, fil_last=fil_last, policies=c.policies, **cat,
     )
 
 
@@ -134,6 +165,12 @@ class _Columns:
     cat_prov: np.ndarray  # int64 province number of each catalogue row
     cat_code: pa.Array
     cat_cap: np.ndarray  # int64 micro-yuan, -1 none
+    cat_lv: np.ndarray  # int64 1..3
+    cat_selfpay_bp: np.ndarray  # int64, 0 when absent
+    cat_lmt: np.ndarray  # int64 0/1
+    cat_begn: np.ndarray  # int64 day
+    cat_end: np.ndarray  # int64 day, DAY_OPEN when absent
+    policies: dict  # (insuplc_admdvs, insutype) -> PolicyFacts
 
 
 def _columns_of_world(world: World) -> _Columns:
@@ -147,6 +184,12 @@ def _columns_of_world(world: World) -> _Columns:
         fil_begn=np.asarray(world.fil_begn, np.int64), fil_end=np.asarray(world.fil_end, np.int64),
         cat_prov=np.asarray(world.cat_prov, dtype=np.int64),
         cat_code=world.cat_code, cat_cap=np.asarray(world.cat_cap_micro, dtype=np.int64),
+        cat_lv=np.asarray(world.cat_lv, np.int64), cat_selfpay_bp=np.asarray(world.cat_selfpay_bp, np.int64),
+        cat_lmt=np.asarray(world.cat_lmt, np.int64), cat_begn=np.asarray(world.cat_begn, np.int64),
+        cat_end=np.asarray(world.cat_end, np.int64),
+        policies={(p.insuplc_admdvs, p.insutype): PolicyFacts(
+            unfiled_refused=p.reduction_bp["unfiled"] is None, op_requires_filing=bool(p.op_requires_filing),
+            chronic=frozenset(p.chronic)) for p in world.policies},
     )
 
 
@@ -156,11 +199,13 @@ def _columns_of_folder(folder: str) -> _Columns:
     chr_ = _read_strings(folder, "chronic.csv", ["psn_no", "dise_codg"])
     fil = _read_strings(folder, "filings.csv", ["psn_no", "filing_type", "dest_admdvs", "begndate", "enddate",
                                                 "status"])
-    cat = _read_strings(folder, "catalogue.csv", ["prov_admdvs", "med_list_codg", "pric_uplmt_amt"])
-    # The cap only steers the prices drawn; read as a float and rounded to the
-    # micro-yuan, it is exact for every cap below 10**9 yuan (15 significant
-    # digits), so the view equals the one built from a loaded World.
+    cat = _read_strings(folder, "catalogue.csv", ["prov_admdvs", "med_list_codg", "pric_uplmt_amt", "chrgitm_lv",
+                                                  "selfpay_prop", "lmt_used_flag", "begndate", "enddate"])
+    # Read as a float and rounded to the micro-yuan, a cap is exact below 10**9
+    # yuan (15 significant digits), and a ratio of four decimals to the bp: the
+    # view equals the one built from a loaded World.
     cap_f = pc.cast(pc.fill_null(cat["pric_uplmt_amt"], "-1"), pa.float64()).to_numpy(zero_copy_only=False)
+    selfpay_f = pc.cast(pc.fill_null(cat["selfpay_prop"], "0"), pa.float64()).to_numpy(zero_copy_only=False)
     return _Columns(
         inst_code=inst["fixmedins_code"].to_pylist(), inst_name=inst["fixmedins_name"].to_pylist(),
         inst_adm=inst["admdvs"].to_pylist(), inst_lv=pc.cast(inst["hosp_lv"], pa.int64()).to_numpy(),
@@ -172,7 +217,33 @@ def _columns_of_folder(folder: str) -> _Columns:
         fil_begn=_day_col(fil["begndate"]), fil_end=_day_col(fil["enddate"]),
         cat_prov=pc.cast(pc.utf8_slice_codeunits(cat["prov_admdvs"], 0, 2), pa.int64()).to_numpy(),
         cat_code=cat["med_list_codg"], cat_cap=np.where(cap_f < 0, -1, np.rint(cap_f * 1e6)).astype(np.int64),
+        cat_lv=pc.cast(cat["chrgitm_lv"], pa.int64()).to_numpy(zero_copy_only=False),
+        cat_selfpay_bp=np.rint(selfpay_f * 1e4).astype(np.int64),
+        cat_lmt=pc.cast(pc.fill_null(cat["lmt_used_flag"], "0"), pa.int64()).to_numpy(zero_copy_only=False),
+        cat_begn=_day_col(cat["begndate"]), cat_end=_day_col(cat["enddate"]),
+        policies=_policy_facts(os.path.join(folder, "policies.json")),
     )
+
+
+def _policy_facts(path: str) -> dict:
+    """policies.json as PolicyFacts (not validated: run load_world for that)."""
+    with open(path, "rb") as f:
+        raw = json.loads(f.read())
+    return {(p["insuplc_admdvs"], p["insutype"]): PolicyFacts(
+        unfiled_refused=p["reduction"].get("unfiled") is None,
+        op_requires_filing=bool(p["outpatient"].get("requires_filing", False)),
+        chronic=frozenset(p.get("chronic") or ())) for p in raw}
+
+
+def _versions_view(c: _Columns, codes: pa.Array) -> dict:
+    """The view's ver_* fields: every catalogue entry, keyed by (province, code id, begndate)."""
+    code_id = pc.fill_null(pc.index_in(c.cat_code, value_set=codes), -1).to_numpy(zero_copy_only=False)
+    assert code_id.size == 0 or (int(code_id.min()) >= 0 and int(code_id.max()) < 1 << VERSION_CODE_BITS)
+    assert c.cat_begn.size == 0 or int(c.cat_begn.max()) < 1 << VERSION_DAY_BITS
+    key = version_key(c.cat_prov, code_id, c.cat_begn)
+    o = np.argsort(key, kind="stable")
+    return dict(ver_key=key[o], ver_end=c.cat_end[o], ver_lv=c.cat_lv[o], ver_selfpay_bp=c.cat_selfpay_bp[o],
+                ver_cap_micro=c.cat_cap[o], ver_lmt=c.cat_lmt[o])
 
 
 def _catalogue_view(cat_prov: np.ndarray, cat_code: pa.Array, cat_cap: np.ndarray) -> dict:

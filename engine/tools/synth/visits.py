@@ -60,15 +60,31 @@ class Visits:
     insuplc: list[str]
     data: list[dict]
     feedetail: list[list[dict]]
+    # What the step-wise flows need beyond the one-shot inputs (engine.tools.synth.flows):
+    # the visit's facts and its fee lines as parsed numbers, visit after visit.
+    facts: "VisitFacts | None" = None
+
+
+@dataclass
+class VisitFacts:
+    """The drawn facts behind each visit's input, kept as columns."""
+
+    mt: np.ndarray  # int64 med_type
+    trt: np.ndarray  # int64 treatment region (index into WorldView.regions)
+    begn_t: np.ndarray  # int64 absolute seconds of begntime
+    end_t: np.ndarray  # int64 absolute seconds of endtime (inpatients)
+    late: np.ndarray  # bool: an outpatient visit uploaded late, dated the December before
+    lines: "_Lines"
 
 
 def visits(v: WorldView, rng: np.random.Generator, nv: int, start_day: int, days: int, *,
            inpatient_share: float, cross_share: float, local_share: float, late_share: float,
-           nic_share: float, zipf_a: float) -> Visits:
+           nic_share: float, zipf_a: float, id_base: int = 0) -> Visits:
     """nv visits, each a complete settlement input (section 7), drawn column-wise.
 
     The parts draw from `rng` in a fixed order (who, where, which institution, when,
-    fee lines, inputs): the same seed gives the same visits.
+    fee lines, inputs): the same seed gives the same visits. `id_base` numbers the
+    visits' mdtrt_id from there, for a second draw into the same stream.
     """
     if len(v.psn_no) == 0 or not v.inst_code:
         raise ValueError("the world has no persons or no institutions")
@@ -78,9 +94,11 @@ def visits(v: WorldView, rng: np.random.Generator, nv: int, start_day: int, days
     inst = _institution(v, rng, who.ip, trt)
     when = _when(rng, nv, start_day, days, who.ip, late_share)
     lines = _fee_lines(v, geo, rng, who.ip, when, trt, nic_share, zipf_a)
-    data, feedetail = _inputs(v, rng, who, trt, when, lines)
+    data, feedetail = _inputs(v, rng, who, trt, when, lines, id_base)
     insuplc = [v.regions[r_] for r_ in who.own.tolist()]
-    return Visits(t=when.t, inst=inst, psn=who.psn, ip=who.ip, insuplc=insuplc, data=data, feedetail=feedetail)
+    facts = VisitFacts(mt=who.mt, trt=trt, begn_t=when.begn_t, end_t=when.end_t, late=when.late, lines=lines)
+    return Visits(t=when.t, inst=inst, psn=who.psn, ip=who.ip, insuplc=insuplc, data=data, feedetail=feedetail,
+                  facts=facts)
 
 
 class _Geography:
@@ -231,6 +249,7 @@ class _When:
     begn_t: np.ndarray  # int64 begntime
     end_t: np.ndarray  # int64 endtime (inpatients)
     fee_hi: np.ndarray  # int64 the latest fee_ocur_time
+    late: np.ndarray  # bool: dated the December before (uploaded late)
 
 
 def _when(rng: np.random.Generator, nv: int, start_day: int, days: int, ip: np.ndarray,
@@ -251,7 +270,7 @@ def _when(rng: np.random.Generator, nv: int, start_day: int, days: int, ip: np.n
     late_begn = prev_dec + rng.integers(8 * 3600, 31 * EPOCH_DAY_SECONDS - 8 * 3600, nv)
     begn_t = np.where(late, late_begn, begn_t)
     fee_hi = np.where(late, late_begn + rng.integers(600, 3 * 3600, nv), fee_hi)
-    return _When(t=t, begn_t=begn_t, end_t=end_t, fee_hi=fee_hi)
+    return _When(t=t, begn_t=begn_t, end_t=end_t, fee_hi=fee_hi, late=late)
 
 
 @dataclass
@@ -262,6 +281,12 @@ class _Lines:
     lstart: np.ndarray  # int64 first line of each visit
     medfee: np.ndarray  # int64 fen, sum of each visit's lines
     rows: list[dict]  # feedetail rows (section 7)
+    # The same lines as parsed numbers (section 3's inputs), and the code each row names.
+    amt_fen: np.ndarray  # int64
+    cnt: np.ndarray  # int64 1/10,000 units
+    pric_micro: np.ndarray  # int64
+    fee_t: np.ndarray  # int64 absolute seconds of fee_ocur_time
+    code: list[str]
 
 
 def _fee_lines(v: WorldView, geo: _Geography, rng: np.random.Generator, ip: np.ndarray, when: _When,
@@ -299,7 +324,8 @@ def _fee_lines(v: WorldView, geo: _Geography, rng: np.random.Generator, ip: np.n
             fmt_scaled(pric, 6).to_pylist(), time_strs(fee_t),
         )
     ]
-    return _Lines(nl=nl, lstart=lstart, medfee=medfee, rows=rows)
+    return _Lines(nl=nl, lstart=lstart, medfee=medfee, rows=rows, amt_fen=amt, cnt=cnt, pric_micro=pric, fee_t=fee_t,
+                  code=code_s)
 
 
 def _fee_codes(v: WorldView, geo: _Geography, rng: np.random.Generator, trt: np.ndarray, lvis: np.ndarray,
@@ -350,7 +376,7 @@ def _counts_and_prices(rng: np.random.Generator, kind: np.ndarray, cap: np.ndarr
 
 
 def _inputs(v: WorldView, rng: np.random.Generator, who: _Who, trt: np.ndarray, when: _When,
-            lines: _Lines) -> tuple[list[dict], list[list[dict]]]:
+            lines: _Lines, id_base: int = 0) -> tuple[list[dict], list[list[dict]]]:
     """The settlement input of each visit: its `data` and its `feedetail` rows (section 7)."""
     nv, regions = who.psn.size, v.regions
     psn_pa = pa.array(who.psn)
@@ -382,7 +408,7 @@ def _inputs(v: WorldView, rng: np.random.Generator, who: _Who, trt: np.ndarray, 
             "mdtrt_cert_type": cert_type[i],
             "mdtrt_cert_no": psn_no[i] if cert_type[i] == "01" else certno[i],
             "med_type": str(mt_l[i]),
-            "mdtrt_id": f"{regions[trt_l[i]]}{ymd[t_day_l[i]]}{i:08d}",
+            "mdtrt_id": f"{regions[trt_l[i]]}{ymd[t_day_l[i]]}{id_base + i:08d}",
             "insutype": insutype[i],
             "medfee_sumamt": medfee_s[i],
             "acct_used_flag": acct[i],
@@ -395,3 +421,24 @@ def _inputs(v: WorldView, rng: np.random.Generator, who: _Who, trt: np.ndarray, 
         data.append(d)
         feedetail.append(rows[lstart_l[i]:lstart_l[i] + nl_l[i]])
     return data, feedetail
+
+
+def concat_visits(a: Visits, b: Visits) -> Visits:
+    """The visits of a, then those of b (a second draw into one stream: b drawn with id_base = len(a.t))."""
+    fa, fb = a.facts, b.facts
+    assert fa is not None and fb is not None
+    la, lb = fa.lines, fb.lines
+    n_lines_a = len(la.rows)
+    lines = _Lines(
+        nl=np.concatenate([la.nl, lb.nl]), lstart=np.concatenate([la.lstart, lb.lstart + n_lines_a]),
+        medfee=np.concatenate([la.medfee, lb.medfee]), rows=la.rows + lb.rows,
+        amt_fen=np.concatenate([la.amt_fen, lb.amt_fen]), cnt=np.concatenate([la.cnt, lb.cnt]),
+        pric_micro=np.concatenate([la.pric_micro, lb.pric_micro]), fee_t=np.concatenate([la.fee_t, lb.fee_t]),
+        code=la.code + lb.code,
+    )
+    facts = VisitFacts(mt=np.concatenate([fa.mt, fb.mt]), trt=np.concatenate([fa.trt, fb.trt]),
+                       begn_t=np.concatenate([fa.begn_t, fb.begn_t]), end_t=np.concatenate([fa.end_t, fb.end_t]),
+                       late=np.concatenate([fa.late, fb.late]), lines=lines)
+    return Visits(t=np.concatenate([a.t, b.t]), inst=np.concatenate([a.inst, b.inst]),
+                  psn=np.concatenate([a.psn, b.psn]), ip=np.concatenate([a.ip, b.ip]), insuplc=a.insuplc + b.insuplc,
+                  data=a.data + b.data, feedetail=a.feedetail + b.feedetail, facts=facts)
