@@ -12,7 +12,9 @@ order; a line is in force until it is revoked (its visit's cancellation
 revokes them all). An outpatient visit is REGISTERED or CANCELLED, and each of
 its batches is settled or not; a stay is ADMITTED, DISCHARGED, SETTLED or
 CANCELLED. Where the contract is silent, the choices are those listed in
-docs/contract.md, "Choices where the contract is silent" (section 11).
+docs/contract.md, "Choices where the contract is silent" (section 11), and
+where that list says nothing, the few of its own that tests/test_stepwise_reference.py
+pins (DIFFERENT_CHOICES: where the compiled engine chose otherwise).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class Line:
     """A fee line as uploaded: its fee_line tuple (feedetl_sn as sent first), batch and upload."""
 
     fee: tuple
-    key: str  # str(feedetl_sn): the line's identity within its visit
+    key: str  # its feedetl_sn: the line's identity within its visit
     batch: str
     msgid: str  # the upload that brought it
     revoked: bool = False
@@ -149,13 +151,6 @@ def _dise(d: dict) -> str | None:
     return dise or None
 
 
-def _sn(d: dict) -> object:
-    sn = d.get("feedetl_sn")
-    if not (isinstance(sn, str) and sn) and not (isinstance(sn, int) and not isinstance(sn, bool)):
-        raise Refused(E_SCHEMA, "feedetl_sn must be a non-empty string or an integer")
-    return sn
-
-
 class StepwiseBook(SettlementBook):
     """The section 7 book with the visits of section 11, their lines, and the voided msgids."""
 
@@ -180,9 +175,9 @@ class StepwiseBook(SettlementBook):
 
     # -- the visit a request names
 
-    def visit_for(self, env: dict, mdtrt_id: str, psn_nos: list[str], inpatient: bool) -> Visit:
+    def visit_for(self, env: dict, mdtrt_id: str, psn_nos: list[str], inpatient: bool | None) -> Visit:
         """E_NOT_FOUND (no such visit), E_FORBIDDEN (another institution's), E_MISMATCH (another
-        person, or a visit of the other kind)."""
+        person); E_STATE for a visit of the other kind (docs/contract.md's choice)."""
         v = self.visits.get(mdtrt_id)
         if v is None:
             raise Refused(E_NOT_FOUND, f"visit {mdtrt_id}")
@@ -190,9 +185,14 @@ class StepwiseBook(SettlementBook):
             raise Refused(E_FORBIDDEN, f"visit {mdtrt_id} belongs to another institution")
         if any(p != v.psn_no for p in psn_nos):
             raise Refused(E_MISMATCH, f"psn_no is not that of visit {mdtrt_id}")
-        if v.inpatient != inpatient:
-            raise Refused(E_MISMATCH, f"visit {mdtrt_id} is {'an inpatient stay' if v.inpatient else 'outpatient'}")
+        if inpatient is not None:
+            self.require_kind(v, inpatient)
         return v
+
+    @staticmethod
+    def require_kind(v: Visit, inpatient: bool) -> None:
+        if v.inpatient != inpatient:
+            raise Refused(E_STATE, f"visit {v.mdtrt_id} is {'an inpatient stay' if v.inpatient else 'outpatient'}")
 
     @staticmethod
     def require(v: Visit, *allowed: str) -> None:
@@ -284,11 +284,11 @@ class StepwiseBook(SettlementBook):
         return {}
 
     def discharge(self, env: dict, now: str) -> dict:
-        """2402: endtime of an admitted stay, not before its begntime (E_DATE)."""
+        """2402: endtime of a stay not settled, not before its begntime (E_DATE); a second 2402 moves it."""
         info = _part(env, "dscginfo")
         endtime = _time(info, "endtime")
         _, v = self._named(env, "dscginfo", True)
-        self.require(v, ADMITTED)
+        self.require(v, ADMITTED, DISCHARGED)
         if endtime < v.begntime:
             raise Refused(E_DATE, f"endtime {endtime} is before begntime {v.begntime}")
         v.endtime, v.discharged_by = endtime, env["msgid"]
@@ -326,37 +326,33 @@ class StepwiseBook(SettlementBook):
     # -- lines: 2204, 2301, 2205, 2302
 
     def upload(self, env: dict, now: str) -> dict:
-        """2204/2301, all or nothing: E_SCHEMA (one visit, one batch), E_LIMIT (lines in the request),
-        the visit, E_STATE, E_DUPLICATE_LINE, E_LIMIT (lines in force), then section 3 line by line."""
+        """2204/2301, all or nothing, checked in docs/contract.md's order: the upload's shape (E_SCHEMA: one
+        visit, one person, for 2204 one batch, every feedetl_sn a non-empty string), the visit, E_STATE,
+        E_DUPLICATE_LINE, the lines in force (E_LIMIT), then the lines as section 7 reads them (E_SCHEMA)
+        and section 3, line by line (E_LIMIT, E_AMOUNT_MISMATCH)."""
         inpatient = env["infno"] == INFNO_IP_UPLOAD
         lines_in = _part(env, "feedetail", list)
         field_str(env, "msgid")
-        if not lines_in:
-            raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
-        fees, mdtrt_ids, psn_nos, batches = [], set(), [], set()
-        for ln in lines_in:
-            fees.append(fee_line(ln))
-            mdtrt_ids.add(field_str(ln, "mdtrt_id"))
-            psn_nos.append(field_str(ln, "psn_no"))
-            batch = STAY_BATCH if inpatient else field_str(ln, "chrg_bchno")
-            if ALL_LINES in (str(fees[-1][0]), batch):
-                raise Refused(E_SCHEMA, f"{ALL_LINES} names every line: it is not a feedetl_sn or a chrg_bchno")
-            batches.add(batch)
-        if len(mdtrt_ids) > 1 or len(batches) > 1:
-            raise Refused(E_SCHEMA, "one upload names one visit and one chrg_bchno")
-        if len(fees) > LINES_MAX:
-            raise Refused(E_LIMIT, f"more than {LINES_MAX} fee lines")
-        v = self.visit_for(env, mdtrt_ids.pop(), psn_nos, inpatient)
-        batch = batches.pop()
+        if not lines_in or any(not isinstance(ln, dict) for ln in lines_in):
+            raise Refused(E_SCHEMA, "feedetail must be a non-empty list of objects")
+        names = {(field_str(ln, "mdtrt_id"), field_str(ln, "psn_no"),
+                  STAY_BATCH if inpatient else field_str(ln, "chrg_bchno")) for ln in lines_in}
+        if len(names) > 1:
+            raise Refused(E_SCHEMA, "one upload names one visit, one person" + ("" if inpatient else " and one batch"))
+        mdtrt_id, psn_no, batch = names.pop()
+        keys = [field_str(ln, "feedetl_sn") for ln in lines_in]
+        if ALL_LINES in (batch, *keys):
+            raise Refused(E_SCHEMA, f"{ALL_LINES} names every line: it is not a feedetl_sn or a chrg_bchno")
+        v = self.visit_for(env, mdtrt_id, [psn_no], inpatient)
         self.require(v, *((ADMITTED, DISCHARGED) if inpatient else (REGISTERED,)))
         if batch in v.settled:
             raise Refused(E_STATE, f"batch {batch!r} of visit {v.mdtrt_id} is {SETTLED}")
-        keys = [str(f[0]) for f in fees]
         used = {ln.key for ln in v.lines}
         if len(set(keys)) < len(keys) or used & set(keys):
             raise Refused(E_DUPLICATE_LINE, f"a feedetl_sn already used in visit {v.mdtrt_id}")
-        if len(v.in_force()) + len(fees) > VISIT_LINES_MAX:
+        if len(v.in_force()) + len(keys) > VISIT_LINES_MAX:  # (a request's own 10,000 lines included)
             raise Refused(E_LIMIT, f"more than {VISIT_LINES_MAX} lines in force on visit {v.mdtrt_id}")
+        fees = [fee_line(ln) for ln in lines_in]
         results, _, _ = self.split_lines(v.mdtrtarea_admvs[:2], fees, not inpatient)
         v.lines += [Line(f, k, batch, env["msgid"]) for f, k in zip(fees, keys)]
         self.visit_of_msg[env["msgid"]] = v.mdtrt_id
@@ -381,12 +377,12 @@ class StepwiseBook(SettlementBook):
         items = _part(env, "data", list)
         if not items or any(not isinstance(x, dict) for x in items):
             raise Refused(E_SCHEMA, "input.data must be a non-empty list of objects")
-        keys = {str(_sn(x)) for x in items}
-        mdtrt_ids = {field_str(x, "mdtrt_id") for x in items}
-        psn_nos = [field_str(x, "psn_no") for x in items]
-        if len(mdtrt_ids) > 1:
-            raise Refused(E_SCHEMA, "one revocation names one visit")
-        v = self.visit_for(env, mdtrt_ids.pop(), psn_nos, True)
+        keys = {field_str(x, "feedetl_sn") for x in items}
+        names = {(field_str(x, "mdtrt_id"), field_str(x, "psn_no")) for x in items}
+        if len(names) > 1:
+            raise Refused(E_SCHEMA, "one revocation names one stay and one person")
+        mdtrt_id, psn_no = names.pop()
+        v = self.visit_for(env, mdtrt_id, [psn_no], True)
         self.require(v, ADMITTED, DISCHARGED)
         in_force = v.in_force()
         gone = in_force if ALL_LINES in keys else [ln for ln in in_force if ln.key in keys]
@@ -419,9 +415,10 @@ class StepwiseBook(SettlementBook):
         if flag == "1":  # a well-formed request the hub does not do: after every E_SCHEMA
             raise Refused(E_UNSUPPORTED, "interim settlement (mid_setl_flag 1)")
         inst, person, policy = self.parties(env, psn_no, insutype)
-        v = self.visit_for(env, mdtrt_id, [psn_no], not outpatient)
+        v = self.visit_for(env, mdtrt_id, [psn_no], None)
         if med_type is not None and med_type != v.med_type:
             raise Refused(E_MISMATCH, f"med_type {med_type} is not the visit's {v.med_type}")
+        self.require_kind(v, not outpatient)
         if outpatient:
             self.require(v, REGISTERED)
             if batch in v.settled:
