@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from engine.core import kernels
-from engine.reference.oracle import Entry, split_line
+from engine.reference.rules import Entry, split_line
 
 SCALE = float(os.environ.get("YIDI_BENCH_SCALE", "0.02"))
 N_LINES = max(2_000, int(1_000_000 * SCALE))

@@ -1086,6 +1086,16 @@ def test_reversal_after_a_later_year_settlement_in_the_same_batch():
     assert_same_replies(bodies, ref, got)
 
 
+def test_a_settlement_without_feedetail_is_the_step_wise_form():
+    # Section 11: a 2303 without feedetail settles a stay registered by 2401; none is, so E_NOT_FOUND.
+    env = _op("m1", "v1", "2026-03-02", infno="2303")
+    env["input"]["data"].update(med_type="21", endtime="2026-03-02 16:00:00")
+    del env["input"]["feedetail"]
+    bodies, ref, got = _both([env])
+    assert [r.get("err_code") for r in ref] == ["E_NOT_FOUND"]
+    assert_same_replies(bodies, ref, got)
+
+
 LINE_IDENTITY_CASES = [
     ("med_list_codg", ...), ("med_list_codg", None), ("med_list_codg", ""), ("med_list_codg", 123),
     ("feedetl_sn", ...), ("feedetl_sn", None), ("feedetl_sn", ""), ("feedetl_sn", True), ("feedetl_sn", [1]),

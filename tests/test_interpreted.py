@@ -8,6 +8,7 @@ differential tests run again that way, with the same test bodies.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -38,4 +39,5 @@ def test_engine_tests_pass_interpreted():
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SHARED_BODIES],
                        env=_env(), cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout
+    # "N failed" in the summary, not the "xfailed" of a strict xfail.
+    assert " passed" in r.stdout and not re.search(r"\b[0-9]+ failed\b", r.stdout)
