@@ -765,10 +765,9 @@ def test_compiled_equals_reference_on_stepwise_streams(case):
 
 # ---------------------------------------------------------------- where the two engines chose differently
 
-# Where even docs/contract.md's list of choices is silent, the reference and the compiled engine
-# (engine/core/stepwise.py) chose differently on these; each is pinned as a strict xfail (the reference's
-# answer is asserted on its own by test_the_reference_keeps_its_choices), and the streams step around it
-# (stepwise_streams.py) until one side changes.
+# Where docs/contract.md's list of choices was first silent, the reference and the compiled engine
+# (engine/core/stepwise.py) chose differently on these; the compiled engine now answers as the reference
+# does, and the choices are in the list.
 
 
 def _agree(world, envs: list[dict], want: list[str | None]) -> None:
@@ -791,9 +790,8 @@ DIFFERENT_CHOICES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="the reference and the compiled engine chose differently (see DIFFERENT_CHOICES)")
 @pytest.mark.parametrize("name", sorted(DIFFERENT_CHOICES))
-def test_where_the_engines_chose_differently(world, name):
+def test_where_the_engines_first_chose_differently(world, name):
     envs, want = DIFFERENT_CHOICES[name]
     _agree(world, envs, want)
 

@@ -374,15 +374,17 @@ class Engine(SettlingMixin, StepwiseMixin):
             inp_c = self._journal_check(env, infno, codec)
         inp, n_lines = self._read_input(env, codec, buf)
         d = inp.data
-        step_err = step = claims = None
+        step_err = step = claims = interim = None
         if inp.feedetail is None:  # section 11: the visit's lines of a batch
-            d, n_lines, step_err, step, claims = self._step_settle_input(env, codec, buf, rnd)
+            d, n_lines, step_err, step, claims, interim = self._step_settle_input(env, codec, buf, rnd)
         medfee = self._schema_fields(env, d, infno, outpatient)
         day = self._settlement_day(d, outpatient)
         med_type = d.med_type
         chronic = med_type == MED_TYPE_CHRONIC
         if chronic and (not isinstance(d.dise_codg, str) or not d.dise_codg):
             raise Refused(E_SCHEMA, "dise_codg must be a non-empty string")
+        if interim is not None:
+            raise interim
         if not n_lines and step_err is None and step is None:
             raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
         visit = (env.fixmedins_code, d.mdtrt_id)

@@ -20,8 +20,8 @@ from engine.contract.protocol import (
     E_MSGID_REUSED, E_NO_POLICY, E_NOT_FOUND, E_SCHEMA, E_STATE, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON,
     E_UNSUPPORTED, E_VOIDED, INFNO_IP_ADMIT, INFNO_IP_CANCEL, INFNO_IP_CHANGE, INFNO_IP_DISCHARGE,
     INFNO_IP_REVOKE, INFNO_IP_UNDISCHARGE, INFNO_IP_UPLOAD, INFNO_OP_CANCEL, INFNO_OP_INFO, INFNO_OP_REGISTER,
-    INFNO_OP_REVOKE, INFNO_OP_UPLOAD, INFNO_UNDO, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, REQUEST_DAY_MAX,
-    REQUEST_DAY_MIN, UNDOABLE_INFNOS, Refused,
+    INFNO_OP_REVOKE, INFNO_OP_UPLOAD, INFNO_UNDO, MED_TYPE_CHRONIC, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT,
+    REQUEST_DAY_MAX, REQUEST_DAY_MIN, UNDOABLE_INFNOS, Refused,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core import kernels
@@ -240,8 +240,12 @@ class StepwiseMixin:
             dise = d.get("dise_codg")
             if dise is not None and not isinstance(dise, str):
                 raise Refused(E_SCHEMA, "dise_codg must be a string")
+            if med_type == MED_TYPE_CHRONIC and not dise:
+                raise Refused(E_SCHEMA, "dise_codg must name the disease of med_type 14")
             v = self._visit(env, d, rnd, outpatient)
             self._state(v, "registered", "admitted", "discharged")
+            if begntime is not None and v.endtime is not None and begntime > v.endtime:
+                raise Refused(E_DATE, f"begntime {begntime} is after the discharge's endtime {v.endtime}")
             return {}, [["info", v.mdtrt_id, med_type, dise, begntime]]
         if infno == INFNO_IP_REVOKE:
             return self._revoke_lines(env, inp, rnd)
@@ -323,6 +327,8 @@ class StepwiseMixin:
         sns = [ln.feedetl_sn for ln in lines]
         if len({type(sn) for sn in sns}) != 1 or type(sns[0]) is not str or "" in sns:
             raise Refused(E_SCHEMA, "feedetail: feedetl_sn must be a non-empty string")
+        if ALL_LINES in sns or (outpatient and first.chrg_bchno == ALL_LINES):
+            raise Refused(E_SCHEMA, f"{ALL_LINES} names every line in a revocation: no line or batch is called so")
         v = self._visit(env, {"mdtrt_id": first.mdtrt_id, "psn_no": first.psn_no}, rnd, outpatient)
         batch = first.chrg_bchno if outpatient else INPATIENT_BATCH
         if outpatient:
@@ -453,10 +459,11 @@ class StepwiseMixin:
         if d.med_type is not None and (not isinstance(d.med_type, str)
                                        or d.med_type not in (MED_TYPES_OUTPATIENT if outpatient else MED_TYPES_INPATIENT)):
             raise Refused(E_SCHEMA, f"med_type {d.med_type} is not taken by {env.infno}")
+        interim = None  # answered once the request is otherwise well formed (engine._prepare_checks)
         if not outpatient and not (d.mid_setl_flag is None or d.mid_setl_flag == "" or d.mid_setl_flag == "0"):
-            if d.mid_setl_flag == "1":
-                raise Refused(E_UNSUPPORTED, "interim settlement (mid_setl_flag 1) is not supported")
-            raise Refused(E_SCHEMA, "mid_setl_flag must be 0 or 1")
+            if d.mid_setl_flag != "1":
+                raise Refused(E_SCHEMA, "mid_setl_flag must be 0 or 1")
+            interim = Refused(E_UNSUPPORTED, "interim settlement (mid_setl_flag 1) is not supported")
         claims = []
         for k in ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt"):
             val = getattr(d, k)
@@ -490,7 +497,7 @@ class StepwiseMixin:
                 buf.extend(*v.lines.columns(pos))
                 n_lines = len(pos)
         data = _SettleView(d, v if err is None else None, outpatient)
-        return data, n_lines, err, (v, batch) if err is None else None, claims
+        return data, n_lines, err, (v, batch) if err is None else None, claims, interim
 
 
 class _SettleView:
