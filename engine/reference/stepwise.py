@@ -12,9 +12,7 @@ order; a line is in force until it is revoked (its visit's cancellation
 revokes them all). An outpatient visit is REGISTERED or CANCELLED, and each of
 its batches is settled or not; a stay is ADMITTED, DISCHARGED, SETTLED or
 CANCELLED. Where the contract is silent, the choices are those listed in
-docs/contract.md, "Choices where the contract is silent" (section 11), and
-where that list says nothing, the few of its own that tests/test_stepwise_reference.py
-pins (DIFFERENT_CHOICES: where the compiled engine chose otherwise).
+docs/contract.md, "Choices where the contract is silent" (section 11).
 """
 from __future__ import annotations
 
