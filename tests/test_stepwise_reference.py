@@ -660,9 +660,11 @@ def _check_books(eng: ReferenceEngine) -> None:
 
 # What the drawn streams must reach (a guard against a generator that silently narrows): STREAM_CORNERS
 # in any run, STREAM_CORNERS_ALL once the run is long enough.
-STREAM_CORNERS = {"OK", "E_STATE", "E_NOT_FOUND", "VOIDED", "STEPWISE_2304"}
+# (A stay settled step-wise takes four requests in a row on one stay: a run of 50 examples misses it
+# now and then, so it is not among the corners every run must reach.)
+STREAM_CORNERS = {"OK", "E_STATE", "E_NOT_FOUND"}
 STREAM_CORNERS_ALL = STREAM_CORNERS | {
-    "E_DUPLICATE_LINE", "E_DUPLICATE_VISIT", "E_VOIDED", "E_ALREADY_REVERSED", "E_LIMIT", "E_AMOUNT_MISMATCH",
+    "VOIDED", "STEPWISE_2304", "E_DUPLICATE_LINE", "E_DUPLICATE_VISIT", "E_VOIDED", "E_ALREADY_REVERSED", "E_LIMIT", "E_AMOUNT_MISMATCH",
     "E_FORBIDDEN", "E_MISMATCH", "E_MSGID_REUSED", "E_DATE", "E_UNSUPPORTED", "UNDONE", "RETRY", "STEPWISE_2206",
     "STEPWISE_2207", "STEPWISE_2303",
 }
