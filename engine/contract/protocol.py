@@ -156,6 +156,17 @@ SETLINFO_MONEY = (
 )
 
 
+def required_text(d: dict, k: str, required: bool = True) -> str | None:
+    """A field of a decoded input that must be a non-empty string (E_SCHEMA), or None when absent and not
+    required."""
+    v = d.get(k)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v:
+        raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
+    return v
+
+
 class Refused(Exception):
     """A request refused with one of the section 7 error codes; it changes nothing."""
 

@@ -85,15 +85,9 @@ class StepSettleInput(msgspec.Struct, gc=False):
     data: StepSettleData
 
 
-class UploadLine(msgspec.Struct, gc=False):
+class UploadLine(FeeLine, gc=False):
     """A fee line of a step-wise upload (2204, 2301): a FeeLine naming its visit and batch."""
 
-    feedetl_sn: Any = None
-    med_list_codg: Any = None
-    det_item_fee_sumamt: Any = None
-    cnt: Any = None
-    pric: Any = None
-    fee_ocur_time: Any = None
     mdtrt_id: Any = None
     psn_no: Any = None
     chrg_bchno: Any = None

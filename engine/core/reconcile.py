@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from engine.contract import money
 from engine.contract.protocol import (
     E_FORBIDDEN, E_LIMIT, E_SCHEMA, E_UNKNOWN_INSTITUTION, INFNO_LISTING, INFNO_RECONCILE, REQUEST_DAY_MAX,
-    REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, Refused,
+    REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, Refused, required_text,
 )
 from engine.contract.wire import DecodeError
 from engine.core.records import CHANGE_SETTLE
@@ -196,13 +196,7 @@ class ListingQuery:
     page_size: int
 
 
-def _text(d: dict, k: str, required: bool = True) -> str | None:
-    v = d.get(k)
-    if v is None and not required:
-        return None
-    if not isinstance(v, str) or not v:
-        raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
-    return v
+_text = required_text
 
 
 def _parsed(d: dict, k: str, parse) -> int:

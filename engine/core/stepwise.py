@@ -21,7 +21,7 @@ from engine.contract.protocol import (
     E_UNSUPPORTED, E_VOIDED, INFNO_IP_ADMIT, INFNO_IP_CANCEL, INFNO_IP_CHANGE, INFNO_IP_DISCHARGE,
     INFNO_IP_REVOKE, INFNO_IP_UNDISCHARGE, INFNO_IP_UPLOAD, INFNO_OP_CANCEL, INFNO_OP_INFO, INFNO_OP_REGISTER,
     INFNO_OP_REVOKE, INFNO_OP_UPLOAD, INFNO_UNDO, MED_TYPE_CHRONIC, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT,
-    REQUEST_DAY_MAX, REQUEST_DAY_MIN, UNDOABLE_INFNOS, Refused,
+    REQUEST_DAY_MAX, REQUEST_DAY_MIN, UNDOABLE_INFNOS, Refused, required_text,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core import kernels
@@ -34,14 +34,7 @@ VISIT_LINES_IN_FORCE_MAX = 10_000  # section 11
 ALL_LINES = "0000"  # 2205's chrg_bchno and 2302's feedetl_sn: every line not settled
 
 
-def _text(d: dict, k: str, required: bool = True) -> str | None:
-    """A field that must be a non-empty string (E_SCHEMA), or None when absent and not required."""
-    v = d.get(k)
-    if v is None and not required:
-        return None
-    if not isinstance(v, str) or not v:
-        raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
-    return v
+_text = required_text
 
 
 def _time(d: dict, k: str, required: bool = True) -> str | None:
