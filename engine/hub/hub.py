@@ -78,6 +78,7 @@ from engine.core.engine import Engine, Request, now_text
 from engine.hub.framing import frame
 from engine.hub.limits import Limits
 from engine.hub.metrics import Metrics
+from engine.hub.series import SLOT_S, LatencyHistogram, Series
 from engine.store import open_store
 
 log = logging.getLogger("yidi.server")
@@ -236,6 +237,9 @@ class Hub:
                                up=lambda: 0 if (self.failed is not None or self.stopping) else 1,
                                partial_bytes=lambda: self.partial_bytes,
                                held_bytes=lambda: sum(getattr(c, "held_bytes", 0) for c in self.connections))
+        # The last minutes, second by second, for the status page (engine.hub.series).
+        self.series = Series(self.metrics.totals, LatencyHistogram())
+        self._sampler: asyncio.Task | None = None
         self._wait_s = limits.queue_wait_ms_max / 1000.0
         # The hub is behind: the last batch released held a request read more than
         # queue_wait_ms_max before, or the queue's head has waited that long. Set at each release
@@ -268,6 +272,14 @@ class Hub:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="yidi-batcher")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="yidi-sweeper")
+        self._sampler = asyncio.get_running_loop().create_task(self._sample(), name="yidi-series")
+
+    async def _sample(self) -> None:
+        """Once a slot, just after it ends: what the counters gained goes into it (engine.hub.series)."""
+        while True:
+            now = time.monotonic()
+            await asyncio.sleep(SLOT_S - now % SLOT_S + 0.01)
+            self.series.sample(time.monotonic() - 0.02)  # the slot that has just ended
 
     async def _sweep(self) -> None:
         """Check every connection's deadlines (idle, frame) a few times within the shortest of them:
@@ -430,8 +442,10 @@ class Hub:
         now = time.perf_counter()
         lat_tcp = self.metrics.latency.labels("tcp")
         lat_http = self.metrics.latency.labels("http")
+        lat_series = self.series.latency.observe
         conns = {}
         for it, rep in zip(items, replies):
+            lat_series(now - it.t0)
             if it.conn is not None:
                 it.frame = it.encoded
                 lat_tcp.observe(now - it.t0)
@@ -472,8 +486,9 @@ class Hub:
 
     async def close(self) -> None:
         """Close the store on the writer thread, after every commit."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._sampler):
+            if task is not None:
+                task.cancel()
         if self.failed is None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
         self._writer.shutdown(wait=self.failed is None)
