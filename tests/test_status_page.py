@@ -344,3 +344,17 @@ def test_status_sources_fill_the_maintenance_and_world_sections():
     broken = st._source("world", "absent")
     assert broken["present"] is False and "ZeroDivisionError" in broken["note"]
     assert Status(FakeHub())._source("maintenance", "no maintenance file")["note"] == "no maintenance file"
+
+
+def test_the_pages_files_are_package_data():
+    """A pip install carries the page: every file the admin listener serves matches pyproject's package-data."""
+    import fnmatch
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    globs = data["engine.hub"]
+    static = os.path.join(ROOT, "engine", "hub", "static")
+    served = {name for name, _ in STATIC_FILES.values()}
+    assert served == set(os.listdir(static))
+    assert all(any(fnmatch.fnmatch(f"static/{name}", g) for g in globs) for name in served)

@@ -62,6 +62,7 @@ The transports (engine.hub.tcp, engine.hub.http) admit `Admitted` items with
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import concurrent.futures
 import logging
@@ -442,16 +443,18 @@ class Hub:
         now = time.perf_counter()
         lat_tcp = self.metrics.latency.labels("tcp")
         lat_http = self.metrics.latency.labels("http")
-        lat_series = self.series.latency.observe
+        # The status page's finer histogram (engine.hub.series.LatencyHistogram.observe, inlined).
+        lat_counts, lat_bounds = self.series.latency.counts, LatencyHistogram.BOUNDS_S
         conns = {}
         for it, rep in zip(items, replies):
-            lat_series(now - it.t0)
+            dt = now - it.t0
+            lat_counts[bisect.bisect_right(lat_bounds, dt)] += 1
             if it.conn is not None:
                 it.frame = it.encoded
-                lat_tcp.observe(now - it.t0)
+                lat_tcp.observe(dt)
                 conns[id(it.conn)] = it.conn
             else:
-                lat_http.observe(now - it.t0)
+                lat_http.observe(dt)
                 if not it.fut.done():
                     it.fut.set_result(rep)
         for c in conns.values():
