@@ -358,3 +358,30 @@ def test_the_pages_files_are_package_data():
     served = {name for name, _ in STATIC_FILES.values()}
     assert served == set(os.listdir(static))
     assert all(any(fnmatch.fnmatch(f"static/{name}", g) for g in globs) for name in served)
+
+
+def test_status_json_of_a_hub_without_a_store_on_disk(vector_world, vectors):
+    """A hub whose store has no data folder (a test double here; a database store likewise) still has its
+    page: the traffic and errors from the hub, the store's files and pre-payment said to be absent."""
+    from test_server import ServerThread, clone_settlements, memory_store
+
+    reqs, exp = vectors
+    with ServerThread(memory_store(vector_world)) as srv:
+        envs = clone_settlements(reqs, exp, 3, "P")
+        with srv.client() as c:
+            replies = c.pipeline(envs + [envs[0] | {"input": {}}])
+        assert [r["infcode"] for r in replies] == [0, 0, 0, -1]
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            status, body = srv.http_get("/status.json")
+            doc = json.loads(body)
+            if doc["traffic"]["window"]["replies"] == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # polling the hub's own document, under the deadline
+        assert status == 200 and doc["traffic"]["window"]["replies"] == 4
+        assert doc["traffic"]["window"]["settlements"] == 3 and doc["store"]["settlements"] == 3
+        assert [e["code"] for e in doc["errors"]] == [replies[3]["err_code"]]
+        assert doc["store"]["data_dir"] is None and "wal_bytes" not in doc["store"]
+        assert doc["prepay"]["present"] is False and doc["world"]["present"] is False
+        assert doc["maintenance"] == {"present": False, "note": "no maintenance file (yidi serve --maintenance FILE)"}
+        assert srv.http_get("/")[0] == 200

@@ -79,7 +79,7 @@ def world_of_store(conn: sqlite3.Connection) -> dict[str, Any]:
 def _file_bytes(path: str) -> int | None:
     try:
         return os.stat(path).st_size
-    except FileNotFoundError:
+    except OSError:  # absent (no WAL between checkpoints) or unreadable: shown as "–"
         return None
 
 
@@ -127,7 +127,7 @@ class Status:
         if self.sources.world is not None:
             doc["world"] = {"from": "hub", **self._source("world", "")}
         else:
-            doc["world"] = {"present": True, "from": "store", **disk["world"]}
+            doc["world"] = {"from": "store", **disk["world"]}
         return doc
 
     def _hub(self, codes: dict[str, int]) -> dict:
@@ -191,15 +191,19 @@ class Status:
     def _from_disk(self) -> dict:
         store = self.hub.store
         data_dir = getattr(store, "data_dir", None)
-        out: dict[str, Any] = {"store": {"data_dir": data_dir}, "world": {"note": "the store records no world"},
+        out: dict[str, Any] = {"store": {"data_dir": data_dir},
+                               "world": {"present": False, "note": "the store records no world"},
                                "prepay": {"present": False, "note": "no store on disk: no journal to read"}}
         if data_dir is None:
             return out
         path = db_path(data_dir)
-        du = shutil.disk_usage(data_dir)
         out["store"].update(wal_bytes=_file_bytes(path + "-wal"), keys_wal_bytes=_file_bytes(keys_path(path) + "-wal"),
-                            db_bytes=_file_bytes(path), keys_db_bytes=_file_bytes(keys_path(path)),
-                            disk_free_bytes=du.free, disk_total_bytes=du.total)
+                            db_bytes=_file_bytes(path), keys_db_bytes=_file_bytes(keys_path(path)))
+        try:
+            du = shutil.disk_usage(data_dir)
+            out["store"].update(disk_free_bytes=du.free, disk_total_bytes=du.total)
+        except OSError as e:
+            out["store"]["error"] = f"disk usage: {e}"[:300]
         with self._db_lock:
             try:
                 if self._db is None:
@@ -210,7 +214,7 @@ class Status:
                     out["store"]["journal_rows"] = db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchall()[0][0]
                     last = db.execute("SELECT period, closed_at FROM closed_period ORDER BY period DESC LIMIT 1").fetchall()
                     out["store"]["last_closed"] = {"period": last[0][0], "closed_at": last[0][1]} if last else None
-                    out["world"] = world_of_store(db)
+                    out["world"] = {"present": True, **world_of_store(db)}
                 finally:
                     db.execute("COMMIT")
             except (ClearingError, sqlite3.Error) as e:
