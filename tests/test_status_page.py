@@ -254,6 +254,7 @@ def test_status_page_in_a_real_browser_shows_the_hubs_day(tmp_path, vector_world
     assert not [m for m in shown["console"] if "exception" in m], shown["console"]
 
     assert shown["state"] == "up"
+    assert shown["banner"].startswith("The hub does not answer") and "last answer at 20" in shown["banner"]
     # Errors by err_code: every code the test was answered, with its count since start.
     errors = {r["key"]: r["cells"] for r in shown["errors"]}
     assert set(errors) == {c for c in codes if c}
@@ -310,7 +311,7 @@ async def _drive(tmp_path, srv: ServeProcess) -> dict:
         if os.environ.get(SCREENSHOT_ENV):
             with open(os.environ[SCREENSHOT_ENV], "wb") as f:
                 f.write(png)
-        return {
+        shown = {
             "requests": list(b.requests), "console": list(b.console),
             "state": await b.eval("document.getElementById('state').textContent"),
             "errors": await b.eval(TABLE_JS % "#errors tbody tr"),
@@ -327,6 +328,12 @@ async def _drive(tmp_path, srv: ServeProcess) -> dict:
             "p50": await b.eval(SERIES_JS % ("chart-latency", "p50")),
             "p99": await b.eval(SERIES_JS % ("chart-latency", "p99")),
         }
+        # It refreshes by itself; when the hub is gone it says so, with the time of its last answer.
+        await b.until("Number(document.body.dataset.loaded) >= 2")
+        srv.stop()
+        await b.until("document.getElementById('state').textContent === 'unreachable'")
+        shown["banner"] = await b.eval("document.getElementById('banner').textContent")
+        return shown
 
 
 def test_status_sources_fill_the_maintenance_and_world_sections():
