@@ -6,6 +6,7 @@ import sys
 
 
 def _cmd_replay(a: argparse.Namespace) -> int:
+    from engine.core.maintenance import MaintenanceError
     from engine.tools.replay import ReplayError, replay
     from engine.world.loader import WorldError
 
@@ -14,7 +15,10 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         return 2
     try:
         stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=a.data,
-                       accept_world_change=a.accept_world_change)
+                       accept_world_change=a.accept_world_change, maintenance_path=a.maintenance)
+    except MaintenanceError as e:
+        print(f"yidi: --maintenance {e}", file=sys.stderr)
+        return 2
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -218,6 +222,15 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     else:
         warnings.append("--no-auth: no credential, signature, scope or sign-in is checked: anyone who reaches a "
                         "listener can settle as any institution (yidi_auth_disabled 1 on /metrics)")
+    maintenance = None
+    if a.maintenance:
+        from engine.core.maintenance import MaintenanceError, read_schedule
+
+        try:
+            maintenance = (a.maintenance, read_schedule(a.maintenance))
+        except MaintenanceError as e:
+            print(f"yidi: --maintenance {e}", file=sys.stderr)
+            return 2
     refusal = _listen_refusal(a)
     if refusal:
         print(f"yidi: {refusal}", file=sys.stderr)
@@ -232,7 +245,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
             open_store(a.data, a.world, accept_world_change=True).close()
         return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
-                     warnings=warnings)
+                     warnings=warnings, maintenance=maintenance)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -294,6 +307,9 @@ def _add_serve(sub) -> None:
     s.add_argument("--keys", metavar="FILE",
                    help="the credentials file (paasid,token,fixmedins_code,admdvs; yidi keys): every request is "
                         "signed and acts within its credential (contract section 10); reloaded on SIGHUP")
+    s.add_argument("--maintenance", metavar="FILE",
+                   help="maintenance windows of insured regions (admdvs,begin,end,reason; contract section 12): "
+                        "their persons' charges and queries are refused E_MAINTENANCE; reloaded on SIGHUP")
     s.add_argument("--no-auth", action="store_true",
                    help="check no credential at all (tests, a closed network): said at start and on /metrics")
     s.add_argument("--tls-cert", metavar="FILE",
@@ -415,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data", help="keep the durable store in this folder (seeded when new, continued otherwise)")
     r.add_argument("--accept-world-change", action="store_true",
                    help="continue a store with a world of other persons or institutions than its own")
+    r.add_argument("--maintenance", metavar="FILE",
+                   help="maintenance windows (admdvs,begin,end,reason; contract section 12) on each request's "
+                        "inf_time")
     r.set_defaults(fn=_cmd_replay)
 
     k = sub.add_parser("check", help="verify a store: ledger, accounts, persons against the journal")

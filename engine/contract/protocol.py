@@ -79,6 +79,7 @@ E_SIGN_IN = "E_SIGN_IN"  # section 10: no sign-in in force for this credential a
 E_STATE = "E_STATE"  # section 11: the visit's state does not allow the transaction
 E_DUPLICATE_LINE = "E_DUPLICATE_LINE"  # section 11: a feedetl_sn the visit already has
 E_VOIDED = "E_VOIDED"  # section 11: the msgid was voided by a 2601 before it arrived
+E_MAINTENANCE = "E_MAINTENANCE"  # section 12: the person's insured region is in a maintenance window
 
 # Filing classes (section 4), in the tie-break order of the candidates.
 LOCAL, LONG_TERM, REFERRAL, EMERGENCY, TEMP_OTHER, WAIVED, UNFILED = (
@@ -146,6 +147,7 @@ ERR_MESSAGES = {
     E_STATE: "the visit's state does not allow this",
     E_DUPLICATE_LINE: "a fee line with this feedetl_sn was already uploaded for the visit",
     E_VOIDED: "this msgid was voided by a 2601 (冲正): nothing was done",
+    E_MAINTENANCE: "the insured region's platform is down for maintenance: nothing was done, retry after the window",
 }
 
 SETLINFO_MONEY = (

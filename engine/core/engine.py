@@ -26,7 +26,8 @@ from engine.core.filing import filing_last_days
 from engine.contract import money
 from engine.core import reconcile
 from engine.contract.protocol import (
-    CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY,
+    CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MAINTENANCE, E_MISMATCH, E_MSGID_REUSED,
+    E_NO_POLICY,
     E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, E_VOIDED, EMERGENCY, ENVELOPE_DEPTH_MAX,
     ERR_MESSAGES, FILING_CLASS_OF_TYPE, INFNO_PERSON, INFNO_SIGN_IN, INFNO_SIGN_OUT, LINES_MAX, LOCAL,
     MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, OUTPATIENT_INFNOS,
@@ -35,6 +36,7 @@ from engine.contract.protocol import (
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
+from engine.core.maintenance import Schedule
 from engine.core.round import Flush, Journaled, Round
 from engine.core.settling import SettlingMixin
 from engine.core.signin import SignIns, journal_auth
@@ -134,6 +136,10 @@ class Engine(SettlingMixin, StepwiseMixin):
         self.step_journal = h.step_journal
         self.step_changes: list | None = None
         self._cred = None  # the credential of the request being dispatched (Request.cred)
+        # Section 12 (engine.core.maintenance): the maintenance windows in force, None without a file;
+        # replaced whole (a reload) between batches. Refusals counted by the window's admdvs.
+        self.maintenance: Schedule | None = None
+        self.maintenance_refused: dict[str, int] = {}
         self._clock_text, self._clock_value = "", 0  # _clock_day's last answer
         # Set while a request changes state inside its dispatch (a reversal's commit): a bug
         # met then cannot be answered as a refusal, since something has changed.
@@ -198,6 +204,8 @@ class Engine(SettlingMixin, StepwiseMixin):
                     break
                 except Refused as r:
                     replies[idx] = self._refusal(env.msgid, now, r)
+                    if r.code == E_MAINTENANCE:
+                        self._count_maintenance(r)
                     break
                 except Journaled as j:
                     replies[idx] = j.reply
@@ -240,7 +248,7 @@ class Engine(SettlingMixin, StepwiseMixin):
         if infno in REVERSE_INFNOS:
             return self._reverse(env, codec, now, rnd)
         if infno == INFNO_PERSON:
-            return self._ok(env.msgid, now, self._person_info(env, codec, rnd))
+            return self._ok(env.msgid, now, self._person_info(env, codec, now, rnd))
         if infno in reconcile.RECONCILE_INFNOS:
             # It must see every settlement before it: one of its institution's in the open round closes it.
             if rnd.msgids and any(p.commit and p.env.fixmedins_code == env.fixmedins_code for p in rnd.pending):
@@ -253,6 +261,17 @@ class Engine(SettlingMixin, StepwiseMixin):
         raise Refused(E_UNSUPPORTED, f"infno {infno}")
 
     # ------------------------------------------------------------ replies
+
+    def _maintenance_check(self, insuplc: str, now: str) -> None:
+        """Section 12: E_MAINTENANCE while a window covering the person's insured region is in force
+        (after E_MISMATCH, before E_NO_POLICY: docs/contract.md's choices)."""
+        m = self.maintenance
+        if m is not None and m.begin_min <= now < m.end_max:
+            m.check(insuplc, now)
+
+    def _count_maintenance(self, r) -> None:
+        admdvs = r.window.admdvs
+        self.maintenance_refused[admdvs] = self.maintenance_refused.get(admdvs, 0) + 1
 
     @staticmethod
     def _ok(msgid: object, now: str, output: dict) -> Reply:
@@ -412,6 +431,8 @@ class Engine(SettlingMixin, StepwiseMixin):
             insuplc, insutype = self.psn_insuplc[psn], self.psn_insutype[psn]
             if env.insuplc_admdvs != insuplc or d.insutype != insutype:
                 raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
+            if self.maintenance is not None:
+                self._maintenance_check(insuplc, now)
             pol = self.pol.ids.get((insuplc, insutype))
             if pol is None:
                 raise Refused(E_NO_POLICY)
@@ -420,7 +441,7 @@ class Engine(SettlingMixin, StepwiseMixin):
             if step is None and visit in self.open_visits:
                 raise Refused(E_DUPLICATE_VISIT)
         except Refused as r:
-            p.err = r.code
+            p.err = r
             rnd.visits.add(visit)
             return p
         policy = self.policies[pol]
@@ -497,7 +518,7 @@ class Engine(SettlingMixin, StepwiseMixin):
 
     # ------------------------------------------------------------ 1101
 
-    def _person_info(self, env, codec: Codec, rnd: "Round") -> dict:
+    def _person_info(self, env, codec: Codec, now: str, rnd: "Round") -> dict:
         try:
             d = codec.person.decode(env.input).data
         except DecodeError as e:
@@ -514,6 +535,8 @@ class Engine(SettlingMixin, StepwiseMixin):
             raise Refused(E_SCHEMA, "mdtrt_cert_type must be 01, 02 or 03")
         if i is None:
             raise Refused(E_UNKNOWN_PERSON)
+        if self.maintenance is not None:
+            self._maintenance_check(self.psn_insuplc[i], now)
         if i in rnd.persons:
             raise Flush()  # its balance may change in the open round
         w = self.world

@@ -180,7 +180,7 @@ class Pending:
     commit: bool
     outpatient: bool
     now: str
-    err: str | None  # the first failing check between the schema and the lines
+    err: object  # the first failing check between the schema and the lines (a Refused), or None
     # filled when err is None
     psn: int
     kind: int  # ACC_INPATIENT, ACC_OUTPATIENT or ACC_CHRONIC

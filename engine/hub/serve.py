@@ -24,10 +24,13 @@ from aiohttp import web
 
 from engine.hub.address import parse_address
 from engine.hub.admin import RELOAD_PATH, Admin
+from engine.core.engine import now_text
+from engine.core.maintenance import Schedule
 from engine.hub.auth import Keyring, KeysSource
 from engine.hub.http import Gateway
 from engine.hub.hub import Hub
 from engine.hub.limits import Limits
+from engine.hub.maintenance import MaintenanceSource
 from engine.hub.reload import PartReport, Reloadable, ReloadRefused, ReloadReport
 from engine.hub.status import StatusSources
 from engine.hub.tcp import FramedConnection
@@ -204,22 +207,36 @@ def _auth_line(keys: KeysSource | None) -> str:
             f"platforms {len(keys.keyring) - hospitals}); reload: SIGHUP or POST {RELOAD_PATH} on the admin listener")
 
 
+def _maintenance_line(source: MaintenanceSource, schedule: Schedule) -> str:
+    return (f"yidi: maintenance: {len(schedule)} windows from {source.path} "
+            f"({len(schedule.in_force(now_text()))} in force now); reload: SIGHUP or POST {RELOAD_PATH} on the "
+            "admin listener")
+
+
 def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
           loop: str = "uvloop", out=sys.stdout, admin: str | None = None, tls: ServerTLS | None = None, *,
-          keys: KeysSource | None, warnings: Sequence[str] = ()) -> int:
+          keys: KeysSource | None, warnings: Sequence[str] = (),
+          maintenance: tuple[str, Schedule] | None = None) -> int:
     """`yidi serve`: open the store, listen (on TLS with `tls`: engine.hub.tls.load_server_tls checks
     the operator's files before this is called), serve until SIGTERM/SIGINT, drain, exit. `keys` is
     the keys file read at start (engine.hub.auth.KeysSource.open), reloaded on SIGHUP; None: --no-auth.
-    `warnings` are said on stderr once the hub listens (a start refused later is one line)."""
+    `maintenance` is the maintenance file's path and its schedule read at start (section 12), reloaded
+    on SIGHUP too. `warnings` are said on stderr once the hub listens (a start refused later is one line)."""
 
     async def main() -> int:
         t0 = time.perf_counter()
         hub = await Hub.open(data_dir, world_dir, limits)
         gc.disable()  # see Hub.manual_gc
         hub.manual_gc = True
+        parts: list[Reloadable] = [] if keys is None else [keys]
+        windows = None
+        if maintenance is not None:
+            windows = MaintenanceSource(maintenance[0], hub.engine)
+            windows.apply(maintenance[1])
+            parts.append(windows)
         server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None,
                         parse_address(admin, "127.0.0.1") if admin else None, tls,
-                        keyring=None if keys is None else keys.keyring, reloadable=() if keys is None else (keys,))
+                        keyring=None if keys is None else keys.keyring, reloadable=parts)
         await server.start()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -238,6 +255,8 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         if tls is not None:
             print(f"yidi: tls: {tls.describe()}", file=out)
         print(_auth_line(keys), file=out)
+        if windows is not None:
+            print(_maintenance_line(windows, maintenance[1]), file=out)
         for warning in warnings:
             print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
         print(_clock_line(), file=out)

@@ -66,7 +66,7 @@ class ReferenceEngine(StepwiseBook):
             if infno not in KNOWN_INFNOS:
                 raise Refused(E_UNSUPPORTED, f"infno {infno}")
             if infno == INFNO_PERSON:
-                output = self.person_info(env)
+                output = self.person_info(env, now)
             elif infno in RECONCILE_INFNOS:
                 output = recon.answer(env, self.institutions, self.committed)
             else:
@@ -115,7 +115,7 @@ class ReferenceEngine(StepwiseBook):
 
     # -- 1101
 
-    def person_info(self, env: dict) -> dict:
+    def person_info(self, env: dict, now: str) -> dict:
         data = (env.get("input") or {}).get("data") if isinstance(env.get("input"), dict) else None
         if not isinstance(data, dict):
             raise Refused(E_SCHEMA, "input.data")
@@ -130,6 +130,7 @@ class ReferenceEngine(StepwiseBook):
             raise Refused(E_SCHEMA, "mdtrt_cert_type must be 01, 02 or 03")
         if p is None:
             raise Refused(E_UNKNOWN_PERSON)
+        self.refuse_in_maintenance(p, now)
         return {
             "baseinfo": {"psn_no": p.psn_no, "certno": p.certno, "psn_name": p.psn_name},
             "insuinfo": [{
