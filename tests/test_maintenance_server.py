@@ -9,8 +9,6 @@ sleeps.
 from __future__ import annotations
 
 import datetime as dt
-import http.client
-import json
 import os
 import re
 import signal
@@ -24,7 +22,7 @@ from engine.core.maintenance import read_schedule
 from engine.hub.admin import RELOAD_PATH
 from engine.hub.http import HTTP_PATH
 from engine.hub.maintenance import MaintenanceSource
-from test_auth_server import Serve, serve_cmd
+from test_auth_server import Serve, admin_post, serve_cmd
 from test_server import WAIT_S, ServerThread, clone_settlements, memory_store
 
 HEADER = "admdvs,begin,end,reason\n"
@@ -50,16 +48,6 @@ def as_new(env: dict, msgid: str) -> dict:
     e = orjson.loads(orjson.dumps(env))
     e["msgid"], e["input"]["data"]["mdtrt_id"] = msgid, "V" + msgid
     return e
-
-
-def admin_post(srv: ServerThread) -> tuple[int, dict]:
-    c = http.client.HTTPConnection(*srv.server.admin_address, timeout=WAIT_S)
-    try:
-        c.request("POST", RELOAD_PATH)
-        r = c.getresponse()
-        return r.status, json.loads(r.read())
-    finally:
-        c.close()
 
 
 def metric(srv: ServerThread, name: str, **labels) -> float:

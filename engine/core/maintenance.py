@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import stat
 from dataclasses import dataclass
 
 from engine.contract import money
@@ -28,6 +26,7 @@ from engine.contract.protocol import (
     E_MAINTENANCE, PROVINCES, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, Refused,
     region_covers,
 )
+from engine.contract.textfile import TextFileError, read_text
 
 MAINTENANCE_HEADER = ("admdvs", "begin", "end", "reason")
 WINDOWS_MAX = 10_000  # rows of one file: a schedule is announced windows, not a log
@@ -162,15 +161,7 @@ def parse_schedule(text: str, path: str = "maintenance.csv") -> Schedule:
 def read_schedule(path: str) -> Schedule:
     """Read and check a maintenance file; MaintenanceError (one line) when it cannot be used."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise MaintenanceError(f"{path}: not a regular file")
-        if st.st_size > MAINTENANCE_FILE_BYTES_MAX:
-            raise MaintenanceError(f"{path}: larger than {MAINTENANCE_FILE_BYTES_MAX} bytes")
-        with open(path, encoding="utf-8", newline="") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise MaintenanceError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise MaintenanceError(f"{path}: {e.strerror or e}") from None
-    return parse_schedule(text.removeprefix("\ufeff"), path)
+        text, _ = read_text(path, MAINTENANCE_FILE_BYTES_MAX)
+    except TextFileError as e:
+        raise MaintenanceError(str(e)) from None
+    return parse_schedule(text, path)
