@@ -14,12 +14,15 @@ import copy
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.core.engine import Engine, Request
 from engine.core.maintenance import MaintenanceError, Schedule, parse_schedule, read_schedule
 from engine.contract.wire import JSON
 from engine.reference.oracle import ReferenceEngine
-from test_differential import _op, _rev, assert_same_replies, load_world_data
+from stepwise_streams import stepwise_streams
+from test_differential import EXAMPLES, SETTINGS, _op, _rev, assert_same_replies, load_world_data, run_compiled, streams
 from test_stepwise_reference import (
     DAY, WORLD, admit, discharge, facts, line, on_visit, register, revoke_batch, settle, undo, upload,
 )
@@ -48,11 +51,13 @@ def op(msgid: str, visit: str, clock: str, **kw) -> dict:
     return at(_op(msgid, visit, DAY, **kw), clock)
 
 
-def run_both(world, schedule_text: str, envs: list[dict], sizes: list[int] | None = None) -> list[dict]:
-    """The stream through the reference and the compiled engine with the schedule; they must agree (err_msg of
-    E_MAINTENANCE included). The reference's replies."""
+def run_both(world, schedule_text: str, envs: list, sizes: list[int] | None = None,
+             bodies: list[bytes] | None = None) -> list[dict]:
+    """The stream (envelopes, or `bodies` as sent) through the reference and the compiled engine with the
+    schedule; they must agree (err_msg of E_MAINTENANCE included). The reference's replies."""
     schedule = parse_schedule(schedule_text)
-    bodies = [json.dumps(e, ensure_ascii=False).encode() for e in envs]
+    if bodies is None:
+        bodies = [json.dumps(e, ensure_ascii=False).encode() for e in envs]
     ref_engine = ReferenceEngine(world)
     ref_engine.maintenance = schedule.as_listed()
     ref = [json.loads(json.dumps(ref_engine.handle_body(b))) for b in bodies]
@@ -198,6 +203,56 @@ def test_of_several_windows_in_force_the_refusal_names_the_one_that_ends_last(wo
                                      enumerate(("08:30:00", "10:30:00", "13:30:00", "14:30:00", "15:00:00"))])
     assert [r["err_msg"].rsplit(": ", 1)[-1] if r.get("err_code") else None for r in replies] == \
         ["province", "city", "province again", "province again", None]
+
+
+# ---------------------------------------------------------------- generated streams
+
+
+@st.composite
+def with_windows(draw, cases):
+    """A generated stream (one-shot or step-wise) and a schedule over its regions and its requests' times."""
+    case = draw(cases)
+    times = sorted({e["inf_time"] for e in map(_json_or_none, case.bodies)
+                    if isinstance(e, dict) and isinstance(e.get("inf_time"), str) and len(e["inf_time"]) == 19})
+    rows = []
+    for k in range(draw(st.integers(0, 4)) if times else 0):
+        region = draw(st.sampled_from(case.w["regions"]))
+        admdvs = draw(st.sampled_from((region, region[:4] + "00", region[:2] + "0000")))
+        a, b = sorted(draw(st.lists(st.sampled_from(times), min_size=2, max_size=2)))
+        end = b if b > a else "2099-12-31 00:00:00"
+        rows.append(f"{admdvs},{a},{end},window {k}\n")
+    return case, HEADER + "".join(rows)
+
+
+def _json_or_none(body: bytes):
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _changes_nothing(case, text: str) -> int:
+    """Both engines agree with the schedule; the stream without its refused requests, and no window, answers the
+    rest the same. The number refused."""
+    replies = run_both(case.world, text, [_json_or_none(b) for b in case.bodies], case.sizes, bodies=case.bodies)
+    refused = {i for i, r in enumerate(replies) if r.get("err_code") == "E_MAINTENANCE"}
+    kept = [b for i, b in enumerate(case.bodies) if i not in refused]
+    assert_same_replies(kept, [r for i, r in enumerate(replies) if i not in refused],
+                        run_compiled(case.world, kept, [len(kept)] if kept else []))
+    return len(refused)
+
+
+@pytest.mark.parametrize("cases", [streams, stepwise_streams], ids=["oneshot", "stepwise"])
+def test_generated_streams_with_windows(cases):
+    refused = []
+
+    @settings(max_examples=max(10, EXAMPLES // 2), **SETTINGS)
+    @given(with_windows(cases()))
+    def run(drawn):
+        refused.append(_changes_nothing(*drawn))
+
+    run()
+    assert sum(refused) > 0, "no generated schedule refused anything: the generator misses the windows"
 
 
 # ---------------------------------------------------------------- the file and the schedule
