@@ -13,8 +13,9 @@ one after the other in every round, each on a fresh engine:
 
 The replies must be identical, and the extra info gives each round's times and
 the ratios to `none`. Times are the process's CPU seconds, not the wall clock:
-on a machine shared with other load, CPU time is what the engine itself spent. Run against two checkouts (PYTHONPATH) to compare `none`
-with a build before the check existed.
+on a machine shared with other load, CPU time is what the engine itself spent.
+To compare `none` with a build from before the check existed, run this file
+from each checkout's own root (each imports its own `engine`), side by side.
 
     YIDI_BENCH_SCALE=1 pytest bench/test_bench_maintenance.py --benchmark-enable -o addopts="" -s
 """

@@ -99,8 +99,9 @@ def test_a_window_refuses_on_both_transports_and_a_reload_changes_it(vector_worl
 def test_yidi_serve_refuses_a_bad_maintenance_file_in_one_line(tmp_path):
     bad = tmp_path / "m.csv"
     bad.write_text(HEADER + "43000,2026-12-05 08:00:00,2026-12-05 09:00:00,x\n", encoding="utf-8")
+    missing = tmp_path / "nope.csv"
     for path, line in ((bad, f"yidi: --maintenance {bad}:2: admdvs: '43000' is not a 6-digit region code\n"),
-                       (tmp_path / "nope.csv", f"yidi: --maintenance {tmp_path}/nope.csv: No such file or directory\n")):
+                       (missing, f"yidi: --maintenance {missing}: No such file or directory\n")):
         p = subprocess.run(serve_cmd(str(tmp_path / "data"), "--no-auth", "--maintenance", str(path)), cwd=ROOT,
                            env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=WAIT_S * 2)
         assert (p.returncode, p.stdout, p.stderr) == (2, "", line)

@@ -26,9 +26,8 @@ from engine.core.filing import filing_last_days
 from engine.contract import money
 from engine.core import reconcile
 from engine.contract.protocol import (
-    CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MAINTENANCE, E_MISMATCH, E_MSGID_REUSED,
-    E_NO_POLICY,
-    E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, E_VOIDED, EMERGENCY, ENVELOPE_DEPTH_MAX,
+    CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MAINTENANCE, E_MISMATCH,
+    E_MSGID_REUSED, E_NO_POLICY, E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, E_VOIDED, EMERGENCY, ENVELOPE_DEPTH_MAX,
     ERR_MESSAGES, FILING_CLASS_OF_TYPE, INFNO_PERSON, INFNO_SIGN_IN, INFNO_SIGN_OUT, LINES_MAX, LOCAL,
     MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, OUTPATIENT_INFNOS,
     REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, REVERSE_INFNOS,
@@ -260,18 +259,22 @@ class Engine(SettlingMixin, StepwiseMixin):
             return self._ok(env.msgid, now, self.signins.sign_out(cred, env, codec, now))
         raise Refused(E_UNSUPPORTED, f"infno {infno}")
 
-    # ------------------------------------------------------------ replies
+    # ------------------------------------------------------------ section 12
 
     def _maintenance_check(self, insuplc: str, now: str) -> None:
-        """Section 12: E_MAINTENANCE while a window covering the person's insured region is in force
-        (after E_MISMATCH, before E_NO_POLICY: docs/contract.md's choices)."""
+        """E_MAINTENANCE while a window covering the person's insured region is in force (after
+        E_MISMATCH, before E_NO_POLICY: docs/contract.md's choices). Outside every window's span, two
+        string comparisons."""
         m = self.maintenance
         if m is not None and m.begin_min <= now < m.end_max:
             m.check(insuplc, now)
 
     def _count_maintenance(self, r) -> None:
+        """A refusal answered: counted by the admdvs of the window that made it (the metrics read it)."""
         admdvs = r.window.admdvs
         self.maintenance_refused[admdvs] = self.maintenance_refused.get(admdvs, 0) + 1
+
+    # ------------------------------------------------------------ replies
 
     @staticmethod
     def _ok(msgid: object, now: str, output: dict) -> Reply:
