@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import orjson
 import pytest
@@ -117,6 +118,9 @@ def test_yidi_serve_with_maintenance_reloads_on_sighup(tmp_path, settlement):
         assert f"yidi: maintenance: 2 windows from {path} (1 in force now); reload: SIGHUP or POST {RELOAD_PATH} " \
                "on the admin listener" in s.lines
         assert re.search(r"^yidi_maintenance_windows_in_force 1\.0$", s.metrics(), re.M)
+        shown = s.status()["maintenance"]
+        assert (shown["present"], [w["reason"] for w in shown["in_force"]], [w["reason"] for w in shown["next"]]) \
+            == (True, ["维护"], ["later"])
         with s.client() as c:
             assert c.call(as_new(settlement, "S1"))["err_code"] == "E_MAINTENANCE"
             assert re.search(rf'^yidi_maintenance_refused_total\{{admdvs="{region}"\}} 1\.0$', s.metrics(), re.M)
@@ -125,6 +129,10 @@ def test_yidi_serve_with_maintenance_reloads_on_sighup(tmp_path, settlement):
             assert "maintenance: windows 0, in_force 0" in s.stderr_until(r"reload \(SIGHUP\)")
             assert c.call(as_new(settlement, "S1"))["infcode"] == 0
         assert re.search(r"^yidi_maintenance_windows_in_force 0\.0$", s.metrics(), re.M)
+        # The page's document is made at most once a second: polled until it shows the reload.
+        want, deadline = {"present": True, "in_force": [], "next": [], "file": path}, time.monotonic() + WAIT_S
+        while s.status()["maintenance"] != want:
+            assert time.monotonic() < deadline, s.status()["maintenance"]
         s.stop()
     finally:
         s.kill()

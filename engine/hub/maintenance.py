@@ -4,7 +4,7 @@
 (engine.hub.reload): the file is read and checked on a worker thread, and the new
 schedule (engine.core.maintenance.Schedule) replaces the engine's in one
 assignment on the event loop, between batches. A refused file keeps the windows
-in force. `MaintenanceCollector` gives the metrics: refusals by the window's
+in force. It also fills the status page's maintenance section (`status`). `MaintenanceCollector` gives the metrics: refusals by the window's
 admdvs, and the windows in force on the hub's clock.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from engine.core.engine import Engine, now_text
 from engine.core.maintenance import MaintenanceError, Schedule, read_schedule
 from engine.hub.reload import ReloadRefused
+from engine.hub.status import WINDOWS_MAX
 
 
 class MaintenanceSource:
@@ -34,6 +35,12 @@ class MaintenanceSource:
     def apply(self, loaded: Schedule) -> dict:
         self.engine.maintenance = loaded
         return {"windows": len(loaded), "in_force": len(loaded.in_force(now_text())), "file": self.path}
+
+    def status(self) -> dict:
+        """The status page's maintenance section (engine.hub.status.StatusSources): the windows in force now
+        and the next ones, WINDOWS_MAX of each."""
+        s = self.engine.maintenance.status(now_text())
+        return {"in_force": s["in_force"][:WINDOWS_MAX], "next": s["next"][:WINDOWS_MAX], "file": self.path}
 
 
 class MaintenanceCollector:

@@ -236,7 +236,8 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
             parts.append(windows)
         server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None,
                         parse_address(admin, "127.0.0.1") if admin else None, tls,
-                        keyring=None if keys is None else keys.keyring, reloadable=parts)
+                        keyring=None if keys is None else keys.keyring, reloadable=parts,
+                        status_sources=StatusSources(maintenance=None if windows is None else windows.status))
         await server.start()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
