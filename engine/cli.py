@@ -332,7 +332,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     o = DemoOptions(scale=a.scale, seed=a.seed, provinces=a.provinces, catalogue_per_province=a.catalogue,
                     persons=a.persons, day=a.day, cache_dir=a.cache, data_dir=a.data, report_dir=a.report,
                     connections=a.connections, in_flight=a.in_flight, keep_replies=a.keep_replies,
-                    progress=False if a.no_progress else None, loop=a.loop)
+                    progress=False if a.no_progress else None, loop=a.loop, flow=a.flow)
     try:
         o.check()
     except ValueError as e:
@@ -370,7 +370,7 @@ def _add_demo(sub) -> None:
     d = demo.DemoOptions()
     s = sub.add_parser("demo", help="a national day: world, in-process hub, framed-TCP replay, summary and report")
     s.add_argument("--scale", type=float, default=1.0,
-                   help=f"the day's size: 1.0 = {demo.DAY_SETTLEMENTS:,} settlements (0.01 = 1,300)")
+                   help=f"the day's size: 1.0 = about {demo.DAY_SETTLEMENTS:,} settlements (0.01 = 1,300)")
     s.add_argument("--seed", type=int, default=d.seed, help=f"world and day seed (default {d.seed})")
     s.add_argument("--provinces", type=int, default=d.provinces, help=f"(default {d.provinces})")
     s.add_argument("--catalogue", type=int, default=d.catalogue_per_province,
@@ -389,6 +389,10 @@ def _add_demo(sub) -> None:
                    help="also write requests.jsonl and replies.jsonl to the report folder")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default=d.loop)
+    s.add_argument("--flow", choices=("oneshot", "stepwise", "mixed"), default=d.flow,
+                   help=f"how hospitals send the day's visits (default {d.flow}): oneshot, each bill in one "
+                        "settlement (section 7); stepwise, registration, uploads, discharge and settlement "
+                        "(section 11); mixed, half of the visits each way")
     s.set_defaults(fn=_cmd_demo)
 
     g = sub.add_parser("gen-world", help="write a synthetic national world folder (deterministic from --seed)")

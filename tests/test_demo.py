@@ -35,24 +35,39 @@ def _jsonl(path: str) -> list[dict]:
         return [orjson.loads(line) for line in f]
 
 
+FLOWS = ("oneshot", "stepwise", "mixed")
+_DAYS: dict[str, tuple] = {}
+
+
+def _demo_day(tmp_path_factory, flow: str) -> tuple:
+    """One `yidi demo --scale 0.01 --flow FLOW` run (once per module): its folders, stdout and summary."""
+    if flow not in _DAYS:
+        d = tmp_path_factory.mktemp("demo-" + flow)
+        p = _yidi("demo", "--scale", "0.01", *WORLD_ARGS, "--cache", str(d / "cache"), "--report", str(d / "report"),
+                  "--data", str(d / "data"), "--keep-replies", "--no-progress", "--flow", flow)
+        assert p.returncode == 0, p.stderr[-4000:]
+        with open(d / "report" / "summary.json") as f:
+            _DAYS[flow] = d, p, json.load(f)
+    return _DAYS[flow]
+
+
+@pytest.fixture(scope="module", params=FLOWS)
+def day(request, tmp_path_factory):
+    return _demo_day(tmp_path_factory, request.param)
+
+
 @pytest.fixture(scope="module")
-def day(tmp_path_factory):
-    """One `yidi demo --scale 0.01` run: its folders, stdout and summary."""
-    d = tmp_path_factory.mktemp("demo")
-    p = _yidi("demo", "--scale", "0.01", *WORLD_ARGS, "--cache", str(d / "cache"), "--report", str(d / "report"),
-              "--data", str(d / "data"), "--keep-replies", "--no-progress")
-    assert p.returncode == 0, p.stderr[-4000:]
-    with open(d / "report" / "summary.json") as f:
-        s = json.load(f)
-    return d, p, s
+def mixed_day(tmp_path_factory):
+    return _demo_day(tmp_path_factory, "mixed")
 
 
 def test_demo_prints_a_summary_and_writes_a_report(day):
     d, p, s = day
-    for title in ("yidi demo: a national day", "settlements/s", "latency   p50", "By fund", "By filing class",
-                  "Errors by code", "Pre-payment usage", "Report:"):
+    for title in ("yidi demo: a national day", "settlements/s", "latency   p50", "Requests by infno", "By fund",
+                  "By filing class", "Errors by code", "Pre-payment usage", "Report:"):
         assert title in p.stdout, title
-    assert s["requests"] == demo.requests_for(1300)
+    assert f"{s['flow']} flow" in p.stdout
+    assert s["requests"] == demo.requests_for(1300, s["flow"])
     assert s["counts"]["settlements"] > 1000 and s["counts"]["reversals"] > 0
     assert s["counts"]["retries_answered"] > 0 and s["errors"]
     assert not s["world_cached"]
@@ -79,24 +94,38 @@ def test_summary_totals_equal_the_sum_of_the_replies(day):
     classes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     cross: collections.Counter = collections.Counter()
     seen = set()
+    settled: dict[str, tuple[dict, dict]] = {}  # setl_id -> (its request, its reply)
+    undone = 0
     for q, r in zip(reqs, reps):
         assert r["inf_refmsgid"] == q["msgid"]  # replies are in request order per index
         if r["infcode"] != 0:
             errors[r["err_code"]] += 1
             continue
-        if q["infno"] not in ("2207", "2304", "2208", "2305"):
+        if q["infno"] == "2601":  # an undo of a settlement counts as its reversal, once
+            u = r["output"]["data"]
+            if u["status"] != "UNDONE" or u["oinfno"] not in ("2207", "2304") or "S" + u["omsgid"] not in settled:
+                continue
+            q, r = settled.pop("S" + u["omsgid"])
+            si = r["output"]["setlinfo"]
+            fen = {k: -money.parse_fen(v) for k, v in si.items() if k in demo.MONEY_FIELDS}
+            undone += 1
+            sign = -1
+        elif q["infno"] not in ("2207", "2304", "2208", "2305"):
             continue
-        si = r["output"]["setlinfo"]
-        if si["setl_id"] in seen:  # a retry: the first reply again, counted once
-            continue
-        seen.add(si["setl_id"])
-        fen = {k: money.parse_fen(v) for k, v in si.items() if k in demo.MONEY_FIELDS}
-        sign = 1 if q["infno"] in ("2207", "2304") else -1
+        else:
+            si = r["output"]["setlinfo"]
+            if si["setl_id"] in seen:  # a retry: the first reply again, counted once
+                continue
+            seen.add(si["setl_id"])
+            sign = 1 if q["infno"] in ("2207", "2304") else -1
+            if sign > 0:
+                settled[si["setl_id"]] = q, r
+            fen = {k: money.parse_fen(v) for k, v in si.items() if k in demo.MONEY_FIELDS}
         totals.update(fen)
         classes[si["filing_class"]]["count"] += sign
         for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
             classes[si["filing_class"]][k] += fen[k]
-        if sign > 0:  # a settlement lists its funds in setldetail
+        if sign > 0 and q["infno"] in ("2207", "2304"):  # a settlement lists its funds in setldetail
             for row in r["output"]["setldetail"]:
                 funds[row["fund_pay_type"]] += money.parse_fen(row["fund_payamt"])
         else:  # a reversal has none: its setlinfo is the settlement's, negated
@@ -117,7 +146,47 @@ def test_summary_totals_equal_the_sum_of_the_replies(day):
     assert {p: v["used_fen"] for p, v in s["prepay"].items() if v["used_fen"]} == {
         p: v for p, v in cross.items() if v}
     assert sum(s["by_fund_fen"].values()) == s["totals_fen"]["fund_pay_sumamt"] + s["totals_fen"]["acct_pay"]
-    assert s["counts"]["settlements"] - s["counts"]["reversals"] == sum(v["count"] for v in s["by_class"].values())
+    assert s["counts"]["undone"] == undone
+    assert (s["counts"]["settlements"] - s["counts"]["reversals"] - s["counts"]["undone"]
+            == sum(v["count"] for v in s["by_class"].values()))
+
+
+def test_counts_by_infno_are_the_generated_streams(day):
+    """The summary's requests and refusals by infno are those of the stream the generator draws for the day
+    (drawn again here from the same seed), and each request got the outcome the generator meant it to get
+    (engine.tools.synth.flows.Note): registrations, uploads and settlements succeed, the requests wrong on
+    purpose are refused."""
+    from engine.tools.synth import gen_stream
+    from engine.tools.synth.flows import REFUSED, UNCERTAIN
+
+    d, _, s = day
+    reqs, reps = _jsonl(str(d / "report" / "requests.jsonl")), _jsonl(str(d / "report" / "replies.jsonl"))
+    st = gen_stream(s["world"]["out_dir"], s["requests"], seed=s["seed"], start=s["day"], days=1, flow=s["flow"],
+                    **demo.STREAM_SHARES)
+    assert [orjson.loads(orjson.dumps(e)) for e in st.envelopes] == reqs
+    assert s["requests_by_infno"] == dict(collections.Counter(q["infno"] for q in reqs))
+    refused = collections.Counter(q["infno"] for q, r in zip(reqs, reps) if r["infcode"] != 0)
+    assert s["refused_by_infno"] == dict(refused)
+    if s["flow"] == "oneshot":
+        assert st.notes is None and set(s["requests_by_infno"]) <= {"1101", "2206", "2207", "2208", "2209", "2303",
+                                                                   "2304", "2305", "2306"}
+        return
+    for infno in ("2201", "2203", "2204", "2207", "2401", "2301", "2402", "2304", "2601"):
+        assert s["requests_by_infno"].get(infno, 0) > 0, infno
+    wrong = []
+    for k, (q, nt, r) in enumerate(zip(reqs, st.notes, reps)):
+        code = r.get("err_code")
+        if nt.step == "retry" or nt.expect == UNCERTAIN:
+            continue
+        if nt.expect == "E_UNKNOWN_INSTITUTION" and code == "E_FORBIDDEN":
+            continue  # section 10 answers first: an institution the world does not know is in no platform's scope
+        ok = code is None if nt.expect is None else code is not None if nt.expect == REFUSED else code == nt.expect
+        if not ok:
+            wrong.append((k, q["infno"], nt.step, nt.expect, code))
+    assert not wrong, f"{len(wrong)} requests got another outcome, first: {wrong[:5]}"
+    meant = collections.Counter(q["infno"] for q, nt in zip(reqs, st.notes)
+                                if nt.step != "retry" and nt.expect not in (None, UNCERTAIN))
+    assert all(refused[infno] >= n for infno, n in meant.items()), (meant, refused)
 
 
 def test_the_store_holds_what_the_replies_said(day):
@@ -150,10 +219,10 @@ def test_one_request_in_flight_gives_the_replies_of_yidi_replay(day, tmp_path):
     JSON numbers), but where section 10 answers first: a request for an institution the world does not
     know is in no credential's scope (E_FORBIDDEN), where replay, which checks nothing of section 10,
     says E_UNKNOWN_INSTITUTION. The world comes from the cache the first run filled."""
-    d, _, _ = day
+    d, _, first = day
     report = tmp_path / "report"
     p = _yidi("demo", "--scale", "0.01", *WORLD_ARGS, "--cache", str(d / "cache"), "--report", str(report),
-              "--in-flight", "1", "--keep-replies", "--no-progress")
+              "--in-flight", "1", "--keep-replies", "--no-progress", "--flow", first["flow"])
     assert p.returncode == 0, p.stderr[-4000:]
     with open(report / "summary.json") as f:
         s = json.load(f)
@@ -186,13 +255,15 @@ def test_world_cache_key_and_reuse(tmp_path):
     assert [n for n in os.listdir(tmp_path / "worlds") if ".tmp-" in n] == []
 
 
-def test_requests_for_gives_about_the_asked_settlements(tmp_path):
+@pytest.mark.parametrize("flow", FLOWS)
+def test_requests_for_gives_about_the_asked_settlements(tmp_path, flow):
     world = str(tmp_path / "w")
     gen_world(world, seed=3, provinces=4, catalogue_per_province=500, persons=3000)
     for target in (1300, 5000):
-        envs = gen_requests(world, demo.requests_for(target), seed=3, **demo.STREAM_SHARES)
+        envs = gen_requests(world, demo.requests_for(target, flow), seed=3, flow=flow, **demo.STREAM_SHARES)
         first = {e["msgid"] for e in envs if e["infno"] in ("2207", "2304")}
-        assert abs(len(first) - target) <= 0.01 * target
+        # One-shot streams are sized exactly by their shares; step-wise ones by a measured ratio.
+        assert abs(len(first) - target) <= (0.01 if flow == "oneshot" else 0.08) * target
 
 
 def test_gen_world_command_writes_the_same_bytes_as_gen_world(tmp_path):
@@ -223,7 +294,7 @@ def test_the_day_has_a_morning_and_an_afternoon_peak(tmp_path):
 
 def test_options_are_bounded():
     for bad in (dict(scale=0), dict(scale=1000), dict(persons=20_000_000), dict(connections=0),
-                dict(in_flight=100_000), dict(provinces=32), dict(day="2026-13-01")):
+                dict(in_flight=100_000), dict(provinces=32), dict(day="2026-13-01"), dict(flow="batch")):
         with pytest.raises(ValueError):
             demo.DemoOptions(**bad).check()
     p = _yidi("demo", "--scale", "0")
@@ -232,9 +303,9 @@ def test_options_are_bounded():
     assert p.returncode == 2 and "not empty" in p.stderr
 
 
-def test_bench_runner_regenerates_the_table(day, tmp_path):
+def test_bench_runner_regenerates_the_table(mixed_day, tmp_path):
     """bench/run_all.py: one suite run small, the demo's summary as saved JSON, the table between the markers."""
-    d, _, s = day
+    d, _, s = mixed_day
     results = tmp_path / "results"
     results.mkdir()
     with open(results / "demo.json", "w") as f:

@@ -54,6 +54,7 @@ from engine.clearing.clearing import PREPAY_WARN_BP_DEFAULT, prepay_usage
 from engine.contract.protocol import (
     COMMIT_INFNOS, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_NAMES_EN, FUND_SECOND, REVERSE_INFNOS, province,
 )
+from engine.contract.protocol import INFNO_UNDO
 from engine.tools.report import province_name_en, write_report, yuan
 
 # ---------------------------------------------------------------- defaults and bounds
@@ -81,6 +82,21 @@ THROUGHPUT_BIN_S = 0.0  # 0: chosen from the replay's length (engine.tools.repor
 # of requests for a given number of settlements is computed from known shares).
 STREAM_SHARES = dict(query_share=0.03, presettle_share=0.05, reversal_share=0.01, retry_share=0.01,
                      malformed_share=0.002)
+# How the day's visits are sent (engine.tools.synth.flows): "mixed", as hospitals do, by default.
+FLOW = "mixed"
+# Requests per first settlement of a step-wise and a mixed stream with STREAM_SHARES (measured on
+# gen_requests' streams: registration, medical facts, uploads and settlement, plus the stream's
+# queries, pre-settlements, reversals, cancellations, 2601, retries and malformed requests).
+REQUESTS_PER_SETTLEMENT = {"stepwise": 5.47, "mixed": 3.30}
+INFNO_NAMES_EN = {
+    "1101": "person query", "2201": "outpatient registration", "2202": "registration cancelled",
+    "2203": "visit information", "2204": "outpatient fee upload", "2205": "outpatient fees revoked",
+    "2206": "outpatient pre-settlement", "2207": "outpatient settlement", "2208": "outpatient reversal",
+    "2301": "inpatient fee upload", "2302": "inpatient fees revoked", "2303": "inpatient pre-settlement",
+    "2304": "inpatient settlement", "2305": "inpatient reversal", "2401": "admission", "2402": "discharge",
+    "2403": "admission changed", "2404": "admission cancelled", "2405": "discharge undone",
+    "2601": "undo (冲正)", "3201": "reconciliation", "3202": "reconciliation listing",
+}
 MONEY_FIELDS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
                 "hifp_pay", "hifmi_pay", "hifob_pay", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
 
@@ -108,6 +124,7 @@ class DemoOptions:
     keep_replies: bool = False  # requests.jsonl and replies.jsonl in the report folder
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     loop: str = "uvloop"
+    flow: str = FLOW
 
     def check(self) -> None:
         """Refuse options outside their bounds, with a message that names the option."""
@@ -123,6 +140,10 @@ class DemoOptions:
             raise ValueError(f"--connections (per province platform) must be within 1..{CONNECTIONS_PER_PLATFORM_MAX}")
         if not 1 <= self.in_flight <= IN_FLIGHT_MAX:
             raise ValueError(f"--in-flight must be within 1..{IN_FLIGHT_MAX}")
+        from engine.tools.synth.flows import FLOWS
+
+        if self.flow not in FLOWS:
+            raise ValueError(f"--flow must be one of {', '.join(FLOWS)}")
         money.parse_day(self.day)
         if self.data_dir is not None and os.path.isdir(self.data_dir) and os.listdir(self.data_dir):
             raise ValueError(f"--data {self.data_dir}: not empty; the demo wants a fresh store")
@@ -132,10 +153,12 @@ class DemoOptions:
         return max(1, round(DAY_SETTLEMENTS * self.scale))
 
 
-def requests_for(settlements: int) -> int:
-    """Requests in a stream that holds about `settlements` first settlements (the rest:
-    queries, pre-settlements, reversals, retries and malformed requests)."""
-    return max(50, math.ceil(settlements / (1.0 - sum(STREAM_SHARES.values()))))
+def requests_for(settlements: int, flow: str = "oneshot") -> int:
+    """Requests in a stream of `flow` that holds about `settlements` first settlements (the rest:
+    the visits' other steps, queries, pre-settlements, reversals, retries and malformed requests)."""
+    if flow == "oneshot":
+        return max(50, math.ceil(settlements / (1.0 - sum(STREAM_SHARES.values()))))
+    return max(50, math.ceil(settlements * REQUESTS_PER_SETTLEMENT[flow]))
 
 
 # ---------------------------------------------------------------- stages, printed as they go
@@ -224,7 +247,7 @@ def ensure_world(cache_dir: str, seed: int, provinces: int, catalogue_per_provin
 META_FIELDS = ("infno", "msgid", "insuplc_admdvs", "mdtrtarea_admvs", "fixmedins_code", "inf_time")
 
 
-def gen_frames(world_dir: str, n: int, seed: int, day: str, out_dir: str, jsonl: bool) -> dict:
+def gen_frames(world_dir: str, n: int, seed: int, day: str, out_dir: str, jsonl: bool, flow: str = "oneshot") -> dict:
     """Draw the day's n envelopes and write them ready to send (runs in a child process).
 
     frames.bin: one wire frame after another (4-byte length, MessagePack body, money as
@@ -234,7 +257,7 @@ def gen_frames(world_dir: str, n: int, seed: int, day: str, out_dir: str, jsonl:
     from engine.tools.synth import gen_requests, write_requests_jsonl
 
     t0 = time.perf_counter()
-    envs = gen_requests(world_dir, n, seed=seed, start=day, days=1, **STREAM_SHARES)
+    envs = gen_requests(world_dir, n, seed=seed, start=day, days=1, flow=flow, **STREAM_SHARES)
     gen_s = time.perf_counter() - t0
     enc = msgspec.msgpack.Encoder()
     frames_bytes = 0
@@ -419,6 +442,7 @@ class _SetlInfo(msgspec.Struct):
 
 class _Output(msgspec.Struct):
     setlinfo: _SetlInfo | None = None
+    data: msgspec.Raw = msgspec.Raw(b"")  # read for 2601 alone (_Undo); other transactions' data differ in shape
 
 
 class _Reply(msgspec.Struct):
@@ -427,6 +451,15 @@ class _Reply(msgspec.Struct):
     output: _Output | None = None
 
 
+class _Undo(msgspec.Struct):
+    """A 2601's output.data (docs/contract.md section 11)."""
+
+    omsgid: str
+    oinfno: str
+    status: str
+
+
+_undo_decoder = msgspec.msgpack.Decoder(_Undo)
 _reply_decoder = msgspec.msgpack.Decoder(_Reply)
 
 
@@ -449,24 +482,40 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
     """Totals of a replayed day, money in integer fen (net of reversals, each setl_id once).
 
     meta: per request META_FIELDS; replies: per request a decoded reply (a _Reply, or a
-    dict as JSON gives it). Errors count every refused request, retries included.
+    dict as JSON gives it). Errors count every refused request, retries included. A 2601
+    that undid a settlement (docs/contract.md section 11) counts as its reversal: the
+    settlement's amounts, from its own reply, come off the totals.
     """
     k_infno, k_msgid = META_FIELDS.index("infno"), META_FIELDS.index("msgid")
     k_ins, k_trt = META_FIELDS.index("insuplc_admdvs"), META_FIELDS.index("mdtrtarea_admvs")
     requests_by_infno: collections.Counter = collections.Counter()
+    refused_by_infno: collections.Counter = collections.Counter()
     errors: collections.Counter = collections.Counter()
     seen: set[str] = set()
-    counts = {"settlements": 0, "reversals": 0, "retries_answered": 0, "ok": 0, "refused": 0}
+    settled: dict[str, tuple[dict, str, str]] = {}  # setl_id -> (setlinfo, insured and treatment province)
+    undos_seen: set[str] = set()
+    counts = {"settlements": 0, "reversals": 0, "undone": 0, "retries_answered": 0, "ok": 0, "refused": 0}
     t = _Totals()
     for m, rep in zip(meta, replies):
         infno = m[k_infno]
         requests_by_infno[infno] += 1
-        infcode, err_code, setl = _fields(rep)
+        infcode, err_code, setl, undo = _fields(rep, infno == INFNO_UNDO)
         if infcode != 0:
             counts["refused"] += 1
+            refused_by_infno[infno] += 1
             errors[err_code or "?"] += 1
             continue
         counts["ok"] += 1
+        if undo is not None:
+            if m[k_msgid] in undos_seen:
+                counts["retries_answered"] += 1
+                continue
+            undos_seen.add(m[k_msgid])
+            undone = settled.pop("S" + undo["omsgid"], None) if undo["status"] == "UNDONE" else None
+            if undone is not None and undo["oinfno"] in COMMIT_INFNOS:
+                counts["undone"] += 1
+                t.add(undone[0], -1, undone[1], undone[2], negate=True)
+            continue
         if infno not in COMMIT_INFNOS and infno not in REVERSE_INFNOS:
             continue
         setl_id = setl["setl_id"]
@@ -477,10 +526,14 @@ def summarize(meta: list[list], replies: list[Any], prepay_fen: dict[str, int]) 
         seen.add(setl_id)
         sign = 1 if infno in COMMIT_INFNOS else -1
         counts["settlements" if sign > 0 else "reversals"] += 1
-        t.add(setl, sign, province(m[k_ins]), province(m[k_trt]))
+        provs = province(m[k_ins]), province(m[k_trt])
+        if sign > 0:
+            settled[setl_id] = (setl, *provs)
+        t.add(setl, sign, *provs)
     return {
         "requests": len(meta),
         "requests_by_infno": dict(sorted(requests_by_infno.items())),
+        "refused_by_infno": dict(sorted(refused_by_infno.items())),
         "counts": counts,
         "cross_province_settlements": t.cross_pairs,
         "totals_fen": t.totals,
@@ -503,9 +556,10 @@ class _Totals:
         self.cross_fen: dict[str, int] = {}  # insured province -> cross-province fund + account
         self.cross_pairs = 0
 
-    def add(self, setl: dict, sign: int, ins_prov: str, trt_prov: str) -> None:
-        """One settlement (sign 1) or reversal (sign -1), by its reply's setlinfo."""
-        amounts = {f: _fen(setl[f]) for f in MONEY_FIELDS}
+    def add(self, setl: dict, sign: int, ins_prov: str, trt_prov: str, negate: bool = False) -> None:
+        """One settlement (sign 1) or reversal (sign -1), by its reply's setlinfo; with `negate`, a
+        settlement undone by 2601, by the settlement's own setlinfo."""
+        amounts = {f: (-1 if negate else 1) * _fen(setl[f]) for f in MONEY_FIELDS}
         # A reversal's reply carries the settlement's amounts negated (section 7).
         assert all((a >= 0) if sign > 0 else (a <= 0) for a in amounts.values()), (setl["setl_id"], amounts)
         for f, a in amounts.items():
@@ -561,13 +615,17 @@ def prepay_from_store(data_dir: str, prepay_fen: dict[str, int], from_replies: d
                      "warning": u.warning} for u in rows}
 
 
-def _fields(rep: Any) -> tuple[int, str | None, dict | None]:
-    """(infcode, err_code, setlinfo as a dict of str) of a _Reply or of a reply dict."""
+def _fields(rep: Any, undo: bool = False) -> tuple[int, str | None, dict | None, dict | None]:
+    """(infcode, err_code, setlinfo as a dict of str, a 2601's output.data when `undo`) of a _Reply or
+    of a reply dict."""
     if isinstance(rep, _Reply):
-        s = rep.output.setlinfo if rep.output is not None else None
-        return rep.infcode, rep.err_code, (msgspec.structs.asdict(s) if s is not None else None)
+        out = rep.output
+        s = out.setlinfo if out is not None else None
+        u = _undo_decoder.decode(out.data) if undo and out is not None and len(out.data) else None
+        return (rep.infcode, rep.err_code, msgspec.structs.asdict(s) if s is not None else None,
+                msgspec.structs.asdict(u) if u is not None else None)
     out = rep.get("output") or {}
-    return rep["infcode"], rep.get("err_code"), out.get("setlinfo")
+    return rep["infcode"], rep.get("err_code"), out.get("setlinfo"), out.get("data") if undo else None
 
 
 def latency_stats(r: Replayed) -> dict:
@@ -588,12 +646,12 @@ def render_text(s: dict) -> str:
     c, lat = s["counts"], s["latency"]
     w = s["world"]
     lines = [
-        f"yidi demo: a national day, {s['day']}",
+        f"yidi demo: a national day, {s['day']}, {s['flow']} flow",
         f"  world     {w['provinces']} provinces, {w['regions']} pooling regions, {w['institutions']:,} institutions,"
         f" {w['catalogue_rows']:,} catalogue rows, {w['persons']:,} persons"
         f" ({'cached' if s['world_cached'] else 'generated'}: {w['out_dir']})",
         f"  day       {s['requests']:,} requests: {c['settlements']:,} settlements and {c['reversals']:,} reversals"
-        f" committed, {c['retries_answered']:,} retries answered from the journal, {c['refused']:,} refused",
+        f" committed, {c['undone']:,} settlements undone by 2601, {c['retries_answered']:,} retries answered from the journal, {c['refused']:,} refused",
         f"  sign-in   {s['connections']} connections of the province platforms (each a signed 9001 first), "
         f"{s['sign_ins']:,} sign-ins (one per institution and day it works), in {s['sign_in_s']:.2f} s",
         f"  replay    {s['in_flight']} in flight over {s['connections']} connections, framed TCP, each request "
@@ -603,8 +661,12 @@ def render_text(s: dict) -> str:
         f"  latency   p50 {lat['latency_ms_p50']:.1f} ms, p99 {lat['latency_ms_p99']:.1f} ms,"
         f" max {lat['latency_ms_max']:.1f} ms (send to reply, closed loop)",
         "",
-        "Totals, net of reversals (yuan)",
+        f"Requests by infno  {'infno':<6} {'':<28} {'requests':>9} {'refused':>9}",
     ]
+    for infno, n in s["requests_by_infno"].items():
+        lines.append(f"  {'':<17}{infno:<6} {INFNO_NAMES_EN.get(infno, ''):<28} {n:>9,} "
+                     f"{s['refused_by_infno'].get(infno, 0):>9,}")
+    lines += ["", "Totals, net of reversals and 2601 undos (yuan)"]
     t = s["totals_fen"]
     for f in ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
               "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
@@ -649,7 +711,7 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
         world_dir, world, cached = ensure_world(o.cache_dir, o.seed, o.provinces, o.catalogue_per_province,
                                                 o.persons)
     log.say(f"world {'from the cache' if cached else 'generated'}: {world_dir}")
-    n = requests_for(o.settlements_target)
+    n = requests_for(o.settlements_target, o.flow)
     own_data = o.data_dir is None
     if own_data:
         data_dir = tempfile.mkdtemp(prefix="yidi-demo-data-")
@@ -663,7 +725,7 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
     try:
         log.say(f"drawing the day in a child process: {n:,} requests for ~{o.settlements_target:,} settlements, "
                 f"{o.day}, seed {o.seed}")
-        fut = pool.submit(gen_frames, world_dir, n, o.seed, o.day, work_dir, o.keep_replies)
+        fut = pool.submit(gen_frames, world_dir, n, o.seed, o.day, work_dir, o.keep_replies, o.flow)
         with asyncio.Runner(loop_factory=new_event_loop_factory(o.loop)) as runner:
             r, meta, gen, prepay_fen = runner.run(_serve_and_replay(o, world_dir, data_dir, fut, work_dir, log))
         log.timings_s["requests_s"] = gen["total_s"]
@@ -672,7 +734,7 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
             s = summarize(meta, replies, prepay_fen)
             lat = latency_stats(r)
             s.update(
-                day=o.day, seed=o.seed, scale=o.scale, world=world, world_cached=cached,
+                day=o.day, seed=o.seed, scale=o.scale, flow=o.flow, world=world, world_cached=cached,
                 connections=r.connections, connections_per_platform=o.connections, in_flight=o.in_flight,
                 sign_ins=r.sign_ins, sign_in_s=round(r.sign_in_s, 3), batches=r.batches, latency=lat,
                 server_s={"engine_s": round(r.engine_s, 3), "commit_s": round(r.commit_s, 3)},

@@ -205,12 +205,13 @@ def render_html(s: dict) -> str:
     e = html.escape
     c, lat, w = s["counts"], s["latency"], s["world"]
     facts = [
-        ["day", s["day"]],
+        ["day", f"{s['day']}, {s.get('flow', 'oneshot')} flow"],
         ["world", f"{w['provinces']} provinces, {w['regions']} pooling regions, {w['institutions']:,} institutions, "
                   f"{w['catalogue_rows']:,} catalogue rows, {w['persons']:,} persons, seed {w['seed']}"],
         ["requests", f"{s['requests']:,} (" + ", ".join(f"{k}: {v:,}" for k, v in s["requests_by_infno"].items())
          + ")"],
-        ["committed", f"{c['settlements']:,} settlements, {c['reversals']:,} reversals; "
+        ["committed", f"{c['settlements']:,} settlements, {c['reversals']:,} reversals, "
+                      f"{c.get('undone', 0):,} settlements undone by 2601; "
                       f"{c['retries_answered']:,} retries answered from the journal; {c['refused']:,} refused"],
         ["sign-in", f"{s['connections']} connections of the province platforms, {s['sign_ins']:,} sign-ins "
                     f"(one per institution and day it works), in {s['sign_in_s']:.2f} s"],
