@@ -25,6 +25,15 @@ the lane's first frame (a signed 9001, when the hub runs with --keys) and reads 
 reply before any request's clock starts, then sends its frames in stream order,
 each on its lane, with `--in-flight` unanswered in all.
 
+The lanes file also names each frame's visit (its `mdtrt_id`; a 2601 goes with the visit
+of the message it undoes), as a hospital system sends a visit's requests: one at a
+time, each only after the previous one's reply (registration, uploads, discharge,
+settlement, or a pre-settlement and its settlement). The sender walks the frames in
+order; a frame whose visit has a request unanswered is set aside (at most
+WAITING_PER_USER_MAX of them; the sender stops when they are that many) and sent when
+that reply arrives, under the same `--in-flight` bound, its latency counted from
+then. Many visits interleave, so the window stays full.
+
 Events are named by infno, and by infno and err_code for refusals ("2207
 E_DUPLICATE_VISIT"); only E_BUSY and transport errors count as failures. With
 `--tls-ca FILE` each connection speaks the frames inside TLS, trusting that CA
@@ -37,6 +46,7 @@ or any request failed; `--summary-json` writes exact percentiles for the driver.
 """
 from __future__ import annotations
 
+import array
 import base64
 import itertools
 import json
@@ -56,6 +66,7 @@ from locust import User, events, task
 # gevent, in a process of its own that imports nothing of the engine.
 FRAME_HEADER_BYTES = 4
 REPLY_BYTES_MAX = 16 * 1024 * 1024
+WAITING_PER_USER_MAX = 1024  # frames set aside until their visit's previous request is answered
 
 
 class _Peek(msgspec.Struct):
@@ -104,7 +115,7 @@ class _Shared:
     """What the Users of one process share: the partitioned frames and the exact latencies."""
 
     frames: list | None = None
-    parts: list[list] = []  # per User: (frame, infno, lane) in stream order
+    parts: list[list] = []  # per User: (frame, infno, lane, visit) in stream order; visit -1: none
     lanes_of_user: list[list[int]] = []
     first_frames: list[bytes | None] = []  # per lane: what its connection sends first
     next_user = itertools.count()
@@ -139,12 +150,15 @@ class _Shared:
             cls.lanes_of_user = [[0] for _ in range(n)]
             cls.first_frames = [None]
             for fr, infno, key in cls.frames:  # one person, one User: that person's requests keep their order
-                cls.parts[zlib.crc32(key.encode()) % n].append((fr, infno, 0))
+                cls.parts[zlib.crc32(key.encode()) % n].append((fr, infno, 0, -1))
             return
         with open(opts.lanes) as f:
             spec = json.load(f)
         lane_of = base64.b64decode(spec["lane_of_frame"])
         assert len(lane_of) == len(cls.frames), "the lanes file is not this frames file's"
+        visit_of = array.array("i", base64.b64decode(spec["visit_of_frame"])) if spec.get("visit_of_frame") \
+            else array.array("i", [-1]) * len(lane_of)
+        assert len(visit_of) == len(cls.frames), "the lanes file is not this frames file's"
         cls.first_frames = [base64.b64decode(x) if x else None for x in spec["first_frames"]]
         # Lanes to Users, the busiest lane first to the least loaded User: the Users' shares come out
         # about equal, so they run out of frames (and start again) at about the same time.
@@ -157,8 +171,8 @@ class _Shared:
             u = min(range(n), key=lambda u: load[u])
             user_of[k], load[u] = u, load[u] + counts[k]
             cls.lanes_of_user[u].append(k)
-        for (fr, infno, _), k in zip(cls.frames, lane_of):
-            cls.parts[user_of[k]].append((fr, infno, k))
+        for (fr, infno, _), k, v in zip(cls.frames, lane_of, visit_of):
+            cls.parts[user_of[k]].append((fr, infno, k, v))
 
 
 class FramedUser(User):
@@ -173,7 +187,10 @@ class FramedUser(User):
         addr = host.split("://", 1)[-1]
         h, _, p = addr.rpartition(":")
         self.socks: dict[int, socket.socket] = {}
-        self.sent: dict[int, deque] = {}  # per lane: (t0, infno, frame length) of each unanswered request
+        self.sent: dict[int, deque] = {}  # per lane: (t0, infno, frame length, visit) of each unanswered request
+        self.locks: dict[int, Semaphore] = {}  # per lane: the sender and the receivers both send on it
+        # Visits with a request unanswered -> the frames of that visit waiting for its reply, in order.
+        self.waiting: dict[int, deque] = {}
         for k in _Shared.lanes_of_user[self.index % len(_Shared.parts)]:
             sock = socket.create_connection((h, int(p)))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -187,8 +204,9 @@ class FramedUser(User):
                 r = _peek.decode(memoryview(buf)[FRAME_HEADER_BYTES:]) if n is not None else None
                 if r is None or r.infcode != 0 or len(buf) != FRAME_HEADER_BYTES + n:
                     raise RuntimeError(f"lane {k}: the first frame was refused: {r and r.err_code}")
-            self.socks[k], self.sent[k] = sock, deque()
+            self.socks[k], self.sent[k], self.locks[k] = sock, deque(), Semaphore()
         self.window = Semaphore(opts.in_flight)
+        self.waiting_slots = Semaphore(WAITING_PER_USER_MAX)
         n_users = max(1, opts.num_users)
         self.interval_s = n_users / opts.rate if opts.rate > 0 else 0.0
         self.receivers = [gevent.spawn(self._receive, k) for k in self.socks]
@@ -203,10 +221,10 @@ class FramedUser(User):
     def send_all(self) -> None:
         """Send this User's requests in order, forever (a stream that runs out starts again)."""
         sched = _Shared.first_tick(self.index, self.interval_s, max(1, self.environment.parsed_options.num_users))
-        socks, sent = self.socks, self.sent
+        waiting = self.waiting
         while not self.mine:  # more Users than lanes: this one has nothing to send (a task that returned
             gevent.sleep(1.0)  # at once would be run again and again, spinning on the load core)
-        for fr, infno, lane in itertools.cycle(self.mine):
+        for fr, infno, lane, visit in itertools.cycle(self.mine):
             self.window.acquire()
             if self.interval_s:
                 now = time.perf_counter()
@@ -216,8 +234,25 @@ class FramedUser(User):
                 sched += self.interval_s
             else:
                 t0 = time.perf_counter()
-            sent[lane].append((t0, infno, len(fr)))
-            socks[lane].sendall(fr)
+            if visit >= 0:
+                if visit in waiting:  # its visit waits for a reply: sent when that reply comes
+                    self.window.release()
+                    self.waiting_slots.acquire()
+                    waiting[visit].append((fr, infno, lane))
+                    continue
+                waiting[visit] = deque()
+            self._send(lane, fr, infno, visit, t0)
+
+    def _send_next(self, lane: int, fr: bytes, infno: str, visit: int) -> None:
+        """A frame set aside, now that its visit's previous request is answered: sent once the window lets it."""
+        self.waiting_slots.release()
+        self.window.acquire()
+        self._send(lane, fr, infno, visit, time.perf_counter())
+
+    def _send(self, lane: int, fr: bytes, infno: str, visit: int, t0: float) -> None:
+        with self.locks[lane]:  # the frame and its record in `sent` in the same order
+            self.sent[lane].append((t0, infno, len(fr), visit))
+            self.socks[lane].sendall(fr)
 
     def _receive(self, lane: int) -> None:
         buf = bytearray()
@@ -233,8 +268,16 @@ class FramedUser(User):
             t1 = time.perf_counter()
             r = _peek.decode(memoryview(buf)[FRAME_HEADER_BYTES:FRAME_HEADER_BYTES + n])
             del buf[:FRAME_HEADER_BYTES + n]
-            t0, infno, size = sent.popleft()
+            t0, infno, size, visit = sent.popleft()
             self.window.release()
+            if visit >= 0:
+                queue = self.waiting[visit]
+                if queue:  # the visit's next request, now that this one is answered (sent by a greenlet:
+                    # a receiver that blocked on a send could stop the hub's writes to it)
+                    fr2, infno2, lane2 = queue.popleft()
+                    gevent.spawn(self._send_next, lane2, fr2, infno2, visit)
+                else:
+                    del self.waiting[visit]
             latency_s = t1 - t0
             name = infno if r.infcode == 0 else f"{infno} {r.err_code}"
             exc = RuntimeError(r.err_code) if r.err_code == "E_BUSY" else None

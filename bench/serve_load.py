@@ -6,6 +6,8 @@
     python bench/serve_load.py --campaign all --tls    # the same, with the hub and Locust on TLS
     python bench/serve_load.py --campaign all --no-auth   # the same, the hub checking no credential
     python bench/serve_load.py --campaign auth-ab      # signed and --no-auth side by side, alternating
+    python bench/serve_load.py --campaign all --flow mixed    # a day sent as hospitals send it (section 11)
+    python bench/serve_load.py --campaign stepwise-ab  # the mixed step-wise day and the one-shot day side by side
 
 For each campaign: a synthetic world and request stream (engine.tools.synth, cached in
 --cache), a fresh data folder, `yidi serve` pinned to core 0 on the real store,
@@ -30,6 +32,17 @@ and prints signed / unsigned: durable settlements/s, the hub's CPU per reply
 (user and system time of the `yidi serve` process over the run: steadier than a
 rate on a machine shared with other work) and the latency percentiles, each the
 median of the rounds; it fails when a ratio is worse than `--ab-tolerance` (5 %).
+
+`--flow` says how the day's visits are sent (engine.tools.synth.flows): `oneshot`
+(the default: each bill one settlement, section 7), `stepwise` or `mixed` (half of
+the visits registered, uploaded, discharged and settled, section 11: about 3.3
+requests a settlement). Locust sends each visit's requests in order, each only after
+the previous one's reply, many visits interleaved (bench/locustfile.py).
+`--campaign stepwise-ab` runs the mixed day and the one-shot day side by side,
+alternating which goes first, `--rounds` times: saturation (requests/s, durable
+settlements/s, the hub's CPU per reply) and latency at 3,000 requests/s offered; the
+mixed day fails its campaign under STEPWISE_TARGETS (15,000 requests/s and 3,000
+durable settlements/s at saturation, p99 at most 20 ms at 3,000 requests/s).
 
 A campaign fails (exit code 1) when its budget is missed: the saturation one
 under `--settlements-min` durable settlements/s, the latency one over
@@ -58,12 +71,19 @@ sys.path.insert(0, ROOT)
 CAMPAIGNS = {
     "saturation": dict(users=8, in_flight=32, rate=0, duration_s=30, p99_budget_ms=0, settlements_min=5000),
     "latency": dict(users=8, in_flight=32, rate=1000, duration_s=30, p99_budget_ms=20, settlements_min=0),
+    "latency-3k": dict(users=8, in_flight=32, rate=3000, duration_s=30, p99_budget_ms=20, settlements_min=0),
     "smoke": dict(users=2, in_flight=8, rate=200, duration_s=3, p99_budget_ms=500, settlements_min=0),
     # Long enough for the store's first background fold (262,144 journal rows: about 33 s at
     # saturation, 5 minutes at 1,000 req/s): the sustained figures (`--campaign sustained`).
     "saturation-fold": dict(users=8, in_flight=32, rate=0, duration_s=60, p99_budget_ms=0, settlements_min=5000),
     "latency-fold": dict(users=8, in_flight=32, rate=1000, duration_s=330, p99_budget_ms=20, settlements_min=0),
 }
+# What a step-wise or mixed day must reach (docs: README, "Performance"): requests/s and durable
+# settlements/s at saturation; the latency-3k campaign's p99 budget is its own.
+STEPWISE_TARGETS = dict(requests_min=15_000, settlements_min=3_000)
+FLOWS = ("oneshot", "stepwise", "mixed")
+STEPWISE_AB_CAMPAIGNS = ("saturation", "latency-3k")
+STEPWISE_AB_FLOWS = ("mixed", "oneshot")
 WORLDS = {  # world size per campaign kind: the load ones realistic, the smoke one tiny
     "full": dict(provinces=31, catalogue_per_province=50_000, persons=300_000),
     "small": dict(provinces=4, catalogue_per_province=2_000, persons=5_000),
@@ -74,9 +94,9 @@ def log(msg: str) -> None:
     print(f"[serve_load] {msg}", file=sys.stderr, flush=True)
 
 
-def world_and_frames(cache: str, size: str, n_requests: int, seed: int) -> tuple[str, str]:
-    """A cached world folder and frames file (length-prefixed MessagePack envelopes, without the drawn
-    sign_no: a signed run adds the hub's own to each frame)."""
+def world_and_frames(cache: str, size: str, n_requests: int, seed: int, flow: str = "oneshot") -> tuple[str, str]:
+    """A cached world folder and frames file of `flow` (length-prefixed MessagePack envelopes, without the
+    drawn sign_no: a signed run adds the hub's own to each frame)."""
     import msgspec
 
     from engine.tools.synth import gen_requests, gen_world
@@ -87,13 +107,14 @@ def world_and_frames(cache: str, size: str, n_requests: int, seed: int) -> tuple
     if not os.path.exists(os.path.join(world, "prepay.csv")):
         log(f"generating world {world} {w}")
         gen_world(world, seed=seed, **w)
-    frames = os.path.join(cache, f"frames-{size}-s{seed}-n{n_requests}-unsigned.bin")
+    tag = "" if flow == "oneshot" else f"-{flow}"
+    frames = os.path.join(cache, f"frames-{size}-s{seed}-n{n_requests}{tag}-unsigned.bin")
     if not os.path.exists(frames):
         log(f"generating {n_requests} requests into {frames}")
         enc = msgspec.msgpack.Encoder()
         tmp = frames + ".tmp"
         with open(tmp, "wb") as f:
-            for env in gen_requests(world, n_requests, seed=seed + 1, days=max(1, n_requests // 200_000)):
+            for env in gen_requests(world, n_requests, seed=seed + 1, days=max(1, n_requests // 200_000), flow=flow):
                 body = enc.encode({k: v for k, v in env.items() if k != "sign_no"})
                 f.write(len(body).to_bytes(4, "big") + body)
         os.replace(tmp, frames)
@@ -205,6 +226,57 @@ def institutions(world: str) -> dict[str, str]:
         return {r["fixmedins_code"]: r["admdvs"] for r in csv.DictReader(f)}
 
 
+VISIT_OPENING_INFNOS = ("2201", "2401")  # their visit's mdtrt_id is "M" + their msgid (section 11)
+
+
+def visits_of(bodies: list[bytes]) -> list[int]:
+    """Each frame's visit as a small integer (-1: none), for bench/locustfile.py to send a visit's requests
+    one at a time: the mdtrt_id the request names (in `data`, `mdtrtinfo`, `adminfo`, `dscginfo`, or its
+    first fee line), "M" + msgid for a registration or an admission, and for a 2601 the visit of the
+    message it undoes."""
+    import msgspec
+
+    class Env(msgspec.Struct):
+        infno: object = None
+        msgid: object = None
+        input: object = None
+
+    dec = msgspec.msgpack.Decoder(Env)
+    keys: list[object] = []
+    of_msgid: dict[str, str] = {}
+    for b in bodies:
+        try:
+            e = dec.decode(b)
+        except msgspec.DecodeError:
+            keys.append(None)
+            continue
+        key: object = None
+        inp = e.input if isinstance(e.input, dict) else {}
+        if e.infno in VISIT_OPENING_INFNOS and isinstance(e.msgid, str):
+            key = "M" + e.msgid
+        elif e.infno == "2601":
+            d = inp.get("data")
+            key = ("undo", d.get("omsgid")) if isinstance(d, dict) else None
+        else:
+            for part in ("data", "mdtrtinfo", "adminfo", "dscginfo", "feedetail"):
+                d = inp.get(part)
+                if isinstance(d, list) and d:
+                    d = d[0]
+                if isinstance(d, dict) and isinstance(d.get("mdtrt_id"), str):
+                    key = d["mdtrt_id"]
+                    break
+        if isinstance(key, str) and isinstance(e.msgid, str):
+            of_msgid.setdefault(e.msgid, key)
+        keys.append(key)
+    ids: dict[str, int] = {}
+    out = []
+    for key in keys:
+        if isinstance(key, tuple):  # a 2601: its original's visit (sent before or after it)
+            key = of_msgid.get(key[1]) if isinstance(key[1], str) else None
+        out.append(-1 if key is None else ids.setdefault(key, len(ids)))
+    return out
+
+
 def make_lanes(world: str, bodies: list[bytes], folder: str):
     """The run's credentials (one platform per province, in a keys file), the lanes of the frames (the
     connection of each request's province platform: engine.tools.platforms) and each frame's
@@ -268,8 +340,11 @@ def sign_in_lanes(tcp: str, lanes, bodies: list[bytes], codes: list[str], folder
     return path, {"sign_ins": len(sign_no), "sign_in_s": round(sign_in_s, 3)}
 
 
-def write_lanes(path: str, lanes, n: int, signed: bool) -> None:
-    """bench/locustfile.py's --lanes: each frame's lane, and each lane's first frame (a 9001 signed now)."""
+def write_lanes(path: str, lanes, n: int, signed: bool, visits: list[int] | None = None) -> None:
+    """bench/locustfile.py's --lanes: each frame's lane and visit, and each lane's first frame (a 9001
+    signed now)."""
+    import array
+
     from engine.hub.client import encode_frame, sign_in_envelope
 
     lane_of = bytearray(n)
@@ -280,11 +355,15 @@ def write_lanes(path: str, lanes, n: int, signed: bool) -> None:
     first = [base64.b64encode(encode_frame(sign_in_envelope(lane.cred.paasid, lane.cred.token,
                                                             lane.sign_ins[0][0], opter_no="load"))).decode()
              if signed else None for lane in lanes]
+    spec = {"lane_of_frame": base64.b64encode(bytes(lane_of)).decode(), "first_frames": first}
+    if visits is not None:
+        assert len(visits) == n
+        spec["visit_of_frame"] = base64.b64encode(array.array("i", visits).tobytes()).decode()
     with open(path, "w") as f:
-        json.dump({"lane_of_frame": base64.b64encode(bytes(lane_of)).decode(), "first_frames": first}, f)
+        json.dump(spec, f)
 
 
-def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = True) -> dict:
+def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = True, flow: str = "oneshot") -> dict:
     """One campaign against a fresh hub: signed (`auth`) or --no-auth, over the same lanes."""
     run = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)  # the run's files; the store in run/data
     data = os.path.join(run, "data")
@@ -296,6 +375,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         locust_args = ["--tls-ca", ca_file]
     bodies = read_bodies(frames)
     keys, lanes, codes = make_lanes(world, bodies, run)
+    visits = visits_of(bodies)
     server_args += ["--keys", keys] if auth else ["--no-auth"]
     server, addrs = start_server(world, data, server_args, a.server_core)
     try:
@@ -305,7 +385,8 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
             log(f"{len(lanes)} lanes signed in for {signing['sign_ins']} institutions in {signing['sign_in_s']} s")
         del bodies, codes
         lanes_path = os.path.join(run, "lanes.json")
-        write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth)
+        write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth, visits)
+        del visits
         before = scrape(addrs["admin"], ca_file)
         cpu0 = cpu_s(server.pid)
         summary_path = os.path.join(run, "locust-summary.json")
@@ -341,7 +422,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
     span = s["span_s"] or 1.0
     batches = d.get("yidi_batch_size_count", 0.0)
     result = {
-        "campaign": name, **c, "tls": a.tls, "auth": auth, "connections": len(lanes), **signing,
+        "campaign": name, **c, "flow": flow, "tls": a.tls, "auth": auth, "connections": len(lanes), **signing,
         "auth_refusals": {k: v for k, v in s["outcomes"].items() if k.split(" ")[-1] in ("E_AUTH", "E_SIGN_IN")},
         "replies": s["replies"], "replies_per_s": s["replies_per_s"], "failures": s["failures"],
         "settlements_acknowledged": settled, "settlements_per_s": round(settled / span, 1),
@@ -366,8 +447,13 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
     verdict = []
     if lp.returncode != 0:
         verdict.append(f"locust exit code {lp.returncode}: {lp.stdout.strip().splitlines()[-1:] if lp.stdout else ''}")
-    if c["settlements_min"] and result["settlements_per_s"] < c["settlements_min"]:
-        verdict.append(f"{result['settlements_per_s']} durable settlements/s, under {c['settlements_min']}")
+    settlements_min = c["settlements_min"]
+    if flow != "oneshot" and c["rate"] == 0 and settlements_min:  # a saturation campaign of a step-wise day
+        settlements_min = STEPWISE_TARGETS["settlements_min"]
+        if result["replies_per_s"] < STEPWISE_TARGETS["requests_min"]:
+            verdict.append(f"{result['replies_per_s']} requests/s, under {STEPWISE_TARGETS['requests_min']}")
+    if settlements_min and result["settlements_per_s"] < settlements_min:
+        verdict.append(f"{result['settlements_per_s']} durable settlements/s, under {settlements_min}")
     if server.returncode != 0:
         verdict.append(f"server exit code {server.returncode}: {err[-2000:]}")
     result["verdict"] = "; ".join(verdict) or "ok"
@@ -413,9 +499,27 @@ def ab_ratios(results: list[dict], tolerance: float) -> dict:
     return out
 
 
+FLOW_FIGURES = ("replies_per_s", "settlements_per_s", "server_cpu_us_per_reply", "p50", "p99")
+
+
+def flow_ratios(results: list[dict]) -> dict:
+    """stepwise-ab: per campaign, the medians of the rounds for the mixed day and the one-shot day, and
+    mixed / one-shot of each."""
+    out = {}
+    for name in sorted({r["campaign"] for r in results}):
+        med = {flow: {k: _median([_of(r, k) for r in results if r["campaign"] == name and r["flow"] == flow])
+                      for k in FLOW_FIGURES} for flow in STEPWISE_AB_FLOWS}
+        out[name] = {**med, "rounds": sum(1 for r in results if r["campaign"] == name and r["flow"] == "mixed"),
+                     "mixed_over_oneshot": {k: round(med["mixed"][k] / med["oneshot"][k], 4) if med["oneshot"][k]
+                                            else None for k in FLOW_FIGURES}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained", "auth-ab"], default="all")
+    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained", "auth-ab", "stepwise-ab"], default="all")
+    p.add_argument("--flow", choices=FLOWS, default="oneshot",
+                   help="how the day's visits are sent (default oneshot); stepwise-ab runs mixed and oneshot")
     p.add_argument("--duration-s", type=int, help="override every campaign's duration")
     p.add_argument("--requests", type=int, help="requests in the stream (default: enough for the campaign)")
     p.add_argument("--seed", type=int, default=7)
@@ -439,34 +543,47 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--campaign auth-ab runs both modes: drop --no-auth")
     if not 1 <= a.rounds <= 20:
         p.error("--rounds must be within 1..20")
+    if a.campaign == "stepwise-ab" and a.flow != "oneshot":
+        p.error("--campaign stepwise-ab runs both flows: drop --flow")
     if a.campaign == "auth-ab":
         # Signed and unsigned, one after the other; the order flips every round so that a machine
         # getting faster or slower over the run weighs on both modes alike.
-        plan = [(name, mode) for k in range(a.rounds) for name in AB_CAMPAIGNS
+        plan = [(name, mode, a.flow) for k in range(a.rounds) for name in AB_CAMPAIGNS
                 for mode in ((True, False) if k % 2 == 0 else (False, True))]
+    elif a.campaign == "stepwise-ab":
+        # The mixed day and the one-shot day, one after the other, the order flipping every round.
+        plan = [(name, not a.no_auth, flow) for k in range(a.rounds) for name in STEPWISE_AB_CAMPAIGNS
+                for flow in (STEPWISE_AB_FLOWS if k % 2 == 0 else STEPWISE_AB_FLOWS[::-1])]
     else:
         names = {"all": ["saturation", "latency"], "sustained": ["saturation-fold", "latency-fold"]}.get(
             a.campaign, [a.campaign])
-        plan = [(name, not a.no_auth) for name in names]
+        plan = [(name, not a.no_auth, a.flow) for name in names]
     results = []
-    for name, auth in plan:
+    for name, auth, flow in plan:
         c = dict(CAMPAIGNS[name])
         if a.duration_s:
             c["duration_s"] = a.duration_s
         size = a.world_size or ("small" if name == "smoke" else "full")
-        want = a.requests or int(max(c["rate"] or 9000, 1000) * c["duration_s"] * 1.3)
-        world, frames = world_and_frames(a.cache, size, want, a.seed)
-        r = run_campaign(name, c, world, frames, a, auth)
+        # Enough requests that the stream does not start again within the run (a second pass would be
+        # retries, answered from the journal): a step-wise day is asked for more requests per second.
+        ceiling = 9000 if flow == "oneshot" else 2 * STEPWISE_TARGETS["requests_min"]
+        want = a.requests or int(max(c["rate"] or ceiling, 1000) * c["duration_s"] * 1.3)
+        world, frames = world_and_frames(a.cache, size, want, a.seed, flow)
+        r = run_campaign(name, c, world, frames, a, auth, flow)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
     ab = ab_ratios(results, a.ab_tolerance) if a.campaign == "auth-ab" else None
+    flows_ab = flow_ratios(results) if a.campaign == "stepwise-ab" else None
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(results if ab is None else {"runs": results, "auth_ab": ab}, f, indent=1)
+            json.dump(results if ab is None and flows_ab is None else
+                      {"runs": results, **({"auth_ab": ab} if ab else {}), **({"stepwise_ab": flows_ab} if flows_ab
+                                                                               else {})}, f, indent=1)
     failed = [r for r in results if r["verdict"] != "ok"] + [v for v in (ab or {}).values() if v["verdict"] != "ok"]
     for r in results:
-        log(f"{r['campaign']} ({'signed' if r['auth'] else '--no-auth'}): "
+        log(f"{r['campaign']} ({r['flow']}, {'signed' if r['auth'] else '--no-auth'}): "
             f"{r['replies_per_s']} replies/s, {r['settlements_per_s']} durable settlements/s, "
+            f"{r['server_cpu_us_per_reply']} us of hub CPU per reply, "
             f"p50 {r['latency_ms'].get('p50')} ms, p99 {r['latency_ms'].get('p99')} ms "
             f"(server side: {r['server_latency']}), "
             f"batch {r['batch_size_mean']}, engine {r['engine_ms_per_batch']} ms/batch, "
@@ -479,6 +596,13 @@ def main(argv: list[str] | None = None) -> int:
             f"p99 {u['p99']} ms; signed / --no-auth: settlements/s {q['settlements_per_s']}, hub CPU per reply "
             f"{q['server_cpu_us_per_reply']}, p50 {q['p50']}, p99 {q['p99']} (paired, the median of the rounds' "
             f"ratios: {v['paired']}): {v['verdict']}")
+    for name, v in (flows_ab or {}).items():
+        m, o, q = v["mixed"], v["oneshot"], v["mixed_over_oneshot"]
+        log(f"stepwise-ab {name}, medians of {v['rounds']} rounds: mixed {m['replies_per_s']} requests/s, "
+            f"{m['settlements_per_s']} settlements/s, {m['server_cpu_us_per_reply']} us of hub CPU per reply, "
+            f"p50 {m['p50']} ms, p99 {m['p99']} ms; oneshot {o['replies_per_s']} requests/s, "
+            f"{o['settlements_per_s']} settlements/s, {o['server_cpu_us_per_reply']} us, p50 {o['p50']} ms, "
+            f"p99 {o['p99']} ms; mixed / oneshot: {q}")
     return 1 if failed else 0
 
 
