@@ -14,6 +14,8 @@ Effects:
     ["cancel", mdtrt_id]
     ["info", mdtrt_id, med_type, dise_codg, begntime]          (None: unchanged)
     ["upload", mdtrt_id, batch, msgid, codes, sns, amt_fen, cnt, pric_micro, day]
+        (amt_fen, cnt and pric_micro little-endian int64, day int32, each as the bytes of its column;
+        lists of int in the stores written before, read alike)
     ["revoke", mdtrt_id, positions]
     ["discharge", mdtrt_id, endtime, msgid] / ["undischarge", mdtrt_id]
     ["settle", mdtrt_id, batch, setl_id] / ["unsettle", setl_id]
@@ -25,6 +27,7 @@ read: engine.core.kernels.FeeBuffer.extend), about a hundred bytes a line.
 from __future__ import annotations
 
 import array
+import sys
 from dataclasses import dataclass
 
 INPATIENT_BATCH = ""  # a stay is one batch
@@ -111,6 +114,22 @@ class Voided:
     fixmedins_code: str
 
 
+def _extend(column: array.array, values) -> None:
+    """A column of an upload effect appended: the little-endian bytes of its values, or a list of int."""
+    if type(values) is bytes:
+        if _BIG_ENDIAN:
+            more = array.array(column.typecode, values)
+            more.byteswap()
+            column.extend(more)
+        else:
+            column.frombytes(values)
+    else:
+        column.extend(values)
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
 class VisitBook:
     """Every visit, and the indexes section 11's checks need; changed only by `apply`."""
 
@@ -130,19 +149,16 @@ class VisitBook:
             _, mdtrt_id, batch, msgid, codes, sns, amt, cnt, pric, day = effect
             ls = self.visits[mdtrt_id].lines
             self.by_msgid[msgid] = mdtrt_id
-            base = len(ls.sns)
-            for k, sn in enumerate(sns):
-                ls.sn_pos[sn] = base + k
+            base, n = len(ls.sns), len(sns)
+            ls.sn_pos.update(zip(sns, range(base, base + n)))
             ls.codes.extend(codes)
             ls.sns.extend(sns)
-            ls.amt.extend(amt)
-            ls.cnt.extend(cnt)
-            ls.pric.extend(pric)
-            ls.day.extend(day)
-            ls.batch.extend([batch] * len(sns))
-            ls.upload.extend([msgid] * len(sns))
-            ls.revoked.extend(bytes(len(sns)))
-            ls.in_force += len(sns)
+            for column, values in ((ls.amt, amt), (ls.cnt, cnt), (ls.pric, pric), (ls.day, day)):
+                _extend(column, values)
+            ls.batch.extend([batch] * n)
+            ls.upload.extend([msgid] * n)
+            ls.revoked.extend(bytes(n))
+            ls.in_force += n
         elif kind == "revoke":
             ls = self.visits[effect[1]].lines
             for i in effect[2]:

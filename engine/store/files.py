@@ -14,7 +14,8 @@ import sqlite3
 
 from engine.store.errors import StoreRefused
 from engine.store.schema import (
-    DB_NAME, KEYS_NAME, LOCK_NAME, PAGE_BYTES, SCHEMA_VERSION, STORE_FORMAT, UPGRADES, WRITER_PRAGMAS,
+    DB_NAME, KEYS_NAME, LOCK_NAME, PAGE_BYTES, SCHEMA_VERSION, SQL_DROP_STEP_MSGID_INDEX, STORE_FORMAT, UPGRADES,
+    WRITER_PRAGMAS,
 )
 
 log = logging.getLogger("yidi.store")
@@ -191,6 +192,7 @@ def open_files(path: str) -> tuple[sqlite3.Connection, bool, dict]:
             writer_setup(conn, path, new=not tables)
             if tables:
                 upgrade_schema(conn, path, meta)
+                conn.execute(SQL_DROP_STEP_MSGID_INDEX)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(kpath, e) from None
     except BaseException:

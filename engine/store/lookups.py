@@ -26,7 +26,6 @@ from engine.store.codec import CODECS, unpack_body
 from engine.store.errors import StoreFailed
 from engine.store.files import connect
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, READ_CHUNK_ROWS
-from engine.store.steps import step_msgids
 
 log = logging.getLogger("yidi.store")
 
@@ -332,7 +331,6 @@ def build_filters(conn: sqlite3.Connection, tail: Tail, reader: Reader) -> None:
     t0 = time.perf_counter()
     gens = [g for g in (tail, tail.sealed) if g is not None]
     n_msg = conn.execute("SELECT COUNT(*) FROM msgid_index").fetchall()[0][0] + sum(len(g.msgid) for g in gens)
-    n_msg += conn.execute("SELECT COUNT(*) FROM step WHERE msgid IS NOT NULL").fetchall()[0][0]
     n_vis = conn.execute("SELECT COUNT(*) FROM open_visit").fetchall()[0][0] + sum(len(g.visits) for g in gens)
     msgids, visits = Bloom(max(FILTER_KEYS_MIN, 2 * n_msg)), Bloom(max(FILTER_KEYS_MIN, 2 * n_vis))
     cur = conn.execute("SELECT msgid FROM msgid_index")
@@ -341,8 +339,6 @@ def build_filters(conn: sqlite3.Connection, tail: Tail, reader: Reader) -> None:
     cur = conn.execute("SELECT fixmedins_code, mdtrt_id FROM open_visit")
     while rows := cur.fetchmany(READ_CHUNK_ROWS):
         visits.add_all_pairs(rows)
-    for chunk in step_msgids(conn):  # section 11's transactions share the msgid space
-        msgids.add_all(chunk)
     for g in gens:
         msgids.add_all(list(g.msgid))
         visits.add_all_pairs(list(g.visits))

@@ -74,8 +74,10 @@ CREATE TABLE step (
     codec TEXT,
     body_lz4 BLOB,
     effects BLOB NOT NULL
-);
-CREATE UNIQUE INDEX step_msgid ON step (msgid) WHERE msgid IS NOT NULL"""
+)"""
+# The step table's msgid index of the first stores of schema 4, dropped at open (engine.store.steps: the
+# committed msgids are held in RAM instead).
+SQL_DROP_STEP_MSGID_INDEX = "DROP INDEX IF EXISTS step_msgid"
 STEP_COLS = ("seq", "msgid", "infno", "fixmedins_code", "mdtrt_id", "time", "paasid", "sign_no", "opter",
              "opter_name", "codec", "body_lz4", "effects")
 
@@ -312,7 +314,7 @@ SQL_INSERTS = (SQL_INSERT_JOURNAL, SQL_INSERT_BLOB, SQL_INSERT_PERSON_LOG, SQL_I
 UPGRADES = {
     3: [*(f"ALTER TABLE journal ADD COLUMN {c} TEXT NOT NULL DEFAULT ''" for c in _JOURNAL_AUTH),
         "ALTER TABLE journal ADD COLUMN chrg_bchno TEXT", _SIGN_IN_TABLE,
-        *_STEP_TABLE.split(";\n")],
+        _STEP_TABLE],
 }
 
 # Every connection that writes (the store's and the batch writer's; pragmas are per connection).

@@ -8,9 +8,11 @@ rebuilt by applying every row's effects in order with the same
 `VisitBook.apply` the engine uses, so they are what they were.
 
 A retry of a step-wise transaction finds its stored reply with StepJournalMap:
-RAM holds what is not yet committed; the rest is a point query on the table's
-msgid index, skipped when the reader's msgid filter says the msgid was never
-committed.
+RAM holds what is not yet committed, and the seq of every committed msgid (read
+back at open with the visits), so a committed reply is one point query on the
+table's primary key. The table has no index on msgid: a batch's msgids are
+spread over the whole key space, and an index of them rewrote hundreds of
+16 KiB pages in every commit.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class StepJournalMap:
     def __init__(self, reader):
         self._reader = reader
         self._pending: dict[str, tuple] = {}
+        self._seq: dict[str, int] = {}  # every committed msgid -> its step row (restore, committed)
 
     def get(self, msgid: str, default=None):
         hit = self._pending.get(msgid)
@@ -57,13 +60,12 @@ class StepJournalMap:
         return default if hit is None else hit
 
     def _committed(self, msgid: str):
-        r = self._reader
-        f = r.msgids
-        if f is not None and type(msgid) is str and not f.may_contain(msgid):
-            return None  # certainly never committed
-        row = r._one("SELECT infno, fixmedins_code, codec, body_lz4 FROM step WHERE msgid = ?", (msgid,))
+        seq = self._seq.get(msgid)
+        if seq is None:
+            return None  # never committed
+        row = self._reader._one("SELECT infno, fixmedins_code, codec, body_lz4 FROM step WHERE seq = ?", (seq,))
         if row is None:
-            return None
+            raise StoreFailed(f"step row {seq} of msgid {msgid!r} is missing")
         infno, code, codec_name, body = row
         try:
             raw, reply = _BODY.decode(lz4.block.decompress(body))
@@ -78,29 +80,31 @@ class StepJournalMap:
     def pending(self) -> int:
         return len(self._pending)
 
-    def committed(self, steps: list[StepChange]) -> None:
-        for c in steps:
+    def committed(self, steps: list[StepChange], rows: list[tuple]) -> None:
+        """The batch's steps are durable, in their `step` rows (step_rows: seq first, msgid second)."""
+        seqs = self._seq
+        for c, row in zip(steps, rows):
             if c.msgid:
                 del self._pending[c.msgid]
+                seqs[c.msgid] = row[0]
+
+    def restore(self, seqs: dict[str, int]) -> None:
+        """The committed msgids and their rows, as restore_visits read them at open."""
+        self._seq = seqs
 
 
-def restore_visits(conn: sqlite3.Connection, book) -> int:
-    """Apply every step row's effects to `book` (engine.core.visits.VisitBook), in order; the rows read."""
-    n = 0
-    cur = conn.execute("SELECT effects FROM step ORDER BY seq")
+def restore_visits(conn: sqlite3.Connection, book) -> dict[str, int]:
+    """Apply every step row's effects to `book` (engine.core.visits.VisitBook), in order; the committed
+    msgids and their rows' seq (StepJournalMap.restore)."""
+    seqs: dict[str, int] = {}
+    cur = conn.execute("SELECT seq, msgid, effects FROM step ORDER BY seq")
     while rows := cur.fetchmany(READ_CHUNK_ROWS):
-        for (blob,) in rows:
+        for seq, msgid, blob in rows:
             for effect in _EFFECTS.decode(blob):
                 book.apply(effect)
-        n += len(rows)
-    return n
-
-
-def step_msgids(conn: sqlite3.Connection):
-    """Every committed step msgid, in chunks (the reader's msgid filter)."""
-    cur = conn.execute("SELECT msgid FROM step WHERE msgid IS NOT NULL")
-    while rows := cur.fetchmany(READ_CHUNK_ROWS):
-        yield [r[0] for r in rows]
+            if msgid is not None:
+                seqs[msgid] = seq
+    return seqs
 
 
 assert STEP_COLS[-1] == "effects"

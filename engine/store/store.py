@@ -173,7 +173,7 @@ class SqliteStore:
             self.engine = self._engine(world, clock, cd_years)
             self.engine.signins.restore(restore_sign_ins(self._w, clock))
             self.engine.signins.events = []  # this store takes them (prepare)
-            restore_visits(self._w, self.engine.visits)
+            self._history.step_journal.restore(restore_visits(self._w, self.engine.visits))
             self.engine.step_changes = []  # this store takes them (prepare)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(self.path, e) from None
@@ -340,9 +340,8 @@ class SqliteStore:
                 t.visits[visit] = setl_id
             if reversed_id is not None:
                 t.reversed[reversed_id] = seq
-        r.msgids.add_all([c.msgid for c in p.steps if c.msgid])
         self._history.committed(p.changes)
-        self._history.step_journal.committed(p.steps)
+        self._history.step_journal.committed(p.steps, p.step_rows)
 
     def _after_commit(self) -> None:
         try:
