@@ -91,13 +91,15 @@ def _options(parser):
     g.add_argument("--lanes", default="", help="the lanes file of bench/serve_load.py: a connection per lane")
 
 
-def read_frames(path: str) -> list[tuple[bytes, str, str]]:
-    """(frame, infno, person key) of each request in a frames file."""
+def read_frames(path: str, first: int = 0) -> list[tuple[bytes, str, str]]:
+    """(frame, infno, person key) of each request in a frames file, from frame `first` on."""
 
     with open(path, "rb") as f:
         data = f.read()
     out = []
     off = 0
+    for _ in range(first):
+        off += FRAME_HEADER_BYTES + int.from_bytes(data[off:off + FRAME_HEADER_BYTES], "big")
     while off < len(data):
         n = int.from_bytes(data[off:off + FRAME_HEADER_BYTES], "big")
         body = data[off + FRAME_HEADER_BYTES:off + FRAME_HEADER_BYTES + n]
@@ -143,7 +145,11 @@ class _Shared:
     def load(cls, opts) -> None:
         if cls.frames is not None:
             return
-        cls.frames = read_frames(opts.frames)
+        spec = {}
+        if opts.lanes:
+            with open(opts.lanes) as f:
+                spec = json.load(f)
+        cls.frames = read_frames(opts.frames, spec.get("first_frame", 0))  # the warm-up's frames were sent
         n = max(1, opts.num_users)
         cls.parts = [[] for _ in range(n)]
         if not opts.lanes:
@@ -152,8 +158,6 @@ class _Shared:
             for fr, infno, key in cls.frames:  # one person, one User: that person's requests keep their order
                 cls.parts[zlib.crc32(key.encode()) % n].append((fr, infno, 0, -1))
             return
-        with open(opts.lanes) as f:
-            spec = json.load(f)
         lane_of = base64.b64decode(spec["lane_of_frame"])
         assert len(lane_of) == len(cls.frames), "the lanes file is not this frames file's"
         visit_of = array.array("i", base64.b64decode(spec["visit_of_frame"])) if spec.get("visit_of_frame") \

@@ -62,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +83,7 @@ CAMPAIGNS = {
 # settlements/s at saturation; the latency-3k campaign's p99 budget is its own.
 STEPWISE_TARGETS = dict(requests_min=15_000, settlements_min=3_000)
 FLOWS = ("oneshot", "stepwise", "mixed")
+STREAM_START = "2026-11-20"  # the first day of the generated streams (gen_requests' start)
 STEPWISE_AB_CAMPAIGNS = ("saturation", "latency-3k")
 STEPWISE_AB_FLOWS = ("mixed", "oneshot")
 WORLDS = {  # world size per campaign kind: the load ones realistic, the smoke one tiny
@@ -114,7 +116,8 @@ def world_and_frames(cache: str, size: str, n_requests: int, seed: int, flow: st
         enc = msgspec.msgpack.Encoder()
         tmp = frames + ".tmp"
         with open(tmp, "wb") as f:
-            for env in gen_requests(world, n_requests, seed=seed + 1, days=max(1, n_requests // 200_000), flow=flow):
+            for env in gen_requests(world, n_requests, seed=seed + 1, start=STREAM_START,
+                                    days=max(1, n_requests // 200_000), flow=flow):
                 body = enc.encode({k: v for k, v in env.items() if k != "sign_no"})
                 f.write(len(body).to_bytes(4, "big") + body)
         os.replace(tmp, frames)
@@ -340,9 +343,9 @@ def sign_in_lanes(tcp: str, lanes, bodies: list[bytes], codes: list[str], folder
     return path, {"sign_ins": len(sign_no), "sign_in_s": round(sign_in_s, 3)}
 
 
-def write_lanes(path: str, lanes, n: int, signed: bool, visits: list[int] | None = None) -> None:
-    """bench/locustfile.py's --lanes: each frame's lane and visit, and each lane's first frame (a 9001
-    signed now)."""
+def write_lanes(path: str, lanes, n: int, signed: bool, visits: list[int] | None = None, first: int = 0) -> None:
+    """bench/locustfile.py's --lanes: each frame's lane and visit from frame `first` on (the frames before
+    it were sent as the warm-up), and each lane's first frame (a 9001 signed now)."""
     import array
 
     from engine.hub.client import encode_frame, sign_in_envelope
@@ -352,15 +355,75 @@ def write_lanes(path: str, lanes, n: int, signed: bool, visits: list[int] | None
     for k, lane in enumerate(lanes):
         for i in lane.idx:
             lane_of[i] = k
-    first = [base64.b64encode(encode_frame(sign_in_envelope(lane.cred.paasid, lane.cred.token,
-                                                            lane.sign_ins[0][0], opter_no="load"))).decode()
-             if signed else None for lane in lanes]
-    spec = {"lane_of_frame": base64.b64encode(bytes(lane_of)).decode(), "first_frames": first}
+    first_frames = [base64.b64encode(encode_frame(sign_in_envelope(lane.cred.paasid, lane.cred.token,
+                                                                   lane.sign_ins[0][0], opter_no="load"))).decode()
+                    if signed else None for lane in lanes]
+    spec = {"first_frame": first, "lane_of_frame": base64.b64encode(bytes(lane_of[first:])).decode(),
+            "first_frames": first_frames}
     if visits is not None:
         assert len(visits) == n
-        spec["visit_of_frame"] = base64.b64encode(array.array("i", visits).tobytes()).decode()
+        spec["visit_of_frame"] = base64.b64encode(array.array("i", visits[first:]).tobytes()).decode()
     with open(path, "w") as f:
         json.dump(spec, f)
+
+
+def warm_up_count(bodies: list[bytes], start: str) -> int:
+    """Frames before the day `start`: a step-wise stream begins with the stays admitted days before it
+    (engine.tools.synth.flows), which the hub holds open when the measured day begins."""
+    import msgspec
+
+    class Time(msgspec.Struct):
+        inf_time: object = None
+
+    dec = msgspec.msgpack.Decoder(Time)
+    for k, b in enumerate(bodies):
+        t = dec.decode(b).inf_time
+        if isinstance(t, str) and t[:10] >= start:
+            return k
+    return len(bodies)
+
+
+def warm_up(tcp: str, lanes, frames: str, k: int, auth: bool, ca_file: str | None) -> dict:
+    """Send the first k frames (in stream order, each lane on a connection of its own, 256 in flight in
+    all) before the load starts: the open stays of the days before the measured one. Not measured."""
+    import asyncio
+
+    import msgspec
+    import numpy as np
+
+    from engine.hub.client import AsyncFramedClient
+    from engine.hub.tls import client_context
+    from engine.tools.platforms import Lane, replay_lanes, sign_in_lane
+
+    host, port = tcp.rsplit(":", 1)
+    ctx = client_context(ca_file) if ca_file else None
+    out = []
+    with open(frames, "rb") as f:
+        while len(out) < k:
+            head = f.read(4)
+            out.append(head + f.read(int.from_bytes(head, "big")))
+    sub = [Lane(lane.cred, [i for i in lane.idx if i < k], lane.sign_ins[:1]) for lane in lanes]
+    sub = [lane for lane in sub if lane.idx]
+
+    got = types.SimpleNamespace(bodies=[None] * k, t_send_s=np.zeros(k), t_recv_s=np.zeros(k))
+
+    async def run() -> None:
+        if auth:
+            clients = [c for c, _ in await asyncio.gather(*(sign_in_lane((host, int(port)), lane, ssl_context=ctx,
+                                                                            opter_no="load") for lane in sub))]
+        else:
+            clients = [await AsyncFramedClient.connect(host, int(port), ssl_context=ctx) for _ in sub]
+        await replay_lanes(clients, sub, out, got, 256, [0])
+
+    t0 = time.perf_counter()
+    if k:
+        asyncio.run(run())
+    refused: dict[str, int] = {}
+    for b in got.bodies:
+        r = msgspec.msgpack.decode(b)
+        if r.get("infcode") != 0:
+            refused[r.get("err_code")] = refused.get(r.get("err_code"), 0) + 1
+    return {"warm_up_requests": k, "warm_up_s": round(time.perf_counter() - t0, 2), "warm_up_refused": refused}
 
 
 def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = True, flow: str = "oneshot") -> dict:
@@ -383,9 +446,15 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         if auth:
             frames, signing = sign_in_lanes(addrs["tcp"], lanes, bodies, codes, run, ca_file)
             log(f"{len(lanes)} lanes signed in for {signing['sign_ins']} institutions in {signing['sign_in_s']} s")
+        # A step-wise day begins with the stays admitted before it: sent first, not measured.
+        first = warm_up_count(bodies, STREAM_START) if flow != "oneshot" else 0
         del bodies, codes
+        warmed = warm_up(addrs["tcp"], lanes, frames, first, auth, ca_file)
+        if first:
+            log(f"warm-up: {first} requests of the days before in {warmed['warm_up_s']} s, refused "
+                f"{warmed['warm_up_refused']}")
         lanes_path = os.path.join(run, "lanes.json")
-        write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth, visits)
+        write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth, visits, first)
         del visits
         before = scrape(addrs["admin"], ca_file)
         cpu0 = cpu_s(server.pid)
@@ -422,7 +491,7 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
     span = s["span_s"] or 1.0
     batches = d.get("yidi_batch_size_count", 0.0)
     result = {
-        "campaign": name, **c, "flow": flow, "tls": a.tls, "auth": auth, "connections": len(lanes), **signing,
+        "campaign": name, **c, "flow": flow, **warmed, "tls": a.tls, "auth": auth, "connections": len(lanes), **signing,
         "auth_refusals": {k: v for k, v in s["outcomes"].items() if k.split(" ")[-1] in ("E_AUTH", "E_SIGN_IN")},
         "replies": s["replies"], "replies_per_s": s["replies_per_s"], "failures": s["failures"],
         "settlements_acknowledged": settled, "settlements_per_s": round(settled / span, 1),

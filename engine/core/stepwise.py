@@ -313,15 +313,23 @@ class StepwiseMixin:
         if not lines:
             raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
         first = lines[0]
-        # One pass over the lines: the visit, person and batch each names, and its feedetl_sn.
-        names = {(ln.mdtrt_id, ln.psn_no, ln.chrg_bchno if outpatient else None) for ln in lines}
         for k, v0 in zip(("mdtrt_id", "psn_no", "chrg_bchno"), (first.mdtrt_id, first.psn_no, first.chrg_bchno)):
             if (outpatient or k != "chrg_bchno") and (not isinstance(v0, str) or not v0):
                 raise Refused(E_SCHEMA, f"feedetail: {k} must be a non-empty string")
-        if len(names) != 1:
+        # One pass over the lines: the visit, person and batch each names, and its feedetl_sn.
+        mdtrt_id, psn_no, chrg_bchno = first.mdtrt_id, first.psn_no, first.chrg_bchno if outpatient else None
+        sns = []
+        one_visit, sn_ok = True, True
+        for ln in lines:
+            if ln.mdtrt_id != mdtrt_id or ln.psn_no != psn_no or (outpatient and ln.chrg_bchno != chrg_bchno):
+                one_visit = False
+            sn = ln.feedetl_sn
+            if type(sn) is not str or not sn:
+                sn_ok = False
+            sns.append(sn)
+        if not one_visit:
             raise Refused(E_SCHEMA, f"one upload names one visit{', one person and one batch' if outpatient else ''}")
-        sns = [ln.feedetl_sn for ln in lines]
-        if len({type(sn) for sn in sns}) != 1 or type(sns[0]) is not str or "" in sns:
+        if not sn_ok:
             raise Refused(E_SCHEMA, "feedetail: feedetl_sn must be a non-empty string")
         if ALL_LINES in sns or (outpatient and first.chrg_bchno == ALL_LINES):
             raise Refused(E_SCHEMA, f"{ALL_LINES} names every line in a revocation: no line or batch is called so")

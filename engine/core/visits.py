@@ -36,7 +36,8 @@ INPATIENT_BATCH = ""  # a stay is one batch
 class VisitLines:
     """Every line ever uploaded to a visit, in upload order, as columns."""
 
-    __slots__ = ("sn_pos", "codes", "sns", "amt", "cnt", "pric", "day", "batch", "upload", "revoked", "in_force")
+    __slots__ = ("sn_pos", "codes", "sns", "amt", "cnt", "pric", "day", "batch", "upload", "revoked", "in_force",
+                 "batch_lines")
 
     def __init__(self):
         self.sn_pos: dict[str, int] = {}  # feedetl_sn -> position (E_DUPLICATE_LINE: every line ever uploaded)
@@ -50,12 +51,16 @@ class VisitLines:
         self.upload: list[str] = []  # the msgid of the upload that brought the line
         self.revoked = bytearray()
         self.in_force = 0
+        self.batch_lines: dict[str, int] = {}  # chrg_bchno -> lines ever uploaded in it
 
     def __len__(self) -> int:
         return len(self.sns)
 
     def positions(self, batch: str | None = None, upload: str | None = None) -> list[int]:
         """Positions of the lines in force, in upload order: of one batch, one upload, or all."""
+        n = len(self.sns)
+        if self.in_force == n and upload is None and (batch is None or self.batch_lines.get(batch) == n):
+            return list(range(n))  # nothing revoked, one batch: every line (the usual settlement)
         rev, b, u = self.revoked, self.batch, self.upload
         return [i for i in range(len(rev)) if not rev[i] and (batch is None or b[i] == batch)
                 and (upload is None or u[i] == upload)]
@@ -156,6 +161,7 @@ class VisitBook:
             for column, values in ((ls.amt, amt), (ls.cnt, cnt), (ls.pric, pric), (ls.day, day)):
                 _extend(column, values)
             ls.batch.extend([batch] * n)
+            ls.batch_lines[batch] = ls.batch_lines.get(batch, 0) + n
             ls.upload.extend([msgid] * n)
             ls.revoked.extend(bytes(n))
             ls.in_force += n
