@@ -75,6 +75,32 @@ def vector_world():
     return load_world(VECTOR_WORLD)
 
 
+def vector_bodies(folder: str) -> list[bytes]:
+    """The request bodies of a vectors folder's requests.jsonl, one a line, as sent."""
+    with open(os.path.join(folder, "requests.jsonl"), "rb") as f:
+        return [line.rstrip(b"\n") for line in f]
+
+
+def vector_replies(folder: str) -> list[dict]:
+    """The expected replies of a vectors folder's expected.jsonl, decoded."""
+    with open(os.path.join(folder, "expected.jsonl"), "rb") as f:
+        return [orjson.loads(line) for line in f]
+
+
+def replay_with_store(folder: str, tmp_path) -> tuple[list[dict], str]:
+    """`yidi replay --data` of a vectors folder's requests.jsonl on the vectors' world: the replies, decoded,
+    and the store's folder."""
+    import subprocess
+    import sys
+
+    out, data = tmp_path / "replies.jsonl", tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--world", VECTOR_WORLD, "--in",
+                    os.path.join(folder, "requests.jsonl"), "--out", str(out), "--data", str(data)],
+                   check=True, capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    with open(out, "rb") as f:
+        return [orjson.loads(line) for line in f], str(data)
+
+
 # The event loops the hub's tests run on, one test body each (uvloop's way).
 LOOPS = ["uvloop", "asyncio"]
 

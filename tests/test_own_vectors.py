@@ -15,10 +15,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from conftest import ROOT, VECTOR_WORLD, VECTORS, differences
+from conftest import ROOT, VECTOR_WORLD, VECTORS, differences, replay_with_store, vector_bodies, vector_replies
+from test_stepwise import _batches
 from engine.contract.protocol import province
-from engine.contract.wire import JSON
-from engine.core.engine import Engine, Request
+from engine.core.engine import Engine
 from engine.store.check import check_store
 from engine.world.loader import load_world
 
@@ -28,13 +28,11 @@ N = 1500
 
 
 def _bodies() -> list[bytes]:
-    with open(os.path.join(OWN, "requests.jsonl"), "rb") as f:
-        return [line.rstrip(b"\n") for line in f]
+    return vector_bodies(OWN)
 
 
 def _expected() -> list[dict]:
-    with open(os.path.join(OWN, "expected.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return vector_replies(OWN)
 
 
 def _disagreements(got: list[dict], scoped: bool = False) -> dict[int, list[str]]:
@@ -79,20 +77,13 @@ def test_regenerating_gives_the_same_bytes(tmp_path):
 
 @pytest.mark.parametrize("size", [1, 64, N])
 def test_the_compiled_engine_agrees(size):
-    engine = Engine(load_world(VECTOR_WORLD), clock="inf_time")
-    bodies, got = _bodies(), []
-    for i in range(0, len(bodies), size):
-        got += [json.loads(JSON.encoder.encode(r)) for r in engine.handle_batch([Request(b) for b in bodies[i:i + size]])]
-    bad = _disagreements(got)
+    bad = _disagreements(_batches(Engine(load_world(VECTOR_WORLD), clock="inf_time"), _bodies(), size))
     assert not bad, f"{len(bad)} replies differ, first: {list(bad.items())[:5]}"
 
 
 def test_replay_with_a_store_agrees_and_checks(tmp_path):
-    out, data = tmp_path / "replies.jsonl", tmp_path / "data"
-    subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--world", VECTOR_WORLD, "--in",
-                    os.path.join(OWN, "requests.jsonl"), "--out", str(out), "--data", str(data)],
-                   check=True, capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
-    bad = _disagreements([json.loads(line) for line in out.read_text().splitlines()])
+    got, data = replay_with_store(OWN, tmp_path)
+    bad = _disagreements(got)
     assert not bad, f"{len(bad)} replies differ, first: {list(bad.items())[:5]}"
     lines: list[str] = []
     assert check_store(str(data), lines.append) == 0, "\n".join(lines)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, VECTOR_WORLD, VECTORS, differences
+from conftest import ROOT, VECTOR_WORLD, VECTORS, differences, replay_with_store, vector_bodies, vector_replies
 
 from engine.contract.wire import JSON
 from engine.core.engine import Engine, Request
@@ -20,13 +20,11 @@ STEPWISE = os.path.join(VECTORS, "stepwise")
 
 
 def _bodies() -> list[bytes]:
-    with open(os.path.join(STEPWISE, "requests.jsonl"), "rb") as f:
-        return [line.rstrip(b"\n") for line in f]
+    return vector_bodies(STEPWISE)
 
 
 def _expected() -> list[dict]:
-    with open(os.path.join(STEPWISE, "expected.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return vector_replies(STEPWISE)
 
 
 def _disagreements(got: list[dict]) -> dict[int, list[str]]:
@@ -51,11 +49,7 @@ def test_stepwise_vectors_in_memory(size):
 
 
 def test_stepwise_vectors_through_replay_and_check(tmp_path):
-    out, data = tmp_path / "replies.jsonl", tmp_path / "data"
-    subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--world", VECTOR_WORLD, "--in",
-                    os.path.join(STEPWISE, "requests.jsonl"), "--out", str(out), "--data", str(data)],
-                   check=True, capture_output=True, cwd=ROOT)
-    got = [json.loads(line) for line in out.read_text().splitlines()]
+    got, data = replay_with_store(STEPWISE, tmp_path)
     bad = _disagreements(got)
     assert not bad, f"{len(bad)} replies differ, first: {list(bad.items())[:5]}"
     lines: list[str] = []
