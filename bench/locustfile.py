@@ -91,6 +91,15 @@ def _options(parser):
     g.add_argument("--lanes", default="", help="the lanes file of bench/serve_load.py: a connection per lane")
 
 
+@events.init.add_listener
+def _load_frames(environment, **_kw) -> None:
+    """The frames read and shared out before the run starts: reading a large file in the Users' on_start
+    would eat into `-t` on a busy machine (and once left no time at all)."""
+    opts = environment.parsed_options
+    if opts is not None and opts.frames:
+        _Shared.load(opts)
+
+
 def read_frames(path: str, first: int = 0) -> list[tuple[bytes, str, str]]:
     """(frame, infno, person key) of each request in a frames file, from frame `first` on."""
 
