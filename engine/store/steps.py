@@ -81,12 +81,14 @@ class StepJournalMap:
         return len(self._pending)
 
     def committed(self, steps: list[StepChange], rows: list[tuple]) -> None:
-        """The batch's steps are durable, in their `step` rows (step_rows: seq first, msgid second)."""
-        seqs = self._seq
+        """The batch's steps are durable, in their `step` rows (step_rows: seq first, msgid second). Called
+        on the writer's thread: each msgid is in `_seq` before it leaves `_pending`, so a lookup on the
+        engine's thread in between finds it in one or the other."""
+        seqs, pending = self._seq, self._pending
         for c, row in zip(steps, rows):
             if c.msgid:
-                del self._pending[c.msgid]
                 seqs[c.msgid] = row[0]
+                del pending[c.msgid]
 
     def restore(self, seqs: dict[str, int]) -> None:
         """The committed msgids and their rows, as restore_visits read them at open."""
