@@ -110,18 +110,24 @@ def test_errors_only_or_no_request_lines(tmp_path, vectors):
     good, other = clone_settlements(reqs, exp, 2, "LV")
     bad = json.loads(json.dumps(other))
     bad["input"]["data"]["psn_no"] = 7
-    for mode, want in (("errors", {bad["msgid"]}), ("off", set())):
+    for mode, want in (("errors", {bad["msgid"], ""}), ("off", set())):
         log = tmp_path / f"{mode}.jsonl"
-        s = Serve(str(tmp_path / mode), "--no-auth", "--log-file", str(log), "--request-log", mode)
+        s = Serve(str(tmp_path / mode), "--no-auth", "--log-file", str(log), "--request-log", mode,
+                  "--http-body-bytes-max", "4096")
         try:
             with s.client() as c:
                 assert c.call(good)["infcode"] == 0
                 assert c.call(bad)["err_code"] == "E_SCHEMA"
+            status, rep = s.post({**good, "pad": "x" * 5000}, {})  # refused by the gateway before the hub
+            assert status == 413 and rep["err_code"] == "E_LIMIT"
             s.stop()
         finally:
             s.kill()
         lines = read_log(log)
         assert {ln["msgid"] for ln in lines if ln["event"] == "request"} == want, mode
+        if mode == "errors":
+            assert [(ln["transport"], ln["err_code"]) for ln in lines if ln.get("msgid") == ""] == [
+                ("http", "E_LIMIT")]
         assert [ln["event"] for ln in lines if ln["event"] in ("start", "stop")] == ["start", "stop"]
 
 

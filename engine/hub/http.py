@@ -83,9 +83,14 @@ def encode_http(reply: Reply) -> bytes:
     return _HTTP.encoder.encode(msgspec.structs.replace(reply, output=http_output(reply.output)))
 
 
+# A response's err_code, kept in aiohttp's per-response storage for the request log (a typed key
+# from aiohttp 3.12 on).
+ERR_CODE_KEY = web.ResponseKey("err_code", str) if hasattr(web, "ResponseKey") else "err_code"
+
+
 def _json(reply: Reply, status: int, headers: dict | None = None) -> web.Response:
     resp = web.Response(body=encode_http(reply), status=status, content_type="application/json", headers=headers)
-    resp["err_code"] = reply.err_code or ""  # aiohttp's per-response user data: for the request log
+    resp[ERR_CODE_KEY] = reply.err_code or ""
     return resp
 
 
@@ -131,7 +136,7 @@ class Gateway:
                                       {"WWW-Authenticate": 'x-tif-signature realm="yidi"'}))
         body = await self._read_body(request)
         if isinstance(body, web.Response):
-            hub.log_refusal("http", "unread", "", "", cred, body.get("err_code", ""), time.perf_counter())
+            hub.log_refusal("http", "unread", "", "", cred, body.get(ERR_CODE_KEY, ""), time.perf_counter())
             return body
         t0 = time.perf_counter()  # the last byte read (yidi_request_latency_seconds; queue_wait_ms_max)
         if self.in_progress >= hub.limits.http_requests_max:
