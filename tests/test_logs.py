@@ -235,3 +235,19 @@ def test_a_fail_stop_is_a_line_of_the_log(tmp_path, vector_world, vectors):
     assert envs[0]["msgid"] in requests_of(lines) and envs[1]["msgid"] not in requests_of(lines)
     fail = next(ln for ln in lines if ln["event"] == "fail-stop")
     assert fail["level"] == "critical" and "disk full" in fail["msg"] and "OSError: disk full" in fail["exc"]
+
+
+def test_a_line_that_orjson_cannot_encode_is_written_mended(tmp_path):
+    """A JSON client may send a lone surrogate in its msgid (valid JSON, not valid UTF-8): the line is written,
+    the character replaced, and the writer thread goes on."""
+    path = tmp_path / "yidi.jsonl"
+    log = HubLog(str(path)).start()
+    try:
+        lines = _batch(log, 2, "ok")
+        lines.rows[0] = lines.rows[0][:3] + ("bad\ud800msgid",) + lines.rows[0][4:]
+        log.released(lines)
+        log.released(_batch(log, 1, "after"))
+    finally:
+        log.stop()
+    assert [ln["msgid"] for ln in read_log(path)] == ["bad?msgid", "ok-1", "after-0"]
+    assert log.dropped == 0

@@ -19,6 +19,7 @@ dropped in a line of their own once it catches up.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import logging.handlers
@@ -79,7 +80,7 @@ class _Handler(logging.Handler):
         is_requests = type(record) is RequestLines
         try:
             self._write(self._requests(record) if is_requests else self._event(record))
-        except OSError:  # a full disk, a closed stderr: the hub goes on, the lines are counted
+        except Exception:  # noqa: BLE001  a full disk, a closed stderr: the hub goes on, the lines are counted
             self.log.drop(len(record.rows) if is_requests else 1)
 
     def _write(self, data: bytes) -> None:
@@ -101,9 +102,14 @@ class _Handler(logging.Handler):
         dumps = orjson.dumps
         out = []
         for t0, transport, infno, msgid, institution, paasid, err_code in batch.rows:
-            out.append(dumps({"time": when, "level": "warning" if err_code else "info", "event": "request",
-                              "transport": transport, "infno": infno, "msgid": msgid, "institution": institution,
-                              "paasid": paasid, "err_code": err_code, "ms": round((t1 - t0) * 1e3, 3)}))
+            line = {"time": when, "level": "warning" if err_code else "info", "event": "request",
+                    "transport": transport, "infno": infno, "msgid": msgid, "institution": institution,
+                    "paasid": paasid, "err_code": err_code, "ms": round((t1 - t0) * 1e3, 3)}
+            try:
+                out.append(dumps(line))
+            except orjson.JSONEncodeError:  # a lone surrogate a JSON client sent in its msgid
+                out.append(dumps({k: v.encode("utf-8", "replace").decode() if isinstance(v, str) else v
+                                  for k, v in line.items()}))
         out.append(b"")
         return b"\n".join(out)
 
@@ -136,7 +142,8 @@ class _QueueHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # The message and traceback as text now (the arguments may change after this thread goes
-        # on); the writer thread makes the JSON.
+        # on), in a copy (other handlers see the record as it was); the writer thread makes the JSON.
+        record = copy.copy(record)
         record.msg = record.getMessage()
         record.args = None
         if record.exc_info:
