@@ -147,8 +147,9 @@ def test_sighup_reopens_the_log_file_after_a_rotation(tmp_path, vectors):
     finally:
         s.kill()
     old, new = read_log(tmp_path / "yidi.jsonl.1"), read_log(log)
-    assert first["msgid"] in requests_of(old) and second["msgid"] not in requests_of(old)
-    assert second["msgid"] in requests_of(new)
+    # The first request's line may still have been queued at the rotation: then it is in the new file.
+    assert (first["msgid"] in requests_of(old)) != (first["msgid"] in requests_of(new))
+    assert second["msgid"] in requests_of(new) and second["msgid"] not in requests_of(old)
     reload = next(ln for ln in new if ln["event"] == "reload")
     assert reload["trigger"] == "SIGHUP" and reload["ok"] and f"log: file {log}" in reload["msg"]
     assert new[-1]["event"] == "stop"
