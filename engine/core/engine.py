@@ -188,6 +188,8 @@ class Engine(SettlingMixin, StepwiseMixin):
                 replies[idx] = self._refusal(None, req.clock or now_text(), Refused(E_SCHEMA, f"envelope: {e}"))
                 continue
             req.infno = env.infno if isinstance(env.infno, str) else ""
+            if isinstance(env.fixmedins_code, str):
+                req.fixmedins_code = env.fixmedins_code
             now = req.clock or (
                 env.inf_time if self.clock_inf_time and isinstance(env.inf_time, str) else now_text()
             )
