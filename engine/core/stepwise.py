@@ -114,7 +114,7 @@ class StepwiseMixin:
         reply = self._ok(env.msgid, now, output)
         self._committing = True
         for e in effects:
-            self.visits.apply(e)
+            self.apply_effect(e)
         codec, raw = inp_c
         self.step_journal[env.msgid] = (infno, codec, raw, reply, env.fixmedins_code)
         self._step_change(env.msgid, infno, env.fixmedins_code, mdtrt_id, now, codec, raw, reply, effects,

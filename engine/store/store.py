@@ -86,7 +86,7 @@ from engine.store.lookups import (
 from engine.store.recon import StoredReconIndex
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, SQL_INSERTS, delete_logs
 from engine.store.seed import note_world_changes, restore_sign_ins, restore_world, seed_store
-from engine.store.steps import StepJournalMap, restore_visits, step_rows
+from engine.store.steps import StepJournalMap, restore_effects, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
 from engine.world.loader import World, load_world
 
@@ -173,7 +173,7 @@ class SqliteStore:
             self.engine = self._engine(world, clock, cd_years)
             self.engine.signins.restore(restore_sign_ins(self._w, clock))
             self.engine.signins.events = []  # this store takes them (prepare)
-            restore_visits(self._w, self.engine.visits)
+            restore_effects(self._w, self.engine.apply_effect)
             self.engine.step_changes = []  # this store takes them (prepare)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(self.path, e) from None
