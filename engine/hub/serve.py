@@ -31,6 +31,7 @@ from engine.hub.limits import Limits
 from engine.hub.reload import PartReport, Reloadable, ReloadRefused, ReloadReport
 from engine.hub.tcp import FramedConnection
 from engine.hub.tls import HANDSHAKE_TIMEOUT_S, ServerTLS
+from engine.hub.world import WorldSource
 
 log = logging.getLogger("yidi.server")
 
@@ -213,9 +214,11 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         hub = await Hub.open(data_dir, world_dir, limits)
         gc.disable()  # see Hub.manual_gc
         hub.manual_gc = True
+        # What a reload reads again: the world folder (engine.hub.world) and the keys file.
+        parts = (WorldSource(hub, world_dir), *(() if keys is None else (keys,)))
         server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None,
                         parse_address(admin, "127.0.0.1") if admin else None, tls,
-                        keyring=None if keys is None else keys.keyring, reloadable=() if keys is None else (keys,))
+                        keyring=None if keys is None else keys.keyring, reloadable=parts)
         await server.start()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
