@@ -1,0 +1,162 @@
+"""How long a live world reload takes, and how long requests wait during it (docs/server.md, "Reload").
+
+    python bench/reload_bench.py                      # the demo's world (31 provinces, 6.2 M catalogue rows, 1 M persons)
+    python bench/reload_bench.py --persons 20000 --catalogue-per-province 2000 --seconds 6   # small, seconds
+
+A world (engine.tools.demo's, cached in --cache) is copied into a folder of the run;
+`yidi serve` (--no-auth, the real store in a fresh data folder) is started on it, and
+one asyncio client offers settlements (engine.tools.synth, one-shot) on --connections
+framed TCP connections at --rate requests/s, open loop: each request's latency is
+counted from its intended send time, so a stall shows in full. Two windows of
+--seconds each, side by side in one run: the first with no reload, the second with
+`POST /admin/reload` in its middle (the folder first gets one person and one filing
+more, so that the reload adds and records something). Printed: p50, p99 and the
+longest latency of each window, the reload's round trip and its parts as the hub
+reports them (load, build, record, apply), and a JSON line with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from engine.hub.client import AsyncFramedClient  # noqa: E402
+from engine.tools.demo import WORLD_DEFAULTS, ensure_world  # noqa: E402
+from engine.tools.synth import gen_requests  # noqa: E402
+
+READY_S = 600.0  # a start of the demo's world seeds a million persons
+
+
+def start_hub(world: str, data: str) -> tuple[subprocess.Popen, dict]:
+    p = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--world", world, "--data", data, "--tcp",
+                          "127.0.0.1:0", "--admin", "127.0.0.1:0", "--no-auth"], cwd=ROOT,
+                         stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    addresses: dict = {}
+    deadline = time.monotonic() + READY_S
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            raise SystemExit(f"yidi serve ended (exit {p.wait()})")
+        if " listening on " in line:
+            kind, rest = line.split(": ", 1)[1].split(" listening on ")
+            addresses[kind] = rest.split()[0]
+        if line.startswith("yidi: ready"):
+            return p, addresses
+    raise SystemExit("yidi serve did not get ready")
+
+
+async def offer(address: str, envelopes: list[dict], rate: float, connections: int, at_s: float | None,
+                admin: str) -> tuple[np.ndarray, dict]:
+    """Send `envelopes` at `rate`/s spread over `connections`; latency of each (s, from its intended time). With
+    `at_s`, POST /admin/reload that many seconds in; its round trip and report."""
+    host, port = address.rsplit(":", 1)
+    clients = [await AsyncFramedClient.connect(host, int(port)) for _ in range(connections)]
+    lat = np.full(len(envelopes), np.nan)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.05
+    reload_out: dict = {}
+
+    async def lane(k: int) -> None:
+        c = clients[k]
+        mine = list(range(k, len(envelopes), connections))
+        pending: asyncio.Queue = asyncio.Queue()
+
+        async def reader() -> None:
+            for _ in mine:
+                i, due = await pending.get()
+                reply = await c.recv()
+                if reply.get("infcode") not in (0, -1) or reply.get("err_code") == "E_BUSY":
+                    raise SystemExit(f"unexpected reply {reply}")
+                lat[i] = loop.time() - due
+        task = asyncio.create_task(reader())
+        for i in mine:
+            due = t0 + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await c.send(envelopes[i])
+            pending.put_nowait((i, due))
+        await task
+
+    async def reload_at() -> None:
+        await asyncio.sleep(max(0.0, t0 + at_s - loop.time()))
+        t = time.perf_counter()
+        req = urllib.request.Request(f"http://{admin}/admin/reload", data=b"", method="POST")
+        body = await loop.run_in_executor(None, lambda: urllib.request.urlopen(req, timeout=READY_S).read())
+        reload_out["round_trip_ms"] = (time.perf_counter() - t) * 1e3
+        reload_out["report"] = json.loads(body)
+
+    jobs = [lane(k) for k in range(connections)] + ([reload_at()] if at_s is not None else [])
+    await asyncio.gather(*jobs)
+    for c in clients:
+        await c.close()
+    return lat, reload_out
+
+
+def summary(lat: np.ndarray) -> dict:
+    ms = lat * 1e3
+    return {"n": int(len(ms)), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default=os.path.join(ROOT, "out", "cache"))
+    ap.add_argument("--provinces", type=int, default=WORLD_DEFAULTS["provinces"])
+    ap.add_argument("--catalogue-per-province", type=int, default=WORLD_DEFAULTS["catalogue_per_province"])
+    ap.add_argument("--persons", type=int, default=WORLD_DEFAULTS["persons"])
+    ap.add_argument("--rate", type=float, default=500.0, help="requests/s offered")
+    ap.add_argument("--seconds", type=float, default=20.0, help="each window")
+    ap.add_argument("--connections", type=int, default=4)
+    a = ap.parse_args()
+    world_src, _, _ = ensure_world(a.cache, 1, a.provinces, a.catalogue_per_province, a.persons)
+    n = int(a.rate * a.seconds)
+    envelopes = gen_requests(world_src, 2 * n, seed=3, start="2026-11-20")
+    tmp = tempfile.mkdtemp(prefix="yidi-reload-")
+    world = os.path.join(tmp, "world")
+    shutil.copytree(world_src, world, ignore=shutil.ignore_patterns("world.json"))
+    p, addr = start_hub(world, os.path.join(tmp, "data"))
+    try:
+        # The day's change the reload takes in: one person more, one filing more.
+        with open(os.path.join(world, "persons.csv"), "a") as f:
+            f.write("PRELOAD0000001,110100199901010001,Reload Person,110100,310,1101,1.00,2026,0,0,0,0,0\n")
+        with open(os.path.join(world, "filings.csv"), "a") as f:
+            f.write("PRELOAD0000001,LONG_RESIDENT,440000,2026-01-01,,1\n")
+        calm, _ = asyncio.run(offer(addr["tcp"], envelopes[:n], a.rate, a.connections, None, addr["admin"]))
+        busy, rel = asyncio.run(offer(addr["tcp"], envelopes[n:], a.rate, a.connections, a.seconds / 2,
+                                      addr["admin"]))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(READY_S)
+        shutil.rmtree(tmp, ignore_errors=True)
+    part = rel["report"]["parts"]["world"]
+    out = {"world": {"provinces": a.provinces, "catalogue_rows": part.get("catalogue_rows"),
+                     "persons": a.persons}, "rate": a.rate, "seconds": a.seconds,
+           "without_reload": summary(calm), "with_reload": summary(busy),
+           "reload_round_trip_ms": round(rel["round_trip_ms"], 1),
+           "reload_parts_ms": {k: part.get(k) for k in ("load_ms", "build_ms", "record_ms", "apply_ms")}}
+    w, r = out["without_reload"], out["with_reload"]
+    print(f"world: {a.provinces} provinces, {part.get('catalogue_rows'):,} catalogue rows, {a.persons:,} persons;"
+          f" {a.rate:.0f} requests/s for {a.seconds:.0f} s a window")
+    print(f"without a reload: p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms, max {w['max_ms']} ms")
+    print(f"with a reload:    p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms"
+          f"  (p99 ratio {r['p99_ms'] / w['p99_ms']:.2f})")
+    print(f"the reload: {out['reload_round_trip_ms']} ms round trip; parts {out['reload_parts_ms']}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
