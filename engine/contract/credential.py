@@ -38,6 +38,8 @@ class _Operator:
     credential of the keys file, never what a gateway hands the engine."""
 
     __slots__ = ()
+    paasid = "operator"  # who made the journal's row (section 10's journal columns)
+    fixmedins_code = ""
 
     def __repr__(self) -> str:
         return "OPERATOR"
