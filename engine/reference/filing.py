@@ -20,6 +20,13 @@ INFNO_REFERRAL, INFNO_FILING_CANCEL = "2501", "2502"
 FILING_INFNOS = frozenset({INFNO_REFERRAL, INFNO_FILING_CANCEL})
 
 
+def _part(inp: dict, key: str) -> dict:
+    d = inp.get(key)
+    if not isinstance(d, dict):
+        raise Refused(E_SCHEMA, f"input.{key}")
+    return d
+
+
 class OnlineFiling:
     def __init__(self, sn: str, psn_no: str, fixmedins_code: str, filing: dict):
         self.sn, self.psn_no, self.fixmedins_code, self.filing = sn, psn_no, fixmedins_code, filing
@@ -44,9 +51,7 @@ class FilingBook:
         return self.file(env, inp)
 
     def file(self, env: dict, inp: dict) -> dict:
-        d = inp.get("refmedin")
-        if not isinstance(d, dict):
-            raise Refused(E_SCHEMA, "input.refmedin")
+        d = _part(inp, "refmedin")
         psn_no = field_str(d, "psn_no")
         insutype = field_str(d, "insutype")
         dest = d.get("mdtrtarea_admdvs")
@@ -66,9 +71,7 @@ class FilingBook:
         return {"result": {"trt_dcla_detl_sn": sn}}
 
     def unfile(self, env: dict, inp: dict) -> dict:
-        d = inp.get("data")
-        if not isinstance(d, dict):
-            raise Refused(E_SCHEMA, "input.data")
+        d = _part(inp, "data")
         sn = field_str(d, "trt_dcla_detl_sn")
         psn_no = field_str(d, "psn_no")
         if d.get("memo") is not None and not isinstance(d.get("memo"), str):
