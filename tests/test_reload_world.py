@@ -254,3 +254,51 @@ def test_yidi_serve_reloads_on_post_and_sighup_and_restarts_with_the_new_world(w
         assert _call(addr, person("S5", "P43010000888888"))["output"]["insuinfo"][0]["balc"] == 5
     finally:
         _stop(p)
+
+
+def test_no_request_sees_half_a_world(world_store):
+    """Pre-settlements sent without pause while a reload changes both the person's filings and the policy:
+    each reply is wholly the old world's or wholly the new one's (filing class and fund payment together)."""
+    world, data = world_store
+    p, addr = _serve(data, str(world))
+    seen: list[tuple] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            s = _call(addr, settle(f"H{k}", infno="2206"))["output"]["setlinfo"]
+            seen.append((s["filing_class"], s["hifp_pay"]))
+
+    try:
+        old = _call(addr, settle("H0", infno="2206"))["output"]["setlinfo"]
+        filings = rows(world / "filings.csv")
+        (world / "filings.csv").write_text("\n".join(filings + [f"{PSN},LONG_RESIDENT,110000,2026-01-01,,1"]) + "\n")
+        pol = json.loads((world / "policies.json").read_text())
+        for x in pol:
+            if (x["insuplc_admdvs"], x["insutype"]) == ("430100", "390"):
+                x["outpatient"]["ratio"]["1"] = "0.9000"
+        (world / "policies.json").write_text(json.dumps(pol))
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + WAIT_S
+        while len(seen) < 20:  # polled with a deadline
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _post(f"http://{addr['admin']}/admin/reload")[0] == 200
+        n = len(seen)
+        while len(seen) < n + 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join(WAIT_S)
+        new = _call(addr, settle("H-new", infno="2206"))["output"]["setlinfo"]
+    finally:
+        stop.set()
+        _stop(p)
+    before, after = (old["filing_class"], old["hifp_pay"]), (new["filing_class"], new["hifp_pay"])
+    assert before[0] == "UNFILED" and after[0] == "LONG_TERM" and before[1] != after[1]
+    assert set(seen) == {before, after}, set(seen)
