@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import orjson
 import pytest
 
-from conftest import VECTOR_WORLD
+from conftest import ROOT, VECTOR_WORLD
 from test_differential import assert_same_replies, run_compiled, run_reference
 from test_reload_world import PSN, WAIT_S, _call, _post, _serve, _stop, person, settle
 from engine.contract.wire import JSON
@@ -160,3 +162,15 @@ def test_the_operators_long_term_filing_on_the_admin_listener(tmp_path):
     finally:
         _stop(p)
     assert os.path.exists(os.path.join(data, "yidi.sqlite3"))
+
+
+def test_filings_online_in_yidi_replay(world, tmp_path):
+    bodies = [b for b, _ in STREAM]
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
+    out = tmp_path / "out.jsonl"
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--world", VECTOR_WORLD, "--in",
+                        str(tmp_path / "in.jsonl"), "--out", str(out), "--data", str(tmp_path / "data")],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert_same_replies(bodies, run_reference(world, bodies), got)

@@ -302,3 +302,17 @@ def test_no_request_sees_half_a_world(world_store):
     before, after = (old["filing_class"], old["hifp_pay"]), (new["filing_class"], new["hifp_pay"])
     assert before[0] == "UNFILED" and after[0] == "LONG_TERM" and before[1] != after[1]
     assert set(seen) == {before, after}, set(seen)
+
+
+def test_the_status_of_the_world_in_force(world_store):
+    """WorldSource.status: when the world in force was loaded, its version, what its last reload changed."""
+    world, data = world_store
+    with open_store(data, str(world), clock="inf_time") as store:
+        source = WorldSource(types.SimpleNamespace(engine=store.engine, store=store), str(world))
+        first = source.status()
+        assert first["changes"] == {} and len(first["version"]) == 12
+        edit_world(world)
+        source.apply(source.load())
+        now = source.status()
+        assert now["version"] != first["version"] and now["loaded_at"] >= first["loaded_at"]
+        assert now["changes"]["persons_added"] == 1 and now["changes"]["filings_added"] == 1

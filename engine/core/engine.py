@@ -174,18 +174,23 @@ class Engine(SettlingMixin, StepwiseMixin, FilingMixin):
         else:
             self.visits.apply(effect)
 
-    def apply_world(self, parts: dict, chronic_withdrawn: frozenset) -> None:
+    def apply_world(self, parts: dict, chronic_withdrawn: frozenset) -> list:
         """Put a reloaded world in force in one step, between batches (engine.world.merge made it: the
         persons and chronic slots of this engine in their rows, new ones after them; world_parts built
         `parts`). The accumulators of the persons and slots this engine holds are kept; new ones start
-        from the world's values (section 2)."""
+        from the world's values (section 2). Returns the parts it replaced."""
         world = parts["world"]
         n_slots = len(world.chr_dise)
         assert world.n_persons >= len(self.state.balc_fen) and n_slots >= len(self.world.chr_dise)
+        old = [self.state]
         self.state = kernels.grown_state(self.state, world, len(self.world.chr_dise), n_slots)
         for name, value in parts.items():
+            old.append(getattr(self, name))
             setattr(self, name, value)
         self.chronic_withdrawn = frozenset(chronic_withdrawn)
+        # The parts replaced, for the caller to let go of: freeing a national world's (lists of a million
+        # persons, the catalogue index) takes a while, which the event loop need not wait for.
+        return old
 
     # ------------------------------------------------------------ accumulators (history.AccumulatorSource)
 

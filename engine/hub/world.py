@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import threading
 import time
 from typing import Any
 
@@ -27,6 +28,11 @@ log = logging.getLogger("yidi.server")
 
 def _now_text() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _let_go(parts: list) -> None:
+    while parts:
+        parts.pop()
 
 
 class WorldSource:
@@ -76,7 +82,9 @@ class WorldSource:
         """On the event loop, between batches: the engine takes the new world in one step."""
         merge, parts, version, timings = loaded
         t0 = time.perf_counter()
-        self.hub.engine.apply_world(parts, merge.chronic_withdrawn)
+        replaced = self.hub.engine.apply_world(parts, merge.chronic_withdrawn)
         timings["apply_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+        # The old world is freed on a thread of its own, a part at a time: the loop goes on serving.
+        threading.Thread(target=_let_go, args=(replaced,), name="yidi-old-world", daemon=True).start()
         self.loaded_at, self.version, self.changes = _now_text(), version, dict(merge.counts)
         return {"version": version, "folder": self.world_dir, **merge.counts, **timings}

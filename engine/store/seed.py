@@ -147,11 +147,12 @@ def _person_rows(world: World, rows) -> list[tuple]:
     return out
 
 
-def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str) -> None:
+def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str, meta: dict) -> None:
     """Make a reloaded world the store's (engine.world.merge): the new persons and chronic slots and the changed
     persons' static fields in the keyed file, then the filings, the slots withdrawn and the world's fingerprints in
     the main file, each file in one transaction, the keyed file first (a reload cut short between the two is undone
-    at open: undo_cut_reload). A restart with this world folder then finds it unchanged."""
+    at open: undo_cut_reload). A restart with this world folder then finds it unchanged. `meta`: world_meta of the
+    folder, computed before (it reads every file: not while commits wait)."""
     world = merge.world
     n, k_old, k_new = world.n_persons, merge.slots_before, len(world.chr_dise)
     with _transaction(w):
@@ -166,7 +167,7 @@ def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str) -> N
                       ((k, int(world.chr_psn[k]), world.chr_dise[k], int(world.chr_hifp_cd[k]),
                         int(years[world.chr_psn[k]]), int(world.chr_hifp_cd[k]), int(years[world.chr_psn[k]]))
                        for k in range(k_old, k_new)))
-    new = world_meta(world, world_dir)
+    new = dict(meta)
     new.update({META_PERSONS_ACCEPTED: new["sha256:persons.csv"], META_PERSON_ROWS: str(n),
                 META_CHRONIC_ROWS: str(k_new), META_CHRONIC_WITHDRAWN: json.dumps(sorted(merge.chronic_withdrawn))})
     changes = ", ".join(f"{k} {v}" for k, v in merge.counts.items())
