@@ -117,16 +117,15 @@ def merge_world(current: World, new: World, withdrawn: frozenset = frozenset()) 
         chr_psn=np.array(chr_psn, np.int32), chr_dise=chr_dise, chr_hifp_cd=np.array(chr_cd, np.int64),
         fil_psn=row_of_file[new.fil_psn].astype(np.int32),
     )
-    old_filings = _filing_set(current)
-    new_filings = _filing_set(merged)
+    old_filings, new_filings = _filing_keys(current), _filing_keys(merged)
     counts = {
         "persons_added": int(new.n_persons - n_old),
         "persons_changed": int(len(changed_rows)),
         "chronic_added": len(chr_dise) - k_old,
         "chronic_withdrawn": len(now_withdrawn - withdrawn),
         "chronic_restored": len(withdrawn - now_withdrawn),
-        "filings_added": len(new_filings - old_filings),
-        "filings_removed": len(old_filings - new_filings),
+        "filings_added": _count_not_in(new_filings, old_filings),
+        "filings_removed": _count_not_in(old_filings, new_filings),
         "institutions_added": len(set(new.inst_code) - set(current.inst_code)),
         "catalogue_rows": len(new.cat_code),
         "policies": len(new.policies),
@@ -134,9 +133,16 @@ def merge_world(current: World, new: World, withdrawn: frozenset = frozenset()) 
     return WorldMerge(merged, n_old, changed_rows, k_old, now_withdrawn, counts)
 
 
-def _filing_set(w: World) -> set[tuple]:
-    return set(zip(w.fil_psn.tolist(), w.fil_type, w.fil_dest, w.fil_begn.tolist(), w.fil_end.tolist(),
-                   w.fil_status))
+def _filing_keys(w: World) -> pa.Array:
+    """Each filing as one string, by Arrow (which lets go of the GIL: the hub serves while a reload merges)."""
+    cols = [pa.array(w.fil_psn).cast(pa.string()), pa.array(w.fil_type, pa.string()), pa.array(w.fil_dest, pa.string()),
+            pa.array(w.fil_begn).cast(pa.string()), pa.array(w.fil_end).cast(pa.string()),
+            pa.array(w.fil_status, pa.string())]
+    return pc.binary_join_element_wise(*cols, "|")
+
+
+def _count_not_in(keys: pa.Array, others: pa.Array) -> int:
+    return int(len(keys) - pc.sum(pc.is_in(keys, value_set=others)).as_py()) if len(keys) else 0
 
 
 def world_version(folder: str) -> str:
