@@ -113,7 +113,7 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
     with _transaction(w):
         for stmt in schema_statements(SCHEMA):
             w.execute(stmt)
-        _insert_filings(w, world)
+        _insert_filings(w, filing_rows(world))
         meta = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now_text(),
                 "seeded_from": os.path.abspath(world_dir), "store_id": store_id, "logs_deleted_to": "0"}
         meta.update(world_meta(world, world_dir))
@@ -125,14 +125,16 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
     log.info("seeded %d persons, %d chronic qualifications, %d filings",
              n, len(world.chr_dise), len(world.fil_type))
 
-def _insert_filings(w: sqlite3.Connection, world: World) -> None:
+def filing_rows(world: World) -> list[tuple]:
+    """The `filing` rows of a world's filings."""
     begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
-    w.executemany(
-        "INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ((i, p, world.fil_type[i], world.fil_dest[i], money.format_day(begn[i]),
-          None if end[i] == DAY_OPEN else money.format_day(end[i]), world.fil_status[i])
-         for i, p in enumerate(world.fil_psn.tolist())),
-    )
+    return [(i, p, world.fil_type[i], world.fil_dest[i], money.format_day(begn[i]),
+             None if end[i] == DAY_OPEN else money.format_day(end[i]), world.fil_status[i])
+            for i, p in enumerate(world.fil_psn.tolist())]
+
+
+def _insert_filings(w: sqlite3.Connection, rows: list[tuple]) -> None:
+    w.executemany("INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def _person_rows(world: World, rows) -> list[tuple]:
@@ -147,12 +149,14 @@ def _person_rows(world: World, rows) -> list[tuple]:
     return out
 
 
-def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str, meta: dict) -> None:
+def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str, meta: dict,
+                  filings: list[tuple] | None) -> None:
     """Make a reloaded world the store's (engine.world.merge): the new persons and chronic slots and the changed
     persons' static fields in the keyed file, then the filings, the slots withdrawn and the world's fingerprints in
     the main file, each file in one transaction, the keyed file first (a reload cut short between the two is undone
-    at open: undo_cut_reload). A restart with this world folder then finds it unchanged. `meta`: world_meta of the
-    folder, computed before (it reads every file: not while commits wait)."""
+    at open: undo_cut_reload). A restart with this world folder then finds it unchanged. `meta` (world_meta of the
+    folder) and `filings` (filing_rows; None: the filings are those the store holds, in the same order) are made
+    before: commits wait while the main file is written."""
     world = merge.world
     n, k_old, k_new = world.n_persons, merge.slots_before, len(world.chr_dise)
     with _transaction(w):
@@ -172,8 +176,9 @@ def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str, meta
                 META_CHRONIC_ROWS: str(k_new), META_CHRONIC_WITHDRAWN: json.dumps(sorted(merge.chronic_withdrawn))})
     changes = ", ".join(f"{k} {v}" for k, v in merge.counts.items())
     with _transaction(w):
-        w.execute("DELETE FROM filing")
-        _insert_filings(w, world)
+        if filings is not None:
+            w.execute("DELETE FROM filing")
+            _insert_filings(w, filings)
         w.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", new.items())
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "reload: " + changes))

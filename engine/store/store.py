@@ -87,7 +87,7 @@ from engine.store.recon import StoredReconIndex
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, SQL_INSERTS, delete_logs
 from engine.store.seed import (
     chronic_withdrawn, note_world_changes, record_reload, restore_sign_ins, restore_world, seed_store, undo_cut_reload,
-    world_meta,
+    filing_rows, world_meta,
 )
 from engine.store.steps import StepJournalMap, restore_effects, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
@@ -376,14 +376,16 @@ class SqliteStore:
         (engine.hub.world): its new persons and chronic slots get their rows before any commit can name them.
         From any thread: it waits for the commit in progress and for a background fold (the keyed file has one
         writer at a time). A failure once the keyed file is written fails the store, as a failed commit does."""
-        meta = world_meta(merge.world, world_dir)  # reads every file of the folder: before the commits wait
+        # Made before the commits wait: the fingerprints read every file of the folder.
+        meta = world_meta(merge.world, world_dir)
+        filings = None if merge.filings_unchanged else filing_rows(merge.world)
         with self._write_lock:
             if self.failed:
                 raise StoreFailed("an earlier commit failed: the store refuses further writes; restart")
             if self._folder is not None:
                 self._folder.wait()
             try:
-                record_reload(self._w, merge, world_dir, meta)
+                record_reload(self._w, merge, world_dir, meta, filings)
             except BaseException as e:
                 self._fail(e)
                 raise StoreFailed(f"recording the reloaded world failed ({e!r}); the process must stop") from e

@@ -55,6 +55,7 @@ class WorldMerge:
     slots_before: int
     chronic_withdrawn: frozenset  # slots not in force
     counts: dict  # what changed, for the report and the status page
+    filings_unchanged: bool = False  # the same filings as the world in force, in the same order
 
     @property
     def persons_added(self) -> int:
@@ -130,7 +131,8 @@ def merge_world(current: World, new: World, withdrawn: frozenset = frozenset()) 
         "catalogue_rows": len(new.cat_code),
         "policies": len(new.policies),
     }
-    return WorldMerge(merged, n_old, changed_rows, k_old, now_withdrawn, counts)
+    same = len(old_filings) == len(new_filings) and bool(pc.all(pc.equal(old_filings, new_filings)).as_py() is not False)
+    return WorldMerge(merged, n_old, changed_rows, k_old, now_withdrawn, counts, same)
 
 
 def _filing_keys(w: World) -> pa.Array:
