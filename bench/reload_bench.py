@@ -152,7 +152,7 @@ def main() -> None:
            "without_reload": {**summary(calm), "e_busy": quiet["busy"]},
            "with_reload": {**summary(busy), "e_busy": rel["busy"]},
            "reload_round_trip_ms": round(rel["round_trip_ms"], 1),
-           "reload_parts_ms": {k: part.get(k) for k in ("load_ms", "build_ms", "record_ms", "apply_ms")}}
+           "reload_parts_ms": {k: part.get(k) for k in ("load_ms", "build_ms", "record_ms", "commits_waited_ms", "apply_ms")}}
     w, r = out["without_reload"], out["with_reload"]
     print(f"world: {a.provinces} provinces, {part.get('catalogue_rows'):,} catalogue rows, {a.persons:,} persons;"
           f" {a.rate:.0f} requests/s for {a.seconds:.0f} s a window")

@@ -72,10 +72,11 @@ class WorldSource:
             raise ReloadRefused(f"the world {self.world_dir}: {e}") from None
         parts = world_parts(merge.world, merge.chronic_withdrawn)
         t_build = time.perf_counter()
-        record(merge, self.world_dir)
+        locked_s = record(merge, self.world_dir)
         t_record = time.perf_counter()
         timings = {"load_ms": round((t_load - t0) * 1e3, 1), "build_ms": round((t_build - t_load) * 1e3, 1),
-                   "record_ms": round((t_record - t_build) * 1e3, 1)}
+                   "record_ms": round((t_record - t_build) * 1e3, 1),
+                   "commits_waited_ms": round((locked_s or 0.0) * 1e3, 1)}
         return merge, parts, version, timings
 
     def apply(self, loaded: tuple) -> dict[str, Any]:

@@ -371,15 +371,17 @@ class SqliteStore:
 
     # ------------------------------------------------------------ reload
 
-    def record_world(self, merge, world_dir: str) -> None:
+    def record_world(self, merge, world_dir: str) -> float:
         """Make a reloaded world (engine.world.merge.WorldMerge) the store's, durably, before the engine takes it
         (engine.hub.world): its new persons and chronic slots get their rows before any commit can name them.
         From any thread: it waits for the commit in progress and for a background fold (the keyed file has one
-        writer at a time). A failure once the keyed file is written fails the store, as a failed commit does."""
+        writer at a time). A failure once the keyed file is written fails the store, as a failed commit does.
+        Returns the seconds it held the write lock (commits waited that long)."""
         # Made before the commits wait: the fingerprints read every file of the folder.
         meta = world_meta(merge.world, world_dir)
         filings = None if merge.filings_unchanged else filing_rows(merge.world)
         with self._write_lock:
+            t0 = time.perf_counter()
             if self.failed:
                 raise StoreFailed("an earlier commit failed: the store refuses further writes; restart")
             if self._folder is not None:
@@ -389,6 +391,7 @@ class SqliteStore:
             except BaseException as e:
                 self._fail(e)
                 raise StoreFailed(f"recording the reloaded world failed ({e!r}); the process must stop") from e
+            return time.perf_counter() - t0
 
     # ------------------------------------------------------------ fold
 
