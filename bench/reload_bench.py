@@ -7,10 +7,10 @@ A world (engine.tools.demo's, cached in --cache) is copied into a folder of the 
 `yidi serve` (--no-auth, the real store in a fresh data folder) is started on it, and
 one asyncio client offers settlements (engine.tools.synth, one-shot) on --connections
 framed TCP connections at --rate requests/s, open loop: each request's latency is
-counted from its intended send time, so a stall shows in full. Two windows of
---seconds each, side by side in one run: the first with no reload, the second with
-`POST /admin/reload` in its middle (the folder first gets one person and one filing
-more, so that the reload adds and records something). Printed: p50, p99 and the
+counted from its intended send time, so a stall shows in full. Two windows side by
+side in one run: --seconds with no reload, then one with `POST /admin/reload` after
+--seconds/2 that lasts until 3 s after the reload answered (the folder first gets one
+person and one filing more, so that the reload adds and records something). Printed: p50, p99 and the
 longest latency of each window, the reload's round trip and its parts as the hub
 reports them (load, build, record, apply), and a JSON line with every figure.
 """
@@ -38,6 +38,7 @@ from engine.tools.demo import WORLD_DEFAULTS, ensure_world  # noqa: E402
 from engine.tools.synth import gen_requests  # noqa: E402
 
 READY_S = 600.0  # a start of the demo's world seeds a million persons
+TAIL_S = 3.0  # requests go on this long after the reload answered
 
 
 def start_hub(world: str, data: str) -> tuple[subprocess.Popen, dict]:
@@ -58,10 +59,11 @@ def start_hub(world: str, data: str) -> tuple[subprocess.Popen, dict]:
     raise SystemExit("yidi serve did not get ready")
 
 
-async def offer(address: str, envelopes: list[dict], rate: float, connections: int, at_s: float | None,
-                admin: str) -> tuple[np.ndarray, dict]:
-    """Send `envelopes` at `rate`/s spread over `connections`; latency of each (s, from its intended time). With
-    `at_s`, POST /admin/reload that many seconds in; its round trip and report."""
+async def offer(address: str, envelopes: list[dict], rate: float, connections: int, window_s: float,
+                at_s: float | None, admin: str) -> tuple[np.ndarray, dict]:
+    """Send `envelopes` at `rate`/s spread over `connections` for `window_s`; the latency of each (s, from its
+    intended time). With `at_s`: POST /admin/reload that many seconds in, and go on sending until TAIL_S after it
+    answered (the window is as long as the reload needs); its round trip and report."""
     host, port = address.rsplit(":", 1)
     clients = [await AsyncFramedClient.connect(host, int(port)) for _ in range(connections)]
     lat = np.full(len(envelopes), np.nan)
@@ -70,14 +72,16 @@ async def offer(address: str, envelopes: list[dict], rate: float, connections: i
     reload_out: dict = {}
     busy = [0]
 
+    done_at: list[float] = []  # when the reload answered (loop time)
+
     async def lane(k: int) -> None:
+        """Send this lane's share on time; with a reload, go on until TAIL_S after it answered."""
         c = clients[k]
-        mine = list(range(k, len(envelopes), connections))
         pending: asyncio.Queue = asyncio.Queue()
 
         async def reader() -> None:
-            for _ in mine:
-                i, due = await pending.get()
+            while (item := await pending.get()) is not None:
+                i, due = item
                 reply = await c.recv()
                 if reply.get("infcode") not in (0, -1):
                     raise SystemExit(f"unexpected reply {reply}")
@@ -85,13 +89,18 @@ async def offer(address: str, envelopes: list[dict], rate: float, connections: i
                     busy[0] += 1
                 lat[i] = loop.time() - due
         task = asyncio.create_task(reader())
-        for i in mine:
+        for i in range(k, len(envelopes), connections):
             due = t0 + i / rate
+            if at_s is None and due > t0 + window_s:
+                break
+            if at_s is not None and done_at and due > done_at[0] + TAIL_S:
+                break
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             await c.send(envelopes[i])
             pending.put_nowait((i, due))
+        pending.put_nowait(None)
         await task
 
     async def reload_at() -> None:
@@ -101,13 +110,16 @@ async def offer(address: str, envelopes: list[dict], rate: float, connections: i
         body = await loop.run_in_executor(None, lambda: urllib.request.urlopen(req, timeout=READY_S).read())
         reload_out["round_trip_ms"] = (time.perf_counter() - t) * 1e3
         reload_out["report"] = json.loads(body)
+        done_at.append(loop.time())
 
     jobs = [lane(k) for k in range(connections)] + ([reload_at()] if at_s is not None else [])
     await asyncio.gather(*jobs)
     for c in clients:
         await c.close()
     reload_out["busy"] = busy[0]
-    return lat, reload_out
+    if at_s is not None and not done_at:
+        raise SystemExit("the reload outlasted the requests made for it: raise --spare-s")
+    return lat[~np.isnan(lat)], reload_out
 
 
 def summary(lat: np.ndarray) -> dict:
@@ -125,10 +137,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=500.0, help="requests/s offered")
     ap.add_argument("--seconds", type=float, default=20.0, help="each window")
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--spare-s", type=float, default=120.0, help="requests made for the reload's window beyond"
+                    " --seconds (the reload of the demo's world takes tens of seconds on a busy machine)")
     a = ap.parse_args()
     world_src, _, _ = ensure_world(a.cache, 1, a.provinces, a.catalogue_per_province, a.persons)
     n = int(a.rate * a.seconds)
-    envelopes = gen_requests(world_src, 2 * n, seed=3, start="2026-11-20")
+    envelopes = gen_requests(world_src, 2 * n + int(a.rate * a.spare_s), seed=3, start="2026-11-20")
     tmp = tempfile.mkdtemp(prefix="yidi-reload-")
     world = os.path.join(tmp, "world")
     shutil.copytree(world_src, world, ignore=shutil.ignore_patterns("world.json"))
@@ -139,8 +153,9 @@ def main() -> None:
             f.write("PRELOAD0000001,110100199901010001,Reload Person,110100,310,1101,1.00,2026,0,0,0,0,0\n")
         with open(os.path.join(world, "filings.csv"), "a") as f:
             f.write("PRELOAD0000001,LONG_RESIDENT,440000,2026-01-01,,1\n")
-        calm, quiet = asyncio.run(offer(addr["tcp"], envelopes[:n], a.rate, a.connections, None, addr["admin"]))
-        busy, rel = asyncio.run(offer(addr["tcp"], envelopes[n:], a.rate, a.connections, a.seconds / 2,
+        calm, quiet = asyncio.run(offer(addr["tcp"], envelopes[:n], a.rate, a.connections, a.seconds, None,
+                                        addr["admin"]))
+        busy, rel = asyncio.run(offer(addr["tcp"], envelopes[n:], a.rate, a.connections, a.seconds, a.seconds / 2,
                                       addr["admin"]))
     finally:
         p.send_signal(signal.SIGTERM)

@@ -125,12 +125,12 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
     log.info("seeded %d persons, %d chronic qualifications, %d filings",
              n, len(world.chr_dise), len(world.fil_type))
 
-def filing_rows(world: World) -> list[tuple]:
-    """The `filing` rows of a world's filings."""
+def filing_rows(world: World, first: int = 0) -> list[tuple]:
+    """The `filing` rows of a world's filings from the `first` on (its id is the filing's place in the world)."""
     begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
     return [(i, p, world.fil_type[i], world.fil_dest[i], money.format_day(begn[i]),
              None if end[i] == DAY_OPEN else money.format_day(end[i]), world.fil_status[i])
-            for i, p in enumerate(world.fil_psn.tolist())]
+            for i, p in enumerate(world.fil_psn.tolist()[first:], first)]
 
 
 def _insert_filings(w: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -150,13 +150,14 @@ def _person_rows(world: World, rows) -> list[tuple]:
 
 
 def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str, meta: dict,
-                  filings: list[tuple] | None) -> None:
+                  filings: list[tuple], filings_kept: int) -> None:
     """Make a reloaded world the store's (engine.world.merge): the new persons and chronic slots and the changed
     persons' static fields in the keyed file, then the filings, the slots withdrawn and the world's fingerprints in
     the main file, each file in one transaction, the keyed file first (a reload cut short between the two is undone
     at open: undo_cut_reload). A restart with this world folder then finds it unchanged. `meta` (world_meta of the
-    folder) and `filings` (filing_rows; None: the filings are those the store holds, in the same order) are made
-    before: commits wait while the main file is written."""
+    folder) and `filings` are made before: commits wait while the main file is written. `filings` are filing_rows
+    of the world's filings from `filings_kept` on: the store's first `filings_kept` stay (-1: all are replaced),
+    so the daily case, filings appended, writes only the new ones."""
     world = merge.world
     n, k_old, k_new = world.n_persons, merge.slots_before, len(world.chr_dise)
     with _transaction(w):
@@ -176,9 +177,9 @@ def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str, meta
                 META_CHRONIC_ROWS: str(k_new), META_CHRONIC_WITHDRAWN: json.dumps(sorted(merge.chronic_withdrawn))})
     changes = ", ".join(f"{k} {v}" for k, v in merge.counts.items())
     with _transaction(w):
-        if filings is not None:
+        if filings_kept < 0:
             w.execute("DELETE FROM filing")
-            _insert_filings(w, filings)
+        _insert_filings(w, filings)
         w.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", new.items())
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "reload: " + changes))

@@ -379,7 +379,7 @@ class SqliteStore:
         Returns the seconds it held the write lock (commits waited that long)."""
         # Made before the commits wait: the fingerprints read every file of the folder.
         meta = world_meta(merge.world, world_dir)
-        filings = None if merge.filings_unchanged else filing_rows(merge.world)
+        filings = filing_rows(merge.world, max(0, merge.filings_kept))
         with self._write_lock:
             t0 = time.perf_counter()
             if self.failed:
@@ -387,7 +387,7 @@ class SqliteStore:
             if self._folder is not None:
                 self._folder.wait()
             try:
-                record_reload(self._w, merge, world_dir, meta, filings)
+                record_reload(self._w, merge, world_dir, meta, filings, merge.filings_kept)
             except BaseException as e:
                 self._fail(e)
                 raise StoreFailed(f"recording the reloaded world failed ({e!r}); the process must stop") from e

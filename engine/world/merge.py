@@ -55,7 +55,9 @@ class WorldMerge:
     slots_before: int
     chronic_withdrawn: frozenset  # slots not in force
     counts: dict  # what changed, for the report and the status page
-    filings_unchanged: bool = False  # the same filings as the world in force, in the same order
+    # The filings of the world in force that the merged world's begin with, in the same order (all of them: only
+    # filings were appended, the daily case; a store then writes only the rest); -1 when they are not a prefix.
+    filings_kept: int = -1
 
     @property
     def persons_added(self) -> int:
@@ -131,8 +133,9 @@ def merge_world(current: World, new: World, withdrawn: frozenset = frozenset()) 
         "catalogue_rows": len(new.cat_code),
         "policies": len(new.policies),
     }
-    same = len(old_filings) == len(new_filings) and bool(pc.all(pc.equal(old_filings, new_filings)).as_py() is not False)
-    return WorldMerge(merged, n_old, changed_rows, k_old, now_withdrawn, counts, same)
+    n_fil = len(old_filings)
+    prefix = n_fil <= len(new_filings) and (n_fil == 0 or pc.all(pc.equal(old_filings, new_filings[:n_fil])).as_py())
+    return WorldMerge(merged, n_old, changed_rows, k_old, now_withdrawn, counts, n_fil if prefix else -1)
 
 
 def _filing_keys(w: World) -> pa.Array:
