@@ -274,7 +274,7 @@ def test_new_values_for_the_same_persons_are_not_another_world(tmp_path, caplog)
     (world / "persons.csv").write_text("\n".join([persons[0]] + list(reversed(persons[1:]))) + "\n")
     with caplog.at_level(logging.INFO, logger="yidi.store"):
         open_store(data, str(world), clock="inf_time").close()
-    assert "persons.csv differs from the one this store was seeded from; not applied" in caplog.text
+    assert "persons.csv differs from the one this store was seeded from or last reloaded; not applied" in caplog.text
     # A store that kept no institution codes (made before they were kept) keeps them from its next start.
     conn = sqlite3.connect(os.path.join(data, DB_NAME))
     conn.execute("DELETE FROM meta WHERE key = 'institution_codes'")

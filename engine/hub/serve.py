@@ -38,6 +38,7 @@ from engine.hub.reload import PartReport, Reloadable, ReloadRefused, ReloadRepor
 from engine.hub.status import StatusSources
 from engine.hub.tcp import FramedConnection
 from engine.hub.tls import HANDSHAKE_TIMEOUT_S, ServerTLS
+from engine.hub.world import WorldSource
 
 
 EXIT_OK, EXIT_FAIL_STOP = 0, 3
@@ -235,7 +236,10 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         hub = await Hub.open(data_dir, world_dir, limits)
         gc.disable()  # see Hub.manual_gc
         hub.manual_gc = True
-        parts: list[Reloadable] = ([] if keys is None else [keys]) + ([] if log is None else [log])
+        # What a reload reads again: the world folder (engine.hub.world), the keys file, the log file and the
+        # maintenance file. The status page reads the world in force from the store, which a reload updates.
+        parts: list[Reloadable] = [WorldSource(hub, world_dir), *([] if keys is None else [keys]),
+                                   *([] if log is None else [log])]
         if log is not None:
             hub.request_log = None if log.requests == "off" else log
             hub.metrics.registry.register(log.collector())
