@@ -174,3 +174,15 @@ def test_filings_online_in_yidi_replay(world, tmp_path):
     assert r.returncode == 0, r.stderr
     got = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert_same_replies(bodies, run_reference(world, bodies), got)
+
+
+def test_a_maintenance_window_does_not_hold_a_filing_back(world):
+    """Section 12 holds back what charges or queries a person; a filing made online does neither
+    (docs/contract.md): 2501 and 2502 run while the person's insured region is down, a 1101 of the
+    same person is refused, in the reference and the compiled engine alike."""
+    from test_maintenance import HEADER, run_both
+
+    window = HEADER + "430000,2026-09-09 08:00:00,2026-09-09 18:00:00,省平台升级\n"
+    replies = run_both(world, window, [], bodies=[refer("R1"), unfile("C1", "FR1"), person("Q1")])
+    assert [r.get("err_code") for r in replies] == [None, None, "E_MAINTENANCE"]
+    assert replies[0]["output"]["result"]["trt_dcla_detl_sn"] == "FR1"
