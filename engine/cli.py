@@ -178,13 +178,11 @@ def _cmd_check_world(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
-    import logging
     from dataclasses import fields
 
     from engine.hub.limits import Limits
     from engine.hub.tls import TLSConfigError, load_server_tls
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not a.tcp and not a.http:
         print("yidi: serve needs --tcp HOST:PORT, --http HOST:PORT or both", file=sys.stderr)
         return 2
@@ -235,17 +233,27 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     if refusal:
         print(f"yidi: {refusal}", file=sys.stderr)
         return 2
+    from engine.hub.logs import HubLog
     from engine.hub.serve import serve  # the server's imports, once the options are known good
     from engine.store import StoreError
     from engine.world.loader import WorldError
 
+    log = HubLog(a.log_file, a.log_level, a.request_log)
     try:
-        if a.accept_world_change:  # recorded by one open of the store; serve's own open then finds it so
-            from engine.store import open_store
+        log.start()
+    except OSError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            if a.accept_world_change:  # recorded by one open of the store; serve's own open then finds it so
+                from engine.store import open_store
 
-            open_store(a.data, a.world, accept_world_change=True).close()
-        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
-                     warnings=warnings, maintenance=maintenance)
+                open_store(a.data, a.world, accept_world_change=True).close()
+            return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
+                         warnings=warnings, maintenance=maintenance, log=log)
+        finally:
+            log.stop()  # what it holds is written before a refusal's line
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -291,13 +299,17 @@ def _listen_refusal(a: argparse.Namespace) -> str:
     return ""
 
 
-def _add_serve(sub) -> None:
+def _add_serve(sub) -> argparse.ArgumentParser:
     from dataclasses import fields
 
     from engine.hub.limits import Limits
     from engine.hub.admin import ADMIN_DEFAULT
+    from engine.hub.logs import LOG_LEVELS, REQUEST_LOG_MODES
 
     s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (docs/contract.md section 7)")
+    s.add_argument("--config", metavar="FILE",
+                   help="a TOML file of these flags (key: the flag without its dashes, e.g. batch-max = 512); "
+                        "a flag on the command line wins (deploy/yidi.toml)")
     s.add_argument("--world", required=True, help="world folder")
     s.add_argument("--data", required=True, help="data folder of the durable store")
     s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
@@ -320,10 +332,18 @@ def _add_serve(sub) -> None:
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     s.add_argument("--accept-world-change", action="store_true",
                    help="start a store with a world of other persons or institutions than its own")
+    s.add_argument("--log-file", metavar="FILE",
+                   help="the hub's log, JSON lines, appended (default: stderr); reopened on SIGHUP, for rotation")
+    s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="the least level of the hub's events logged: start, stop, reload, store (default info)")
+    s.add_argument("--request-log", choices=REQUEST_LOG_MODES, default="all",
+                   help="which requests get a line in the log: every one, those refused (an err_code), or none "
+                        "(default all)")
     for f in fields(Limits):
         s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
                        metavar=f.name.upper(), help=f"(default {f.default})")
     s.set_defaults(fn=_cmd_serve)
+    return s
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -423,7 +443,8 @@ def _add_demo(sub) -> None:
 _LIGHT_COMMANDS = ("replay", "check", "check-world", "clear", "backup", "keys")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (and for `serve`, its --config file: engine.tools.config.ConfigError when refused)."""
     p = argparse.ArgumentParser(prog="yidi", description="Cross-region medical insurance settlement engine")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -457,12 +478,29 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cmd = next((x for x in args if not x.startswith("-")), None)
     if cmd not in _LIGHT_COMMANDS:
-        _add_serve(sub)
+        serve_parser = _add_serve(sub)
         _add_demo(sub)
+        if cmd == "serve":
+            from engine.tools.config import apply_config, config_path
+
+            path = config_path(serve_parser, args[args.index("serve") + 1:])
+            if path is not None:  # the file's values become the flags' defaults: the command line wins
+                apply_config(serve_parser, path)
 
     a = p.parse_args(argv)
     if getattr(a, "action", None) in ("add", "revoke") and not a.paasid:
         p.error(f"keys {a.action} needs --paasid")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.tools.config import ConfigError
+
+    try:
+        a = parse_args(argv)
+    except ConfigError as e:
+        print(f"yidi: --config {e}", file=sys.stderr)
+        return 2
     return a.fn(a)
 
 

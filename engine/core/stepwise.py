@@ -114,7 +114,7 @@ class StepwiseMixin:
         reply = self._ok(env.msgid, now, output)
         self._committing = True
         for e in effects:
-            self.visits.apply(e)
+            self.apply_effect(e)
         codec, raw = inp_c
         self.step_journal[env.msgid] = (infno, codec, raw, reply, env.fixmedins_code)
         self._step_change(env.msgid, infno, env.fixmedins_code, mdtrt_id, now, codec, raw, reply, effects,
@@ -201,9 +201,10 @@ class StepwiseMixin:
             return {"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": otp_no}}, [effect]
         return {"result": {"mdtrt_id": mdtrt_id}}, [effect]
 
-    def _parties(self, env, psn_no: str, insutype: str, now: str) -> int:
+    def _parties(self, env, psn_no: str, insutype: str, now: str | None) -> int:
         """Section 7's institution, person and policy checks, in its order, with section 12's window
-        between the person and the policy (as a settlement's); the person's row."""
+        between the person and the policy (as a settlement's; None for `now`: a transaction no window
+        holds back, a filing's); the person's row."""
         inst = self.inst.get(env.fixmedins_code)
         if inst is None:
             raise Refused(E_UNKNOWN_INSTITUTION)
@@ -215,7 +216,7 @@ class StepwiseMixin:
         insuplc = self.psn_insuplc[psn]
         if env.insuplc_admdvs != insuplc or insutype != self.psn_insutype[psn]:
             raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
-        if self.maintenance is not None:
+        if self.maintenance is not None and now is not None:
             self._maintenance_check(insuplc, now)
         if self.pol.ids.get((insuplc, insutype)) is None:
             raise Refused(E_NO_POLICY)

@@ -359,9 +359,10 @@ class SettlementBook:
             raise Refused(E_AMOUNT_MISMATCH, "medfee_sumamt is not the sum of the lines")
         return self.compute(env, req, inst, person, policy, results, totals, now)
 
-    def parties(self, env: dict, psn_no: str, insutype: str, now: str) -> tuple[tuple, Person, Policy]:
+    def parties(self, env: dict, psn_no: str, insutype: str, now: str | None) -> tuple[tuple, Person, Policy]:
         """The institution, the person and the policy, in section 7's order (E_UNKNOWN_INSTITUTION,
-        E_FORBIDDEN, E_UNKNOWN_PERSON, E_MISMATCH, then section 12's E_MAINTENANCE, E_NO_POLICY)."""
+        E_FORBIDDEN, E_UNKNOWN_PERSON, E_MISMATCH, then section 12's E_MAINTENANCE unless `now` is None,
+        E_NO_POLICY)."""
         inst = self.institutions.get(env["fixmedins_code"])
         if inst is None:
             raise Refused(E_UNKNOWN_INSTITUTION)
@@ -372,7 +373,8 @@ class SettlementBook:
             raise Refused(E_UNKNOWN_PERSON)
         if env["insuplc_admdvs"] != person.insuplc_admdvs or insutype != person.insutype:
             raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
-        self.refuse_in_maintenance(person, now)
+        if now is not None:
+            self.refuse_in_maintenance(person, now)
         policy = self.policies.get((person.insuplc_admdvs, person.insutype))
         if policy is None:
             raise Refused(E_NO_POLICY)
