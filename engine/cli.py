@@ -5,15 +5,29 @@ import argparse
 import sys
 
 
+def _store_arg(parser, required: bool, data_help: str) -> None:
+    """--data DIR (the embedded store) or --store URL (PostgreSQL, several nodes: docs/store.md); `where` is the one
+    given."""
+    g = parser.add_mutually_exclusive_group(required=required)
+    g.add_argument("--data", help=data_help)
+    g.add_argument("--store", metavar="URL",
+                   help="a PostgreSQL database instead of --data (postgresql://USER@HOST:PORT/DATABASE; several "
+                        "nodes may share it)")
+
+
+def _where(a: argparse.Namespace) -> str | None:
+    return a.store or a.data
+
+
 def _cmd_replay(a: argparse.Namespace) -> int:
     from engine.tools.replay import ReplayError, replay
     from engine.world.loader import WorldError
 
-    if a.reference and a.data:
-        print("yidi: --reference keeps no store: drop --data", file=sys.stderr)
+    if a.reference and _where(a):
+        print("yidi: --reference keeps no store: drop --data or --store", file=sys.stderr)
         return 2
     try:
-        stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=a.data,
+        stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=_where(a),
                        accept_world_change=a.accept_world_change)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
@@ -39,7 +53,7 @@ def _cmd_replay(a: argparse.Namespace) -> int:
 def _cmd_check(a: argparse.Namespace) -> int:
     from engine.store.check import check_store
 
-    return check_store(a.data, out=lambda line: print(line, flush=True),
+    return check_store(_where(a), out=lambda line: print(line, flush=True),
                        err=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -50,7 +64,7 @@ def _cmd_clear(a: argparse.Namespace) -> int:
 
     try:
         warn_bp = None if a.prepay_warn is None else parse_ratio_bp(a.prepay_warn)
-        r = clear(a.data, a.period, a.out, world_dir=a.world, warn_bp=warn_bp, force=a.force, dry_run=a.dry_run)
+        r = clear(_where(a), a.period, a.out, world_dir=a.world, warn_bp=warn_bp, force=a.force, dry_run=a.dry_run)
     except ClearingError as e:
         print(f"yidi: {e}", file=sys.stderr)
         return 2
@@ -70,7 +84,7 @@ def _cmd_clear(a: argparse.Namespace) -> int:
     for path in r.files:
         print(path)
     if a.usage:
-        for line in format_usage(prepay_usage(a.data, prepay_fen=c.prepay_fen, warn_bp=c.warn_bp), c.warn_bp):
+        for line in format_usage(prepay_usage(_where(a), prepay_fen=c.prepay_fen, warn_bp=c.warn_bp), c.warn_bp):
             print("pre-payment: " + line, file=sys.stderr)
     return 0
 
@@ -143,7 +157,7 @@ def _add_keys(sub) -> None:
 
 def _add_clear(sub) -> None:
     k = sub.add_parser("clear", help="close a monthly clearing period: statement, netting, report (section 8)")
-    k.add_argument("--data", required=True, help="data folder of the store")
+    _store_arg(k, True, "data folder of the store")
     k.add_argument("--period", required=True, metavar="YYYY-MM")
     k.add_argument("--out", required=True, help="folder for statement-, netting- and report-YYYY-MM")
     k.add_argument("--world", help="world folder for prepay.csv (default: the one the store last started with)")
@@ -230,8 +244,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         if a.accept_world_change:  # recorded by one open of the store; serve's own open then finds it so
             from engine.store import open_store
 
-            open_store(a.data, a.world, accept_world_change=True).close()
-        return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
+            open_store(_where(a), a.world, accept_world_change=True).close()
+        return serve(a.world, _where(a), a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
                      warnings=warnings)
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
@@ -286,7 +300,7 @@ def _add_serve(sub) -> None:
 
     s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (docs/contract.md section 7)")
     s.add_argument("--world", required=True, help="world folder")
-    s.add_argument("--data", required=True, help="data folder of the durable store")
+    _store_arg(s, True, "data folder of the durable store")
     s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
     s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway (port 0: any; an empty HOST: every address)")
     s.add_argument("--admin", metavar="HOST:PORT", default=ADMIN_DEFAULT,
@@ -412,13 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--in", dest="inp", required=True, help="requests, one JSON envelope per line")
     r.add_argument("--out", required=True, help="replies, one JSON line each")
     r.add_argument("--reference", action="store_true", help="use the plain-Python reference (slow; the oracle)")
-    r.add_argument("--data", help="keep the durable store in this folder (seeded when new, continued otherwise)")
+    _store_arg(r, False, "keep the durable store in this folder (seeded when new, continued otherwise)")
     r.add_argument("--accept-world-change", action="store_true",
                    help="continue a store with a world of other persons or institutions than its own")
     r.set_defaults(fn=_cmd_replay)
 
     k = sub.add_parser("check", help="verify a store: ledger, accounts, persons against the journal")
-    k.add_argument("--data", required=True, help="data folder of the store")
+    _store_arg(k, True, "data folder of the store")
     k.set_defaults(fn=_cmd_check)
 
     c = sub.add_parser("check-world", help="load and validate a world folder")
