@@ -181,7 +181,7 @@ class PgStore:
         raw = self._conn.raw
         try:
             raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            self._gseq, seq, step_seq = raw.execute("SELECT gseq, seq, step_seq FROM head").fetchone()
+            self.gseq, seq, step_seq = raw.execute("SELECT gseq, seq, step_seq FROM head").fetchone()
             world, cd_years = restore_world(self._conn, self._world)
             signs = restore_sign_ins(self._conn, self.clock)
             reader = PgReader(connect(self.url, application="yidi-lookups"))
@@ -203,7 +203,7 @@ class PgStore:
         self.current = engine
         self._seq, self._step_seq = seq, step_seq
         self.stale = False
-        log.info("engine built from %s as of batch %d (journal row %d) in %.2f s", redact(self.url), self._gseq, seq,
+        log.info("engine built from %s as of batch %d (journal row %d) in %.2f s", redact(self.url), self.gseq, seq,
                  time.perf_counter() - t0)
 
     def _rollback(self) -> None:
@@ -232,14 +232,17 @@ class PgStore:
             raw.execute("BEGIN")
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (STORE_LOCK_KEY,))
             gseq, seq, step_seq = raw.execute("SELECT gseq, seq, step_seq FROM head").fetchone()
-            if gseq != self._gseq:
-                got = catch_up(raw, self.current, self._reader, self._gseq)
+            if gseq != self.gseq:
+                got = catch_up(raw, self.current, self._reader, self.gseq)
                 self.caught_up_rows += sum(got.values())
-                self._gseq = gseq
+                self.gseq = gseq
             if filters_over_capacity(self._reader):
                 build_filters(self._conn, Tail(), self._reader)
         except psycopg.Error as e:
             self._unavailable(e, "beginning a batch")
+        except BaseException:
+            self._fail()
+            raise
         self._seq, self._step_seq = seq, step_seq
         self._rows.next_seq = seq + 1
         self._recon.next_seq = seq + 1
@@ -300,7 +303,7 @@ class PgStore:
             raise StoreFailed("write without a batch begun")
         raw = self._conn.raw
         wrote = bool(p.changes or p.signs or p.steps)
-        gseq = self._gseq + 1 if wrote else self._gseq
+        gseq = self.gseq + 1 if wrote else self.gseq
         try:
             if wrote:
                 with raw.cursor() as cur:
@@ -315,15 +318,17 @@ class PgStore:
                             cur.execute(SQL_SIGN_IN, [gseq, *map(list, zip(*p.signs))], prepare=True)
                         if p.step_rows:
                             cur.execute(SQL_STEP, [gseq, *map(list, zip(*p.step_rows))], prepare=True)
-                        cur.execute(SQL_HEAD, (gseq, p.last_seq, p.last_step_seq, self._gseq), prepare=True)
+                        cur.execute(SQL_HEAD, (gseq, p.last_seq, p.last_step_seq, self.gseq), prepare=True)
                     if cur.rowcount != 1:
                         raise StoreFailed("the head row moved while this node held the store's lock")
             raw.execute("COMMIT")
         except psycopg.Error as e:
-            self._in_batch = False
             self._unavailable(e, f"committing a batch of {len(p.changes)} changes")
+        except BaseException:
+            self._fail()  # a bug, not the database: never hold the store's lock past it
+            raise
         self._in_batch = False
-        self._gseq = gseq
+        self.gseq = gseq
         self._seq, self._step_seq = p.last_seq, p.last_step_seq
         self.batches += 1
         r = self._reader
@@ -336,6 +341,13 @@ class PgStore:
         """A batch that will not be written (the engine failed on it): roll back; the engine is stale."""
         self._in_batch = False
         self.stale = True
+        self._rollback()
+
+    def _fail(self) -> None:
+        """Something other than the database failed in a batch: roll it back (the lock goes with it) and refuse
+        every later batch; the process must stop (the hub fails stop)."""
+        self._in_batch = False
+        self.failed = True
         self._rollback()
 
     def _unavailable(self, e: BaseException, doing: str):

@@ -1,0 +1,162 @@
+"""The PostgreSQL store (engine.store.pg): restart, and several nodes on one database (docs/contract.md section 13).
+
+Each test uses a database of its own on a real server (tests/pg_fixtures.py). Two nodes are two stores opened
+on the same database in one process, each with its own engine and connections, exactly as two `yidi serve`
+processes hold them; tests/test_pg_serve.py runs real processes.
+"""
+from __future__ import annotations
+
+import random
+import threading
+
+import orjson
+import pytest
+
+from engine.core.engine import Engine, Request
+from engine.store import open_store
+from pg_fixtures import pg_url  # noqa: F401  (a fixture)
+from test_signin import HOSP, commit, person_env, sign_in_env, sign_out_env, world_dir  # noqa: F401
+from test_store import _assert_persons_equal_reference, _check_ok, _enc, _oracle, _run, synth  # noqa: F401
+
+from engine.tools.synth import gen_requests
+
+BATCH = 48
+
+
+def _persons(engine) -> list[tuple]:
+    st = engine.state
+    return list(zip(st.balc_fen.tolist(), st.acc_year.tolist(), st.hifp_ip_fen.tolist(), st.hifp_op_fen.tolist(),
+                    st.ded_op_fen.tolist(), st.burden2_fen.tolist(), st.second_paid_fen.tolist()))
+
+
+def _chronic(engine) -> list[tuple]:
+    st = engine.state
+    return list(zip(st.cd_val_fen.tolist(), st.cd_year.tolist()))
+
+
+def test_restart_from_postgresql_answers_like_one_run(pg_url, synth):
+    """Four runs of one stream with a stop and start between them answer exactly like one engine in RAM; the
+    persons equal the reference's, and `yidi check --store` passes after each run."""
+    world_dir, world, bodies = synth
+    _, want = _oracle(world, bodies)
+    got: list[bytes] = []
+    cuts = [0, 200, 611, 1100, len(bodies)]
+    for a, b in zip(cuts, cuts[1:]):
+        with open_store(pg_url, world_dir, clock="inf_time") as store:
+            got += _run(store, bodies[a:b])
+        _check_ok(pg_url)
+    assert [i for i, (x, y) in enumerate(zip(got, want)) if x != y] == [] and len(got) == len(want)
+    with open_store(pg_url, world_dir, clock="inf_time") as store:
+        _assert_persons_equal_reference(store.current, world, bodies)
+        # Every committed request again: the stored replies, nothing charged twice.
+        again = _enc(store.engine.handle_batch([Request(b) for b in bodies]))
+        assert store.engine.take_changes() == []
+        store.commit([])
+    committed = {orjson.loads(b)["msgid"] for b, g in zip(bodies, got)
+                 if orjson.loads(b)["infno"] in ("2207", "2304", "2208", "2305") and orjson.loads(g)["infcode"] == 0}
+    assert len(committed) > 300
+    for b, first, second in zip(bodies, got, again):
+        if orjson.loads(b)["msgid"] in committed:
+            assert first == second
+
+
+@pytest.fixture(scope="module")
+def mixed(synth):
+    """A mixed stream (one-shot and step-wise visits, reversals, 2601, retries) on the synth world's persons."""
+    world_dir, world, _ = synth
+    return world_dir, world, [orjson.dumps(e) for e in gen_requests(world, 2500, seed=9, flow="mixed")]
+
+
+def test_two_nodes_taking_turns_answer_like_one_engine(pg_url, mixed):
+    """Batches of one stream sent to two nodes in a random turn: every reply, and every person's and chronic
+    slot's accumulators, equal one engine's that took the batches in that order. The stream's visits are opened,
+    uploaded, settled, reversed and undone (2601) on whichever node a batch reaches, and its retries reach the
+    other node than their first: each node catches up on the other's batches before computing its own."""
+    world_dir, world, bodies = mixed
+    one = Engine(world, clock="inf_time")
+    a = open_store(pg_url, world_dir, clock="inf_time")
+    b = open_store(pg_url, world_dir, clock="inf_time")
+    rng = random.Random(5)
+    try:
+        want, got = [], []
+        for i in range(0, len(bodies), BATCH):
+            chunk = bodies[i:i + BATCH]
+            want += _enc(one.handle_batch([Request(x) for x in chunk]))
+            one.take_changes()
+            got += _run(rng.choice((a, b)), chunk, batch=BATCH)
+        assert a.caught_up_rows > 0 and b.caught_up_rows > 0
+        diffs = [i for i, (x, y) in enumerate(zip(got, want)) if x != y]
+        assert not diffs, f"{len(diffs)} replies differ, first {diffs[0]}: {got[diffs[0]][:300]!r} {want[diffs[0]][:300]!r}"
+        for node in (a, b):  # an empty batch catches each up on the other's last
+            node.commit(node.engine.handle_batch([]))
+            assert _persons(node.current) == _persons(one) and _chronic(node.current) == _chronic(one)
+            assert node.current.visits.voided == one.visits.voided
+    finally:
+        a.close()
+        b.close()
+    _check_ok(pg_url)
+
+
+def _node_worker(store, batches: list, out: dict, errors: list) -> None:
+    try:
+        for k, chunk in batches:
+            replies = store.engine.handle_batch([Request(x) for x in chunk])
+            seen = store.gseq  # every batch before this one, by any node, is in the engine now
+            store.commit(store.engine.take_changes())
+            # A batch that wrote is batch number store.gseq; one that wrote nothing saw `seen` and
+            # falls after it (and before the next) in the one order.
+            order = (store.gseq, 0) if store.gseq != seen else (seen, 1)
+            out[k] = (order, _enc(replies))
+    except BaseException as e:  # noqa: BLE001  (reported by the test)
+        errors.append(e)
+
+
+def test_two_nodes_at_once_on_the_same_persons_equal_a_serial_recomputation(pg_url, mixed):
+    """Two nodes in two threads, each taking batches of the same persons' requests at the same time: the store
+    puts their batches in one order; one engine taking the batches in that order answers every request the same,
+    and ends with the same accumulators. `yidi check --store` passes."""
+    world_dir, world, bodies = mixed
+    chunks = [(k, bodies[i:i + BATCH]) for k, i in enumerate(range(0, len(bodies), BATCH))]
+    # Node A takes the even batches, B the odd ones: the same persons and visits reach both at once.
+    nodes = [open_store(pg_url, world_dir, clock="inf_time") for _ in range(2)]
+    out: dict = {}
+    errors: list = []
+    try:
+        threads = [threading.Thread(target=_node_worker, args=(n, chunks[j::2], out, errors)) for j, n in
+                   enumerate(nodes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        one = Engine(world, clock="inf_time")
+        order = sorted(out, key=lambda k: out[k][0])
+        assert [out[k][0][0] for k in order] == sorted(out[k][0][0] for k in order)
+        for k in order:
+            want = _enc(one.handle_batch([Request(x) for x in chunks[k][1]]))
+            one.take_changes()
+            assert out[k][1] == want, f"batch {k} (order {out[k][0]}) answered otherwise than in the one order"
+        assert nodes[0].caught_up_rows > 0 and nodes[1].caught_up_rows > 0
+        for node in nodes:
+            node.commit(node.engine.handle_batch([]))
+            assert _persons(node.current) == _persons(one) and _chronic(node.current) == _chronic(one)
+    finally:
+        for n in nodes:
+            n.close()
+    _check_ok(pg_url)
+
+
+def test_a_sign_in_made_on_one_node_is_in_force_on_the_other_and_its_sign_out_too(pg_url, world_dir):
+    a = open_store(pg_url, world_dir, clock="inf_time")
+    b = open_store(pg_url, world_dir, clock="inf_time")
+    try:
+        sign_no = commit(a, [(sign_in_env("si-1"), HOSP)])[0]["output"]["signinoutb"]["sign_no"]
+        assert commit(b, [(person_env("q-1", sign_no), HOSP)])[0].get("err_code") is None
+        assert commit(b, [(sign_out_env("so-1", sign_no), HOSP)])[0].get("err_code") is None
+        assert commit(a, [(person_env("q-2", sign_no), HOSP)])[0].get("err_code") == "E_SIGN_IN"
+        # Both nodes hold the sign-out.
+        assert set(b.current.signins.by_no) == set(a.current.signins.by_no) == set()
+    finally:
+        a.close()
+        b.close()
+    _check_ok(pg_url)
