@@ -78,7 +78,7 @@ from engine.core.engine import Engine, Request, now_text
 from engine.hub.framing import frame
 from engine.hub.limits import Limits
 from engine.hub.metrics import Metrics
-from engine.store import open_store
+from engine.store import StoreUnavailable, open_store
 
 log = logging.getLogger("yidi.server")
 
@@ -254,6 +254,10 @@ class Hub:
         self.manual_gc = False
         self._collector = Collector()
         self._slots = asyncio.Semaphore(limits.commits_inflight_max)
+        # A store whose batch must run whole on the writer thread (PgStore: one transaction from its lock to
+        # its commit); batches still go in order, and the loop reads and encodes beside them.
+        self._serial = bool(getattr(store, "serial", False))
+        self.store_busy = 0  # batches answered E_BUSY because the store was unavailable
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
     @classmethod
@@ -360,6 +364,10 @@ class Hub:
         loop = asyncio.get_running_loop()
         clock = None if self._inf_time else now_text()
         reqs = [Request(it.body, it.codec, clock, it.cred) for it in items]
+        if self._serial:
+            self.batches_inflight += 1
+            work = loop.run_in_executor(self._writer, self._serial_batch, reqs)
+            return loop.create_task(self._finish_serial(prev, work, items, reqs))
         t0 = time.perf_counter()
         try:
             replies = self.engine.handle_batch(reqs)
@@ -373,6 +381,18 @@ class Hub:
         engine_s = time.perf_counter() - t0
         write = loop.run_in_executor(self._writer, self._write, prepared)
         # Encode while the writer thread waits on the disk.
+        counts = self._encode(items, replies, reqs)
+        self.batches_inflight += 1
+        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
+        if self.manual_gc:
+            t1 = time.perf_counter()
+            if self._collector.after_batch() == "full":
+                log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
+        return task
+
+    def _encode(self, items: list[Admitted], replies: list, reqs: list[Request]) -> collections.Counter:
+        """Encode the framed replies (they leave at release) and count the batch's replies by transport,
+        infno and code."""
         counts: collections.Counter = collections.Counter()
         for i, (it, rep, req) in enumerate(zip(items, replies, reqs)):
             infno = infno_label(req.infno)  # read by the engine: no second decode
@@ -387,13 +407,63 @@ class Hub:
                 c.held_bytes += len(enc) - len(it.body)
                 it.body = b""
                 replies[i] = None
-        self.batches_inflight += 1
-        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
-        if self.manual_gc:
+        return counts
+
+    # ------------------------------------------------------------ a store that runs whole batches (serial)
+
+    def _serial_batch(self, reqs: list[Request]):
+        """On the writer thread, for a store whose batch is one transaction from its first read to its commit
+        (engine.store.pg: its lock, catch-up, compute, write, commit): (replies, changes, engine_s, commit_s), or
+        None when the store is unavailable (nothing of the batch was done: E_BUSY)."""
+        t0 = time.perf_counter()
+        try:
+            replies = self.engine.handle_batch(reqs)
+            assert len(replies) == len(reqs)
+            changes = self.engine.take_changes()
+            prepared = self.store.prepare(changes)
             t1 = time.perf_counter()
-            if self._collector.after_batch() == "full":
-                log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
-        return task
+            self.store.write(prepared)
+        except StoreUnavailable:
+            return None
+        return replies, changes, t1 - t0, time.perf_counter() - t1
+
+    async def _finish_serial(self, prev, work, items: list[Admitted], reqs: list[Request]) -> None:
+        """Release a batch run whole on the writer thread, in batch order; E_BUSY for every request of a batch
+        the store could not take."""
+        try:
+            if prev is not None:
+                await prev
+            try:
+                done = await work
+            except BaseException as e:
+                if self.failed is None:
+                    self._fail_stop(e, items)
+                self._abandon(items)
+                return
+            if self.failed is not None:
+                self._abandon(items)
+                return
+            if done is None:
+                self.store_busy += 1
+                replies = [server_reply(E_BUSY, _peek(it.body, it.codec)[1],
+                                        "the database is unavailable: nothing was done, retry later") for it in items]
+                changes, engine_s, commit_s = [], 0.0, 0.0
+                for it, req in zip(items, reqs):
+                    req.infno = _peek(it.body, it.codec)[0]
+            else:
+                replies, changes, engine_s, commit_s = done
+            counts = self._encode(items, replies, reqs)
+            self.batches += 1
+            self.behind = time.perf_counter() - items[0].t0 > self._wait_s
+            self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
+            self._release(items, replies)
+            if self.observer is not None:
+                self.observer("batch", len(items))
+            if self.manual_gc:
+                self._collector.after_batch()
+        finally:
+            self.batches_inflight -= 1
+            self._slots.release()
 
     async def _finish(self, prev, write, items, replies, changes, counts, engine_s) -> None:
         """Release a batch's replies once it is durable and every earlier batch has been released."""

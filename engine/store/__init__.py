@@ -3,7 +3,7 @@ PgStore for a `postgresql://` URL, or raises a StoreError.
 
 engine.store.store describes the embedded store and names its modules; engine.store.pg.store the PostgreSQL one.
 """
-from engine.store.errors import StoreError, StoreFailed, StoreRefused
+from engine.store.errors import StoreError, StoreFailed, StoreRefused, StoreUnavailable
 from engine.store.pg import is_store_url
 from engine.store.store import SqliteStore
 from engine.store.store import open_store as _open_sqlite
@@ -19,4 +19,5 @@ def open_store(where: str, world_dir: str, *, clock: str = "wall", accept_world_
     return _open_sqlite(where, world_dir, clock=clock, accept_world_change=accept_world_change, **kw)
 
 
-__all__ = ["SqliteStore", "StoreError", "StoreFailed", "StoreRefused", "is_store_url", "open_store"]
+__all__ = ["SqliteStore", "StoreError", "StoreFailed", "StoreRefused", "StoreUnavailable", "is_store_url",
+           "open_store"]

@@ -43,7 +43,7 @@ from core_ext._pack import Compression
 from engine.core.engine import Engine
 from engine.core.records import CHANGE_SETTLE, Change
 from engine.store.codec import ROW_CD_SLOT, ROW_PSN, JournalRows, check_reply_keys
-from engine.store.errors import StoreError, StoreFailed, StoreRefused
+from engine.store.errors import StoreFailed, StoreRefused, StoreUnavailable
 from engine.store.lookups import JournalMap, OpenVisits, Reader, SettledMap, StoreHistory, Tail, build_filters, \
     filters_over_capacity
 from engine.store.pg.catchup import catch_up
@@ -87,11 +87,6 @@ SQL_CHRONIC = (
     "UPDATE chronic SET hifp_cd_fen = u.cd, cd_year = u.cd_year, gseq = %s"
     " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS u(slot, cd, cd_year) WHERE chronic.slot = u.slot")
 SQL_HEAD = "UPDATE head SET gseq = %s, seq = %s, step_seq = %s WHERE gseq = %s"
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot take this batch now (gone, connection lost, commit unknown): nothing of it was
-    acknowledged; answer E_BUSY and retry later. The store rebuilds its engine from the database first."""
 
 
 class PgReader(Reader):

@@ -1,0 +1,93 @@
+"""Two `yidi serve` processes on one PostgreSQL database (docs/contract.md section 13), as real processes.
+
+The public requests are sent at once, half to each node: settlements, reversals and pre-settlements of the same
+persons reach both. Then `yidi check --store` proves the ledger and every person's accumulators against the
+journal in its one commit order, and every committed request, retried on the other node than its first, is
+answered with its stored reply; nothing is charged twice.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import ROOT, VECTOR_WORLD
+from engine.hub.client import FramedClient
+from engine.store.check import check_store
+from pg_fixtures import pg_url  # noqa: F401  (a fixture)
+
+WAIT_S = 60
+JOURNALED = ("2207", "2304", "2208", "2305")
+
+
+def start_node(url: str, *extra: str) -> tuple[subprocess.Popen, dict]:
+    """`yidi serve --store URL` on the vectors' world, --no-auth, every listener on a free port."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--store", url, "--no-auth",
+         "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0", *extra],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    addrs = {}
+    for line in p.stdout:
+        line = line.decode()
+        m = re.match(r"yidi: (tcp|http|admin) listening on (.+):(\d+)", line)
+        if m:
+            addrs[m.group(1)] = (m.group(2), int(m.group(3)))
+        if line.startswith("yidi: ready"):
+            return p, addrs
+    p.wait(WAIT_S)
+    raise AssertionError(f"yidi serve did not start: {p.stderr.read().decode()}")
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.wait(WAIT_S)
+
+
+def test_two_serve_processes_on_one_database(pg_url, vectors):
+    reqs, _ = vectors
+    a, addr_a = start_node(pg_url)
+    try:
+        b, addr_b = start_node(pg_url)
+        try:
+            halves = [reqs[0::2], reqs[1::2]]
+            got: list = [None, None]
+
+            def send(k: int, addr) -> None:
+                with FramedClient(*addr, timeout_s=WAIT_S) as c:
+                    got[k] = c.pipeline(halves[k], window=32)
+
+            threads = [threading.Thread(target=send, args=(k, ad["tcp"])) for k, ad in enumerate((addr_a, addr_b))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(WAIT_S * 2)
+            assert got[0] is not None and got[1] is not None
+            assert all(r.get("err_code") != "E_BUSY" for h in got for r in h)
+            # Every committed request again, on the other node: its stored reply, nothing new.
+            retried: list = [None, None]
+            for k, addr in ((0, addr_b), (1, addr_a)):
+                with FramedClient(*addr["tcp"], timeout_s=WAIT_S) as c:
+                    retried[k] = c.pipeline(halves[k], window=32)
+        finally:
+            stop(b)
+    finally:
+        stop(a)
+    committed = set()  # a msgid the stream retries is committed once
+    for k in (0, 1):
+        for env, first, again in zip(halves[k], got[k], retried[k]):
+            if env.get("infno") not in JOURNALED:
+                continue
+            if first["infcode"] == 0:
+                assert again == first, env["msgid"]
+            if first["infcode"] == 0 or again["infcode"] == 0:  # a reversal may find its settlement only now
+                committed.add(env["msgid"])
+    assert len(committed) > 150
+    lines: list[str] = []
+    assert check_store(pg_url, out=lines.append) == 0, "\n".join(lines)
+    n_rows = int(re.search(r"(\d+) journal rows", "\n".join(lines)).group(1))
+    assert n_rows == len(committed), (n_rows, len(committed))
