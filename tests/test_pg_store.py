@@ -6,12 +6,17 @@ processes hold them; tests/test_pg_serve.py runs real processes.
 """
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 
 import orjson
+import psycopg
 import pytest
 
+from conftest import ROOT, VECTOR_WORLD, VECTORS
 from engine.core.engine import Engine, Request
 from engine.store import open_store
 from pg_fixtures import pg_url  # noqa: F401  (a fixture)
@@ -160,3 +165,60 @@ def test_a_sign_in_made_on_one_node_is_in_force_on_the_other_and_its_sign_out_to
         a.close()
         b.close()
     _check_ok(pg_url)
+
+
+# ---------------------------------------------------------------- refused at start, in one line
+
+def _yidi(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def _one_line_refusal(r: subprocess.CompletedProcess, *words: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def _replay_into(url: str, tmp_path, world: str = VECTOR_WORLD) -> subprocess.CompletedProcess:
+    return _yidi("replay", "--world", world, "--in", os.path.join(VECTORS, "requests.jsonl"),
+                 "--out", str(tmp_path / "out.jsonl"), "--store", url)
+
+
+def test_a_wrong_unreachable_or_unprivileged_database_is_refused_in_one_line(pg_url, tmp_path):
+    host = pg_url.rsplit("/", 1)[0]
+    _one_line_refusal(_replay_into("postgresql://postgres@127.0.0.1:1/yidi", tmp_path), "cannot connect")
+    _one_line_refusal(_replay_into(host + "/yidi_no_such_database", tmp_path), "cannot connect",
+                      "yidi_no_such_database")
+    _one_line_refusal(_yidi("check", "--store", host + "/yidi_no_such_database"), "cannot connect")
+    _one_line_refusal(_yidi("serve", "--world", VECTOR_WORLD, "--store", "postgresql://postgres@127.0.0.1:1/yidi",
+                            "--no-auth", "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0"), "cannot connect")
+    # A role that may connect but not create the store's tables.
+    role = "yidi_ro_" + pg_url.rsplit("_", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN")
+        c.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        bare = pg_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+        _one_line_refusal(_replay_into(bare, tmp_path), "lacks a privilege")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute(f"DROP OWNED BY {role}")
+            c.execute(f"DROP ROLE {role}")
+
+
+def test_a_newer_schema_or_another_world_is_refused_and_left_as_it_is(pg_url, tmp_path, synth):
+    assert _replay_into(pg_url, tmp_path).returncode == 0
+    _one_line_refusal(_replay_into(pg_url, tmp_path, world=synth[0]), "not this store's", "--accept-world-change")
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        rows = c.execute("SELECT count(*) FROM journal").fetchone()[0]
+    _one_line_refusal(_replay_into(pg_url, tmp_path), "schema version 99", "newer")
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM journal").fetchone()[0] == rows
+    # A database holding other tables is no store, and is not made one.
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("DROP TABLE meta CASCADE")
+    _one_line_refusal(_replay_into(pg_url, tmp_path), "no yidi store")
