@@ -57,15 +57,6 @@ def require_server() -> None:
         pytest.skip(why)
 
 
-@pytest.fixture
-def pg_url():
-    """The URL of a new, empty database (dropped after the test)."""
-    require_server()
-    name, url = create_database()
-    try:
-        yield url
-    finally:
-        drop_database(name)
 
 
 STORES = ["sqlite", "postgresql"]
@@ -96,3 +87,10 @@ def store_where(request, tmp_path):
 def store_flag(where: str) -> list[str]:
     """The CLI's flag for a store: --data DIR or --store URL."""
     return ["--store", where] if where.startswith("postgresql://") else ["--data", where]
+
+
+@pytest.fixture
+def pg_url(tmp_path):
+    """The URL of a new, empty database (dropped after the test)."""
+    with store_at("postgresql", tmp_path) as url:
+        yield url

@@ -7,7 +7,6 @@ answered with its stored reply; nothing is charged twice.
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,31 +14,18 @@ import threading
 
 import pytest
 
-from conftest import ROOT, VECTOR_WORLD
 from engine.hub.client import FramedClient
 from engine.store.check import check_store
 from pg_fixtures import pg_url  # noqa: F401  (a fixture)
+from test_server import start_serve
 
 WAIT_S = 60
 JOURNALED = ("2207", "2304", "2208", "2305")
 
 
-def start_node(url: str, *extra: str) -> tuple[subprocess.Popen, dict]:
+def start_node(url: str) -> tuple[subprocess.Popen, dict]:
     """`yidi serve --store URL` on the vectors' world, --no-auth, every listener on a free port."""
-    p = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--store", url, "--no-auth",
-         "--tcp", "127.0.0.1:0", "--admin", "127.0.0.1:0", *extra],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    addrs = {}
-    for line in p.stdout:
-        line = line.decode()
-        m = re.match(r"yidi: (tcp|http|admin) listening on (.+):(\d+)", line)
-        if m:
-            addrs[m.group(1)] = (m.group(2), int(m.group(3)))
-        if line.startswith("yidi: ready"):
-            return p, addrs
-    p.wait(WAIT_S)
-    raise AssertionError(f"yidi serve did not start: {p.stderr.read().decode()}")
+    return start_serve(url, "uvloop", "--no-auth")
 
 
 def stop(p: subprocess.Popen) -> None:

@@ -431,17 +431,8 @@ class Hub:
         """Release a batch run whole on the writer thread, in batch order; E_BUSY for every request of a batch
         the store could not take."""
         try:
-            if prev is not None:
-                await prev
-            try:
-                done = await work
-            except BaseException as e:
-                if self.failed is None:
-                    self._fail_stop(e, items)
-                self._abandon(items)
-                return
-            if self.failed is not None:
-                self._abandon(items)
+            ok, done = await self._awaited(prev, work, items)
+            if not ok:
                 return
             if done is None:
                 self.store_busy += 1
@@ -453,12 +444,7 @@ class Hub:
             else:
                 replies, changes, engine_s, commit_s = done
             counts = self._encode(items, replies, reqs)
-            self.batches += 1
-            self.behind = time.perf_counter() - items[0].t0 > self._wait_s
-            self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
-            self._release(items, replies)
-            if self.observer is not None:
-                self.observer("batch", len(items))
+            self._durable(items, replies, changes, counts, engine_s, commit_s)
             if self.manual_gc:
                 self._collector.after_batch()
         finally:
@@ -468,27 +454,38 @@ class Hub:
     async def _finish(self, prev, write, items, replies, changes, counts, engine_s) -> None:
         """Release a batch's replies once it is durable and every earlier batch has been released."""
         try:
-            if prev is not None:
-                await prev
-            try:
-                commit_s = await write
-            except BaseException as e:
-                if self.failed is None:
-                    self._fail_stop(e, items)
-                self._abandon(items)
-                return
-            if self.failed is not None:
-                self._abandon(items)  # an earlier batch failed: this one's state was built on it
-                return
-            self.batches += 1
-            self.behind = time.perf_counter() - items[0].t0 > self._wait_s  # the batch's oldest, read to release
-            self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
-            self._release(items, replies)
-            if self.observer is not None:
-                self.observer("batch", len(items))
+            ok, commit_s = await self._awaited(prev, write, items)
+            if ok:
+                self._durable(items, replies, changes, counts, engine_s, commit_s)
         finally:
             self.batches_inflight -= 1
             self._slots.release()
+
+    async def _awaited(self, prev, fut, items: list[Admitted]) -> tuple[bool, Any]:
+        """The earlier batches released, then `fut` (this batch's work on the writer thread): (True, its result),
+        or (False, None) when the batch is not to be answered (a fail-stop, now or before)."""
+        if prev is not None:
+            await prev
+        try:
+            value = await fut
+        except BaseException as e:
+            if self.failed is None:
+                self._fail_stop(e, items)
+            self._abandon(items)
+            return False, None
+        if self.failed is not None:
+            self._abandon(items)  # an earlier batch failed: this one's state was built on it
+            return False, None
+        return True, value
+
+    def _durable(self, items, replies, changes, counts, engine_s: float, commit_s: float) -> None:
+        """A batch is durable and every batch before it released: count it and release its replies."""
+        self.batches += 1
+        self.behind = time.perf_counter() - items[0].t0 > self._wait_s  # the batch's oldest, read to release
+        self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
+        self._release(items, replies)
+        if self.observer is not None:
+            self.observer("batch", len(items))
 
     def _write(self, prepared) -> float:
         """On the writer thread: make a batch durable; returns the seconds it took."""

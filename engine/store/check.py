@@ -150,16 +150,21 @@ def _verdict(rep: _Report, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _format_of(conn, rep: _Report, fmt: str, version: int) -> dict | None:
+    """The store's meta when its format and schema version are `fmt` and `version` (reported), else None."""
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    diffs = []
+    if meta.get("format") != fmt or meta.get("schema_version") != str(version):
+        diffs.append(f"format {meta.get('format')!r} schema {meta.get('schema_version')!r}")
+    rep.result(f"store format {fmt} schema {version}", diffs)
+    return None if diffs else meta
+
+
 def _check_pg_format(conn, rep: _Report) -> tuple[int, int] | None:
     """The store's format and version, and its head row against the journal and step tables."""
     from engine.store.pg.schema import PG_FORMAT, PG_SCHEMA_VERSION
 
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    fmt_diffs = []
-    if meta.get("format") != PG_FORMAT or meta.get("schema_version") != str(PG_SCHEMA_VERSION):
-        fmt_diffs.append(f"format {meta.get('format')!r} schema {meta.get('schema_version')!r}")
-    rep.result(f"store format {PG_FORMAT} schema {PG_SCHEMA_VERSION}", fmt_diffs)
-    if fmt_diffs:
+    if _format_of(conn, rep, PG_FORMAT, PG_SCHEMA_VERSION) is None:
         return None
     head = conn.execute("SELECT gseq, seq, step_seq FROM head").fetchall()
     tops = conn.execute("SELECT (SELECT COALESCE(MAX(seq), 0) FROM journal), (SELECT COALESCE(MAX(seq), 0) FROM step),"
@@ -206,12 +211,8 @@ def _check_format(conn: sqlite3.Connection, rep: _Report) -> tuple[int, int] | N
     rep.result("SQLite quick_check", [] if integrity == ["ok"] else integrity)
     if integrity != ["ok"]:
         return None
-    meta = dict(conn.execute("SELECT key, value FROM meta"))
-    fmt_diffs = []
-    if meta.get("format") != STORE_FORMAT or meta.get("schema_version") != str(SCHEMA_VERSION):
-        fmt_diffs.append(f"format {meta.get('format')!r} schema {meta.get('schema_version')!r}")
-    rep.result(f"store format {STORE_FORMAT} schema {SCHEMA_VERSION}", fmt_diffs)
-    if fmt_diffs:
+    meta = _format_of(conn, rep, STORE_FORMAT, SCHEMA_VERSION)
+    if meta is None:
         return None
     state = conn.execute("SELECT folded_seq, store_id FROM fold_state").fetchall()
     ids = [r[1] for r in state]
