@@ -94,3 +94,65 @@ def pg_url(tmp_path):
     """The URL of a new, empty database (dropped after the test)."""
     with store_at("postgresql", tmp_path) as url:
         yield url
+
+
+PG_BIN = os.environ.get("YIDI_PG_BIN", "/usr/lib/postgresql/15/bin")
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of one test's own, in a temporary folder, which the test may stop and start (the
+    database going away under load). Run as the `postgres` user when the tests run as root (PostgreSQL
+    refuses root)."""
+
+    def __init__(self, folder: str):
+        import pwd
+        import shutil
+        import socket
+
+        self.folder = folder
+        self.data = os.path.join(folder, "data")
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(folder, pwd.getpwnam("postgres").pw_uid)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        subprocess.run([*self.as_user, os.path.join(PG_BIN, tool), *args], check=True, capture_output=True,
+                       cwd=self.folder)
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.folder, "log"), "-o",
+                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        """Stop at once (its connections are cut, transactions in flight aborted)."""
+        self._run("pg_ctl", "-D", self.data, "-w", "-m", "immediate", "stop")
+
+
+@pytest.fixture
+def private_pg():
+    """A PrivateCluster, started; skipped, saying why, where PostgreSQL's programs are not installed."""
+    import shutil
+    import tempfile
+
+    if not os.path.exists(os.path.join(PG_BIN, "pg_ctl")):
+        if os.environ.get("CI"):
+            pytest.fail(f"no PostgreSQL programs in {PG_BIN}: CI must provide them (.ci/run installs them)")
+        pytest.skip(f"no PostgreSQL programs in {PG_BIN} (YIDI_PG_BIN)")
+    folder = tempfile.mkdtemp(prefix="yidi-pg-")
+    c = PrivateCluster(folder)
+    c.start()
+    try:
+        yield c
+    finally:
+        try:
+            c.stop()
+        except Exception:  # noqa: BLE001  (already stopped by the test)
+            pass
+        shutil.rmtree(folder, ignore_errors=True)

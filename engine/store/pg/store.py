@@ -68,24 +68,24 @@ _STEP_TYPES = {c: ("bigint" if c == "seq" else "bytea" if c in ("body_lz4", "eff
 
 def _unnest_insert(table: str, cols: tuple, types: dict, extra: str = "") -> str:
     """INSERT of a whole batch from one array per column (one statement, one round trip)."""
-    arrays = ", ".join(f"%s::{types[c]}[]" for c in cols)
+    arrays = ", ".join(f"%b::{types[c]}[]" for c in cols)  # binary: no text escaping of every value
     return f"INSERT INTO {table} ({', '.join(cols)}, gseq) SELECT *, %s FROM unnest({arrays}) {extra}"
 
 
 SQL_JOURNAL = _unnest_insert("journal", JOURNAL_COLS, _JOURNAL_TYPES)
-SQL_BLOB = "INSERT INTO journal_blob (seq, codec, body_lz4, crc32) SELECT * FROM unnest(%s::bigint[], %s::text[]," \
-           " %s::bytea[], %s::bigint[])"
+SQL_BLOB = "INSERT INTO journal_blob (seq, codec, body_lz4, crc32) SELECT * FROM unnest(%b::bigint[], %b::text[]," \
+           " %b::bytea[], %b::bigint[])"
 SQL_STEP = _unnest_insert("step", STEP_COLS, _STEP_TYPES)
 SQL_SIGN_IN = _unnest_insert("sign_in", SIGN_IN_COLS, {c: "text" for c in SIGN_IN_COLS}) + \
     " ON CONFLICT (sign_no) DO UPDATE SET signed_out = excluded.signed_out, gseq = excluded.gseq"
 SQL_PERSONS = (
     "UPDATE person SET balc_fen = u.balc, acc_year = u.acc_year, hifp_ip_fen = u.hifp_ip, hifp_op_fen = u.hifp_op,"
     " ded_op_fen = u.ded_op, burden2_fen = u.burden2, second_paid_fen = u.second_paid, gseq = %s"
-    " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
-    " %s::bigint[]) AS u(psn, balc, acc_year, hifp_ip, hifp_op, ded_op, burden2, second_paid) WHERE person.psn = u.psn")
+    " FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],"
+    " %b::bigint[]) AS u(psn, balc, acc_year, hifp_ip, hifp_op, ded_op, burden2, second_paid) WHERE person.psn = u.psn")
 SQL_CHRONIC = (
     "UPDATE chronic SET hifp_cd_fen = u.cd, cd_year = u.cd_year, gseq = %s"
-    " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS u(slot, cd, cd_year) WHERE chronic.slot = u.slot")
+    " FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS u(slot, cd, cd_year) WHERE chronic.slot = u.slot")
 SQL_LOCK = "SELECT pg_advisory_xact_lock(%s)"
 # The head moves from the batch number this node saw to the next; should it not be there (a bug: the lock is
 # held), the division fails the statement, so the pipeline's COMMIT never runs.
