@@ -257,7 +257,6 @@ class Hub:
         # A store whose batch must run whole on the writer thread (PgStore: one transaction from its lock to
         # its commit); batches still go in order, and the loop reads and encodes beside them.
         self._serial = bool(getattr(store, "serial", False))
-        self.store_busy = 0  # batches answered E_BUSY because the store was unavailable
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
     @classmethod
@@ -434,8 +433,7 @@ class Hub:
             ok, done = await self._awaited(prev, work, items)
             if not ok:
                 return
-            if done is None:
-                self.store_busy += 1
+            if done is None:  # counted by the store (yidi_store_busy_batches_total)
                 replies = [server_reply(E_BUSY, _peek(it.body, it.codec)[1],
                                         "the database is unavailable: nothing was done, retry later") for it in items]
                 changes, engine_s, commit_s = [], 0.0, 0.0

@@ -46,7 +46,7 @@ from engine.store.codec import ROW_CD_SLOT, ROW_PSN, JournalRows, check_reply_ke
 from engine.store.errors import StoreFailed, StoreRefused, StoreUnavailable
 from engine.store.lookups import JournalMap, OpenVisits, Reader, SettledMap, StoreHistory, Tail, build_filters, \
     filters_over_capacity
-from engine.store.pg.catchup import catch_up
+from engine.store.pg.catchup import apply_catch_up, send_catch_up
 from engine.store.pg.schema import GSEQ_TABLES
 from engine.store.pg.seed import prepare_database
 from engine.store.pg.sql import STORE_LOCK_KEY, PgConn, connect, redact, refuse_pg
@@ -153,6 +153,7 @@ class PgStore:
         self.round_trips = 0  # to the database by the batches (not counting the catch-up's, counted apart)
         self.statements = 0  # the rows' statements of the batches' writes
         self.catch_ups = 0
+        self.busy_batches = 0  # batches refused StoreUnavailable
         self.current: Engine | None = None
         self.engine = BatchEngine(self)
         self._conn = self._reader = self._recon = None
@@ -233,17 +234,22 @@ class PgStore:
             raw = self._conn.raw
             # One round trip: the head is read by a statement after the lock's, so on a snapshot taken once the
             # lock is held (READ COMMITTED), with every batch committed before it.
+            # The catch-up's reads go in the same round trip, after the lock's statement like the head's: they
+            # find nothing when no other node committed since this one's last batch.
             with raw.pipeline():
                 raw.execute("BEGIN")
                 raw.execute(SQL_LOCK, (STORE_LOCK_KEY,), prepare=True)
                 head = raw.execute("SELECT gseq, seq, step_seq FROM head", prepare=True)
+                news = send_catch_up(raw, self.gseq)
             gseq, seq, step_seq = head.fetchone()
             self.round_trips += 1
+            got = apply_catch_up(news, self.current, self._reader)
             if gseq != self.gseq:
-                got = catch_up(raw, self.current, self._reader, self.gseq)
                 self.caught_up_rows += sum(got.values())
                 self.catch_ups += 1
                 self.gseq = gseq
+            else:
+                assert not any(got.values()), "rows of a batch the head does not count"
             if filters_over_capacity(self._reader):
                 build_filters(self._conn, Tail(), self._reader)
         except psycopg.Error as e:
@@ -365,6 +371,7 @@ class PgStore:
         self._in_batch = False
         self.stale = True
         self._rollback()
+        self.busy_batches += 1
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.error("store %s unavailable while %s (%s): answering E_BUSY until the engine is rebuilt from it",
                   redact(self.url), doing, first)
