@@ -328,7 +328,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from engine.tools.demo import DemoOptions, run
 
     o = DemoOptions(scale=a.scale, seed=a.seed, provinces=a.provinces, catalogue_per_province=a.catalogue,
-                    persons=a.persons, day=a.day, cache_dir=a.cache, data_dir=a.data, report_dir=a.report,
+                    persons=a.persons, day=a.day, cache_dir=a.cache, data_dir=a.data, store=a.store,
+                    report_dir=a.report,
                     connections=a.connections, in_flight=a.in_flight, keep_replies=a.keep_replies,
                     progress=False if a.no_progress else None, loop=a.loop)
     try:
@@ -377,6 +378,7 @@ def _add_demo(sub) -> None:
     s.add_argument("--day", default=d.day, help=f"the simulated day (default {d.day})")
     s.add_argument("--cache", default=d.cache_dir, help=f"where worlds are cached (default {d.cache_dir})")
     s.add_argument("--data", help="keep the store in this new folder (default: a temporary one, removed)")
+    s.add_argument("--store", metavar="URL", help="the store in this empty PostgreSQL database instead (kept)")
     s.add_argument("--report", default=d.report_dir, help=f"report folder (default ./{d.report_dir})")
     s.add_argument("--connections", type=int, default=d.connections,
                    help=f"framed connections per province platform, each signed in (default {d.connections})")
