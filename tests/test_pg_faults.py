@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 
+import orjson
 import pytest
 
 from engine.core.engine import Engine, Request
@@ -126,3 +127,30 @@ def test_a_serving_node_answers_e_busy_while_the_database_is_away_and_recovers_b
         want = strip_times(ref.handle(env))
         assert got["infcode"] == 0 and not differences(want, strip_times(got)), differences(want, strip_times(got))[:5]
     _check_ok(private_pg.url)
+
+
+def test_a_lookup_connection_lost_inside_a_batch_makes_it_busy_not_a_refusal(pg_url, synth):
+    """A retry's lookup of its stored reply fails inside the engine (its connection cut): the batch is refused
+    whole (StoreUnavailable), not answered with the refusal the engine made of the failure; the next batch, on
+    rebuilt connections, answers the retry with the stored reply."""
+    import psycopg
+
+    world_dir, world, bodies = synth
+    store = open_store(pg_url, world_dir, clock="inf_time")
+    try:
+        first = _enc(store.engine.handle_batch([Request(b) for b in bodies[:200]]))
+        store.commit(store.engine.take_changes())
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'yidi-lookups'"
+                      " AND datname = current_database()")
+        with pytest.raises(StoreUnavailable):
+            store.engine.handle_batch([Request(b) for b in bodies[:200]])
+            store.commit(store.engine.take_changes())
+        again = _enc(store.engine.handle_batch([Request(b) for b in bodies[:200]]))
+        assert store.engine.take_changes() == []
+        store.commit([])
+    finally:
+        store.close()
+    committed = [i for i, b in enumerate(bodies[:200]) if orjson.loads(b)["infno"] in ("2207", "2304", "2208", "2305")
+                 and orjson.loads(first[i])["infcode"] == 0]
+    assert len(committed) > 30 and all(again[i] == first[i] for i in committed)

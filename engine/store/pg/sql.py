@@ -92,15 +92,22 @@ class PgConn:
     def __init__(self, raw: psycopg.Connection, url: str):
         self.raw = raw
         self.url = url
+        # The last error of the database met by a statement: a lookup made inside the engine's batch may be
+        # answered as a refusal there, so the store looks here before it commits the batch.
+        self.error: psycopg.Error | None = None
 
     def execute(self, sql: str, params=None):
         text = translate(sql)
-        if text.startswith("BEGIN; "):  # two statements: psycopg takes them without parameters
-            self.raw.execute("BEGIN")
-            return self.raw.execute(text[len("BEGIN; "):])
-        if not params:  # psycopg reads no placeholder then: the text as written
-            return self.raw.execute(sql)
-        return self.raw.execute(text, params)
+        try:
+            if text.startswith("BEGIN; "):  # two statements: psycopg takes them without parameters
+                self.raw.execute("BEGIN")
+                return self.raw.execute(text[len("BEGIN; "):])
+            if not params:  # psycopg reads no placeholder then: the text as written
+                return self.raw.execute(sql)
+            return self.raw.execute(text, params)
+        except psycopg.Error as e:
+            self.error = e
+            raise
 
     def executemany(self, sql: str, rows) -> None:
         with self.raw.cursor() as cur:

@@ -271,6 +271,9 @@ class PgStore:
         if not self._in_batch:
             raise StoreFailed("prepare without a batch begun (engine.handle_batch begins it)")
         assert len(changes) <= COMMIT_CHANGES_MAX, f"more than {COMMIT_CHANGES_MAX} changes in one commit"
+        for side in (self._reader.conn, self._recon._db()):
+            if side.error is not None:  # a lookup of the batch failed: its answer may be a refusal it is not
+                self._unavailable(side.error, "looking up earlier requests for a batch")
         e = self.current
         self._history.settled.drop_untouched()
         p = PgPrepared()
