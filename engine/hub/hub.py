@@ -257,6 +257,11 @@ class Hub:
         # A store whose batch must run whole on the writer thread (PgStore: one transaction from its lock to
         # its commit); batches still go in order, and the loop reads and encodes beside them.
         self._serial = bool(getattr(store, "serial", False))
+        if self._serial and hasattr(store, "lease_s"):
+            # Keep the store's lock over this hub's consecutive batches while more wait (another node waits at
+            # most that long): one round trip a batch instead of two, and no lock hand-over between them.
+            store.lease_s = limits.store_lease_ms / 1000.0
+            store.more_work = lambda: self.batches_inflight > 1 or bool(self.queue)
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
     @classmethod

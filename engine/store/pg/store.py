@@ -87,6 +87,8 @@ SQL_CHRONIC = (
     "UPDATE chronic SET hifp_cd_fen = u.cd, cd_year = u.cd_year, gseq = %s"
     " FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) AS u(slot, cd, cd_year) WHERE chronic.slot = u.slot")
 SQL_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+SQL_LEASE = "SELECT pg_advisory_lock(%s)"  # the same lock, held by the session over several batches
+SQL_UNLEASE = "SELECT pg_advisory_unlock(%s)"
 # The head moves from the batch number this node saw to the next; should it not be there (a bug: the lock is
 # held), the division fails the statement, so the pipeline's COMMIT never runs.
 SQL_HEAD = ("WITH h AS (UPDATE head SET gseq = %s, seq = %s, step_seq = %s WHERE gseq = %s RETURNING gseq)"
@@ -140,6 +142,10 @@ class PgStore:
     """The store on PostgreSQL; see the module docstring. Use engine.store.open_store with a URL."""
 
     serial = True  # the hub runs handle_batch, prepare and write of a batch together on its writer thread
+    # The lease (set by the hub): keep the store's lock over consecutive batches for up to lease_s while
+    # more_work() says more are waiting on this node; 0: take and release it with each batch's transaction.
+    lease_s = 0.0
+    more_work = staticmethod(lambda: False)
     data_dir = None  # no folder: the pre-payment gauges read a folder's store (engine.clearing)
     fold_s_total = 0.0  # no fold
 
@@ -158,6 +164,8 @@ class PgStore:
         self.engine = BatchEngine(self)
         self._conn = self._reader = self._recon = None
         self._in_batch = False
+        self._leased_at: float | None = None  # when this session took the store's lock for a lease; None: not held
+        self._lazy_begin = False  # the batch's BEGIN goes with its rows (under a lease)
         try:
             self._conn = connect(url)
             self._world = load_world(world_dir)
@@ -210,9 +218,13 @@ class PgStore:
                  time.perf_counter() - t0)
 
     def _rollback(self) -> None:
+        """Roll back the batch's transaction, and give up a lease (a session's lock outlives its transactions)."""
+        lease, self._leased_at, self._lazy_begin = self._leased_at, None, False
         try:
             if self._conn is not None and self._conn.in_transaction:
                 self._conn.raw.execute("ROLLBACK")
+            if lease is not None and self._conn is not None and not self._conn.raw.broken:
+                self._conn.raw.execute(SQL_UNLEASE, (STORE_LOCK_KEY,))
         except psycopg.Error:
             pass
 
@@ -232,13 +244,23 @@ class PgStore:
                 except StoreRefused as e:  # the database still away: its connection refused
                     raise psycopg.OperationalError(str(e)) from None
             raw = self._conn.raw
-            # One round trip: the head is read by a statement after the lock's, so on a snapshot taken once the
-            # lock is held (READ COMMITTED), with every batch committed before it.
-            # The catch-up's reads go in the same round trip, after the lock's statement like the head's: they
-            # find nothing when no other node committed since this one's last batch.
+            if self._leased_at is not None:
+                # Held since this node's last batch: no other node has committed, nothing to catch up on, and
+                # the transaction's BEGIN goes with the rows (no round trip before computing).
+                self._lazy_begin = True
+                self._rows.next_seq = self._recon.next_seq = self._seq + 1
+                self._in_batch = True
+                return
+            # One round trip: the lock, then the head and the catch-up's reads, on a snapshot taken once the
+            # lock is held (READ COMMITTED), with every batch committed before it; the catch-up's find nothing
+            # when no other node committed since this one's last batch.
             with raw.pipeline():
                 raw.execute("BEGIN")
-                raw.execute(SQL_LOCK, (STORE_LOCK_KEY,), prepare=True)
+                if self.lease_s > 0:
+                    raw.execute(SQL_LEASE, (STORE_LOCK_KEY,), prepare=True)
+                    self._leased_at = time.monotonic()
+                else:
+                    raw.execute(SQL_LOCK, (STORE_LOCK_KEY,), prepare=True)
                 head = raw.execute("SELECT gseq, seq, step_seq FROM head", prepare=True)
                 news = send_catch_up(raw, self.gseq)
             gseq, seq, step_seq = head.fetchone()
@@ -321,25 +343,41 @@ class PgStore:
         raw = self._conn.raw
         wrote = bool(p.changes or p.signs or p.steps)
         gseq = self.gseq + 1 if wrote else self.gseq
+        lazy, self._lazy_begin = self._lazy_begin, False
+        held = self._leased_at
+        release = held is not None and (time.monotonic() - held >= self.lease_s or not self.more_work())
         try:
-            if wrote:
+            if wrote or release:
                 with raw.cursor() as cur:
                     with raw.pipeline():
-                        if p.changes:
+                        if lazy:
+                            cur.execute("BEGIN")
+                        if not wrote:
+                            pass
+                        elif p.changes:
                             cur.execute(SQL_JOURNAL, [gseq, *map(list, zip(*p.journal))], prepare=True)
                             cur.execute(SQL_BLOB, [list(col) for col in zip(*p.blobs.rows())], prepare=True)
                             cur.execute(SQL_PERSONS, [gseq, *p.persons], prepare=True)
-                        if p.chronic[0]:
+                        if wrote and p.chronic[0]:
                             cur.execute(SQL_CHRONIC, [gseq, *p.chronic], prepare=True)
-                        if p.signs:
+                        if wrote and p.signs:
                             cur.execute(SQL_SIGN_IN, [gseq, *map(list, zip(*p.signs))], prepare=True)
-                        if p.step_rows:
+                        if wrote and p.step_rows:
                             cur.execute(SQL_STEP, [gseq, *map(list, zip(*p.step_rows))], prepare=True)
-                        cur.execute(SQL_HEAD, (gseq, p.last_seq, p.last_step_seq, self.gseq), prepare=True)
+                        if wrote:
+                            cur.execute(SQL_HEAD, (gseq, p.last_seq, p.last_step_seq, self.gseq), prepare=True)
                         cur.execute("COMMIT")  # in the same round trip: a failed statement fails the pipeline
-                    self.statements += 1 + bool(p.changes) * 3 + bool(p.chronic[0]) + bool(p.signs) + bool(p.step_rows)
-            else:
+                        if release:  # after the COMMIT: the next holder sees this batch
+                            cur.execute(SQL_UNLEASE, (STORE_LOCK_KEY,), prepare=True)
+                    if wrote:
+                        self.statements += (1 + bool(p.changes) * 3 + bool(p.chronic[0]) + bool(p.signs)
+                                            + bool(p.step_rows))
+                if release:
+                    self._leased_at = None
+            elif not lazy:
                 raw.execute("COMMIT")
+            else:  # a lease's batch that wrote nothing: no transaction was begun, no round trip
+                self.round_trips -= 1
             self.round_trips += 1
         except psycopg.Error as e:
             self._unavailable(e, f"committing a batch of {len(p.changes)} changes")
@@ -400,6 +438,8 @@ class PgStore:
         if self._in_batch:
             log.warning("closing with a batch handled but never committed: it is rolled back")
             self.abort_batch()
+        elif self._leased_at is not None:
+            self._rollback()  # gives the lease up
         self._release()
 
     def _release(self) -> None:
