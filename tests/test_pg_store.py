@@ -222,3 +222,47 @@ def test_a_newer_schema_or_another_world_is_refused_and_left_as_it_is(pg_url, tm
     with psycopg.connect(pg_url, autocommit=True) as c:
         c.execute("DROP TABLE meta CASCADE")
     _one_line_refusal(_replay_into(pg_url, tmp_path), "no yidi store")
+
+
+def test_a_lease_keeps_the_lock_over_batches_and_the_other_node_waits_for_it(pg_url, mixed):
+    """Node A with a lease and more work: its next batch is one round trip with no catch-up, and node B's batch
+    waits (in a thread) until A's batch that finds no more work gives the lease up; B then catches up on A's
+    batches, and both answer as one engine taking the batches in that order."""
+    world_dir, world, bodies = mixed
+    chunks = [bodies[i:i + BATCH] for i in range(0, 6 * BATCH, BATCH)]
+    a = open_store(pg_url, world_dir, clock="inf_time")
+    b = open_store(pg_url, world_dir, clock="inf_time")
+    more = [True]
+    a.lease_s, a.more_work = 60.0, lambda: more[0]
+    got: dict = {}
+    try:
+        got[0] = _run(a, chunks[0], batch=BATCH)  # takes the lease
+        trips = a.round_trips
+        got[1] = _run(a, chunks[1], batch=BATCH)
+        assert a.round_trips == trips + 1, "a batch under the lease is one round trip"
+        started = threading.Event()
+
+        def node_b():
+            started.set()
+            got[3] = _run(b, chunks[3], batch=BATCH)
+
+        t = threading.Thread(target=node_b)
+        t.start()
+        started.wait()
+        t.join(0.5)
+        assert t.is_alive(), "node B's batch ran while A held the lease"
+        more[0] = False
+        got[2] = _run(a, chunks[2], batch=BATCH)  # finds no more work: gives the lease up after its commit
+        t.join(30)
+        assert not t.is_alive()
+        assert b.catch_ups == 1
+        got[4] = _run(a, chunks[4], batch=BATCH)
+    finally:
+        a.close()
+        b.close()
+    one = Engine(world, clock="inf_time")
+    for k in range(5):
+        want = _enc(one.handle_batch([Request(x) for x in chunks[k]]))
+        one.take_changes()
+        assert got[k] == want, f"batch {k}"
+    _check_ok(pg_url)
