@@ -261,7 +261,9 @@ class Hub:
             # Keep the store's lock over this hub's consecutive batches while more wait (another node waits at
             # most that long): one round trip a batch instead of two, and no lock hand-over between them.
             store.lease_s = limits.store_lease_ms / 1000.0
-            store.more_work = lambda: self.batches_inflight > 1 or bool(self.queue)
+            # Only a batch already handed to the writer thread counts: it will run, and its write decides
+            # again. (A queued request may yet be refused before it joins a batch: never hold the lock for it.)
+            store.more_work = lambda: self.batches_inflight > 1
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
     @classmethod
