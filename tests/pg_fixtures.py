@@ -96,7 +96,16 @@ def pg_url(tmp_path):
         yield url
 
 
-PG_BIN = os.environ.get("YIDI_PG_BIN", "/usr/lib/postgresql/15/bin")
+def _pg_bin() -> str:
+    """PostgreSQL's programs: YIDI_PG_BIN, else the newest Debian install (/usr/lib/postgresql/N/bin)."""
+    if os.environ.get("YIDI_PG_BIN"):
+        return os.environ["YIDI_PG_BIN"]
+    root = "/usr/lib/postgresql"
+    versions = sorted((v for v in os.listdir(root) if v.isdigit()), key=int) if os.path.isdir(root) else []
+    return os.path.join(root, versions[-1], "bin") if versions else os.path.join(root, "15", "bin")
+
+
+PG_BIN = _pg_bin()
 
 
 class PrivateCluster:
