@@ -7,6 +7,7 @@ answered with its stored reply; nothing is charged twice.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 
 import pytest
 
+from conftest import ROOT
 from engine.hub.client import FramedClient
 from engine.store.check import check_store
 from pg_fixtures import pg_url  # noqa: F401  (a fixture)
@@ -77,3 +79,21 @@ def test_two_serve_processes_on_one_database(pg_url, vectors):
     assert check_store(pg_url, out=lines.append) == 0, "\n".join(lines)
     n_rows = int(re.search(r"(\d+) journal rows", "\n".join(lines)).group(1))
     assert n_rows == len(committed), (n_rows, len(committed))
+
+
+def test_demo_on_a_postgresql_database(pg_url, tmp_path):
+    """`yidi demo --store URL`: the day served on the database, which is kept; `yidi check --store` passes and
+    its journal holds the settlements the summary counts."""
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--scale", "0.002", "--provinces", "3",
+                        "--catalogue", "500", "--persons", "3000", "--cache", str(tmp_path / "cache"),
+                        "--report", str(tmp_path / "report"), "--store", pg_url, "--no-progress"],
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Store kept in postgresql://" in r.stdout
+    summary = json.load(open(tmp_path / "report" / "summary.json"))
+    lines: list[str] = []
+    assert check_store(pg_url, out=lines.append) == 0, "\n".join(lines)
+    n_rows = int(re.search(r"(\d+) journal rows \((\d+) settlements", "\n".join(lines)).group(2))
+    assert n_rows >= summary["counts"]["settlements"] > 0
