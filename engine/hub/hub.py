@@ -257,7 +257,7 @@ class Hub:
         # A store whose batch must run whole on the writer thread (PgStore: one transaction from its lock to
         # its commit); batches still go in order, and the loop reads and encodes beside them.
         self._serial = bool(getattr(store, "serial", False))
-        if self._serial and hasattr(store, "lease_s"):
+        if self._serial and hasattr(store, "lease_s") and limits.store_lease_ms > 0:
             # Keep the store's lock over this hub's consecutive batches while more wait (another node waits at
             # most that long): one round trip a batch instead of two, and no lock hand-over between them.
             store.lease_s = limits.store_lease_ms / 1000.0

@@ -77,8 +77,9 @@ class Limits:
     commits_inflight_max: int = 2  # batches computed and waiting for their write (the next one overlaps)
     drain_timeout_s: float = 30.0  # at shutdown, how long to wait for clients to take their replies
     # A store on PostgreSQL (several nodes): how long this node may keep the store's lock over its
-    # consecutive batches while more wait here; another node's batch waits that long at most.
-    store_lease_ms: float = 10.0
+    # consecutive batches while more wait here; another node's batch waits that long at most. 0 (the
+    # default): the lock is each batch's transaction's (docs/store.md, "The lease": not yet the default).
+    store_lease_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
