@@ -1,5 +1,6 @@
 """The admin listener (docs/contract.md section 10): what an operator reads and does, apart from the gateway.
 
+The status page (`/`, its script and style, and `/status.json`: engine.hub.status),
 `/metrics` (Prometheus text), `/healthz` and `POST /admin/reload` are served here,
 on their own address (`--admin`, by default 127.0.0.1:9100, reachable from the
 hub's own machine only), never on the gateway's port: the metrics name every
@@ -8,6 +9,7 @@ the operator's.
 """
 from __future__ import annotations
 
+from importlib import resources
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -15,27 +17,60 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.hub.hub import Hub
 from engine.hub.reload import ReloadReport
+from engine.hub.status import Status, StatusSources
 
 ADMIN_DEFAULT = "127.0.0.1:9100"
 RELOAD_PATH = "/admin/reload"
 # A reload that refused a file answers this: the request was understood, the file in it could not be used.
 RELOAD_REFUSED_STATUS = 422
+STATUS_JSON_PATH = "/status.json"
+# The page's files (package data, engine/hub/static), by the path they are served at.
+STATIC_FILES = {"/": ("status.html", "text/html"), "/status.js": ("status.js", "application/javascript"),
+                "/status.css": ("status.css", "text/css")}
+# The browser may load nothing but this listener's own files and JSON: no CDN, no font, no frame.
+STATUS_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                             "connect-src 'self'; img-src 'self'; base-uri 'none'; "
+                                             "form-action 'none'; frame-ancestors 'none'",
+                  "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+def _static() -> dict[str, tuple[bytes, str]]:
+    folder = resources.files("engine.hub").joinpath("static")
+    return {path: (folder.joinpath(name).read_bytes(), ctype) for path, (name, ctype) in STATIC_FILES.items()}
 
 
 class Admin:
     """The admin face of one hub; `app()` is its aiohttp application. `reload(trigger)` reloads what the
-    hub reads from files (engine.hub.serve.Server.reload)."""
+    hub reads from files (engine.hub.serve.Server.reload); `sources` feed the status page."""
 
-    def __init__(self, hub: Hub, reload: Callable[[str], Awaitable[ReloadReport]]):
+    def __init__(self, hub: Hub, reload: Callable[[str], Awaitable[ReloadReport]],
+                 sources: StatusSources | None = None):
         self.hub = hub
         self._reload = reload
+        self.status = Status(hub, sources)
+        self._static = _static()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024)  # it takes no bodies
+        for path in STATIC_FILES:
+            app.router.add_get(path, self.static)
+        app.router.add_get(STATUS_JSON_PATH, self.status_json)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post(RELOAD_PATH, self.reload)
+        app.on_cleanup.append(self._close)
         return app
+
+    async def _close(self, app: web.Application) -> None:
+        self.status.close()
+
+    async def static(self, request: web.Request) -> web.Response:
+        body, ctype = self._static[request.path]
+        return web.Response(body=body, content_type=ctype, charset="utf-8", headers=STATUS_HEADERS)
+
+    async def status_json(self, request: web.Request) -> web.Response:
+        """The status page's data (engine.hub.status), made at most once a second."""
+        return web.json_response(await self.status.document(), headers=STATUS_HEADERS)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.hub.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -62,6 +62,7 @@ The transports (engine.hub.tcp, engine.hub.http) admit `Admitted` items with
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import concurrent.futures
 import logging
@@ -78,6 +79,7 @@ from engine.core.engine import Engine, Request, now_text
 from engine.hub.framing import frame
 from engine.hub.limits import Limits
 from engine.hub.metrics import Metrics
+from engine.hub.series import SLOT_S, LatencyHistogram, Series
 from engine.store import StoreUnavailable, open_store
 
 log = logging.getLogger("yidi.server")
@@ -236,6 +238,9 @@ class Hub:
                                up=lambda: 0 if (self.failed is not None or self.stopping) else 1,
                                partial_bytes=lambda: self.partial_bytes,
                                held_bytes=lambda: sum(getattr(c, "held_bytes", 0) for c in self.connections))
+        # The last minutes, second by second, for the status page (engine.hub.series).
+        self.series = Series(self.metrics.totals, LatencyHistogram())
+        self._sampler: asyncio.Task | None = None
         self._wait_s = limits.queue_wait_ms_max / 1000.0
         # The hub is behind: the last batch released held a request read more than
         # queue_wait_ms_max before, or the queue's head has waited that long. Set at each release
@@ -278,6 +283,14 @@ class Hub:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="yidi-batcher")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="yidi-sweeper")
+        self._sampler = asyncio.get_running_loop().create_task(self._sample(), name="yidi-series")
+
+    async def _sample(self) -> None:
+        """Once a slot, just after it ends: what the counters gained goes into it (engine.hub.series)."""
+        while True:
+            now = time.monotonic()
+            await asyncio.sleep(SLOT_S - now % SLOT_S + 0.01)
+            self.series.sample(time.monotonic() - 0.02)  # the slot that has just ended
 
     async def _sweep(self) -> None:
         """Check every connection's deadlines (idle, frame) a few times within the shortest of them:
@@ -502,14 +515,18 @@ class Hub:
         now = time.perf_counter()
         lat_tcp = self.metrics.latency.labels("tcp")
         lat_http = self.metrics.latency.labels("http")
+        # The status page's finer histogram (engine.hub.series.LatencyHistogram.observe, inlined).
+        lat_counts, lat_bounds = self.series.latency.counts, LatencyHistogram.BOUNDS_S
         conns = {}
         for it, rep in zip(items, replies):
+            dt = now - it.t0
+            lat_counts[bisect.bisect_right(lat_bounds, dt)] += 1
             if it.conn is not None:
                 it.frame = it.encoded
-                lat_tcp.observe(now - it.t0)
+                lat_tcp.observe(dt)
                 conns[id(it.conn)] = it.conn
             else:
-                lat_http.observe(now - it.t0)
+                lat_http.observe(dt)
                 if not it.fut.done():
                     it.fut.set_result(rep)
         for c in conns.values():
@@ -544,8 +561,9 @@ class Hub:
 
     async def close(self) -> None:
         """Close the store on the writer thread, after every commit."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._sampler):
+            if task is not None:
+                task.cancel()
         if self.failed is None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
         self._writer.shutdown(wait=self.failed is None)

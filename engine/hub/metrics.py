@@ -87,8 +87,11 @@ class Metrics:
                 Gauge(name, what, registry=r).set_function(lambda attr=attr: getattr(store, attr))
         # Pre-payment usage by insured province (engine.clearing), read from the store's
         # journal when scraped; threshold from YIDI_PREPAY_WARN (default 0.70).
+        # The status page (engine.hub.status) reads the same monitor.
+        self.prepay = None
         if store.data_dir is not None:
-            r.register(prepay_collector(store.data_dir, store.engine.world.prepay_fen))
+            self.prepay = prepay_collector(store.data_dir, store.engine.world.prepay_fen)
+            r.register(self.prepay)
 
     def observe_batch(self, size: int, engine_s: float, commit_s: float, changes: list,
                       counts: collections.Counter) -> None:
@@ -102,6 +105,18 @@ class Metrics:
                 self.changes.labels(kind).inc(k)
         for labels, k in counts.items():
             self.requests.labels(*labels).inc(k)
+
+    def totals(self) -> tuple[dict[str, int], int, int]:
+        """Since start: replies by err_code ("" for success), settlements and reversals made durable
+        (engine.hub.series reads them once a second)."""
+        codes: dict[str, int] = {}
+        for s in self.requests.collect()[0].samples:
+            if s.name.endswith("_total"):
+                code = s.labels["err_code"]
+                codes[code] = codes.get(code, 0) + int(s.value)
+        kinds = {s.labels["kind"]: int(s.value) for s in self.changes.collect()[0].samples
+                 if s.name.endswith("_total")}
+        return codes, kinds.get("settle", 0), kinds.get("reverse", 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,6 +29,7 @@ from engine.hub.http import Gateway
 from engine.hub.hub import Hub
 from engine.hub.limits import Limits
 from engine.hub.reload import PartReport, Reloadable, ReloadRefused, ReloadReport
+from engine.hub.status import StatusSources
 from engine.hub.tcp import FramedConnection
 from engine.hub.tls import HANDSHAKE_TIMEOUT_S, ServerTLS
 
@@ -42,10 +43,12 @@ class Server:
 
     def __init__(self, hub: Hub, tcp: tuple[str, int] | None = None, http: tuple[str, int] | None = None,
                  admin: tuple[str, int] | None = None, tls: ServerTLS | None = None, *,
-                 keyring: Keyring | None, reloadable: Sequence[Reloadable] = ()):
+                 keyring: Keyring | None, reloadable: Sequence[Reloadable] = (),
+                 status_sources: StatusSources | None = None):
         """`keyring` is required: the credentials the transports verify (contract section 10), or
         None for a hub that checks none (`--no-auth`), said out loud by the caller. `reloadable`:
-        the parts `reload()` reads again (the keys file's engine.hub.auth.KeysSource)."""
+        the parts `reload()` reads again (the keys file's engine.hub.auth.KeysSource). `status_sources`:
+        what the status page shows of the parts that own it (engine.hub.status)."""
         if tcp is None and http is None:
             raise ValueError("at least one of tcp and http")
         self.hub = hub
@@ -53,6 +56,7 @@ class Server:
         self.tls = tls
         self.keyring = keyring
         self.reloadable = tuple(reloadable)
+        self.status_sources = status_sources
         self._reloading = asyncio.Lock()  # one reload at a time (two SIGHUPs in a row: one after the other)
         hub.metrics.auth(keyring)
         self.tcp_address: tuple[str, int] | None = None
@@ -81,7 +85,7 @@ class Server:
             self.http_address = await self._site(Gateway(self.hub, self.keyring).app(), self.http,
                                                  None if tls is None else tls.context)
         if self.admin is not None:
-            self.admin_address = await self._site(Admin(self.hub, self.reload).app(), self.admin,
+            self.admin_address = await self._site(Admin(self.hub, self.reload, self.status_sources).app(), self.admin,
                                                   None if tls is None else tls.admin_context)
 
     async def _site(self, app: web.Application, address: tuple[str, int],
