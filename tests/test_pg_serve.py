@@ -25,9 +25,10 @@ WAIT_S = 60
 JOURNALED = ("2207", "2304", "2208", "2305")
 
 
-def start_node(url: str) -> tuple[subprocess.Popen, dict]:
-    """`yidi serve --store URL` on the vectors' world, --no-auth, every listener on a free port."""
-    return start_serve(url, "uvloop", "--no-auth")
+def start_node(url: str, lease_ms: int = 0) -> tuple[subprocess.Popen, dict]:
+    """`yidi serve --store URL` on the vectors' world, --no-auth, every listener on a free port; `lease_ms`:
+    --store-lease-ms (docs/store.md, "The lease")."""
+    return start_serve(url, "uvloop", "--no-auth", "--store-lease-ms", str(lease_ms))
 
 
 def stop(p: subprocess.Popen) -> None:
@@ -36,11 +37,12 @@ def stop(p: subprocess.Popen) -> None:
     p.wait(WAIT_S)
 
 
-def test_two_serve_processes_on_one_database(pg_url, vectors):
+@pytest.mark.parametrize("lease_ms", [0, 10])
+def test_two_serve_processes_on_one_database(pg_url, vectors, lease_ms):
     reqs, _ = vectors
-    a, addr_a = start_node(pg_url)
+    a, addr_a = start_node(pg_url, lease_ms)
     try:
-        b, addr_b = start_node(pg_url)
+        b, addr_b = start_node(pg_url, lease_ms)
         try:
             halves = [reqs[0::2], reqs[1::2]]
             got: list = [None, None]

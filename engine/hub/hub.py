@@ -262,13 +262,17 @@ class Hub:
         # A store whose batch must run whole on the writer thread (PgStore: one transaction from its lock to
         # its commit); batches still go in order, and the loop reads and encodes beside them.
         self._serial = bool(getattr(store, "serial", False))
+        self._serial_submitted = 0  # serial batches handed to the writer thread (the event loop counts)
+        self._serial_begun = 0  # ... and begun there (the writer thread counts)
         if self._serial and hasattr(store, "lease_s") and limits.store_lease_ms > 0:
             # Keep the store's lock over this hub's consecutive batches while more wait (another node waits at
             # most that long): one round trip a batch instead of two, and no lock hand-over between them.
             store.lease_s = limits.store_lease_ms / 1000.0
-            # Only a batch already handed to the writer thread counts: it will run, and its write decides
-            # again. (A queued request may yet be refused before it joins a batch: never hold the lock for it.)
-            store.more_work = lambda: self.batches_inflight > 1
+            # Only a batch handed to the writer thread and not yet begun there counts: it will run, and its write
+            # decides again. (Not batches_inflight: it counts batches already written whose release is still to
+            # come, and holding the lock for them would hold it for nothing. Not the queue: a queued request may
+            # yet be refused before it joins a batch.) Each counter is written by one thread only.
+            store.more_work = lambda: self._serial_submitted > self._serial_begun
         self.on_fail_stop: Callable[[BaseException], None] | None = None
 
     @classmethod
@@ -385,6 +389,7 @@ class Hub:
         reqs = [Request(it.body, it.codec, clock, it.cred) for it in items]
         if self._serial:
             self.batches_inflight += 1
+            self._serial_submitted += 1
             work = loop.run_in_executor(self._writer, self._serial_batch, reqs)
             return loop.create_task(self._finish_serial(prev, work, items, reqs))
         t0 = time.perf_counter()
@@ -434,6 +439,7 @@ class Hub:
         """On the writer thread, for a store whose batch is one transaction from its first read to its commit
         (engine.store.pg: its lock, catch-up, compute, write, commit): (replies, changes, engine_s, commit_s), or
         None when the store is unavailable (nothing of the batch was done: E_BUSY)."""
+        self._serial_begun += 1
         t0 = time.perf_counter()
         try:
             replies = self.engine.handle_batch(reqs)
