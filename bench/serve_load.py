@@ -6,6 +6,7 @@
     python bench/serve_load.py --campaign all --tls    # the same, with the hub and Locust on TLS
     python bench/serve_load.py --campaign all --no-auth   # the same, the hub checking no credential
     python bench/serve_load.py --campaign auth-ab      # signed and --no-auth side by side, alternating
+    python bench/serve_load.py --campaign log-ab       # the request log on (all) and off, alternating
     python bench/serve_load.py --campaign all --store postgresql://postgres@127.0.0.1/postgres --nodes 2
                                                        # each campaign on the embedded store, then on two
                                                        # nodes of a fresh PostgreSQL database
@@ -33,6 +34,12 @@ and prints signed / unsigned: durable settlements/s, the hub's CPU per reply
 (user and system time of the `yidi serve` process over the run: steadier than a
 rate on a machine shared with other work) and the latency percentiles, each the
 median of the rounds; it fails when a ratio is worse than `--ab-tolerance` (5 %).
+`--campaign log-ab` does the same for the hub's request log: a line for every
+request (`--request-log all`) against none (`--request-log off`), signed.
+
+The hub writes its log (engine.hub.logs) to a file in the run's folder
+(`--log-file`), with `--request-log` as the run asks (default all), as a hub in
+production does; the lines written and dropped are in the results.
 
 With `--store URL` each campaign runs twice in the same run: on the embedded store
 as above, then on `--nodes` `yidi serve` processes (not pinned) sharing a fresh
@@ -326,15 +333,19 @@ def pg_commits(url: str) -> float:
                                   ).fetchone()[0])
 
 
-def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = True, nodes: int = 0) -> dict:
-    """One campaign against a fresh hub: signed (`auth`) or --no-auth, over the same lanes. `nodes` > 0:
-    that many `yidi serve` processes on a fresh database of the --store server, Locust's lanes spread over them."""
+def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = True, request_log: str = "all",
+                 nodes: int = 0) -> dict:
+    """One campaign against a fresh hub: signed (`auth`) or --no-auth, over the same lanes, with its request log
+    (`request_log`: all, errors or off) written to a file in the run's folder. `nodes` > 0: that many `yidi serve`
+    processes on a fresh database of the --store server, Locust's lanes spread over them."""
     run = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)  # the run's files; the store in run/data
     data = os.path.join(run, "data")
     db = f"yidi_bench_{os.getpid()}_{name.replace('-', '_')}"
     if nodes:
         data = pg_database(a.store, db)
     server_args, locust_args, ca_file = list(a.server_args), [], None
+    log_files = [os.path.join(run, f"yidi-{k}.jsonl") for k in range(max(1, nodes))]  # one a node
+    server_args += ["--request-log", request_log]
     if a.tls:
         pki = tempfile.mkdtemp(prefix=f"yidi-{name}-tls-", dir=a.data_root)
         ca_file, cert, key = tls_files(pki)
@@ -345,7 +356,8 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
     server_args += ["--keys", keys] if auth else ["--no-auth"]
     servers = []
     for k in range(max(1, nodes)):  # the nodes of a --store run are not pinned: they share both cores with it
-        servers.append(start_server(world, data, server_args, None if nodes else a.server_core))
+        servers.append(start_server(world, data, [*server_args, "--log-file", log_files[k]],
+                                    None if nodes else a.server_core))
     server, addrs = servers[0]
     try:
         signing = {"sign_ins": 0, "sign_in_s": 0.0}
@@ -399,6 +411,13 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         raise SystemExit(f"locust wrote no summary:\n{lp.stdout}\n{lp.stderr}")
     with open(summary_path) as f:
         s = json.load(f)
+    log_lines = []
+    for path in log_files:  # the hubs' logs: their request lines and events (the folds)
+        with open(path, "rb") as f:
+            log_lines += f.read().splitlines()
+    request_lines = sum(1 for ln in log_lines if b'"event":"request"' in ln)
+    events = "\n".join(ln.decode() for ln in log_lines if b'"event":"request"' not in ln)
+    del log_lines
     shutil.rmtree(run, ignore_errors=True)
     if a.tls:
         shutil.rmtree(pki, ignore_errors=True)
@@ -427,7 +446,9 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         "commit_ms_per_batch": round(1000 * d.get("yidi_commit_seconds_sum", 0.0) / batches, 2) if batches else 0,
         # Folds in the background (engine.store): seconds spent, and what the server's log says of each.
         "fold_s": round(d.get("yidi_fold_seconds", 0.0), 2),
-        "folds": re.findall(r"folded journal rows \d+\.\.\d+ \(\d+\) in [0-9.]+ s", err or ""),
+        "folds": re.findall(r"folded journal rows \d+\.\.\d+ \(\d+\) in [0-9.]+ s", events),
+        "request_log": request_log, "request_log_lines": request_lines,
+        "request_log_dropped": d.get("yidi_log_dropped_total", 0.0),
         "outcomes": oc, "locust_exit_code": lp.returncode,
         "server_exit_code": max((p.returncode for p, _ in servers), key=abs),
         "store": "postgresql" if nodes else "embedded", "nodes": max(1, nodes),
@@ -472,20 +493,28 @@ def _of(r: dict, key: str) -> float:
     return r["latency_ms"].get(key) or 0.0 if key in ("p50", "p99") else r[key]
 
 
-def ab_ratios(results: list[dict], tolerance: float) -> dict:
-    """Signed / --no-auth per campaign, from the medians of the rounds: durable settlements/s (higher is
-    better) and Locust's latency percentiles (lower is better); a verdict against `tolerance`."""
+AB = {  # campaign: (the result's key, its value in the mode measured, in the mode compared with, their names)
+    "auth-ab": ("auth", True, False, "signed", "no_auth"),
+    "log-ab": ("request_log", "all", "off", "log_all", "log_off"),
+}
+
+
+def ab_ratios(results: list[dict], tolerance: float, ab: str = "auth-ab") -> dict:
+    """Per campaign, the mode measured over the mode compared with (signed / --no-auth; request log all / off),
+    from the medians of the rounds: durable settlements/s (higher is better), the hub's CPU per reply and
+    Locust's latency percentiles (lower is better); a verdict against `tolerance`."""
+    key, on, off, on_name, off_name = AB[ab]
     out = {}
     for name in sorted({r["campaign"] for r in results}):
-        by = {mode: [r for r in results if r["campaign"] == name and r["auth"] == mode] for mode in (True, False)}
+        by = {mode: [r for r in results if r["campaign"] == name and r[key] == mode] for mode in (on, off)}
         med = {mode: {"settlements_per_s": _median([r["settlements_per_s"] for r in rs]),
                       "server_cpu_us_per_reply": _median([r["server_cpu_us_per_reply"] for r in rs]),
                       **{p: _median([r["latency_ms"].get(p) or 0.0 for r in rs]) for p in ("p50", "p99")}}
                for mode, rs in by.items()}
-        ratio = {k: round(med[True][k] / med[False][k], 4) if med[False][k] else None for k in med[True]}
-        # Paired: each round's signed run over its unsigned one (they ran back to back), the median of those.
-        pairs = list(zip(by[True], by[False]))
-        paired = {k: round(_median([_of(a, k) / _of(b, k) for a, b in pairs if _of(b, k)]), 4) for k in med[True]}
+        ratio = {k: round(med[on][k] / med[off][k], 4) if med[off][k] else None for k in med[on]}
+        # Paired: each round's run in one mode over its run in the other (they ran back to back), the median.
+        pairs = list(zip(by[on], by[off]))
+        paired = {k: round(_median([_of(a, k) / _of(b, k) for a, b in pairs if _of(b, k)]), 4) for k in med[on]}
         worse = []
         if ratio["settlements_per_s"] is not None and ratio["settlements_per_s"] < 1 - tolerance and \
                 CAMPAIGNS[name]["rate"] == 0:
@@ -493,14 +522,14 @@ def ab_ratios(results: list[dict], tolerance: float) -> dict:
         for p in ("server_cpu_us_per_reply", "p50", "p99"):
             if ratio[p] is not None and ratio[p] > 1 + tolerance:
                 worse.append(f"{p} x{ratio[p]}")
-        out[name] = {"signed": med[True], "no_auth": med[False], "signed_over_no_auth": ratio, "paired": paired,
-                     "rounds": len(by[True]), "verdict": "; ".join(worse) or "ok"}
+        out[name] = {on_name: med[on], off_name: med[off], f"{on_name}_over_{off_name}": ratio, "paired": paired,
+                     "rounds": len(by[on]), "verdict": "; ".join(worse) or "ok"}
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained", "auth-ab"], default="all")
+    p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained", *AB], default="all")
     p.add_argument("--duration-s", type=int, help="override every campaign's duration")
     p.add_argument("--requests", type=int, help="requests in the stream (default: enough for the campaign)")
     p.add_argument("--seed", type=int, default=7)
@@ -513,9 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-auth", action="store_true",
                    help="the hub with --no-auth and frames without sign_no (default: signed, with --keys)")
     p.add_argument("--rounds", type=int, default=2,
-                   help="auth-ab: rounds of each campaign in each mode, alternating which goes first (default 2)")
+                   help="auth-ab, log-ab: rounds of each campaign in each mode, alternating which goes first "
+                        "(default 2)")
     p.add_argument("--ab-tolerance", type=float, default=0.05,
-                   help="auth-ab: how much worse signed may be than --no-auth (default 0.05: 5 %%)")
+                   help="auth-ab, log-ab: how much worse signed may be than --no-auth, or the request log on than "
+                        "off (default 0.05: 5 %%)")
+    p.add_argument("--request-log", choices=("all", "errors", "off"), default="all",
+                   help="the hub's --request-log (default all; its log goes to a file in the run's folder)")
     p.add_argument("--world-size", choices=sorted(WORLDS), help="override the world of every campaign")
     p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to yidi serve (limits)")
     p.add_argument("--json", help="write the results here too")
@@ -526,19 +559,23 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.campaign == "auth-ab" and a.no_auth:
         p.error("--campaign auth-ab runs both modes: drop --no-auth")
+    if "--log-file" in a.server_args or "--request-log" in a.server_args:
+        p.error("the hub's log is the run's: --request-log, not --server-args")
     if not 1 <= a.rounds <= 20:
         p.error("--rounds must be within 1..20")
-    if a.campaign == "auth-ab":
-        # Signed and unsigned, one after the other; the order flips every round so that a machine
+    if a.campaign in AB:
+        # The two modes one after the other; the order flips every round so that a machine
         # getting faster or slower over the run weighs on both modes alike.
-        plan = [(name, mode) for k in range(a.rounds) for name in AB_CAMPAIGNS
-                for mode in ((True, False) if k % 2 == 0 else (False, True))]
+        modes = {"auth-ab": [(True, a.request_log), (False, a.request_log)],
+                 "log-ab": [(not a.no_auth, "all"), (not a.no_auth, "off")]}[a.campaign]
+        plan = [(name, *mode) for k in range(a.rounds) for name in AB_CAMPAIGNS
+                for mode in (modes if k % 2 == 0 else modes[::-1])]
     else:
         names = {"all": ["saturation", "latency"], "sustained": ["saturation-fold", "latency-fold"]}.get(
             a.campaign, [a.campaign])
-        plan = [(name, not a.no_auth) for name in names]
+        plan = [(name, not a.no_auth, a.request_log) for name in names]
     results = []
-    for name, auth in plan:
+    for name, auth, request_log in plan:
         c = dict(CAMPAIGNS[name])
         if a.duration_s:
             c["duration_s"] = a.duration_s
@@ -546,16 +583,17 @@ def main(argv: list[str] | None = None) -> int:
         want = a.requests or int(max(c["rate"] or 9000, 1000) * c["duration_s"] * 1.3)
         world, frames = world_and_frames(a.cache, size, want, a.seed)
         for nodes in ([0, a.nodes] if a.store else [0]):  # the embedded store beside, in the same run
-            r = run_campaign(name, c, world, frames, a, auth, nodes)
+            r = run_campaign(name, c, world, frames, a, auth, request_log, nodes)
             results.append(r)
             print(json.dumps(r, indent=1), flush=True)
-    ab = ab_ratios(results, a.ab_tolerance) if a.campaign == "auth-ab" else None
+    ab = ab_ratios(results, a.ab_tolerance, a.campaign) if a.campaign in AB else None
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(results if ab is None else {"runs": results, "auth_ab": ab}, f, indent=1)
+            json.dump(results if ab is None else {"runs": results, a.campaign.replace("-", "_"): ab}, f, indent=1)
     failed = [r for r in results if r["verdict"] != "ok"] + [v for v in (ab or {}).values() if v["verdict"] != "ok"]
     for r in results:
-        log(f"{r['campaign']} ({'signed' if r['auth'] else '--no-auth'}, {r['store']} x{r['nodes']}): "
+        log(f"{r['campaign']} ({'signed' if r['auth'] else '--no-auth'}, {r['store']} x{r['nodes']}, request log "
+            f"{r['request_log']}: {r['request_log_lines']} lines, {r['request_log_dropped']:g} dropped): "
             f"{r['replies_per_s']} replies/s, {r['settlements_per_s']} durable settlements/s, "
             f"p50 {r['latency_ms'].get('p50')} ms, p99 {r['latency_ms'].get('p99')} ms "
             f"(server side: {r['server_latency']}), "
@@ -563,11 +601,12 @@ def main(argv: list[str] | None = None) -> int:
             f"commit {r['commit_ms_per_batch']} ms/batch, CPU {r['cpu_share_pct']}"
             + (f", {r['pg']}" if "pg" in r else "") + f": {r['verdict']}")
     for name, v in (ab or {}).items():
-        s, u, q = v["signed"], v["no_auth"], v["signed_over_no_auth"]
-        log(f"auth-ab {name}, medians of {v['rounds']} rounds: signed {s['settlements_per_s']} settlements/s, "
+        _, _, _, on, off = AB[a.campaign]
+        s, u, q = v[on], v[off], v[f"{on}_over_{off}"]
+        log(f"{a.campaign} {name}, medians of {v['rounds']} rounds: {on} {s['settlements_per_s']} settlements/s, "
             f"{s['server_cpu_us_per_reply']} us of hub CPU per reply, p50 {s['p50']} ms, p99 {s['p99']} ms; "
-            f"--no-auth {u['settlements_per_s']} settlements/s, {u['server_cpu_us_per_reply']} us, p50 {u['p50']} ms, "
-            f"p99 {u['p99']} ms; signed / --no-auth: settlements/s {q['settlements_per_s']}, hub CPU per reply "
+            f"{off} {u['settlements_per_s']} settlements/s, {u['server_cpu_us_per_reply']} us, p50 {u['p50']} ms, "
+            f"p99 {u['p99']} ms; {on} / {off}: settlements/s {q['settlements_per_s']}, hub CPU per reply "
             f"{q['server_cpu_us_per_reply']}, p50 {q['p50']}, p99 {q['p99']} (paired, the median of the rounds' "
             f"ratios: {v['paired']}): {v['verdict']}")
     return 1 if failed else 0

@@ -33,18 +33,25 @@ def test_smoke_campaign(tmp_path):
     assert code == 0, r["verdict"]
     assert r["replies"] > 300 and r["failures"] == 0
     assert r["committed_settle"] > 0 and r["server_exit_code"] == 0
+    # The hub's request log, in a file of the run: a line for every reply (and the sign-ins), none dropped.
+    assert r["request_log"] == "all" and r["request_log_lines"] >= r["replies"] and r["request_log_dropped"] == 0
 
 
-def test_auth_ab_campaign_runs_both_modes(tmp_path):
-    """`--campaign auth-ab`, tiny: each campaign signed and --no-auth, the ratios reported. Far too short for
-    the ratios to mean anything, so the tolerance is wide: this checks the path."""
+def tiny_ab(tmp_path, campaign: str) -> tuple[int, dict]:
+    """An A/B campaign (auth-ab, log-ab), tiny: one round of 2 s runs on the small world. Far too short for
+    the ratios to mean anything, so the tolerance is wide: this checks the path. (exit code, its JSON)"""
     import json
 
     out = tmp_path / "ab.json"
-    code = serve_load.main(["--campaign", "auth-ab", "--world-size", "small", "--duration-s", "2", "--rounds", "1",
+    code = serve_load.main(["--campaign", campaign, "--world-size", "small", "--duration-s", "2", "--rounds", "1",
                             "--requests", "3000", "--ab-tolerance", "100", "--cache", str(tmp_path / "cache"),
                             "--data-root", str(tmp_path), "--json", str(out)])
-    d = json.loads(out.read_text())
+    return code, json.loads(out.read_text())
+
+
+def test_auth_ab_campaign_runs_both_modes(tmp_path):
+    """`--campaign auth-ab`: each campaign signed and --no-auth, the ratios reported."""
+    code, d = tiny_ab(tmp_path, "auth-ab")
     runs = d["runs"]
     assert sorted((r["campaign"], r["auth"]) for r in runs) == [("latency", False), ("latency", True),
                                                               ("saturation", False), ("saturation", True)]
@@ -56,3 +63,16 @@ def test_auth_ab_campaign_runs_both_modes(tmp_path):
     # Locust's own verdict (its p99 budget of 20 ms) may fail on a tiny run of a busy machine; the
     # runs above say the path worked.
     assert code in (0, 1)
+
+
+def test_log_ab_campaign_runs_both_modes(tmp_path):
+    """`--campaign log-ab`: each campaign with the request log on (all) and off, the ratios reported."""
+    code, d = tiny_ab(tmp_path, "log-ab")
+    runs = d["runs"]
+    assert sorted((r["campaign"], r["request_log"]) for r in runs) == [
+        ("latency", "all"), ("latency", "off"), ("saturation", "all"), ("saturation", "off")]
+    for r in runs:
+        assert r["committed_settle"] > 0 and r["failures"] == 0 and r["auth"], r
+        assert (r["request_log_lines"] >= r["replies"]) if r["request_log"] == "all" else r["request_log_lines"] == 0
+    assert all(v["log_all_over_log_off"]["server_cpu_us_per_reply"] > 0 for v in d["log_ab"].values())
+    assert code in (0, 1)  # as above: Locust's p99 verdict on a tiny run of a busy machine

@@ -89,7 +89,10 @@ def parse_decimal_column(
     An absent cell gives -1 when `optional`, else it is bad. Returns the first bad
     row, or -1 when every row is good.
     """
-    return _parse_decimal_column(offsets, data, valid, places, int_digits_max, optional, out)
+    cdef Py_ssize_t r
+    with nogil:  # a national catalogue is millions of rows: a reload's load leaves the event loop the GIL
+        r = _parse_decimal_column(offsets, data, valid, places, int_digits_max, optional, out)
+    return r
 
 
 cdef Py_ssize_t _parse_date_column(
@@ -132,7 +135,10 @@ def parse_date_column(
 ):
     """`YYYY-MM-DD` (a real calendar day) as days since 1970-01-01; absent gives `absent`
     when `optional`. Returns the first bad row, or -1."""
-    return _parse_date_column(offsets, data, valid, optional, absent, out)
+    cdef Py_ssize_t r
+    with nogil:  # a national catalogue is millions of rows: a reload's load leaves the event loop the GIL
+        r = _parse_date_column(offsets, data, valid, optional, absent, out)
+    return r
 
 
 cdef Py_ssize_t _check_token_column(
@@ -156,7 +162,10 @@ def check_token_column(
 ):
     """Every cell present, 1..len_max bytes, each a printable ASCII character other than
     space (0x21-0x7e). Returns the first bad row, or -1."""
-    return _check_token_column(offsets, data, valid, len_max)
+    cdef Py_ssize_t r
+    with nogil:  # a national catalogue is millions of rows: a reload's load leaves the event loop the GIL
+        r = _check_token_column(offsets, data, valid, len_max)
+    return r
 
 
 cdef Py_ssize_t _catalogue_order(
@@ -186,7 +195,10 @@ def catalogue_order(
     const int32_t[::1] begn,
 ):
     """-1 when rows are sorted by (prov, code bytes, begn), else the first row out of order."""
-    return _catalogue_order(prov, offsets, data, begn)
+    cdef Py_ssize_t r
+    with nogil:  # a national catalogue is millions of rows: a reload's load leaves the event loop the GIL
+        r = _catalogue_order(prov, offsets, data, begn)
+    return r
 
 
 cdef Py_ssize_t _catalogue_overlap(
@@ -213,4 +225,7 @@ def catalogue_overlap(
 ):
     """On sorted rows: the first row whose date range overlaps the previous version of
     the same (prov, code), or -1."""
-    return _catalogue_overlap(prov, offsets, data, begn, end)
+    cdef Py_ssize_t r
+    with nogil:  # a national catalogue is millions of rows: a reload's load leaves the event loop the GIL
+        r = _catalogue_overlap(prov, offsets, data, begn, end)
+    return r

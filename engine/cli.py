@@ -20,6 +20,7 @@ def _where(a: argparse.Namespace) -> str | None:
 
 
 def _cmd_replay(a: argparse.Namespace) -> int:
+    from engine.core.maintenance import MaintenanceError
     from engine.tools.replay import ReplayError, replay
     from engine.world.loader import WorldError
 
@@ -28,7 +29,10 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         return 2
     try:
         stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=_where(a),
-                       accept_world_change=a.accept_world_change)
+                       accept_world_change=a.accept_world_change, maintenance_path=a.maintenance)
+    except MaintenanceError as e:
+        print(f"yidi: --maintenance {e}", file=sys.stderr)
+        return 2
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -188,13 +192,11 @@ def _cmd_check_world(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
-    import logging
     from dataclasses import fields
 
     from engine.hub.limits import Limits
     from engine.hub.tls import TLSConfigError, load_server_tls
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not a.tcp and not a.http:
         print("yidi: serve needs --tcp HOST:PORT, --http HOST:PORT or both", file=sys.stderr)
         return 2
@@ -232,21 +234,40 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     else:
         warnings.append("--no-auth: no credential, signature, scope or sign-in is checked: anyone who reaches a "
                         "listener can settle as any institution (yidi_auth_disabled 1 on /metrics)")
+    maintenance = None
+    if a.maintenance:
+        from engine.core.maintenance import MaintenanceError, read_schedule
+
+        try:
+            maintenance = (a.maintenance, read_schedule(a.maintenance))
+        except MaintenanceError as e:
+            print(f"yidi: --maintenance {e}", file=sys.stderr)
+            return 2
     refusal = _listen_refusal(a)
     if refusal:
         print(f"yidi: {refusal}", file=sys.stderr)
         return 2
+    from engine.hub.logs import HubLog
     from engine.hub.serve import serve  # the server's imports, once the options are known good
     from engine.store import StoreError
     from engine.world.loader import WorldError
 
+    log = HubLog(a.log_file, a.log_level, a.request_log)
     try:
-        if a.accept_world_change:  # recorded by one open of the store; serve's own open then finds it so
-            from engine.store import open_store
+        log.start()
+    except OSError as e:
+        print(f"yidi: {e}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            if a.accept_world_change:  # recorded by one open of the store; serve's own open then finds it so
+                from engine.store import open_store
 
-            open_store(_where(a), a.world, accept_world_change=True).close()
-        return serve(a.world, _where(a), a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
-                     warnings=warnings)
+                open_store(_where(a), a.world, accept_world_change=True).close()
+            return serve(a.world, _where(a), a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
+                         warnings=warnings, maintenance=maintenance, log=log)
+        finally:
+            log.stop()  # what it holds is written before a refusal's line
     except WorldError as e:
         print(f"yidi: world refused: {e}", file=sys.stderr)
         return 2
@@ -292,13 +313,17 @@ def _listen_refusal(a: argparse.Namespace) -> str:
     return ""
 
 
-def _add_serve(sub) -> None:
+def _add_serve(sub) -> argparse.ArgumentParser:
     from dataclasses import fields
 
     from engine.hub.limits import Limits
     from engine.hub.admin import ADMIN_DEFAULT
+    from engine.hub.logs import LOG_LEVELS, REQUEST_LOG_MODES
 
     s = sub.add_parser("serve", help="run the hub: framed TCP and HTTP (docs/contract.md section 7)")
+    s.add_argument("--config", metavar="FILE",
+                   help="a TOML file of these flags (key: the flag without its dashes, e.g. batch-max = 512); "
+                        "a flag on the command line wins (deploy/yidi.toml)")
     s.add_argument("--world", required=True, help="world folder")
     _store_arg(s, True, "data folder of the durable store")
     s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
@@ -308,6 +333,9 @@ def _add_serve(sub) -> None:
     s.add_argument("--keys", metavar="FILE",
                    help="the credentials file (paasid,token,fixmedins_code,admdvs; yidi keys): every request is "
                         "signed and acts within its credential (contract section 10); reloaded on SIGHUP")
+    s.add_argument("--maintenance", metavar="FILE",
+                   help="maintenance windows of insured regions (admdvs,begin,end,reason; contract section 12): "
+                        "their persons' charges and queries are refused E_MAINTENANCE; reloaded on SIGHUP")
     s.add_argument("--no-auth", action="store_true",
                    help="check no credential at all (tests, a closed network): said at start and on /metrics")
     s.add_argument("--tls-cert", metavar="FILE",
@@ -318,10 +346,18 @@ def _add_serve(sub) -> None:
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     s.add_argument("--accept-world-change", action="store_true",
                    help="start a store with a world of other persons or institutions than its own")
+    s.add_argument("--log-file", metavar="FILE",
+                   help="the hub's log, JSON lines, appended (default: stderr); reopened on SIGHUP, for rotation")
+    s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="the least level of the hub's events logged: start, stop, reload, store (default info)")
+    s.add_argument("--request-log", choices=REQUEST_LOG_MODES, default="all",
+                   help="which requests get a line in the log: every one, those refused (an err_code), or none "
+                        "(default all)")
     for f in fields(Limits):
         s.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
                        metavar=f.name.upper(), help=f"(default {f.default})")
     s.set_defaults(fn=_cmd_serve)
+    return s
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -419,7 +455,8 @@ def _add_demo(sub) -> None:
 _LIGHT_COMMANDS = ("replay", "check", "check-world", "clear", "backup", "keys")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (and for `serve`, its --config file: engine.tools.config.ConfigError when refused)."""
     p = argparse.ArgumentParser(prog="yidi", description="Cross-region medical insurance settlement engine")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -431,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     _store_arg(r, False, "keep the durable store in this folder (seeded when new, continued otherwise)")
     r.add_argument("--accept-world-change", action="store_true",
                    help="continue a store with a world of other persons or institutions than its own")
+    r.add_argument("--maintenance", metavar="FILE",
+                   help="maintenance windows (admdvs,begin,end,reason; contract section 12) on each request's "
+                        "inf_time")
     r.set_defaults(fn=_cmd_replay)
 
     k = sub.add_parser("check", help="verify a store: ledger, accounts, persons against the journal")
@@ -450,12 +490,29 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cmd = next((x for x in args if not x.startswith("-")), None)
     if cmd not in _LIGHT_COMMANDS:
-        _add_serve(sub)
+        serve_parser = _add_serve(sub)
         _add_demo(sub)
+        if cmd == "serve":
+            from engine.tools.config import apply_config, config_path
+
+            path = config_path(serve_parser, args[args.index("serve") + 1:])
+            if path is not None:  # the file's values become the flags' defaults: the command line wins
+                apply_config(serve_parser, path)
 
     a = p.parse_args(argv)
     if getattr(a, "action", None) in ("add", "revoke") and not a.paasid:
         p.error(f"keys {a.action} needs --paasid")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.tools.config import ConfigError
+
+    try:
+        a = parse_args(argv)
+    except ConfigError as e:
+        print(f"yidi: --config {e}", file=sys.stderr)
+        return 2
     return a.fn(a)
 
 

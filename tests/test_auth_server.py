@@ -453,6 +453,11 @@ class Serve:
         host, port = self.addrs["admin"]
         return urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=WAIT_S).read().decode()
 
+    def status(self) -> dict:
+        """The status page's document (GET /status.json on the admin listener)."""
+        host, port = self.addrs["admin"]
+        return json.loads(urllib.request.urlopen(f"http://{host}:{port}/status.json", timeout=WAIT_S).read())
+
     def client(self) -> FramedClient:
         return FramedClient(*self.addrs["tcp"], timeout_s=WAIT_S)
 

@@ -469,4 +469,4 @@ def test_the_hubs_peek_reads_a_deep_body_as_invalid(codec):
         body, c = b'{"infno":"2207","x":' + b"[" * levels + b"]" * levels + b"}", JSON
     else:
         body, c = b"\x82\xa5infno\xa42207\xa1x" + b"\x91" * levels + b"\xc0", MSGPACK
-    assert _peek(body, c) == ("invalid", "")
+    assert _peek(body, c) == ("invalid", "", "")

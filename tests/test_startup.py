@@ -274,7 +274,7 @@ def test_new_values_for_the_same_persons_are_not_another_world(tmp_path, caplog)
     (world / "persons.csv").write_text("\n".join([persons[0]] + list(reversed(persons[1:]))) + "\n")
     with caplog.at_level(logging.INFO, logger="yidi.store"):
         open_store(data, str(world), clock="inf_time").close()
-    assert "persons.csv differs from the one this store was seeded from; not applied" in caplog.text
+    assert "persons.csv differs from the one this store was seeded from or last reloaded; not applied" in caplog.text
     # A store that kept no institution codes (made before they were kept) keeps them from its next start.
     conn = sqlite3.connect(os.path.join(data, DB_NAME))
     conn.execute("DELETE FROM meta WHERE key = 'institution_codes'")
@@ -328,3 +328,36 @@ def test_a_missing_out_parent_or_input(tmp_path, vector_store):
         assert what in refused(*args), args
     assert store_rows(data) == before
     assert not os.path.exists(tmp_path / "no") and not os.path.exists(tmp_path / "new")
+
+
+# ---------------------------------------------------------------- the flags' files and values
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--tcp", "127.0.0.1:70000"], "yidi: --tcp: address '127.0.0.1:70000': want HOST:PORT"),
+    (["--http", "127.0.0.1:http"], "yidi: --http: address '127.0.0.1:http': want HOST:PORT"),
+    (["--http", "nohost.invalid:8080"], "yidi: --http nohost.invalid:8080: cannot listen there (Name or service "
+                                        "not known)"),
+    (["--keys", "{tmp}"], "yidi: --keys {tmp}: not a regular file"),
+    (["--tls-cert", "{tmp}", "--tls-key", "{tmp}"], "yidi: --tls-cert {tmp}: cannot read it: Is a directory"),
+    (["--log-file", "{tmp}/no/such/yidi.jsonl"], "yidi: --log-file {tmp}/no/such/yidi.jsonl: cannot be opened for "
+                                                 "writing (No such file or directory)"),
+    (["--log-file", "{tmp}"], "yidi: --log-file {tmp}: cannot be opened for writing (Is a directory)"),
+    (["--config", "{tmp}/yidi.toml"], "yidi: --config {tmp}/yidi.toml: No such file or directory"),
+    (["--request-log", "some"], None),  # argparse's own refusal: its usage, then one line
+])
+def test_a_bad_flag_value_or_file_is_refused_before_the_store(tmp_path, extra, line):
+    """Each in one line naming the flag and the file, exit code 2, and no store made."""
+    data = str(tmp_path / "data")
+    extra = [x.format(tmp=tmp_path) for x in extra]
+    auth = [] if "--keys" in extra else ["--no-auth"]
+    args = ["serve", "--world", VECTOR_WORLD, "--data", data, "--admin", "127.0.0.1:0", *auth, *extra]
+    if "--tcp" not in extra:
+        args += ["--tcp", "127.0.0.1:0"]
+    if line is None:
+        r = yidi(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.splitlines()[-1].startswith("yidi serve: error: argument --request-log: invalid choice")
+    else:
+        assert refused(*args) == line.format(tmp=tmp_path)
+    assert not os.path.exists(data)

@@ -596,7 +596,7 @@ def test_changed_world_files_are_logged(tmp_path, caplog):
     assert "world change accepted (--accept-world-change): persons.csv names 1 persons" in text
     assert f"policies.json changed: 1 changed ({changed})" in text
     assert f"catalogue.csv changed: {len(cat) - 1} -> {len(cat) - 2} rows" in text
-    assert "persons.csv differs from the one this store was seeded from; not applied" in text
+    assert "persons.csv differs from the one this store was seeded from or last reloaded; not applied" in text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="yidi.store"):  # accepted once: it is the store's world now
         open_store(data, str(world), clock="inf_time").close()

@@ -31,3 +31,18 @@ class Credential:
 
     def __repr__(self) -> str:  # never the token (logs, tracebacks)
         return f"Credential({self.paasid!r}, {self.scope})"
+
+
+class _Operator:
+    """The hub's operator, acting on the admin listener (an operator's long-term filing): not a
+    credential of the keys file, never what a gateway hands the engine."""
+
+    __slots__ = ()
+    paasid = "operator"  # who made the journal's row (section 10's journal columns)
+    fixmedins_code = ""
+
+    def __repr__(self) -> str:
+        return "OPERATOR"
+
+
+OPERATOR = _Operator()

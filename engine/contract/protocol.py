@@ -17,6 +17,11 @@ INFNO_IP_ADMIT, INFNO_IP_DISCHARGE, INFNO_IP_CHANGE, INFNO_IP_CANCEL, INFNO_IP_U
     "2401", "2402", "2403", "2404", "2405")
 INFNO_IP_UPLOAD, INFNO_IP_REVOKE = "2301", "2302"
 INFNO_UNDO = "2601"
+# Filings online (docs/contract.md, "Filings online"): 2501 转院备案 and 2502 its cancellation; the operator's
+# long-term filing comes from the admin listener only (engine.hub.admin), never from a gateway.
+INFNO_REFERRAL, INFNO_FILING_CANCEL = "2501", "2502"
+INFNO_LONG_FILING = "admin-long-filing"
+FILING_INFNOS = frozenset({INFNO_REFERRAL, INFNO_FILING_CANCEL, INFNO_LONG_FILING})
 STEP_INFNOS = frozenset({
     INFNO_OP_REGISTER, INFNO_OP_CANCEL, INFNO_OP_INFO, INFNO_OP_UPLOAD, INFNO_OP_REVOKE, INFNO_IP_ADMIT,
     INFNO_IP_DISCHARGE, INFNO_IP_CHANGE, INFNO_IP_CANCEL, INFNO_IP_UNDISCHARGE, INFNO_IP_UPLOAD, INFNO_IP_REVOKE,
@@ -27,7 +32,7 @@ UNDOABLE_INFNOS = frozenset({"2201", "2204", "2207", "2301", "2304", "2401", "24
 
 INFNOS = frozenset({
     INFNO_PERSON, INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_OP_REVERSE, INFNO_IP_PRE, INFNO_IP_SETTLE, INFNO_IP_REVERSE,
-    INFNO_RECONCILE, INFNO_LISTING, INFNO_SIGN_IN, INFNO_SIGN_OUT, *STEP_INFNOS,
+    INFNO_RECONCILE, INFNO_LISTING, INFNO_SIGN_IN, INFNO_SIGN_OUT, *STEP_INFNOS, INFNO_REFERRAL, INFNO_FILING_CANCEL,
 })
 SETTLE_INFNOS = frozenset({INFNO_OP_PRE, INFNO_OP_SETTLE, INFNO_IP_PRE, INFNO_IP_SETTLE})
 COMMIT_INFNOS = frozenset({INFNO_OP_SETTLE, INFNO_IP_SETTLE})
@@ -79,6 +84,7 @@ E_SIGN_IN = "E_SIGN_IN"  # section 10: no sign-in in force for this credential a
 E_STATE = "E_STATE"  # section 11: the visit's state does not allow the transaction
 E_DUPLICATE_LINE = "E_DUPLICATE_LINE"  # section 11: a feedetl_sn the visit already has
 E_VOIDED = "E_VOIDED"  # section 11: the msgid was voided by a 2601 before it arrived
+E_MAINTENANCE = "E_MAINTENANCE"  # section 12: the person's insured region is in a maintenance window
 
 # Filing classes (section 4), in the tie-break order of the candidates.
 LOCAL, LONG_TERM, REFERRAL, EMERGENCY, TEMP_OTHER, WAIVED, UNFILED = (
@@ -146,6 +152,7 @@ ERR_MESSAGES = {
     E_STATE: "the visit's state does not allow this",
     E_DUPLICATE_LINE: "a fee line with this feedetl_sn was already uploaded for the visit",
     E_VOIDED: "this msgid was voided by a 2601 (冲正): nothing was done",
+    E_MAINTENANCE: "the insured region's platform is down for maintenance: nothing was done, retry after the window",
 }
 
 SETLINFO_MONEY = (

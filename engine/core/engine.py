@@ -22,19 +22,22 @@ import numpy as np
 import pyarrow.compute as pc
 
 from engine.core import kernels
-from engine.core.filing import filing_last_days
+from engine.contract.credential import OPERATOR
+from engine.core.filing import FILING_EFFECTS, FilingMixin, OnlineFilings, filing_last_days
 from engine.contract import money
 from engine.core import reconcile
 from engine.contract.protocol import (
-    CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY,
+    CANDIDATE_ORDER, COMMIT_INFNOS, E_DUPLICATE_VISIT, E_FORBIDDEN, E_LIMIT, E_MAINTENANCE, E_MISMATCH, E_MSGID_REUSED, E_NO_POLICY,
     E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, E_UNSUPPORTED, E_VOIDED, EMERGENCY, ENVELOPE_DEPTH_MAX,
-    ERR_MESSAGES, FILING_CLASS_OF_TYPE, INFNO_PERSON, INFNO_SIGN_IN, INFNO_SIGN_OUT, LINES_MAX, LOCAL,
+    ERR_MESSAGES, FILING_CLASS_OF_TYPE, FILING_INFNOS, INFNO_LONG_FILING, INFNO_PERSON, INFNO_SIGN_IN,
+    INFNO_SIGN_OUT, LINES_MAX, LOCAL,
     MED_TYPE_CHRONIC, MED_TYPES_EMERGENCY, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, OUTPATIENT_INFNOS,
     REDUCTION_KEY_OF_CLASS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, REQUEST_YEAR_MAX, REQUEST_YEAR_MIN, REVERSE_INFNOS,
     SETTLE_INFNOS, STEP_INFNOS, UNFILED, WAIVED, Refused, region_covers,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core.history import History, MemoryHistory
+from engine.core.maintenance import Schedule
 from engine.core.round import Flush, Journaled, Round
 from engine.core.settling import SettlingMixin
 from engine.core.signin import SignIns, journal_auth
@@ -59,66 +62,80 @@ def now_text() -> str:
 
 
 
-class Engine(SettlingMixin, StepwiseMixin):
+def world_parts(world: World, chronic_withdrawn: frozenset = frozenset()) -> dict:
+    """What the engine reads of a world, built for it: Engine attributes by name (section 2).
+
+    Pure: it reads `world` only, so a reload builds the parts of the next world on a
+    worker thread while this engine serves (Engine.apply_world puts them in force).
+    The catalogue index of a national world takes seconds: it is built on a thread
+    of its own (the kernel runs without the GIL) while the rest is made.
+    """
+    cat_box: list = []
+    cat_thread = threading.Thread(target=lambda: cat_box.append(kernels.Catalogue(world)), name="catalogue-index")
+    cat_thread.start()
+    ptype = world.psn_type
+    # Filings by person (section 4), as arrays ordered by person: the class, the
+    # destination, the first and the last day in force. int64 array.array, not numpy:
+    # _filing_class reads them one cell at a time, and an array.array cell is a plain
+    # int (a numpy one is a numpy scalar).
+    order = np.argsort(world.fil_psn, kind="stable")
+    parts = dict(
+        world=world,
+        inst={c: (a, int(lv)) for c, a, lv in zip(world.inst_code, world.inst_admdvs, world.inst_lv)},
+        psn_index=kernels.KeyIndex(world.psn_no),
+        # Person columns: low-cardinality ones dictionary-encoded (what the hot path
+        # reads), the rest read from Arrow on demand (only 1101 answers them).
+        psn_no=_Lazy(world.psn_no), psn_certno=_Lazy(world.psn_certno), psn_name=_Lazy(world.psn_name),
+        psn_type=_Lazy(world.psn_type),
+        psn_insuplc=_encoded_list(world.psn_insuplc), psn_insutype=_encoded_list(world.psn_insutype),
+        psn_retired=pc.or_(pc.starts_with(ptype, "12"), pc.equal(ptype, "1300")).to_pylist(),
+        by_certno=kernels.KeyIndex(world.psn_certno),
+        fil_start=_cells(np.searchsorted(world.fil_psn[order], np.arange(world.n_persons + 1))),
+        fil_row=_cells(order),
+        fil_cls=[FILING_CLASS_OF_TYPE[t] for t in world.fil_type],
+        fil_dest=world.fil_dest,
+        fil_begn=_cells(world.fil_begn),
+        fil_last=_cells(filing_last_days(world)),
+        policies=world.policies,
+        pol=kernels.PolicyTables(world.policies),
+        # Chronic qualifications in force: (person, disease) -> slot of the state arrays.
+        cd_slots={(int(p), d): k for k, (p, d) in enumerate(zip(world.chr_psn, world.chr_dise))
+                  if k not in chronic_withdrawn},
+    )
+    cat_thread.join()
+    if not cat_box:
+        raise RuntimeError("building the catalogue index failed (see the thread's traceback)")
+    parts["cat"] = cat_box[0]
+    return parts
+
+
+class Engine(SettlingMixin, StepwiseMixin, FilingMixin):
     """The compiled settlement engine over one world, state in memory (sections 3-7)."""
 
     def __init__(self, world: World, clock: str = "wall", history: History | None = None,
-                 chronic_years: list[int] | None = None):
+                 chronic_years: list[int] | None = None, chronic_withdrawn: frozenset = frozenset()):
         """`clock` is "wall" (the server) or "inf_time" (replay: the request's inf_time).
 
         history: the lookups of what earlier requests committed and the change sink
         (engine.core.history); None keeps them in RAM. chronic_years: the year each
         chronic slot's hifp_cd counts in, when known (a store's); else the person's
-        acc_year of the world.
+        acc_year of the world. chronic_withdrawn: the chronic slots no longer in
+        force (a reload withdrew them: engine.world.merge).
         """
         assert clock in ("wall", "inf_time")
         self.clock_inf_time = clock == "inf_time"
-        self.world = world
-        self.inst = {
-            c: (a, int(lv)) for c, a, lv in zip(world.inst_code, world.inst_admdvs, world.inst_lv)
-        }
-        # The catalogue index of a national world takes seconds to build: it is
-        # built on a thread (the kernel runs without the GIL) while the rest loads.
-        cat_box: list = []
-        cat_thread = threading.Thread(target=lambda: cat_box.append(kernels.Catalogue(world)), name="catalogue-index")
-        cat_thread.start()
-        self.psn_index = kernels.KeyIndex(world.psn_no)
-        # Person columns: low-cardinality ones dictionary-encoded (what the hot path
-        # reads), the rest read from Arrow on demand (only 1101 answers them).
-        self.psn_no = _Lazy(world.psn_no)
-        self.psn_certno = _Lazy(world.psn_certno)
-        self.psn_name = _Lazy(world.psn_name)
-        self.psn_type = _Lazy(world.psn_type)
-        self.psn_insuplc = _encoded_list(world.psn_insuplc)
-        self.psn_insutype = _encoded_list(world.psn_insutype)
-        ptype = world.psn_type
-        self.psn_retired = pc.or_(pc.starts_with(ptype, "12"), pc.equal(ptype, "1300")).to_pylist()
-        self.by_certno = kernels.KeyIndex(world.psn_certno)
-        # Filings by person (section 4), as arrays ordered by person: the class, the
-        # destination, the first and the last day in force.
-        order = np.argsort(world.fil_psn, kind="stable")
-        # int64 array.array, not numpy: _filing_class reads them one cell at a time,
-        # and an array.array cell is a plain int (a numpy one is a numpy scalar).
-        self.fil_start = _cells(np.searchsorted(world.fil_psn[order], np.arange(world.n_persons + 1)))
-        self.fil_row = _cells(order)
-        self.fil_cls = [FILING_CLASS_OF_TYPE[t] for t in world.fil_type]
-        self.fil_dest = world.fil_dest
-        self.fil_begn = _cells(world.fil_begn)
-        self.fil_last = _cells(filing_last_days(world))
-        self.policies = world.policies
-        self.pol = kernels.PolicyTables(world.policies)
-        # Chronic qualifications: (person, disease) -> slot of the state arrays.
-        self.cd_slots = {(int(p), d): k for k, (p, d) in enumerate(zip(world.chr_psn, world.chr_dise))}
-        self.state = kernels.PersonState(world, len(self.cd_slots))
-        self.state.cd_val_fen[: len(self.cd_slots)] = world.chr_hifp_cd
-        self.state.cd_year[: len(self.cd_slots)] = self.state.acc_year[world.chr_psn]
+        for name, value in world_parts(world, chronic_withdrawn).items():
+            setattr(self, name, value)
+        self.chronic_withdrawn = frozenset(chronic_withdrawn)
+        n_slots = len(world.chr_dise)
+        self.state = kernels.PersonState(world, n_slots)
+        self.state.cd_val_fen[:n_slots] = world.chr_hifp_cd
+        self.state.cd_year[:n_slots] = self.state.acc_year[world.chr_psn]
         if chronic_years is not None:
-            assert len(chronic_years) == len(self.cd_slots)
-            self.state.cd_year[: len(self.cd_slots)] = chronic_years
-        cat_thread.join()
-        if not cat_box:
-            raise RuntimeError("building the catalogue index failed (see the thread's traceback)")
-        self.cat = cat_box[0]
+            assert len(chronic_years) == n_slots
+            self.state.cd_year[:n_slots] = chronic_years
+        # Filings made online (2501, the admin's long-term filings), beside the world's (engine.core.filing).
+        self.filings_online = OnlineFilings()
         # The history's members, read once: the hot path looks them up as attributes.
         h = MemoryHistory() if history is None else history
         self.journal = h.journal  # msgid -> (infno, codec, input, reply)
@@ -134,6 +151,10 @@ class Engine(SettlingMixin, StepwiseMixin):
         self.step_journal = h.step_journal
         self.step_changes: list | None = None
         self._cred = None  # the credential of the request being dispatched (Request.cred)
+        # Section 12 (engine.core.maintenance): the maintenance windows in force, None without a file;
+        # replaced whole (a reload) between batches. Refusals counted by the window's admdvs.
+        self.maintenance: Schedule | None = None
+        self.maintenance_refused: dict[str, int] = {}
         self._clock_text, self._clock_value = "", 0  # _clock_day's last answer
         # Set while a request changes state inside its dispatch (a reversal's commit): a bug
         # met then cannot be answered as a refusal, since something has changed.
@@ -150,6 +171,32 @@ class Engine(SettlingMixin, StepwiseMixin):
         if self.step_changes is not None:
             self.step_changes = []
         return out
+
+    def apply_effect(self, effect: list) -> None:
+        """Apply one committed effect: a filing's (engine.core.filing.OnlineFilings) or a visit's
+        (engine.core.visits.VisitBook). A store applies its rows' effects again at open through this."""
+        if effect[0] in FILING_EFFECTS:
+            self.filings_online.apply(effect, self.psn_index.get(effect[2]) if effect[0] == "file" else None)
+        else:
+            self.visits.apply(effect)
+
+    def apply_world(self, parts: dict, chronic_withdrawn: frozenset) -> list:
+        """Put a reloaded world in force in one step, between batches (engine.world.merge made it: the
+        persons and chronic slots of this engine in their rows, new ones after them; world_parts built
+        `parts`). The accumulators of the persons and slots this engine holds are kept; new ones start
+        from the world's values (section 2). Returns the parts it replaced."""
+        world = parts["world"]
+        n_slots = len(world.chr_dise)
+        assert world.n_persons >= len(self.state.balc_fen) and n_slots >= len(self.world.chr_dise)
+        old = [self.state]
+        self.state = kernels.grown_state(self.state, world, len(self.world.chr_dise), n_slots)
+        for name, value in parts.items():
+            old.append(getattr(self, name))
+            setattr(self, name, value)
+        self.chronic_withdrawn = frozenset(chronic_withdrawn)
+        # The parts replaced, for the caller to let go of: freeing a national world's (lists of a million
+        # persons, the catalogue index) takes a while, which the event loop need not wait for.
+        return old
 
     # ------------------------------------------------------------ accumulators (history.AccumulatorSource)
 
@@ -183,6 +230,8 @@ class Engine(SettlingMixin, StepwiseMixin):
                 replies[idx] = self._refusal(None, req.clock or now_text(), Refused(E_SCHEMA, f"envelope: {e}"))
                 continue
             req.infno = env.infno if isinstance(env.infno, str) else ""
+            if isinstance(env.fixmedins_code, str):
+                req.fixmedins_code = env.fixmedins_code
             now = req.clock or (
                 env.inf_time if self.clock_inf_time and isinstance(env.inf_time, str) else now_text()
             )
@@ -198,6 +247,8 @@ class Engine(SettlingMixin, StepwiseMixin):
                     break
                 except Refused as r:
                     replies[idx] = self._refusal(env.msgid, now, r)
+                    if r.code == E_MAINTENANCE:
+                        self._count_maintenance(r)
                     break
                 except Journaled as j:
                     replies[idx] = j.reply
@@ -230,6 +281,12 @@ class Engine(SettlingMixin, StepwiseMixin):
         if not isinstance(infno, str):
             raise Refused(E_SCHEMA, "infno")
         cred = self._cred
+        if cred is OPERATOR:  # the admin listener's request: an operator's filing, nothing else
+            if infno != INFNO_LONG_FILING:
+                raise Refused(E_FORBIDDEN, f"infno {infno} is not the operator's")
+            return self._filing(env, codec, now, rnd)
+        if infno == INFNO_LONG_FILING:
+            raise Refused(E_UNSUPPORTED, f"infno {infno}: the operator's, on the admin listener only")
         if cred is not None:  # section 10: scope, then sign-in, before anything of section 7
             self.signins.gate(cred, env, infno, now, self.inst)
         if infno in SETTLE_INFNOS:
@@ -239,8 +296,10 @@ class Engine(SettlingMixin, StepwiseMixin):
             return self._step(idx, env, codec, now, rnd)
         if infno in REVERSE_INFNOS:
             return self._reverse(env, codec, now, rnd)
+        if infno in FILING_INFNOS:
+            return self._filing(env, codec, now, rnd)
         if infno == INFNO_PERSON:
-            return self._ok(env.msgid, now, self._person_info(env, codec, rnd))
+            return self._ok(env.msgid, now, self._person_info(env, codec, now, rnd))
         if infno in reconcile.RECONCILE_INFNOS:
             # It must see every settlement before it: one of its institution's in the open round closes it.
             if rnd.msgids and any(p.commit and p.env.fixmedins_code == env.fixmedins_code for p in rnd.pending):
@@ -251,6 +310,21 @@ class Engine(SettlingMixin, StepwiseMixin):
         if infno == INFNO_SIGN_OUT:
             return self._ok(env.msgid, now, self.signins.sign_out(cred, env, codec, now))
         raise Refused(E_UNSUPPORTED, f"infno {infno}")
+
+    # ------------------------------------------------------------ section 12
+
+    def _maintenance_check(self, insuplc: str, now: str) -> None:
+        """E_MAINTENANCE while a window covering the person's insured region is in force (after
+        E_MISMATCH, before E_NO_POLICY: docs/contract.md's choices). Outside every window's span, two
+        string comparisons."""
+        m = self.maintenance
+        if m is not None and m.begin_min <= now < m.end_max:
+            m.check(insuplc, now)
+
+    def _count_maintenance(self, r) -> None:
+        """A refusal answered: counted by the admdvs of the window that made it (the metrics read it)."""
+        admdvs = r.window.admdvs
+        self.maintenance_refused[admdvs] = self.maintenance_refused.get(admdvs, 0) + 1
 
     # ------------------------------------------------------------ replies
 
@@ -412,6 +486,8 @@ class Engine(SettlingMixin, StepwiseMixin):
             insuplc, insutype = self.psn_insuplc[psn], self.psn_insutype[psn]
             if env.insuplc_admdvs != insuplc or d.insutype != insutype:
                 raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
+            if self.maintenance is not None:
+                self._maintenance_check(insuplc, now)
             pol = self.pol.ids.get((insuplc, insutype))
             if pol is None:
                 raise Refused(E_NO_POLICY)
@@ -420,7 +496,7 @@ class Engine(SettlingMixin, StepwiseMixin):
             if step is None and visit in self.open_visits:
                 raise Refused(E_DUPLICATE_VISIT)
         except Refused as r:
-            p.err = r.code
+            p.err = r
             rnd.visits.add(visit)
             return p
         policy = self.policies[pol]
@@ -481,6 +557,11 @@ class Engine(SettlingMixin, StepwiseMixin):
             f = fil_row[k]
             if fil_begn[f] <= day <= fil_last[f] and region_covers(fil_dest[f], t):
                 cands.add(self.fil_cls[f])
+        online = self.filings_online.by_psn
+        if online and psn in online:
+            for f in online[psn]:
+                if not f.cancelled and f.begn <= day <= f.last and region_covers(f.dest, t):
+                    cands.add(f.cls)
         if med_type in MED_TYPES_EMERGENCY:
             cands.add(EMERGENCY)
         if med_type in MED_TYPES_OUTPATIENT and not policy.op_requires_filing:
@@ -497,7 +578,7 @@ class Engine(SettlingMixin, StepwiseMixin):
 
     # ------------------------------------------------------------ 1101
 
-    def _person_info(self, env, codec: Codec, rnd: "Round") -> dict:
+    def _person_info(self, env, codec: Codec, now: str, rnd: "Round") -> dict:
         try:
             d = codec.person.decode(env.input).data
         except DecodeError as e:
@@ -514,6 +595,8 @@ class Engine(SettlingMixin, StepwiseMixin):
             raise Refused(E_SCHEMA, "mdtrt_cert_type must be 01, 02 or 03")
         if i is None:
             raise Refused(E_UNKNOWN_PERSON)
+        if self.maintenance is not None:
+            self._maintenance_check(self.psn_insuplc[i], now)
         if i in rnd.persons:
             raise Flush()  # its balance may change in the open round
         w = self.world
@@ -528,7 +611,10 @@ class Engine(SettlingMixin, StepwiseMixin):
                 "begndate": money.format_day(int(w.fil_begn[f])),
                 "enddate": None if int(w.fil_end[f]) == DAY_OPEN else money.format_day(int(w.fil_end[f])),
                 "status": w.fil_status[f],
-            } for f in (int(self.fil_row[k]) for k in range(self.fil_start[i], self.fil_start[i + 1]))],
+            } for f in (int(self.fil_row[k]) for k in range(self.fil_start[i], self.fil_start[i + 1]))] + [{
+                "filing_type": f.filing_type, "dest_admdvs": f.dest, "begndate": money.format_day(f.begn),
+                "enddate": None if f.end == DAY_OPEN else money.format_day(f.end), "status": f.status,
+            } for f in self.filings_online.in_force(i)],
         }
 
 

@@ -243,6 +243,32 @@ class PersonState(PersonArrays):
         )
 
 
+def grown_state(st: PersonState, w: World, slots_before: int, slots: int) -> PersonState:
+    """`st` with the persons and chronic slots `w` has beyond it, at the world's values (a reload,
+    engine.core.engine.Engine.apply_world); `st`'s own rows are copied as they are. The year a new
+    slot's hifp_cd counts in is its person's acc_year in the world (section 2)."""
+    n_before = len(st.balc_fen)
+    if w.n_persons == n_before and slots == slots_before:
+        return st
+    grown = PersonState.__new__(PersonState)
+
+    def grow(mine: np.ndarray, theirs: np.ndarray, dtype) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate([mine[:n_before], np.asarray(theirs[n_before:], dtype)]))
+
+    new_slots = np.asarray(w.chr_psn[slots_before:slots], np.int64)
+    cd_val = np.concatenate([st.cd_val_fen[:slots_before], np.asarray(w.chr_hifp_cd[slots_before:slots], I64)])
+    cd_year = np.concatenate([st.cd_year[:slots_before], np.asarray(w.psn_acc_year, I32)[new_slots]])
+    PersonArrays.__init__(
+        grown, acc_year=grow(st.acc_year, w.psn_acc_year, I32), hifp_ip_fen=grow(st.hifp_ip_fen, w.psn_hifp_ip, I64),
+        hifp_op_fen=grow(st.hifp_op_fen, w.psn_hifp_op, I64), ded_op_fen=grow(st.ded_op_fen, w.psn_ded_op, I64),
+        burden2_fen=grow(st.burden2_fen, w.psn_burden2, I64),
+        second_paid_fen=grow(st.second_paid_fen, w.psn_second_paid, I64), balc_fen=grow(st.balc_fen, w.psn_balc, I64),
+        cd_val_fen=np.ascontiguousarray(cd_val if slots else np.zeros(1, I64)),
+        cd_year=np.ascontiguousarray(cd_year.astype(I32) if slots else np.zeros(1, I32)),
+    )
+    return grown
+
+
 def pay_funds(pol: PolicyTables, st: PersonState, s: dict[str, np.ndarray]) -> FundResults:
     """Run the fund kernel over settlements `s` (the SettlementBatch fields by name, see core_ext/_fund.pyi)."""
     batch = SettlementBatch(**s)

@@ -34,6 +34,8 @@ class Request:
     # envelope's infno when it is a string, "" when it is not, None when the body
     # did not decode. Saves a second decode of every body.
     infno: str | None
+    # Set with infno: the envelope's fixmedins_code when it is a string, else "" (the hub's request log).
+    fixmedins_code: str
     # The credential the transport verified (section 10: the engine checks its scope and
     # sign-ins); None: nothing of section 10 is checked (replay, `yidi serve --no-auth`).
     cred: object
@@ -43,6 +45,7 @@ class Request:
         self.codec = codec
         self.clock = clock
         self.infno = None
+        self.fixmedins_code = ""
         self.cred = cred
 
 
@@ -180,7 +183,7 @@ class Pending:
     commit: bool
     outpatient: bool
     now: str
-    err: str | None  # the first failing check between the schema and the lines
+    err: object  # the first failing check between the schema and the lines (a Refused), or None
     # filled when err is None
     psn: int
     kind: int  # ACC_INPATIENT, ACC_OUTPATIENT or ACC_CHRONIC

@@ -10,8 +10,8 @@ import numpy as np
 
 from engine.contract.protocol import (
     CLR_TYPE_INPATIENT, CLR_TYPE_OUTPATIENT, E_ALREADY_REVERSED, E_AMOUNT_MISMATCH, E_DATE, E_FILING_REQUIRED,
-    E_FORBIDDEN, E_LIMIT, E_MISMATCH, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA, FUND_ACCOUNT, FUND_BASIC,
-    FUND_NAMES, FUND_SECOND, OUTPATIENT_INFNOS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, Refused,
+    E_FORBIDDEN, E_LIMIT, E_MAINTENANCE, E_MISMATCH, E_NO_QUALIFICATION, E_NOT_FOUND, E_SCHEMA, FUND_ACCOUNT,
+    FUND_BASIC, FUND_NAMES, FUND_SECOND, OUTPATIENT_INFNOS, REQUEST_DAY_MAX, REQUEST_DAY_MIN, Refused,
 )
 from engine.contract.wire import Codec, DecodeError, Reply
 from engine.core import kernels
@@ -130,7 +130,11 @@ class SettlingMixin:
             elif p.future:
                 err = E_DATE  # section 7 (v2): a bill dated after the hub's clock day
             if err is not None:
-                replies[p.idx] = self._refusal(p.env.msgid, p.now, Refused(err))
+                if not isinstance(err, Refused):  # a code found here; p.err is the Refused of a check
+                    err = Refused(err)
+                elif err.code == E_MAINTENANCE:
+                    self._count_maintenance(err)
+                replies[p.idx] = self._refusal(p.env.msgid, p.now, err)
             else:
                 ok.append(p)
                 ok_k.append(k)

@@ -69,7 +69,7 @@ class StepwiseMixin:
             return None
         inp = self._step_input(env, codec)
         if infno == INFNO_OP_REGISTER or infno == INFNO_IP_ADMIT:
-            output, effects = self._open_visit(env, inp, infno == INFNO_OP_REGISTER, rnd)
+            output, effects = self._open_visit(env, inp, infno == INFNO_OP_REGISTER, now, rnd)
         elif infno == INFNO_UNDO:
             output, effects = self._undo(env, inp, codec, now, rnd, inp_c)
         else:
@@ -114,7 +114,7 @@ class StepwiseMixin:
         reply = self._ok(env.msgid, now, output)
         self._committing = True
         for e in effects:
-            self.visits.apply(e)
+            self.apply_effect(e)
         codec, raw = inp_c
         self.step_journal[env.msgid] = (infno, codec, raw, reply, env.fixmedins_code)
         self._step_change(env.msgid, infno, env.fixmedins_code, mdtrt_id, now, codec, raw, reply, effects,
@@ -160,7 +160,7 @@ class StepwiseMixin:
 
     # ------------------------------------------------------------ 2201, 2401
 
-    def _open_visit(self, env, inp: dict, outpatient: bool, rnd: Round) -> tuple[dict, list]:
+    def _open_visit(self, env, inp: dict, outpatient: bool, now: str, rnd: Round) -> tuple[dict, list]:
         d = inp.get("data" if outpatient else "mdtrtinfo")
         if not isinstance(d, dict):
             raise Refused(E_SCHEMA, "input.data" if outpatient else "input.mdtrtinfo")
@@ -183,7 +183,7 @@ class StepwiseMixin:
             if not isinstance(getattr(env, k), str) or not getattr(env, k):
                 raise Refused(E_SCHEMA, f"{k} must be a non-empty string")
         code = env.fixmedins_code
-        self._parties(env, psn_no, insutype)
+        self._parties(env, psn_no, insutype, now)
         book = self.visits
         if outpatient:
             if otp_no and (code, otp_no) in book.otp_open:
@@ -201,8 +201,10 @@ class StepwiseMixin:
             return {"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": otp_no}}, [effect]
         return {"result": {"mdtrt_id": mdtrt_id}}, [effect]
 
-    def _parties(self, env, psn_no: str, insutype: str) -> int:
-        """Section 7's institution, person and policy checks, in its order; the person's row."""
+    def _parties(self, env, psn_no: str, insutype: str, now: str | None) -> int:
+        """Section 7's institution, person and policy checks, in its order, with section 12's window
+        between the person and the policy (as a settlement's; None for `now`: a transaction no window
+        holds back, a filing's); the person's row."""
         inst = self.inst.get(env.fixmedins_code)
         if inst is None:
             raise Refused(E_UNKNOWN_INSTITUTION)
@@ -214,6 +216,8 @@ class StepwiseMixin:
         insuplc = self.psn_insuplc[psn]
         if env.insuplc_admdvs != insuplc or insutype != self.psn_insutype[psn]:
             raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
+        if self.maintenance is not None and now is not None:
+            self._maintenance_check(insuplc, now)
         if self.pol.ids.get((insuplc, insutype)) is None:
             raise Refused(E_NO_POLICY)
         return psn

@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 
 from engine.contract.credential import Credential
+from engine.contract.textfile import TextFileError, read_text
 from engine.hub.reload import ReloadRefused
 
 KEYS_HEADER = ("paasid", "token", "fixmedins_code", "admdvs")
@@ -243,17 +244,9 @@ def parse_keys(text: str, path: str = "keys.csv") -> list[Credential]:
 def read_keys(path: str) -> KeysFile:
     """Read and validate a keys file; KeysError (one line) when it cannot be used."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeysError(f"{path}: not a regular file")
-        if st.st_size > KEYS_FILE_BYTES_MAX:
-            raise KeysError(f"{path}: larger than {KEYS_FILE_BYTES_MAX} bytes")
-        with open(path, encoding="utf-8", newline="") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise KeysError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise KeysError(f"{path}: {e.strerror or e}") from None
+        text, st = read_text(path, KEYS_FILE_BYTES_MAX)
+    except TextFileError as e:
+        raise KeysError(str(e)) from None
     warnings = []
     if st.st_mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
         warnings.append(f"{path} can be read or written by other users (mode {stat.S_IMODE(st.st_mode):o}): "

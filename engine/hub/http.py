@@ -83,9 +83,15 @@ def encode_http(reply: Reply) -> bytes:
     return _HTTP.encoder.encode(msgspec.structs.replace(reply, output=http_output(reply.output)))
 
 
+# A response's err_code, kept in aiohttp's per-response storage for the request log (a typed key
+# from aiohttp 3.12 on).
+ERR_CODE_KEY = web.ResponseKey("err_code", str) if hasattr(web, "ResponseKey") else "err_code"
+
+
 def _json(reply: Reply, status: int, headers: dict | None = None) -> web.Response:
-    return web.Response(body=encode_http(reply), status=status, content_type="application/json",
-                        headers=headers)
+    resp = web.Response(body=encode_http(reply), status=status, content_type="application/json", headers=headers)
+    resp[ERR_CODE_KEY] = reply.err_code or ""
+    return resp
 
 
 # ---------------------------------------------------------------- the gateway
@@ -124,16 +130,19 @@ class Gateway:
             except AuthRefused as e:
                 hub.metrics.auth_refused.labels("http", e.reason).inc()
                 hub.metrics.requests.labels("http", "unread", E_AUTH).inc()
+                hub.log_refusal("http", "unread", "", "", None, E_AUTH, time.perf_counter())
                 # The body is not read: the connection closes after the reply (_closing).
                 return _closing(_json(server_reply(E_AUTH, "", f"{ERR_MESSAGES[E_AUTH]}: {e}"), 401,
                                       {"WWW-Authenticate": 'x-tif-signature realm="yidi"'}))
         body = await self._read_body(request)
         if isinstance(body, web.Response):
+            hub.log_refusal("http", "unread", "", "", cred, body.get(ERR_CODE_KEY, ""), time.perf_counter())
             return body
         t0 = time.perf_counter()  # the last byte read (yidi_request_latency_seconds; queue_wait_ms_max)
         if self.in_progress >= hub.limits.http_requests_max:
             hub.metrics.busy.labels("http").inc()
             hub.metrics.requests.labels("http", "unread", E_BUSY).inc()
+            hub.log_refusal("http", "unread", "", "", cred, E_BUSY, t0)
             return _json(server_reply(E_BUSY, "", "too many HTTP requests in progress"), 503, {"Retry-After": "1"})
         self.in_progress += 1
         try:

@@ -160,10 +160,11 @@ class FailStop(Exception):
 
 
 class _Peek(msgspec.Struct):
-    """The two envelope fields the server reads itself (metrics, E_BUSY replies)."""
+    """The envelope fields the server reads itself (metrics, E_BUSY replies, the request log)."""
 
     infno: Any = None
     msgid: Any = None
+    fixmedins_code: Any = None
 
 
 def peek_decoders(struct: type) -> dict[str, Any]:
@@ -188,12 +189,13 @@ def peek_fields(body: bytes, codec: Codec, decoders: dict[str, Any]) -> Any:
 _PEEK = peek_decoders(_Peek)
 
 
-def _peek(body: bytes, codec: Codec) -> tuple[str, str]:
-    """(infno label, msgid) of a body, without judging it: the engine does that."""
+def _peek(body: bytes, codec: Codec) -> tuple[str, str, str]:
+    """(infno label, msgid, fixmedins_code) of a body, without judging it: the engine does that."""
     p = peek_fields(body, codec, _PEEK)
     if p is None:
-        return "invalid", ""
-    return infno_label(p.infno if isinstance(p.infno, str) else ""), p.msgid if isinstance(p.msgid, str) else ""
+        return "invalid", "", ""
+    return (infno_label(p.infno if isinstance(p.infno, str) else ""), p.msgid if isinstance(p.msgid, str) else "",
+            p.fixmedins_code if isinstance(p.fixmedins_code, str) else "")
 
 
 def infno_label(infno: str | None) -> str:
@@ -274,6 +276,8 @@ class Hub:
             # yet be refused before it joins a batch.) Each counter is written by one thread only.
             store.more_work = lambda: self._serial_submitted > self._serial_begun
         self.on_fail_stop: Callable[[BaseException], None] | None = None
+        # The request log (engine.hub.logs.HubLog), told of every reply; None: no request is logged.
+        self.request_log = None
 
     @classmethod
     async def open(cls, data_dir: str, world_dir: str, limits: Limits, *, clock: str = "wall", **kw) -> "Hub":
@@ -331,10 +335,17 @@ class Hub:
 
     def busy_reply(self, item: Admitted) -> Reply:
         """The E_BUSY reply of a request submit() refused; counted like any other reply."""
-        infno, msgid = _peek(item.body, item.codec)
+        infno, msgid, fixmedins_code = _peek(item.body, item.codec)
         transport = "tcp" if item.conn is not None else "http"
         self.metrics.requests.labels(transport, infno, E_BUSY).inc()
+        self.log_refusal(transport, infno, msgid, fixmedins_code, item.cred, E_BUSY, item.t0)
         return server_reply(E_BUSY, msgid, "shutting down: nothing was done, retry later" if self.stopping else "")
+
+    def log_refusal(self, transport: str, infno: str, msgid: str, fixmedins_code: str, cred, err_code: str,
+                    t0: float) -> None:
+        """Tell the request log of a request a transport answered itself (E_BUSY, E_AUTH, E_LIMIT)."""
+        if self.request_log is not None:
+            self.request_log.refusal(transport, infno, msgid, fixmedins_code, cred, err_code, t0)
 
     # ------------------------------------------------------------ the batch loop
 
@@ -404,10 +415,11 @@ class Hub:
             return prev
         engine_s = time.perf_counter() - t0
         write = loop.run_in_executor(self._writer, self._write, prepared)
+        logged = None if self.request_log is None else self.request_log.capture(items, reqs, replies)
         # Encode while the writer thread waits on the disk.
         counts = self._encode(items, replies, reqs)
         self.batches_inflight += 1
-        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s))
+        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s, logged))
         if self.manual_gc:
             t1 = time.perf_counter()
             if self._collector.after_batch() == "full":
@@ -467,20 +479,21 @@ class Hub:
                     req.infno = _peek(it.body, it.codec)[0]
             else:
                 replies, changes, engine_s, commit_s = done
+            logged = None if self.request_log is None else self.request_log.capture(items, reqs, replies)
             counts = self._encode(items, replies, reqs)
-            self._durable(items, replies, changes, counts, engine_s, commit_s)
+            self._durable(items, replies, changes, counts, engine_s, commit_s, logged)
             if self.manual_gc:
                 self._collector.after_batch()
         finally:
             self.batches_inflight -= 1
             self._slots.release()
 
-    async def _finish(self, prev, write, items, replies, changes, counts, engine_s) -> None:
+    async def _finish(self, prev, write, items, replies, changes, counts, engine_s, logged) -> None:
         """Release a batch's replies once it is durable and every earlier batch has been released."""
         try:
             ok, commit_s = await self._awaited(prev, write, items)
             if ok:
-                self._durable(items, replies, changes, counts, engine_s, commit_s)
+                self._durable(items, replies, changes, counts, engine_s, commit_s, logged)
         finally:
             self.batches_inflight -= 1
             self._slots.release()
@@ -502,12 +515,14 @@ class Hub:
             return False, None
         return True, value
 
-    def _durable(self, items, replies, changes, counts, engine_s: float, commit_s: float) -> None:
-        """A batch is durable and every batch before it released: count it and release its replies."""
+    def _durable(self, items, replies, changes, counts, engine_s: float, commit_s: float, logged) -> None:
+        """A batch is durable and every batch before it released: count it, release its replies, log them."""
         self.batches += 1
         self.behind = time.perf_counter() - items[0].t0 > self._wait_s  # the batch's oldest, read to release
         self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
         self._release(items, replies)
+        if logged is not None:
+            self.request_log.released(logged)
         if self.observer is not None:
             self.observer("batch", len(items))
 
@@ -540,7 +555,7 @@ class Hub:
 
     def _fail_stop(self, exc: BaseException, items: list[Admitted]) -> None:
         log.critical("fail-stop: %s: %r; no further reply will be sent", type(exc).__name__, exc,
-                     exc_info=exc)
+                     exc_info=exc, extra={"event": "fail-stop"})
         self.failed = exc
         for c in list(self.connections):
             c.abort()

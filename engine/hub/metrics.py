@@ -7,6 +7,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from engine.clearing.clearing import prepay_collector
+from engine.hub.maintenance import MaintenanceCollector
 
 
 class Metrics:
@@ -59,6 +60,7 @@ class Metrics:
         Gauge("yidi_up", "1 while the hub answers, 0 after a fail-stop or while draining",
               registry=r).set_function(up)
         self._store_gauges(store)
+        r.register(MaintenanceCollector(store.engine))  # section 12
 
     def auth(self, keyring) -> None:
         """Say whether credentials are checked: `keyring` is the hub's engine.hub.auth.Keyring, None

@@ -1,7 +1,7 @@
 """Reloading what a running hub reads from files, on SIGHUP or `POST /admin/reload` (docs/server.md, "Reload").
 
-A `Reloadable` is one such part: the keys file (engine.hub.auth.KeysSource) today,
-the maintenance windows of contract section 12 later. `Server.reload()` reloads
+A `Reloadable` is one such part: the keys file (engine.hub.auth.KeysSource) and
+the maintenance file of contract section 12 (engine.hub.maintenance). `Server.reload()` reloads
 every part, each on its own: a part is read and checked on a worker thread
 (`load`, which raises `ReloadRefused` with one line for the operator), then put in
 force on the event loop in one step (`apply`), so a request sees either the old

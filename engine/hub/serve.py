@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -24,16 +25,21 @@ from aiohttp import web
 
 from engine.hub.address import parse_address
 from engine.hub.admin import RELOAD_PATH, Admin
+from engine.core.engine import now_text
+from engine.core.maintenance import Schedule
 from engine.hub.auth import Keyring, KeysSource
 from engine.hub.http import Gateway
 from engine.hub.hub import Hub
 from engine.hub.limits import Limits
+from engine.hub.maintenance import MaintenanceSource
+from engine.hub.logs import HubLog, event
+from engine.hub.systemd import notify
 from engine.hub.reload import PartReport, Reloadable, ReloadRefused, ReloadReport
 from engine.hub.status import StatusSources
 from engine.hub.tcp import FramedConnection
 from engine.hub.tls import HANDSHAKE_TIMEOUT_S, ServerTLS
+from engine.hub.world import WorldSource
 
-log = logging.getLogger("yidi.server")
 
 EXIT_OK, EXIT_FAIL_STOP = 0, 3
 
@@ -113,12 +119,15 @@ class Server:
                     parts.append(PartReport(part.name, True, in_force=part.apply(loaded)))
                 self.hub.metrics.reloads.labels(part.name, "ok" if parts[-1].ok else "refused").inc()
         report = ReloadReport(tuple(parts))
-        (log.info if report.ok else log.warning)("reload (%s): %s", trigger, report.line())
+        event("reload", "reload (%s): %s", trigger, report.line(), level=logging.INFO if report.ok else logging.WARNING,
+              trigger=trigger, ok=report.ok)
         return report
 
     def stop(self) -> None:
         """Ask for a graceful stop (from the loop thread: a signal handler or a test)."""
         if self._stop is not None:
+            if not self._stop.is_set():
+                notify("STOPPING=1")
             self._stop.set()
 
     async def run(self) -> int:
@@ -204,22 +213,45 @@ def _auth_line(keys: KeysSource | None) -> str:
             f"platforms {len(keys.keyring) - hospitals}); reload: SIGHUP or POST {RELOAD_PATH} on the admin listener")
 
 
+def _maintenance_line(source: MaintenanceSource, schedule: Schedule) -> str:
+    return (f"yidi: maintenance: {len(schedule)} windows from {source.path} "
+            f"({len(schedule.in_force(now_text()))} in force now); reload: SIGHUP or POST {RELOAD_PATH} on the "
+            "admin listener")
+
+
 def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limits: Limits,
           loop: str = "uvloop", out=sys.stdout, admin: str | None = None, tls: ServerTLS | None = None, *,
-          keys: KeysSource | None, warnings: Sequence[str] = ()) -> int:
+          keys: KeysSource | None, warnings: Sequence[str] = (),
+          maintenance: tuple[str, Schedule] | None = None, log: HubLog | None = None) -> int:
     """`yidi serve`: open the store, listen (on TLS with `tls`: engine.hub.tls.load_server_tls checks
     the operator's files before this is called), serve until SIGTERM/SIGINT, drain, exit. `keys` is
     the keys file read at start (engine.hub.auth.KeysSource.open), reloaded on SIGHUP; None: --no-auth.
-    `warnings` are said on stderr once the hub listens (a start refused later is one line)."""
+    `maintenance` is the maintenance file's path and its schedule read at start (section 12), reloaded
+    on SIGHUP too. `warnings` are said on stderr once the hub listens (a start refused later is one line).
+    `log`, the hub's log (engine.hub.logs, started by the caller), is told of every request and reopened
+    on SIGHUP."""
 
     async def main() -> int:
         t0 = time.perf_counter()
         hub = await Hub.open(data_dir, world_dir, limits)
         gc.disable()  # see Hub.manual_gc
         hub.manual_gc = True
+        # What a reload reads again: the world folder (engine.hub.world), the keys file, the log file and the
+        # maintenance file. The status page reads the world in force from the store, which a reload updates.
+        parts: list[Reloadable] = [WorldSource(hub, world_dir), *([] if keys is None else [keys]),
+                                   *([] if log is None else [log])]
+        if log is not None:
+            hub.request_log = None if log.requests == "off" else log
+            hub.metrics.registry.register(log.collector())
+        windows = None
+        if maintenance is not None:
+            windows = MaintenanceSource(maintenance[0], hub.engine)
+            windows.apply(maintenance[1])
+            parts.append(windows)
         server = Server(hub, parse_address(tcp) if tcp else None, parse_address(http) if http else None,
                         parse_address(admin, "127.0.0.1") if admin else None, tls,
-                        keyring=None if keys is None else keys.keyring, reloadable=() if keys is None else (keys,))
+                        keyring=None if keys is None else keys.keyring, reloadable=parts,
+                        status_sources=StatusSources(maintenance=None if windows is None else windows.status))
         await server.start()
         lp = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -238,16 +270,26 @@ def serve(world_dir: str, data_dir: str, tcp: str | None, http: str | None, limi
         if tls is not None:
             print(f"yidi: tls: {tls.describe()}", file=out)
         print(_auth_line(keys), file=out)
+        if windows is not None:
+            print(_maintenance_line(windows, maintenance[1]), file=out)
         for warning in warnings:
             print(f"yidi: warning: {warning}", file=sys.stderr, flush=True)
         print(_clock_line(), file=out)
-        print(f"yidi: ready in {time.perf_counter() - t0:.2f} s ({type(lp).__module__} loop, {limits})",
-              file=out, flush=True)
+        ready_s = time.perf_counter() - t0
+        listeners = {kind: f"{a[0]}:{a[1]}" for kind, a in (("tcp", server.tcp_address), ("http", server.http_address),
+                                                           ("admin", server.admin_address)) if a}
+        print(f"yidi: ready in {ready_s:.2f} s ({type(lp).__module__} loop, {limits})", file=out, flush=True)
+        event("start", "ready in %.2f s", ready_s, pid=os.getpid(), world=world_dir, data=data_dir,
+              listeners=listeners, tls=tls is not None, auth="keys" if keys is not None else "none",
+              request_log=log.requests if log is not None else "off")
+        notify("READY=1", "STATUS=serving " + ", ".join(f"{k} {v}" for k, v in listeners.items()))
         code = await server.run()
         if code == EXIT_OK:
             print(f"yidi: drained and stopped after {hub.batches} batches", file=out, flush=True)
+            event("stop", "drained and stopped after %d batches", hub.batches, exit_code=code)
         else:
             print(f"yidi: fail-stop: {hub.failed!r}", file=out, flush=True)
+            event("stop", "stopped by a fail-stop: %r", hub.failed, level=logging.CRITICAL, exit_code=code)
         return code
 
     with asyncio.Runner(loop_factory=new_event_loop_factory(loop)) as runner:

@@ -230,7 +230,7 @@ class FramedConnection(asyncio.Protocol):
         infno = None if p is None else (p.infno if isinstance(p.infno, str) else "")
         metrics.requests.labels("tcp", infno_label(infno), E_AUTH).inc()
         msgid = p.msgid if p is not None and isinstance(p.msgid, str) else ""
-        self._refuse(E_AUTH, f"{ERR_MESSAGES[E_AUTH]}: {e}", "auth", msgid)
+        self._refuse(E_AUTH, f"{ERR_MESSAGES[E_AUTH]}: {e}", "auth", msgid, infno_label(infno))
 
     def _shed(self, queued_too: bool) -> None:
         """E_BUSY for the request just refused and, when the hub is behind (`queued_too`), for this
@@ -272,9 +272,10 @@ class FramedConnection(asyncio.Protocol):
         self.buf.clear()
         self._account()
 
-    def _refuse(self, code: str, detail: str, reason: str, msgid: str = "") -> None:
+    def _refuse(self, code: str, detail: str, reason: str, msgid: str = "", infno: str = "unread") -> None:
         """Answer `code` after the replies owed, then close (section 7: oversize length; section 10: E_AUTH)."""
         self.hub.metrics.closed.labels("tcp", reason).inc()
+        self.hub.log_refusal("tcp", infno, msgid, "", self.cred, code, time.perf_counter())
         self.closing = True
         self._drop_buf()
         self._pause_reading()

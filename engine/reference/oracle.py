@@ -6,7 +6,7 @@ the same reply, field for field, for every stream of requests.
 
 The reference is layered like the contract: engine.reference.rules (sections
 3-6), engine.reference.settle (section 7), engine.reference.stepwise (section
-11), engine.reference.recon (3201/3202 of section 8). ReferenceEngine
+11), engine.reference.filing (2501/2502), engine.reference.recon (3201/3202 of section 8). ReferenceEngine
 reads an envelope, answers 1101, keeps idempotency by msgid (and the msgids
 a 2601 voided) and dispatches the rest.
 """
@@ -22,16 +22,17 @@ from engine.contract.protocol import (
 )
 from engine.reference import recon
 from engine.reference.reading import not_json, nesting_depth, raw_json_depth, request_time_ok
+from engine.reference.filing import FILING_INFNOS, FilingBook
 from engine.reference.recon import RECONCILE_INFNOS
 from engine.reference.settle import field_str
 from engine.reference.stepwise import COMMITTING_INFNOS, STEPWISE_INFNOS, StepwiseBook, is_stepwise
 from engine.world.loader import DAY_OPEN
 
-KNOWN_INFNOS = SETTLE_INFNOS | REVERSE_INFNOS | RECONCILE_INFNOS | STEPWISE_INFNOS | {INFNO_PERSON}
+KNOWN_INFNOS = SETTLE_INFNOS | REVERSE_INFNOS | RECONCILE_INFNOS | STEPWISE_INFNOS | FILING_INFNOS | {INFNO_PERSON}
 
 
-class ReferenceEngine(StepwiseBook):
-    """Handles envelopes one at a time, in order, in memory (sections 3-9 and 11)."""
+class ReferenceEngine(FilingBook, StepwiseBook):
+    """Handles envelopes one at a time, in order, in memory (sections 3-9 and 11, filings online)."""
 
     # -- entry point
 
@@ -66,11 +67,11 @@ class ReferenceEngine(StepwiseBook):
             if infno not in KNOWN_INFNOS:
                 raise Refused(E_UNSUPPORTED, f"infno {infno}")
             if infno == INFNO_PERSON:
-                output = self.person_info(env)
+                output = self.person_info(env, now)
             elif infno in RECONCILE_INFNOS:
                 output = recon.answer(env, self.institutions, self.committed)
             else:
-                committing = infno in COMMITTING_INFNOS or infno in REVERSE_INFNOS
+                committing = infno in COMMITTING_INFNOS or infno in REVERSE_INFNOS or infno in FILING_INFNOS
                 if committing:
                     field_str(env, "msgid")
                     inp = canonical(env.get("input"))
@@ -83,7 +84,9 @@ class ReferenceEngine(StepwiseBook):
                     if msgid in self.voided:
                         # Section 11: a msgid voided by a 2601 never takes effect, whatever arrives with it.
                         raise Refused(E_VOIDED, f"msgid {msgid} was voided by a 2601")
-                if is_stepwise(env):
+                if infno in FILING_INFNOS:
+                    output = self.filing(env, now)
+                elif is_stepwise(env):
                     output = self.stepwise(env, now)
                 elif infno in REVERSE_INFNOS:
                     output = self.reverse(env, now)
@@ -115,7 +118,7 @@ class ReferenceEngine(StepwiseBook):
 
     # -- 1101
 
-    def person_info(self, env: dict) -> dict:
+    def person_info(self, env: dict, now: str) -> dict:
         data = (env.get("input") or {}).get("data") if isinstance(env.get("input"), dict) else None
         if not isinstance(data, dict):
             raise Refused(E_SCHEMA, "input.data")
@@ -130,6 +133,7 @@ class ReferenceEngine(StepwiseBook):
             raise Refused(E_SCHEMA, "mdtrt_cert_type must be 01, 02 or 03")
         if p is None:
             raise Refused(E_UNKNOWN_PERSON)
+        self.refuse_in_maintenance(p, now)
         return {
             "baseinfo": {"psn_no": p.psn_no, "certno": p.certno, "psn_name": p.psn_name},
             "insuinfo": [{

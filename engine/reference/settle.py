@@ -16,8 +16,9 @@ from engine.contract.protocol import (
     E_DUPLICATE_VISIT, E_FILING_REQUIRED, E_FORBIDDEN, E_LIMIT, E_MISMATCH, E_NO_POLICY, E_NO_QUALIFICATION,
     E_NOT_FOUND, E_SCHEMA, E_UNKNOWN_INSTITUTION, E_UNKNOWN_PERSON, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES,
     FUND_SECOND, LINES_MAX, MED_TYPE_CHRONIC, MED_TYPES_INPATIENT, MED_TYPES_OUTPATIENT, OUTPATIENT_INFNOS,
-    REQUEST_DAY_MAX, REQUEST_DAY_MIN, Refused, is_retired,
+    REQUEST_DAY_MAX, REQUEST_DAY_MIN, Refused, is_retired, region_covers,
 )
+from engine.core.maintenance import MaintenanceRefused, Window
 from engine.reference.rules import (
     Entry, Person, apply_took, check_line_limits, copy_person, filing_class, pay_chronic, pay_inpatient,
     pay_outpatient, reduction_of, roll_year, split_line,
@@ -324,13 +325,33 @@ class SettlementBook:
         self.open_visits: dict[tuple[str, str], str] = {}
         # Committed settlements and reversals in order, money signed: what 3201/3202 read (section 8).
         self.committed: list[dict] = []
+        # Section 12: the maintenance windows, in the order of their file (maintenance_window).
+        self.maintenance: list[Window] = []
+
+    # -- section 12
+
+    def maintenance_window(self, insuplc: str, now: str) -> Window | None:
+        """The window in force at `now` (begin included, end excluded) covering insured region `insuplc`;
+        of several, the one that ends last, the first in the file on a tie."""
+        best = None
+        for w in self.maintenance:
+            if w.begin <= now < w.end and region_covers(w.admdvs, insuplc) and (best is None or w.end > best.end):
+                best = w
+        return best
+
+    def refuse_in_maintenance(self, person: Person, now: str) -> None:
+        """E_MAINTENANCE for a transaction that charges or queries `person` during a window of their
+        insured region (docs/contract.md section 12 and its choices)."""
+        w = self.maintenance_window(person.insuplc_admdvs, now)
+        if w is not None:
+            raise MaintenanceRefused(w)
 
     # -- 2206/2207, 2303/2304 with feedetail
 
     def settle(self, env: dict, now: str) -> dict:
         """The steps of section 7 in their order; each refuses with its code."""
         req = settle_request(env)
-        inst, person, policy = self.parties(env, req.psn_no, req.insutype)
+        inst, person, policy = self.parties(env, req.psn_no, req.insutype, now)
         if (env["fixmedins_code"], req.mdtrt_id) in self.open_visits:
             raise Refused(E_DUPLICATE_VISIT)
         results, totals, line_sum = self.split_lines(env["mdtrtarea_admvs"][:2], req.lines, req.outpatient)
@@ -338,9 +359,10 @@ class SettlementBook:
             raise Refused(E_AMOUNT_MISMATCH, "medfee_sumamt is not the sum of the lines")
         return self.compute(env, req, inst, person, policy, results, totals, now)
 
-    def parties(self, env: dict, psn_no: str, insutype: str) -> tuple[tuple, Person, Policy]:
+    def parties(self, env: dict, psn_no: str, insutype: str, now: str | None) -> tuple[tuple, Person, Policy]:
         """The institution, the person and the policy, in section 7's order (E_UNKNOWN_INSTITUTION,
-        E_FORBIDDEN, E_UNKNOWN_PERSON, E_MISMATCH, E_NO_POLICY)."""
+        E_FORBIDDEN, E_UNKNOWN_PERSON, E_MISMATCH, then section 12's E_MAINTENANCE unless `now` is None,
+        E_NO_POLICY)."""
         inst = self.institutions.get(env["fixmedins_code"])
         if inst is None:
             raise Refused(E_UNKNOWN_INSTITUTION)
@@ -351,6 +373,8 @@ class SettlementBook:
             raise Refused(E_UNKNOWN_PERSON)
         if env["insuplc_admdvs"] != person.insuplc_admdvs or insutype != person.insutype:
             raise Refused(E_MISMATCH, "insuplc_admdvs or insutype")
+        if now is not None:
+            self.refuse_in_maintenance(person, now)
         policy = self.policies.get((person.insuplc_admdvs, person.insutype))
         if policy is None:
             raise Refused(E_NO_POLICY)

@@ -211,12 +211,12 @@ class StepwiseBook(SettlementBook):
 
     # -- opening: 2201, 2401
 
-    def _open(self, env: dict, data: dict, inpatient: bool, med_type: str, dise: str | None) -> Visit:
+    def _open(self, env: dict, data: dict, inpatient: bool, med_type: str, dise: str | None, now: str) -> Visit:
         """Section 7's checks up to E_NO_POLICY, then a new visit "M" + msgid (not yet kept)."""
         for k in ("msgid", "mdtrtarea_admvs", "insuplc_admdvs"):
             field_str(env, k)
         psn_no, insutype, begntime = field_str(data, "psn_no"), field_str(data, "insutype"), _time(data, "begntime")
-        self.parties(env, psn_no, insutype)
+        self.parties(env, psn_no, insutype, now)
         return Visit("M" + env["msgid"], inpatient, env["fixmedins_code"], env["mdtrtarea_admvs"], psn_no, insutype,
                      begntime, med_type, dise)
 
@@ -231,7 +231,7 @@ class StepwiseBook(SettlementBook):
         ipt_otp_no = data.get("ipt_otp_no") or ""
         if not isinstance(ipt_otp_no, str):
             raise Refused(E_SCHEMA, "ipt_otp_no must be a string")
-        v = self._open(env, data, False, OUTPATIENT_DEFAULT_MED_TYPE, None)
+        v = self._open(env, data, False, OUTPATIENT_DEFAULT_MED_TYPE, None, now)
         v.ipt_otp_no = ipt_otp_no
         if ipt_otp_no and any(not w.inpatient and not w.cancelled and w.fixmedins_code == v.fixmedins_code
                               and w.ipt_otp_no == ipt_otp_no for w in self.visits.values()):
@@ -244,7 +244,7 @@ class StepwiseBook(SettlementBook):
         info = _part(env, "mdtrtinfo")
         med_type = _med_type(info, MED_TYPES_INPATIENT, True)
         _dise(info)  # read, not kept: no inpatient rule uses it
-        v = self._open(env, info, True, med_type, None)
+        v = self._open(env, info, True, med_type, None, now)
         if any(w.inpatient and w.psn_no == v.psn_no and w.state() in (ADMITTED, DISCHARGED)
                for w in self.visits.values()):
             raise Refused(E_DUPLICATE_VISIT, f"person {v.psn_no} has a stay neither settled nor cancelled")
@@ -412,7 +412,7 @@ class StepwiseBook(SettlementBook):
             raise Refused(E_SCHEMA, "mid_setl_flag must be 0 or 1 (or empty: 0)")
         if flag == "1":  # a well-formed request the hub does not do: after every E_SCHEMA
             raise Refused(E_UNSUPPORTED, "interim settlement (mid_setl_flag 1)")
-        inst, person, policy = self.parties(env, psn_no, insutype)
+        inst, person, policy = self.parties(env, psn_no, insutype, now)
         v = self.visit_for(env, mdtrt_id, [psn_no], None)
         if med_type is not None and med_type != v.med_type:
             raise Refused(E_MISMATCH, f"med_type {med_type} is not the visit's {v.med_type}")

@@ -10,6 +10,8 @@ import sqlite3
 
 import msgspec
 
+from engine.core.filing import FILING_EFFECTS
+
 FETCH_ROWS = 65_536
 _EFFECTS = msgspec.msgpack.Decoder(list)
 
@@ -81,6 +83,8 @@ def check_visits(conn: sqlite3.Connection, rep) -> None:
 def _apply(visits: dict, e: list, settle: dict, reversed_ids: set, seen_settled: set, voided: list) -> str:
     """Apply one effect to the plain visits; what is wrong with it, or ""."""
     kind = e[0]
+    if kind in FILING_EFFECTS:  # a filing made online (engine.core.filing), no visit's
+        return ""
     if kind == "void":
         voided.append(e[1])
         return ""

@@ -32,21 +32,23 @@ from engine.store.schema import (
     KEYS_SCHEMA, PERSON_ACC, READ_CHUNK_ROWS, SCHEMA, SCHEMA_VERSION, SIGN_IN_COLS, STORE_FORMAT, schema_statements,
 )
 from engine.world.loader import DAY_OPEN, World
+from engine.world.merge import WORLD_FILES, WorldMerge
 from engine.store.errors import StoreRefused
 from engine.store.files import refuse_sqlite
 
 log = logging.getLogger("yidi.store")
 
-WORLD_FILES = (
-    "institutions.csv", "catalogue.csv", "policies.json", "persons.csv",
-    "chronic.csv", "filings.csv", "prepay.csv",
-)
 # The files that seed the store once; the others are reloaded at every start.
 SEED_FILES = ("persons.csv", "chronic.csv", "filings.csv")
 # meta: the fingerprint of the last persons.csv found to name this store's persons, or accepted by the operator
 # (the seed's until then), and the sorted fixmedins_codes of the world the store last started with.
 META_PERSONS_ACCEPTED = "accepted_sha256:persons.csv"
 META_INSTITUTION_CODES = "institution_codes"
+# meta: the person rows and chronic slots the keyed file holds as of the last seed or reload (a reload cut short
+# between its two files' transactions leaves more there: undone at open), and the slots a reload withdrew.
+META_PERSON_ROWS = "person_rows"
+META_CHRONIC_ROWS = "chronic_rows"
+META_CHRONIC_WITHDRAWN = "chronic_withdrawn"
 CODES_NAMED_MAX = 3  # codes a refusal names for each difference
 
 
@@ -111,21 +113,101 @@ def seed_store(w: sqlite3.Connection, world: World, world_dir: str) -> None:
     with _transaction(w):
         for stmt in schema_statements(SCHEMA):
             w.execute(stmt)
-        begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
-        w.executemany(
-            "INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((i, p, world.fil_type[i], world.fil_dest[i], money.format_day(begn[i]),
-              None if end[i] == DAY_OPEN else money.format_day(end[i]), world.fil_status[i])
-             for i, p in enumerate(world.fil_psn.tolist())),
-        )
+        _insert_filings(w, filing_rows(world))
         meta = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now_text(),
                 "seeded_from": os.path.abspath(world_dir), "store_id": store_id, "logs_deleted_to": "0"}
         meta.update(world_meta(world, world_dir))
+        meta.update({META_PERSON_ROWS: str(n), META_CHRONIC_ROWS: str(len(world.chr_dise)),
+                     META_CHRONIC_WITHDRAWN: "[]"})
         w.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "seeded"))
     log.info("seeded %d persons, %d chronic qualifications, %d filings",
              n, len(world.chr_dise), len(world.fil_type))
+
+def filing_rows(world: World, first: int = 0) -> list[tuple]:
+    """The `filing` rows of a world's filings from the `first` on (its id is the filing's place in the world)."""
+    begn, end = world.fil_begn.tolist(), world.fil_end.tolist()
+    return [(i, p, world.fil_type[i], world.fil_dest[i], money.format_day(begn[i]),
+             None if end[i] == DAY_OPEN else money.format_day(end[i]), world.fil_status[i])
+            for i, p in enumerate(world.fil_psn.tolist()[first:], first)]
+
+
+def _insert_filings(w: sqlite3.Connection, rows: list[tuple]) -> None:
+    w.executemany("INSERT INTO filing VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _person_rows(world: World, rows) -> list[tuple]:
+    """person rows (KEYS_SCHEMA) of the world's persons `rows`: the world's values, which are their seed too."""
+    strs = [world.psn_no, world.psn_certno, world.psn_name, world.psn_insuplc, world.psn_insutype, world.psn_type]
+    acc = [world.psn_balc, world.psn_acc_year, world.psn_hifp_ip, world.psn_hifp_op,
+           world.psn_ded_op, world.psn_burden2, world.psn_second_paid]
+    out = []
+    for i in rows:
+        values = [int(a[i]) for a in acc]
+        out.append((int(i), *(s[int(i)].as_py() for s in strs), *values, *values))
+    return out
+
+
+def record_reload(w: sqlite3.Connection, merge: WorldMerge, world_dir: str, meta: dict,
+                  filings: list[tuple], filings_kept: int) -> None:
+    """Make a reloaded world the store's (engine.world.merge): the new persons and chronic slots and the changed
+    persons' static fields in the keyed file, then the filings, the slots withdrawn and the world's fingerprints in
+    the main file, each file in one transaction, the keyed file first (a reload cut short between the two is undone
+    at open: undo_cut_reload). A restart with this world folder then finds it unchanged. `meta` (world_meta of the
+    folder) and `filings` are made before: commits wait while the main file is written. `filings` are filing_rows
+    of the world's filings from `filings_kept` on: the store's first `filings_kept` stay (-1: all are replaced),
+    so the daily case, filings appended, writes only the new ones."""
+    world = merge.world
+    n, k_old, k_new = world.n_persons, merge.slots_before, len(world.chr_dise)
+    with _transaction(w):
+        w.executemany("INSERT INTO person VALUES (" + ", ".join("?" * 21) + ")",
+                      _person_rows(world, range(merge.persons_before, n)))
+        statics = [world.psn_certno, world.psn_name, world.psn_insuplc, world.psn_insutype, world.psn_type]
+        w.executemany("UPDATE person SET certno = ?, psn_name = ?, insuplc_admdvs = ?, insutype = ?, psn_type = ?"
+                      " WHERE psn = ?", ((*(s[int(i)].as_py() for s in statics), int(i))
+                                         for i in merge.persons_changed))
+        years = world.psn_acc_year
+        w.executemany("INSERT INTO chronic VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      ((k, int(world.chr_psn[k]), world.chr_dise[k], int(world.chr_hifp_cd[k]),
+                        int(years[world.chr_psn[k]]), int(world.chr_hifp_cd[k]), int(years[world.chr_psn[k]]))
+                       for k in range(k_old, k_new)))
+    new = dict(meta)
+    new.update({META_PERSONS_ACCEPTED: new["sha256:persons.csv"], META_PERSON_ROWS: str(n),
+                META_CHRONIC_ROWS: str(k_new), META_CHRONIC_WITHDRAWN: json.dumps(sorted(merge.chronic_withdrawn))})
+    changes = ", ".join(f"{k} {v}" for k, v in merge.counts.items())
+    with _transaction(w):
+        if filings_kept < 0:
+            w.execute("DELETE FROM filing")
+        _insert_filings(w, filings)
+        w.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", new.items())
+        w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
+                  (_now_text(), os.path.abspath(world_dir), "reload: " + changes))
+    log.info("reloaded the world %s into the store: %s", world_dir, changes)
+
+
+def undo_cut_reload(w: sqlite3.Connection, data_dir: str) -> None:
+    """Remove the person rows and chronic slots a reload cut short left in the keyed file (record_reload wrote its
+    keyed file's transaction, not its main file's): the store is then as before that reload."""
+    meta = dict(w.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (META_PERSON_ROWS, META_CHRONIC_ROWS)))
+    if len(meta) < 2:
+        return  # a store made before these were kept
+    n, k = int(meta[META_PERSON_ROWS]), int(meta[META_CHRONIC_ROWS])
+    extra_p = w.execute("SELECT COUNT(*) FROM person WHERE psn >= ?", (n,)).fetchall()[0][0]
+    extra_k = w.execute("SELECT COUNT(*) FROM chronic WHERE slot >= ?", (k,)).fetchall()[0][0]
+    if extra_p or extra_k:
+        log.warning("%s: a reload cut short left %d persons and %d chronic qualifications in the store; removed "
+                    "(the world of the reload before it is in force: reload again)", data_dir, extra_p, extra_k)
+        with _transaction(w):
+            w.execute("DELETE FROM person WHERE psn >= ?", (n,))
+            w.execute("DELETE FROM chronic WHERE slot >= ?", (k,))
+
+
+def chronic_withdrawn(w: sqlite3.Connection) -> frozenset:
+    """The chronic slots a reload withdrew (record_reload)."""
+    row = w.execute("SELECT value FROM meta WHERE key = ?", (META_CHRONIC_WITHDRAWN,)).fetchall()
+    return frozenset(json.loads(row[0][0])) if row else frozenset()
+
 
 def world_meta(world: World, world_dir: str) -> dict:
     meta = {f"sha256:{f}": _sha256(os.path.join(world_dir, f)) for f in WORLD_FILES}
@@ -214,8 +296,8 @@ def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world
         elif f == "prepay.csv":
             notes.append("prepay.csv changed; in force")
         else:
-            notes.append(f"{f} differs from the one this store was seeded from; not applied: persons, "
-                         "chronic qualifications and filings come from the store")
+            notes.append(f"{f} differs from the one this store was seeded from or last reloaded; not applied: "
+                         "persons, chronic qualifications and filings come from the store (a reload applies them)")
     for note in notes:
         (log.warning if "not applied" in note or "accepted" in note else log.info)("%s: %s", data_dir, note)
     if not notes:

@@ -1,11 +1,12 @@
 """The step-wise flow in the store (docs/contract.md section 11): the `step` table, its lookups, restoring visits.
 
-Every committed step-wise transaction, and every visit effect of a settlement or
+Every committed step-wise transaction (and filing made online: 2501, 2502, the
+operator's long-term filings), and every visit effect of a settlement or
 a reversal, is one `step` row, written in the same transaction as the batch that
 made it (store.SqliteStore.write): its effects (engine.core.visits) and, for a
 transaction, its request and reply by msgid. At open the engine's visits are
 rebuilt by applying every row's effects in order with the same
-`VisitBook.apply` the engine uses, so they are what they were.
+`Engine.apply_effect` the engine uses, so they are what they were.
 
 A retry of a step-wise transaction finds its stored reply with StepJournalMap:
 RAM holds what is not yet committed; the rest is a point query on the table's
@@ -84,14 +85,15 @@ class StepJournalMap:
                 del self._pending[c.msgid]
 
 
-def restore_visits(conn: sqlite3.Connection, book) -> int:
-    """Apply every step row's effects to `book` (engine.core.visits.VisitBook), in order; the rows read."""
+def restore_effects(conn: sqlite3.Connection, apply) -> int:
+    """Apply every step row's effects, in order, with `apply` (engine.core.engine.Engine.apply_effect: the
+    visits of section 11 and the filings made online); the rows read."""
     n = 0
     cur = conn.execute("SELECT effects FROM step ORDER BY seq")
     while rows := cur.fetchmany(READ_CHUNK_ROWS):
         for (blob,) in rows:
             for effect in _EFFECTS.decode(blob):
-                book.apply(effect)
+                apply(effect)
         n += len(rows)
     return n
 

@@ -85,8 +85,11 @@ from engine.store.lookups import (
 )
 from engine.store.recon import StoredReconIndex
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, SQL_INSERTS, delete_logs
-from engine.store.seed import note_world_changes, restore_sign_ins, restore_world, seed_store
-from engine.store.steps import StepJournalMap, restore_visits, step_rows
+from engine.store.seed import (
+    chronic_withdrawn, note_world_changes, record_reload, restore_sign_ins, restore_world, seed_store, undo_cut_reload,
+    filing_rows, world_meta,
+)
+from engine.store.steps import StepJournalMap, restore_effects, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
 from engine.world.loader import World, load_world
 
@@ -153,6 +156,7 @@ class SqliteStore:
             seed_store(self._w, world, world_dir)
         else:
             check_opened(self._w, self.path, meta, verify)
+            undo_cut_reload(self._w, self.data_dir)
             note_world_changes(self._w, self.data_dir, world, world_dir, accept=accept_world_change)
         self._reader = Reader(self.path, self._tail)
         self._checkpointer = Checkpointer(self.path)
@@ -170,10 +174,10 @@ class SqliteStore:
             cd_years = None
             if not seeded_now:
                 world, cd_years = restore_world(self._w, world)
-            self.engine = self._engine(world, clock, cd_years)
+            self.engine = self._engine(world, clock, cd_years, chronic_withdrawn(self._w))
             self.engine.signins.restore(restore_sign_ins(self._w, clock))
             self.engine.signins.events = []  # this store takes them (prepare)
-            restore_visits(self._w, self.engine.visits)
+            restore_effects(self._w, self.engine.apply_effect)
             self.engine.step_changes = []  # this store takes them (prepare)
         except sqlite3.DatabaseError as e:
             raise refuse_sqlite(self.path, e) from None
@@ -197,7 +201,7 @@ class SqliteStore:
                 f" {self._written_seq} rows and its logs are deleted up to {self._logs_deleted}: the two files"
                 " are not of the same moment (a copy of one of them?); refusing to open the store")
 
-    def _engine(self, world: World, clock: str, cd_years: list | None) -> Engine:
+    def _engine(self, world: World, clock: str, cd_years: list | None, withdrawn: frozenset) -> Engine:
         """An engine over `world` built with the store's history (engine.core.history).
 
         The changes it makes are numbered from _next_seq on, in the order it makes
@@ -209,7 +213,7 @@ class SqliteStore:
         self._history = StoreHistory(JournalMap(r), SettledMap(r), OpenVisits(r),
                                      StoredReconIndex(self.path, first_seq=self._next_seq), self._rows.encode,
                                      StepJournalMap(r))
-        return Engine(world, clock=clock, history=self._history, chronic_years=cd_years)
+        return Engine(world, clock=clock, history=self._history, chronic_years=cd_years, chronic_withdrawn=withdrawn)
 
     # ------------------------------------------------------------ commit
 
@@ -364,6 +368,30 @@ class SqliteStore:
                     w.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    # ------------------------------------------------------------ reload
+
+    def record_world(self, merge, world_dir: str) -> float:
+        """Make a reloaded world (engine.world.merge.WorldMerge) the store's, durably, before the engine takes it
+        (engine.hub.world): its new persons and chronic slots get their rows before any commit can name them.
+        From any thread: it waits for the commit in progress and for a background fold (the keyed file has one
+        writer at a time). A failure once the keyed file is written fails the store, as a failed commit does.
+        Returns the seconds it held the write lock (commits waited that long)."""
+        # Made before the commits wait: the fingerprints read every file of the folder.
+        meta = world_meta(merge.world, world_dir)
+        filings = filing_rows(merge.world, max(0, merge.filings_kept))
+        with self._write_lock:
+            t0 = time.perf_counter()
+            if self.failed:
+                raise StoreFailed("an earlier commit failed: the store refuses further writes; restart")
+            if self._folder is not None:
+                self._folder.wait()
+            try:
+                record_reload(self._w, merge, world_dir, meta, filings, merge.filings_kept)
+            except BaseException as e:
+                self._fail(e)
+                raise StoreFailed(f"recording the reloaded world failed ({e!r}); the process must stop") from e
+            return time.perf_counter() - t0
 
     # ------------------------------------------------------------ fold
 

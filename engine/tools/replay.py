@@ -10,6 +10,7 @@ import orjson
 
 from engine.core.collect import Collector
 from engine.core.engine import Engine, Request
+from engine.core.maintenance import Schedule, read_schedule
 from engine.contract.wire import JSON
 from engine.world.loader import World, load_world
 
@@ -35,9 +36,11 @@ def _batches(it: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
         yield batch
 
 
-def replay_compiled(world: World, in_path: str, out_path: str, batch_max: int = BATCH_MAX) -> int:
+def replay_compiled(world: World, in_path: str, out_path: str, batch_max: int = BATCH_MAX,
+                    maintenance: Schedule | None = None) -> int:
     """Replay through the compiled engine with its state in memory."""
     engine = Engine(world, clock="inf_time")
+    engine.maintenance = maintenance
     # The world's millions of long-lived objects need no more collection passes.
     gc.collect()
     gc.freeze()
@@ -71,10 +74,11 @@ def _replay_batches(engine: Engine, commit, in_path: str, out_path: str, batch_m
     return n
 
 
-def replay_reference(world: World, in_path: str, out_path: str) -> int:
+def replay_reference(world: World, in_path: str, out_path: str, maintenance: Schedule | None = None) -> int:
     from engine.reference.oracle import ReferenceEngine
 
     eng = ReferenceEngine(world)
+    eng.maintenance = [] if maintenance is None else maintenance.as_listed()
     n = 0
     with open(out_path, "wb") as out:
         for line in _lines(in_path):
@@ -114,11 +118,13 @@ def check_paths(in_path: str, out_path: str) -> None:
 
 
 def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False, data_dir: str | None = None,
-           accept_world_change: bool = False) -> dict:
+           accept_world_change: bool = False, maintenance_path: str | None = None) -> dict:
     """Section 9. With `data_dir`, the store is kept there (seeded when new, continued when it exists;
-    `accept_world_change`: see engine.store.open_store)."""
+    `accept_world_change`: see engine.store.open_store). `maintenance_path`: a maintenance file (section
+    12), its windows on the replay clock (each request's inf_time); MaintenanceError when it cannot be used."""
     t0 = time.perf_counter()
     check_paths(in_path, out_path)
+    maintenance = None if maintenance_path is None else read_schedule(maintenance_path)
     if data_dir is not None:
         from engine.store import open_store
 
@@ -126,12 +132,14 @@ def replay(world_dir: str, in_path: str, out_path: str, reference: bool = False,
         store = open_store(data_dir, world_dir, clock="inf_time", accept_world_change=accept_world_change)
         try:
             t1 = time.perf_counter()
+            store.engine.maintenance = maintenance
             n = replay_store(store, in_path, out_path)
         finally:
             store.close()
     else:
         world = load_world(world_dir)
         t1 = time.perf_counter()
-        n = replay_reference(world, in_path, out_path) if reference else replay_compiled(world, in_path, out_path)
+        n = (replay_reference(world, in_path, out_path, maintenance) if reference
+             else replay_compiled(world, in_path, out_path, maintenance=maintenance))
     t2 = time.perf_counter()
     return {"requests": n, "load_s": t1 - t0, "replay_s": t2 - t1, "total_s": t2 - t0}

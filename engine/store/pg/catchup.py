@@ -10,8 +10,9 @@ have restored from them (apply_catch_up):
 - the msgids and visits of the journal rows, into the lookup filters (the
   lookups themselves read the database, so a filter that may contain a key
   sends the engine to it);
-- the step-wise rows' visit effects, applied in order with the engine's own
-  VisitBook.apply, and their msgids;
+- the step rows' effects (the visits of the step-wise flow, filings made
+  online), applied in order with the engine's own apply_effect, and their
+  msgids;
 - sign-ins made or ended.
 The engine then holds what it would hold after processing every batch committed
 so far, whichever node made them. Nothing else of the engine's state depends on
@@ -73,10 +74,10 @@ def apply_catch_up(cursors: list, engine, reader) -> dict[str, int]:
         reader.msgids.add_all([r[0] for r in journal])
         reader.visits.add_all_pairs([(r[2], r[3]) for r in journal if r[1] == CHANGE_SETTLE and r[4] is None])
     if steps:
-        book = engine.visits
+        apply = engine.apply_effect  # visits (section 11) and filings made online, as an open applies them
         for _, blob in steps:
             for effect in _EFFECTS.decode(blob):
-                book.apply(effect)
+                apply(effect)
         reader.msgids.add_all([r[0] for r in steps if r[0] is not None])
     if signs:
         engine.signins.merge([SignIn(*r) for r in signs])

@@ -52,8 +52,8 @@ from engine.store.pg.seed import prepare_database
 from engine.store.pg.sql import STORE_LOCK_KEY, PgConn, connect, redact, refuse_pg
 from engine.store.recon import StoredReconIndex
 from engine.store.schema import AMOUNT_KEYS, INFO_KEYS, JOURNAL_COLS, STEP_COLS, SIGN_IN_COLS
-from engine.store.seed import note_world_changes, restore_sign_ins, restore_world
-from engine.store.steps import StepJournalMap, restore_visits, step_rows
+from engine.store.seed import chronic_withdrawn, note_world_changes, restore_sign_ins, restore_world
+from engine.store.steps import StepJournalMap, restore_effects, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES
 from engine.world.loader import World, load_world
 
@@ -202,10 +202,11 @@ class PgStore:
             self._rows = JournalRows(seq + 1)
             self._history = StoreHistory(JournalMap(reader), SettledMap(reader), OpenVisits(reader), self._recon,
                                          self._rows.encode, StepJournalMap(reader))
-            engine = Engine(world, clock=self.clock, history=self._history, chronic_years=cd_years)
+            engine = Engine(world, clock=self.clock, history=self._history, chronic_years=cd_years,
+                            chronic_withdrawn=chronic_withdrawn(self._conn))
             engine.signins.restore(signs)
             engine.signins.events = []
-            restore_visits(self._conn, engine.visits)
+            restore_effects(self._conn, engine.apply_effect)
             engine.step_changes = []
             raw.execute("COMMIT")
         except psycopg.Error:
