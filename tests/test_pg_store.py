@@ -266,3 +266,16 @@ def test_a_lease_keeps_the_lock_over_batches_and_the_other_node_waits_for_it(pg_
         one.take_changes()
         assert got[k] == want, f"batch {k}"
     _check_ok(pg_url)
+
+
+def test_a_config_file_may_name_the_store_instead_of_a_data_folder(tmp_path):
+    from engine.cli import parse_args
+
+    path = tmp_path / "yidi.toml"
+    path.write_text('world = "/w"\nstore = "postgresql://yidi@db:5432/yidi"\nno-auth = true\ntcp = "127.0.0.1:9000"\n'
+                    "store-lease-ms = 10\n")
+    a = parse_args(["serve", "--config", str(path)])
+    assert (a.store, a.data, a.store_lease_ms) == ("postgresql://yidi@db:5432/yidi", None, 10.0)
+    # The command line still wins, and may give the other of the two.
+    a = parse_args(["serve", "--config", str(path), "--store-lease-ms", "0"])
+    assert a.store_lease_ms == 0.0
