@@ -276,6 +276,6 @@ def test_a_config_file_may_name_the_store_instead_of_a_data_folder(tmp_path):
                     "store-lease-ms = 10\n")
     a = parse_args(["serve", "--config", str(path)])
     assert (a.store, a.data, a.store_lease_ms) == ("postgresql://yidi@db:5432/yidi", None, 10.0)
-    # The command line still wins, and may give the other of the two.
+    # The command line still wins.
     a = parse_args(["serve", "--config", str(path), "--store-lease-ms", "0"])
     assert a.store_lease_ms == 0.0
