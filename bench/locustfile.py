@@ -197,14 +197,15 @@ class FramedUser(User):
         self.index = next(_Shared.next_user)
         self.mine = _Shared.parts[self.index % len(_Shared.parts)]
         host = self.environment.host or "tcp://127.0.0.1:7000"
-        addr = host.split("://", 1)[-1]
-        h, _, p = addr.rpartition(":")
+        # Several nodes (tcp://A:P,B:Q): lane k connects to node k mod their number, as a load balancer would.
+        nodes = [a.rpartition(":") for a in host.split("://", 1)[-1].split(",")]
         self.socks: dict[int, socket.socket] = {}
         self.sent: dict[int, deque] = {}  # per lane: (t0, infno, frame length, visit) of each unanswered request
         self.locks: dict[int, Semaphore] = {}  # per lane: the sender and the receivers both send on it
         # Visits with a request unanswered -> the frames of that visit waiting for its reply, in order.
         self.waiting: dict[int, deque] = {}
         for k in _Shared.lanes_of_user[self.index % len(_Shared.parts)]:
+            h, _, p = nodes[k % len(nodes)]
             sock = socket.create_connection((h, int(p)))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if opts.tls_ca:  # the handshake here, before the first request's clock starts

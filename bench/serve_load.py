@@ -9,6 +9,9 @@
     python bench/serve_load.py --campaign all --flow mixed    # a day sent as hospitals send it (section 11)
     python bench/serve_load.py --campaign stepwise-ab  # the mixed step-wise day and the one-shot day side by side
     python bench/serve_load.py --campaign log-ab       # the request log on (all) and off, alternating
+    python bench/serve_load.py --campaign all --store postgresql://postgres@127.0.0.1/postgres --nodes 2
+                                                       # each campaign on the embedded store, then on two
+                                                       # nodes of a fresh PostgreSQL database
 
 For each campaign: a synthetic world and request stream (engine.tools.synth, cached in
 --cache), a fresh data folder, `yidi serve` pinned to core 0 on the real store,
@@ -50,6 +53,13 @@ alternating which goes first, `--rounds` times: saturation (requests/s, durable
 settlements/s, the hub's CPU per reply) and latency at 3,000 requests/s offered; the
 mixed day fails its campaign under STEPWISE_TARGETS (15,000 requests/s and 3,000
 durable settlements/s at saturation, p99 at most 20 ms at 3,000 requests/s).
+
+With `--store URL` each campaign runs twice in the same run: on the embedded store
+as above, then on `--nodes` `yidi serve` processes (not pinned) sharing a fresh
+database of that server, Locust's lanes spread over them as a load balancer
+would. Beside the figures: the share of the machine's CPU each node, Locust and
+the database's server processes took, and the round trips and statements per
+settlement (the nodes' own counters on /metrics: yidi_store_*).
 
 A campaign fails (exit code 1) when its budget is missed: the saturation one
 under `--settlements-min` durable settlements/s, the latency one over
@@ -138,7 +148,9 @@ def pinned(core: int | None) -> list[str]:
 
 
 def start_server(world: str, data: str, server_args: list[str], core: int | None):
-    cmd = pinned(core) + [sys.executable, "-m", "engine.cli", "serve", "--world", world, "--data", data,
+    """`yidi serve` on the store `data`: a folder, or a PostgreSQL URL (--store)."""
+    where = ["--store", data] if data.startswith("postgresql://") else ["--data", data]
+    cmd = pinned(core) + [sys.executable, "-m", "engine.cli", "serve", "--world", world, *where,
                           "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", *server_args]
     log(" ".join(cmd))
     p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
@@ -433,15 +445,50 @@ def warm_up(tcp: str, lanes, frames: str, k: int, auth: bool, ca_file: str | Non
     return {"warm_up_requests": k, "warm_up_s": round(time.perf_counter() - t0, 2), "warm_up_refused": refused}
 
 
+def pg_database(admin_url: str, name: str, drop: bool = False) -> str:
+    """A new database `name` on the server of `admin_url` (dropped first if there), or dropped; its URL."""
+    import urllib.parse
+
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not drop:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(admin_url)._replace(path="/" + name))
+
+
+def pg_backends(admin_url: str, db: str) -> dict[int, float]:
+    """pid -> CPU seconds so far of the server processes serving database `db` (the nodes' connections)."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (db,))]
+    return {pid: cpu_s(pid) for pid in pids}
+
+
+def pg_commits(url: str) -> float:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return float(conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                                  ).fetchone()[0])
+
+
 def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = True, request_log: str = "all",
-                 flow: str = "oneshot") -> dict:
+                 flow: str = "oneshot", nodes: int = 0) -> dict:
     """One campaign against a fresh hub: signed (`auth`) or --no-auth, over the same lanes, with its request log
-    (`request_log`: all, errors or off) written to a file in the run's folder; the day sent as `flow` says."""
+    (`request_log`: all, errors or off) written to a file in the run's folder; the day sent as `flow` says.
+    `nodes` > 0: that many `yidi serve` processes on a fresh database of the --store server, Locust's lanes
+    spread over them."""
     run = tempfile.mkdtemp(prefix=f"yidi-{name}-", dir=a.data_root)  # the run's files; the store in run/data
     data = os.path.join(run, "data")
+    db = f"yidi_bench_{os.getpid()}_{name.replace('-', '_')}"
+    if nodes:
+        data = pg_database(a.store, db)
     server_args, locust_args, ca_file = list(a.server_args), [], None
-    log_file = os.path.join(run, "yidi.jsonl")
-    server_args += ["--log-file", log_file, "--request-log", request_log]
+    log_files = [os.path.join(run, f"yidi-{k}.jsonl") for k in range(max(1, nodes))]  # one a node
+    server_args += ["--request-log", request_log]
     if a.tls:
         pki = tempfile.mkdtemp(prefix=f"yidi-{name}-tls-", dir=a.data_root)
         ca_file, cert, key = tls_files(pki)
@@ -451,7 +498,11 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
     keys, lanes, codes = make_lanes(world, bodies, run)
     visits = visits_of(bodies)
     server_args += ["--keys", keys] if auth else ["--no-auth"]
-    server, addrs = start_server(world, data, server_args, a.server_core)
+    servers = []
+    for k in range(max(1, nodes)):  # the nodes of a --store run are not pinned: they share both cores with it
+        servers.append(start_server(world, data, [*server_args, "--log-file", log_files[k]],
+                                    None if nodes else a.server_core))
+    server, addrs = servers[0]
     try:
         signing = {"sign_ins": 0, "sign_in_s": 0.0}
         if auth:
@@ -467,34 +518,54 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         lanes_path = os.path.join(run, "lanes.json")
         write_lanes(lanes_path, lanes, sum(len(lane.idx) for lane in lanes), auth, visits, first)
         del visits
-        before = scrape(addrs["admin"], ca_file)
-        cpu0 = cpu_s(server.pid)
+        before = [scrape(ad["admin"], ca_file) for _, ad in servers]
+        cpu0 = [cpu_s(p.pid) for p, _ in servers]
+        pg0 = pg_backends(a.store, db) if nodes else {}
+        commits0 = pg_commits(data) if nodes else 0.0
+        children0 = os.times()
         summary_path = os.path.join(run, "locust-summary.json")
         cmd = pinned(a.load_core) + [
             sys.executable, "-m", "locust", "-f", os.path.join(ROOT, "bench", "locustfile.py"), "--headless",
             "-u", str(c["users"]), "-r", str(c["users"]), "-t", f"{c['duration_s']}s", "--stop-timeout", "5",
-            "--host", f"tcp://{addrs['tcp']}", "--frames", frames, "--lanes", lanes_path,
+            "--host", "tcp://" + ",".join(ad["tcp"] for _, ad in servers), "--frames", frames, "--lanes", lanes_path,
             "--in-flight", str(c["in_flight"]),
             "--rate", str(c["rate"]), "--p99-budget-ms", str(c["p99_budget_ms"]),
             "--summary-json", summary_path, "--only-summary", "--loglevel", "WARNING", *locust_args,
         ]
         log(" ".join(cmd))
         lp = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        server_cpu_s = cpu_s(server.pid) - cpu0
-        after = scrape(addrs["admin"], ca_file)
+        node_cpu_s = [cpu_s(p.pid) - c0 for (p, _), c0 in zip(servers, cpu0)]
+        server_cpu_s = sum(node_cpu_s)
+        children = os.times()
+        locust_cpu_s = (children.children_user + children.children_system
+                        - children0.children_user - children0.children_system)
+        pg_cpu_s = sum(cpu_s(pid) - t for pid, t in pg0.items()) if nodes else 0.0
+        commits = pg_commits(data) - commits0 if nodes else 0.0
+        after_each = [scrape(ad["admin"], ca_file) for _, ad in servers]
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            out, err = server.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            out, err = server.communicate()
+        errs = []
+        for p, _ in servers:
+            p.send_signal(signal.SIGTERM)
+        for p, _ in servers:
+            try:
+                _, e = p.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, e = p.communicate()
+            errs.append(e or "")
+        err = "".join(errs)
+        if nodes:
+            pg_database(a.store, db, drop=True)
+    before = {k: sum(b.get(k, 0.0) for b in before) for k in set().union(*before)}
+    after = {k: sum(x.get(k, 0.0) for x in after_each) for k in set().union(*after_each)}
     if not os.path.exists(summary_path):
         raise SystemExit(f"locust wrote no summary:\n{lp.stdout}\n{lp.stderr}")
     with open(summary_path) as f:
         s = json.load(f)
-    with open(log_file, "rb") as f:  # the hub's log: its request lines and events (the folds)
-        log_lines = f.read().splitlines()
+    log_lines = []
+    for path in log_files:  # the hubs' logs: their request lines and events (the folds)
+        with open(path, "rb") as f:
+            log_lines += f.read().splitlines()
     request_lines = sum(1 for ln in log_lines if b'"event":"request"' in ln)
     events = "\n".join(ln.decode() for ln in log_lines if b'"event":"request"' not in ln)
     del log_lines
@@ -529,8 +600,26 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         "folds": re.findall(r"folded journal rows \d+\.\.\d+ \(\d+\) in [0-9.]+ s", events),
         "request_log": request_log, "request_log_lines": request_lines,
         "request_log_dropped": d.get("yidi_log_dropped_total", 0.0),
-        "outcomes": oc, "locust_exit_code": lp.returncode, "server_exit_code": server.returncode,
+        "outcomes": oc, "locust_exit_code": lp.returncode,
+        "server_exit_code": max((p.returncode for p, _ in servers), key=abs),
+        "store": "postgresql" if nodes else "embedded", "nodes": max(1, nodes),
+        # The share of the machine's CPU each process took over the run (2 cores: 200 % in all).
+        "cpu_share_pct": {**{f"node{k}": round(100 * t / span, 1) for k, t in enumerate(node_cpu_s)},
+                          "locust": round(100 * locust_cpu_s / span, 1),
+                          **({"postgresql": round(100 * pg_cpu_s / span, 1)} if nodes else {})},
     }
+    if nodes:
+        settled_all = result["committed_settle"] + result["committed_reverse"]
+        result["pg"] = {
+            "transactions": commits,
+            "round_trips_per_settlement": round((d.get("yidi_store_round_trips_total", 0.0)
+                                                 + d.get("yidi_store_catch_ups_total", 0.0)) / settled_all, 3)
+            if settled_all else 0.0,
+            "statements_per_settlement": round(d.get("yidi_store_statements_total", 0.0) / settled_all, 3)
+            if settled_all else 0.0,
+            "catch_ups_per_batch": round(d.get("yidi_store_catch_ups_total", 0.0) / batches, 3) if batches else 0.0,
+            "busy_batches": d.get("yidi_store_busy_batches_total", 0.0),
+        }
     verdict = []
     if lp.returncode != 0:
         verdict.append(f"locust exit code {lp.returncode}: {lp.stdout.strip().splitlines()[-1:] if lp.stdout else ''}")
@@ -541,8 +630,8 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
             verdict.append(f"{result['replies_per_s']} requests/s, under {STEPWISE_TARGETS['requests_min']}")
     if settlements_min and result["settlements_per_s"] < settlements_min:
         verdict.append(f"{result['settlements_per_s']} durable settlements/s, under {settlements_min}")
-    if server.returncode != 0:
-        verdict.append(f"server exit code {server.returncode}: {err[-2000:]}")
+    if result["server_exit_code"] != 0:
+        verdict.append(f"server exit code {result['server_exit_code']}: {err[-2000:]}")
     result["verdict"] = "; ".join(verdict) or "ok"
     return result
 
@@ -637,6 +726,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-size", choices=sorted(WORLDS), help="override the world of every campaign")
     p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to yidi serve (limits)")
     p.add_argument("--json", help="write the results here too")
+    p.add_argument("--store", metavar="URL",
+                   help="also run each campaign on PostgreSQL: a fresh database on this URL's server per campaign "
+                        "(the URL names a database to connect to for that, e.g. postgresql://postgres@127.0.0.1/postgres)")
+    p.add_argument("--nodes", type=int, default=2, help="yidi serve processes on the --store database (default 2)")
     a = p.parse_args(argv)
     if a.campaign == "auth-ab" and a.no_auth:
         p.error("--campaign auth-ab runs both modes: drop --no-auth")
@@ -672,9 +765,10 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = 9000 if flow == "oneshot" else 2 * STEPWISE_TARGETS["requests_min"]
         want = a.requests or int(max(c["rate"] or ceiling, 1000) * c["duration_s"] * 1.3)
         world, frames = world_and_frames(a.cache, size, want, a.seed, flow)
-        r = run_campaign(name, c, world, frames, a, auth, request_log, flow)
-        results.append(r)
-        print(json.dumps(r, indent=1), flush=True)
+        for nodes in ([0, a.nodes] if a.store else [0]):  # the embedded store beside, in the same run
+            r = run_campaign(name, c, world, frames, a, auth, request_log, flow, nodes)
+            results.append(r)
+            print(json.dumps(r, indent=1), flush=True)
     ab = ab_ratios(results, a.ab_tolerance, a.campaign) if a.campaign in AB else None
     flows_ab = flow_ratios(results) if a.campaign == "stepwise-ab" else None
     if a.json:
@@ -684,14 +778,15 @@ def main(argv: list[str] | None = None) -> int:
                        **({"stepwise_ab": flows_ab} if flows_ab else {})}, f, indent=1)
     failed = [r for r in results if r["verdict"] != "ok"] + [v for v in (ab or {}).values() if v["verdict"] != "ok"]
     for r in results:
-        log(f"{r['campaign']} ({r['flow']}, {'signed' if r['auth'] else '--no-auth'}, request log {r['request_log']}: "
-            f"{r['request_log_lines']} lines, {r['request_log_dropped']:g} dropped): "
+        log(f"{r['campaign']} ({r['flow']}, {'signed' if r['auth'] else '--no-auth'}, {r['store']} x{r['nodes']}, "
+            f"request log {r['request_log']}: {r['request_log_lines']} lines, {r['request_log_dropped']:g} dropped): "
             f"{r['replies_per_s']} replies/s, {r['settlements_per_s']} durable settlements/s, "
             f"{r['server_cpu_us_per_reply']} us of hub CPU per reply, "
             f"p50 {r['latency_ms'].get('p50')} ms, p99 {r['latency_ms'].get('p99')} ms "
             f"(server side: {r['server_latency']}), "
             f"batch {r['batch_size_mean']}, engine {r['engine_ms_per_batch']} ms/batch, "
-            f"commit {r['commit_ms_per_batch']} ms/batch: {r['verdict']}")
+            f"commit {r['commit_ms_per_batch']} ms/batch, CPU {r['cpu_share_pct']}"
+            + (f", {r['pg']}" if "pg" in r else "") + f": {r['verdict']}")
     for name, v in (ab or {}).items():
         _, _, _, on, off = AB[a.campaign]
         s, u, q = v[on], v[off], v[f"{on}_over_{off}"]

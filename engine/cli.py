@@ -5,16 +5,30 @@ import argparse
 import sys
 
 
+def _store_arg(parser, required: bool, data_help: str) -> None:
+    """--data DIR (the embedded store) or --store URL (PostgreSQL, several nodes: docs/store.md); `where` is the one
+    given."""
+    g = parser.add_mutually_exclusive_group(required=required)
+    g.add_argument("--data", help=data_help)
+    g.add_argument("--store", metavar="URL",
+                   help="a PostgreSQL database instead of --data (postgresql://USER@HOST:PORT/DATABASE; several "
+                        "nodes may share it)")
+
+
+def _where(a: argparse.Namespace) -> str | None:
+    return a.store or a.data
+
+
 def _cmd_replay(a: argparse.Namespace) -> int:
     from engine.core.maintenance import MaintenanceError
     from engine.tools.replay import ReplayError, replay
     from engine.world.loader import WorldError
 
-    if a.reference and a.data:
-        print("yidi: --reference keeps no store: drop --data", file=sys.stderr)
+    if a.reference and _where(a):
+        print("yidi: --reference keeps no store: drop --data or --store", file=sys.stderr)
         return 2
     try:
-        stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=a.data,
+        stats = replay(a.world, a.inp, a.out, reference=a.reference, data_dir=_where(a),
                        accept_world_change=a.accept_world_change, maintenance_path=a.maintenance)
     except MaintenanceError as e:
         print(f"yidi: --maintenance {e}", file=sys.stderr)
@@ -43,7 +57,7 @@ def _cmd_replay(a: argparse.Namespace) -> int:
 def _cmd_check(a: argparse.Namespace) -> int:
     from engine.store.check import check_store
 
-    return check_store(a.data, out=lambda line: print(line, flush=True),
+    return check_store(_where(a), out=lambda line: print(line, flush=True),
                        err=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -54,7 +68,7 @@ def _cmd_clear(a: argparse.Namespace) -> int:
 
     try:
         warn_bp = None if a.prepay_warn is None else parse_ratio_bp(a.prepay_warn)
-        r = clear(a.data, a.period, a.out, world_dir=a.world, warn_bp=warn_bp, force=a.force, dry_run=a.dry_run)
+        r = clear(_where(a), a.period, a.out, world_dir=a.world, warn_bp=warn_bp, force=a.force, dry_run=a.dry_run)
     except ClearingError as e:
         print(f"yidi: {e}", file=sys.stderr)
         return 2
@@ -74,7 +88,7 @@ def _cmd_clear(a: argparse.Namespace) -> int:
     for path in r.files:
         print(path)
     if a.usage:
-        for line in format_usage(prepay_usage(a.data, prepay_fen=c.prepay_fen, warn_bp=c.warn_bp), c.warn_bp):
+        for line in format_usage(prepay_usage(_where(a), prepay_fen=c.prepay_fen, warn_bp=c.warn_bp), c.warn_bp):
             print("pre-payment: " + line, file=sys.stderr)
     return 0
 
@@ -147,7 +161,7 @@ def _add_keys(sub) -> None:
 
 def _add_clear(sub) -> None:
     k = sub.add_parser("clear", help="close a monthly clearing period: statement, netting, report (section 8)")
-    k.add_argument("--data", required=True, help="data folder of the store")
+    _store_arg(k, True, "data folder of the store")
     k.add_argument("--period", required=True, metavar="YYYY-MM")
     k.add_argument("--out", required=True, help="folder for statement-, netting- and report-YYYY-MM")
     k.add_argument("--world", help="world folder for prepay.csv (default: the one the store last started with)")
@@ -249,8 +263,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
             if a.accept_world_change:  # recorded by one open of the store; serve's own open then finds it so
                 from engine.store import open_store
 
-                open_store(a.data, a.world, accept_world_change=True).close()
-            return serve(a.world, a.data, a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
+                open_store(_where(a), a.world, accept_world_change=True).close()
+            return serve(a.world, _where(a), a.tcp, a.http, limits, loop=a.loop, admin=a.admin, tls=tls, keys=keys,
                          warnings=warnings, maintenance=maintenance, log=log)
         finally:
             log.stop()  # what it holds is written before a refusal's line
@@ -311,7 +325,7 @@ def _add_serve(sub) -> argparse.ArgumentParser:
                    help="a TOML file of these flags (key: the flag without its dashes, e.g. batch-max = 512); "
                         "a flag on the command line wins (deploy/yidi.toml)")
     s.add_argument("--world", required=True, help="world folder")
-    s.add_argument("--data", required=True, help="data folder of the durable store")
+    _store_arg(s, True, "data folder of the durable store")
     s.add_argument("--tcp", metavar="HOST:PORT", help="framed MessagePack listener (port 0: any)")
     s.add_argument("--http", metavar="HOST:PORT", help="HTTP gateway (port 0: any; an empty HOST: every address)")
     s.add_argument("--admin", metavar="HOST:PORT", default=ADMIN_DEFAULT,
@@ -350,7 +364,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from engine.tools.demo import DemoOptions, run
 
     o = DemoOptions(scale=a.scale, seed=a.seed, provinces=a.provinces, catalogue_per_province=a.catalogue,
-                    persons=a.persons, day=a.day, cache_dir=a.cache, data_dir=a.data, report_dir=a.report,
+                    persons=a.persons, day=a.day, cache_dir=a.cache, data_dir=a.data, store=a.store,
+                    report_dir=a.report,
                     connections=a.connections, in_flight=a.in_flight, keep_replies=a.keep_replies,
                     progress=False if a.no_progress else None, loop=a.loop, flow=a.flow)
     try:
@@ -399,6 +414,7 @@ def _add_demo(sub) -> None:
     s.add_argument("--day", default=d.day, help=f"the simulated day (default {d.day})")
     s.add_argument("--cache", default=d.cache_dir, help=f"where worlds are cached (default {d.cache_dir})")
     s.add_argument("--data", help="keep the store in this new folder (default: a temporary one, removed)")
+    s.add_argument("--store", metavar="URL", help="the store in this empty PostgreSQL database instead (kept)")
     s.add_argument("--report", default=d.report_dir, help=f"report folder (default ./{d.report_dir})")
     s.add_argument("--connections", type=int, default=d.connections,
                    help=f"framed connections per province platform, each signed in (default {d.connections})")
@@ -453,7 +469,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--in", dest="inp", required=True, help="requests, one JSON envelope per line")
     r.add_argument("--out", required=True, help="replies, one JSON line each")
     r.add_argument("--reference", action="store_true", help="use the plain-Python reference (slow; the oracle)")
-    r.add_argument("--data", help="keep the durable store in this folder (seeded when new, continued otherwise)")
+    _store_arg(r, False, "keep the durable store in this folder (seeded when new, continued otherwise)")
     r.add_argument("--accept-world-change", action="store_true",
                    help="continue a store with a world of other persons or institutions than its own")
     r.add_argument("--maintenance", metavar="FILE",
@@ -462,7 +478,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.set_defaults(fn=_cmd_replay)
 
     k = sub.add_parser("check", help="verify a store: ledger, accounts, persons against the journal")
-    k.add_argument("--data", required=True, help="data folder of the store")
+    _store_arg(k, True, "data folder of the store")
     k.set_defaults(fn=_cmd_check)
 
     c = sub.add_parser("check-world", help="load and validate a world folder")

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import ROOT, VECTOR_WORLD, VECTORS
+from pg_fixtures import STORES, store_at, store_flag
 from engine.clearing import clearing
 from engine.clearing.clearing import PairRow
 from engine.clearing.report import prov_label
@@ -32,7 +33,7 @@ def yidi(*args: str) -> subprocess.CompletedProcess:
 
 def replay(data_dir, requests_path, out_path) -> list[dict]:
     yidi("replay", "--world", VECTOR_WORLD, "--in", str(requests_path), "--out", str(out_path),
-         "--data", str(data_dir))
+         *store_flag(str(data_dir)))
     return [orjson.loads(x) for x in open(out_path, "rb")]
 
 
@@ -43,6 +44,14 @@ def read(path) -> bytes:
 
 def store_state(data_dir) -> list:
     """What a close may change in the store: the closed periods, the meta, the journal's size."""
+    if str(data_dir).startswith("postgresql://"):
+        conn = clearing.open_db(str(data_dir))
+        try:
+            return [[tuple(r) for r in conn.execute(q).fetchall()] for q in (
+                "SELECT * FROM closed_period ORDER BY period", "SELECT * FROM meta ORDER BY key",
+                "SELECT COUNT(*), MAX(seq) FROM journal")]
+        finally:
+            conn.close()
     conn = sqlite3.connect(f"file:{os.path.join(data_dir, 'yidi.sqlite3')}?mode=ro", uri=True)
     try:
         return [conn.execute("SELECT * FROM closed_period ORDER BY period").fetchall(),
@@ -73,11 +82,21 @@ def copy_store(src, dst) -> str:
     return str(dst)
 
 
-def test_vector_periods_byte_for_byte_and_closing_twice(vector_store, tmp_path):
-    data = copy_store(vector_store[0], tmp_path / "data")
+@pytest.mark.parametrize("kind", STORES)
+def test_vector_periods_byte_for_byte_and_closing_twice(vector_store, tmp_path, kind):
+    """The files of each period equal the published ones (the embedded store's), on either store."""
+    with store_at(kind, tmp_path) as where:
+        if kind == "sqlite":
+            where = copy_store(vector_store[0], tmp_path / "data")
+        else:
+            replay(where, REQUESTS, tmp_path / "replies.jsonl")
+        _periods_byte_for_byte(where, tmp_path)
+
+
+def _periods_byte_for_byte(data: str, tmp_path) -> None:
     first = {}
     for p in PERIODS:
-        r = yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "out1"))
+        r = yidi("clear", *store_flag(data), "--period", p, "--out", str(tmp_path / "out1"))
         assert f"period {p} closed" in r.stderr
         for kind in ("statement", "netting"):
             got = read(tmp_path / "out1" / f"{kind}-{p}.csv")
@@ -86,7 +105,7 @@ def test_vector_periods_byte_for_byte_and_closing_twice(vector_store, tmp_path):
             first[name] = read(tmp_path / "out1" / name)
     before = store_state(data)
     for p in reversed(PERIODS):  # again, in another order, into another folder
-        r = yidi("clear", "--data", data, "--period", p, "--out", str(tmp_path / "out2"))
+        r = yidi("clear", *store_flag(data), "--period", p, "--out", str(tmp_path / "out2"))
         assert "already closed" in r.stderr
     assert store_state(data) == before
     again = {name: read(tmp_path / "out2" / name) for name in os.listdir(tmp_path / "out2")}

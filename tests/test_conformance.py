@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import VECTOR_WORLD, VECTORS, differences
+from pg_fixtures import STORES, store_at, store_flag
 
 
 STEPWISE = os.path.join(VECTORS, "stepwise")
@@ -30,18 +31,29 @@ def _assert_agree(expected: list[dict], got: list[dict]) -> None:
     assert not bad, f"{len(bad)} replies differ, first: {list(bad.items())[:5]}"
 
 
-@pytest.mark.parametrize("path", ["compiled", "reference"])
+# The compiled engine in RAM, the reference, and the compiled engine on each durable store (pg_fixtures.STORES).
+PATHS = ["compiled", "reference", *STORES]
+
+
+def _replay_path(tmp_path, path: str, folder: str = VECTORS) -> list[dict]:
+    if path in STORES:
+        with store_at(path, tmp_path) as where:
+            return _replay(tmp_path, *store_flag(where), folder=folder)
+    return _replay(tmp_path, *(["--reference"] if path == "reference" else []), folder=folder)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_public_vectors(tmp_path, path):
-    got = _replay(tmp_path, *(["--reference"] if path == "reference" else []))
+    got = _replay_path(tmp_path, path)
     expected = [json.loads(line) for line in open(os.path.join(VECTORS, "expected.jsonl"))]
     assert len(got) == len(expected) == 442
     _assert_agree(expected, got)
 
 
-@pytest.mark.parametrize("path", ["compiled", "reference"])
+@pytest.mark.parametrize("path", PATHS)
 def test_stepwise_vectors(tmp_path, path):
     """Section 11: the public stream sent step-wise, then cases of the visit states and of 2601."""
-    got = _replay(tmp_path, *(["--reference"] if path == "reference" else []), folder=STEPWISE)
+    got = _replay_path(tmp_path, path, folder=STEPWISE)
     expected = [json.loads(line) for line in open(os.path.join(STEPWISE, "expected.jsonl"))]
     assert len(got) == len(expected) == 1201
     assert sum(e["infcode"] == 0 for e in expected) == 1036

@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from conftest import ROOT, VECTOR_WORLD, VECTORS, differences
+from pg_fixtures import store_flag
 from engine.hub.client import ConnectionClosed, FramedClient, encode_frame
 from engine.core.engine import Engine
 from engine.contract.protocol import FRAME_BYTES_MAX
@@ -543,10 +544,10 @@ def test_http_limits_errors_health_and_metrics(vector_world, vectors):
 # ---------------------------------------------------------------- the process: yidi serve
 
 def start_serve(data_dir: str, loop: str, *extra: str) -> tuple[subprocess.Popen, dict]:
-    """`yidi serve` on the vectors' world; `extra` options (the tests of section 10 give --keys,
-    the others --no-auth)."""
+    """`yidi serve` on the vectors' world, its store in `data_dir` (a folder, or a PostgreSQL URL: pg_fixtures);
+    `extra` options (the tests of section 10 give --keys, the others --no-auth)."""
     p = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, "--data", data_dir,
+        [sys.executable, "-m", "engine.cli", "serve", "--world", VECTOR_WORLD, *store_flag(data_dir),
          "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--loop", loop, *extra],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     addrs = {}

@@ -57,6 +57,7 @@ from engine.contract import money
 from engine.contract.protocol import PROVINCE_NAMES_ZH
 from engine.clearing.records import Closing, NetRow, PairRow
 from engine.clearing.report import report_html
+from engine.store.pg import is_store_url
 
 PERIOD_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])\Z")
 PREPAY_WARN_BP_DEFAULT = 7_000  # 70 %
@@ -129,7 +130,13 @@ def load_prepay(world_dir: str) -> dict[str, int]:
 
 
 def open_db(data_dir: str, write: bool = False) -> sqlite3.Connection:
-    """A connection to the store of `data_dir` (read-only unless `write`), refused when it is not one."""
+    """A connection to the store of `data_dir` (read-only unless `write`), refused when it is not one.
+
+    A `postgresql://` URL is a PostgreSQL store (engine.store.pg): the same statements run on it, and a close
+    takes the store's lock, which every node's batch takes (so a close falls between two batches).
+    """
+    if is_store_url(data_dir):
+        return _open_pg(data_dir)
     path = os.path.join(data_dir, DB_NAME)
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise ClearingError(f"{data_dir}: a file, not a store's data folder")
@@ -152,6 +159,26 @@ def open_db(data_dir: str, write: bool = False) -> sqlite3.Connection:
         raise ClearingError(f"{path}: an SQLite file, but not a yidi store")
     if not write:
         conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+def _open_pg(url: str):
+    from engine.store.errors import StoreRefused
+    from engine.store.pg.schema import PG_FORMAT
+    from engine.store.pg.sql import connect, redact
+
+    try:
+        conn = connect(url, application="yidi-clear")
+    except StoreRefused as e:
+        raise ClearingError(str(e)) from None
+    try:
+        fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchall()
+    except Exception as e:  # noqa: BLE001  (psycopg's errors: no meta table, no privilege)
+        conn.close()
+        raise ClearingError(f"{redact(url)}: not a readable yidi store ({str(e).strip()})") from None
+    if fmt != [(PG_FORMAT,)]:
+        conn.close()
+        raise ClearingError(f"{redact(url)}: a database, but not a yidi store")
     return conn
 
 
@@ -261,7 +288,7 @@ def open_activity(conn: sqlite3.Connection) -> tuple[dict[str, int], str | None]
         count: dict[str, int] = {}
         latest = None
         for month, n, t in conn.execute(
-            f"SELECT {_MONTH}, SUM({_CROSS}), MAX(setl_time) FROM journal GROUP BY 1"
+            f"SELECT {_MONTH}, SUM(CASE WHEN {_CROSS} THEN 1 ELSE 0 END), MAX(setl_time) FROM journal GROUP BY 1"
         ):
             count[month] = n
             latest = t if latest is None or t > latest else latest

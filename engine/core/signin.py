@@ -75,6 +75,16 @@ class SignIns:
         for s in signs:
             self._hold(s)
 
+    def merge(self, signs: list[SignIn]) -> None:
+        """Sign-ins another engine committed on the same store (a node of several, section 13): made ones
+        are held, signed-out ones dropped; not recorded as this engine's events."""
+        for s in signs:
+            held = self.by_no.get(s.sign_no)
+            if held is not None:
+                self._drop(held)
+            if not s.signed_out:
+                self._hold(s)
+
     def take_events(self) -> list[SignIn]:
         out = self.events or []
         if self.events is not None:

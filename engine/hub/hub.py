@@ -80,7 +80,7 @@ from engine.hub.framing import frame
 from engine.hub.limits import Limits
 from engine.hub.metrics import Metrics
 from engine.hub.series import SLOT_S, LatencyHistogram, Series
-from engine.store import open_store
+from engine.store import StoreUnavailable, open_store
 
 log = logging.getLogger("yidi.server")
 
@@ -261,6 +261,20 @@ class Hub:
         self.manual_gc = False
         self._collector = Collector()
         self._slots = asyncio.Semaphore(limits.commits_inflight_max)
+        # A store whose batch must run whole on the writer thread (PgStore: one transaction from its lock to
+        # its commit); batches still go in order, and the loop reads and encodes beside them.
+        self._serial = bool(getattr(store, "serial", False))
+        self._serial_submitted = 0  # serial batches handed to the writer thread (the event loop counts)
+        self._serial_begun = 0  # ... and begun there (the writer thread counts)
+        if self._serial and hasattr(store, "lease_s") and limits.store_lease_ms > 0:
+            # Keep the store's lock over this hub's consecutive batches while more wait (another node waits at
+            # most that long): one round trip a batch instead of two, and no lock hand-over between them.
+            store.lease_s = limits.store_lease_ms / 1000.0
+            # Only a batch handed to the writer thread and not yet begun there counts: it will run, and its write
+            # decides again. (Not batches_inflight: it counts batches already written whose release is still to
+            # come, and holding the lock for them would hold it for nothing. Not the queue: a queued request may
+            # yet be refused before it joins a batch.) Each counter is written by one thread only.
+            store.more_work = lambda: self._serial_submitted > self._serial_begun
         self.on_fail_stop: Callable[[BaseException], None] | None = None
         # The request log (engine.hub.logs.HubLog), told of every reply; None: no request is logged.
         self.request_log = None
@@ -384,6 +398,11 @@ class Hub:
         loop = asyncio.get_running_loop()
         clock = None if self._inf_time else now_text()
         reqs = [Request(it.body, it.codec, clock, it.cred) for it in items]
+        if self._serial:
+            self.batches_inflight += 1
+            self._serial_submitted += 1
+            work = loop.run_in_executor(self._writer, self._serial_batch, reqs)
+            return loop.create_task(self._finish_serial(prev, work, items, reqs))
         t0 = time.perf_counter()
         try:
             replies = self.engine.handle_batch(reqs)
@@ -398,6 +417,18 @@ class Hub:
         write = loop.run_in_executor(self._writer, self._write, prepared)
         logged = None if self.request_log is None else self.request_log.capture(items, reqs, replies)
         # Encode while the writer thread waits on the disk.
+        counts = self._encode(items, replies, reqs)
+        self.batches_inflight += 1
+        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s, logged))
+        if self.manual_gc:
+            t1 = time.perf_counter()
+            if self._collector.after_batch() == "full":
+                log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
+        return task
+
+    def _encode(self, items: list[Admitted], replies: list, reqs: list[Request]) -> collections.Counter:
+        """Encode the framed replies (they leave at release) and count the batch's replies by transport,
+        infno and code."""
         counts: collections.Counter = collections.Counter()
         for i, (it, rep, req) in enumerate(zip(items, replies, reqs)):
             infno = infno_label(req.infno)  # read by the engine: no second decode
@@ -412,40 +443,88 @@ class Hub:
                 c.held_bytes += len(enc) - len(it.body)
                 it.body = b""
                 replies[i] = None
-        self.batches_inflight += 1
-        task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s, logged))
-        if self.manual_gc:
+        return counts
+
+    # ------------------------------------------------------------ a store that runs whole batches (serial)
+
+    def _serial_batch(self, reqs: list[Request]):
+        """On the writer thread, for a store whose batch is one transaction from its first read to its commit
+        (engine.store.pg: its lock, catch-up, compute, write, commit): (replies, changes, engine_s, commit_s), or
+        None when the store is unavailable (nothing of the batch was done: E_BUSY)."""
+        self._serial_begun += 1
+        t0 = time.perf_counter()
+        try:
+            replies = self.engine.handle_batch(reqs)
+            assert len(replies) == len(reqs)
+            changes = self.engine.take_changes()
+            prepared = self.store.prepare(changes)
             t1 = time.perf_counter()
-            if self._collector.after_batch() == "full":
-                log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
-        return task
+            self.store.write(prepared)
+        except StoreUnavailable:
+            return None
+        return replies, changes, t1 - t0, time.perf_counter() - t1
+
+    async def _finish_serial(self, prev, work, items: list[Admitted], reqs: list[Request]) -> None:
+        """Release a batch run whole on the writer thread, in batch order; E_BUSY for every request of a batch
+        the store could not take."""
+        try:
+            ok, done = await self._awaited(prev, work, items)
+            if not ok:
+                return
+            if done is None:  # counted by the store (yidi_store_busy_batches_total)
+                replies = [server_reply(E_BUSY, _peek(it.body, it.codec)[1],
+                                        "the database is unavailable: nothing was done, retry later") for it in items]
+                changes, engine_s, commit_s = [], 0.0, 0.0
+                for it, req in zip(items, reqs):
+                    req.infno = _peek(it.body, it.codec)[0]
+            else:
+                replies, changes, engine_s, commit_s = done
+            logged = None if self.request_log is None else self.request_log.capture(items, reqs, replies)
+            counts = self._encode(items, replies, reqs)
+            self._durable(items, replies, changes, counts, engine_s, commit_s, logged)
+            if self.manual_gc:
+                self._collector.after_batch()
+        finally:
+            self.batches_inflight -= 1
+            self._slots.release()
 
     async def _finish(self, prev, write, items, replies, changes, counts, engine_s, logged) -> None:
         """Release a batch's replies once it is durable and every earlier batch has been released."""
         try:
-            if prev is not None:
-                await prev
-            try:
-                commit_s = await write
-            except BaseException as e:
-                if self.failed is None:
-                    self._fail_stop(e, items)
-                self._abandon(items)
-                return
-            if self.failed is not None:
-                self._abandon(items)  # an earlier batch failed: this one's state was built on it
-                return
-            self.batches += 1
-            self.behind = time.perf_counter() - items[0].t0 > self._wait_s  # the batch's oldest, read to release
-            self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
-            self._release(items, replies)
-            if logged is not None:
-                self.request_log.released(logged)
-            if self.observer is not None:
-                self.observer("batch", len(items))
+            ok, commit_s = await self._awaited(prev, write, items)
+            if ok:
+                self._durable(items, replies, changes, counts, engine_s, commit_s, logged)
         finally:
             self.batches_inflight -= 1
             self._slots.release()
+
+    async def _awaited(self, prev, fut, items: list[Admitted]) -> tuple[bool, Any]:
+        """The earlier batches released, then `fut` (this batch's work on the writer thread): (True, its result),
+        or (False, None) when the batch is not to be answered (a fail-stop, now or before)."""
+        if prev is not None:
+            await prev
+        try:
+            value = await fut
+        except BaseException as e:
+            if self.failed is None:
+                self._fail_stop(e, items)
+            self._abandon(items)
+            return False, None
+        if self.failed is not None:
+            self._abandon(items)  # an earlier batch failed: this one's state was built on it
+            return False, None
+        return True, value
+
+    def _durable(self, items, replies, changes, counts, engine_s: float, commit_s: float, logged) -> None:
+        """A batch is durable and every batch before it released: count it, release its replies, log them."""
+        self.batches += 1
+        self.behind = time.perf_counter() - items[0].t0 > self._wait_s  # the batch's oldest, read to release
+        self.metrics.observe_batch(len(items), engine_s, commit_s, changes, counts)
+        self._release(items, replies)
+        if logged is not None:
+            self.request_log.released(logged)
+        if self.observer is not None:
+            self.observer("batch", len(items))
 
     def _write(self, prepared) -> float:
         """On the writer thread: make a batch durable; returns the seconds it took."""

@@ -24,6 +24,7 @@ _DURATIONS = {
     "idle_timeout_s": (0.0, 86_400.0),
     "frame_deadline_s": (0.0, 3600.0),
     "http_body_deadline_s": (0.0, 3600.0),
+    "store_lease_ms": (None, 1000.0),  # 0 allowed: the lock taken and released with each batch
 }
 
 
@@ -75,6 +76,10 @@ class Limits:
     write_buffer_bytes_max: int = 4 * 1024 * 1024  # unsent reply bytes per connection; beyond: stop reading
     commits_inflight_max: int = 2  # batches computed and waiting for their write (the next one overlaps)
     drain_timeout_s: float = 30.0  # at shutdown, how long to wait for clients to take their replies
+    # A store on PostgreSQL (several nodes): how long this node may keep the store's lock over its
+    # consecutive batches while more wait here; another node's batch waits that long at most. 0 (the
+    # default): the lock is each batch's transaction's (docs/store.md, "The lease": not yet the default).
+    store_lease_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

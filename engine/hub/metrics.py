@@ -75,6 +75,18 @@ class Metrics:
               "(in the background, beside the commits)", registry=r).set_function(lambda: store.fold_s_total)
         Gauge("yidi_unfolded_rows", "Committed journal rows not folded yet, indexed in RAM "
               "(at most two generations of fold_rows)", registry=r).set_function(store.unfolded_rows)
+        if hasattr(store, "round_trips"):  # a store on a database server (engine.store.pg)
+            for name, what, attr in (
+                    ("yidi_store_round_trips_total", "Round trips of the batches to the database (lock and head,"
+                     " then rows and commit), the catch-ups' apart", "round_trips"),
+                    ("yidi_store_statements_total", "Statements that wrote the batches' rows", "statements"),
+                    ("yidi_store_catch_ups_total", "Batches that first caught up on other nodes' batches (one"
+                     " more round trip each)", "catch_ups"),
+                    ("yidi_store_caught_up_rows_total", "Rows of other nodes' batches applied to this node's engine",
+                     "caught_up_rows"),
+                    ("yidi_store_busy_batches_total", "Batches answered E_BUSY: the database unavailable",
+                     "busy_batches")):
+                Gauge(name, what, registry=r).set_function(lambda attr=attr: getattr(store, attr))
         # Pre-payment usage by insured province (engine.clearing), read from the store's
         # journal when scraped; threshold from YIDI_PREPAY_WARN (default 0.70).
         # The status page (engine.hub.status) reads the same monitor.

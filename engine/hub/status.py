@@ -170,7 +170,9 @@ class Status:
         """Sign-ins in force now, by institution: the most first, at most SIGNIN_INSTITUTIONS_MAX rows."""
         now = now_text()
         by_inst: dict[str, list] = {}  # code -> [count, latest sign_time, set of paasids]
-        for s in self.hub.engine.signins.by_no.values():
+        # A copy taken at once: a store that runs whole batches on the writer thread (PostgreSQL) changes the
+        # sign-ins there while this runs on the event loop.
+        for s in list(self.hub.engine.signins.by_no.values()):
             if s.sign_time <= now < s.ends:
                 row = by_inst.get(s.fixmedins_code)
                 if row is None:

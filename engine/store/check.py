@@ -37,6 +37,7 @@ from engine.core.records import ACC_INPATIENT, ACC_OUTPATIENT, CHANGE_REVERSE, C
 from engine.store.check_flow import check_sign_ins, check_visits
 from engine.store.codec import CODECS, unpack_body
 from engine.store.files import connect, db_path, unreadable_hint
+from engine.store.pg import is_store_url
 from engine.store.schema import AMOUNT_KEYS, KEYS_NAME, SCHEMA_VERSION, STORE_FORMAT
 
 DIFFERENCES_SHOWN_MAX = 20
@@ -92,6 +93,8 @@ def check_store(data_dir: str, out: Callable[[str], None] = print, err: Callable
     out: each check's line; err: the one line saying why the store cannot be read (default `out`).
     """
     err = out if err is None else err
+    if is_store_url(data_dir):
+        return _check_pg(data_dir, out, err)
     path = db_path(data_dir)
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         err(f"yidi check: {data_dir}: a file, not a store's data folder")
@@ -110,6 +113,36 @@ def check_store(data_dir: str, out: Callable[[str], None] = print, err: Callable
     except sqlite3.DatabaseError as e:
         err(f"yidi check: cannot read {path}: {e}{unreadable_hint(path)}")
         return 2
+    return _verdict(rep, out)
+
+
+def _check_pg(url: str, out: Callable[[str], None], err: Callable[[str], None]) -> int:
+    """check_store of a PostgreSQL store: the same checks on one snapshot (REPEATABLE READ), its format in place
+    of SQLite's (engine.store.pg.schema: no fold, the keyed tables are views of the journal)."""
+    import psycopg
+
+    from engine.store.errors import StoreRefused
+    from engine.store.pg.sql import connect, redact
+
+    rep = _Report(out)
+    try:
+        conn = connect(url, application="yidi-check")
+    except StoreRefused as e:
+        err(f"yidi check: {e}")
+        return 2
+    try:
+        conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        _check(conn, redact(url), rep, pg=True)
+        conn.raw.execute("COMMIT")
+    except psycopg.Error as e:
+        err(f"yidi check: cannot read {redact(url)}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}")
+        return 2
+    finally:
+        conn.close()
+    return _verdict(rep, out)
+
+
+def _verdict(rep: _Report, out: Callable[[str], None]) -> int:
     if rep.failures:
         out(f"check FAILED: {rep.failures} check(s) found differences")
         return 1
@@ -117,8 +150,40 @@ def check_store(data_dir: str, out: Callable[[str], None] = print, err: Callable
     return 0
 
 
-def _check(conn: sqlite3.Connection, path: str, rep: _Report) -> None:
-    positions = _check_format(conn, rep)
+def _format_of(conn, rep: _Report, fmt: str, version: int) -> dict | None:
+    """The store's meta when its format and schema version are `fmt` and `version` (reported), else None."""
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    diffs = []
+    if meta.get("format") != fmt or meta.get("schema_version") != str(version):
+        diffs.append(f"format {meta.get('format')!r} schema {meta.get('schema_version')!r}")
+    rep.result(f"store format {fmt} schema {version}", diffs)
+    return None if diffs else meta
+
+
+def _check_pg_format(conn, rep: _Report) -> tuple[int, int] | None:
+    """The store's format and version, and its head row against the journal and step tables."""
+    from engine.store.pg.schema import PG_FORMAT, PG_SCHEMA_VERSION
+
+    if _format_of(conn, rep, PG_FORMAT, PG_SCHEMA_VERSION) is None:
+        return None
+    head = conn.execute("SELECT gseq, seq, step_seq FROM head").fetchall()
+    tops = conn.execute("SELECT (SELECT COALESCE(MAX(seq), 0) FROM journal), (SELECT COALESCE(MAX(seq), 0) FROM step),"
+                        " (SELECT COALESCE(MAX(gseq), 0) FROM journal), (SELECT COALESCE(MAX(gseq), 0) FROM step)"
+                        ).fetchall()[0]
+    head_diffs = []
+    if len(head) != 1:
+        head_diffs.append(f"{len(head)} head rows")
+    elif (head[0][1], head[0][2]) != tops[:2] or max(tops[2:]) > head[0][0]:
+        head_diffs.append(f"head (batch {head[0][0]}, journal row {head[0][1]}, step row {head[0][2]}) against the"
+                          f" journal's last row {tops[0]}, the step table's {tops[1]}, batches up to {max(tops[2:])}")
+    rep.result("head row: the last batch, journal row and step row", head_diffs, head[0][0] if head else 0)
+    if head_diffs:
+        return None
+    return int(head[0][1]), 0
+
+
+def _check(conn, path: str, rep: _Report, pg: bool = False) -> None:
+    positions = _check_pg_format(conn, rep) if pg else _check_format(conn, rep)
     if positions is None:
         return
     folded, logs_to = positions
@@ -146,12 +211,8 @@ def _check_format(conn: sqlite3.Connection, rep: _Report) -> tuple[int, int] | N
     rep.result("SQLite quick_check", [] if integrity == ["ok"] else integrity)
     if integrity != ["ok"]:
         return None
-    meta = dict(conn.execute("SELECT key, value FROM meta"))
-    fmt_diffs = []
-    if meta.get("format") != STORE_FORMAT or meta.get("schema_version") != str(SCHEMA_VERSION):
-        fmt_diffs.append(f"format {meta.get('format')!r} schema {meta.get('schema_version')!r}")
-    rep.result(f"store format {STORE_FORMAT} schema {SCHEMA_VERSION}", fmt_diffs)
-    if fmt_diffs:
+    meta = _format_of(conn, rep, STORE_FORMAT, SCHEMA_VERSION)
+    if meta is None:
         return None
     state = conn.execute("SELECT folded_seq, store_id FROM fold_state").fetchall()
     ids = [r[1] for r in state]
@@ -165,7 +226,8 @@ def _check_format(conn: sqlite3.Connection, rep: _Report) -> tuple[int, int] | N
 def _check_rows(conn: sqlite3.Connection, path: str, rep: _Report, folded: int, logs_to: int) -> tuple[int, int]:
     """The two files are of the same moment and the journal's rows are numbered 1..n; returns (rows, reversals)."""
     n_rows, n_settle, n_rev, max_seq = conn.execute(
-        f"SELECT COUNT(*), COALESCE(SUM(kind = '{CHANGE_SETTLE}'), 0), COALESCE(SUM(kind = '{CHANGE_REVERSE}'), 0),"
+        f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind = '{CHANGE_SETTLE}' THEN 1 ELSE 0 END), 0),"
+        f" COALESCE(SUM(CASE WHEN kind = '{CHANGE_REVERSE}' THEN 1 ELSE 0 END), 0),"
         " COALESCE(MAX(seq), 0) FROM journal"
     ).fetchone()
     rep.out(f"store {path}: {n_rows} journal rows ({n_settle} settlements, {n_rev} reversals),"
@@ -409,14 +471,14 @@ def _check_keyed(conn: sqlite3.Connection, rep: _Report, folded: int, open_upto_
     """The keyed tables equal what the journal implies up to the fold."""
     kd = []
     n_idx, n_idx_ok = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(j.msgid IS NOT NULL), 0) FROM msgid_index i"
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN j.msgid IS NOT NULL THEN 1 ELSE 0 END), 0) FROM msgid_index i"
         " LEFT JOIN journal j ON j.seq = i.seq AND j.msgid = i.msgid"
     ).fetchone()
     n_folded = conn.execute("SELECT COUNT(*) FROM journal WHERE seq <= ?", (folded,)).fetchone()[0]
     if n_idx != n_folded or n_idx_ok != n_idx:
         kd.append(f"msgid index: {n_idx} entries, {n_idx_ok} point to their row, {n_folded} rows folded")
     n_rv, n_rv_ok = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(j.seq IS NOT NULL), 0) FROM reversal r"
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN j.seq IS NOT NULL THEN 1 ELSE 0 END), 0) FROM reversal r"
         f" LEFT JOIN journal j ON j.seq = r.seq AND j.kind = '{CHANGE_REVERSE}' AND j.reversed_setl_id = r.setl_id"
     ).fetchone()
     n_rv_want = conn.execute(f"SELECT COUNT(*) FROM journal WHERE seq <= ? AND kind = '{CHANGE_REVERSE}'",

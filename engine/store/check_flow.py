@@ -33,7 +33,7 @@ def check_sign_ins(conn: sqlite3.Connection, rep) -> None:
         f"sign_no {sign_no!r} is no sign-in of that credential and institution" if begin is None else
         f"sign_no {sign_no} in force from {begin} to {signed_out or ends}") for
         what, seq, msgid, paasid, sign_no, t, begin, ends, signed_out in bad]
-    signed = conn.execute(f"SELECT COUNT(*) FROM ({rows})").fetchall()[0][0]
+    signed = conn.execute(f"SELECT COUNT(*) FROM ({rows}) r").fetchall()[0][0]
     unsigned = conn.execute("SELECT (SELECT COUNT(*) FROM journal WHERE paasid = '')"
                             " + (SELECT COUNT(*) FROM step WHERE paasid = '' AND msgid IS NOT NULL)").fetchall()[0][0]
     rep.result("sign-ins: each row made under a credential was made under a sign-in in force (section 10)", diffs,

@@ -13,3 +13,8 @@ class StoreRefused(StoreError):
 class StoreFailed(StoreError):
     """A commit did not reach the disk: the engine in memory is ahead of it. Stop the process."""
 
+
+
+class StoreUnavailable(StoreError):
+    """A store on a database server cannot take this batch now (the server gone, the connection lost, a commit
+    whose outcome is unknown): nothing of the batch was acknowledged; answer E_BUSY, retry later."""

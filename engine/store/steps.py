@@ -46,6 +46,20 @@ def step_rows(steps: list[StepChange], first_seq: int) -> list[tuple]:
     return rows
 
 
+SQL_STEP_ENTRY = "SELECT infno, fixmedins_code, codec, body_lz4 FROM step WHERE "
+
+
+def step_entry(row: tuple, msgid: str) -> tuple:
+    """A committed step row (SQL_STEP_ENTRY) as the step journal's entry: (infno, codec, raw input, reply,
+    fixmedins_code)."""
+    infno, code, codec_name, body = row
+    try:
+        raw, reply = _BODY.decode(lz4.block.decompress(body))
+    except (lz4.block.LZ4BlockError, msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise StoreFailed(f"step row of msgid {msgid!r} is damaged: {e}") from None
+    return infno, CODECS[codec_name], raw, reply, code
+
+
 class StepJournalMap:
     """The step journal backed by the store: msgid -> (infno, codec, raw input, reply, fixmedins_code)."""
 
@@ -64,15 +78,10 @@ class StepJournalMap:
         seq = self._seq.get(msgid)
         if seq is None:
             return None  # never committed
-        row = self._reader._one("SELECT infno, fixmedins_code, codec, body_lz4 FROM step WHERE seq = ?", (seq,))
+        row = self._reader._one(SQL_STEP_ENTRY + "seq = ?", (seq,))
         if row is None:
             raise StoreFailed(f"step row {seq} of msgid {msgid!r} is missing")
-        infno, code, codec_name, body = row
-        try:
-            raw, reply = _BODY.decode(lz4.block.decompress(body))
-        except (lz4.block.LZ4BlockError, msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise StoreFailed(f"step row of msgid {msgid!r} is damaged: {e}") from None
-        return infno, CODECS[codec_name], raw, reply, code
+        return step_entry(row, msgid)
 
     def __setitem__(self, msgid: str, entry: tuple) -> None:
         assert msgid not in self._pending

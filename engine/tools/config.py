@@ -125,5 +125,9 @@ def apply_config(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     for action in parser._actions:
         if action.dest in values:
             action.required = False
+    # One of a required group given by the file (`data` or `store`): the group is given.
+    for group in parser._mutually_exclusive_groups:
+        if group.required and any(a.dest in values for a in group._group_actions):
+            group.required = False
     parser.set_defaults(**values)
     return values

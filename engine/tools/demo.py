@@ -51,6 +51,7 @@ import numpy as np
 
 from engine.contract import money
 from engine.clearing.clearing import PREPAY_WARN_BP_DEFAULT, prepay_usage
+from engine.store.pg.sql import redact
 from engine.contract.protocol import (
     COMMIT_INFNOS, FUND_ACCOUNT, FUND_BASIC, FUND_NAMES, FUND_NAMES_EN, FUND_SECOND, REVERSE_INFNOS, province,
 )
@@ -118,6 +119,7 @@ class DemoOptions:
     day: str = DAY
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     data_dir: str | None = None  # None: a temporary folder, removed at the end
+    store: str | None = None  # a PostgreSQL URL (an empty database) in place of a data folder (engine.store.pg)
     report_dir: str = "yidi-report"
     connections: int = CONNECTIONS_PER_PLATFORM  # per province platform
     in_flight: int = IN_FLIGHT  # in all
@@ -145,6 +147,8 @@ class DemoOptions:
         if self.flow not in FLOWS:
             raise ValueError(f"--flow must be one of {', '.join(FLOWS)}")
         money.parse_day(self.day)
+        if self.store is not None and self.data_dir is not None:
+            raise ValueError("--data and --store exclude each other: give one")
         if self.data_dir is not None and os.path.isdir(self.data_dir) and os.listdir(self.data_dir):
             raise ValueError(f"--data {self.data_dir}: not empty; the demo wants a fresh store")
 
@@ -712,9 +716,11 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
                                                 o.persons)
     log.say(f"world {'from the cache' if cached else 'generated'}: {world_dir}")
     n = requests_for(o.settlements_target, o.flow)
-    own_data = o.data_dir is None
+    own_data = o.data_dir is None and o.store is None
     if own_data:
         data_dir = tempfile.mkdtemp(prefix="yidi-demo-data-")
+    elif o.store is not None:
+        data_dir = o.store
     else:
         data_dir = o.data_dir
         os.makedirs(data_dir, exist_ok=True)
@@ -740,7 +746,7 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
                 server_s={"engine_s": round(r.engine_s, 3), "commit_s": round(r.commit_s, 3)},
                 settlements_per_s=round(s["counts"]["settlements"] / lat["replay_s"], 1),
                 requests_per_s=round(s["requests"] / lat["replay_s"], 1),
-                data_dir=None if own_data else os.path.abspath(data_dir),
+                data_dir=None if own_data else redact(o.store) if o.store else os.path.abspath(data_dir),
             )
         with log.stage("prepay_s", "pre-payment usage from the store (engine.clearing), checked against the replies"):
             s["prepay"] = prepay_from_store(data_dir, prepay_fen, s["prepay"])
@@ -757,7 +763,9 @@ def run(o: DemoOptions, out=sys.stdout, err=sys.stderr) -> int:
             json.dump(s, f, indent=1, ensure_ascii=False)
         print(render_text(s), file=out)
         print(f"\nReport: {os.path.join(os.path.abspath(o.report_dir), 'index.html')}", file=out, flush=True)
-        if not own_data:
+        if o.store is not None:
+            print(f"Store kept in {redact(o.store)} (yidi check --store URL)", file=out, flush=True)
+        elif not own_data:
             print(f"Store kept in {data_dir} (yidi check --data {data_dir})", file=out, flush=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
