@@ -220,6 +220,15 @@ def _call(addresses: dict, body: bytes) -> dict:
     return _post(f"http://{addresses['http']}/fsi/api/rsfComIfsService/callService", body)[1]
 
 
+def _deposit_fen(addresses: dict, province: str) -> int:
+    """The insured province's pre-payment deposit on the admin listener's /metrics."""
+    with urllib.request.urlopen(f"http://{addresses['admin']}/metrics", timeout=WAIT_S) as r:
+        text = r.read().decode()
+    line = next(x for x in text.splitlines()
+                if x.startswith("yidi_prepay_deposit_fen{") and f'"{province}"' in x)
+    return int(float(line.rsplit(" ", 1)[1]))
+
+
 def _stop(p: subprocess.Popen) -> None:
     p.send_signal(signal.SIGTERM)
     assert p.wait(WAIT_S) == 0
@@ -230,9 +239,13 @@ def test_yidi_serve_reloads_on_post_and_sighup_and_restarts_with_the_new_world(w
     p, addr = _serve(data, str(world))
     try:
         assert _call(addr, person("S1", NEW_PSN))["err_code"] == "E_UNKNOWN_PERSON"
+        assert _deposit_fen(addr, "110000") == 922793258
         edit_world(world)
+        prepay = (world / "prepay.csv").read_text().replace("110000,9227932.58", "110000,9300000.00")
+        (world / "prepay.csv").write_text(prepay)
         status, report = _post(f"http://{addr['admin']}/admin/reload")
         assert status == 200 and report["parts"]["world"]["persons_added"] == 1, report
+        assert _deposit_fen(addr, "110000") == 930000000  # the pre-payment monitor takes the new deposits
         assert _call(addr, person("S2", NEW_PSN))["output"]["baseinfo"]["psn_name"] == "New Person"
         # A bad world: 422 naming the file; the world in force stays.
         (world / "institutions.csv").write_text("fixmedins_code,fixmedins_name,admdvs,hosp_lv\nH1,x,999999,1\n")

@@ -560,6 +560,12 @@ class PrepayMonitor:
         self._t_refresh = -1e9
         self._rows: list[PrepayUsage] = []
 
+    def set_deposits(self, prepay_fen: dict[str, int]) -> None:
+        """The deposits of a reloaded world's prepay.csv: the next refresh reports usage against them."""
+        with self._lock:
+            self.prepay_fen = dict(prepay_fen)
+            self._t_refresh = -1e9
+
     def refresh(self, min_interval_s: float = 0.0) -> list[PrepayUsage]:
         with self._lock:
             if time.monotonic() - self._t_refresh >= min_interval_s:

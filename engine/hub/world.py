@@ -84,6 +84,8 @@ class WorldSource:
         merge, parts, version, timings = loaded
         t0 = time.perf_counter()
         replaced = self.hub.engine.apply_world(parts, merge.chronic_withdrawn)
+        if self.hub.metrics.prepay is not None:  # /metrics and the status page: the new deposits
+            self.hub.metrics.prepay.monitor.set_deposits(merge.world.prepay_fen)
         timings["apply_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
         # The old world is freed on a thread of its own, a part at a time: the loop goes on serving.
         threading.Thread(target=_let_go, args=(replaced,), name="yidi-old-world", daemon=True).start()
