@@ -70,7 +70,7 @@ def run(store, bodies: list[bytes]) -> list[dict]:
 
 
 def reload(store, world: str) -> dict:
-    source = WorldSource(types.SimpleNamespace(engine=store.engine, store=store), world)
+    source = WorldSource(types.SimpleNamespace(engine=store.engine, store=store, metrics=types.SimpleNamespace(prepay=None)), world)
     return source.apply(source.load())
 
 
@@ -321,7 +321,7 @@ def test_the_status_of_the_world_in_force(world_store):
     """WorldSource.status: when the world in force was loaded, its version, what its last reload changed."""
     world, data = world_store
     with open_store(data, str(world), clock="inf_time") as store:
-        source = WorldSource(types.SimpleNamespace(engine=store.engine, store=store), str(world))
+        source = WorldSource(types.SimpleNamespace(engine=store.engine, store=store, metrics=types.SimpleNamespace(prepay=None)), str(world))
         first = source.status()
         assert first["changes"] == {} and len(first["version"]) == 12
         edit_world(world)
