@@ -40,6 +40,11 @@ INST = ("H11010010001", "110100")  # treated in 110100: UNFILED for this person 
 NEW_PSN = "P43010000999999"
 
 
+def _hub(store) -> types.SimpleNamespace:
+    """What a WorldSource needs of a hub: its engine, its store, its metrics (no pre-payment monitor here)."""
+    return types.SimpleNamespace(engine=store.engine, store=store, metrics=types.SimpleNamespace(prepay=None))
+
+
 def envelope(infno: str, msgid: str, inp: dict, *, inst=INST, insuplc="430100", when="2026-09-09 12:00:00") -> bytes:
     return orjson.dumps({"infno": infno, "msgid": msgid, "mdtrtarea_admvs": inst[1], "insuplc_admdvs": insuplc,
                          "fixmedins_code": inst[0], "inf_time": when, "input": inp})
@@ -70,7 +75,7 @@ def run(store, bodies: list[bytes]) -> list[dict]:
 
 
 def reload(store, world: str) -> dict:
-    source = WorldSource(types.SimpleNamespace(engine=store.engine, store=store, metrics=types.SimpleNamespace(prepay=None)), world)
+    source = WorldSource(_hub(store), world)
     return source.apply(source.load())
 
 
@@ -321,7 +326,7 @@ def test_the_status_of_the_world_in_force(world_store):
     """WorldSource.status: when the world in force was loaded, its version, what its last reload changed."""
     world, data = world_store
     with open_store(data, str(world), clock="inf_time") as store:
-        source = WorldSource(types.SimpleNamespace(engine=store.engine, store=store, metrics=types.SimpleNamespace(prepay=None)), str(world))
+        source = WorldSource(_hub(store), str(world))
         first = source.status()
         assert first["changes"] == {} and len(first["version"]) == 12
         edit_world(world)
