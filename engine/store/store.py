@@ -61,6 +61,7 @@ batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -92,6 +93,7 @@ from engine.store.seed import (
 from engine.store.steps import StepJournalMap, restore_effects, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
 from engine.world.loader import World, load_world
+from engine.world.merge import MergeRefused, merge_world
 
 log = logging.getLogger("yidi.store")
 
@@ -151,13 +153,14 @@ class SqliteStore:
                 remove_made_folder(self.data_dir)
             raise
         self._w, seeded_now, meta = open_files(self.path)
+        reload_due = None  # the institution codes of the last start, when the folder's additions are to be applied
         if seeded_now:
             log.info("seeding a new store in %s from the world %s", self.data_dir, world_dir)
             seed_store(self._w, world, world_dir)
         else:
             check_opened(self._w, self.path, meta, verify)
             undo_cut_reload(self._w, self.data_dir)
-            note_world_changes(self._w, self.data_dir, world, world_dir, accept=accept_world_change)
+            reload_due = note_world_changes(self._w, self.data_dir, world, world_dir, accept=accept_world_change)
         self._reader = Reader(self.path, self._tail)
         self._checkpointer = Checkpointer(self.path)
         try:
@@ -172,6 +175,8 @@ class SqliteStore:
             self._folder = Folder(self.path, self._fold_range)
             # Just seeded, the store holds exactly the world's persons: no need to read them back.
             cd_years = None
+            if reload_due is not None:
+                self._reload_at_open(world, world_dir, reload_due)
             if not seeded_now:
                 world, cd_years = restore_world(self._w, world)
             self.engine = self._engine(world, clock, cd_years, chronic_withdrawn(self._w))
@@ -185,6 +190,19 @@ class SqliteStore:
         # from scanning them again and again (the commit path allocates many tuples).
         gc.collect()
         gc.freeze()
+
+    def _reload_at_open(self, folder: World, world_dir: str, inst_before: frozenset) -> None:
+        """The store's world plus the folder's additions (note_world_changes): merged and recorded as a running
+        hub's reload is (engine.world.merge, record_world), so that the store is then as after a start with its
+        own world and a reload of this folder. `inst_before`: the institution codes of the last start."""
+        held, _ = restore_world(self._w, folder)
+        try:
+            merge = merge_world(held, folder, chronic_withdrawn(self._w))
+        except MergeRefused as e:
+            raise StoreRefused(f"{self.data_dir}: the world {world_dir}: {e}") from None
+        # `held` has the folder's institutions (restore_world): the ones added are counted against the last start's.
+        added = len(set(folder.inst_code) - inst_before)
+        self.record_world(dataclasses.replace(merge, counts={**merge.counts, "institutions_added": added}), world_dir)
 
     def _read_positions(self) -> None:
         """The journal's last row, how far it is folded and how far its logs are deleted; refused unless
