@@ -6,8 +6,10 @@ their seed values (the seed_ columns `yidi check` starts from). An existing
 store restores them from its own tables (restore_world); the catalogue,
 policies, institutions and pre-payments are reloaded from the world folder at
 every start, and what changed since the last start is logged (logger
-`yidi.store`) and kept in the `world_load` table. A world folder naming other
-persons or institutions than the store's is another world's: refused unless the
+`yidi.store`) and kept in the `world_load` table. A persons.csv, chronic.csv or
+filings.csv the store has not recorded is applied at open as a running hub's
+reload applies it (record_reload, called by the store). A world folder that lacks
+persons or institutions the store holds is another world's: refused unless the
 operator accepts it (world_differences, note_world_changes).
 """
 from __future__ import annotations

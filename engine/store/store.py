@@ -15,8 +15,9 @@ threads (fold). This module ties them together.
 Start and restart. A new (absent or empty) folder is seeded from the world; an
 existing store is opened as it is, the dynamic state from the store and the
 rest reloaded from the world folder (engine.store.seed), which must be the
-store's own world: other persons or institutions are refused unless the
-operator accepts the change. A damaged, truncated,
+store's own world or that world plus additions (applied as a running hub's
+reload is, record_world): a folder that lacks persons or institutions the store
+holds is refused unless the operator accepts the change. A damaged, truncated,
 foreign or busy store is refused with StoreRefused, never reset; open_store
 either returns a durable store or raises a StoreError naming the problem.
 
@@ -525,9 +526,10 @@ def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: st
     verify: "quick" runs SQLite's quick_check at open (reads the whole file);
     "header" checks only the file header and the ledger's balance (very large stores).
     fold_rows: unfolded journal rows that trigger a fold (bounds the RAM tail index).
-    accept_world_change: open an existing store with a world of other persons or
-    institutions than its own (engine.store.seed.world_differences), which is otherwise
-    refused; that world is the store's from then on.
+    accept_world_change: open an existing store with a world that lacks persons or
+    institutions it holds (engine.store.seed.world_differences), which is otherwise
+    refused; that world is the store's from then on. A world that only adds to the
+    store's is applied as a reload is, without it.
     Returns a durable store or raises: StoreError when no data folder is given,
     StoreRefused for a damaged, truncated, foreign or busy store, a folder that
     cannot be created or locked, or another world's folder, and
