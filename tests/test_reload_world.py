@@ -10,7 +10,9 @@ nothing, and a restart with the new folder gives the same state.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sqlite3
 import shutil
 import signal
 import subprocess
@@ -32,6 +34,7 @@ from engine.hub.reload import ReloadRefused
 from engine.hub.world import WorldSource
 from engine.store import StoreRefused, open_store
 from engine.store.check import check_store
+from engine.store.schema import DB_NAME, KEYS_NAME
 
 WAIT_S = 60.0
 PSN = "P43010000000031"  # insured in 430100, 390
@@ -163,6 +166,96 @@ def test_a_bad_world_or_one_that_drops_a_person_is_refused_and_the_old_one_kept(
         second = run(store, [settle("B2", infno="2206")])[0]
         for k in ("hifp_pay", "filing_class", "psn_cash_pay"):
             assert second["output"]["setlinfo"][k] == first["output"]["setlinfo"][k]
+
+
+def _add_institution(world) -> str:
+    inst = rows(world / "institutions.csv")
+    code, rest = inst[1].split(",", 1)
+    added = code[:-4] + "9999"
+    (world / "institutions.csv").write_text("\n".join(inst + [f"{added},{rest}"]) + "\n")
+    return added
+
+
+def _store_state(data: str) -> dict:
+    """The store's persons (accumulators and seeds), chronic slots, filings and the slots withdrawn."""
+    conn = sqlite3.connect(f"file:{os.path.join(data, DB_NAME)}?mode=ro", uri=True)
+    try:
+        conn.execute(f"ATTACH DATABASE 'file:{os.path.join(data, KEYS_NAME)}?mode=ro' AS keys")
+        return {"person": conn.execute("SELECT * FROM keys.person ORDER BY psn").fetchall(),
+                "chronic": conn.execute("SELECT * FROM keys.chronic ORDER BY slot").fetchall(),
+                "filing": conn.execute("SELECT * FROM filing ORDER BY id").fetchall(),
+                "meta": conn.execute("SELECT key, value FROM meta WHERE key NOT IN ('created_at', 'store_id')"
+                                     " ORDER BY key").fetchall()}
+    finally:
+        conn.close()
+
+
+def test_a_start_with_the_stores_world_plus_additions_is_a_reload(tmp_path, caplog):
+    """Stopped overnight, the world folder updated (a person and an institution added, a filing, a renamed person,
+    a chronic qualification added and one dropped), started again: the store takes the folder as a reload does."""
+    world = tmp_path / "world"
+    shutil.copytree(VECTOR_WORLD, world)
+    by_reload, by_start = str(tmp_path / "by-reload"), str(tmp_path / "by-start")
+    with open_store(by_reload, str(world), clock="inf_time") as store:
+        first = run(store, [settle("S1"), person("S2")])
+    shutil.copytree(by_reload, by_start)
+    edit_world(world)
+    new_inst = _add_institution(world)
+    day = [settle("D1"), settle("D2", psn=NEW_PSN), person("D3", NEW_PSN), person("D4"), settle("S1")]
+    # The reload path: the old folder at start (the store's), then a reload of the new one.
+    old_world = tmp_path / "old-world"
+    shutil.copytree(VECTOR_WORLD, old_world)
+    with open_store(by_reload, str(old_world), clock="inf_time") as store:
+        report = reload(store, str(world))
+        assert (report["persons_added"], report["filings_added"], report["institutions_added"]) == (1, 1, 1)
+    with caplog.at_level(logging.INFO, logger="yidi.store"):
+        open_store(by_start, str(world), clock="inf_time").close()
+    text = caplog.text
+    # The same state as by the reload, and the same replies to the same requests after it.
+    assert _store_state(by_start) == _store_state(by_reload)
+    replies = []
+    for data in (by_start, by_reload):
+        with open_store(data, str(world), clock="inf_time") as store:
+            replies.append(run(store, day))
+    started = replies[0]
+    assert replies[1] == started
+    assert _store_state(by_start) == _store_state(by_reload)
+    assert f"the world adds to the store's: persons.csv names 1 persons this store does not hold ({NEW_PSN})" in text
+    assert f"institutions.csv adds 1 institutions ({new_inst}) and drops 0" in text
+    assert "persons_added 1, persons_changed 1, chronic_added 1, chronic_withdrawn 1" in text
+    assert "institutions_added 1" in text and "not applied" not in text
+    # The new person settles, the new filing counts, the settlement committed before is untouched.
+    assert started[1]["output"]["setlinfo"]["psn_no"] == NEW_PSN, started[1]
+    assert Decimal(str(started[2]["output"]["insuinfo"][0]["balc"])) == Decimal("77.77")
+    assert started[0]["output"]["setlinfo"]["filing_class"] == "LONG_TERM"
+    assert started[3]["output"]["baseinfo"]["psn_name"] == "Renamed Person"
+    assert started[4] == first[0]
+    for data in (by_start, by_reload):
+        lines: list[str] = []
+        assert check_store(data, out=lines.append) == 0, "\n".join(lines)
+    # Started again with the same folder: nothing left to apply.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="yidi.store"):
+        open_store(by_start, str(world), clock="inf_time").close()
+    assert "is unchanged since the last start" in caplog.text and "reloaded the world" not in caplog.text
+
+
+def test_a_start_with_a_folder_that_drops_a_person_is_refused(world_store):
+    world, data = world_store
+    open_store(data, str(world), clock="inf_time").close()
+    edit_world(world)
+    persons = rows(world / "persons.csv")
+    named = {ln.split(",")[0] for f in ("chronic.csv", "filings.csv") for ln in rows(world / f)}
+    gone = next(ln.split(",")[0] for ln in persons[1:] if ln.split(",")[0] not in named)
+    (world / "persons.csv").write_text("\n".join([ln for ln in persons if not ln.startswith(gone + ",")]) + "\n")
+    before = _store_state(data)
+    with pytest.raises(StoreRefused) as refused:
+        open_store(data, str(world), clock="inf_time")
+    line = str(refused.value)
+    assert "\n" not in line and "is not this store's" in line, line
+    assert f"persons.csv names 1 persons this store does not hold ({NEW_PSN}) and lacks 1 of its" in line
+    assert f"({gone})" in line and "pass --accept-world-change" in line
+    assert _store_state(data) == before  # nothing written
 
 
 def test_a_reload_cut_short_between_its_two_files_is_undone_at_open(world_store, monkeypatch):

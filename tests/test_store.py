@@ -584,23 +584,21 @@ def test_changed_world_files_are_logged(tmp_path, caplog):
     persons = (world / "persons.csv").read_text()
     added = persons.splitlines()[1].replace("P", "Q", 1)
     (world / "persons.csv").write_text(persons + added + "\n")
-    # A person the store does not hold: the world is no longer the store's, unless the operator says so.
-    with pytest.raises(StoreRefused, match=f"persons.csv names 1 persons this store does not hold \\({added.split(',')[0]}\\)"
-                                           " and lacks 0 of its"):
-        open_store(data, str(world), clock="inf_time")
+    # A person added: the store's world plus an addition, applied as a reload applies it.
     with caplog.at_level(logging.INFO, logger="yidi.store"):
-        with open_store(data, str(world), clock="inf_time", accept_world_change=True) as store:
+        with open_store(data, str(world), clock="inf_time") as store:
             assert store.engine.policies[0].op_annual_deductible_fen == 12300
-            assert store.engine.world.n_persons == len(persons.splitlines()) - 1  # the store's persons
+            assert store.engine.world.n_persons == len(persons.splitlines())  # the store's persons and the new one
     text = caplog.text
-    assert "world change accepted (--accept-world-change): persons.csv names 1 persons" in text
+    assert f"the world adds to the store's: persons.csv names 1 persons this store does not hold ({added.split(',')[0]})" \
+        " and lacks 0 of its" in text
     assert f"policies.json changed: 1 changed ({changed})" in text
     assert f"catalogue.csv changed: {len(cat) - 1} -> {len(cat) - 2} rows" in text
-    assert "persons.csv differs from the one this store was seeded from or last reloaded; not applied" in text
+    assert "persons.csv changed; applied as a reload applies it" in text and "persons_added 1" in text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="yidi.store"):  # accepted once: it is the store's world now
+    with caplog.at_level(logging.INFO, logger="yidi.store"):  # recorded: the store's world now
         open_store(data, str(world), clock="inf_time").close()
-    assert "not applied" in caplog.text and "accepted" not in caplog.text
+    assert "is unchanged since the last start" in caplog.text and "not applied" not in caplog.text
     _check_ok(data)
 
 

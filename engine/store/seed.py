@@ -6,8 +6,10 @@ their seed values (the seed_ columns `yidi check` starts from). An existing
 store restores them from its own tables (restore_world); the catalogue,
 policies, institutions and pre-payments are reloaded from the world folder at
 every start, and what changed since the last start is logged (logger
-`yidi.store`) and kept in the `world_load` table. A world folder naming other
-persons or institutions than the store's is another world's: refused unless the
+`yidi.store`) and kept in the `world_load` table. A persons.csv, chronic.csv or
+filings.csv the store has not recorded is applied at open as a running hub's
+reload applies it (record_reload, called by the store). A world folder that lacks
+persons or institutions the store holds is another world's: refused unless the
 operator accepts it (world_differences, note_world_changes).
 """
 from __future__ import annotations
@@ -224,25 +226,27 @@ def _some(codes: set) -> str:
     return ", ".join(shown) + (", ..." if len(codes) > CODES_NAMED_MAX else "")
 
 
-def world_differences(w: sqlite3.Connection, world: World, old: dict, new: dict) -> tuple[list[str], list[str]]:
-    """What makes `world` another world than the store's: other persons, or other institutions.
+def world_differences(w: sqlite3.Connection, world: World, old: dict, new: dict) -> tuple[list[str], list[str], bool]:
+    """How `world` differs from the store's in persons and institutions.
 
-    Returns (differences, notes). Persons: the world's psn_no set against the store's
-    person table, read only when persons.csv is neither the seed's nor one found or
-    accepted before (new values for the same persons are no other world: they are
-    not applied, as any change of persons.csv). Institutions: the set of
-    fixmedins_code against that of the last start; a store that never kept it keeps
-    it from now on. Names, levels, the catalogue, policies and pre-payments may change
-    at any start: those are a world's daily updates.
+    Returns (differences, notes, drops): drops when `world` lacks persons or institutions
+    the store holds, which makes it another world. Persons: the world's psn_no set
+    against the store's person table, read only when persons.csv is neither the one
+    last recorded nor one accepted before. Institutions: the set of fixmedins_code
+    against that of the last start; a store that never kept it keeps it from now on.
+    Persons and institutions added, names, levels, the catalogue, policies and
+    pre-payments are a world's daily updates.
     """
     diffs: list[str] = []
     notes: list[str] = []
+    drops = False
     sha = new["sha256:persons.csv"]
     if sha not in (old.get("sha256:persons.csv"), old.get(META_PERSONS_ACCEPTED)):
         held = {r[0] for r in w.execute("SELECT psn_no FROM person")}
         named = set(world.psn_no.to_pylist())
         if held != named:
             extra, missing = named - held, held - named
+            drops = drops or bool(missing)
             diffs.append(f"persons.csv names {len(extra):,} persons this store does not hold"
                          + (f" ({_some(extra)})" if extra else "")
                          + f" and lacks {len(missing):,} of its {len(held):,}"
@@ -252,32 +256,42 @@ def world_differences(w: sqlite3.Connection, world: World, old: dict, new: dict)
         now = set(json.loads(new[META_INSTITUTION_CODES]))
         if before != now:
             added, dropped = now - before, before - now
+            drops = drops or bool(dropped)
             diffs.append(f"institutions.csv adds {len(added):,} institutions" + (f" ({_some(added)})" if added else "")
                          + f" and drops {len(dropped):,}" + (f" ({_some(dropped)})" if dropped else ""))
     else:
-        notes.append("institution codes kept from now on: a world with other institutions will be refused")
-    return diffs, notes
+        notes.append("institution codes kept from now on: a world that drops institutions will be refused")
+    return diffs, notes, drops
 
 
 def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world_dir: str, *,
-                       accept: bool = False) -> None:
+                       accept: bool = False) -> frozenset | None:
     """Log what changed in the world since the last start, and keep it in world_load; the reloaded files
-    are in force.
+    are in force. When persons.csv, chronic.csv or filings.csv changed and are to be applied as a running
+    hub's reload applies them (the store's record_world: the store's world plus additions), returns the
+    institution codes of the last start (what the reload counts the institutions added against); else None.
 
-    A world with other persons or institutions than the store's (world_differences) is
+    A world that lacks persons or institutions the store holds (world_differences) is
     another world: refused with StoreRefused, nothing written, unless `accept` (the
-    operator's --accept-world-change), which keeps it as the store's world from now on.
+    operator's --accept-world-change), which keeps it as the store's world from now on,
+    with the store's persons, chronic qualifications and filings.
     """
     old = dict(w.execute("SELECT key, value FROM meta").fetchall())
     new = world_meta(world, world_dir)
-    diffs, notes = world_differences(w, world, old, new)
-    if diffs and not accept:
+    diffs, notes, drops = world_differences(w, world, old, new)
+    if drops and not accept:
         raise StoreRefused(
             f"{data_dir}: the world {world_dir} is not this store's (seeded from {old.get('seeded_from', '?')}): "
             f"{'; '.join(diffs)}; start with this store's world folder, or pass --accept-world-change to go on "
             "with this one (persons, chronic qualifications and filings stay the store's)")
-    if diffs:
+    # Another world accepted, now or at an earlier start: its persons.csv is not the one the store recorded.
+    accepted = drops or (new["sha256:persons.csv"] == old.get(META_PERSONS_ACCEPTED)
+                         and new["sha256:persons.csv"] != old.get("sha256:persons.csv"))
+    reload_due = not accepted and any(old.get(f"sha256:{f}") != new[f"sha256:{f}"] for f in SEED_FILES)
+    if drops:
         notes.append("world change accepted (--accept-world-change): " + "; ".join(diffs))
+    elif diffs:
+        notes.append("the world adds to the store's: " + "; ".join(diffs) + "; applied as a reload applies it")
     # This persons.csv names the store's persons, or the operator accepted it: not compared again.
     new[META_PERSONS_ACCEPTED] = new["sha256:persons.csv"]
     for f in WORLD_FILES:
@@ -295,20 +309,26 @@ def note_world_changes(w: sqlite3.Connection, data_dir: str, world: World, world
                          f"{new['institutions_rows']} rows; in force")
         elif f == "prepay.csv":
             notes.append("prepay.csv changed; in force")
+        elif reload_due:
+            notes.append(f"{f} changed; applied as a reload applies it")
         else:
             notes.append(f"{f} differs from the one this store was seeded from or last reloaded; not applied: "
-                         "persons, chronic qualifications and filings come from the store (a reload applies them)")
+                         "persons, chronic qualifications and filings come from the store of an accepted world")
     for note in notes:
         (log.warning if "not applied" in note or "accepted" in note else log.info)("%s: %s", data_dir, note)
     if not notes:
         log.info("%s: the world %s is unchanged since the last start", data_dir, world_dir)
-    # The seed files keep the fingerprint of the seed: a warning at each start until they match again.
+    # The seed files keep the fingerprints the store recorded (the reload records the new ones): for an accepted
+    # world, a warning at each start until they match again.
     for f in SEED_FILES:
         new[f"sha256:{f}"] = old.get(f"sha256:{f}", "")
     with _transaction(w):
         w.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", new.items())
         w.execute("INSERT INTO world_load (loaded_at, world_dir, changes) VALUES (?, ?, ?)",
                   (_now_text(), os.path.abspath(world_dir), "; ".join(notes) or "unchanged"))
+    if not reload_due:
+        return None
+    return frozenset(json.loads(old.get(META_INSTITUTION_CODES, new[META_INSTITUTION_CODES])))
 
 
 def restore_world(w: sqlite3.Connection, world: World) -> tuple[World, list[int]]:

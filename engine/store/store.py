@@ -15,8 +15,9 @@ threads (fold). This module ties them together.
 Start and restart. A new (absent or empty) folder is seeded from the world; an
 existing store is opened as it is, the dynamic state from the store and the
 rest reloaded from the world folder (engine.store.seed), which must be the
-store's own world: other persons or institutions are refused unless the
-operator accepts the change. A damaged, truncated,
+store's own world or that world plus additions (applied as a running hub's
+reload is, record_world): a folder that lacks persons or institutions the store
+holds is refused unless the operator accepts the change. A damaged, truncated,
 foreign or busy store is refused with StoreRefused, never reset; open_store
 either returns a durable store or raises a StoreError naming the problem.
 
@@ -61,6 +62,7 @@ batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -92,6 +94,7 @@ from engine.store.seed import (
 from engine.store.steps import StepJournalMap, restore_effects, step_rows
 from engine.store.writer import COMPRESS_CHUNK_BODIES, Compressor, Prepared, batch_writer
 from engine.world.loader import World, load_world
+from engine.world.merge import MergeRefused, merge_world
 
 log = logging.getLogger("yidi.store")
 
@@ -151,13 +154,14 @@ class SqliteStore:
                 remove_made_folder(self.data_dir)
             raise
         self._w, seeded_now, meta = open_files(self.path)
+        reload_due = None  # the institution codes of the last start, when the folder's additions are to be applied
         if seeded_now:
             log.info("seeding a new store in %s from the world %s", self.data_dir, world_dir)
             seed_store(self._w, world, world_dir)
         else:
             check_opened(self._w, self.path, meta, verify)
             undo_cut_reload(self._w, self.data_dir)
-            note_world_changes(self._w, self.data_dir, world, world_dir, accept=accept_world_change)
+            reload_due = note_world_changes(self._w, self.data_dir, world, world_dir, accept=accept_world_change)
         self._reader = Reader(self.path, self._tail)
         self._checkpointer = Checkpointer(self.path)
         try:
@@ -172,6 +176,8 @@ class SqliteStore:
             self._folder = Folder(self.path, self._fold_range)
             # Just seeded, the store holds exactly the world's persons: no need to read them back.
             cd_years = None
+            if reload_due is not None:
+                self._reload_at_open(world, world_dir, reload_due)
             if not seeded_now:
                 world, cd_years = restore_world(self._w, world)
             self.engine = self._engine(world, clock, cd_years, chronic_withdrawn(self._w))
@@ -185,6 +191,19 @@ class SqliteStore:
         # from scanning them again and again (the commit path allocates many tuples).
         gc.collect()
         gc.freeze()
+
+    def _reload_at_open(self, folder: World, world_dir: str, inst_before: frozenset) -> None:
+        """The store's world plus the folder's additions (note_world_changes): merged and recorded as a running
+        hub's reload is (engine.world.merge, record_world), so that the store is then as after a start with its
+        own world and a reload of this folder. `inst_before`: the institution codes of the last start."""
+        held, _ = restore_world(self._w, folder)
+        try:
+            merge = merge_world(held, folder, chronic_withdrawn(self._w))
+        except MergeRefused as e:
+            raise StoreRefused(f"{self.data_dir}: the world {world_dir}: {e}") from None
+        # `held` has the folder's institutions (restore_world): the ones added are counted against the last start's.
+        added = len(set(folder.inst_code) - inst_before)
+        self.record_world(dataclasses.replace(merge, counts={**merge.counts, "institutions_added": added}), world_dir)
 
     def _read_positions(self) -> None:
         """The journal's last row, how far it is folded and how far its logs are deleted; refused unless
@@ -507,9 +526,10 @@ def open_store(data_dir: str, world_dir: str, *, clock: str = "wall", verify: st
     verify: "quick" runs SQLite's quick_check at open (reads the whole file);
     "header" checks only the file header and the ledger's balance (very large stores).
     fold_rows: unfolded journal rows that trigger a fold (bounds the RAM tail index).
-    accept_world_change: open an existing store with a world of other persons or
-    institutions than its own (engine.store.seed.world_differences), which is otherwise
-    refused; that world is the store's from then on.
+    accept_world_change: open an existing store with a world that lacks persons or
+    institutions it holds (engine.store.seed.world_differences), which is otherwise
+    refused; that world is the store's from then on. A world that only adds to the
+    store's is applied as a reload is, without it.
     Returns a durable store or raises: StoreError when no data folder is given,
     StoreRefused for a damaged, truncated, foreign or busy store, a folder that
     cannot be created or locked, or another world's folder, and
