@@ -36,27 +36,16 @@ sys.path.insert(0, ROOT)
 from engine.hub.client import AsyncFramedClient  # noqa: E402
 from engine.tools.demo import WORLD_DEFAULTS, ensure_world  # noqa: E402
 from engine.tools.synth import gen_requests  # noqa: E402
+from serve_load import start_server  # noqa: E402
 
 READY_S = 600.0  # a start of the demo's world seeds a million persons
 TAIL_S = 3.0  # requests go on this long after the reload answered
 
 
-def start_hub(world: str, data: str) -> tuple[subprocess.Popen, dict]:
-    p = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--world", world, "--data", data, "--tcp",
-                          "127.0.0.1:0", "--admin", "127.0.0.1:0", "--no-auth"], cwd=ROOT,
-                         stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    addresses: dict = {}
-    deadline = time.monotonic() + READY_S
-    while time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            raise SystemExit(f"yidi serve ended (exit {p.wait()})")
-        if " listening on " in line:
-            kind, rest = line.split(": ", 1)[1].split(" listening on ")
-            addresses[kind] = rest.split()[0]
-        if line.startswith("yidi: ready"):
-            return p, addresses
-    raise SystemExit("yidi serve did not get ready")
+def start_hub(world: str, data: str, log_file: str) -> tuple[subprocess.Popen, dict]:
+    """`yidi serve --no-auth` on `data` as the load campaigns start it (serve_load.start_server), its log in
+    `log_file`."""
+    return start_server(world, data, ["--no-auth", "--log-file", log_file], None)
 
 
 async def offer(address: str, envelopes: list[dict], rate: float, connections: int, window_s: float,
@@ -146,7 +135,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="yidi-reload-")
     world = os.path.join(tmp, "world")
     shutil.copytree(world_src, world, ignore=shutil.ignore_patterns("world.json"))
-    p, addr = start_hub(world, os.path.join(tmp, "data"))
+    p, addr = start_hub(world, os.path.join(tmp, "data"), os.path.join(tmp, "yidi.jsonl"))
     try:
         # The day's change the reload takes in: one person more, one filing more.
         with open(os.path.join(world, "persons.csv"), "a") as f:
