@@ -44,11 +44,15 @@ CATCH_UP_SQL = (
 
 def send_catch_up(raw, seen: int) -> list:
     """Send the catch-up's statements (in the caller's pipeline, after the lock's: module docstring); their
-    cursors, for apply_catch_up once the pipeline is synced."""
+    cursors, for apply_catch_up once the pipeline is synced.
+
+    Never prepared: a prepared statement soon runs on PostgreSQL's generic plan, which cannot know that
+    `gseq > $1` selects the few newest rows, and scans the whole journal (10 ms and more a batch, under the
+    store's lock, growing with the journal). Sent unprepared, each is planned for its value: the gseq index."""
     cursors = []
     for sql in CATCH_UP_SQL:
         cur = raw.cursor()
-        cur.execute(sql, (seen,), prepare=True)
+        cur.execute(sql, (seen,), prepare=False)
         cursors.append(cur)
     return cursors
 
