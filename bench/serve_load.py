@@ -730,7 +730,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run each campaign on PostgreSQL: a fresh database on this URL's server per campaign "
                         "(the URL names a database to connect to for that, e.g. postgresql://postgres@127.0.0.1/postgres)")
     p.add_argument("--nodes", type=int, default=2, help="yidi serve processes on the --store database (default 2)")
+    p.add_argument("--nodes-only", action="store_true",
+                   help="with --store: the nodes alone, without the embedded store's run beside them")
     a = p.parse_args(argv)
+    if a.nodes_only and not a.store:
+        p.error("--nodes-only needs --store postgresql://...")
     if a.campaign == "auth-ab" and a.no_auth:
         p.error("--campaign auth-ab runs both modes: drop --no-auth")
     if "--log-file" in a.server_args or "--request-log" in a.server_args:
@@ -765,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = 9000 if flow == "oneshot" else 2 * STEPWISE_TARGETS["requests_min"]
         want = a.requests or int(max(c["rate"] or ceiling, 1000) * c["duration_s"] * 1.3)
         world, frames = world_and_frames(a.cache, size, want, a.seed, flow)
-        for nodes in ([0, a.nodes] if a.store else [0]):  # the embedded store beside, in the same run
+        for nodes in ([a.nodes] if a.nodes_only else [0, a.nodes] if a.store else [0]):  # embedded beside
             r = run_campaign(name, c, world, frames, a, auth, request_log, flow, nodes)
             results.append(r)
             print(json.dumps(r, indent=1), flush=True)
