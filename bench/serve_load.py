@@ -8,6 +8,8 @@
     python bench/serve_load.py --campaign auth-ab      # signed and --no-auth side by side, alternating
     python bench/serve_load.py --campaign all --flow mixed    # a day sent as hospitals send it (section 11)
     python bench/serve_load.py --campaign stepwise-ab  # the mixed step-wise day and the one-shot day side by side
+    python bench/serve_load.py --campaign stepwise-ab --flow stepwise  # the step-wise day (~5 requests a
+                                                       # settlement) and the one-shot day side by side
     python bench/serve_load.py --campaign log-ab       # the request log on (all) and off, alternating
     python bench/serve_load.py --campaign all --store postgresql://postgres@127.0.0.1/postgres --nodes 2
                                                        # each campaign on the embedded store, then on two
@@ -48,11 +50,13 @@ production does; the lines written and dropped are in the results.
 the visits registered, uploaded, discharged and settled, section 11: about 3.3
 requests a settlement). Locust sends each visit's requests in order, each only after
 the previous one's reply, many visits interleaved (bench/locustfile.py).
-`--campaign stepwise-ab` runs the mixed day and the one-shot day side by side,
-alternating which goes first, `--rounds` times: saturation (requests/s, durable
-settlements/s, the hub's CPU per reply) and latency at 3,000 requests/s offered; the
-mixed day fails its campaign under STEPWISE_TARGETS (15,000 requests/s and 3,000
-durable settlements/s at saturation, p99 at most 20 ms at 3,000 requests/s).
+`--campaign stepwise-ab` runs the mixed day (or, with `--flow stepwise`, the
+step-wise day: every visit step-wise, about 5 requests a settlement) and the one-shot
+day side by side, alternating which goes first, `--rounds` times: saturation
+(requests/s, durable settlements/s, the hub's CPU per reply) and latency at 3,000
+requests/s offered; the step-wise side fails its campaign under STEPWISE_TARGETS
+(15,000 requests/s and 3,000 durable settlements/s at saturation, p99 at most 20 ms
+at 3,000 requests/s).
 
 With `--store URL` each campaign runs twice in the same run: on the embedded store
 as above, then on `--nodes` `yidi serve` processes (not pinned) sharing a fresh
@@ -105,7 +109,7 @@ NODES_TARGETS = dict(settlements_min=3_000, p99_budget_ms=30)
 FLOWS = ("oneshot", "stepwise", "mixed")
 STREAM_START = "2026-11-20"  # the first day of the generated streams (gen_requests' start)
 STEPWISE_AB_CAMPAIGNS = ("saturation", "latency-3k")
-STEPWISE_AB_FLOWS = ("mixed", "oneshot")
+STEPWISE_AB_SIDES = ("mixed", "stepwise")  # the step-wise side of stepwise-ab (--flow), against oneshot
 WORLDS = {  # world size per campaign kind: the load ones realistic, the smoke one tiny
     "full": dict(provinces=31, catalogue_per_province=50_000, persons=300_000),
     "small": dict(provinces=4, catalogue_per_province=2_000, persons=5_000),
@@ -692,16 +696,17 @@ def ab_ratios(results: list[dict], tolerance: float, ab: str = "auth-ab") -> dic
 FLOW_FIGURES = ("replies_per_s", "settlements_per_s", "server_cpu_us_per_reply", "p50", "p99")
 
 
-def flow_ratios(results: list[dict]) -> dict:
-    """stepwise-ab: per campaign, the medians of the rounds for the mixed day and the one-shot day, and
-    mixed / one-shot of each."""
+def flow_ratios(results: list[dict], side: str) -> dict:
+    """stepwise-ab: per campaign, the medians of the rounds for the step-wise side (`side`: mixed or stepwise)
+    and the one-shot day, and side / one-shot of each."""
     out = {}
     for name in sorted({r["campaign"] for r in results}):
         med = {flow: {k: _median([_of(r, k) for r in results if r["campaign"] == name and r["flow"] == flow])
-                      for k in FLOW_FIGURES} for flow in STEPWISE_AB_FLOWS}
-        out[name] = {**med, "rounds": sum(1 for r in results if r["campaign"] == name and r["flow"] == "mixed"),
-                     "mixed_over_oneshot": {k: round(med["mixed"][k] / med["oneshot"][k], 4) if med["oneshot"][k]
-                                            else None for k in FLOW_FIGURES}}
+                      for k in FLOW_FIGURES} for flow in (side, "oneshot")}
+        out[name] = {**med, "side": side,
+                     "rounds": sum(1 for r in results if r["campaign"] == name and r["flow"] == side),
+                     f"{side}_over_oneshot": {k: round(med[side][k] / med["oneshot"][k], 4) if med["oneshot"][k]
+                                              else None for k in FLOW_FIGURES}}
     return out
 
 
@@ -709,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--campaign", choices=[*CAMPAIGNS, "all", "sustained", *AB, "stepwise-ab"], default="all")
     p.add_argument("--flow", choices=FLOWS, default="oneshot",
-                   help="how the day's visits are sent (default oneshot); stepwise-ab runs mixed and oneshot")
+                   help="how the day's visits are sent (default oneshot); stepwise-ab runs this one (mixed when "
+                        "oneshot) beside oneshot")
     p.add_argument("--duration-s", type=int, help="override every campaign's duration")
     p.add_argument("--requests", type=int, help="requests in the stream (default: enough for the campaign)")
     p.add_argument("--seed", type=int, default=7)
@@ -747,8 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("the hub's log is the run's: --request-log, not --server-args")
     if not 1 <= a.rounds <= 20:
         p.error("--rounds must be within 1..20")
-    if a.campaign == "stepwise-ab" and a.flow != "oneshot":
-        p.error("--campaign stepwise-ab runs both flows: drop --flow")
+    side = a.flow if a.flow in STEPWISE_AB_SIDES else "mixed"  # stepwise-ab's step-wise side
     if a.campaign in AB:
         # The two modes one after the other; the order flips every round so that a machine
         # getting faster or slower over the run weighs on both modes alike.
@@ -758,8 +763,9 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in (modes if k % 2 == 0 else modes[::-1])]
     elif a.campaign == "stepwise-ab":
         # The mixed day and the one-shot day, one after the other, the order flipping every round.
+        flows = (side, "oneshot")
         plan = [(name, not a.no_auth, a.request_log, flow) for k in range(a.rounds) for name in STEPWISE_AB_CAMPAIGNS
-                for flow in (STEPWISE_AB_FLOWS if k % 2 == 0 else STEPWISE_AB_FLOWS[::-1])]
+                for flow in (flows if k % 2 == 0 else flows[::-1])]
     else:
         names = {"all": ["saturation", "latency"], "sustained": ["saturation-fold", "latency-fold"]}.get(
             a.campaign, [a.campaign])
@@ -780,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(json.dumps(r, indent=1), flush=True)
     ab = ab_ratios(results, a.ab_tolerance, a.campaign) if a.campaign in AB else None
-    flows_ab = flow_ratios(results) if a.campaign == "stepwise-ab" else None
+    flows_ab = flow_ratios(results, side) if a.campaign == "stepwise-ab" else None
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results if ab is None and flows_ab is None else
@@ -807,12 +813,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{q['server_cpu_us_per_reply']}, p50 {q['p50']}, p99 {q['p99']} (paired, the median of the rounds' "
             f"ratios: {v['paired']}): {v['verdict']}")
     for name, v in (flows_ab or {}).items():
-        m, o, q = v["mixed"], v["oneshot"], v["mixed_over_oneshot"]
-        log(f"stepwise-ab {name}, medians of {v['rounds']} rounds: mixed {m['replies_per_s']} requests/s, "
+        m, o, q = v[side], v["oneshot"], v[f"{side}_over_oneshot"]
+        log(f"stepwise-ab {name}, medians of {v['rounds']} rounds: {side} {m['replies_per_s']} requests/s, "
             f"{m['settlements_per_s']} settlements/s, {m['server_cpu_us_per_reply']} us of hub CPU per reply, "
             f"p50 {m['p50']} ms, p99 {m['p99']} ms; oneshot {o['replies_per_s']} requests/s, "
             f"{o['settlements_per_s']} settlements/s, {o['server_cpu_us_per_reply']} us, p50 {o['p50']} ms, "
-            f"p99 {o['p99']} ms; mixed / oneshot: {q}")
+            f"p99 {o['p99']} ms; {side} / oneshot: {q}")
     return 1 if failed else 0
 
 
