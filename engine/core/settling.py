@@ -29,6 +29,13 @@ _FUND_ERR = {1: E_FILING_REQUIRED, 2: E_NO_QUALIFICATION, 3: E_DATE}
 _ZERO_FUNDS = ("cvlserv_pay", "hifes_pay", "maf_pay", "oth_pay", "hosp_part_amt")
 
 
+def _column_bytes(ln) -> tuple[bytes, bytes, bytes, bytes]:
+    """The round's amt_fen, cnt and pric_micro (little-endian int64) and day (int32) columns as bytes: an
+    upload's effect takes its lines' slices of them (engine.core.visits), one conversion a round."""
+    return (ln.amt_fen.astype("<i8", copy=False).tobytes(), ln.cnt_ten_thousandths.astype("<i8", copy=False).tobytes(),
+            ln.pric_micro.astype("<i8", copy=False).tobytes(), ln.day.astype("<i4", copy=False).tobytes())
+
+
 class SettlingMixin:
     """The engine's round, settlement replies and reversals (see the module docstring)."""
 
@@ -111,6 +118,7 @@ class SettlingMixin:
         ok: list[Pending] = []
         ok_k: list[int] = []
         starts = arrays.starts.tolist()
+        columns = None  # the round's line columns as bytes, made for its first upload that commits
         for k, p, n_bad, split_err, tot_amt in zip(
             range(len(pend)), pend, bad_lines.tolist(), split.err.tolist(), split.tot_amt_fen.tolist()
         ):
@@ -123,7 +131,9 @@ class SettlingMixin:
                 err = _SPLIT_ERR[split_err]
             elif p.upload is not None:
                 lo = starts[k]
-                replies[p.idx] = self._finish_upload(p, lo, arrays, codes[lo:lo + p.n_lines])
+                if columns is None:
+                    columns = _column_bytes(arrays.lines)
+                replies[p.idx] = self._finish_upload(p, lo, arrays, codes[lo:lo + p.n_lines], columns)
                 continue
             elif tot_amt != p.medfee or (p.claims is not None and self._claims_differ(p.claims, split, k)):
                 err = E_AMOUNT_MISMATCH

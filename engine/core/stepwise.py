@@ -344,7 +344,8 @@ class StepwiseMixin:
             self._state(v, "admitted", "discharged")
         seen = v.lines.sn_pos
         mine = set(sns)
-        if len(mine) != len(sns) or not mine.isdisjoint(seen):
+        # The keys' view walks the smaller of the two (a stay's lines may be thousands).
+        if len(mine) != len(sns) or not seen.keys().isdisjoint(mine):
             dup = next(sn for k, sn in enumerate(sns) if sn in seen or sn in sns[:k])
             raise Refused(E_DUPLICATE_LINE, f"feedetl_sn {dup}")
         if v.lines.in_force + len(lines) > VISIT_LINES_IN_FORCE_MAX:
@@ -358,17 +359,16 @@ class StepwiseMixin:
         rnd.msgids.add(env.msgid)
         return p
 
-    def _finish_upload(self, p: Pending, lo: int, arrays, codes: list) -> Reply:
+    def _finish_upload(self, p: Pending, lo: int, arrays, codes: list, columns: tuple) -> Reply:
         """An upload whose every line passed: commit its lines to the visit; the reply's result rows are
-        the round's (the fields of a settlement's result)."""
+        the round's (the fields of a settlement's result). `columns`: the round's amt_fen, cnt, pric_micro
+        and day columns as bytes (engine.core.settling._column_bytes)."""
         v, batch = p.upload
         hi = lo + p.n_lines
-        ln = arrays.lines
+        amt, cnt, pric, day = columns
         # The columns as their bytes (engine.core.visits): no Python int per line, here or in the store.
-        effect = ["upload", v.mdtrt_id, batch, p.env.msgid, codes, ln.sns[lo:hi],
-                  ln.amt_fen[lo:hi].astype("<i8", copy=False).tobytes(),
-                  ln.cnt_ten_thousandths[lo:hi].astype("<i8", copy=False).tobytes(),
-                  ln.pric_micro[lo:hi].astype("<i8", copy=False).tobytes(), ln.day[lo:hi].astype("<i4", copy=False).tobytes()]
+        effect = ["upload", v.mdtrt_id, batch, p.env.msgid, codes, arrays.lines.sns[lo:hi],
+                  amt[8 * lo:8 * hi], cnt[8 * lo:8 * hi], pric[8 * lo:8 * hi], day[4 * lo:4 * hi]]
         env = p.env
         reply = self._ok(env.msgid, p.now, {"result": ResultRows(lo, hi, arrays)})
         self._committing = True

@@ -29,6 +29,7 @@ from __future__ import annotations
 import array
 import sys
 from dataclasses import dataclass
+from itertools import repeat
 
 INPATIENT_BATCH = ""  # a stay is one batch
 
@@ -158,11 +159,18 @@ class VisitBook:
             ls.sn_pos.update(zip(sns, range(base, base + n)))
             ls.codes.extend(codes)
             ls.sns.extend(sns)
-            for column, values in ((ls.amt, amt), (ls.cnt, cnt), (ls.pric, pric), (ls.day, day)):
-                _extend(column, values)
-            ls.batch.extend([batch] * n)
+            if _BIG_ENDIAN or not (type(amt) is bytes and type(cnt) is bytes and type(pric) is bytes
+                                   and type(day) is bytes):
+                for column, values in ((ls.amt, amt), (ls.cnt, cnt), (ls.pric, pric), (ls.day, day)):
+                    _extend(column, values)
+            else:  # the effect the engine makes: each column's little-endian bytes, appended as they are
+                ls.amt.frombytes(amt)
+                ls.cnt.frombytes(cnt)
+                ls.pric.frombytes(pric)
+                ls.day.frombytes(day)
+            ls.batch.extend(repeat(batch, n))
             ls.batch_lines[batch] = ls.batch_lines.get(batch, 0) + n
-            ls.upload.extend([msgid] * n)
+            ls.upload.extend(repeat(msgid, n))
             ls.revoked.extend(bytes(n))
             ls.in_force += n
         elif kind == "revoke":
