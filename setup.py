@@ -53,7 +53,7 @@ extensions = [
 COMPILED_PY = [
     "engine/core/engine.py", "engine/core/settling.py", "engine/core/stepwise.py", "engine/core/visits.py", "engine/core/signin.py",
     "engine/core/round.py", "engine/core/records.py", "engine/core/reconcile.py", "engine/core/ledger.py",
-    "engine/store/codec.py", "engine/store/lookups.py", "engine/store/recon.py", "engine/store/writer.py",
+    "engine/store/codec.py", "engine/store/steps.py", "engine/store/lookups.py", "engine/store/recon.py", "engine/store/writer.py",
     "engine/store/fold.py", "engine/store/store.py",
 ]
 with open("engine/_compiled_digests.json", "w") as f:

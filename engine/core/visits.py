@@ -156,7 +156,9 @@ class VisitBook:
             ls = self.visits[mdtrt_id].lines
             self.by_msgid[msgid] = mdtrt_id
             base, n = len(ls.sns), len(sns)
-            ls.sn_pos.update(zip(sns, range(base, base + n)))
+            sn_pos = ls.sn_pos
+            for i, sn in enumerate(sns, base):
+                sn_pos[sn] = i
             ls.codes.extend(codes)
             ls.sns.extend(sns)
             if _BIG_ENDIAN or not (type(amt) is bytes and type(cnt) is bytes and type(pric) is bytes
