@@ -97,6 +97,22 @@ class UploadInput(msgspec.Struct, gc=False):
     feedetail: list[UploadLine]
 
 
+class UploadInputRaw(msgspec.Struct, gc=False):
+    """UploadInput with its fee lines left raw, for FeeBuffer.parse (engine.core.stepwise)."""
+
+    feedetail: msgspec.Raw
+
+
+class UploadLineIds(msgspec.Struct, gc=False):
+    """An upload's fee line as its checks read it (engine.core.stepwise): UploadLine's fields that
+    FeeBuffer.parse does not read, and feedetl_sn."""
+
+    feedetl_sn: Any = None
+    mdtrt_id: Any = None
+    psn_no: Any = None
+    chrg_bchno: Any = None
+
+
 class ReverseData(msgspec.Struct, gc=False):
     setl_id: Any = None
     mdtrt_id: Any = None
@@ -175,6 +191,8 @@ class Codec:
         self.sign_in = mod.Decoder(SignInInput, **kw)
         self.step_settle = mod.Decoder(StepSettleInput, **kw)
         self.upload = mod.Decoder(UploadInput, **kw)
+        self.upload_raw = mod.Decoder(UploadInputRaw, **kw)
+        self.upload_ids = mod.Decoder(list[UploadLineIds], **kw)
         self.sign_out = mod.Decoder(SignOutInput, **kw)
         self.generic = mod.Decoder(**kw)
         raw_fmt = self.raw_fmt

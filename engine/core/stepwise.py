@@ -305,12 +305,46 @@ class StepwiseMixin:
     # ------------------------------------------------------------ 2204, 2301
 
     def _upload_prepare(self, idx: int, env, codec: Codec, now: str, rnd: Round, inp_c: tuple) -> Pending:
-        """Checks of an upload before its lines; it joins the round (its lines split with the round's)."""
-        outpatient = env.infno == INFNO_OP_UPLOAD
+        """Checks of an upload before its lines; it joins the round (its lines split with the round's).
+
+        Its lines may be read into the round's FeeBuffer before the checks (_upload_lines), and are
+        taken back if it does not join the round.
+        """
+        buf = rnd.lines
+        mark = buf.n
         try:
-            lines = codec.upload.decode(env.input).feedetail
+            return self._upload_checks(idx, env, codec, now, rnd, inp_c, buf)
+        except BaseException:
+            buf.truncate(mark)
+            raise
+
+    @staticmethod
+    def _upload_lines(env, codec: Codec, buf) -> tuple[list, bool]:
+        """An upload's fee lines, and whether they are in the round's FeeBuffer already.
+
+        In the common shape they are read straight from the wire (FeeBuffer.parse), and decoded only
+        for the fields the checks read (wire.UploadLineIds): a msgspec decode of the whole could then
+        fail on nothing, so the checks answer as after it. Otherwise msgspec decodes them all and
+        defines every error, and they are gathered once the checks pass.
+        """
+        try:
+            raw = codec.upload_raw.decode(env.input).feedetail
+            lines = codec.upload_ids.decode(raw)
+        except DecodeError:
+            lines = None
+        if lines:
+            mark = buf.n
+            if buf.parse(raw, codec.is_json) == len(lines):
+                return lines, True
+            buf.truncate(mark)
+        try:
+            return codec.upload.decode(env.input).feedetail, False
         except DecodeError as e:
             raise Refused(E_SCHEMA, f"input: {e}") from None
+
+    def _upload_checks(self, idx: int, env, codec: Codec, now: str, rnd: Round, inp_c: tuple, buf) -> Pending:
+        outpatient = env.infno == INFNO_OP_UPLOAD
+        lines, read = self._upload_lines(env, codec, buf)
         if not lines:
             raise Refused(E_SCHEMA, "feedetail must be a non-empty list")
         first = lines[0]
@@ -354,7 +388,8 @@ class StepwiseMixin:
         p.upload = (v, batch)
         p.prov = self._province(v.mdtrtarea_admvs)
         p.auth = journal_auth(self._cred, env)
-        rnd.lines.gather(lines)
+        if not read:
+            buf.gather(lines)
         rnd.step_visits.add(v.mdtrt_id)
         rnd.msgids.add(env.msgid)
         return p
