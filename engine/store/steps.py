@@ -40,25 +40,10 @@ def step_rows(steps: list[StepChange], first_seq: int) -> list[tuple]:
         body = None
         if c.reply is not None:
             # The reply as MessagePack: its `result` rows (engine.core.records.ResultRows) render themselves.
-            reply = MSGPACK.encoder.encode(c.reply)
-            raw = c.input_raw
-            if type(raw) is bytes:
-                body = lz4.block.compress(_bin_pair_head(len(raw)) + raw + reply)
-            else:
-                body = lz4.block.compress(_ENC.encode((raw, msgspec.Raw(reply))))
+            body = lz4.block.compress(_ENC.encode((c.input_raw, msgspec.Raw(MSGPACK.encoder.encode(c.reply)))))
         rows.append((first_seq + k, c.msgid or None, c.infno, c.fixmedins_code, c.mdtrt_id, c.time, *c.auth,
                      c.codec.fmt if c.codec is not None else None, body, _ENC.encode(c.effects)))
     return rows
-
-
-def _bin_pair_head(n: int) -> bytes:
-    """What _ENC.encode((raw, msgspec.Raw(reply))) puts before raw's n bytes: a MessagePack array of two,
-    then raw's bin header; the reply's bytes follow raw's."""
-    if n < 0x100:
-        return b"\x92\xc4" + n.to_bytes(1, "big")
-    if n < 0x10000:
-        return b"\x92\xc5" + n.to_bytes(2, "big")
-    return b"\x92\xc6" + n.to_bytes(4, "big")
 
 
 SQL_STEP_ENTRY = "SELECT infno, fixmedins_code, codec, body_lz4 FROM step WHERE "
