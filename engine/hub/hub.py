@@ -405,11 +405,7 @@ class Hub:
             return loop.create_task(self._finish_serial(prev, work, items, reqs))
         t0 = time.perf_counter()
         try:
-            replies = self.engine.handle_batch(reqs)
-            assert len(replies) == len(items)
-            changes = self.engine.take_changes()
-            # The store's rows of the batch, read from the engine now, before the next batch changes it.
-            prepared = self.store.prepare(changes)
+            replies, changes, prepared = self._compute(reqs)
         except BaseException as e:  # a bug, or the store refuses: the engine may be half way through
             self._fail_stop(e, items)
             return prev
@@ -425,6 +421,14 @@ class Hub:
             if self._collector.after_batch() == "full":
                 log.info("full garbage collection in %.1f ms", (time.perf_counter() - t1) * 1e3)
         return task
+
+    def _compute(self, reqs: list[Request]) -> tuple[list, list, Any]:
+        """The engine's batch: its replies, its changes, and the store's rows of them, read from the engine now,
+        before the next batch changes it."""
+        replies = self.engine.handle_batch(reqs)
+        assert len(replies) == len(reqs)
+        changes = self.engine.take_changes()
+        return replies, changes, self.store.prepare(changes)
 
     def _encode(self, items: list[Admitted], replies: list, reqs: list[Request]) -> collections.Counter:
         """Encode the framed replies (they leave at release) and count the batch's replies by transport,
@@ -454,10 +458,7 @@ class Hub:
         self._serial_begun += 1
         t0 = time.perf_counter()
         try:
-            replies = self.engine.handle_batch(reqs)
-            assert len(replies) == len(reqs)
-            changes = self.engine.take_changes()
-            prepared = self.store.prepare(changes)
+            replies, changes, prepared = self._compute(reqs)
             t1 = time.perf_counter()
             self.store.write(prepared)
         except StoreUnavailable:
