@@ -101,6 +101,18 @@ def replay_with_store(folder: str, tmp_path) -> tuple[list[dict], str]:
         return [orjson.loads(line) for line in f], str(data)
 
 
+def assert_replay_agrees_and_checks(folder: str, tmp_path, disagreements) -> None:
+    """`yidi replay --data` of a vectors folder: `disagreements(replies)` (index -> differences) finds none, and
+    `yidi check` then proves the store."""
+    from engine.store.check import check_store
+
+    got, data = replay_with_store(folder, tmp_path)
+    bad = disagreements(got)
+    assert not bad, f"{len(bad)} replies differ, first: {list(bad.items())[:5]}"
+    lines: list[str] = []
+    assert check_store(data, lines.append) == 0, "\n".join(lines)
+
+
 # The event loops the hub's tests run on, one test body each (uvloop's way).
 LOOPS = ["uvloop", "asyncio"]
 

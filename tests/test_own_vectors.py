@@ -15,7 +15,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from conftest import ROOT, VECTOR_WORLD, VECTORS, differences, replay_with_store, vector_bodies, vector_replies
+from conftest import ROOT, VECTOR_WORLD, VECTORS, differences, assert_replay_agrees_and_checks, vector_bodies, vector_replies
 from test_stepwise import _batches
 from engine.contract.protocol import province
 from engine.core.engine import Engine
@@ -82,11 +82,7 @@ def test_the_compiled_engine_agrees(size):
 
 
 def test_replay_with_a_store_agrees_and_checks(tmp_path):
-    got, data = replay_with_store(OWN, tmp_path)
-    bad = _disagreements(got)
-    assert not bad, f"{len(bad)} replies differ, first: {list(bad.items())[:5]}"
-    lines: list[str] = []
-    assert check_store(str(data), lines.append) == 0, "\n".join(lines)
+    assert_replay_agrees_and_checks(OWN, tmp_path, _disagreements)
 
 
 def test_the_hub_agrees_with_platforms_signed_in(tmp_path):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, VECTOR_WORLD, VECTORS, differences, replay_with_store, vector_bodies, vector_replies
+from conftest import ROOT, VECTOR_WORLD, VECTORS, differences, assert_replay_agrees_and_checks, vector_bodies, vector_replies
 
 from engine.contract.wire import JSON
 from engine.core.engine import Engine, Request
@@ -49,11 +49,7 @@ def test_stepwise_vectors_in_memory(size):
 
 
 def test_stepwise_vectors_through_replay_and_check(tmp_path):
-    got, data = replay_with_store(STEPWISE, tmp_path)
-    bad = _disagreements(got)
-    assert not bad, f"{len(bad)} replies differ, first: {list(bad.items())[:5]}"
-    lines: list[str] = []
-    assert check_store(str(data), lines.append) == 0, "\n".join(lines)
+    assert_replay_agrees_and_checks(STEPWISE, tmp_path, _disagreements)
 
 
 @pytest.mark.parametrize("cut", [1155, 1165, 1175, 1190])
