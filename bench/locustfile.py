@@ -58,6 +58,7 @@ from collections import deque
 from typing import Any
 
 import gevent
+import gevent.event
 import msgspec
 from gevent.lock import Semaphore
 from locust import User, events, task
@@ -136,6 +137,8 @@ class _Shared:
     t_first: float | None = None
     t_last = 0.0
     epoch: float | None = None  # the open loop's clock: User k sends at epoch + (k / n + j) * interval
+    cpu0: tuple[float, float] | None = None  # (wall, CPU) seconds when the first User began to send
+    cpu1: tuple[float, float] | None = None  # the same at a recent reply (every 256th)
 
     @classmethod
     def first_tick(cls, index: int, interval_s: float, n_users: int) -> float:
@@ -145,6 +148,7 @@ class _Shared:
         now = time.perf_counter()
         if cls.epoch is None:
             cls.epoch = now
+            cls.cpu0 = (now, time.process_time())
         if not interval_s:
             return now
         offset = cls.epoch + (index % n_users) * interval_s / n_users
@@ -189,7 +193,14 @@ class _Shared:
 
 
 class FramedUser(User):
-    """Its lanes' connections, pipelined: one sender, a receiver greenlet per connection."""
+    """Its lanes' connections, pipelined: one sender greenlet, a receiver greenlet per connection.
+
+    Only the sender writes to the sockets. It queues frames on their lanes until it would wait (the
+    window is full, the open loop's next tick is ahead, or too many frames are set aside) and then sends
+    each lane's queue in one write: one system call for many frames, as a hospital system's connection
+    pool would, and the load core's time goes to requests rather than to send calls. A request's clock
+    starts when it is queued, a few microseconds before its write, so latency is never understated.
+    """
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
@@ -201,9 +212,12 @@ class FramedUser(User):
         nodes = [a.rpartition(":") for a in host.split("://", 1)[-1].split(",")]
         self.socks: dict[int, socket.socket] = {}
         self.sent: dict[int, deque] = {}  # per lane: (t0, infno, frame length, visit) of each unanswered request
-        self.locks: dict[int, Semaphore] = {}  # per lane: the sender and the receivers both send on it
+        self.outbox: dict[int, list] = {}  # per lane: frames queued by the sender, written at its next flush
         # Visits with a request unanswered -> the frames of that visit waiting for its reply, in order.
         self.waiting: dict[int, deque] = {}
+        # Frames whose visit's previous request is answered: the sender sends them first. At most one per
+        # reply since the sender last ran, so at most --in-flight.
+        self.ready: deque = deque()
         for k in _Shared.lanes_of_user[self.index % len(_Shared.parts)]:
             h, _, p = nodes[k % len(nodes)]
             sock = socket.create_connection((h, int(p)))
@@ -218,9 +232,10 @@ class FramedUser(User):
                 r = _peek.decode(memoryview(buf)[FRAME_HEADER_BYTES:]) if n is not None else None
                 if r is None or r.infcode != 0 or len(buf) != FRAME_HEADER_BYTES + n:
                     raise RuntimeError(f"lane {k}: the first frame was refused: {r and r.err_code}")
-            self.socks[k], self.sent[k], self.locks[k] = sock, deque(), Semaphore()
+            self.socks[k], self.sent[k], self.outbox[k] = sock, deque(), []
         self.window = Semaphore(opts.in_flight)
         self.waiting_slots = Semaphore(WAITING_PER_USER_MAX)
+        self.wake = gevent.event.Event()  # set by a receiver when a frame is ready: the open loop's sleep ends
         n_users = max(1, opts.num_users)
         self.interval_s = n_users / opts.rate if opts.rate > 0 else 0.0
         self.receivers = [gevent.spawn(self._receive, k) for k in self.socks]
@@ -235,38 +250,56 @@ class FramedUser(User):
     def send_all(self) -> None:
         """Send this User's requests in order, forever (a stream that runs out starts again)."""
         sched = _Shared.first_tick(self.index, self.interval_s, max(1, self.environment.parsed_options.num_users))
-        waiting = self.waiting
+        waiting, ready = self.waiting, self.ready
         while not self.mine:  # more Users than lanes: this one has nothing to send (a task that returned
             gevent.sleep(1.0)  # at once would be run again and again, spinning on the load core)
-        for fr, infno, lane, visit in itertools.cycle(self.mine):
-            self.window.acquire()
+        stream = itertools.cycle(self.mine)
+        while True:
+            while ready:  # a visit's next request, its previous one answered: counted from now
+                lane, fr, infno, visit = ready.popleft()
+                self._take(self.window)
+                self._queue(lane, fr, infno, visit, time.perf_counter())
             if self.interval_s:
                 now = time.perf_counter()
-                if sched > now:
-                    gevent.sleep(sched - now)
+                if sched > now:  # the next tick is ahead: send what is queued, sleep until then or a ready frame
+                    self._flush()
+                    self.wake.clear()
+                    if not ready:
+                        self.wake.wait(sched - now)
+                    continue
                 t0 = sched  # the intended time: a late send counts against the server's latency
                 sched += self.interval_s
             else:
-                t0 = time.perf_counter()
+                t0 = 0.0
+            fr, infno, lane, visit = next(stream)
             if visit >= 0:
                 if visit in waiting:  # its visit waits for a reply: sent when that reply comes
-                    self.window.release()
-                    self.waiting_slots.acquire()
-                    waiting[visit].append((fr, infno, lane))
+                    self._take(self.waiting_slots)
+                    waiting[visit].append((lane, fr, infno))
                     continue
                 waiting[visit] = deque()
-            self._send(lane, fr, infno, visit, t0)
+            self._take(self.window)
+            self._queue(lane, fr, infno, visit, t0 or time.perf_counter())
+            if self.interval_s:
+                self._flush()
 
-    def _send_next(self, lane: int, fr: bytes, infno: str, visit: int) -> None:
-        """A frame set aside, now that its visit's previous request is answered: sent once the window lets it."""
-        self.waiting_slots.release()
-        self.window.acquire()
-        self._send(lane, fr, infno, visit, time.perf_counter())
+    def _take(self, sem: Semaphore) -> None:
+        """Acquire `sem`, sending what is queued first when that has to wait (the replies that free it
+        answer those frames)."""
+        if sem.locked():
+            self._flush()
+        sem.acquire()
 
-    def _send(self, lane: int, fr: bytes, infno: str, visit: int, t0: float) -> None:
-        with self.locks[lane]:  # the frame and its record in `sent` in the same order
-            self.sent[lane].append((t0, infno, len(fr), visit))
-            self.socks[lane].sendall(fr)
+    def _queue(self, lane: int, fr: bytes, infno: str, visit: int, t0: float) -> None:
+        self.sent[lane].append((t0, infno, len(fr), visit))
+        self.outbox[lane].append(fr)
+
+    def _flush(self) -> None:
+        for lane, frames in self.outbox.items():
+            if frames:
+                data = b"".join(frames)
+                frames.clear()
+                self.socks[lane].sendall(data)
 
     def _receive(self, lane: int) -> None:
         buf = bytearray()
@@ -286,10 +319,11 @@ class FramedUser(User):
             self.window.release()
             if visit >= 0:
                 queue = self.waiting[visit]
-                if queue:  # the visit's next request, now that this one is answered (sent by a greenlet:
-                    # a receiver that blocked on a send could stop the hub's writes to it)
-                    fr2, infno2, lane2 = queue.popleft()
-                    gevent.spawn(self._send_next, lane2, fr2, infno2, visit)
+                if queue:  # the visit's next request, now that this one is answered: the sender sends it
+                    lane2, fr2, infno2 = queue.popleft()
+                    self.waiting_slots.release()
+                    self.ready.append((lane2, fr2, infno2, visit))
+                    self.wake.set()
                 else:
                     del self.waiting[visit]
             latency_s = t1 - t0
@@ -300,6 +334,8 @@ class FramedUser(User):
             if _Shared.t_first is None:
                 _Shared.t_first = t1
             _Shared.t_last = t1
+            if not len(_Shared.latencies_s) & 255:
+                _Shared.cpu1 = (t1, time.process_time())
             if exc is not None:
                 _Shared.failures += 1
             fire(request_type="framed", name=name, response_time=latency_s * 1000.0, response_length=n,
@@ -335,7 +371,12 @@ def summary() -> dict:
     lat = np.array(_Shared.latencies_s) * 1000.0
     span_s = (_Shared.t_last - _Shared.t_first) if _Shared.t_first is not None else 0.0
     pct = {f"p{p}": round(float(np.percentile(lat, p)), 3) for p in (50, 90, 99, 99.9)} if len(lat) else {}
-    return {"replies": int(len(lat)), "failures": _Shared.failures, "span_s": round(span_s, 3),
+    # This process's CPU while its Users ran, not while it read the frames file before (seconds of work).
+    cpu = {}
+    if _Shared.cpu0 is not None and _Shared.cpu1 is not None and _Shared.cpu1[0] > _Shared.cpu0[0]:
+        wall, cpu_s = _Shared.cpu1[0] - _Shared.cpu0[0], _Shared.cpu1[1] - _Shared.cpu0[1]
+        cpu = {"cpu_s": round(cpu_s, 3), "cpu_wall_s": round(wall, 3), "cpu_share_pct": round(100 * cpu_s / wall, 1)}
+    return {"replies": int(len(lat)), "failures": _Shared.failures, "span_s": round(span_s, 3), **cpu,
             "replies_per_s": round(len(lat) / span_s, 1) if span_s > 0 else 0.0,
             "latency_ms": {**pct, "max": round(float(lat.max()), 3) if len(lat) else None},
             "outcomes": dict(sorted(_Shared.outcomes.items()))}
