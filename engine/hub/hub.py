@@ -93,7 +93,9 @@ class DurableStore(Protocol):
 
     `prepare` runs on the event-loop thread right after the batch (it may read the engine's
     state); `write` runs on the writer thread and returns once the batch is durable; `close`
-    runs on the writer thread after the last write.
+    runs on the writer thread after the last write. What `prepare` returns may hold
+    `replies_msgpack`, replies it encoded as MessagePack for its rows by their id: the framed
+    transport sends those bytes rather than encode the replies again.
     """
 
     engine: Engine
@@ -111,6 +113,11 @@ class DurableStore(Protocol):
 
 _STORE_MEMBERS = tuple(DurableStore.__annotations__) + tuple(
     name for name, member in vars(DurableStore).items() if callable(member) and not name.startswith("_"))
+
+
+def _replies_msgpack(prepared: Any) -> dict[int, bytes] | None:
+    """The replies a store's `prepare` encoded as MessagePack, by id (DurableStore); None: none."""
+    return getattr(prepared, "replies_msgpack", None)
 
 
 def _check_store(store: object) -> None:
@@ -413,7 +420,7 @@ class Hub:
         write = loop.run_in_executor(self._writer, self._write, prepared)
         logged = None if self.request_log is None else self.request_log.capture(items, reqs, replies)
         # Encode while the writer thread waits on the disk.
-        counts = self._encode(items, replies, reqs)
+        counts = self._encode(items, replies, reqs, _replies_msgpack(prepared))
         self.batches_inflight += 1
         task = loop.create_task(self._finish(prev, write, items, replies, changes, counts, engine_s, logged))
         if self.manual_gc:
@@ -430,10 +437,12 @@ class Hub:
         changes = self.engine.take_changes()
         return replies, changes, self.store.prepare(changes)
 
-    def _encode(self, items: list[Admitted], replies: list, reqs: list[Request]) -> collections.Counter:
+    def _encode(self, items: list[Admitted], replies: list, reqs: list[Request],
+                encoded: dict[int, bytes]) -> collections.Counter:
         """Encode the framed replies (they leave at release) and count the batch's replies by transport,
-        infno and code."""
+        infno and code. `encoded`: replies the store encoded already, by id (_replies_msgpack)."""
         counts: collections.Counter = collections.Counter()
+        encode = MSGPACK.encoder.encode
         for i, (it, rep, req) in enumerate(zip(items, replies, reqs)):
             infno = infno_label(req.infno)  # read by the engine: no second decode
             c = it.conn
@@ -441,7 +450,8 @@ class Hub:
             if c is not None:
                 # Not it.frame yet: another batch's release flushes this connection,
                 # and must not send a reply whose batch is still being written.
-                it.encoded = enc = frame(MSGPACK.encoder.encode(rep))
+                b = encoded.get(id(rep)) if encoded else None
+                it.encoded = enc = frame(encode(rep) if b is None else b)
                 # The connection now holds the reply instead of the body
                 # (reply_bytes_per_connection_max); the reply's objects go now, not at release.
                 c.held_bytes += len(enc) - len(it.body)
@@ -463,7 +473,7 @@ class Hub:
             self.store.write(prepared)
         except StoreUnavailable:
             return None
-        return replies, changes, t1 - t0, time.perf_counter() - t1
+        return replies, changes, t1 - t0, time.perf_counter() - t1, _replies_msgpack(prepared)
 
     async def _finish_serial(self, prev, work, items: list[Admitted], reqs: list[Request]) -> None:
         """Release a batch run whole on the writer thread, in batch order; E_BUSY for every request of a batch
@@ -475,13 +485,13 @@ class Hub:
             if done is None:  # counted by the store (yidi_store_busy_batches_total)
                 replies = [server_reply(E_BUSY, _peek(it.body, it.codec)[1],
                                         "the database is unavailable: nothing was done, retry later") for it in items]
-                changes, engine_s, commit_s = [], 0.0, 0.0
+                changes, engine_s, commit_s, encoded = [], 0.0, 0.0, None
                 for it, req in zip(items, reqs):
                     req.infno = _peek(it.body, it.codec)[0]
             else:
-                replies, changes, engine_s, commit_s = done
+                replies, changes, engine_s, commit_s, encoded = done
             logged = None if self.request_log is None else self.request_log.capture(items, reqs, replies)
-            counts = self._encode(items, replies, reqs)
+            counts = self._encode(items, replies, reqs, encoded)
             self._durable(items, replies, changes, counts, engine_s, commit_s, logged)
             if self.manual_gc:
                 self._collector.after_batch()

@@ -33,17 +33,21 @@ _BODY = msgspec.msgpack.Decoder(tuple[bytes, Reply])
 _EFFECTS = msgspec.msgpack.Decoder(list)
 
 
-def step_rows(steps: list[StepChange], first_seq: int) -> list[tuple]:
-    """The `step` rows of a batch's step changes (STEP_COLS), numbered from first_seq."""
+def step_rows(steps: list[StepChange], first_seq: int) -> tuple[list[tuple], dict[int, bytes]]:
+    """The `step` rows of a batch's step changes (STEP_COLS), numbered from first_seq; and the replies'
+    MessagePack encodings made for them, by the id of the reply: the framed transport sends the same bytes
+    (engine.hub.hub.Hub._encode), so a step-wise reply is rendered once, not twice."""
     rows = []
+    encoded: dict[int, bytes] = {}
     for k, c in enumerate(steps):
         body = None
         if c.reply is not None:
             # The reply as MessagePack: its `result` rows (engine.core.records.ResultRows) render themselves.
-            body = lz4.block.compress(_ENC.encode((c.input_raw, msgspec.Raw(MSGPACK.encoder.encode(c.reply)))))
+            enc = encoded[id(c.reply)] = MSGPACK.encoder.encode(c.reply)
+            body = lz4.block.compress(_ENC.encode((c.input_raw, msgspec.Raw(enc))))
         rows.append((first_seq + k, c.msgid or None, c.infno, c.fixmedins_code, c.mdtrt_id, c.time, *c.auth,
                      c.codec.fmt if c.codec is not None else None, body, _ENC.encode(c.effects)))
-    return rows
+    return rows, encoded
 
 
 SQL_STEP_ENTRY = "SELECT infno, fixmedins_code, codec, body_lz4 FROM step WHERE "

@@ -297,9 +297,10 @@ class SqliteStore:
         signs = [(s.sign_no, s.paasid, s.fixmedins_code, s.opter_no, s.ip, s.sign_time, s.ends, s.signed_out)
                  for s in self.engine.signins.take_events()]
         steps = self.engine.take_step_changes()
-        rows = step_rows(steps, self._next_step_seq)
+        rows, replies_msgpack = step_rows(steps, self._next_step_seq)
         self._next_step_seq += len(rows)
-        return Prepared(changes, journal, compression, persons, chronic, tail, last, signs, steps, rows)
+        return Prepared(changes, journal, compression, persons, chronic, tail, last, signs, steps, rows,
+                        replies_msgpack)
 
     def write(self, p: Prepared) -> None:
         """One transaction for a prepared batch; returns when SQLite has fsynced it (WAL, synchronous=FULL)."""

@@ -110,6 +110,7 @@ class Prepared:
     signs: list  # sign_in rows made or ended by the batch (engine.core.signin), in SIGN_IN_COLS order
     steps: list  # the batch's StepChanges (engine.core.records) and their `step` rows (engine.store.steps)
     step_rows: list
+    replies_msgpack: dict  # id of a step reply -> its MessagePack bytes (engine.store.steps.step_rows)
 
     def blob_rows(self) -> list:
         """The journal_blob rows (seq, codec, LZ4 block, crc32 of the block), in seq order.

@@ -153,8 +153,8 @@ class BatchEngine:
 
 
 class PgPrepared:
-    __slots__ = ("changes", "journal", "blobs", "persons", "chronic", "signs", "steps", "step_rows", "last_seq",
-                 "last_step_seq", "msgids", "visits")
+    __slots__ = ("changes", "journal", "blobs", "persons", "chronic", "signs", "steps", "step_rows",
+                 "replies_msgpack", "last_seq", "last_step_seq", "msgids", "visits")
 
 
 class PgStore:
@@ -351,7 +351,7 @@ class PgStore:
         p.signs = [(s.sign_no, s.paasid, s.fixmedins_code, s.opter_no, s.ip, s.sign_time, s.ends, s.signed_out)
                    for s in e.signins.take_events()]
         p.steps = e.take_step_changes()
-        p.step_rows = step_rows(p.steps, self._step_seq + 1)
+        p.step_rows, p.replies_msgpack = step_rows(p.steps, self._step_seq + 1)
         p.last_step_seq = self._step_seq + len(p.step_rows)
         p.msgids.extend(c.msgid for c in p.steps if c.msgid)
         return p
