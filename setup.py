@@ -55,8 +55,6 @@ COMPILED_PY = [
     "engine/core/round.py", "engine/core/records.py", "engine/core/reconcile.py", "engine/core/ledger.py",
     "engine/store/codec.py", "engine/store/steps.py", "engine/store/lookups.py", "engine/store/recon.py", "engine/store/writer.py",
     "engine/store/fold.py", "engine/store/store.py",
-    "engine/contract/protocol.py", "engine/contract/credential.py", "engine/core/kernels.py", "engine/core/filing.py",
-    "engine/hub/framing.py",
 ]
 with open("engine/_compiled_digests.json", "w") as f:
     json.dump({p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in COMPILED_PY}, f, indent=1)

@@ -46,8 +46,3 @@ class _Operator:
 
 
 OPERATOR = _Operator()
-
-
-from engine._compiled import check_fresh  # noqa: E402
-
-check_fresh(__file__)

@@ -229,8 +229,3 @@ MAINLAND_PROVINCES = tuple(PROVINCES)[:31]
 # The same names by province code (the region code of the province itself, province()).
 PROVINCE_NAMES_ZH = {code + "0000": zh for code, (zh, _) in PROVINCES.items()}
 PROVINCE_NAMES_EN = {code + "0000": en for code, (_, en) in PROVINCES.items()}
-
-
-from engine._compiled import check_fresh  # noqa: E402
-
-check_fresh(__file__)

@@ -229,8 +229,3 @@ class FilingMixin:
         if f.cancelled:
             raise Refused(E_ALREADY_REVERSED, f"filing {sn} is already cancelled")
         return {"result": {"trt_dcla_detl_sn": sn}}, [["unfile", sn]]
-
-
-from engine._compiled import check_fresh  # noqa: E402
-
-check_fresh(__file__)

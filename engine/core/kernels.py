@@ -275,8 +275,3 @@ def pay_funds(pol: PolicyTables, st: PersonState, s: dict[str, np.ndarray]) -> F
     results = FundResults(batch.n)
     fund_batch(batch, pol, st, results)
     return results
-
-
-from engine._compiled import check_fresh  # noqa: E402
-
-check_fresh(__file__)

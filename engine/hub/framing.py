@@ -12,7 +12,3 @@ def frame(body: bytes) -> bytes:
     """One frame around an encoded body."""
     return len(body).to_bytes(FRAME_HEADER_BYTES, "big") + body
 
-
-from engine._compiled import check_fresh  # noqa: E402
-
-check_fresh(__file__)
