@@ -195,11 +195,13 @@ class _Shared:
 class FramedUser(User):
     """Its lanes' connections, pipelined: one sender greenlet, a receiver greenlet per connection.
 
-    Only the sender writes to the sockets. It queues frames on their lanes until it would wait (the
-    window is full, the open loop's next tick is ahead, or too many frames are set aside) and then sends
-    each lane's queue in one write: one system call for many frames, as a hospital system's connection
-    pool would, and the load core's time goes to requests rather than to send calls. A request's clock
-    starts when it is queued, a few microseconds before its write, so latency is never understated.
+    Only the sender writes to the sockets. In the closed loop it queues frames on their lanes until it
+    would wait (the window is full, or too many frames are set aside) and then sends each lane's queue
+    in one write: one system call for many frames, so that the load core's time goes to requests rather
+    than to send calls. The hub then reads bursts of frames, as it does from many busy connections. In
+    the open loop each tick's frame is written at once, and a frame made ready by a reply at the next
+    flush. A request's clock starts when it is queued, a few microseconds before its write, so latency
+    is never understated.
     """
 
     def on_start(self) -> None:
@@ -216,7 +218,7 @@ class FramedUser(User):
         # Visits with a request unanswered -> the frames of that visit waiting for its reply, in order.
         self.waiting: dict[int, deque] = {}
         # Frames whose visit's previous request is answered: the sender sends them first. At most one per
-        # reply since the sender last ran, so at most --in-flight.
+        # reply since the sender last ran, so at most --in-flight (and the one being sent).
         self.ready: deque = deque()
         for k in _Shared.lanes_of_user[self.index % len(_Shared.parts)]:
             h, _, p = nodes[k % len(nodes)]

@@ -619,6 +619,10 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         "cpu_share_pct": {**{f"node{k}": round(100 * t / span, 1) for k, t in enumerate(node_cpu_s)},
                           "locust": s.get("cpu_share_pct", round(100 * locust_cpu_s / span, 1)),
                           **({"postgresql": round(100 * pg_cpu_s / span, 1)} if nodes else {})},
+        # How Locust's share was counted: from its first send to a recent reply (its own figure), or, when it
+        # had too few replies to say, its whole run with the reading of the frames file.
+        "locust_cpu": ({"counted": "while sending", "cpu_s": s["cpu_s"], "wall_s": s["cpu_wall_s"]}
+                       if "cpu_share_pct" in s else {"counted": "whole run", "cpu_s": round(locust_cpu_s, 3)}),
     }
     if nodes:
         settled_all = result["committed_settle"] + result["committed_reverse"]

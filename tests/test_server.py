@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 import urllib.request
 from decimal import Decimal
 
@@ -234,6 +235,49 @@ def test_pipelined_replies_in_order(vector_world, vectors, loop_kind):
     for i, (env, want, reply) in enumerate(zip(reqs, exp, got)):
         assert reply["inf_refmsgid"] == (env["msgid"] if isinstance(env.get("msgid"), str) else ""), i
         assert not differences(want, reply), (i, differences(want, reply)[:5])
+
+
+class MarkingStore(MemoryStore):
+    """Hands the hub, with each batch, the MessagePack of each step-wise reply as the store would encode it for
+    its `step` row (DurableStore: replies_msgpack), err_msg marked: what the client gets shows whose bytes
+    the hub sent."""
+
+    MARK = "encoded by the store"
+
+    def __init__(self, engine, serial: bool):
+        super().__init__(engine)
+        self.serial = serial
+        engine.step_changes = []  # this store takes them
+
+    def prepare(self, changes):
+        from engine.contract.wire import MSGPACK
+
+        steps = self.engine.take_step_changes()
+        encoded = {id(c.reply): MSGPACK.encoder.encode(msgspec.structs.replace(c.reply, err_msg=self.MARK))
+                   for c in steps if c.reply is not None}
+        return types.SimpleNamespace(changes=changes, replies_msgpack=encoded, steps=steps)
+
+    def write(self, prepared) -> None:
+        self.committed.extend(prepared.changes)
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["batch-loop", "serial-store"])
+def test_framed_replies_are_the_bytes_the_store_encoded_for_step_rows(vector_world, serial):
+    """A step-wise transaction's reply goes out as the bytes its store encoded for the step row (rendered once);
+    every other reply is encoded by the hub, on both the batch loop and a serial store's writer thread."""
+    from conftest import vector_bodies
+
+    bodies = vector_bodies(os.path.join(VECTORS, "stepwise"))[:300]
+    envs = [orjson.loads(b) for b in bodies]
+    store = MarkingStore(Engine(vector_world, clock="inf_time"), serial)
+    with ServerThread(store, http=False) as srv, srv.client() as c:
+        c.send_many(envs)
+        got = [c.recv() for _ in envs]
+    marked = [(e["infno"], r["infcode"]) for e, r in zip(envs, got) if r["err_msg"] == MarkingStore.MARK]
+    steps = {"2201", "2202", "2203", "2204", "2205", "2401", "2402", "2403", "2404", "2405", "2301", "2302", "2601"}
+    assert len(marked) > 50 and {infno for infno, _ in marked} <= steps, marked[:10]
+    others = [e["infno"] for e, r in zip(envs, got) if r["err_msg"] != MarkingStore.MARK]
+    assert any(infno in ("2207", "2304", "2206", "2303") for infno in others), "settlements are the hub's encoding"
 
 
 def test_concurrent_connections_same_person_equal_a_serial_order(vector_world, vectors, loop_kind):

@@ -141,3 +141,31 @@ def test_stepwise_settlements_clear_and_reconcile_like_one_shot_ones(tmp_path):
             assert a["infcode"] == 0 and a["output"] == b["output"], (code, lo, a, b)
             listed += len(a["output"].get("stmtdetail", []))
     assert listed > 100
+
+
+def test_the_framed_reply_of_a_step_wise_transaction_is_the_encoding_its_step_row_holds(tmp_path):
+    """The store encodes each step-wise reply as MessagePack for its `step` row and hands those bytes to the
+    framed transport (DurableStore: replies_msgpack), so the hub does not render the reply a second time: they
+    must be the encoding of that very reply, for each reply with a step row and no other."""
+    from engine.contract.wire import MSGPACK
+    from engine.store.steps import SQL_STEP_ENTRY, step_entry
+
+    bodies = _bodies()
+    with open_store(str(tmp_path / "data"), VECTOR_WORLD, clock="inf_time") as st:
+        replies = st.engine.handle_batch([Request(b) for b in bodies])
+        prepared = st.prepare(st.engine.take_changes())
+        encoded = prepared.replies_msgpack
+        # A retry within the batch answers with its first reply, the same object: one encoding for both.
+        stepwise = list({id(r): r for r in replies if id(r) in encoded}.values())
+        assert len(encoded) == len(stepwise) > 100, "every encoding is a reply of the batch"
+        for r in stepwise:
+            assert encoded[id(r)] == MSGPACK.encoder.encode(r)
+        assert not any(id(r) in encoded for r, b in zip(replies, bodies)
+                       if json.loads(b)["infno"] in ("2207", "2304", "2206", "2303", "1101")), \
+            "settlements, pre-settlements and queries have no step row of their own"
+        st.write(prepared)
+        # What a retry reads back from the row is the same reply.
+        msgid = next(c.msgid for c in prepared.steps if c.msgid and c.reply is not None and c.reply.infcode == 0)
+        row = st.engine.step_journal._reader._one(SQL_STEP_ENTRY + "msgid = ?", (msgid,))
+        reply = next(c.reply for c in prepared.steps if c.msgid == msgid)
+        assert MSGPACK.encoder.encode(step_entry(row, msgid)[3]) == encoded[id(reply)]

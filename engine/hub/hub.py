@@ -95,7 +95,9 @@ class DurableStore(Protocol):
     state); `write` runs on the writer thread and returns once the batch is durable; `close`
     runs on the writer thread after the last write. What `prepare` returns may hold
     `replies_msgpack`, replies it encoded as MessagePack for its rows by their id: the framed
-    transport sends those bytes rather than encode the replies again.
+    transport sends those bytes rather than encode the replies again. They must be exactly
+    `MSGPACK.encoder.encode(reply)`; a reply does not change once made. The bytes live until
+    the batch is released.
     """
 
     engine: Engine
@@ -438,7 +440,7 @@ class Hub:
         return replies, changes, self.store.prepare(changes)
 
     def _encode(self, items: list[Admitted], replies: list, reqs: list[Request],
-                encoded: dict[int, bytes]) -> collections.Counter:
+                encoded: dict[int, bytes] | None) -> collections.Counter:
         """Encode the framed replies (they leave at release) and count the batch's replies by transport,
         infno and code. `encoded`: replies the store encoded already, by id (_replies_msgpack)."""
         counts: collections.Counter = collections.Counter()
@@ -463,8 +465,9 @@ class Hub:
 
     def _serial_batch(self, reqs: list[Request]):
         """On the writer thread, for a store whose batch is one transaction from its first read to its commit
-        (engine.store.pg: its lock, catch-up, compute, write, commit): (replies, changes, engine_s, commit_s), or
-        None when the store is unavailable (nothing of the batch was done: E_BUSY)."""
+        (engine.store.pg: its lock, catch-up, compute, write, commit): (replies, changes, engine_s, commit_s,
+        the replies the store encoded), or None when the store is unavailable (nothing of the batch was done:
+        E_BUSY)."""
         self._serial_begun += 1
         t0 = time.perf_counter()
         try:
