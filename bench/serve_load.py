@@ -583,6 +583,14 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
     if a.tls:
         shutil.rmtree(pki, ignore_errors=True)
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    # How Locust's share is counted: from its first send to a recent reply (its own figure), or, when it had
+    # too few replies to say, its whole run with the reading of the frames file.
+    if "cpu_share_pct" in s:
+        locust_share = s["cpu_share_pct"]
+        locust_counted = {"counted": "while sending", "cpu_s": s["cpu_s"], "wall_s": s["cpu_wall_s"]}
+    else:
+        locust_share = round(100 * locust_cpu_s / (s["span_s"] or 1.0), 1)
+        locust_counted = {"counted": "whole run", "cpu_s": round(locust_cpu_s, 3)}
     oc = s["outcomes"]
     settled = oc.get("2207", 0) + oc.get("2304", 0)
     span = s["span_s"] or 1.0
@@ -617,12 +625,9 @@ def run_campaign(name: str, c: dict, world: str, frames: str, a, auth: bool = Tr
         # own figure is its CPU while its Users sent (bench/locustfile.py), without the seconds it spends
         # reading the frames file before: counted over the run, they made it look busier than it was.
         "cpu_share_pct": {**{f"node{k}": round(100 * t / span, 1) for k, t in enumerate(node_cpu_s)},
-                          "locust": s.get("cpu_share_pct", round(100 * locust_cpu_s / span, 1)),
+                          "locust": locust_share,
                           **({"postgresql": round(100 * pg_cpu_s / span, 1)} if nodes else {})},
-        # How Locust's share was counted: from its first send to a recent reply (its own figure), or, when it
-        # had too few replies to say, its whole run with the reading of the frames file.
-        "locust_cpu": ({"counted": "while sending", "cpu_s": s["cpu_s"], "wall_s": s["cpu_wall_s"]}
-                       if "cpu_share_pct" in s else {"counted": "whole run", "cpu_s": round(locust_cpu_s, 3)}),
+        "locust_cpu": locust_counted,
     }
     if nodes:
         settled_all = result["committed_settle"] + result["committed_reverse"]
@@ -768,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(name, *mode, a.flow) for k in range(a.rounds) for name in AB_CAMPAIGNS
                 for mode in (modes if k % 2 == 0 else modes[::-1])]
     elif a.campaign == "stepwise-ab":
-        # The mixed day and the one-shot day, one after the other, the order flipping every round.
+        # The step-wise side (mixed or stepwise) and the one-shot day, one after the other, the order flipping
+        # every round.
         flows = (side, "oneshot")
         plan = [(name, not a.no_auth, a.request_log, flow) for k in range(a.rounds) for name in STEPWISE_AB_CAMPAIGNS
                 for flow in (flows if k % 2 == 0 else flows[::-1])]
