@@ -31,7 +31,7 @@ from conftest import ROOT, VECTOR_WORLD, VECTORS, differences
 from pg_fixtures import store_flag
 from engine.hub.client import ConnectionClosed, FramedClient, encode_frame
 from engine.core.engine import Engine
-from engine.contract.protocol import FRAME_BYTES_MAX
+from engine.contract.protocol import FRAME_BYTES_MAX, SETTLE_INFNOS, STEP_INFNOS
 from engine.reference.oracle import ReferenceEngine
 from engine.hub.http import HTTP_PATH
 from engine.hub.hub import Hub
@@ -274,10 +274,9 @@ def test_framed_replies_are_the_bytes_the_store_encoded_for_step_rows(vector_wor
         c.send_many(envs)
         got = [c.recv() for _ in envs]
     marked = [(e["infno"], r["infcode"]) for e, r in zip(envs, got) if r["err_msg"] == MarkingStore.MARK]
-    steps = {"2201", "2202", "2203", "2204", "2205", "2401", "2402", "2403", "2404", "2405", "2301", "2302", "2601"}
-    assert len(marked) > 50 and {infno for infno, _ in marked} <= steps, marked[:10]
+    assert len(marked) > 50 and {infno for infno, _ in marked} <= STEP_INFNOS, marked[:10]
     others = [e["infno"] for e, r in zip(envs, got) if r["err_msg"] != MarkingStore.MARK]
-    assert any(infno in ("2207", "2304", "2206", "2303") for infno in others), "settlements are the hub's encoding"
+    assert any(infno in SETTLE_INFNOS for infno in others), "settlements are the hub's encoding"
 
 
 def test_concurrent_connections_same_person_equal_a_serial_order(vector_world, vectors, loop_kind):
